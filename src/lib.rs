@@ -1,0 +1,23 @@
+//! metcd: a small etcd-like key-value store.
+//!
+//! The seed article's architecture, one module per box:
+//!
+//! ```text
+//! api      HTTP/1.x client API (keys, /_status, /_health)
+//!   |  proposals, read barriers (NodeHandle)
+//! raft     node: the one owner of the RawNode and its Ready loop
+//!          storage: the durable log (raft-engine); snapshot: snapshot files
+//!          transport + peer_api: HTTP/2 streams between members
+//!   |  committed entries, in order, one batch per Ready
+//! engine   the state machine's storage engines behind one object-safe trait
+//! ```
+//! [`server`] wires them together; [`config`] is the only reader of flags.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod raft;
+pub mod server;
+
+pub use error::{Error, Result};

@@ -1,0 +1,58 @@
+//! The `metcd` binary: parse flags, set up logging, run one member until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use metcd::config::Config;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&config.log_level) {
+        Ok(f) => f,
+        Err(e) => return fail(&format!("--log-level {:?}: {e}", config.log_level)),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = match config.validate() {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(metcd::server::run(settings, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("metcd: error: {msg}");
+    ExitCode::FAILURE
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,165 @@
+//! Consensus: the Raft node's owner loop, its durable log, snapshots and the peer transport.
+//!
+//! Everything outside this module talks to the node through a [`NodeHandle`]: requests go into
+//! the owner's inbox and are answered on a oneshot channel, always within the request timeout.
+
+pub mod command;
+pub mod logger;
+pub mod node;
+pub mod peer_api;
+pub mod snapshot;
+pub mod storage;
+pub mod transport;
+
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use raft::eraftpb::Message;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::engine::{Op, OpResult};
+
+/// What the owner loop reads from its one inbox.
+pub enum Input {
+    Propose {
+        op: Op,
+        reply: oneshot::Sender<Result<OpResult, RequestError>>,
+    },
+    /// Answered with a read index once this member has applied up to it.
+    ReadIndex {
+        reply: oneshot::Sender<Result<u64, RequestError>>,
+    },
+    Step(Box<Message>),
+    Unreachable(u64),
+    SnapshotSent {
+        to: u64,
+        ok: bool,
+    },
+    Status(oneshot::Sender<Result<NodeStatus, RequestError>>),
+    Shutdown,
+}
+
+/// Why a request to the node did not succeed. Each maps to a 503 with its own message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    #[error("no leader: the request was not applied; retry later")]
+    NoLeader,
+    #[error(
+        "leadership changed while the write was in flight: it may or may not have been applied"
+    )]
+    LeaderChanged,
+    #[error("leadership changed before the read could be confirmed; retry")]
+    ReadAborted,
+    #[error("timed out waiting for the write to commit: it may or may not have been applied")]
+    WriteTimeout,
+    #[error("timed out waiting for a leader to confirm the read")]
+    ReadTimeout,
+    #[error("timed out waiting for the raft loop")]
+    Timeout,
+    #[error("member stopped: {0}")]
+    Stopped(String),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub peer_url: String,
+}
+
+/// A point-in-time view of the node, served as `/_status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub cluster_id: String,
+    pub role: &'static str,
+    pub leader: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub first_log_index: u64,
+    pub last_log_index: u64,
+    pub engine: &'static str,
+    pub revision: u64,
+    pub keys: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+/// The API layer's way into the owner loop.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inbox: mpsc::Sender<Input>,
+    timeout: Duration,
+    /// Set once, with the reason, if the owner loop stopped on a fatal error.
+    pub failed: Arc<OnceLock<String>>,
+}
+
+impl NodeHandle {
+    pub fn new(inbox: mpsc::Sender<Input>, timeout: Duration) -> Self {
+        NodeHandle {
+            inbox,
+            timeout,
+            failed: Arc::new(OnceLock::new()),
+        }
+    }
+
+    fn stopped(&self) -> RequestError {
+        RequestError::Stopped(
+            self.failed
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "shutting down".into()),
+        )
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, RequestError>>) -> Input,
+        on_timeout: RequestError,
+    ) -> Result<T, RequestError> {
+        if self.failed.get().is_some() {
+            return Err(self.stopped());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inbox.send(make(tx)).map_err(|_| self.stopped())?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(self.stopped()),
+            Err(_) => Err(on_timeout),
+        }
+    }
+
+    /// Proposes `op`; answers once it is committed and applied on this member.
+    pub async fn propose(&self, op: Op) -> Result<OpResult, RequestError> {
+        self.call(
+            |reply| Input::Propose { op, reply },
+            RequestError::WriteTimeout,
+        )
+        .await
+    }
+
+    /// A linearizable read barrier: returns once local state reflects every write committed
+    /// before the call.
+    pub async fn read_index(&self) -> Result<u64, RequestError> {
+        self.call(
+            |reply| Input::ReadIndex { reply },
+            RequestError::ReadTimeout,
+        )
+        .await
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, RequestError> {
+        self.call(Input::Status, RequestError::Timeout).await
+    }
+
+    /// Hands a peer message to the owner loop (never blocks).
+    pub fn step(&self, msg: Message) -> Result<(), RequestError> {
+        self.send(Input::Step(Box::new(msg)))
+    }
+
+    pub fn send(&self, input: Input) -> Result<(), RequestError> {
+        self.inbox.send(input).map_err(|_| self.stopped())
+    }
+}

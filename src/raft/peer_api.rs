@@ -1,0 +1,159 @@
+//! The receiving half of the peer transport: the HTTP server on a member's peer URL.
+//!
+//! Traffic from another cluster (a different `x-metcd-cluster-id`) is refused with 412 and a log
+//! line. Message frames are checked before they reach raft: a frame that does not decode, is
+//! addressed to another member, or carries a snapshot outside `/raft/snapshot` ends the stream
+//! with 400. A snapshot file is durable on disk before its message is stepped.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use raft::eraftpb::{Message, MessageType};
+use tracing::{debug, info, warn};
+
+use super::snapshot::{Incoming, SnapshotStore};
+use super::transport::{decode_message, FrameReader, TransportError, CLUSTER_HEADER};
+use super::NodeHandle;
+
+pub struct PeerApi {
+    pub id: u64,
+    pub cluster_id: String,
+    pub node: NodeHandle,
+    pub snaps: SnapshotStore,
+}
+
+type Answer = (StatusCode, String);
+
+pub fn router(api: Arc<PeerApi>) -> Router {
+    Router::new()
+        .route("/raft/stream", post(stream))
+        .route("/raft/snapshot", post(snapshot))
+        .with_state(api)
+}
+
+fn bad(e: impl std::fmt::Display) -> Answer {
+    (StatusCode::BAD_REQUEST, format!("{e}\n"))
+}
+
+impl PeerApi {
+    fn check_cluster(&self, headers: &HeaderMap) -> Result<(), Answer> {
+        let theirs = headers
+            .get(CLUSTER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if theirs == self.cluster_id {
+            return Ok(());
+        }
+        warn!(theirs, ours = %self.cluster_id, "refused peer traffic from another cluster");
+        Err((
+            StatusCode::PRECONDITION_FAILED,
+            format!(
+                "cluster id mismatch: this member is in cluster {}\n",
+                self.cluster_id
+            ),
+        ))
+    }
+
+    fn check_message(&self, payload: &[u8], snapshot: bool) -> Result<Message, TransportError> {
+        let msg = decode_message(payload)?;
+        if msg.to != self.id {
+            return Err(TransportError::BadFrame(format!(
+                "message for member {} sent to {}",
+                msg.to, self.id
+            )));
+        }
+        if (msg.get_msg_type() == MessageType::MsgSnapshot) != snapshot {
+            return Err(TransportError::BadFrame(format!(
+                "{:?} on the wrong endpoint",
+                msg.get_msg_type()
+            )));
+        }
+        if snapshot && msg.get_snapshot().get_metadata().index == 0 {
+            return Err(TransportError::BadFrame("snapshot without an index".into()));
+        }
+        Ok(msg)
+    }
+}
+
+async fn stream(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Body) -> Answer {
+    if let Err(answer) = api.check_cluster(&headers) {
+        return answer;
+    }
+    let mut frames = FrameReader::new(body.into_data_stream());
+    loop {
+        match frames.next_frame().await {
+            Ok(Some(payload)) => match api.check_message(&payload, false) {
+                Ok(msg) => {
+                    if api.node.step(msg).is_err() {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "member stopped\n".into());
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "malformed peer message; closing the stream");
+                    return bad(e);
+                }
+            },
+            Ok(None) => return (StatusCode::OK, String::new()),
+            Err(e) => {
+                debug!(error = %e, "peer stream ended");
+                return bad(e);
+            }
+        }
+    }
+}
+
+async fn snapshot(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Body) -> Answer {
+    if let Err(answer) = api.check_cluster(&headers) {
+        return answer;
+    }
+    let mut frames = FrameReader::new(body.into_data_stream());
+    let msg = match frames.next_frame().await {
+        Ok(Some(payload)) => match api.check_message(&payload, true) {
+            Ok(msg) => msg,
+            Err(e) => {
+                warn!(error = %e, "malformed snapshot message");
+                return bad(e);
+            }
+        },
+        Ok(None) => return bad("empty snapshot request"),
+        Err(e) => return bad(e),
+    };
+    let meta = msg.get_snapshot().get_metadata();
+    let (term, index, from) = (meta.term, meta.index, msg.from);
+    let mut incoming = match Incoming::start(&api.snaps, term, index, &format!("from{from}")) {
+        Ok(i) => i,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    let mut bytes = 0u64;
+    loop {
+        match frames.next_raw().await {
+            Ok(Some(chunk)) => {
+                bytes += chunk.len() as u64;
+                if let Err(e) = incoming.write(&chunk) {
+                    incoming.abort();
+                    return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                incoming.abort();
+                return bad(e);
+            }
+        }
+    }
+    let snaps = api.snaps.clone();
+    match tokio::task::spawn_blocking(move || incoming.finish(&snaps)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+    info!(from, index, term, bytes, "snapshot received");
+    match api.node.step(msg) {
+        Ok(()) => (StatusCode::NO_CONTENT, String::new()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}

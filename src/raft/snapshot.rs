@@ -1,0 +1,185 @@
+//! Snapshot files: `<data-dir>/snap/<term>-<index>.snap`, in the engine-neutral format.
+//!
+//! Invariants: a file under its final name is complete and synced (it is written under a
+//! `.tmp` name, fsynced, renamed, and the directory fsynced); the newest [`KEEP`] files are
+//! kept so a transfer that started from an older one can finish.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::engine::{Engine, EngineError};
+
+const KEEP: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot file {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("snapshot: {0}")]
+    Engine(#[from] EngineError),
+    #[error(
+        "snapshot at index {index} covers index {applied}: the engine moved while it was taken"
+    )]
+    Mismatch { index: u64, applied: u64 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Clone)]
+pub struct SnapshotStore {
+    dir: PathBuf,
+}
+
+impl SnapshotStore {
+    pub fn open(dir: PathBuf) -> Result<Self, SnapshotError> {
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        // Leftovers of an interrupted write or transfer are never valid.
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "tmp") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(SnapshotStore { dir })
+    }
+
+    pub fn path(&self, term: u64, index: u64) -> PathBuf {
+        self.dir.join(format!("{term:016x}-{index:016x}.snap"))
+    }
+
+    /// A unique temporary path for a file being written or received.
+    pub fn temp_path(&self, term: u64, index: u64, tag: &str) -> PathBuf {
+        self.dir.join(format!("{term:016x}-{index:016x}.{tag}.tmp"))
+    }
+
+    /// Writes the engine's state at `index` (its applied index) and makes it durable.
+    pub fn create(
+        &self,
+        engine: &dyn Engine,
+        term: u64,
+        index: u64,
+    ) -> Result<PathBuf, SnapshotError> {
+        let tmp = self.temp_path(term, index, "local");
+        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        engine.snapshot(&mut out)?;
+        let file = out.into_inner().map_err(|e| SnapshotError::Io {
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
+        if engine.applied_index() != index {
+            let _ = fs::remove_file(&tmp);
+            return Err(SnapshotError::Mismatch {
+                index,
+                applied: engine.applied_index(),
+            });
+        }
+        self.commit(file, &tmp, term, index)
+    }
+
+    /// Syncs a completely written temporary file and gives it its final name.
+    pub fn commit(
+        &self,
+        file: File,
+        tmp: &Path,
+        term: u64,
+        index: u64,
+    ) -> Result<PathBuf, SnapshotError> {
+        file.sync_all().map_err(io_err(tmp))?;
+        drop(file);
+        let path = self.path(term, index);
+        fs::rename(tmp, &path).map_err(io_err(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))?;
+        Ok(path)
+    }
+
+    /// Restores `engine` from the file of (term, index).
+    pub fn restore(&self, engine: &dyn Engine, term: u64, index: u64) -> Result<(), SnapshotError> {
+        let path = self.path(term, index);
+        let mut file = File::open(&path).map_err(io_err(&path))?;
+        engine.restore(&mut file)?;
+        if engine.applied_index() != index {
+            return Err(SnapshotError::Mismatch {
+                index,
+                applied: engine.applied_index(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes all but the newest [`KEEP`] snapshot files.
+    pub fn gc(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut snaps: Vec<(u64, PathBuf)> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+            .filter_map(|p| {
+                let stem = p.file_stem()?.to_str()?;
+                let index = u64::from_str_radix(stem.split('-').nth(1)?, 16).ok()?;
+                Some((index, p))
+            })
+            .collect();
+        snaps.sort();
+        let n = snaps.len().saturating_sub(KEEP);
+        for (_, p) in snaps.into_iter().take(n) {
+            if let Err(e) = fs::remove_file(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "could not delete old snapshot");
+            }
+        }
+    }
+}
+
+/// A file being received from a peer, chunk by chunk.
+pub struct Incoming {
+    file: BufWriter<File>,
+    tmp: PathBuf,
+    term: u64,
+    index: u64,
+}
+
+impl Incoming {
+    pub fn start(
+        store: &SnapshotStore,
+        term: u64,
+        index: u64,
+        tag: &str,
+    ) -> Result<Self, SnapshotError> {
+        let tmp = store.temp_path(term, index, tag);
+        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        Ok(Incoming {
+            file: BufWriter::with_capacity(1 << 20, file),
+            tmp,
+            term,
+            index,
+        })
+    }
+
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), SnapshotError> {
+        self.file.write_all(chunk).map_err(io_err(&self.tmp))
+    }
+
+    pub fn finish(self, store: &SnapshotStore) -> Result<PathBuf, SnapshotError> {
+        let file = self.file.into_inner().map_err(|e| SnapshotError::Io {
+            path: self.tmp.clone(),
+            source: e.into_error(),
+        })?;
+        store.commit(file, &self.tmp, self.term, self.index)
+    }
+
+    /// Drops a partial transfer.
+    pub fn abort(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}

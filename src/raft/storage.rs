@@ -1,0 +1,411 @@
+//! The durable raft log: `raft::Storage` over tikv's raft-engine.
+//!
+//! Layout in raft-engine: region [`LOG`] holds the entries; region [`META`] holds the hard
+//! state, the conf state, the newest snapshot's metadata and the member's identity. Keeping
+//! them apart lets an installed snapshot drop the whole log (`Command::Clean`) in the same
+//! atomic batch that records the snapshot.
+//!
+//! Invariants:
+//! - Entries and hard state of one Ready go in one batch, synced before anything that depends
+//!   on them (persisted messages, client acknowledgements).
+//! - The log is compacted only up to the index of a snapshot whose file and metadata are
+//!   already durable ([`LogStore::compact`] is given such an index by the owner).
+//! - `term(snapshot.index)` stays answerable after compaction, from the snapshot metadata.
+
+use std::path::Path;
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use raft_engine::{Command, LogBatch, MessageExt};
+
+const META: u64 = 1;
+const LOG: u64 = 2;
+const KEY_HARD_STATE: &[u8] = b"hard_state";
+const KEY_CONF_STATE: &[u8] = b"conf_state";
+const KEY_SNAPSHOT: &[u8] = b"snapshot_meta";
+const KEY_IDENTITY: &[u8] = b"identity";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("raft log: {0}")]
+    Engine(#[from] raft_engine::Error),
+    #[error("raft log metadata: {0}")]
+    Decode(#[from] protobuf::ProtobufError),
+    #[error("{0}")]
+    Identity(String),
+}
+
+struct EntryExt;
+
+impl MessageExt for EntryExt {
+    type Entry = Entry;
+    fn index(e: &Entry) -> u64 {
+        e.index
+    }
+}
+
+/// Who a data dir belongs to, recorded on first start and checked on every later one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub cluster_id: u64,
+    pub member_id: u64,
+}
+
+pub struct LogStore {
+    engine: raft_engine::Engine,
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot: SnapshotMetadata,
+}
+
+fn storage_err(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+impl LogStore {
+    /// Opens (or creates) the log under `dir`. A torn tail from a crash is dropped by
+    /// raft-engine's `TolerateTailCorruption` recovery, which logs what it dropped.
+    pub fn open(dir: &Path) -> Result<Self, LogError> {
+        let cfg = raft_engine::Config {
+            dir: dir.to_string_lossy().into_owned(),
+            recovery_mode: raft_engine::RecoveryMode::TolerateTailCorruption,
+            target_file_size: raft_engine::ReadableSize::mb(64),
+            purge_threshold: raft_engine::ReadableSize::mb(256),
+            ..Default::default()
+        };
+        let engine = raft_engine::Engine::open(cfg)?;
+        let hard_state = engine
+            .get_message(META, KEY_HARD_STATE)?
+            .unwrap_or_default();
+        let conf_state = engine
+            .get_message(META, KEY_CONF_STATE)?
+            .unwrap_or_default();
+        let snapshot = engine.get_message(META, KEY_SNAPSHOT)?.unwrap_or_default();
+        Ok(LogStore {
+            engine,
+            hard_state,
+            conf_state,
+            snapshot,
+        })
+    }
+
+    /// Records the identity on first start; afterwards refuses a different one.
+    pub fn check_identity(&mut self, id: Identity) -> Result<(), LogError> {
+        match self.engine.get(META, KEY_IDENTITY) {
+            None => {
+                let mut v = id.cluster_id.to_be_bytes().to_vec();
+                v.extend_from_slice(&id.member_id.to_be_bytes());
+                let mut batch = LogBatch::default();
+                batch.put(META, KEY_IDENTITY.to_vec(), v)?;
+                self.engine.write(&mut batch, true)?;
+                Ok(())
+            }
+            Some(v) if v.len() == 16 => {
+                let stored = Identity {
+                    cluster_id: u64::from_be_bytes(v[..8].try_into().unwrap_or_default()),
+                    member_id: u64::from_be_bytes(v[8..].try_into().unwrap_or_default()),
+                };
+                if stored.cluster_id != id.cluster_id {
+                    return Err(LogError::Identity(format!(
+                        "data dir belongs to cluster {:016x}, not to this --cluster ({:016x})",
+                        stored.cluster_id, id.cluster_id
+                    )));
+                }
+                if stored.member_id != id.member_id {
+                    return Err(LogError::Identity(format!(
+                        "data dir belongs to member {}, not to --id {}",
+                        stored.member_id, id.member_id
+                    )));
+                }
+                Ok(())
+            }
+            Some(_) => Err(LogError::Identity(
+                "data dir has an unreadable identity record".into(),
+            )),
+        }
+    }
+
+    /// True when nothing was ever persisted: the member must be bootstrapped.
+    pub fn is_new(&self) -> bool {
+        self.conf_state.voters.is_empty()
+            && self.conf_state.learners.is_empty()
+            && self.snapshot.index == 0
+    }
+
+    /// Writes the initial membership of a new cluster.
+    pub fn bootstrap(&mut self, conf_state: ConfState) -> Result<(), LogError> {
+        let mut batch = LogBatch::default();
+        batch.put_message(META, KEY_CONF_STATE.to_vec(), &conf_state)?;
+        self.engine.write(&mut batch, true)?;
+        self.conf_state = conf_state;
+        Ok(())
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    pub fn snapshot_metadata(&self) -> &SnapshotMetadata {
+        &self.snapshot
+    }
+
+    /// Appends a Ready's entries and hard state in one synced batch.
+    pub fn append(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), LogError> {
+        let mut batch = LogBatch::default();
+        batch.add_entries::<EntryExt>(LOG, entries)?;
+        if let Some(hs) = hard_state {
+            batch.put_message(META, KEY_HARD_STATE.to_vec(), hs)?;
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.engine.write(&mut batch, true)?;
+        if let Some(hs) = hard_state {
+            self.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a commit index learned after the last Ready. Not synced: the commit index is
+    /// recoverable from a quorum, so losing it in a power cut loses nothing acknowledged.
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), LogError> {
+        self.hard_state.commit = commit;
+        let mut batch = LogBatch::default();
+        batch.put_message(META, KEY_HARD_STATE.to_vec(), &self.hard_state)?;
+        self.engine.write(&mut batch, false)?;
+        Ok(())
+    }
+
+    pub fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), LogError> {
+        let mut batch = LogBatch::default();
+        batch.put_message(META, KEY_CONF_STATE.to_vec(), &conf_state)?;
+        self.engine.write(&mut batch, true)?;
+        self.conf_state = conf_state;
+        Ok(())
+    }
+
+    /// Records a snapshot taken locally; its file must already be durable.
+    pub fn record_snapshot(&mut self, meta: SnapshotMetadata) -> Result<(), LogError> {
+        let mut batch = LogBatch::default();
+        batch.put_message(META, KEY_SNAPSHOT.to_vec(), &meta)?;
+        self.engine.write(&mut batch, true)?;
+        self.snapshot = meta;
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: the whole log is replaced by it, in one
+    /// synced batch with its metadata, conf state and the commit index it implies.
+    pub fn install_snapshot(&mut self, meta: SnapshotMetadata) -> Result<(), LogError> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        let mut batch = LogBatch::default();
+        batch.add_command(LOG, Command::Clean);
+        batch.put_message(META, KEY_SNAPSHOT.to_vec(), &meta)?;
+        batch.put_message(META, KEY_CONF_STATE.to_vec(), meta.get_conf_state())?;
+        batch.put_message(META, KEY_HARD_STATE.to_vec(), &hs)?;
+        self.engine.write(&mut batch, true)?;
+        self.conf_state = meta.get_conf_state().clone();
+        self.snapshot = meta;
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    /// Drops entries below `index` and lets raft-engine reclaim whole files.
+    pub fn compact(&mut self, index: u64) -> Result<(), LogError> {
+        debug_assert!(index <= self.snapshot.index + 1);
+        self.engine.compact_to(LOG, index);
+        self.engine.purge_expired_files()?;
+        Ok(())
+    }
+
+    fn first(&self) -> u64 {
+        self.engine
+            .first_index(LOG)
+            .unwrap_or(self.snapshot.index + 1)
+    }
+
+    fn last(&self) -> u64 {
+        self.engine.last_index(LOG).unwrap_or(self.snapshot.index)
+    }
+}
+
+impl raft::Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState {
+            hard_state: self.hard_state.clone(),
+            conf_state: self.conf_state.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let max = max_size.into().map(|m| m as usize);
+        self.engine
+            .fetch_entries_to::<EntryExt>(LOG, low, high, max, &mut out)
+            .map_err(storage_err)?;
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.snapshot.index {
+            return Ok(self.snapshot.term);
+        }
+        if idx < self.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        match self
+            .engine
+            .get_entry::<EntryExt>(LOG, idx)
+            .map_err(storage_err)?
+        {
+            Some(e) => Ok(e.term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    /// The newest durable snapshot's metadata. Its data stays empty: the state itself is a
+    /// file the transport streams in chunks, found by (term, index).
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot.index < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snap = Snapshot::default();
+        snap.set_metadata(self.snapshot.clone());
+        Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn append_compact_install_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LogStore::open(dir.path()).unwrap();
+        assert!(s.is_new());
+        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+        let hs = HardState {
+            term: 1,
+            commit: 8,
+            ..Default::default()
+        };
+        s.append(&ents, Some(&hs)).unwrap();
+        // A conflicting suffix replaces the tail.
+        s.append(&[entry(9, 2)], None).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 9));
+        assert_eq!(s.term(9).unwrap(), 2);
+        let meta = SnapshotMetadata {
+            index: 6,
+            term: 1,
+            ..Default::default()
+        };
+        s.record_snapshot(meta).unwrap();
+        s.compact(5).unwrap();
+        assert_eq!(s.first_index().unwrap(), 5);
+        assert!(s
+            .entries(4, 6, None, GetEntriesContext::empty(false))
+            .is_err());
+        assert_eq!(
+            s.entries(5, 10, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            5
+        );
+        drop(s);
+
+        let mut s = LogStore::open(dir.path()).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (5, 9));
+        assert_eq!(s.hard_state().commit, 8);
+        let meta = SnapshotMetadata {
+            index: 20,
+            term: 3,
+            ..Default::default()
+        };
+        s.install_snapshot(meta).unwrap();
+        assert_eq!(
+            (
+                s.first_index().unwrap(),
+                s.last_index().unwrap(),
+                s.term(20).unwrap()
+            ),
+            (21, 20, 3)
+        );
+        s.append(&[entry(21, 3)], None).unwrap();
+        drop(s);
+        let s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (21, 21)
+        );
+        assert_eq!(s.hard_state().commit, 20);
+    }
+
+    #[test]
+    fn identity_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LogStore::open(dir.path()).unwrap();
+        let id = Identity {
+            cluster_id: 7,
+            member_id: 1,
+        };
+        s.check_identity(id).unwrap();
+        s.check_identity(id).unwrap();
+        assert!(s
+            .check_identity(Identity {
+                cluster_id: 8,
+                member_id: 1
+            })
+            .is_err());
+        assert!(s
+            .check_identity(Identity {
+                cluster_id: 7,
+                member_id: 2
+            })
+            .is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! Bad requests get the documented status code and change nothing; bad
+//! command lines exit quickly with one clear error line, never a panic.
+//! Ports 25000-25999.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::{assert_error, num, run_until_exit, set_flag, TestCluster, LEADER_TIMEOUT};
+
+// --- HTTP ---------------------------------------------------------------------
+
+/// One member with small limits: keys up to 64 bytes, values up to 1024.
+fn limited(base_port: u16) -> TestCluster {
+    let c = TestCluster::start(
+        1,
+        base_port,
+        &["--max-key-bytes", "64", "--max-request-bytes", "1024"],
+    );
+    c.wait_leader(LEADER_TIMEOUT);
+    c.put_ok(1, "/existing", "e");
+    c
+}
+
+/// Sends a bad request, checks the error status, then checks the store did
+/// not change (same revision, `check_absent` keys still 404).
+fn rejected(
+    c: &TestCluster,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    status: u16,
+    check_absent: &[&str],
+) {
+    let rev = num(&c.status(1), "revision");
+    let r = c
+        .request(1, method, path, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    assert_error(&r, status, &format!("{method} {path}"));
+    assert_eq!(
+        num(&c.status(1), "revision"),
+        rev,
+        "{method} {path} changed the revision"
+    );
+    for key in check_absent {
+        let g = c.get(1, key);
+        assert_eq!(
+            g.status,
+            404,
+            "{method} {path} stored {key}: {:?}",
+            g.text()
+        );
+    }
+    assert_eq!(
+        c.get(1, "/existing").text(),
+        "e",
+        "{method} {path} disturbed an unrelated key"
+    );
+}
+
+/// Empty, oversized keys and oversized values are refused: 400 / 413 / 413;
+/// exactly-at-the-limit sizes are accepted.
+#[test]
+fn key_and_value_limits() {
+    let c = limited(25000);
+
+    rejected(&c, "PUT", "/", b"x", 400, &[]);
+
+    let long_key = format!("/{}", "k".repeat(65));
+    rejected(&c, "PUT", &long_key, b"x", 413, &[]);
+    let at_limit = format!("/{}", "k".repeat(64));
+    c.put_ok(1, &at_limit, "fits");
+    assert_eq!(c.get(1, &at_limit).text(), "fits");
+
+    rejected(&c, "PUT", "/big", &vec![b'v'; 1025], 413, &["/big"]);
+    rejected(&c, "PUT", "/big", &vec![b'v'; 64 * 1024], 413, &["/big"]);
+    let exactly = vec![b'v'; 1024];
+    c.put_ok(1, "/big", &exactly);
+    assert_eq!(c.get(1, "/big").body, exactly);
+}
+
+/// Unsupported methods → 405, unknown service paths → 404, a bad
+/// consistency → 400; none of them stores anything.
+#[test]
+fn methods_service_paths_and_query() {
+    let c = limited(25100);
+
+    rejected(&c, "POST", "/foo", b"x", 405, &["/foo"]);
+    rejected(&c, "PATCH", "/foo", b"x", 405, &["/foo"]);
+    rejected(&c, "GET", "/_xyz", b"", 404, &[]);
+    rejected(&c, "PUT", "/_xyz", b"x", 404, &["/_kv/_xyz"]);
+    rejected(&c, "DELETE", "/_xyz", b"", 404, &[]);
+    rejected(&c, "GET", "/existing?consistency=bogus", b"", 400, &[]);
+
+    // Still fully working afterwards.
+    c.put_ok(1, "/foo", "ok");
+    assert_eq!(c.get(1, "/foo?consistency=serializable").text(), "ok");
+    assert_eq!(c.get(1, "/foo?consistency=linearizable").text(), "ok");
+}
+
+// --- Command line ---------------------------------------------------------------
+
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs metcd with `args`, expecting a non-zero exit with exactly one
+/// `metcd: error:` line (the last line of stderr) and no panic. Returns that line.
+fn expect_flag_error(args: &[String]) -> String {
+    let out = run_until_exit(args, EXIT_TIMEOUT);
+    let stderr = out.stderr;
+    assert!(
+        !out.status.success(),
+        "metcd {args:?} exited successfully; stderr:\n{stderr}"
+    );
+    assert!(
+        out.status.code().is_some(),
+        "metcd {args:?} died from a signal: {:?}\n{stderr}",
+        out.status
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "metcd {args:?} panicked:\n{stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let errors: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("metcd: error:"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "metcd {args:?}: expected one `metcd: error:` line; stderr:\n{stderr}"
+    );
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(
+        last.starts_with("metcd: error:"),
+        "metcd {args:?}: last stderr line is not the error; stderr:\n{stderr}"
+    );
+    last.to_string()
+}
+
+#[test]
+fn flag_id_out_of_range() {
+    let c = TestCluster::new(3, 25200, &[]);
+    let mut args = c.member_args(1);
+    set_flag(&mut args, "--id", "4");
+    expect_flag_error(&args);
+}
+
+#[test]
+fn flag_id_zero() {
+    let c = TestCluster::new(3, 25300, &[]);
+    let mut args = c.member_args(1);
+    set_flag(&mut args, "--id", "0");
+    expect_flag_error(&args);
+}
+
+#[test]
+fn flag_malformed_cluster_url() {
+    let c = TestCluster::new(1, 25400, &[]);
+    let mut args = c.member_args(1);
+    set_flag(&mut args, "--cluster", "notaurl");
+    expect_flag_error(&args);
+}
+
+#[test]
+fn flag_unwritable_data_dir() {
+    let c = TestCluster::new(1, 25500, &[]);
+    let mut args = c.member_args(1);
+    set_flag(&mut args, "--data-dir", "/proc/metcd-x");
+    expect_flag_error(&args);
+}
+
+#[test]
+fn flag_client_port_in_use() {
+    let c = TestCluster::new(1, 25600, &[]);
+    let _busy =
+        TcpListener::bind(("127.0.0.1", c.client_port(1))).expect("bind the client port first");
+    expect_flag_error(&c.member_args(1));
+}
+
+/// A data dir written by a member of one cluster is refused by a member
+/// started with a different --cluster list.
+#[test]
+fn data_dir_of_another_cluster_is_refused() {
+    let mut c = TestCluster::start(1, 25700, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    c.put_ok(1, "/k", "v");
+    c.kill(1);
+
+    let mut args = c.member_args(1);
+    let other_cluster = format!("{},http://127.0.0.1:{}", c.peer_url(1), c.peer_port(1) + 1);
+    set_flag(&mut args, "--cluster", &other_cluster);
+    let line = expect_flag_error(&args).to_lowercase();
+    assert!(
+        line.contains("cluster") || line.contains("member"),
+        "error should name the cluster mismatch: {line}"
+    );
+}
+
+/// A data dir written by member 1 is refused when started as member 2 of the
+/// same cluster.
+#[test]
+fn data_dir_of_another_member_is_refused() {
+    let mut c = TestCluster::start(3, 25800, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    c.put_ok(1, "/k", "v");
+    c.kill_all();
+
+    let mut args = c.member_args(2);
+    set_flag(&mut args, "--data-dir", &c.data_dir(1).to_string_lossy());
+    let line = expect_flag_error(&args).to_lowercase();
+    assert!(
+        line.contains("cluster") || line.contains("member"),
+        "error should name the member mismatch: {line}"
+    );
+}

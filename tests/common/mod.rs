@@ -1,0 +1,689 @@
+//! Shared harness for the metcd integration tests: a tiny blocking HTTP/1.1
+//! client over `std::net::TcpStream`, and `TestCluster`, which runs real
+//! `metcd` processes on fixed local ports with data dirs in a temp dir.
+//!
+//! Port plan: member i (1-based) of a cluster with base port B listens for
+//! peers on B+i and for clients on B+10+i. Every test uses its own B.
+
+#![allow(dead_code)]
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The server binary built by cargo for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_metcd");
+
+/// Connect/read/write timeout of the HTTP client.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a freshly started cluster may take to agree on a leader.
+pub const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Generous bound for convergence (catch-up, replay, snapshot install).
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sleep between polls.
+const POLL_INTERVAL: Duration = Duration::from_millis(75);
+
+// ---------------------------------------------------------------------------
+// HTTP client
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// First header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Body as (lossy) UTF-8, for assertions and messages.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `X-Metcd-Revision` header as a number; panics when absent/garbled.
+    pub fn revision(&self) -> u64 {
+        let raw = self
+            .header("x-metcd-revision")
+            .unwrap_or_else(|| panic!("no X-Metcd-Revision header in {self:?}"));
+        raw.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("bad X-Metcd-Revision header {raw:?}"))
+    }
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port` with `Connection: close`, using
+/// `IO_TIMEOUT` for connect, read and write.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<Response> {
+    http_request_with_timeout(port, method, path, headers, body, IO_TIMEOUT)
+}
+
+/// `http_request` with an explicit connect/read/write timeout.
+pub fn http_request_with_timeout(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> io::Result<Response> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    // A server may answer (e.g. 413) and close before reading the whole body:
+    // keep going and read whatever response it sent.
+    let write_err = stream.write_all(&bytes).and_then(|_| stream.flush()).err();
+
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                return match parse_response(&buf, true) {
+                    Ok(Some(r)) => Ok(r),
+                    Ok(None) => unreachable!("parse_response at EOF is never incomplete"),
+                    Err(e) => Err(write_err.unwrap_or(e)),
+                };
+            }
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(r) = parse_response(&buf, false)? {
+                    return Ok(r);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                if let Ok(Some(r)) = parse_response(&buf, true) {
+                    return Ok(r);
+                }
+                return Err(write_err.unwrap_or(e));
+            }
+        }
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Parses a complete response from `buf`. Returns `Ok(None)` when more bytes
+/// are needed (never when `eof`), an error when the bytes are not HTTP.
+fn parse_response(buf: &[u8], eof: bool) -> io::Result<Option<Response>> {
+    let incomplete = |what: &str| -> io::Result<Option<Response>> {
+        if eof {
+            Err(invalid(format!(
+                "connection closed with incomplete response ({what}): {:?}",
+                String::from_utf8_lossy(&buf[..buf.len().min(200)])
+            )))
+        } else {
+            Ok(None)
+        }
+    };
+    let Some(head_len) = find(buf, b"\r\n\r\n") else {
+        return incomplete("headers");
+    };
+    let head = std::str::from_utf8(&buf[..head_len]).map_err(|_| invalid("non-UTF-8 head"))?;
+    let rest = &buf[head_len + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.split_whitespace();
+    let version = parts.next().unwrap_or_default();
+    if !version.starts_with("HTTP/1.") {
+        return Err(invalid(format!("bad status line {status_line:?}")));
+    }
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid(format!("bad status line {status_line:?}")))?;
+    let mut headers = Vec::new();
+    for line in lines {
+        let (k, v) = line
+            .split_once(':')
+            .ok_or_else(|| invalid(format!("bad header line {line:?}")))?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    // Interim responses (100 Continue): skip and parse what follows.
+    if (100..200).contains(&status) {
+        return parse_response(rest, eof);
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let done = |body: Vec<u8>| -> io::Result<Option<Response>> {
+        Ok(Some(Response {
+            status,
+            headers: headers.clone(),
+            body,
+        }))
+    };
+
+    if status == 204 || status == 304 {
+        return done(Vec::new());
+    }
+    if header("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked")) {
+        return match decode_chunked(rest)? {
+            Some(body) => done(body),
+            None => incomplete("chunked body"),
+        };
+    }
+    if let Some(len) = header("content-length") {
+        let len: usize = len
+            .parse()
+            .map_err(|_| invalid(format!("bad Content-Length {len:?}")))?;
+        return if rest.len() >= len {
+            done(rest[..len].to_vec())
+        } else {
+            incomplete("body")
+        };
+    }
+    if eof {
+        done(rest.to_vec())
+    } else {
+        Ok(None)
+    }
+}
+
+/// Decodes a chunked body; `Ok(None)` until the terminating zero-size chunk.
+fn decode_chunked(mut data: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    loop {
+        let Some(eol) = find(data, b"\r\n") else {
+            return Ok(None);
+        };
+        let line = std::str::from_utf8(&data[..eol]).map_err(|_| invalid("bad chunk size line"))?;
+        let size_str = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_str, 16)
+            .map_err(|_| invalid(format!("bad chunk size {line:?}")))?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Ok(Some(body)); // trailers, if any, are ignored
+        }
+        if data.len() < size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// Asserts `resp` is the error `status` with a non-empty one-line text body.
+pub fn assert_error(resp: &Response, status: u16, context: &str) {
+    assert_eq!(
+        resp.status,
+        status,
+        "{context}: unexpected status, body {:?}",
+        resp.text()
+    );
+    let text = resp.text();
+    let line = text.trim_end_matches(['\r', '\n']);
+    assert!(!line.trim().is_empty(), "{context}: empty error body");
+    assert!(
+        !line.contains('\n'),
+        "{context}: error body is not one line: {text:?}"
+    );
+}
+
+/// Reads a numeric field of a `/_status` document; panics when missing.
+pub fn num(status: &Value, field: &str) -> u64 {
+    status[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("/_status field {field:?} missing or not a number in {status}"))
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+/// Output of a process that was run to completion.
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs the server binary with `args` and waits at most `timeout` for it to
+/// exit; panics (after killing it) when it is still running then.
+pub fn run_until_exit(args: &[String], timeout: Duration) -> Exited {
+    let start = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn metcd");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let err_t = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = err_t.join().unwrap_or_default();
+            panic!("metcd {args:?} still running after {timeout:?}; stderr:\n{stderr}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = start.elapsed();
+    Exited {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+        elapsed,
+    }
+}
+
+/// Replaces the value following `flag` in `args` (which must contain it).
+pub fn set_flag(args: &mut [String], flag: &str, value: &str) {
+    let pos = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("{flag} not in {args:?}"));
+    args[pos + 1] = value.to_string();
+}
+
+// ---------------------------------------------------------------------------
+// TestCluster
+// ---------------------------------------------------------------------------
+
+/// A set of real metcd member processes. All children are SIGKILLed on drop;
+/// when the test is panicking, member logs are printed first.
+pub struct TestCluster {
+    n: usize,
+    base_port: u16,
+    extra_args: Vec<String>,
+    dir: tempfile::TempDir,
+    children: Vec<Option<Child>>,
+    logs_dumped: AtomicBool,
+}
+
+impl TestCluster {
+    /// A cluster of `n` members with nothing started yet.
+    pub fn new(n: usize, base_port: u16, extra_args: &[&str]) -> Self {
+        assert!((1..=9).contains(&n), "port plan supports 1..=9 members");
+        let dir = tempfile::Builder::new()
+            .prefix("metcd-test-")
+            .tempdir()
+            .expect("tempdir");
+        TestCluster {
+            n,
+            base_port,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            dir,
+            children: (0..n).map(|_| None).collect(),
+            logs_dumped: AtomicBool::new(false),
+        }
+    }
+
+    /// Spawns all `n` members (does not wait for them; see `wait_leader`).
+    pub fn start(n: usize, base_port: u16, extra_args: &[&str]) -> Self {
+        let mut c = Self::new(n, base_port, extra_args);
+        for i in 1..=n {
+            c.start_member(i);
+        }
+        c
+    }
+
+    pub fn size(&self) -> usize {
+        self.n
+    }
+
+    pub fn peer_port(&self, i: usize) -> u16 {
+        self.base_port + i as u16
+    }
+
+    pub fn client_port(&self, i: usize) -> u16 {
+        self.base_port + 10 + i as u16
+    }
+
+    pub fn peer_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port(i))
+    }
+
+    /// The `--cluster` value: every member's peer URL.
+    pub fn cluster_arg(&self) -> String {
+        (1..=self.n)
+            .map(|i| self.peer_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("member-{i}"))
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("member-{i}.log"))
+    }
+
+    /// The command line member `i` is (re)started with.
+    pub fn member_args(&self, i: usize) -> Vec<String> {
+        let mut args = vec![
+            "--id".to_string(),
+            i.to_string(),
+            "--cluster".to_string(),
+            self.cluster_arg(),
+            "--port".to_string(),
+            self.client_port(i).to_string(),
+            "--data-dir".to_string(),
+            self.data_dir(i).to_string_lossy().into_owned(),
+        ];
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    fn idx(&self, i: usize) -> usize {
+        assert!(
+            (1..=self.n).contains(&i),
+            "member {i} out of range 1..={}",
+            self.n
+        );
+        i - 1
+    }
+
+    /// Spawns member `i` with `member_args(i)`, output appended to its log.
+    pub fn start_member(&mut self, i: usize) {
+        let idx = self.idx(i);
+        assert!(
+            self.children[idx].is_none(),
+            "member {i} is already running"
+        );
+        let args = self.member_args(i);
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("open member log");
+        writeln!(
+            log,
+            "=== test harness: starting member {i}: {BIN} {}",
+            args.join(" ")
+        )
+        .unwrap();
+        let log_err = log.try_clone().expect("clone log handle");
+        let child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .expect("spawn metcd member");
+        self.children[idx] = Some(child);
+    }
+
+    /// Restarts a killed member with the same arguments and data dir.
+    pub fn restart(&mut self, i: usize) {
+        self.start_member(i);
+    }
+
+    pub fn restart_all(&mut self) {
+        for i in 1..=self.n {
+            self.start_member(i);
+        }
+    }
+
+    /// SIGKILLs member `i` (no-op when it is not running) and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        let idx = self.idx(i);
+        if let Some(mut child) = self.children[idx].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn kill_all(&mut self) {
+        for i in 1..=self.n {
+            self.kill(i);
+        }
+    }
+
+    pub fn stop_all(&mut self) {
+        self.kill_all();
+    }
+
+    /// Kills member `i` and deletes its data dir.
+    pub fn wipe(&mut self, i: usize) {
+        self.kill(i);
+        let dir = self.data_dir(i);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).expect("remove data dir");
+        }
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.children[self.idx(i)].is_some()
+    }
+
+    /// Members the harness has started and not killed.
+    pub fn live(&self) -> Vec<usize> {
+        (1..=self.n).filter(|&i| self.is_running(i)).collect()
+    }
+
+    // --- HTTP on a member's client port --------------------------------------
+
+    pub fn request(&self, i: usize, method: &str, path: &str, body: &[u8]) -> io::Result<Response> {
+        http_request(self.client_port(i), method, path, &[], body)
+    }
+
+    fn must(&self, i: usize, method: &str, path: &str, body: &[u8]) -> Response {
+        match self.request(i, method, path, body) {
+            Ok(r) => r,
+            Err(e) => panic!("{method} {path} on member {i} failed at the transport level: {e}"),
+        }
+    }
+
+    pub fn put(&self, i: usize, path: &str, value: impl AsRef<[u8]>) -> Response {
+        self.must(i, "PUT", path, value.as_ref())
+    }
+
+    /// PUT that must answer 204; returns the response.
+    pub fn put_ok(&self, i: usize, path: &str, value: impl AsRef<[u8]>) -> Response {
+        let r = self.put(i, path, value);
+        assert_eq!(
+            r.status,
+            204,
+            "PUT {path} on member {i}: body {:?}",
+            r.text()
+        );
+        r
+    }
+
+    /// Linearizable GET (the default consistency).
+    pub fn get(&self, i: usize, path: &str) -> Response {
+        self.must(i, "GET", path, b"")
+    }
+
+    /// GET of local state (`?consistency=serializable`).
+    pub fn get_serializable(&self, i: usize, path: &str) -> Response {
+        self.must(i, "GET", &format!("{path}?consistency=serializable"), b"")
+    }
+
+    pub fn delete(&self, i: usize, path: &str) -> Response {
+        self.must(i, "DELETE", path, b"")
+    }
+
+    /// True when a serializable GET on member `i` answers 200 with `value`.
+    pub fn has_local(&self, i: usize, path: &str, value: &[u8]) -> bool {
+        http_request(
+            self.client_port(i),
+            "GET",
+            &format!("{path}?consistency=serializable"),
+            &[],
+            b"",
+        )
+        .map(|r| r.status == 200 && r.body == value)
+        .unwrap_or(false)
+    }
+
+    /// `/_status` of member `i`, or None when it does not answer 200 + JSON.
+    pub fn try_status(&self, i: usize) -> Option<Value> {
+        let r = http_request_with_timeout(
+            self.client_port(i),
+            "GET",
+            "/_status",
+            &[],
+            b"",
+            Duration::from_secs(3),
+        )
+        .ok()?;
+        if r.status != 200 {
+            return None;
+        }
+        serde_json::from_slice(&r.body).ok()
+    }
+
+    /// `/_status` of member `i`; panics when it does not answer.
+    pub fn status(&self, i: usize) -> Value {
+        match self.try_status(i) {
+            Some(v) => v,
+            None => panic!("member {i} did not answer GET /_status with 200 + JSON"),
+        }
+    }
+
+    // --- Waiting ----------------------------------------------------------------
+
+    /// Polls `cond` every ~75 ms until it holds; on timeout dumps the member
+    /// logs and panics naming `what`.
+    pub fn wait_for(&self, mut cond: impl FnMut() -> bool, timeout: Duration, what: &str) {
+        let start = Instant::now();
+        loop {
+            if cond() {
+                return;
+            }
+            if start.elapsed() > timeout {
+                self.dump_logs();
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Waits until every live member reports the same live, nonzero leader;
+    /// returns its id.
+    pub fn wait_leader(&self, timeout: Duration) -> usize {
+        let mut leader = 0;
+        self.wait_for(
+            || match self.agreed_leader() {
+                Some(l) => {
+                    leader = l;
+                    true
+                }
+                None => false,
+            },
+            timeout,
+            "all live members to agree on a live leader",
+        );
+        leader
+    }
+
+    fn agreed_leader(&self) -> Option<usize> {
+        let live = self.live();
+        let mut agreed = None;
+        for &i in &live {
+            let l = self.try_status(i)?["leader"].as_u64()? as usize;
+            if l == 0 || agreed.is_some_and(|a| a != l) {
+                return None;
+            }
+            agreed = Some(l);
+        }
+        agreed.filter(|l| live.contains(l))
+    }
+
+    /// Live members other than `leader`.
+    pub fn followers(&self, leader: usize) -> Vec<usize> {
+        self.live().into_iter().filter(|&i| i != leader).collect()
+    }
+
+    /// Prints each member's `/_status` and the tail of its log (once).
+    pub fn dump_logs(&self) {
+        if self.logs_dumped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for i in 1..=self.n {
+            let status = if self.is_running(i) {
+                self.try_status(i)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "<no answer>".into())
+            } else {
+                "<not running>".into()
+            };
+            eprintln!("===== member {i} status: {status}");
+            let log = fs::read(self.log_path(i)).unwrap_or_default();
+            let log = String::from_utf8_lossy(&log);
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(80);
+            eprintln!(
+                "===== member {i} log (last {} of {} lines):",
+                lines.len() - from,
+                lines.len()
+            );
+            for line in &lines[from..] {
+                eprintln!("  {line}");
+            }
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.dump_logs();
+        }
+        self.kill_all();
+    }
+}

@@ -1,0 +1,86 @@
+//! The peer port rejects traffic from other clusters and malformed frames
+//! without disturbing the member. Ports 26000-26999.
+
+mod common;
+
+use common::{http_request, Response, TestCluster, LEADER_TIMEOUT};
+
+const CLUSTER_HEADER: &str = "X-Metcd-Cluster-Id";
+
+fn post_stream(c: &TestCluster, i: usize, cluster_id: &str, body: &[u8]) -> Response {
+    http_request(
+        c.peer_port(i),
+        "POST",
+        "/raft/stream",
+        &[(CLUSTER_HEADER, cluster_id)],
+        body,
+    )
+    .unwrap_or_else(|e| panic!("POST /raft/stream on member {i}'s peer port: {e}"))
+}
+
+fn cluster_id(c: &TestCluster) -> String {
+    c.status(1)["cluster_id"]
+        .as_str()
+        .expect("cluster_id string in /_status")
+        .to_string()
+}
+
+/// After hostile peer traffic the cluster still elects, writes and reads.
+fn assert_still_serving(c: &TestCluster, tag: &str) {
+    c.wait_leader(LEADER_TIMEOUT);
+    for m in 1..=3 {
+        let key = format!("/{tag}/{m}");
+        c.put_ok(m, &key, tag);
+        for n in 1..=3 {
+            let r = c.get(n, &key);
+            assert_eq!(
+                (r.status, r.text()),
+                (200, tag.to_string()),
+                "GET {key} on member {n}"
+            );
+        }
+    }
+}
+
+/// A stream from a different cluster is refused with 412.
+#[test]
+fn wrong_cluster_id_gets_412() {
+    let c = TestCluster::start(3, 26000, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    let mine = cluster_id(&c);
+    assert!(
+        !mine.is_empty() && mine.chars().all(|ch| ch.is_ascii_hexdigit()),
+        "cluster_id {mine:?} is not hex"
+    );
+    let wrong = if mine == "deadbeef" {
+        "feedface"
+    } else {
+        "deadbeef"
+    };
+
+    for m in 1..=3 {
+        let r = post_stream(&c, m, wrong, &[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            r.status,
+            412,
+            "wrong cluster id to member {m}: {:?}",
+            r.text()
+        );
+    }
+    assert_still_serving(&c, "after-412");
+}
+
+/// A correctly addressed stream whose frame does not decode gets 400, and the
+/// member keeps serving.
+#[test]
+fn garbage_frame_gets_400() {
+    let c = TestCluster::start(3, 26100, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    let id = cluster_id(&c);
+
+    for m in 1..=3 {
+        let r = post_stream(&c, m, &id, &[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(r.status, 400, "garbage frame to member {m}: {:?}", r.text());
+    }
+    assert_still_serving(&c, "after-400");
+}

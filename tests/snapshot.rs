@@ -1,0 +1,144 @@
+//! Snapshots and log compaction: the log stays bounded, a member that lost
+//! its disk catches up through a snapshot, and a full restart restores state
+//! from snapshot + log replay. Ports 24000-24999.
+
+mod common;
+
+use common::{num, TestCluster, CONVERGE_TIMEOUT, LEADER_TIMEOUT};
+
+fn key(batch: &str, k: usize) -> String {
+    format!("/{batch}/{k:04}")
+}
+
+fn val(batch: &str, k: usize) -> String {
+    format!("{batch}-value-{k}")
+}
+
+/// Writes keys `range` of `batch` through member `via`.
+fn write_batch(c: &TestCluster, via: usize, batch: &str, range: std::ops::Range<usize>) {
+    for k in range {
+        c.put_ok(via, &key(batch, k), val(batch, k));
+    }
+}
+
+/// Waits until every live member has snapshotted and compacted its log.
+fn wait_compacted(c: &TestCluster) {
+    c.wait_for(
+        || {
+            c.live().into_iter().all(|m| {
+                c.try_status(m).is_some_and(|s| {
+                    num(&s, "snapshot_index") > 0 && num(&s, "first_log_index") > 1
+                })
+            })
+        },
+        CONVERGE_TIMEOUT,
+        "every member to report snapshot_index > 0 and first_log_index > 1",
+    );
+}
+
+/// With --snapshot-count 100, 600 writes compact every member's log; a
+/// follower whose data dir is wiped rejoins and catches up by snapshot.
+#[test]
+fn compaction_and_catch_up_by_snapshot() {
+    let mut c = TestCluster::start(3, 24000, &["--snapshot-count", "100"]);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    write_batch(&c, leader, "first", 0..600);
+    wait_compacted(&c);
+    for m in 1..=3 {
+        let s = c.status(m);
+        // The log keeps a bounded tail of min(5000, 100) entries past a snapshot.
+        let kept = num(&s, "last_log_index") + 1 - num(&s, "first_log_index");
+        assert!(
+            kept < 600,
+            "member {m} still holds {kept} log entries after compaction: {s}"
+        );
+    }
+
+    let victim = if leader != 3 { 3 } else { 2 };
+    c.wipe(victim);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    write_batch(&c, leader, "last", 0..50);
+    c.restart(victim);
+
+    c.wait_for(
+        || {
+            c.has_local(victim, &key("first", 0), val("first", 0).as_bytes())
+                && c.has_local(victim, &key("last", 49), val("last", 49).as_bytes())
+        },
+        CONVERGE_TIMEOUT,
+        "the wiped member to serve the first and the last key",
+    );
+    let s = c.status(victim);
+    assert!(
+        num(&s, "snapshot_index") > 0,
+        "wiped member did not install a snapshot: {s}"
+    );
+    for k in 0..600 {
+        assert!(
+            c.has_local(victim, &key("first", k), val("first", k).as_bytes()),
+            "wiped member lacks {}",
+            key("first", k)
+        );
+    }
+    for k in 0..50 {
+        assert!(
+            c.has_local(victim, &key("last", k), val("last", k).as_bytes()),
+            "wiped member lacks {}",
+            key("last", k)
+        );
+    }
+    // It is a full member again: it answers linearizable reads too.
+    c.wait_leader(LEADER_TIMEOUT);
+    assert_eq!(c.get(victim, &key("last", 10)).text(), val("last", 10));
+}
+
+/// Killing and restarting every member restores all keys (including deletes
+/// and overwrites) from snapshot + log, and the revision carries on.
+#[test]
+fn full_restart_restores_from_snapshot_and_log() {
+    let mut c = TestCluster::start(3, 24100, &["--snapshot-count", "100"]);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    write_batch(&c, leader, "p", 0..350);
+    for k in 0..20 {
+        assert_eq!(c.delete(leader, &key("p", k)).status, 204);
+    }
+    for k in 20..30 {
+        c.put_ok(leader, &key("p", k), "overwritten");
+    }
+    wait_compacted(&c);
+    let rev_before = num(&c.status(leader), "revision");
+
+    c.kill_all();
+    c.restart_all();
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+
+    for k in 0..350 {
+        let r = c.get(k % 3 + 1, &key("p", k));
+        let expected = match k {
+            0..=19 => None,
+            20..=29 => Some("overwritten".to_string()),
+            _ => Some(val("p", k)),
+        };
+        match expected {
+            None => assert_eq!(
+                r.status,
+                404,
+                "deleted {} came back: {:?}",
+                key("p", k),
+                r.text()
+            ),
+            Some(v) => assert_eq!(
+                (r.status, r.text()),
+                (200, v),
+                "{} after full restart",
+                key("p", k)
+            ),
+        }
+    }
+    let rev = c.put_ok(leader, "/p/after-restart", "x").revision();
+    assert_eq!(
+        rev,
+        rev_before + 1,
+        "revision must continue from before the restart"
+    );
+}
