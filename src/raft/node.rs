@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, Entry, EntryType, MessageType, Snapshot, SnapshotMetadata,
+};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -182,7 +184,15 @@ impl Node {
                     self.reads.queued.push(reply);
                 }
             }
-            Input::Step(msg) => {
+            Input::Step(mut msg) => {
+                // A member whose data dir was lost rejoins with an empty log while the leader
+                // still remembers its old match index; the leader's heartbeat then carries a
+                // commit index past our log, which raft treats as fatal. Clamp it: commit is
+                // only a hint, and the leader's next append finds the gap and sends a snapshot.
+                let last = self.raw.raft.raft_log.last_index();
+                if msg.get_msg_type() == MessageType::MsgHeartbeat && msg.commit > last {
+                    msg.commit = last;
+                }
                 if let Err(e) = self.raw.step(*msg) {
                     warn!(error = %e, "dropped a peer message raft refused");
                 }
