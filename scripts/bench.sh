@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Throughput of a 3-member metcd cluster on loopback under 64 concurrent clients (wrk):
+# 256-byte PUTs and linearizable GETs over a 100k key space (shared/bench/wrk scripts).
+#   scripts/bench.sh [SECONDS]     (needs wrk: scripts/setup.sh installs it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-15}
+wrkdir=${WRK_SCRIPTS:-../shared/bench/wrk}
+cargo build --release --quiet
+dir=$(mktemp -d /tmp/metcd-bench.XXXXXX)
+cluster=http://127.0.0.1:15001,http://127.0.0.1:15002,http://127.0.0.1:15003
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
+for i in 1 2 3; do
+  target/release/metcd --id "$i" --cluster "$cluster" --port "1501$i" --data-dir "$dir/m$i" \
+    --log-level warn 2>"$dir/m$i.log" &
+  pids+=($!)
+done
+leader=0
+for _ in $(seq 1 100); do
+  leader=$(curl -sf http://127.0.0.1:15011/_status | sed -n 's/.*"leader":\([0-9]*\).*/\1/p') || true
+  [ "${leader:-0}" != 0 ] && break
+  sleep 0.1
+done
+[ "${leader:-0}" != 0 ] || { echo "no leader; see $dir" >&2; exit 1; }
+url=http://127.0.0.1:1501$leader
+echo "leader: member $leader ($url); data in $dir (fsync on)"
+echo "== preload 100k keys"
+until [ "$(curl -sf "$url/_status" | sed -n 's/.*"keys":\([0-9]*\).*/\1/p')" -ge 100000 ]; do
+  wrk -t2 -c64 -d5s -s scripts/wrk-preload.lua "$url" -- 2 >/dev/null
+done
+run() { # name, script, url
+  echo "== $1"
+  wrk -t2 -c64 -d"${secs}s" --latency -s "$2" "$3" | grep -E "Requests/sec|Non-2xx|Socket errors|50%|99%"
+}
+run "PUT, 64 clients, leader" "$wrkdir/metcd-put.lua" "$url"
+run "linearizable GET, 64 clients, leader" "$wrkdir/metcd-get.lua" "$url"
+follower=$(( leader % 3 + 1 ))
+run "PUT, 64 clients, follower $follower" "$wrkdir/metcd-put.lua" "http://127.0.0.1:1501$follower"
+run "linearizable GET, 64 clients, follower $follower" "$wrkdir/metcd-get.lua" "http://127.0.0.1:1501$follower"
