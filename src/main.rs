@@ -11,8 +11,10 @@ fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(&format!("--log-level {:?}: {e}", config.log_level)),
     };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
     let settings = match config.validate() {

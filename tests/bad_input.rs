@@ -136,6 +136,7 @@ fn expect_flag_error(args: &[String]) -> String {
         last.starts_with("metcd: error:"),
         "metcd {args:?}: last stderr line is not the error; stderr:\n{stderr}"
     );
+    eprintln!("metcd {args:?} -> {last}");
     last.to_string()
 }
 

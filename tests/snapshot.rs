@@ -46,6 +46,7 @@ fn compaction_and_catch_up_by_snapshot() {
     wait_compacted(&c);
     for m in 1..=3 {
         let s = c.status(m);
+        eprintln!("member {m} after 600 writes: {s}");
         // The log keeps a bounded tail of min(5000, 100) entries past a snapshot.
         let kept = num(&s, "last_log_index") + 1 - num(&s, "first_log_index");
         assert!(
@@ -69,6 +70,7 @@ fn compaction_and_catch_up_by_snapshot() {
         "the wiped member to serve the first and the last key",
     );
     let s = c.status(victim);
+    eprintln!("wiped member {victim} after catch-up: {s}");
     assert!(
         num(&s, "snapshot_index") > 0,
         "wiped member did not install a snapshot: {s}"

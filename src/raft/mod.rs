@@ -81,6 +81,8 @@ pub struct NodeStatus {
     pub snapshot_index: u64,
     pub first_log_index: u64,
     pub last_log_index: u64,
+    /// Synced log appends since start (one per Ready that had entries or hard state).
+    pub log_syncs: u64,
     pub engine: &'static str,
     pub revision: u64,
     pub keys: u64,

@@ -455,6 +455,7 @@ impl Node {
             snapshot_index: store.snapshot_metadata().index,
             first_log_index: store.first_index().unwrap_or(0),
             last_log_index: store.last_index().unwrap_or(0),
+            log_syncs: store.syncs(),
             engine: self.engine.kind().name(),
             revision: self.engine.revision(),
             keys: self.engine.len().unwrap_or(0),

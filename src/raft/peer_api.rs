@@ -5,6 +5,7 @@
 //! addressed to another member, or carries a snapshot outside `/raft/snapshot` ends the stream
 //! with 400. A snapshot file is durable on disk before its message is stepped.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -124,7 +125,10 @@ async fn snapshot(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Bod
     };
     let meta = msg.get_snapshot().get_metadata();
     let (term, index, from) = (meta.term, meta.index, msg.from);
-    let mut incoming = match Incoming::start(&api.snaps, term, index, &format!("from{from}")) {
+    // Unique per transfer: a retried transfer must not share a temporary file with the first.
+    static TRANSFERS: AtomicU64 = AtomicU64::new(0);
+    let tag = format!("from{from}-{}", TRANSFERS.fetch_add(1, Ordering::Relaxed));
+    let mut incoming = match Incoming::start(&api.snaps, term, index, &tag) {
         Ok(i) => i,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     };

@@ -56,6 +56,8 @@ pub struct LogStore {
     hard_state: HardState,
     conf_state: ConfState,
     snapshot: SnapshotMetadata,
+    /// Synced appends since start: with group commit, far fewer than entries appended.
+    syncs: u64,
 }
 
 fn storage_err(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
@@ -86,6 +88,7 @@ impl LogStore {
             hard_state,
             conf_state,
             snapshot,
+            syncs: 0,
         })
     }
 
@@ -153,6 +156,10 @@ impl LogStore {
         &self.snapshot
     }
 
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
     /// Appends a Ready's entries and hard state in one synced batch.
     pub fn append(
         &mut self,
@@ -168,6 +175,7 @@ impl LogStore {
             return Ok(());
         }
         self.engine.write(&mut batch, true)?;
+        self.syncs += 1;
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
         }
