@@ -36,7 +36,10 @@ fn concurrent_writes_share_log_syncs() {
     let syncs = num(&c.status(leader), "log_syncs") - before;
     let writes = (writers * per_writer) as u64;
     eprintln!("{writes} acknowledged writes took {syncs} log syncs on the leader");
-    assert!(syncs * 2 < writes, "expected group commit: {writes} writes took {syncs} syncs");
+    assert!(
+        syncs * 2 < writes,
+        "expected group commit: {writes} writes took {syncs} syncs"
+    );
 }
 
 /// The newest raft-engine file of a member: where a crash leaves a torn tail.
@@ -59,13 +62,20 @@ fn corrupt_log_tail_is_recovered() {
         c.put_ok(leader, &format!("/tail/{k}"), format!("v{k}"));
     }
     let victim = c.followers(leader)[0];
-    c.wait_for(|| c.has_local(victim, "/tail/99", b"v99"), CONVERGE_TIMEOUT, "victim has every write");
+    c.wait_for(
+        || c.has_local(victim, "/tail/99", b"v99"),
+        CONVERGE_TIMEOUT,
+        "victim has every write",
+    );
     c.kill(victim);
 
     // A torn write: garbage over the last bytes of the newest record, and a partial record after.
     let path = newest_log_file(&c.data_dir(victim));
     let len = fs::metadata(&path).expect("log file").len();
-    let mut f = OpenOptions::new().write(true).open(&path).expect("open log file");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open log file");
     let at = len.saturating_sub(24);
     f.seek(SeekFrom::Start(at)).expect("seek");
     f.write_all(&[0xa5; 24]).expect("corrupt tail");
@@ -85,9 +95,21 @@ fn corrupt_log_tail_is_recovered() {
     );
     assert!(c.is_running(victim));
     let log = fs::read_to_string(c.log_path(victim)).expect("member log");
-    assert!(!log.contains("panicked"), "member panicked while recovering:\n{log}");
+    assert!(
+        !log.contains("panicked"),
+        "member panicked while recovering:\n{log}"
+    );
+    // raft-engine names what it dropped.
+    assert!(
+        log.contains("Truncating log file"),
+        "no log line about the corrupt tail:\n{log}"
+    );
     for k in 0..120 {
         let r = c.get(victim, &format!("/tail/{k}"));
-        assert_eq!((r.status, r.text()), (200, format!("v{k}")), "key /tail/{k} after recovery");
+        assert_eq!(
+            (r.status, r.text()),
+            (200, format!("v{k}")),
+            "key /tail/{k} after recovery"
+        );
     }
 }

@@ -60,7 +60,8 @@ type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
 struct Reads {
     next_ctx: u64,
     queued: Vec<Reply<u64>>,
-    in_flight: HashMap<u64, (Instant, Vec<Reply<u64>>)>,
+    /// ctx -> (issued at, term issued in, waiters)
+    in_flight: HashMap<u64, (Instant, u64, Vec<Reply<u64>>)>,
     /// Confirmed read indexes waiting for apply to reach them.
     confirmed: Vec<(u64, Vec<Reply<u64>>)>,
 }
@@ -72,7 +73,8 @@ pub struct Node {
     transport: Transport,
     inbox: Receiver<Input>,
     settings: Arc<Settings>,
-    proposals: HashMap<u64, Reply<OpResult>>,
+    /// proposal id -> (term proposed in, reply)
+    proposals: HashMap<u64, (u64, Reply<OpResult>)>,
     next_seq: u64,
     reads: Reads,
     leader: u64,
@@ -170,7 +172,7 @@ impl Node {
                 .encode();
                 match self.raw.propose(ctx, command::encode(&op)) {
                     Ok(()) => {
-                        self.proposals.insert(seq, reply);
+                        self.proposals.insert(seq, (self.raw.raft.term, reply));
                     }
                     Err(_) => {
                         let _ = reply.send(Err(RequestError::NoLeader));
@@ -221,7 +223,10 @@ impl Node {
         let ctx = self.reads.next_ctx;
         self.reads.next_ctx += 1;
         let waiters = std::mem::take(&mut self.reads.queued);
-        self.reads.in_flight.insert(ctx, (Instant::now(), waiters));
+        let term = self.raw.raft.term;
+        self.reads
+            .in_flight
+            .insert(ctx, (Instant::now(), term, waiters));
         self.raw.read_index(ctx.to_be_bytes().to_vec());
     }
 
@@ -256,8 +261,9 @@ impl Node {
         self.maybe_snapshot()
     }
 
-    /// A new leader (or none): answers in-flight proposals and reads, whose outcome this
-    /// member can no longer learn from the old leader.
+    /// A new leader (or none): answers the proposals and reads made in an earlier term, whose
+    /// outcome this member can no longer learn from the leader it sent them to. Those made in
+    /// the current term went to the current leader (a term has at most one) and stay pending.
     fn on_leader(&mut self, leader: u64) {
         if leader == self.leader {
             return;
@@ -269,10 +275,11 @@ impl Node {
             "leader changed"
         );
         self.leader = leader;
-        for (_, reply) in self.proposals.drain() {
+        let term = self.raw.raft.term;
+        for (_, (_, reply)) in self.proposals.extract_if(|_, (t, _)| *t < term) {
             let _ = reply.send(Err(RequestError::LeaderChanged));
         }
-        for (_, (_, waiters)) in self.reads.in_flight.drain() {
+        for (_, (_, _, waiters)) in self.reads.in_flight.extract_if(|_, (_, t, _)| *t < term) {
             for w in waiters {
                 let _ = w.send(Err(RequestError::ReadAborted));
             }
@@ -339,7 +346,7 @@ impl Node {
             if owner.member != self.settings.id {
                 continue;
             }
-            if let Some(reply) = self.proposals.remove(&owner.seq) {
+            if let Some((_, reply)) = self.proposals.remove(&owner.seq) {
                 let _ = reply.send(Ok(result));
             }
         }
@@ -365,7 +372,7 @@ impl Node {
             let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
                 continue;
             };
-            if let Some((_, waiters)) = self.reads.in_flight.remove(&u64::from_be_bytes(ctx)) {
+            if let Some((_, _, waiters)) = self.reads.in_flight.remove(&u64::from_be_bytes(ctx)) {
                 self.reads.confirmed.push((rs.index, waiters));
             }
         }
@@ -386,11 +393,11 @@ impl Node {
 
     /// Forgets requests whose callers have given up (they timed out on their side).
     fn sweep(&mut self) {
-        self.proposals.retain(|_, reply| !reply.is_closed());
+        self.proposals.retain(|_, (_, reply)| !reply.is_closed());
         let deadline = self.settings.request_timeout;
         self.reads
             .in_flight
-            .retain(|_, (since, _)| since.elapsed() < deadline);
+            .retain(|_, (since, _, _)| since.elapsed() < deadline);
     }
 
     /// After `snapshot_count` entries: snapshot the engine at its applied index, make it
