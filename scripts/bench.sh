@@ -27,9 +27,12 @@ done
 url=http://127.0.0.1:1501$leader
 echo "leader: member $leader ($url); data in $dir (fsync on)"
 echo "== preload 100k keys"
-until [ "$(curl -sf "$url/_status" | sed -n 's/.*"keys":\([0-9]*\).*/\1/p')" -ge 100000 ]; do
-  wrk -t2 -c64 -d5s -s scripts/wrk-preload.lua "$url" -- 2 >/dev/null
-done
+keys() { curl -sf "$url/_status" | sed -n 's/.*"keys":\([0-9]*\).*/\1/p'; }
+wrk -t2 -c64 -d300s -s scripts/wrk-preload.lua "$url" -- 2 >/dev/null &
+preload=$!
+for _ in $(seq 1 600); do [ "$(keys)" -ge 100000 ] && break; sleep 0.5; done
+kill $preload 2>/dev/null || true; wait $preload 2>/dev/null || true
+[ "$(keys)" -ge 100000 ] || { echo "preload did not reach 100k keys" >&2; exit 1; }
 run() { # name, script, url
   echo "== $1"
   wrk -t2 -c64 -d"${secs}s" --latency -s "$2" "$3" | grep -E "Requests/sec|Non-2xx|Socket errors|50%|99%"

@@ -1,7 +1,8 @@
 -- Preload keys bench/00000000 .. bench/00099999 (the key space of shared/bench/wrk/metcd-*.lua)
--- with 256-byte values. Each wrk thread PUTs its own stride of the key space, in order.
+-- with 256-byte values: wrk thread `id` of `threads` (script argument) PUTs keys id, id+threads, ...
+-- and then stops sending. wrk still runs for its -d: scripts/bench.sh stops it at 100k keys.
 local counter = 0
-local id, threads = 0, 1
+local threads = 1
 local val = string.rep("v", 256)
 function setup(thread)
   thread:set("id", counter)
@@ -9,10 +10,15 @@ function setup(thread)
 end
 function init(args)
   threads = tonumber(args[1]) or 1
-  n = 0
+  sent, acked = 0, 0
+  share = math.floor((100000 - id + threads - 1) / threads)
 end
 request = function()
-  local k = (n * threads + id) % 100000
-  n = n + 1
+  local k = (sent * threads + id) % 100000
+  sent = sent + 1
   return wrk.format("PUT", string.format("/bench/%08d", k), nil, val)
+end
+response = function(status, headers, body)
+  if status == 204 then acked = acked + 1 end
+  if acked >= share then wrk.thread:stop() end
 end
