@@ -30,8 +30,8 @@ pub struct Config {
     /// Snapshot and compact the log after this many applied entries.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_count: u64,
-    /// State machine engine.
-    #[arg(long, value_enum, default_value = "memory")]
+    /// State machine engine: btree (redb, read-heavy), lsm (fjall, write-heavy) or memory.
+    #[arg(long, value_enum, default_value = "btree")]
     pub engine: EngineKind,
     /// How long a client request may wait for a leader, a commit or a read barrier.
     #[arg(long, default_value_t = 5_000)]

@@ -61,11 +61,11 @@ fn open_log(settings: &Settings) -> Result<LogStore> {
 /// Brings the engine up to the newest durable snapshot if it is behind it.
 fn recover_engine(
     settings: &Settings,
-    store: &LogStore,
+    store: &mut LogStore,
     snaps: &SnapshotStore,
 ) -> Result<Arc<dyn Engine>> {
     let engine = engine::open(settings.engine, &settings.data_dir.join("engine"))?;
-    let meta = store.snapshot_metadata();
+    let meta = store.snapshot_metadata().clone();
     if meta.index > engine.applied_index() {
         snaps.restore(engine.as_ref(), meta.term, meta.index)?;
         info!(
@@ -74,6 +74,12 @@ fn recover_engine(
             "restored snapshot"
         );
     }
+    store.commit_at_least(engine.applied_index())?;
+    info!(
+        engine = settings.engine.name(),
+        applied = engine.applied_index(),
+        "engine ready; raft replays the log after it"
+    );
     Ok(engine)
 }
 
@@ -91,9 +97,9 @@ pub async fn run(
 ) -> Result<()> {
     let settings = Arc::new(settings);
     let _lock = lock_data_dir(&settings.data_dir)?;
-    let store = open_log(&settings)?;
+    let mut store = open_log(&settings)?;
     let snaps = SnapshotStore::open(settings.data_dir.join("snap"))?;
-    let engine = recover_engine(&settings, &store, &snaps)?;
+    let engine = recover_engine(&settings, &mut store, &snaps)?;
     let client_listener = bind("client requests", settings.client_listen).await?;
     let peer_listener = bind("peer traffic", settings.peer_listen).await?;
 

@@ -2,7 +2,8 @@
 //!
 //! A write answers 204 only after its entry is committed by a quorum and applied here, with
 //! the resulting store revision in `X-Metcd-Revision`. Reads are linearizable (a ReadIndex
-//! barrier) unless `?consistency=serializable`. Bad input is refused before it is proposed.
+//! barrier) unless `?consistency=serializable`; so are listings (`prefix=true`, `end=`, see
+//! [`range`]). Bad input is refused before it is proposed.
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -10,35 +11,11 @@ use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
 use super::error::ApiError;
-use super::AppState;
+use super::query::{Consistency, Query};
+use super::{range, AppState};
 use crate::engine::Op;
 
 pub const REVISION_HEADER: &str = "x-metcd-revision";
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Consistency {
-    Linearizable,
-    Serializable,
-}
-
-fn parse_query(query: Option<&str>) -> Result<Consistency, ApiError> {
-    let mut consistency = Consistency::Linearizable;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if name == "consistency" {
-            consistency = match value {
-                "linearizable" | "l" => Consistency::Linearizable,
-                "serializable" | "s" => Consistency::Serializable,
-                other => {
-                    return Err(ApiError::BadRequest(format!(
-                        "consistency must be linearizable or serializable, not {other:?}"
-                    )))
-                }
-            };
-        }
-    }
-    Ok(consistency)
-}
 
 pub async fn handle(
     state: &AppState,
@@ -69,9 +46,6 @@ async fn run(
         ));
     }
     let key: Vec<u8> = percent_decode_str(raw_key).collect();
-    if key.is_empty() {
-        return Err(ApiError::BadRequest("empty key".into()));
-    }
     let max_key = state.settings.max_key_bytes;
     if key.len() > max_key {
         return Err(ApiError::TooLarge(format!(
@@ -79,7 +53,22 @@ async fn run(
             key.len()
         )));
     }
-    let consistency = parse_query(query)?;
+    let query = Query::parse(query)?;
+    if query.is_range() {
+        if !matches!(method, Method::GET | Method::HEAD) {
+            return Err(ApiError::BadRequest(
+                "prefix= and end= are for GET only".into(),
+            ));
+        }
+        if query.consistency == Consistency::Linearizable {
+            state.node.read_index().await?;
+        }
+        return range::list(state, &key, &query);
+    }
+    if key.is_empty() {
+        return Err(ApiError::BadRequest("empty key".into()));
+    }
+    let consistency = query.consistency;
     match method {
         Method::PUT => {
             let value = read_value(body, state.settings.max_request_bytes).await?;

@@ -6,6 +6,8 @@
 mod admin;
 pub mod error;
 mod keys;
+mod query;
+mod range;
 
 use std::sync::Arc;
 

@@ -2,27 +2,20 @@
 //! a restarted member rebuilds it from the newest snapshot plus the raft log after it.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::ops::Bound;
 
 use parking_lot::RwLock;
 
-use super::snapshot::{SnapshotReader, SnapshotWriter};
-use super::{next_version, Applied, Engine, EngineKind, KeyValue, Op, OpResult, Result};
-
-#[derive(Clone)]
-struct Stored {
-    value: Vec<u8>,
-    create_revision: u64,
-    mod_revision: u64,
-    version: u64,
-}
+use super::{
+    apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Engine,
+    EngineKind, KeyValue, OpResult, Record, Result,
+};
 
 #[derive(Default)]
 struct State {
-    map: BTreeMap<Vec<u8>, Stored>,
-    applied_index: u64,
-    revision: u64,
+    map: BTreeMap<Vec<u8>, Record>,
+    counters: Counters,
 }
 
 #[derive(Default)]
@@ -36,46 +29,18 @@ impl MemoryEngine {
     }
 }
 
-fn to_kv(key: &[u8], s: &Stored) -> KeyValue {
-    KeyValue {
-        key: key.to_vec(),
-        value: s.value.clone(),
-        create_revision: s.create_revision,
-        mod_revision: s.mod_revision,
-        version: s.version,
+impl ApplyTarget for BTreeMap<Vec<u8>, Record> {
+    fn existing(&mut self, key: &[u8]) -> Result<Option<(u64, u64)>> {
+        Ok(self.get(key).map(|r| (r.create_revision, r.version)))
     }
-}
 
-impl State {
-    fn apply_op(&mut self, op: &Op) -> OpResult {
-        match op {
-            Op::Put { key, value } => {
-                self.revision += 1;
-                let prev = self.map.get(key).map(|s| (s.create_revision, s.version));
-                let (create_revision, version) = next_version(prev, self.revision);
-                let stored = Stored {
-                    value: value.clone(),
-                    create_revision,
-                    mod_revision: self.revision,
-                    version,
-                };
-                self.map.insert(key.clone(), stored);
-                OpResult {
-                    revision: self.revision,
-                    changed: true,
-                }
-            }
-            Op::Delete { key } => {
-                let changed = self.map.remove(key).is_some();
-                if changed {
-                    self.revision += 1;
-                }
-                OpResult {
-                    revision: self.revision,
-                    changed,
-                }
-            }
-        }
+    fn put(&mut self, key: &[u8], record: Record) -> Result<()> {
+        self.insert(key.to_vec(), record);
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        Ok(self.remove(key).is_some())
     }
 }
 
@@ -85,36 +50,36 @@ impl Engine for MemoryEngine {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        Ok(self.state.read().map.get(key).map(|s| to_kv(key, s)))
+        Ok(self
+            .state
+            .read()
+            .map
+            .get(key)
+            .map(|r| r.clone().into_kv(key.to_vec())))
     }
 
     fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>> {
         let state = self.state.read();
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         let range = state.map.range::<[u8], _>((Bound::Included(start), upper));
-        Ok(range.take(limit).map(|(k, s)| to_kv(k, s)).collect())
+        Ok(range
+            .take(limit)
+            .map(|(k, r)| r.clone().into_kv(k.clone()))
+            .collect())
     }
 
     fn apply(&self, batch: &[Applied]) -> Result<Vec<Option<OpResult>>> {
-        let mut state = self.state.write();
-        let mut results = Vec::with_capacity(batch.len());
-        for entry in batch {
-            if entry.index <= state.applied_index {
-                results.push(None);
-                continue;
-            }
-            results.push(entry.op.as_ref().map(|op| state.apply_op(op)));
-            state.applied_index = entry.index;
-        }
-        Ok(results)
+        let mut guard = self.state.write();
+        let State { map, counters } = &mut *guard;
+        apply_batch(map, counters, batch)
     }
 
     fn applied_index(&self) -> u64 {
-        self.state.read().applied_index
+        self.state.read().counters.applied_index
     }
 
     fn revision(&self) -> u64 {
-        self.state.read().revision
+        self.state.read().counters.revision
     }
 
     fn len(&self) -> Result<u64> {
@@ -122,36 +87,33 @@ impl Engine for MemoryEngine {
     }
 
     fn snapshot(&self, out: &mut dyn Write) -> Result<()> {
-        // The read lock is the consistent view; only the applier (the raft owner, which is
-        // the caller) is kept waiting, readers are not.
+        // The read lock is the consistent view; only the applier waits, readers do not.
         let state = self.state.read();
-        let mut out = BufWriter::with_capacity(256 << 10, out);
-        let mut w = SnapshotWriter::new(&mut out, state.applied_index, state.revision)?;
-        for (k, s) in state.map.iter() {
-            w.record(&to_kv(k, s))?;
-        }
-        w.finish()
+        let records = state
+            .map
+            .iter()
+            .map(|(k, r)| Ok(r.clone().into_kv(k.clone())));
+        write_snapshot(
+            out,
+            state.counters.applied_index,
+            state.counters.revision,
+            records,
+        )
     }
 
     fn restore(&self, input: &mut dyn Read) -> Result<()> {
-        // Build aside and swap, so a corrupt snapshot leaves the current state untouched.
-        let mut input = BufReader::with_capacity(256 << 10, input);
-        let mut r = SnapshotReader::new(&mut input)?;
+        // Built aside and swapped in, so a corrupt snapshot leaves the current state untouched.
         let mut map = BTreeMap::new();
-        while let Some(kv) = r.next_record()? {
-            let stored = Stored {
-                value: kv.value,
-                create_revision: kv.create_revision,
-                mod_revision: kv.mod_revision,
-                version: kv.version,
-            };
-            map.insert(kv.key, stored);
-        }
-        *self.state.write() = State {
-            map,
-            applied_index: r.applied_index,
-            revision: r.revision,
+        let (applied_index, revision) = read_snapshot_chunks(input, 4096, &mut |chunk| {
+            map.extend(chunk.into_iter().map(KeyValue::split));
+            Ok(())
+        })?;
+        let counters = Counters {
+            applied_index,
+            revision,
+            keys: map.len() as u64,
         };
+        *self.state.write() = State { map, counters };
         Ok(())
     }
 }

@@ -9,6 +9,8 @@
 //! - Snapshots use one engine-neutral, streamed format ([`snapshot`]), so members of one cluster
 //!   may run different engines.
 
+pub mod btree;
+pub mod lsm;
 pub mod memory;
 pub mod snapshot;
 
@@ -22,6 +24,21 @@ pub enum EngineError {
     Io(#[from] std::io::Error),
     #[error("corrupt snapshot: {0}")]
     CorruptSnapshot(String),
+    #[error("corrupt engine data: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// Wraps a storage library's error (redb, fjall) with what was being done.
+pub(crate) trait Ctx<T> {
+    fn ctx(self, what: &'static str) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> Ctx<T> for std::result::Result<T, E> {
+    fn ctx(self, what: &'static str) -> Result<T> {
+        self.map_err(|e| EngineError::Backend(format!("{what}: {e}")))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
@@ -31,25 +48,90 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 pub enum EngineKind {
     /// An ordered in-memory map; durable through snapshots and log replay.
     Memory,
+    /// A copy-on-write B+tree file (redb), like etcd's bbolt: for read-heavy work.
+    Btree,
+    /// An LSM tree (fjall), like leveldb: for write-heavy work.
+    Lsm,
 }
 
 impl EngineKind {
+    pub const ALL: [EngineKind; 3] = [EngineKind::Memory, EngineKind::Btree, EngineKind::Lsm];
+
     pub fn name(self) -> &'static str {
         match self {
             EngineKind::Memory => "memory",
+            EngineKind::Btree => "btree",
+            EngineKind::Lsm => "lsm",
         }
     }
 }
 
 /// Opens the engine of `kind`. Persistent engines keep their files under `dir`.
-pub fn open(kind: EngineKind, _dir: &std::path::Path) -> Result<Arc<dyn Engine>> {
+pub fn open(kind: EngineKind, dir: &std::path::Path) -> Result<Arc<dyn Engine>> {
     match kind {
         EngineKind::Memory => Ok(Arc::new(memory::MemoryEngine::new())),
+        EngineKind::Btree => Ok(Arc::new(btree::BtreeEngine::open(dir)?)),
+        EngineKind::Lsm => Ok(Arc::new(lsm::LsmEngine::open(dir)?)),
+    }
+}
+
+/// What is stored per key besides the key itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub value: Vec<u8>,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+}
+
+impl Record {
+    /// On-disk form for persistent engines: create_rev | mod_rev | version (u64 BE) | value.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(24 + self.value.len());
+        v.extend_from_slice(&self.create_revision.to_be_bytes());
+        v.extend_from_slice(&self.mod_revision.to_be_bytes());
+        v.extend_from_slice(&self.version.to_be_bytes());
+        v.extend_from_slice(&self.value);
+        v
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Record> {
+        let (create_revision, version) = Record::decode_header(bytes)?;
+        let mod_revision = Record::field(bytes, 1)?;
+        Ok(Record {
+            create_revision,
+            mod_revision,
+            version,
+            value: bytes[24..].to_vec(),
+        })
+    }
+
+    /// Just `(create_revision, version)`, what a put needs to know of the previous record.
+    pub fn decode_header(bytes: &[u8]) -> Result<(u64, u64)> {
+        Ok((Record::field(bytes, 0)?, Record::field(bytes, 2)?))
+    }
+
+    fn field(bytes: &[u8], i: usize) -> Result<u64> {
+        let b: [u8; 8] = bytes
+            .get(i * 8..i * 8 + 8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| EngineError::Corrupt(format!("record of {} bytes", bytes.len())))?;
+        Ok(u64::from_be_bytes(b))
+    }
+
+    pub fn into_kv(self, key: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key,
+            value: self.value,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+        }
     }
 }
 
 /// A stored key with etcd's per-key revision metadata.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct KeyValue {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
@@ -59,6 +141,37 @@ pub struct KeyValue {
     pub mod_revision: u64,
     /// Number of puts since creation, starting at 1.
     pub version: u64,
+}
+
+impl KeyValue {
+    pub fn split(self) -> (Vec<u8>, Record) {
+        let record = Record {
+            value: self.value,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+        };
+        (self.key, record)
+    }
+}
+
+/// The applier's position, persisted with the data by the persistent engines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub applied_index: u64,
+    pub revision: u64,
+    /// Number of keys stored.
+    pub keys: u64,
+}
+
+impl Counters {
+    pub(crate) fn named(&self) -> [(&'static str, u64); 3] {
+        [
+            ("applied_index", self.applied_index),
+            ("revision", self.revision),
+            ("keys", self.keys),
+        ]
+    }
 }
 
 /// A state machine command, as carried in a committed log entry.
@@ -102,18 +215,114 @@ pub trait Engine: Send + Sync {
     fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
     }
+    /// Makes everything applied so far durable. Called before a snapshot at the applied index
+    /// is recorded, so the log is never compacted past what the engine holds durably.
+    fn persist(&self) -> Result<()> {
+        Ok(())
+    }
     /// Streams a consistent view in the engine-neutral format.
     fn snapshot(&self, out: &mut dyn Write) -> Result<()>;
     /// Replaces all contents (and the applied index and revision) with a snapshot's.
     fn restore(&self, input: &mut dyn Read) -> Result<()>;
 }
 
-/// etcd's per-key bookkeeping for a put at store revision `revision`.
-pub fn next_version(prev: Option<(u64, u64)>, revision: u64) -> (u64, u64) {
-    match prev {
-        Some((create_revision, version)) => (create_revision, version + 1),
-        None => (revision, 1),
+/// The storage operations one apply batch needs; each engine implements it over its own
+/// write transaction. Reads must see the writes made earlier in the same batch.
+pub(crate) trait ApplyTarget {
+    /// `(create_revision, version)` of `key`, if it exists.
+    fn existing(&mut self, key: &[u8]) -> Result<Option<(u64, u64)>>;
+    fn put(&mut self, key: &[u8], record: Record) -> Result<()>;
+    /// Removes `key`; false if it did not exist.
+    fn delete(&mut self, key: &[u8]) -> Result<bool>;
+}
+
+/// etcd's revision rules, shared by every engine: applies `batch` to `target`, skipping
+/// entries at or below the applied index, and advances `c`.
+pub(crate) fn apply_batch(
+    target: &mut dyn ApplyTarget,
+    c: &mut Counters,
+    batch: &[Applied],
+) -> Result<Vec<Option<OpResult>>> {
+    let mut results = Vec::with_capacity(batch.len());
+    for entry in batch {
+        if entry.index <= c.applied_index {
+            results.push(None);
+            continue;
+        }
+        let result = match &entry.op {
+            None => None,
+            Some(Op::Put { key, value }) => {
+                c.revision += 1;
+                let (create_revision, version) = match target.existing(key)? {
+                    Some((create, version)) => (create, version + 1),
+                    None => {
+                        c.keys += 1;
+                        (c.revision, 1)
+                    }
+                };
+                let record = Record {
+                    value: value.clone(),
+                    create_revision,
+                    mod_revision: c.revision,
+                    version,
+                };
+                target.put(key, record)?;
+                Some(OpResult {
+                    revision: c.revision,
+                    changed: true,
+                })
+            }
+            Some(Op::Delete { key }) => {
+                let changed = target.delete(key)?;
+                if changed {
+                    c.revision += 1;
+                    c.keys -= 1;
+                }
+                Some(OpResult {
+                    revision: c.revision,
+                    changed,
+                })
+            }
+        };
+        results.push(result);
+        c.applied_index = entry.index;
     }
+    Ok(results)
+}
+
+/// Streams a snapshot into `sink` in chunks of `chunk` records, so a restore holds at most
+/// one chunk in memory. Returns the snapshot's (applied index, revision) once verified.
+pub(crate) fn read_snapshot_chunks(
+    input: &mut dyn Read,
+    chunk: usize,
+    sink: &mut dyn FnMut(Vec<KeyValue>) -> Result<()>,
+) -> Result<(u64, u64)> {
+    let mut input = std::io::BufReader::with_capacity(256 << 10, input);
+    let mut reader = snapshot::SnapshotReader::new(&mut input)?;
+    let mut buf = Vec::with_capacity(chunk);
+    while let Some(kv) = reader.next_record()? {
+        buf.push(kv);
+        if buf.len() == chunk {
+            sink(std::mem::replace(&mut buf, Vec::with_capacity(chunk)))?;
+        }
+    }
+    sink(buf)?;
+    Ok((reader.applied_index, reader.revision))
+}
+
+/// Writes a snapshot from an ordered iterator over a consistent view.
+pub(crate) fn write_snapshot(
+    out: &mut dyn Write,
+    applied_index: u64,
+    revision: u64,
+    records: impl Iterator<Item = Result<KeyValue>>,
+) -> Result<()> {
+    let mut out = std::io::BufWriter::with_capacity(256 << 10, out);
+    let mut w = snapshot::SnapshotWriter::new(&mut out, applied_index, revision)?;
+    for kv in records {
+        w.record(&kv?)?;
+    }
+    w.finish()
 }
 
 #[cfg(test)]

@@ -411,6 +411,8 @@ impl Node {
         let started = Instant::now();
         let term = self.raw.store().term(applied)?;
         self.snaps.create(self.engine.as_ref(), term, applied)?;
+        // The log is about to be compacted behind this index: the engine must hold it durably.
+        self.engine.persist()?;
         let meta = SnapshotMetadata {
             index: applied,
             term,

@@ -182,6 +182,21 @@ impl LogStore {
         Ok(())
     }
 
+    /// Raises the commit index to what the engine has applied, which was committed (only
+    /// committed entries are applied) but may have been learned after the last synced write.
+    pub fn commit_at_least(&mut self, applied: u64) -> Result<(), LogError> {
+        if applied <= self.hard_state.commit {
+            return Ok(());
+        }
+        if applied > self.last() {
+            return Err(LogError::Identity(format!(
+                "engine has applied index {applied} but the log ends at {}: the engine belongs to another log",
+                self.last()
+            )));
+        }
+        self.set_commit(applied)
+    }
+
     /// Records a commit index learned after the last Ready. Not synced: the commit index is
     /// recoverable from a quorum, so losing it in a power cut loses nothing acknowledged.
     pub fn set_commit(&mut self, commit: u64) -> Result<(), LogError> {

@@ -1,0 +1,143 @@
+//! Query parameters of key requests.
+
+use percent_encoding::percent_decode_str;
+
+use super::error::ApiError;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Consistency {
+    Linearizable,
+    Serializable,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Encoding {
+    /// Keys and values as JSON strings; an item that is not UTF-8 falls back to base64 fields.
+    Utf8,
+    Base64,
+}
+
+#[derive(Debug)]
+pub struct Query {
+    pub consistency: Consistency,
+    /// `prefix=true`: list the keys that start with the path's key.
+    pub prefix: bool,
+    /// `end=<key>`: list keys in `[key, end)`; an empty `end` means to the last key.
+    pub end: Option<Vec<u8>>,
+    pub limit: Option<usize>,
+    pub encoding: Encoding,
+}
+
+impl Query {
+    pub fn is_range(&self) -> bool {
+        self.prefix || self.end.is_some()
+    }
+
+    pub fn parse(query: Option<&str>) -> Result<Query, ApiError> {
+        let mut q = Query {
+            consistency: Consistency::Linearizable,
+            prefix: false,
+            end: None,
+            limit: None,
+            encoding: Encoding::Utf8,
+        };
+        let bad = |name: &str, value: &str, want: &str| {
+            ApiError::BadRequest(format!("query parameter {name}={value:?}: expected {want}"))
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "consistency" => {
+                    q.consistency = match value {
+                        "linearizable" | "l" => Consistency::Linearizable,
+                        "serializable" | "s" => Consistency::Serializable,
+                        _ => return Err(bad(name, value, "linearizable or serializable")),
+                    }
+                }
+                "prefix" => {
+                    q.prefix = match value {
+                        "true" | "1" | "" => true,
+                        "false" | "0" => false,
+                        _ => return Err(bad(name, value, "true or false")),
+                    }
+                }
+                "end" => q.end = Some(percent_decode_str(value).collect()),
+                "limit" => {
+                    let n: usize = value
+                        .parse()
+                        .map_err(|_| bad(name, value, "a positive number"))?;
+                    if n == 0 {
+                        return Err(bad(name, value, "a positive number"));
+                    }
+                    q.limit = Some(n);
+                }
+                "encoding" => {
+                    q.encoding = match value {
+                        "utf8" | "text" => Encoding::Utf8,
+                        "base64" => Encoding::Base64,
+                        _ => return Err(bad(name, value, "utf8 or base64")),
+                    }
+                }
+                // Unknown parameters are ignored, as etcd's HTTP APIs do.
+                _ => {}
+            }
+        }
+        if q.prefix && q.end.is_some() {
+            return Err(ApiError::BadRequest(
+                "use either prefix=true or end=, not both".into(),
+            ));
+        }
+        Ok(q)
+    }
+}
+
+/// The first key after every key that starts with `prefix`; `None` when there is none.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_refuses() {
+        let q = Query::parse(Some(
+            "consistency=s&prefix=true&limit=5&encoding=base64&x=y",
+        ))
+        .unwrap();
+        assert_eq!(
+            (q.consistency, q.prefix, q.limit, q.encoding),
+            (Consistency::Serializable, true, Some(5), Encoding::Base64)
+        );
+        assert_eq!(
+            Query::parse(Some("end=a%2Fz")).unwrap().end,
+            Some(b"a/z".to_vec())
+        );
+        for bad in [
+            "consistency=x",
+            "limit=0",
+            "limit=-1",
+            "prefix=maybe",
+            "encoding=hex",
+            "prefix=true&end=b",
+        ] {
+            assert!(Query::parse(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefix_end_skips_ff() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[b'a', 0xff]), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}

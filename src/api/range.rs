@@ -1,0 +1,67 @@
+//! Ordered listing: `GET /<prefix>?prefix=true` and `GET /<start>?end=<end>`, with `limit`.
+//!
+//! Answer (JSON): `{"revision": R, "count": n, "more": bool, "kvs": [{"key", "value",
+//! "create_revision", "mod_revision", "version"}]}`, keys in byte order. With
+//! `encoding=base64` keys and values are base64; otherwise they are strings, and an item
+//! whose key or value is not UTF-8 carries `key_base64` / `value_base64` instead.
+
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use super::query::{prefix_end, Encoding, Query};
+use super::AppState;
+use crate::engine::KeyValue;
+
+/// Used when the request gives no `limit`.
+pub const DEFAULT_LIMIT: usize = 10_000;
+
+fn field(item: &mut Map<String, Value>, name: &str, bytes: Vec<u8>, encoding: Encoding) {
+    let b64 = |b: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(b));
+    match (encoding, String::from_utf8(bytes)) {
+        (Encoding::Utf8, Ok(s)) => {
+            item.insert(name.into(), Value::String(s));
+        }
+        (Encoding::Utf8, Err(e)) => {
+            item.insert(format!("{name}_base64"), b64(e.as_bytes()));
+        }
+        (Encoding::Base64, Ok(s)) => {
+            item.insert(name.into(), b64(s.as_bytes()));
+        }
+        (Encoding::Base64, Err(e)) => {
+            item.insert(name.into(), b64(e.as_bytes()));
+        }
+    }
+}
+
+fn to_json(kv: KeyValue, encoding: Encoding) -> Value {
+    let mut item = Map::new();
+    field(&mut item, "key", kv.key, encoding);
+    field(&mut item, "value", kv.value, encoding);
+    item.insert("create_revision".into(), kv.create_revision.into());
+    item.insert("mod_revision".into(), kv.mod_revision.into());
+    item.insert("version".into(), kv.version.into());
+    Value::Object(item)
+}
+
+/// Lists keys from the engine; the caller has already passed the read barrier if one is due.
+pub fn list(state: &AppState, start: &[u8], q: &Query) -> Result<Response, ApiError> {
+    let end = match (&q.end, q.prefix) {
+        (Some(e), _) if e.is_empty() => None,
+        (Some(e), _) => Some(e.clone()),
+        (None, true) => prefix_end(start),
+        (None, false) => None,
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    let revision = state.engine.revision();
+    let mut kvs = state
+        .engine
+        .range(start, end.as_deref(), limit.saturating_add(1))?;
+    let more = kvs.len() > limit;
+    kvs.truncate(limit);
+    let items: Vec<Value> = kvs.into_iter().map(|kv| to_json(kv, q.encoding)).collect();
+    let body = json!({ "revision": revision, "count": items.len(), "more": more, "kvs": items });
+    Ok(Json(body).into_response())
+}

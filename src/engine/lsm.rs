@@ -1,0 +1,269 @@
+//! The LSM engine on fjall, a log-structured merge tree like leveldb: writes go to a journal
+//! and a memtable, flushed to sorted tables and compacted in the background.
+//!
+//! Layout: keyspace `kv_<generation>` maps key → [`Record`]; keyspace `meta` holds the
+//! applied index, store revision, key count and current generation. Each apply is one fjall
+//! write batch with the data and the meta together, so after a crash fjall's journal recovery
+//! yields a prefix of whole batches and the applied index is never ahead of the data.
+//!
+//! Durability: batches are written to the journal's OS buffers (survives a process crash);
+//! [`Engine::persist`] fsyncs it. After a power loss fjall recovers a prefix of batches and
+//! raft replays the log after it. A restore fills a new generation and switches to it in one
+//! batch, so a crash or a corrupt snapshot mid-restore leaves the previous state intact.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::ops::Bound;
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use parking_lot::Mutex;
+
+use super::{
+    apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Ctx, Engine,
+    EngineError, EngineKind, KeyValue, OpResult, Record, Result,
+};
+
+const GENERATION: &str = "generation";
+const RESTORE_CHUNK: usize = 10_000;
+
+fn kv_name(generation: u64) -> String {
+    format!("kv_{generation}")
+}
+
+struct State {
+    counters: Counters,
+    generation: u64,
+    kv: Keyspace,
+}
+
+pub struct LsmEngine {
+    db: Database,
+    meta: Keyspace,
+    /// The applier's view; readers clone the keyspace handle out of it.
+    state: Mutex<State>,
+}
+
+/// A write batch plus what it has written so far: fjall batches do not read their own writes.
+struct Target<'a> {
+    batch: fjall::OwnedWriteBatch,
+    kv: &'a Keyspace,
+    written: HashMap<Vec<u8>, Option<(u64, u64)>>,
+}
+
+impl ApplyTarget for Target<'_> {
+    fn existing(&mut self, key: &[u8]) -> Result<Option<(u64, u64)>> {
+        if let Some(w) = self.written.get(key) {
+            return Ok(*w);
+        }
+        match self.kv.get(key).ctx("lsm get")? {
+            Some(v) => Record::decode_header(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&mut self, key: &[u8], record: Record) -> Result<()> {
+        self.written
+            .insert(key.to_vec(), Some((record.create_revision, record.version)));
+        self.batch.insert(self.kv, key, record.encode());
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        let existed = self.existing(key)?.is_some();
+        if existed {
+            self.written.insert(key.to_vec(), None);
+            self.batch.remove(self.kv, key);
+        }
+        Ok(existed)
+    }
+}
+
+fn put_meta(batch: &mut fjall::OwnedWriteBatch, meta: &Keyspace, c: &Counters, generation: u64) {
+    for (k, v) in c.named().into_iter().chain([(GENERATION, generation)]) {
+        batch.insert(meta, k, v.to_be_bytes());
+    }
+}
+
+fn read_meta(view: &impl Readable, meta: &Keyspace) -> Result<(Counters, u64)> {
+    let get = |k: &str| -> Result<u64> {
+        match view.get(meta, k).ctx("lsm meta")? {
+            Some(v) => {
+                let b: [u8; 8] = (*v)
+                    .try_into()
+                    .map_err(|_| EngineError::Corrupt(format!("meta {k}")))?;
+                Ok(u64::from_be_bytes(b))
+            }
+            None => Ok(0),
+        }
+    };
+    let counters = Counters {
+        applied_index: get("applied_index")?,
+        revision: get("revision")?,
+        keys: get("keys")?,
+    };
+    Ok((counters, get(GENERATION)?))
+}
+
+fn to_kv(item: fjall::Guard) -> Result<KeyValue> {
+    let (k, v) = item.into_inner().ctx("lsm read")?;
+    Ok(Record::decode(&v)?.into_kv(k.to_vec()))
+}
+
+impl LsmEngine {
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::builder(dir.join("lsm")).open().ctx("lsm open")?;
+        let meta = db
+            .keyspace("meta", KeyspaceCreateOptions::default)
+            .ctx("lsm open")?;
+        let (counters, generation) = read_meta(&db.snapshot(), &meta)?;
+        let live = kv_name(generation);
+        // Drop what an interrupted restore left behind.
+        for name in db.list_keyspace_names() {
+            let name: &str = name.as_ref();
+            if name.starts_with("kv_") && name != live {
+                let stale = db
+                    .keyspace(name, KeyspaceCreateOptions::default)
+                    .ctx("lsm open")?;
+                db.delete_keyspace(stale).ctx("lsm open")?;
+            }
+        }
+        let kv = db
+            .keyspace(&live, KeyspaceCreateOptions::default)
+            .ctx("lsm open")?;
+        Ok(LsmEngine {
+            db,
+            meta,
+            state: Mutex::new(State {
+                counters,
+                generation,
+                kv,
+            }),
+        })
+    }
+
+    fn kv(&self) -> Keyspace {
+        self.state.lock().kv.clone()
+    }
+}
+
+impl Engine for LsmEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Lsm
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        match self.kv().get(key).ctx("lsm get")? {
+            Some(v) => Ok(Some(Record::decode(&v)?.into_kv(key.to_vec()))),
+            None => Ok(None),
+        }
+    }
+
+    fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>> {
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        self.kv()
+            .range::<&[u8], _>((Bound::Included(start), upper))
+            .take(limit)
+            .map(to_kv)
+            .collect()
+    }
+
+    fn apply(&self, batch: &[Applied]) -> Result<Vec<Option<OpResult>>> {
+        let mut state = self.state.lock();
+        let mut counters = state.counters;
+        let mut target = Target {
+            batch: self.db.batch(),
+            kv: &state.kv,
+            written: HashMap::new(),
+        };
+        let results = apply_batch(&mut target, &mut counters, batch)?;
+        let mut wb = target.batch;
+        put_meta(&mut wb, &self.meta, &counters, state.generation);
+        wb.commit().ctx("lsm commit")?;
+        state.counters = counters;
+        Ok(results)
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.state.lock().counters.applied_index
+    }
+
+    fn revision(&self) -> u64 {
+        self.state.lock().counters.revision
+    }
+
+    fn len(&self) -> Result<u64> {
+        Ok(self.state.lock().counters.keys)
+    }
+
+    fn persist(&self) -> Result<()> {
+        self.db.persist(PersistMode::SyncAll).ctx("lsm persist")
+    }
+
+    fn snapshot(&self, out: &mut dyn Write) -> Result<()> {
+        // One fjall snapshot: the records and the counters are the same batch's.
+        let view = self.db.snapshot();
+        let (counters, generation) = read_meta(&view, &self.meta)?;
+        let kv = self
+            .db
+            .keyspace(&kv_name(generation), KeyspaceCreateOptions::default)
+            .ctx("lsm snapshot")?;
+        write_snapshot(
+            out,
+            counters.applied_index,
+            counters.revision,
+            view.iter(&kv).map(to_kv),
+        )
+    }
+
+    fn restore(&self, input: &mut dyn Read) -> Result<()> {
+        let mut state = self.state.lock();
+        let generation = state.generation + 1;
+        let kv = self
+            .db
+            .keyspace(&kv_name(generation), KeyspaceCreateOptions::default)
+            .ctx("lsm restore")?;
+        let mut keys = 0u64;
+        let (applied_index, revision) = read_snapshot_chunks(input, RESTORE_CHUNK, &mut |chunk| {
+            let mut wb = self.db.batch();
+            for kv_pair in chunk {
+                let (key, record) = kv_pair.split();
+                wb.insert(&kv, key, record.encode());
+                keys += 1;
+            }
+            wb.commit().ctx("lsm restore")
+        })?;
+        // The switch: new counters and generation in one batch, then the old data goes.
+        let counters = Counters {
+            applied_index,
+            revision,
+            keys,
+        };
+        let mut wb = self.db.batch();
+        put_meta(&mut wb, &self.meta, &counters, generation);
+        wb.commit().ctx("lsm restore")?;
+        self.db.persist(PersistMode::SyncAll).ctx("lsm restore")?;
+        let old = std::mem::replace(&mut state.kv, kv);
+        self.db.delete_keyspace(old).ctx("lsm restore")?;
+        state.counters = counters;
+        state.generation = generation;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    #[test]
+    fn conformance() {
+        let dirs = parking_lot::Mutex::new(Vec::new());
+        super::super::conformance::run_all(&|| {
+            let dir = tempfile::tempdir().unwrap();
+            let e = Arc::new(super::LsmEngine::open(dir.path()).unwrap());
+            dirs.lock().push(dir);
+            e
+        });
+    }
+}
