@@ -3,6 +3,7 @@
 //! mid-write) comes back, with a log line, instead of crashing in a loop.
 //! Port range: 27000s.
 
+#[macro_use]
 mod common;
 
 use std::fs::{self, OpenOptions};
@@ -54,62 +55,63 @@ fn newest_log_file(dir: &std::path::Path) -> std::path::PathBuf {
     files.pop().expect("a raftlog file")
 }
 
-#[test]
-fn corrupt_log_tail_is_recovered() {
-    let mut c = TestCluster::start(3, 27100, &[]);
-    let leader = c.wait_leader(LEADER_TIMEOUT);
-    for k in 0..100 {
-        c.put_ok(leader, &format!("/tail/{k}"), format!("v{k}"));
-    }
-    let victim = c.followers(leader)[0];
-    c.wait_for(
-        || c.has_local(victim, "/tail/99", b"v99"),
-        CONVERGE_TIMEOUT,
-        "victim has every write",
-    );
-    c.kill(victim);
-
-    // A torn write: garbage over the last bytes of the newest record, and a partial record after.
-    let path = newest_log_file(&c.data_dir(victim));
-    let len = fs::metadata(&path).expect("log file").len();
-    let mut f = OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .expect("open log file");
-    let at = len.saturating_sub(24);
-    f.seek(SeekFrom::Start(at)).expect("seek");
-    f.write_all(&[0xa5; 24]).expect("corrupt tail");
-    f.seek(SeekFrom::End(0)).expect("seek end");
-    f.write_all(&[0x5a; 100]).expect("append garbage");
-    f.sync_all().expect("sync");
-    drop(f);
-
-    for k in 100..120 {
-        c.put_ok(leader, &format!("/tail/{k}"), format!("v{k}"));
-    }
-    c.restart(victim);
-    c.wait_for(
-        || c.has_local(victim, "/tail/0", b"v0") && c.has_local(victim, "/tail/119", b"v119"),
-        CONVERGE_TIMEOUT,
-        "member with a corrupt log tail restarts and catches up",
-    );
-    assert!(c.is_running(victim));
-    let log = fs::read_to_string(c.log_path(victim)).expect("member log");
-    assert!(
-        !log.contains("panicked"),
-        "member panicked while recovering:\n{log}"
-    );
-    // raft-engine names what it dropped.
-    assert!(
-        log.contains("Truncating log file"),
-        "no log line about the corrupt tail:\n{log}"
-    );
-    for k in 0..120 {
-        let r = c.get(victim, &format!("/tail/{k}"));
-        assert_eq!(
-            (r.status, r.text()),
-            (200, format!("v{k}")),
-            "key /tail/{k} after recovery"
+engine_tests! {
+    fn corrupt_log_tail_is_recovered() {
+        let mut c = TestCluster::start(3, 27100, &[]);
+        let leader = c.wait_leader(LEADER_TIMEOUT);
+        for k in 0..100 {
+            c.put_ok(leader, &format!("/tail/{k}"), format!("v{k}"));
+        }
+        let victim = c.followers(leader)[0];
+        c.wait_for(
+            || c.has_local(victim, "/tail/99", b"v99"),
+            CONVERGE_TIMEOUT,
+            "victim has every write",
         );
+        c.kill(victim);
+
+        // A torn write: garbage over the last bytes of the newest record, and a partial record after.
+        let path = newest_log_file(&c.data_dir(victim));
+        let len = fs::metadata(&path).expect("log file").len();
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open log file");
+        let at = len.saturating_sub(24);
+        f.seek(SeekFrom::Start(at)).expect("seek");
+        f.write_all(&[0xa5; 24]).expect("corrupt tail");
+        f.seek(SeekFrom::End(0)).expect("seek end");
+        f.write_all(&[0x5a; 100]).expect("append garbage");
+        f.sync_all().expect("sync");
+        drop(f);
+
+        for k in 100..120 {
+            c.put_ok(leader, &format!("/tail/{k}"), format!("v{k}"));
+        }
+        c.restart(victim);
+        c.wait_for(
+            || c.has_local(victim, "/tail/0", b"v0") && c.has_local(victim, "/tail/119", b"v119"),
+            CONVERGE_TIMEOUT,
+            "member with a corrupt log tail restarts and catches up",
+        );
+        assert!(c.is_running(victim));
+        let log = fs::read_to_string(c.log_path(victim)).expect("member log");
+        assert!(
+            !log.contains("panicked"),
+            "member panicked while recovering:\n{log}"
+        );
+        // raft-engine names what it dropped.
+        assert!(
+            log.contains("Truncating log file"),
+            "no log line about the corrupt tail:\n{log}"
+        );
+        for k in 0..120 {
+            let r = c.get(victim, &format!("/tail/{k}"));
+            assert_eq!(
+                (r.status, r.text()),
+                (200, format!("v{k}")),
+                "key /tail/{k} after recovery"
+            );
+        }
     }
 }

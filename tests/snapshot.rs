@@ -2,6 +2,7 @@
 //! its disk catches up through a snapshot, and a full restart restores state
 //! from snapshot + log replay. Ports 24000-24999.
 
+#[macro_use]
 mod common;
 
 use common::{num, TestCluster, CONVERGE_TIMEOUT, LEADER_TIMEOUT};
@@ -36,111 +37,113 @@ fn wait_compacted(c: &TestCluster) {
     );
 }
 
-/// With --snapshot-count 100, 600 writes compact every member's log; a
-/// follower whose data dir is wiped rejoins and catches up by snapshot.
-#[test]
-fn compaction_and_catch_up_by_snapshot() {
-    let mut c = TestCluster::start(3, 24000, &["--snapshot-count", "100"]);
-    let leader = c.wait_leader(LEADER_TIMEOUT);
-    write_batch(&c, leader, "first", 0..600);
-    wait_compacted(&c);
-    for m in 1..=3 {
-        let s = c.status(m);
-        eprintln!("member {m} after 600 writes: {s}");
-        // The log keeps a bounded tail of min(5000, 100) entries past a snapshot.
-        let kept = num(&s, "last_log_index") + 1 - num(&s, "first_log_index");
-        assert!(
-            kept < 600,
-            "member {m} still holds {kept} log entries after compaction: {s}"
-        );
-    }
+engine_tests! {
+    /// With --snapshot-count 100, 600 writes compact every member's log; a
+    /// follower whose data dir is wiped rejoins and catches up by snapshot.
+    fn compaction_and_catch_up_by_snapshot() {
+        let mut c = TestCluster::start(3, 24000, &["--snapshot-count", "100"]);
+        let leader = c.wait_leader(LEADER_TIMEOUT);
+        write_batch(&c, leader, "first", 0..600);
+        wait_compacted(&c);
+        for m in 1..=3 {
+            let s = c.status(m);
+            eprintln!("member {m} after 600 writes: {s}");
+            // The log keeps a bounded tail of min(5000, 100) entries past a snapshot.
+            let kept = num(&s, "last_log_index") + 1 - num(&s, "first_log_index");
+            assert!(
+                kept < 600,
+                "member {m} still holds {kept} log entries after compaction: {s}"
+            );
+        }
 
-    let victim = if leader != 3 { 3 } else { 2 };
-    c.wipe(victim);
-    let leader = c.wait_leader(LEADER_TIMEOUT);
-    write_batch(&c, leader, "last", 0..50);
-    c.restart(victim);
+        let victim = if leader != 3 { 3 } else { 2 };
+        c.wipe(victim);
+        let leader = c.wait_leader(LEADER_TIMEOUT);
+        write_batch(&c, leader, "last", 0..50);
+        c.restart(victim);
 
-    c.wait_for(
-        || {
-            c.has_local(victim, &key("first", 0), val("first", 0).as_bytes())
-                && c.has_local(victim, &key("last", 49), val("last", 49).as_bytes())
-        },
-        CONVERGE_TIMEOUT,
-        "the wiped member to serve the first and the last key",
-    );
-    let s = c.status(victim);
-    eprintln!("wiped member {victim} after catch-up: {s}");
-    assert!(
-        num(&s, "snapshot_index") > 0,
-        "wiped member did not install a snapshot: {s}"
-    );
-    for k in 0..600 {
-        assert!(
-            c.has_local(victim, &key("first", k), val("first", k).as_bytes()),
-            "wiped member lacks {}",
-            key("first", k)
+        c.wait_for(
+            || {
+                c.has_local(victim, &key("first", 0), val("first", 0).as_bytes())
+                    && c.has_local(victim, &key("last", 49), val("last", 49).as_bytes())
+            },
+            CONVERGE_TIMEOUT,
+            "the wiped member to serve the first and the last key",
         );
-    }
-    for k in 0..50 {
+        let s = c.status(victim);
+        eprintln!("wiped member {victim} after catch-up: {s}");
         assert!(
-            c.has_local(victim, &key("last", k), val("last", k).as_bytes()),
-            "wiped member lacks {}",
-            key("last", k)
+            num(&s, "snapshot_index") > 0,
+            "wiped member did not install a snapshot: {s}"
         );
+        for k in 0..600 {
+            assert!(
+                c.has_local(victim, &key("first", k), val("first", k).as_bytes()),
+                "wiped member lacks {}",
+                key("first", k)
+            );
+        }
+        for k in 0..50 {
+            assert!(
+                c.has_local(victim, &key("last", k), val("last", k).as_bytes()),
+                "wiped member lacks {}",
+                key("last", k)
+            );
+        }
+        // It is a full member again: it answers linearizable reads too.
+        c.wait_leader(LEADER_TIMEOUT);
+        assert_eq!(c.get(victim, &key("last", 10)).text(), val("last", 10));
     }
-    // It is a full member again: it answers linearizable reads too.
-    c.wait_leader(LEADER_TIMEOUT);
-    assert_eq!(c.get(victim, &key("last", 10)).text(), val("last", 10));
 }
 
-/// Killing and restarting every member restores all keys (including deletes
-/// and overwrites) from snapshot + log, and the revision carries on.
-#[test]
-fn full_restart_restores_from_snapshot_and_log() {
-    let mut c = TestCluster::start(3, 24100, &["--snapshot-count", "100"]);
-    let leader = c.wait_leader(LEADER_TIMEOUT);
-    write_batch(&c, leader, "p", 0..350);
-    for k in 0..20 {
-        assert_eq!(c.delete(leader, &key("p", k)).status, 204);
-    }
-    for k in 20..30 {
-        c.put_ok(leader, &key("p", k), "overwritten");
-    }
-    wait_compacted(&c);
-    let rev_before = num(&c.status(leader), "revision");
-
-    c.kill_all();
-    c.restart_all();
-    let leader = c.wait_leader(LEADER_TIMEOUT);
-
-    for k in 0..350 {
-        let r = c.get(k % 3 + 1, &key("p", k));
-        let expected = match k {
-            0..=19 => None,
-            20..=29 => Some("overwritten".to_string()),
-            _ => Some(val("p", k)),
-        };
-        match expected {
-            None => assert_eq!(
-                r.status,
-                404,
-                "deleted {} came back: {:?}",
-                key("p", k),
-                r.text()
-            ),
-            Some(v) => assert_eq!(
-                (r.status, r.text()),
-                (200, v),
-                "{} after full restart",
-                key("p", k)
-            ),
+engine_tests! {
+    /// Killing and restarting every member restores all keys (including deletes
+    /// and overwrites) from snapshot + log, and the revision carries on.
+    fn full_restart_restores_from_snapshot_and_log() {
+        let mut c = TestCluster::start(3, 24100, &["--snapshot-count", "100"]);
+        let leader = c.wait_leader(LEADER_TIMEOUT);
+        write_batch(&c, leader, "p", 0..350);
+        for k in 0..20 {
+            assert_eq!(c.delete(leader, &key("p", k)).status, 204);
         }
+        for k in 20..30 {
+            c.put_ok(leader, &key("p", k), "overwritten");
+        }
+        wait_compacted(&c);
+        let rev_before = num(&c.status(leader), "revision");
+
+        c.kill_all();
+        c.restart_all();
+        let leader = c.wait_leader(LEADER_TIMEOUT);
+
+        for k in 0..350 {
+            let r = c.get(k % 3 + 1, &key("p", k));
+            let expected = match k {
+                0..=19 => None,
+                20..=29 => Some("overwritten".to_string()),
+                _ => Some(val("p", k)),
+            };
+            match expected {
+                None => assert_eq!(
+                    r.status,
+                    404,
+                    "deleted {} came back: {:?}",
+                    key("p", k),
+                    r.text()
+                ),
+                Some(v) => assert_eq!(
+                    (r.status, r.text()),
+                    (200, v),
+                    "{} after full restart",
+                    key("p", k)
+                ),
+            }
+        }
+        let rev = c.put_ok(leader, "/p/after-restart", "x").revision();
+        assert_eq!(
+            rev,
+            rev_before + 1,
+            "revision must continue from before the restart"
+        );
     }
-    let rev = c.put_ok(leader, "/p/after-restart", "x").revision();
-    assert_eq!(
-        rev,
-        rev_before + 1,
-        "revision must continue from before the restart"
-    );
 }

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+use std::cell::Cell;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -338,6 +339,64 @@ pub fn set_flag(args: &mut [String], flag: &str, value: &str) {
 }
 
 // ---------------------------------------------------------------------------
+// Engines
+// ---------------------------------------------------------------------------
+
+/// Every engine a test can run on; "mixed" gives member i engine i of memory, btree, lsm.
+pub const ENGINES: [&str; 3] = ["memory", "btree", "lsm"];
+
+thread_local! {
+    /// (engine, port offset) of the running engine test; see `engine_tests!`.
+    static ENGINE: Cell<Option<(&'static str, u16)>> = const { Cell::new(None) };
+}
+
+/// Runs `body` with every `TestCluster` it makes on `engine`, shifted by `port_offset` so
+/// the variants of one test never share ports.
+pub fn with_engine(engine: &'static str, port_offset: u16, body: fn()) {
+    ENGINE.set(Some((engine, port_offset)));
+    body();
+}
+
+/// The engine the current test runs on (the server's default outside `engine_tests!`).
+pub fn current_engine() -> &'static str {
+    ENGINE.get().map_or("btree", |(e, _)| e)
+}
+
+/// The engine member `i` runs under `engine` ("mixed" rotates through all three).
+pub fn member_engine(engine: &str, i: usize) -> &str {
+    if engine == "mixed" {
+        ENGINES[(i - 1) % ENGINES.len()]
+    } else {
+        engine
+    }
+}
+
+/// Declares each test once per engine: `mod name { fn memory, fn btree, fn lsm }`.
+#[allow(unused_macros)]
+macro_rules! engine_tests {
+    ($($(#[$meta:meta])* fn $name:ident() $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            fn body() $body
+            #[test]
+            fn memory() {
+                $crate::common::with_engine("memory", 0, body)
+            }
+            #[test]
+            fn btree() {
+                $crate::common::with_engine("btree", 30, body)
+            }
+            #[test]
+            fn lsm() {
+                $crate::common::with_engine("lsm", 60, body)
+            }
+        }
+    )*};
+}
+
+// ---------------------------------------------------------------------------
 // TestCluster
 // ---------------------------------------------------------------------------
 
@@ -346,6 +405,7 @@ pub fn set_flag(args: &mut [String], flag: &str, value: &str) {
 pub struct TestCluster {
     n: usize,
     base_port: u16,
+    engine: Option<&'static str>,
     extra_args: Vec<String>,
     dir: tempfile::TempDir,
     children: Vec<Option<Child>>,
@@ -360,9 +420,14 @@ impl TestCluster {
             .prefix("metcd-test-")
             .tempdir()
             .expect("tempdir");
+        let (engine, offset) = match ENGINE.get() {
+            Some((e, off)) => (Some(e), off),
+            None => (None, 0),
+        };
         TestCluster {
             n,
-            base_port,
+            base_port: base_port + offset,
+            engine,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             dir,
             children: (0..n).map(|_| None).collect(),
@@ -423,8 +488,17 @@ impl TestCluster {
             "--data-dir".to_string(),
             self.data_dir(i).to_string_lossy().into_owned(),
         ];
+        if let Some(engine) = self.engine {
+            args.push("--engine".to_string());
+            args.push(member_engine(engine, i).to_string());
+        }
         args.extend(self.extra_args.iter().cloned());
         args
+    }
+
+    /// The engine member `i` runs.
+    pub fn engine_of(&self, i: usize) -> &str {
+        member_engine(self.engine.unwrap_or("btree"), i)
     }
 
     fn idx(&self, i: usize) -> usize {
