@@ -37,63 +37,79 @@ fn wait_compacted(c: &TestCluster) {
     );
 }
 
-engine_tests! {
-    /// With --snapshot-count 100, 600 writes compact every member's log; a
-    /// follower whose data dir is wiped rejoins and catches up by snapshot.
-    fn compaction_and_catch_up_by_snapshot() {
-        let mut c = TestCluster::start(3, 24000, &["--snapshot-count", "100"]);
-        let leader = c.wait_leader(LEADER_TIMEOUT);
-        write_batch(&c, leader, "first", 0..600);
-        wait_compacted(&c);
-        for m in 1..=3 {
-            let s = c.status(m);
-            eprintln!("member {m} after 600 writes: {s}");
-            // The log keeps a bounded tail of min(5000, 100) entries past a snapshot.
-            let kept = num(&s, "last_log_index") + 1 - num(&s, "first_log_index");
-            assert!(
-                kept < 600,
-                "member {m} still holds {kept} log entries after compaction: {s}"
-            );
-        }
-
-        let victim = if leader != 3 { 3 } else { 2 };
-        c.wipe(victim);
-        let leader = c.wait_leader(LEADER_TIMEOUT);
-        write_batch(&c, leader, "last", 0..50);
-        c.restart(victim);
-
-        c.wait_for(
-            || {
-                c.has_local(victim, &key("first", 0), val("first", 0).as_bytes())
-                    && c.has_local(victim, &key("last", 49), val("last", 49).as_bytes())
-            },
-            CONVERGE_TIMEOUT,
-            "the wiped member to serve the first and the last key",
-        );
-        let s = c.status(victim);
-        eprintln!("wiped member {victim} after catch-up: {s}");
+/// With --snapshot-count 100, 600 writes compact every member's log; a follower whose data
+/// dir is wiped rejoins and catches up by snapshot.
+fn compaction_and_catch_up() {
+    let mut c = TestCluster::start(3, 24000, &["--snapshot-count", "100"]);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    write_batch(&c, leader, "first", 0..600);
+    wait_compacted(&c);
+    for m in 1..=3 {
+        let s = c.status(m);
+        eprintln!("member {m} after 600 writes: {s}");
+        // The log keeps a bounded tail of min(5000, 100) entries past a snapshot.
+        let kept = num(&s, "last_log_index") + 1 - num(&s, "first_log_index");
         assert!(
-            num(&s, "snapshot_index") > 0,
-            "wiped member did not install a snapshot: {s}"
+            kept < 600,
+            "member {m} still holds {kept} log entries after compaction: {s}"
         );
-        for k in 0..600 {
-            assert!(
-                c.has_local(victim, &key("first", k), val("first", k).as_bytes()),
-                "wiped member lacks {}",
-                key("first", k)
-            );
-        }
-        for k in 0..50 {
-            assert!(
-                c.has_local(victim, &key("last", k), val("last", k).as_bytes()),
-                "wiped member lacks {}",
-                key("last", k)
-            );
-        }
-        // It is a full member again: it answers linearizable reads too.
-        c.wait_leader(LEADER_TIMEOUT);
-        assert_eq!(c.get(victim, &key("last", 10)).text(), val("last", 10));
     }
+
+    let victim = if leader != 3 { 3 } else { 2 };
+    eprintln!(
+        "snapshot from a {} leader to a wiped {} member",
+        c.engine_of(leader),
+        c.engine_of(victim)
+    );
+    c.wipe(victim);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    write_batch(&c, leader, "last", 0..50);
+    c.restart(victim);
+
+    c.wait_for(
+        || {
+            c.has_local(victim, &key("first", 0), val("first", 0).as_bytes())
+                && c.has_local(victim, &key("last", 49), val("last", 49).as_bytes())
+        },
+        CONVERGE_TIMEOUT,
+        "the wiped member to serve the first and the last key",
+    );
+    let s = c.status(victim);
+    eprintln!("wiped member {victim} after catch-up: {s}");
+    assert!(
+        num(&s, "snapshot_index") > 0,
+        "wiped member did not install a snapshot: {s}"
+    );
+    for k in 0..600 {
+        assert!(
+            c.has_local(victim, &key("first", k), val("first", k).as_bytes()),
+            "wiped member lacks {}",
+            key("first", k)
+        );
+    }
+    for k in 0..50 {
+        assert!(
+            c.has_local(victim, &key("last", k), val("last", k).as_bytes()),
+            "wiped member lacks {}",
+            key("last", k)
+        );
+    }
+    // It is a full member again: it answers linearizable reads too.
+    c.wait_leader(LEADER_TIMEOUT);
+    assert_eq!(c.get(victim, &key("last", 10)).text(), val("last", 10));
+}
+
+engine_tests! {
+    fn compaction_and_catch_up_by_snapshot() {
+        compaction_and_catch_up()
+    }
+}
+
+/// Members of one cluster may run different engines: snapshots are engine-neutral, so the
+/// wiped member (whose engine differs from the leader's) installs the leader's snapshot.
+#[test]
+fn mixed_engines_exchange_snapshots() {
+    common::with_engine("mixed", 60, compaction_and_catch_up);
 }
 
 engine_tests! {

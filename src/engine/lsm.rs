@@ -254,16 +254,16 @@ impl Engine for LsmEngine {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use crate::engine::{conformance, EngineKind};
 
     #[test]
     fn conformance() {
         let dirs = parking_lot::Mutex::new(Vec::new());
-        super::super::conformance::run_all(&|| {
-            let dir = tempfile::tempdir().unwrap();
-            let e = Arc::new(super::LsmEngine::open(dir.path()).unwrap());
-            dirs.lock().push(dir);
-            e
-        });
+        conformance::run_all(&|| conformance::open_temp(EngineKind::Lsm, &dirs));
+    }
+
+    #[test]
+    fn reopen_keeps_state() {
+        conformance::reopen_keeps_state(EngineKind::Lsm);
     }
 }

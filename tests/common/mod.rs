@@ -350,7 +350,8 @@ thread_local! {
     static ENGINE: Cell<Option<(&'static str, u16)>> = const { Cell::new(None) };
 }
 
-/// Runs `body` with every `TestCluster` it makes on `engine`, shifted by `port_offset` so
+/// Runs `body` with every `TestCluster` it makes on `engine`, shifted by `port_offset` (0, 20,
+/// 40 for the single engines, 60 for "mixed": a test owns base..base+99) so
 /// the variants of one test never share ports.
 pub fn with_engine(engine: &'static str, port_offset: u16, body: fn()) {
     ENGINE.set(Some((engine, port_offset)));
@@ -386,11 +387,11 @@ macro_rules! engine_tests {
             }
             #[test]
             fn btree() {
-                $crate::common::with_engine("btree", 30, body)
+                $crate::common::with_engine("btree", 20, body)
             }
             #[test]
             fn lsm() {
-                $crate::common::with_engine("lsm", 60, body)
+                $crate::common::with_engine("lsm", 40, body)
             }
         }
     )*};
