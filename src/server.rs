@@ -121,10 +121,23 @@ pub async fn run(
     )?;
     let failed = node_handle.failed.clone();
     let raft_thread = std::thread::Builder::new().name("raft".into()).spawn(move || {
-        if let Err(e) = node.run() {
-            tracing::error!(error = %e, "raft loop stopped; this member refuses client traffic until restarted");
-            let _ = failed.set(e.to_string());
-        }
+        // A panic in raft or a storage library (some treat I/O failure as fatal) stops the
+        // member the same way as an error: loudly, and refusing traffic rather than diverging.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run()));
+        let reason = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                format!("raft loop panicked: {what}")
+            }
+        };
+        tracing::error!(error = %reason, "raft loop stopped; this member refuses client traffic until restarted");
+        let _ = failed.set(reason);
     })?;
 
     let peer = PeerApi {

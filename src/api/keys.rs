@@ -45,6 +45,7 @@ async fn run(
             "GET, HEAD, PUT, DELETE",
         ));
     }
+    state.node.check_running()?;
     let key: Vec<u8> = percent_decode_str(raw_key).collect();
     let max_key = state.settings.max_key_bytes;
     if key.len() > max_key {

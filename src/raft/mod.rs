@@ -107,6 +107,15 @@ impl NodeHandle {
         }
     }
 
+    /// Fails once the raft loop has stopped: local state may then lag or differ from the
+    /// cluster's, so even serializable reads are refused.
+    pub fn check_running(&self) -> Result<(), RequestError> {
+        match self.failed.get() {
+            Some(_) => Err(self.stopped()),
+            None => Ok(()),
+        }
+    }
+
     fn stopped(&self) -> RequestError {
         RequestError::Stopped(
             self.failed
