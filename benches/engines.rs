@@ -98,10 +98,9 @@ fn run(kind: EngineKind, n: u64) -> Row {
     // stride that does not divide n visits each of 0..n once).
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let started = Instant::now();
-    let mut index = 0u64;
     let mut batch = Vec::with_capacity(BATCH);
     for i in 0..n {
-        index += 1;
+        let index = i + 1;
         let op = Op::Put {
             key: key(i * 1_000_003 % n),
             value: value.clone(),
