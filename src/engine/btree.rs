@@ -266,19 +266,3 @@ impl Engine for BtreeEngine {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use crate::engine::{conformance, EngineKind};
-
-    #[test]
-    fn conformance() {
-        let dirs = parking_lot::Mutex::new(Vec::new());
-        conformance::run_all(&|| conformance::open_temp(EngineKind::Btree, &dirs));
-    }
-
-    #[test]
-    fn reopen_keeps_state() {
-        conformance::reopen_keeps_state(EngineKind::Btree);
-    }
-}

@@ -251,19 +251,3 @@ impl Engine for LsmEngine {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use crate::engine::{conformance, EngineKind};
-
-    #[test]
-    fn conformance() {
-        let dirs = parking_lot::Mutex::new(Vec::new());
-        conformance::run_all(&|| conformance::open_temp(EngineKind::Lsm, &dirs));
-    }
-
-    #[test]
-    fn reopen_keeps_state() {
-        conformance::reopen_keeps_state(EngineKind::Lsm);
-    }
-}

@@ -117,13 +117,3 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    #[test]
-    fn conformance() {
-        super::super::conformance::run_all(&|| Arc::new(super::MemoryEngine::new()));
-    }
-}

@@ -326,8 +326,8 @@ pub(crate) fn write_snapshot(
 }
 
 #[cfg(test)]
-pub(crate) mod conformance {
-    //! The suite every engine must pass; each engine module calls [`run_all`].
+mod conformance {
+    //! The suite every engine must pass.
     use super::*;
 
     fn put(index: u64, k: &str, v: &str) -> Applied {
@@ -347,7 +347,7 @@ pub(crate) mod conformance {
         }
     }
 
-    pub fn run_all(make: &dyn Fn() -> Arc<dyn Engine>) {
+    fn run_all(make: &dyn Fn() -> Arc<dyn Engine>) {
         put_get_delete_revisions(make().as_ref());
         reapply_is_noop(make().as_ref());
         range_is_ordered_and_limited(make().as_ref());
@@ -462,6 +462,20 @@ pub(crate) mod conformance {
         assert_eq!(dst.get(b"stale").unwrap(), None);
     }
 
+    #[test]
+    fn every_engine_conforms() {
+        let dirs = parking_lot::Mutex::new(Vec::new());
+        for kind in EngineKind::ALL {
+            run_all(&|| open_temp(kind, &dirs));
+        }
+    }
+
+    #[test]
+    fn persistent_engines_keep_state_across_reopen() {
+        reopen_keeps_state(EngineKind::Btree);
+        reopen_keeps_state(EngineKind::Lsm);
+    }
+
     /// Opens an engine of `kind` in a fresh temporary directory (kept alive by the caller).
     pub fn open_temp(
         kind: EngineKind,
@@ -527,7 +541,7 @@ pub(crate) mod conformance {
     }
 
     /// For persistent engines: state survives a reopen, and re-applying is a no-op after it.
-    pub fn reopen_keeps_state(kind: EngineKind) {
+    fn reopen_keeps_state(kind: EngineKind) {
         let dir = tempfile::tempdir().unwrap();
         let batch: Vec<Applied> = (0..500u64)
             .map(|i| put(i + 1, &format!("k{i:03}"), "v"))
