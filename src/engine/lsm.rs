@@ -185,16 +185,8 @@ impl Engine for LsmEngine {
         Ok(results)
     }
 
-    fn applied_index(&self) -> u64 {
-        self.state.lock().counters.applied_index
-    }
-
-    fn revision(&self) -> u64 {
-        self.state.lock().counters.revision
-    }
-
-    fn len(&self) -> Result<u64> {
-        Ok(self.state.lock().counters.keys)
+    fn counters(&self) -> Counters {
+        self.state.lock().counters
     }
 
     fn persist(&self) -> Result<()> {

@@ -74,16 +74,8 @@ impl Engine for MemoryEngine {
         apply_batch(map, counters, batch)
     }
 
-    fn applied_index(&self) -> u64 {
-        self.state.read().counters.applied_index
-    }
-
-    fn revision(&self) -> u64 {
-        self.state.read().counters.revision
-    }
-
-    fn len(&self) -> Result<u64> {
-        Ok(self.state.read().map.len() as u64)
+    fn counters(&self) -> Counters {
+        self.state.read().counters
     }
 
     fn snapshot(&self, out: &mut dyn Write) -> Result<()> {

@@ -208,10 +208,18 @@ pub trait Engine: Send + Sync {
     /// Applies a batch atomically with the applied index; entries at or below the current
     /// applied index are skipped (result `None`). Results align with `batch`.
     fn apply(&self, batch: &[Applied]) -> Result<Vec<Option<OpResult>>>;
-    fn applied_index(&self) -> u64;
-    fn revision(&self) -> u64;
+    /// Applied index, store revision and key count as of the last applied batch.
+    fn counters(&self) -> Counters;
+    fn applied_index(&self) -> u64 {
+        self.counters().applied_index
+    }
+    fn revision(&self) -> u64 {
+        self.counters().revision
+    }
     /// Number of keys stored.
-    fn len(&self) -> Result<u64>;
+    fn len(&self) -> Result<u64> {
+        Ok(self.counters().keys)
+    }
     fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
     }
