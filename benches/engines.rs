@@ -101,10 +101,7 @@ fn run(kind: EngineKind, n: u64) -> Row {
     let mut batch = Vec::with_capacity(BATCH);
     for i in 0..n {
         let index = i + 1;
-        let op = Op::Put {
-            key: key(i * 1_000_003 % n),
-            value: value.clone(),
-        };
+        let op = Op::put(key(i * 1_000_003 % n), value.clone());
         batch.push(Applied {
             index,
             op: Some(op),

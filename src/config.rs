@@ -7,17 +7,34 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::engine::EngineKind;
+use crate::local_cluster::LocalClusterArgs;
 
 /// metcd: a Raft-replicated key-value store with a curl-friendly HTTP API.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "metcd", version, about)]
+#[command(name = "metcd", version, about, args_conflicts_with_subcommands = true)]
 pub struct Config {
-    /// This member's 1-based position in --cluster.
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+    /// This member's id: its 1-based position in --cluster, or the id given there as id=URL.
     #[arg(long, default_value_t = 1)]
     pub id: u64,
-    /// Comma-separated peer URLs of all members; each member serves peer traffic on its own.
+    /// Comma-separated peer URLs of the members (`URL,...` with ids 1, 2, ... in order, or
+    /// `ID=URL,...`); each member serves peer traffic on its own. Read when a member first
+    /// starts; afterwards the replicated membership is authoritative.
     #[arg(long, default_value = "http://127.0.0.1:3380")]
     pub cluster: String,
+    /// Join an existing cluster (after `PUT /_members/<id>` on it) instead of starting a new
+    /// one; --cluster must reach at least one current member.
+    #[arg(long)]
+    pub join: bool,
+    /// A learner added without `?learner=true` is promoted to voter once its log is within
+    /// this many entries of the leader's.
+    #[arg(long, default_value_t = 100)]
+    pub promote_within: u64,
+    /// `/_health` fails when this member's applied index is more than this many entries
+    /// behind its commit index.
+    #[arg(long, default_value_t = 1_000)]
+    pub health_max_lag: u64,
     /// Client HTTP port.
     #[arg(long, default_value_t = 3379)]
     pub port: u16,
@@ -61,11 +78,21 @@ pub enum ConfigError {
     BadUrl { url: String, why: String },
     #[error("peer URL {0} appears twice in --cluster")]
     DuplicateUrl(String),
+    #[error("member id {0} appears twice in --cluster")]
+    DuplicateId(u64),
+    #[error("--id {0} is not among the ids in --cluster")]
+    UnknownId(u64),
     #[error("{0}")]
     Invalid(String),
 }
 
-/// One member of the initial cluster.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Subcommand {
+    /// Start a local cluster of 3 members on this machine for trying metcd out.
+    LocalCluster(LocalClusterArgs),
+}
+
+/// One member named on the command line.
 #[derive(Clone, Debug)]
 pub struct Member {
     pub id: u64,
@@ -80,7 +107,12 @@ pub struct Member {
 pub struct Settings {
     pub id: u64,
     pub members: Vec<Member>,
+    /// The id a new cluster of `members` gets; a member that joins or restarts uses the
+    /// recorded one instead.
     pub cluster_id: u64,
+    pub join: bool,
+    pub promote_within: u64,
+    pub health_max_lag: u64,
     pub peer_listen: SocketAddr,
     pub client_listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -95,7 +127,8 @@ pub struct Settings {
     pub election_ticks: usize,
 }
 
-fn parse_url(url: &str) -> Result<(String, String), ConfigError> {
+/// Checks and normalizes a peer URL: `(http://host:port, host:port)`.
+pub fn parse_url(url: &str) -> Result<(String, String), ConfigError> {
     let bad = |why: &str| ConfigError::BadUrl {
         url: url.to_string(),
         why: why.to_string(),
@@ -136,25 +169,48 @@ pub fn cluster_id(urls: &[String]) -> u64 {
     h
 }
 
+/// Parses `URL,...` (ids by position) or `ID=URL,...`.
+fn parse_cluster(list: &str) -> Result<Vec<Member>, ConfigError> {
+    let explicit = list.contains('=');
+    let mut members: Vec<Member> = Vec::new();
+    for (i, raw) in list.split(',').enumerate() {
+        let (id, raw_url) = if explicit {
+            let (id, url) = raw.split_once('=').ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "--cluster entry {raw:?}: give every entry as ID=URL, or none"
+                ))
+            })?;
+            let id = id.trim().parse::<u64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "--cluster entry {raw:?}: the id must be a positive number"
+                ))
+            })?;
+            (id, url)
+        } else {
+            (i as u64 + 1, raw)
+        };
+        let (url, authority) = parse_url(raw_url)?;
+        if members.iter().any(|m| m.url == url) {
+            return Err(ConfigError::DuplicateUrl(url));
+        }
+        if members.iter().any(|m| m.id == id) {
+            return Err(ConfigError::DuplicateId(id));
+        }
+        members.push(Member { id, url, authority });
+    }
+    Ok(members)
+}
+
 impl Config {
     pub fn validate(&self) -> Result<Settings, ConfigError> {
-        let mut members = Vec::new();
-        for (i, raw) in self.cluster.split(',').enumerate() {
-            let (url, authority) = parse_url(raw)?;
-            if members.iter().any(|m: &Member| m.url == url) {
-                return Err(ConfigError::DuplicateUrl(url));
-            }
-            members.push(Member {
-                id: i as u64 + 1,
-                url,
-                authority,
-            });
-        }
+        let members = parse_cluster(&self.cluster)?;
         let n = members.len();
-        if self.id == 0 || self.id > n as u64 {
-            return Err(ConfigError::IdOutOfRange { id: self.id, n });
-        }
-        let me = &members[(self.id - 1) as usize];
+        let explicit_ids = self.cluster.contains('=');
+        let me = match members.iter().find(|m| m.id == self.id) {
+            Some(me) => me,
+            None if explicit_ids => return Err(ConfigError::UnknownId(self.id)),
+            None => return Err(ConfigError::IdOutOfRange { id: self.id, n }),
+        };
         let peer_listen = me
             .authority
             .to_socket_addrs()
@@ -179,6 +235,9 @@ impl Config {
         Ok(Settings {
             id: self.id,
             cluster_id: cluster_id(&urls),
+            join: self.join,
+            promote_within: self.promote_within,
+            health_max_lag: self.health_max_lag,
             members,
             peer_listen,
             client_listen: SocketAddr::new(self.listen_addr, self.port),
@@ -245,6 +304,41 @@ mod tests {
         assert!(matches!(
             cfg(&["--cluster", dup]).validate(),
             Err(ConfigError::DuplicateUrl(_))
+        ));
+    }
+
+    #[test]
+    fn explicit_ids() {
+        let list = "1=http://127.0.0.1:1,3=http://127.0.0.1:3,7=http://127.0.0.1:7";
+        let s = cfg(&["--id", "7", "--cluster", list, "--join"])
+            .validate()
+            .unwrap();
+        assert_eq!(
+            s.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+            vec![1, 3, 7]
+        );
+        assert_eq!(s.peer_listen.port(), 7);
+        assert!(s.join);
+        assert!(matches!(
+            cfg(&["--id", "2", "--cluster", list]).validate(),
+            Err(ConfigError::UnknownId(2))
+        ));
+        for bad in [
+            "1=http://127.0.0.1:1,http://127.0.0.1:2",
+            "0=http://127.0.0.1:1",
+            "x=http://127.0.0.1:1",
+        ] {
+            assert!(
+                matches!(
+                    cfg(&["--cluster", bad]).validate(),
+                    Err(ConfigError::Invalid(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            cfg(&["--cluster", "1=http://127.0.0.1:1,1=http://127.0.0.1:2"]).validate(),
+            Err(ConfigError::DuplicateId(1))
         ));
     }
 

@@ -30,6 +30,10 @@ pub enum Error {
     Node(#[from] crate::raft::node::NodeError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot join: {0}")]
+    Join(String),
+    #[error("member {0} was removed from the cluster; wipe its data dir and add it again with a new id")]
+    Removed(u64),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -3,20 +3,24 @@
 //! The seed article's architecture, one module per box:
 //!
 //! ```text
-//! api      HTTP/1.x client API (keys, /_status, /_health)
+//! api      HTTP/1.x client API (keys, /_members, /_leader, /_status, /_health, /_metrics)
 //!   |  proposals, read barriers (NodeHandle)
 //! raft     node: the one owner of the RawNode and its Ready loop
 //!          storage: the durable log (raft-engine); snapshot: snapshot files
 //!          transport + peer_api: HTTP/2 streams between members
+//!          members: replicated membership, decided by the leader
 //!   |  committed entries, in order, one batch per Ready
 //! engine   the state machine's storage engines behind one object-safe trait
 //! ```
-//! [`server`] wires them together; [`config`] is the only reader of flags.
+//! [`server`] wires them together; [`config`] is the only reader of flags; [`metrics`] is the
+//! Prometheus registry; [`local_cluster`] runs a 3-member cluster for trying metcd out.
 
 pub mod api;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod local_cluster;
+pub mod metrics;
 pub mod raft;
 pub mod server;
 

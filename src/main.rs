@@ -1,12 +1,16 @@
-//! The `metcd` binary: parse flags, set up logging, run one member until SIGINT/SIGTERM.
+//! The `metcd` binary: parse flags, set up logging, run one member until SIGINT/SIGTERM
+//! (or `metcd local-cluster`: a local 3-member cluster for trying metcd out).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use metcd::config::Config;
+use metcd::config::{Config, Subcommand};
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(Subcommand::LocalCluster(args)) = &config.command {
+        return metcd::local_cluster::run(args);
+    }
     let filter = match tracing_subscriber::EnvFilter::try_new(&config.log_level) {
         Ok(f) => f,
         Err(e) => return fail(&format!("--log-level {:?}: {e}", config.log_level)),

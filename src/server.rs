@@ -4,21 +4,28 @@
 //! Recovery order on start: the log (raft-engine replays itself), then the engine is brought
 //! to the newest durable snapshot if it is behind it, then raft replays the committed log
 //! after the engine's applied index.
+//!
+//! Stopping: on SIGINT/SIGTERM a leader first hands leadership to its most up-to-date voter,
+//! then the client port stops accepting and drains in-flight requests while raft keeps
+//! running, then raft stops. A member that learns it was removed stops the same way.
 
 use std::fs::{self, File};
 use std::future::Future;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 
-use raft::eraftpb::ConfState;
+use parking_lot::RwLock;
 use tokio::net::TcpListener;
-use tracing::info;
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::config::Settings;
-use crate::engine::{self, Engine};
+use crate::engine::{self, Applied, Engine};
 use crate::error::{Error, Result};
-use crate::raft::node::Node;
+use crate::metrics::Metrics;
+use crate::raft::members::{self, AdminCtx, MemberInfo, Membership};
+use crate::raft::node::{self as raft_node, Exit, Node};
 use crate::raft::peer_api::{self, PeerApi};
 use crate::raft::snapshot::SnapshotStore;
 use crate::raft::storage::{Identity, LogStore};
@@ -37,24 +44,93 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
     Ok(lock)
 }
 
-/// Opens the log, checks the data dir belongs to this member, bootstraps a new member.
-fn open_log(settings: &Settings) -> Result<LogStore> {
+/// Opens the log and checks the data dir belongs to this member. A new member either starts
+/// a new cluster (bootstrap) or, with `--join`, learns the cluster from its peers and waits
+/// for the leader's snapshot. Sets `settings.cluster_id` to the cluster's recorded id.
+async fn open_log(settings: &mut Settings, snaps: &SnapshotStore) -> Result<LogStore> {
     let mut store = LogStore::open(&settings.data_dir.join("raftlog"))?;
-    store.check_identity(Identity {
-        cluster_id: settings.cluster_id,
-        member_id: settings.id,
-    })?;
-    if store.is_new() {
-        let cs = ConfState {
-            voters: settings.members.iter().map(|m| m.id).collect(),
-            ..Default::default()
-        };
-        store.bootstrap(cs)?;
-        info!(
-            members = settings.members.len(),
-            "bootstrapped a new member"
-        );
+    if let Some(recorded) = store.identity()? {
+        settings.cluster_id = recorded.cluster_id;
     }
+    let identity = |cluster_id| Identity {
+        cluster_id,
+        member_id: settings.id,
+    };
+    if !store.is_new() {
+        store.check_identity(identity(settings.cluster_id))?;
+        let current = store.membership();
+        if current.removed.contains(&settings.id) {
+            return Err(Error::Removed(settings.id));
+        }
+        let flagged: Vec<&str> = settings.members.iter().map(|m| m.url.as_str()).collect();
+        let known: Vec<&str> = current.members.values().map(|m| m.url.as_str()).collect();
+        if flagged != known && !known.is_empty() {
+            info!(?known, ?flagged, "--cluster differs from the replicated membership; using the replicated one");
+        }
+        return Ok(store);
+    }
+    if settings.join {
+        let me = settings.members.iter().find(|m| m.id == settings.id);
+        let my_url = me.map(|m| m.url.clone()).unwrap_or_default();
+        let peers: Vec<String> = settings
+            .members
+            .iter()
+            .filter(|m| m.id != settings.id)
+            .map(|m| m.authority.clone())
+            .collect();
+        let info = members::fetch_cluster_info(&peers)
+            .await
+            .map_err(|e| Error::Join(format!("no member in --cluster answered: {e}")))?;
+        match info.membership.url_of(settings.id) {
+            Some(url) if url == my_url => {}
+            Some(url) => {
+                return Err(Error::Join(format!(
+                    "the cluster knows member {} at {url}, not at {my_url}",
+                    settings.id
+                )))
+            }
+            None => {
+                return Err(Error::Join(format!(
+                    "member {id} is not in the cluster; add it first: curl -XPUT <any member>/_members/{id} -d {my_url}",
+                    id = settings.id
+                )))
+            }
+        }
+        let cluster_id = u64::from_str_radix(&info.cluster_id, 16)
+            .map_err(|_| Error::Join(format!("bad cluster id {:?}", info.cluster_id)))?;
+        store.check_identity(identity(cluster_id))?;
+        store.set_joining_membership(info.membership)?;
+        settings.cluster_id = cluster_id;
+        info!(cluster_id = %info.cluster_id, "joining the cluster; waiting for the leader's snapshot");
+        return Ok(store);
+    }
+    // A new cluster: an empty-state snapshot at index 1 holds the initial members.
+    let empty = engine::memory::MemoryEngine::new();
+    empty.apply(&[Applied {
+        index: 1,
+        op: None,
+    }])?;
+    snaps.create(&empty, 1, 1)?;
+    let membership = Membership {
+        members: settings
+            .members
+            .iter()
+            .map(|m| {
+                let info = MemberInfo {
+                    url: m.url.clone(),
+                    hold_learner: false,
+                };
+                (m.id, info)
+            })
+            .collect(),
+        removed: Default::default(),
+    };
+    store.check_identity(identity(settings.cluster_id))?;
+    store.bootstrap(membership)?;
+    info!(
+        members = settings.members.len(),
+        "bootstrapped a new member of a new cluster"
+    );
     Ok(store)
 }
 
@@ -92,25 +168,34 @@ async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListe
 /// Runs a member until `shutdown` resolves. Errors here are start-up errors; a fatal raft
 /// error later leaves the member up but refusing client traffic with 503.
 pub async fn run(
-    settings: Settings,
+    mut settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let settings = Arc::new(settings);
     let _lock = lock_data_dir(&settings.data_dir)?;
-    let mut store = open_log(&settings)?;
     let snaps = SnapshotStore::open(settings.data_dir.join("snap"))?;
+    let mut store = open_log(&mut settings, &snaps).await?;
     let engine = recover_engine(&settings, &mut store, &snaps)?;
     let client_listener = bind("client requests", settings.client_listen).await?;
     let peer_listener = bind("peer traffic", settings.peer_listen).await?;
+    let settings = Arc::new(settings);
+    let cluster_id = format!("{:016x}", settings.cluster_id);
 
     let (inbox_tx, inbox_rx) = mpsc::channel();
-    let node_handle = NodeHandle::new(inbox_tx.clone(), settings.request_timeout);
+    let (revision_tx, revision_rx) = watch::channel(0);
+    let node_handle = NodeHandle::new(inbox_tx.clone(), settings.request_timeout, revision_rx);
+    let metrics = Arc::new(Metrics::new());
+    let membership = Arc::new(RwLock::new(Membership::default()));
     let transport = Transport::start(
         &settings,
         tokio::runtime::Handle::current(),
         snaps.clone(),
         inbox_tx,
     );
+    let shared = raft_node::Shared {
+        membership: membership.clone(),
+        revision: revision_tx,
+        metrics: metrics.clone(),
+    };
     let node = Node::new(
         settings.clone(),
         store,
@@ -118,14 +203,22 @@ pub async fn run(
         snaps.clone(),
         transport,
         inbox_rx,
+        shared,
     )?;
     let failed = node_handle.failed.clone();
+    let removed = Arc::new(Notify::new());
+    let removed_tx = removed.clone();
     let raft_thread = std::thread::Builder::new().name("raft".into()).spawn(move || {
         // A panic in raft or a storage library (some treat I/O failure as fatal) stops the
         // member the same way as an error: loudly, and refusing traffic rather than diverging.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run()));
         let reason = match outcome {
-            Ok(Ok(())) => return,
+            Ok(Ok(Exit::Shutdown)) => return,
+            Ok(Ok(Exit::Removed)) => {
+                let _ = failed.set("this member was removed from the cluster".into());
+                removed_tx.notify_one();
+                return;
+            }
             Ok(Err(e)) => e.to_string(),
             Err(panic) => {
                 let what = panic
@@ -140,11 +233,18 @@ pub async fn run(
         let _ = failed.set(reason);
     })?;
 
+    let admin = AdminCtx {
+        node: node_handle.clone(),
+        id: settings.id,
+        cluster_id: cluster_id.clone(),
+        membership,
+    };
     let peer = PeerApi {
         id: settings.id,
-        cluster_id: format!("{:016x}", settings.cluster_id),
+        cluster_id,
         node: node_handle.clone(),
         snaps,
+        admin: admin.clone(),
     };
     let peer_server = tokio::spawn(async move {
         if let Err(e) = axum::serve(peer_listener, peer_api::router(Arc::new(peer))).await {
@@ -158,14 +258,38 @@ pub async fn run(
         node: node_handle.clone(),
         engine,
         settings: settings.clone(),
+        admin,
+        metrics,
     });
+    let stop = stop_signal(shutdown, removed, node_handle.clone());
     axum::serve(client_listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stop)
         .await?;
 
-    info!("shutting down");
+    info!("client requests drained; stopping raft");
     let _ = node_handle.send(Input::Shutdown);
     peer_server.abort();
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
+    info!("stopped");
     Ok(())
+}
+
+/// Resolves when the member should stop serving clients: on `shutdown` (after handing
+/// leadership over if this member leads), or once it was removed from the cluster.
+async fn stop_signal(
+    shutdown: impl Future<Output = ()>,
+    removed: Arc<Notify>,
+    node: NodeHandle,
+) {
+    tokio::select! {
+        _ = shutdown => {
+            info!("shutting down; draining client requests");
+            match node.hand_off().await {
+                Ok(true) => info!("leadership handed over"),
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "could not hand leadership over; stopping anyway"),
+            }
+        }
+        _ = removed.notified() => info!("removed from the cluster; stopping"),
+    }
 }

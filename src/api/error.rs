@@ -4,6 +4,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::engine::EngineError;
+use crate::raft::members::AdminError;
 use crate::raft::RequestError;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,10 +19,17 @@ pub enum ApiError {
     TooLarge(String),
     #[error("method {0} not allowed; allowed: {1}")]
     MethodNotAllowed(String, &'static str),
+    /// The write's precondition did not hold; the key's mod revision then (0: absent).
+    #[error("precondition failed: {}", describe_current(*.0))]
+    PreconditionFailed(u64),
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Unavailable(#[from] RequestError),
     #[error("engine failure: {0}")]
     Engine(#[from] EngineError),
+    #[error("{0}")]
+    Admin(#[from] AdminError),
 }
 
 impl IntoResponse for ApiError {
@@ -31,13 +39,32 @@ impl IntoResponse for ApiError {
             ApiError::NotFound | ApiError::NoSuchPath(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) | ApiError::Engine(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Admin(e) => {
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
         };
         let mut resp = (status, format!("{self}\n")).into_response();
-        if let ApiError::MethodNotAllowed(_, allowed) = self {
-            resp.headers_mut()
-                .insert(header::ALLOW, header::HeaderValue::from_static(allowed));
+        match self {
+            ApiError::MethodNotAllowed(_, allowed) => {
+                resp.headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static(allowed));
+            }
+            ApiError::PreconditionFailed(rev) if rev > 0 => {
+                resp.headers_mut()
+                    .insert(header::ETAG, super::keys::header_value(&format!("\"{rev}\"")));
+            }
+            _ => {}
         }
         resp
+    }
+}
+
+fn describe_current(mod_revision: u64) -> String {
+    match mod_revision {
+        0 => "the key does not exist".into(),
+        rev => format!("the key's mod revision is {rev} (ETag \"{rev}\")"),
     }
 }

@@ -3,39 +3,49 @@
 //! A write answers 204 only after its entry is committed by a quorum and applied here, with
 //! the resulting store revision in `X-Metcd-Revision`. Reads are linearizable (a ReadIndex
 //! barrier) unless `?consistency=serializable`; so are listings (`prefix=true`, `end=`, see
-//! [`range`]). Bad input is refused before it is proposed.
+//! [`range`]); `?min_revision=N` reads locally once this member has applied revision N.
+//!
+//! Compare-and-swap uses HTTP preconditions, decided when the write is applied (so in log
+//! order, identically on every member): `If-Match: "<mod_revision>"` (or `*`: the key exists)
+//! and `If-None-Match: *` (the key does not exist). A failed precondition answers 412 with
+//! the key's current ETag, and changes nothing. Bad input is refused before it is proposed.
 
 use axum::body::Body;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
 use super::error::ApiError;
 use super::query::{Consistency, Query};
 use super::{range, AppState};
-use crate::engine::Op;
+use crate::engine::{Cond, Op, OpResult};
 
 pub const REVISION_HEADER: &str = "x-metcd-revision";
 
-pub async fn handle(
-    state: &AppState,
-    method: Method,
-    raw_key: &str,
-    query: Option<&str>,
-    body: Body,
-) -> Response {
-    run(state, method, raw_key, query, body)
+/// One key request: the method, the raw (percent-encoded) key, the query string, headers
+/// (for preconditions) and body.
+pub struct KeyRequest<'a> {
+    pub method: Method,
+    pub raw_key: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: Body,
+}
+
+pub async fn handle(state: &AppState, req: KeyRequest<'_>) -> Response {
+    run(state, req)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn run(
-    state: &AppState,
-    method: Method,
-    raw_key: &str,
-    query: Option<&str>,
-    body: Body,
-) -> Result<Response, ApiError> {
+async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError> {
+    let KeyRequest {
+        method,
+        raw_key,
+        query,
+        headers,
+        body,
+    } = req;
     if !matches!(
         method,
         Method::GET | Method::HEAD | Method::PUT | Method::DELETE
@@ -61,23 +71,28 @@ async fn run(
                 "prefix= and end= are for GET only".into(),
             ));
         }
-        if query.consistency == Consistency::Linearizable {
-            state.node.read_index().await?;
-        }
+        read_barrier(state, &query).await?;
         return range::list(state, &key, &query);
     }
     if key.is_empty() {
         return Err(ApiError::BadRequest("empty key".into()));
     }
-    let consistency = query.consistency;
+    let cond = precondition(headers)?;
+    if cond.is_some() && !matches!(method, Method::PUT | Method::DELETE) {
+        return Err(ApiError::BadRequest(
+            "If-Match and If-None-Match are for PUT and DELETE".into(),
+        ));
+    }
     match method {
         Method::PUT => {
             let value = read_value(body, state.settings.max_request_bytes).await?;
-            let result = state.node.propose(Op::Put { key, value }).await?;
+            let result = state.node.propose(Op::Put { key, value, cond }).await?;
+            checked(result)?;
             Ok(written(result.revision))
         }
         Method::DELETE => {
-            let result = state.node.propose(Op::Delete { key }).await?;
+            let result = state.node.propose(Op::Delete { key, cond }).await?;
+            checked(result)?;
             if result.changed {
                 Ok(written(result.revision))
             } else {
@@ -85,9 +100,7 @@ async fn run(
             }
         }
         _ => {
-            if consistency == Consistency::Linearizable {
-                state.node.read_index().await?;
-            }
+            read_barrier(state, &query).await?;
             let kv = state.engine.get(&key)?.ok_or(ApiError::NotFound)?;
             let mut resp = (StatusCode::OK, kv.value).into_response();
             let h = resp.headers_mut();
@@ -101,6 +114,68 @@ async fn run(
             );
             Ok(resp)
         }
+    }
+}
+
+/// Waits until local state may be read for `query`: a ReadIndex round (linearizable), the
+/// requested revision applied here (`min_revision`), or nothing (serializable).
+async fn read_barrier(state: &AppState, query: &Query) -> Result<(), ApiError> {
+    if let Some(rev) = query.min_revision {
+        state.node.wait_revision(rev).await?;
+    } else if query.consistency == Consistency::Linearizable {
+        state.node.read_index().await?;
+    }
+    Ok(())
+}
+
+/// The write's precondition from `If-Match` / `If-None-Match`, if any.
+fn precondition(headers: &HeaderMap) -> Result<Option<Cond>, ApiError> {
+    let one = |name: header::HeaderName| -> Result<Option<String>, ApiError> {
+        let mut values = headers.get_all(&name).iter();
+        let Some(v) = values.next() else {
+            return Ok(None);
+        };
+        let v = v
+            .to_str()
+            .map_err(|_| ApiError::BadRequest(format!("{name} is not ASCII")))?
+            .trim();
+        if values.next().is_some() || v.contains(',') {
+            return Err(ApiError::BadRequest(format!(
+                "{name}: give exactly one entity tag"
+            )));
+        }
+        Ok(Some(v.to_string()))
+    };
+    match (one(header::IF_MATCH)?, one(header::IF_NONE_MATCH)?) {
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(
+            "use either If-Match or If-None-Match, not both".into(),
+        )),
+        (Some(tag), None) if tag == "*" => Ok(Some(Cond::Exists)),
+        (Some(tag), None) => {
+            let rev = tag
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .and_then(|t| t.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "If-Match {tag}: expected \"<mod_revision>\" (the ETag of a GET) or *"
+                    ))
+                })?;
+            Ok(Some(Cond::ModRevision(rev)))
+        }
+        (None, Some(tag)) if tag == "*" => Ok(Some(Cond::Absent)),
+        (None, Some(tag)) => Err(ApiError::BadRequest(format!(
+            "If-None-Match {tag}: only * (create if absent) is supported"
+        ))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A write whose precondition failed at apply time: 412, with the key's ETag then.
+fn checked(result: OpResult) -> Result<(), ApiError> {
+    match result.conflict {
+        Some(current) => Err(ApiError::PreconditionFailed(current)),
+        None => Ok(()),
     }
 }
 
@@ -123,7 +198,7 @@ async fn read_value(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     }
 }
 
-fn header_value(s: &str) -> HeaderValue {
+pub(crate) fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 

@@ -1,7 +1,8 @@
 //! The client HTTP API (HTTP/1.x, the seed's curl-friendly protocol).
 //!
 //! Routing: paths beginning with `/_` belong to the service ([`admin`]), except `/_kv/<key>`,
-//! which addresses any key; every other path is a key ([`keys`]).
+//! which addresses any key; every other path is a key ([`keys`]). Every request's latency is
+//! recorded by route, method and status for `/_metrics`.
 
 mod admin;
 pub mod error;
@@ -10,47 +11,91 @@ mod query;
 mod range;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{Method, Uri};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 
 use crate::config::Settings;
 use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::raft::members::AdminCtx;
 use crate::raft::NodeHandle;
 
 pub struct AppState {
     pub node: NodeHandle,
     pub engine: Arc<dyn Engine>,
     pub settings: Arc<Settings>,
+    pub admin: AdminCtx,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new().fallback(dispatch).with_state(state)
+    Router::new()
+        .fallback(dispatch)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Records the request's latency under a bounded route label.
+async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = route_label(req.uri());
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .observe_request(route, method.as_str(), resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+fn route_label(uri: &Uri) -> &'static str {
+    let path = uri.path();
+    if !path.starts_with("/_") || path.starts_with("/_kv/") {
+        let query = uri.query().unwrap_or("");
+        let range = query
+            .split('&')
+            .any(|p| p.starts_with("prefix=") || p == "prefix" || p.starts_with("end="));
+        return if range { "range" } else { "key" };
+    }
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["", "_members"] => "/_members",
+        ["", "_members", _] => "/_members/{id}",
+        ["", "_members", _, "promote"] => "/_members/{id}/promote",
+        ["", "_leader"] => "/_leader",
+        ["", "_status"] => "/_status",
+        ["", "_health"] => "/_health",
+        ["", "_metrics"] => "/_metrics",
+        _ => "other",
+    }
 }
 
 async fn dispatch(
     State(state): State<Arc<AppState>>,
     method: Method,
     uri: Uri,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let path = uri.path();
-    let query = uri.query();
-    if let Some(key) = path.strip_prefix("/_kv/") {
-        return keys::handle(&state, method, key, query, body).await;
-    }
-    if path.starts_with("/_") {
-        return admin::handle(&state, method, path).await;
-    }
-    keys::handle(
-        &state,
+    let raw_key = match path.strip_prefix("/_kv/") {
+        Some(key) => key,
+        None if path.starts_with("/_") => {
+            return admin::handle(&state, method, &uri, body).await;
+        }
+        None => path.strip_prefix('/').unwrap_or(path),
+    };
+    let req = keys::KeyRequest {
         method,
-        path.strip_prefix('/').unwrap_or(path),
-        query,
+        raw_key,
+        query: uri.query(),
+        headers: &headers,
         body,
-    )
-    .await
+    };
+    keys::handle(&state, req).await
 }

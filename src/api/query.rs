@@ -26,6 +26,9 @@ pub struct Query {
     pub end: Option<Vec<u8>>,
     pub limit: Option<usize>,
     pub encoding: Encoding,
+    /// `min_revision=N`: wait (bounded) until this member has applied store revision N, then
+    /// read locally, without a round to the leader.
+    pub min_revision: Option<u64>,
 }
 
 impl Query {
@@ -40,6 +43,7 @@ impl Query {
             end: None,
             limit: None,
             encoding: Encoding::Utf8,
+            min_revision: None,
         };
         let bad = |name: &str, value: &str, want: &str| {
             ApiError::BadRequest(format!("query parameter {name}={value:?}: expected {want}"))
@@ -78,6 +82,13 @@ impl Query {
                         _ => return Err(bad(name, value, "utf8 or base64")),
                     }
                 }
+                "min_revision" => {
+                    q.min_revision = Some(
+                        value
+                            .parse()
+                            .map_err(|_| bad(name, value, "a revision number"))?,
+                    )
+                }
                 // Unknown parameters are ignored, as etcd's HTTP APIs do.
                 _ => {}
             }
@@ -110,12 +121,18 @@ mod tests {
     #[test]
     fn parses_and_refuses() {
         let q = Query::parse(Some(
-            "consistency=s&prefix=true&limit=5&encoding=base64&x=y",
+            "consistency=s&prefix=true&limit=5&encoding=base64&x=y&min_revision=7",
         ))
         .unwrap();
         assert_eq!(
-            (q.consistency, q.prefix, q.limit, q.encoding),
-            (Consistency::Serializable, true, Some(5), Encoding::Base64)
+            (q.consistency, q.prefix, q.limit, q.encoding, q.min_revision),
+            (
+                Consistency::Serializable,
+                true,
+                Some(5),
+                Encoding::Base64,
+                Some(7)
+            )
         );
         assert_eq!(
             Query::parse(Some("end=a%2Fz")).unwrap().end,
@@ -128,6 +145,8 @@ mod tests {
             "prefix=maybe",
             "encoding=hex",
             "prefix=true&end=b",
+            "min_revision=x",
+            "min_revision=-1",
         ] {
             assert!(Query::parse(Some(bad)).is_err(), "{bad}");
         }

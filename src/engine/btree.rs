@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
+    Header,
     apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Ctx, Engine,
     EngineKind, KeyValue, OpResult, Record, Result,
 };
@@ -50,7 +51,7 @@ pub struct BtreeEngine {
 struct Target<'t>(redb::Table<'t, &'static [u8], &'static [u8]>);
 
 impl ApplyTarget for Target<'_> {
-    fn existing(&mut self, key: &[u8]) -> Result<Option<(u64, u64)>> {
+    fn existing(&mut self, key: &[u8]) -> Result<Option<Header>> {
         match self.0.get(key).ctx("btree get")? {
             Some(v) => Record::decode_header(v.value()).map(Some),
             None => Ok(None),

@@ -20,6 +20,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use parking_lot::Mutex;
 
 use super::{
+    Header,
     apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Ctx, Engine,
     EngineError, EngineKind, KeyValue, OpResult, Record, Result,
 };
@@ -48,11 +49,11 @@ pub struct LsmEngine {
 struct Target<'a> {
     batch: fjall::OwnedWriteBatch,
     kv: &'a Keyspace,
-    written: HashMap<Vec<u8>, Option<(u64, u64)>>,
+    written: HashMap<Vec<u8>, Option<Header>>,
 }
 
 impl ApplyTarget for Target<'_> {
-    fn existing(&mut self, key: &[u8]) -> Result<Option<(u64, u64)>> {
+    fn existing(&mut self, key: &[u8]) -> Result<Option<Header>> {
         if let Some(w) = self.written.get(key) {
             return Ok(*w);
         }
@@ -64,7 +65,7 @@ impl ApplyTarget for Target<'_> {
 
     fn put(&mut self, key: &[u8], record: Record) -> Result<()> {
         self.written
-            .insert(key.to_vec(), Some((record.create_revision, record.version)));
+            .insert(key.to_vec(), Some(record.header()));
         self.batch.insert(self.kv, key, record.encode());
         Ok(())
     }

@@ -8,6 +8,7 @@ use std::ops::Bound;
 use parking_lot::RwLock;
 
 use super::{
+    Header,
     apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Engine,
     EngineKind, KeyValue, OpResult, Record, Result,
 };
@@ -30,8 +31,8 @@ impl MemoryEngine {
 }
 
 impl ApplyTarget for BTreeMap<Vec<u8>, Record> {
-    fn existing(&mut self, key: &[u8]) -> Result<Option<(u64, u64)>> {
-        Ok(self.get(key).map(|r| (r.create_revision, r.version)))
+    fn existing(&mut self, key: &[u8]) -> Result<Option<Header>> {
+        Ok(self.get(key).map(Record::header))
     }
 
     fn put(&mut self, key: &[u8], record: Record) -> Result<()> {

@@ -96,19 +96,30 @@ impl Record {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Record> {
-        let (create_revision, version) = Record::decode_header(bytes)?;
-        let mod_revision = Record::field(bytes, 1)?;
+        let h = Record::decode_header(bytes)?;
         Ok(Record {
-            create_revision,
-            mod_revision,
-            version,
+            create_revision: h.create_revision,
+            mod_revision: h.mod_revision,
+            version: h.version,
             value: bytes[24..].to_vec(),
         })
     }
 
-    /// Just `(create_revision, version)`, what a put needs to know of the previous record.
-    pub fn decode_header(bytes: &[u8]) -> Result<(u64, u64)> {
-        Ok((Record::field(bytes, 0)?, Record::field(bytes, 2)?))
+    /// Just the revisions, what applying a write needs to know of the previous record.
+    pub fn decode_header(bytes: &[u8]) -> Result<Header> {
+        Ok(Header {
+            create_revision: Record::field(bytes, 0)?,
+            mod_revision: Record::field(bytes, 1)?,
+            version: Record::field(bytes, 2)?,
+        })
+    }
+
+    pub fn header(&self) -> Header {
+        Header {
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+        }
     }
 
     fn field(bytes: &[u8], i: usize) -> Result<u64> {
@@ -128,6 +139,14 @@ impl Record {
             version: self.version,
         }
     }
+}
+
+/// A stored record's revisions, without its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
 }
 
 /// A stored key with etcd's per-key revision metadata.
@@ -174,11 +193,60 @@ impl Counters {
     }
 }
 
-/// A state machine command, as carried in a committed log entry.
+/// A state machine command, as carried in a committed log entry. A write with a
+/// precondition ([`Cond`]) takes effect only if the condition holds when it is applied, so
+/// compare-and-swap is decided in log order, identically on every member.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        cond: Option<Cond>,
+    },
+    Delete {
+        key: Vec<u8>,
+        cond: Option<Cond>,
+    },
+}
+
+impl Op {
+    pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            cond: None,
+        }
+    }
+
+    pub fn delete(key: impl Into<Vec<u8>>) -> Op {
+        Op::Delete {
+            key: key.into(),
+            cond: None,
+        }
+    }
+}
+
+/// A write's precondition on the key's state at apply time (HTTP `If-Match` /
+/// `If-None-Match`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cond {
+    /// The key exists with this mod revision (`If-Match: "<rev>"`).
+    ModRevision(u64),
+    /// The key exists (`If-Match: *`).
+    Exists,
+    /// The key does not exist (`If-None-Match: *`).
+    Absent,
+}
+
+impl Cond {
+    pub fn holds(self, current: Option<Header>) -> bool {
+        match (self, current) {
+            (Cond::ModRevision(rev), Some(h)) => h.mod_revision == rev,
+            (Cond::ModRevision(_), None) => false,
+            (Cond::Exists, found) => found.is_some(),
+            (Cond::Absent, found) => found.is_none(),
+        }
+    }
 }
 
 /// One committed entry handed to [`Engine::apply`]: `op` is `None` for entries that only
@@ -194,8 +262,20 @@ pub struct Applied {
 pub struct OpResult {
     /// The store revision after this op.
     pub revision: u64,
-    /// False for a delete of a key that did not exist.
+    /// False for a delete of a key that did not exist, or a failed precondition.
     pub changed: bool,
+    /// Set when the precondition failed: the key's mod revision then (0: it did not exist).
+    pub conflict: Option<u64>,
+}
+
+impl OpResult {
+    pub fn done(revision: u64, changed: bool) -> Self {
+        OpResult {
+            revision,
+            changed,
+            conflict: None,
+        }
+    }
 }
 
 /// The seam between consensus and storage. Object safe: `--engine` picks one at run time.
@@ -237,8 +317,8 @@ pub trait Engine: Send + Sync {
 /// The storage operations one apply batch needs; each engine implements it over its own
 /// write transaction. Reads must see the writes made earlier in the same batch.
 pub(crate) trait ApplyTarget {
-    /// `(create_revision, version)` of `key`, if it exists.
-    fn existing(&mut self, key: &[u8]) -> Result<Option<(u64, u64)>>;
+    /// The revisions of `key`, if it exists.
+    fn existing(&mut self, key: &[u8]) -> Result<Option<Header>>;
     fn put(&mut self, key: &[u8], record: Record) -> Result<()>;
     /// Removes `key`; false if it did not exist.
     fn delete(&mut self, key: &[u8]) -> Result<bool>;
@@ -259,43 +339,56 @@ pub(crate) fn apply_batch(
         }
         let result = match &entry.op {
             None => None,
-            Some(Op::Put { key, value }) => {
-                c.revision += 1;
-                let (create_revision, version) = match target.existing(key)? {
-                    Some((create, version)) => (create, version + 1),
-                    None => {
-                        c.keys += 1;
-                        (c.revision, 1)
-                    }
-                };
-                let record = Record {
-                    value: value.clone(),
-                    create_revision,
-                    mod_revision: c.revision,
-                    version,
-                };
-                target.put(key, record)?;
-                Some(OpResult {
-                    revision: c.revision,
-                    changed: true,
-                })
-            }
-            Some(Op::Delete { key }) => {
-                let changed = target.delete(key)?;
-                if changed {
-                    c.revision += 1;
-                    c.keys -= 1;
-                }
-                Some(OpResult {
-                    revision: c.revision,
-                    changed,
-                })
-            }
+            Some(op) => Some(apply_op(target, c, op)?),
         };
         results.push(result);
         c.applied_index = entry.index;
     }
     Ok(results)
+}
+
+fn apply_op(target: &mut dyn ApplyTarget, c: &mut Counters, op: &Op) -> Result<OpResult> {
+    let (key, cond) = match op {
+        Op::Put { key, cond, .. } | Op::Delete { key, cond } => (key, cond),
+    };
+    let current = target.existing(key)?;
+    if let Some(cond) = cond {
+        if !cond.holds(current) {
+            return Ok(OpResult {
+                revision: c.revision,
+                changed: false,
+                conflict: Some(current.map_or(0, |h| h.mod_revision)),
+            });
+        }
+    }
+    match op {
+        Op::Put { key, value, .. } => {
+            c.revision += 1;
+            let (create_revision, version) = match current {
+                Some(h) => (h.create_revision, h.version + 1),
+                None => {
+                    c.keys += 1;
+                    (c.revision, 1)
+                }
+            };
+            let record = Record {
+                value: value.clone(),
+                create_revision,
+                mod_revision: c.revision,
+                version,
+            };
+            target.put(key, record)?;
+            Ok(OpResult::done(c.revision, true))
+        }
+        Op::Delete { key, .. } => {
+            let changed = current.is_some() && target.delete(key)?;
+            if changed {
+                c.revision += 1;
+                c.keys -= 1;
+            }
+            Ok(OpResult::done(c.revision, changed))
+        }
+    }
 }
 
 /// Streams a snapshot into `sink` in chunks of `chunk` records, so a restore holds at most
@@ -341,17 +434,14 @@ mod conformance {
     fn put(index: u64, k: &str, v: &str) -> Applied {
         Applied {
             index,
-            op: Some(Op::Put {
-                key: k.into(),
-                value: v.into(),
-            }),
+            op: Some(Op::put(k, v)),
         }
     }
 
     fn del(index: u64, k: &str) -> Applied {
         Applied {
             index,
-            op: Some(Op::Delete { key: k.into() }),
+            op: Some(Op::delete(k)),
         }
     }
 
@@ -361,6 +451,61 @@ mod conformance {
         range_is_ordered_and_limited(make().as_ref());
         snapshot_round_trip(make().as_ref(), make().as_ref());
         corrupt_snapshot_is_refused(make().as_ref(), make().as_ref());
+        preconditions_decide_at_apply(make().as_ref());
+    }
+
+    fn with_cond(index: u64, op: Op, c: Cond) -> Applied {
+        let op = match op {
+            Op::Put { key, value, .. } => Op::Put {
+                key,
+                value,
+                cond: Some(c),
+            },
+            Op::Delete { key, .. } => Op::Delete { key, cond: Some(c) },
+        };
+        Applied {
+            index,
+            op: Some(op),
+        }
+    }
+
+    fn preconditions_decide_at_apply(e: &dyn Engine) {
+        let conflict = |revision, current| OpResult {
+            revision,
+            changed: false,
+            conflict: Some(current),
+        };
+        // Within one batch, each condition sees the writes before it.
+        let r = e
+            .apply(&[
+                with_cond(1, Op::put("k", "a"), Cond::Absent),
+                with_cond(2, Op::put("k", "b"), Cond::Absent),
+                with_cond(3, Op::put("k", "c"), Cond::ModRevision(1)),
+                with_cond(4, Op::put("k", "d"), Cond::ModRevision(1)),
+                with_cond(5, Op::delete("k"), Cond::ModRevision(9)),
+                with_cond(6, Op::put("k", "e"), Cond::Exists),
+                with_cond(7, Op::put("n", "x"), Cond::Exists),
+                with_cond(8, Op::delete("k"), Cond::ModRevision(3)),
+                with_cond(9, Op::delete("k"), Cond::ModRevision(3)),
+            ])
+            .unwrap();
+        assert_eq!(
+            r,
+            vec![
+                Some(OpResult::done(1, true)),
+                Some(conflict(1, 1)),
+                Some(OpResult::done(2, true)),
+                Some(conflict(2, 2)),
+                Some(conflict(2, 2)),
+                Some(OpResult::done(3, true)),
+                Some(conflict(3, 0)),
+                Some(OpResult::done(4, true)),
+                Some(conflict(4, 0)),
+            ]
+        );
+        assert_eq!(e.get(b"k").unwrap(), None);
+        assert_eq!(e.get(b"n").unwrap(), None);
+        assert_eq!((e.applied_index(), e.revision(), e.len().unwrap()), (9, 4, 0));
     }
 
     fn put_get_delete_revisions(e: &dyn Engine) {
@@ -373,18 +518,12 @@ mod conformance {
             .unwrap();
         assert_eq!(
             r[0],
-            Some(OpResult {
-                revision: 1,
-                changed: true
-            })
+            Some(OpResult::done(1, true))
         );
         assert_eq!(r[1], None);
         assert_eq!(
             r[2],
-            Some(OpResult {
-                revision: 2,
-                changed: true
-            })
+            Some(OpResult::done(2, true))
         );
         let kv = e.get(b"a").unwrap().unwrap();
         assert_eq!(
@@ -400,17 +539,11 @@ mod conformance {
         let r = e.apply(&[del(4, "missing"), del(5, "a")]).unwrap();
         assert_eq!(
             r[0],
-            Some(OpResult {
-                revision: 2,
-                changed: false
-            })
+            Some(OpResult::done(2, false))
         );
         assert_eq!(
             r[1],
-            Some(OpResult {
-                revision: 3,
-                changed: true
-            })
+            Some(OpResult::done(3, true))
         );
         assert_eq!(e.get(b"a").unwrap(), None);
         e.apply(&[put(6, "a", "3")]).unwrap();
@@ -536,10 +669,7 @@ mod conformance {
                     r,
                     vec![
                         None,
-                        Some(OpResult {
-                            revision: 3002,
-                            changed: true
-                        })
+                        Some(OpResult::done(3002, true))
                     ],
                     "{what}"
                 );

@@ -4,39 +4,75 @@
 //! ```text
 //! data:    0x01 | key_len u32 | key | value     (put)
 //!          0x02 | key                          (delete)
+//!          0x03 | cond u8 | rev u64 | put or delete as above   (conditional write;
+//!                 cond 1: mod revision = rev, 2: key exists, 3: key absent)
 //! context: proposer member id u64 | proposal id u64
 //! ```
 
-use crate::engine::Op;
+use crate::engine::{Cond, Op};
 
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
+const CONDITIONAL: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 #[error("undecodable command in committed entry: {0}")]
 pub struct DecodeError(&'static str);
 
 pub fn encode(op: &Op) -> Vec<u8> {
-    match op {
-        Op::Put { key, value } => {
-            let mut v = Vec::with_capacity(5 + key.len() + value.len());
+    let (key, value, cond) = match op {
+        Op::Put { key, value, cond } => (key, Some(value), cond),
+        Op::Delete { key, cond } => (key, None, cond),
+    };
+    let mut v = Vec::with_capacity(14 + key.len() + value.map_or(0, Vec::len));
+    if let Some(cond) = cond {
+        let (kind, rev) = match *cond {
+            Cond::ModRevision(rev) => (1, rev),
+            Cond::Exists => (2, 0),
+            Cond::Absent => (3, 0),
+        };
+        v.push(CONDITIONAL);
+        v.push(kind);
+        v.extend_from_slice(&rev.to_be_bytes());
+    }
+    match value {
+        Some(value) => {
             v.push(PUT);
             v.extend_from_slice(&(key.len() as u32).to_be_bytes());
             v.extend_from_slice(key);
             v.extend_from_slice(value);
-            v
         }
-        Op::Delete { key } => {
-            let mut v = Vec::with_capacity(1 + key.len());
+        None => {
             v.push(DELETE);
             v.extend_from_slice(key);
-            v
         }
     }
+    v
 }
 
 pub fn decode(data: &[u8]) -> Result<Op, DecodeError> {
     let (&tag, rest) = data.split_first().ok_or(DecodeError("empty"))?;
+    if tag != CONDITIONAL {
+        return decode_write(tag, rest, None);
+    }
+    let (&kind, rest) = rest.split_first().ok_or(DecodeError("short condition"))?;
+    let rev_bytes: [u8; 8] = rest
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(DecodeError("short condition"))?;
+    let cond = match kind {
+        1 => Cond::ModRevision(u64::from_be_bytes(rev_bytes)),
+        2 => Cond::Exists,
+        3 => Cond::Absent,
+        _ => return Err(DecodeError("unknown condition")),
+    };
+    let (&tag, rest) = rest[8..]
+        .split_first()
+        .ok_or(DecodeError("condition without a write"))?;
+    decode_write(tag, rest, Some(cond))
+}
+
+fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeError> {
     match tag {
         PUT => {
             let len_bytes: [u8; 4] = rest
@@ -52,9 +88,13 @@ pub fn decode(data: &[u8]) -> Result<Op, DecodeError> {
             Ok(Op::Put {
                 key: key.to_vec(),
                 value: value.to_vec(),
+                cond,
             })
         }
-        DELETE => Ok(Op::Delete { key: rest.to_vec() }),
+        DELETE => Ok(Op::Delete {
+            key: rest.to_vec(),
+            cond,
+        }),
         _ => Err(DecodeError("unknown tag")),
     }
 }
@@ -89,15 +129,23 @@ mod tests {
     #[test]
     fn round_trip_and_rejects_garbage() {
         for op in [
+            Op::put(b"a/b".to_vec(), vec![0, 1, 255]),
+            Op::put(vec![], vec![]),
+            Op::delete(b"k".to_vec()),
             Op::Put {
-                key: b"a/b".to_vec(),
-                value: vec![0, 1, 255],
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                cond: Some(Cond::ModRevision(u64::MAX)),
+            },
+            Op::Delete {
+                key: b"k".to_vec(),
+                cond: Some(Cond::Absent),
             },
             Op::Put {
                 key: vec![],
                 value: vec![],
+                cond: Some(Cond::Exists),
             },
-            Op::Delete { key: b"k".to_vec() },
         ] {
             assert_eq!(decode(&encode(&op)).unwrap(), op);
         }
@@ -105,6 +153,9 @@ mod tests {
         assert!(decode(&[PUT, 0, 0]).is_err());
         assert!(decode(&[PUT, 0, 0, 0, 9, b'x']).is_err());
         assert!(decode(&[7]).is_err());
+        assert!(decode(&[CONDITIONAL, 1, 0, 0]).is_err());
+        assert!(decode(&[CONDITIONAL, 9, 0, 0, 0, 0, 0, 0, 0, 0, DELETE]).is_err());
+        assert!(decode(&[CONDITIONAL, 2, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         let id = ProposalId {
             member: 3,
             seq: u64::MAX,

@@ -5,6 +5,7 @@
 
 pub mod command;
 pub mod logger;
+pub mod members;
 pub mod node;
 pub mod peer_api;
 pub mod snapshot;
@@ -17,8 +18,9 @@ use std::time::Duration;
 
 use raft::eraftpb::Message;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
+use self::members::{AdminError, MemberChange, MemberStatus};
 use crate::engine::{Op, OpResult};
 
 /// What the owner loop reads from its one inbox.
@@ -38,6 +40,22 @@ pub enum Input {
         ok: bool,
     },
     Status(oneshot::Sender<Result<NodeStatus, RequestError>>),
+    /// Decided on the leader; answered once the change is applied here.
+    ChangeMembers {
+        change: MemberChange,
+        reply: oneshot::Sender<Result<Vec<MemberStatus>, AdminError>>,
+    },
+    /// Answered once `to` leads (as seen by this member).
+    TransferLeader {
+        to: u64,
+        reply: oneshot::Sender<Result<(), AdminError>>,
+    },
+    /// On the leader: hand leadership to the most up-to-date voter; answered `true` once
+    /// another member leads, `false` at once if this member does not lead or has no one to
+    /// hand over to.
+    HandOff(oneshot::Sender<Result<bool, AdminError>>),
+    /// A peer answered 410 Gone: this member was removed from the cluster.
+    Removed,
     Shutdown,
 }
 
@@ -58,14 +76,14 @@ pub enum RequestError {
     ReadTimeout,
     #[error("timed out waiting for the raft loop")]
     Timeout,
+    #[error("timed out after {waited_ms} ms waiting for revision {want}; this member has applied revision {have}")]
+    RevisionTimeout { want: u64, have: u64, waited_ms: u64 },
+    #[error("timed out waiting for leadership to move")]
+    TransferTimeout,
+    #[error("{0}")]
+    Forward(String),
     #[error("member stopped: {0}")]
     Stopped(String),
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct MemberStatus {
-    pub id: u64,
-    pub peer_url: String,
 }
 
 /// A point-in-time view of the node, served as `/_status`.
@@ -94,16 +112,85 @@ pub struct NodeStatus {
 pub struct NodeHandle {
     inbox: mpsc::Sender<Input>,
     timeout: Duration,
+    /// The store revision applied on this member, published after every apply.
+    revision: watch::Receiver<u64>,
     /// Set once, with the reason, if the owner loop stopped on a fatal error.
     pub failed: Arc<OnceLock<String>>,
 }
 
 impl NodeHandle {
-    pub fn new(inbox: mpsc::Sender<Input>, timeout: Duration) -> Self {
+    pub fn new(inbox: mpsc::Sender<Input>, timeout: Duration, revision: watch::Receiver<u64>) -> Self {
         NodeHandle {
             inbox,
             timeout,
+            revision,
             failed: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Waits (at most the request timeout) until this member has applied store revision
+    /// `want`: a read after it sees every write up to that revision.
+    pub async fn wait_revision(&self, want: u64) -> Result<(), RequestError> {
+        self.check_running()?;
+        let mut rx = self.revision.clone();
+        let reached = tokio::time::timeout(self.timeout, async {
+            rx.wait_for(|have| *have >= want).await.is_ok()
+        })
+        .await;
+        match reached {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.stopped()),
+            Err(_) => Err(RequestError::RevisionTimeout {
+                want,
+                have: *self.revision.borrow(),
+                waited_ms: self.timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Asks the leader (this member, if it leads) to change the membership. `NotLeader`
+    /// names the leader to forward to.
+    pub async fn change_members(
+        &self,
+        change: MemberChange,
+    ) -> Result<Vec<MemberStatus>, AdminError> {
+        self.admin_call(
+            |reply| Input::ChangeMembers { change, reply },
+            RequestError::WriteTimeout,
+        )
+        .await
+    }
+
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), AdminError> {
+        self.admin_call(
+            |reply| Input::TransferLeader { to, reply },
+            RequestError::TransferTimeout,
+        )
+        .await
+    }
+
+    /// See [`Input::HandOff`].
+    pub async fn hand_off(&self) -> Result<bool, AdminError> {
+        self.admin_call(Input::HandOff, RequestError::TransferTimeout)
+            .await
+    }
+
+    async fn admin_call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, AdminError>>) -> Input,
+        on_timeout: RequestError,
+    ) -> Result<T, AdminError> {
+        if self.failed.get().is_some() {
+            return Err(self.stopped().into());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inbox
+            .send(make(tx))
+            .map_err(|_| AdminError::from(self.stopped()))?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(self.stopped().into()),
+            Err(_) => Err(on_timeout.into()),
         }
     }
 

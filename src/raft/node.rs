@@ -14,25 +14,29 @@
 //! rather than continue with state that may differ from its peers'.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use parking_lot::RwLock;
 use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeV2, Entry, EntryType, MessageType, Snapshot, SnapshotMetadata,
 };
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use super::command::{self, ProposalId};
+use super::members::{self, AdminError, MemberChange, MemberStatus, Membership};
 use super::snapshot::{SnapshotError, SnapshotStore};
 use super::storage::{LogError, LogStore};
 use super::transport::Transport;
-use super::{Input, MemberStatus, NodeStatus, RequestError};
+use super::{Input, NodeStatus, RequestError};
 use crate::config::Settings;
 use crate::engine::{Applied, Engine, EngineError, OpResult};
+use crate::metrics::Metrics;
 
 /// Inputs handled between two Readies at most; bounds the latency of one round.
 const MAX_INPUTS_PER_ROUND: usize = 4096;
@@ -51,9 +55,92 @@ pub enum NodeError {
     Decode(#[from] command::DecodeError),
     #[error("apply: undecodable conf change: {0}")]
     ConfChange(#[from] protobuf::ProtobufError),
+    #[error("snapshot: {0}")]
+    Membership(#[from] members::DecodeError),
+}
+
+/// Why [`Node::run`] returned without an error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    Shutdown,
+    /// This member was removed from the cluster.
+    Removed,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
+type AdminReply<T> = oneshot::Sender<Result<T, AdminError>>;
+
+/// A caller waiting for its proposal to be applied.
+enum Pending {
+    Write(Reply<OpResult>),
+    Members(AdminReply<Vec<MemberStatus>>),
+}
+
+impl Pending {
+    fn is_closed(&self) -> bool {
+        match self {
+            Pending::Write(r) => r.is_closed(),
+            Pending::Members(r) => r.is_closed(),
+        }
+    }
+
+    fn fail(self, e: RequestError) {
+        match self {
+            Pending::Write(r) => {
+                let _ = r.send(Err(e));
+            }
+            Pending::Members(r) => {
+                let _ = r.send(Err(e.into()));
+            }
+        }
+    }
+}
+
+/// A caller waiting for leadership to move: to `target`, or (a hand-off) to anyone else.
+struct Transfer {
+    target: Option<u64>,
+    deadline: Instant,
+    reply: TransferReply,
+}
+
+enum TransferReply {
+    To(AdminReply<()>),
+    HandOff(AdminReply<bool>),
+}
+
+impl TransferReply {
+    fn done(self) {
+        match self {
+            TransferReply::To(r) => {
+                let _ = r.send(Ok(()));
+            }
+            TransferReply::HandOff(r) => {
+                let _ = r.send(Ok(true));
+            }
+        }
+    }
+
+    fn fail(self, e: AdminError) {
+        match self {
+            TransferReply::To(r) => {
+                let _ = r.send(Err(e));
+            }
+            TransferReply::HandOff(r) => {
+                let _ = r.send(Err(e));
+            }
+        }
+    }
+}
+
+/// What the owner shares with the rest of the member.
+pub struct Shared {
+    /// The membership as applied here: read by the peer server (who may talk to us, who was
+    /// removed) and the API (where the leader's peer port is).
+    pub membership: Arc<RwLock<Membership>>,
+    /// The applied store revision, for `?min_revision=` reads.
+    pub revision: watch::Sender<u64>,
+    pub metrics: Arc<Metrics>,
+}
 
 /// Linearizable reads, batched: every read queued during one round shares one ReadIndex.
 #[derive(Default)]
@@ -73,11 +160,15 @@ pub struct Node {
     transport: Transport,
     inbox: Receiver<Input>,
     settings: Arc<Settings>,
-    /// proposal id -> (term proposed in, reply)
-    proposals: HashMap<u64, (u64, Reply<OpResult>)>,
+    shared: Shared,
+    /// proposal id -> (term proposed in, caller)
+    proposals: HashMap<u64, (u64, Pending)>,
     next_seq: u64,
     reads: Reads,
+    transfers: Vec<Transfer>,
     leader: u64,
+    /// Set when this member applies its own removal.
+    removed: bool,
 }
 
 impl Node {
@@ -86,8 +177,9 @@ impl Node {
         store: LogStore,
         engine: Arc<dyn Engine>,
         snaps: SnapshotStore,
-        transport: Transport,
+        mut transport: Transport,
         inbox: Receiver<Input>,
+        shared: Shared,
     ) -> Result<Self, NodeError> {
         let cfg = raft::Config {
             id: settings.id,
@@ -102,6 +194,9 @@ impl Node {
         };
         cfg.validate()?;
         let single_voter = store.conf_state().voters == [settings.id];
+        transport.set_peers(&store.membership().peers(settings.id));
+        *shared.membership.write() = store.membership().clone();
+        shared.revision.send_replace(engine.revision());
         let mut raw = RawNode::new(&cfg, store, &super::logger::raft_logger())?;
         if single_voter {
             // Nobody else can win; skip the election timeout.
@@ -119,28 +214,31 @@ impl Node {
             transport,
             inbox,
             settings,
+            shared,
             proposals: HashMap::new(),
             next_seq,
             reads: Reads::default(),
+            transfers: Vec::new(),
             leader: 0,
+            removed: false,
         })
     }
 
-    /// Runs until shutdown (`Ok`) or a fatal persistence/apply error (`Err`).
-    pub fn run(mut self) -> Result<(), NodeError> {
+    /// Runs until shutdown or removal (`Ok`) or a fatal persistence/apply error (`Err`).
+    pub fn run(mut self) -> Result<Exit, NodeError> {
         let tick = self.settings.tick;
         let mut next_tick = Instant::now() + tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(wait) {
-                Ok(Input::Shutdown) => return Ok(()),
+                Ok(Input::Shutdown) => return Ok(Exit::Shutdown),
                 Ok(input) => self.handle(input),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(RecvTimeoutError::Disconnected) => return Ok(Exit::Shutdown),
             }
             for _ in 0..MAX_INPUTS_PER_ROUND {
                 match self.inbox.try_recv() {
-                    Ok(Input::Shutdown) => return Ok(()),
+                    Ok(Input::Shutdown) => return Ok(Exit::Shutdown),
                     Ok(input) => self.handle(input),
                     Err(_) => break,
                 }
@@ -152,10 +250,18 @@ impl Node {
                     next_tick = Instant::now() + tick;
                 }
                 self.sweep();
+                self.promote_caught_up_learners();
             }
             self.issue_read_index();
             if self.raw.has_ready() {
                 self.on_ready()?;
+            }
+            if self.removed {
+                info!(
+                    id = self.settings.id,
+                    "this member was removed from the cluster; stopping"
+                );
+                return Ok(Exit::Removed);
             }
         }
     }
@@ -172,12 +278,21 @@ impl Node {
                 .encode();
                 match self.raw.propose(ctx, command::encode(&op)) {
                     Ok(()) => {
-                        self.proposals.insert(seq, (self.raw.raft.term, reply));
+                        let term = self.raw.raft.term;
+                        self.proposals.insert(seq, (term, Pending::Write(reply)));
                     }
                     Err(_) => {
+                        self.shared.metrics.proposals_failed.fetch_add(1, Relaxed);
                         let _ = reply.send(Err(RequestError::NoLeader));
                     }
                 }
+            }
+            Input::ChangeMembers { change, reply } => self.change_members(change, reply),
+            Input::TransferLeader { to, reply } => self.transfer_leader(to, reply),
+            Input::HandOff(reply) => self.hand_off(reply),
+            Input::Removed => {
+                warn!("a peer answered 410 Gone: this member was removed from the cluster");
+                self.removed = true;
             }
             Input::ReadIndex { reply } => {
                 if self.raw.raft.leader_id == raft::INVALID_ID {
@@ -201,9 +316,12 @@ impl Node {
             }
             Input::Unreachable(id) => self.raw.report_unreachable(id),
             Input::SnapshotSent { to, ok } => {
+                let metrics = &self.shared.metrics;
                 let status = if ok {
+                    metrics.snapshots_sent.fetch_add(1, Relaxed);
                     SnapshotStatus::Finish
                 } else {
+                    metrics.snapshot_send_failures.fetch_add(1, Relaxed);
                     SnapshotStatus::Failure
                 };
                 self.raw.report_snapshot(to, status);
@@ -242,7 +360,10 @@ impl Node {
             self.install_snapshot(rd.snapshot())?;
         }
         // 3. entries + hard state, one synced write
-        self.raw.mut_store().append(rd.entries(), rd.hs())?;
+        let started = Instant::now();
+        if self.raw.mut_store().append(rd.entries(), rd.hs())? {
+            self.shared.metrics.log_sync.observe_duration(started.elapsed());
+        }
         // 4. messages that must follow the sync
         self.transport.send(rd.take_persisted_messages());
         self.confirm_reads(rd.take_read_states());
@@ -258,7 +379,8 @@ impl Node {
         self.raw.advance_apply();
         // 7. reads, snapshot
         self.release_reads();
-        self.maybe_snapshot()
+        let wanted = self.raw.store().take_snapshot_wanted();
+        self.maybe_snapshot(wanted)
     }
 
     /// A new leader (or none): answers the proposals and reads made in an earlier term, whose
@@ -275,9 +397,20 @@ impl Node {
             "leader changed"
         );
         self.leader = leader;
+        if leader != raft::INVALID_ID {
+            self.shared.metrics.leader_changes.fetch_add(1, Relaxed);
+        }
         let term = self.raw.raft.term;
-        for (_, (_, reply)) in self.proposals.extract_if(|_, (t, _)| *t < term) {
-            let _ = reply.send(Err(RequestError::LeaderChanged));
+        for (_, (_, pending)) in self.proposals.extract_if(|_, (t, _)| *t < term) {
+            self.shared.metrics.proposals_failed.fetch_add(1, Relaxed);
+            pending.fail(RequestError::LeaderChanged);
+        }
+        let me = self.settings.id;
+        for t in self.transfers.extract_if(.., |t| match t.target {
+            Some(target) => target == leader,
+            None => leader != raft::INVALID_ID && leader != me,
+        }) {
+            t.reply.done();
         }
         for (_, (_, _, waiters)) in self.reads.in_flight.extract_if(|_, (_, t, _)| *t < term) {
             for w in waiters {
@@ -289,11 +422,14 @@ impl Node {
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), NodeError> {
         let meta = snap.get_metadata().clone();
         let (term, index) = (meta.term, meta.index);
+        let membership = Membership::decode(&snap.data)?;
         // Order: the received file is durable (transport), then the log is replaced by the
         // snapshot in one synced batch, then the engine is restored. A crash in between
         // restarts into "engine behind the newest snapshot", which start-up repairs.
-        self.raw.mut_store().install_snapshot(meta)?;
+        self.raw.mut_store().install_snapshot(meta, membership)?;
         self.snaps.restore(self.engine.as_ref(), term, index)?;
+        self.membership_changed();
+        self.shared.metrics.snapshots_installed.fetch_add(1, Relaxed);
         info!(index, term, "installed snapshot from leader");
         Ok(())
     }
@@ -324,10 +460,27 @@ impl Node {
                         op: None,
                     });
                     owners.push(None);
+                    if let Some(owner) = ProposalId::decode(&e.context) {
+                        self.answer_member_change(owner);
+                    }
                 }
             }
         }
-        self.apply_batch(&mut batch, &mut owners)
+        self.apply_batch(&mut batch, &mut owners)?;
+        self.shared.revision.send_if_modified(|rev| {
+            let now = self.engine.revision();
+            std::mem::replace(rev, now) != now
+        });
+        Ok(())
+    }
+
+    fn answer_member_change(&mut self, owner: ProposalId) {
+        if owner.member != self.settings.id {
+            return;
+        }
+        if let Some((_, Pending::Members(reply))) = self.proposals.remove(&owner.seq) {
+            let _ = reply.send(Ok(self.member_statuses()));
+        }
     }
 
     fn apply_batch(
@@ -339,32 +492,241 @@ impl Node {
             return Ok(());
         }
         let results = self.engine.apply(batch)?;
+        let mut committed = 0;
         for (result, owner) in results.into_iter().zip(owners.drain(..)) {
-            let (Some(result), Some(owner)) = (result, owner) else {
+            let Some(result) = result else {
                 continue;
             };
-            if owner.member != self.settings.id {
+            committed += 1;
+            let Some(owner) = owner.filter(|o| o.member == self.settings.id) else {
                 continue;
-            }
-            if let Some((_, reply)) = self.proposals.remove(&owner.seq) {
+            };
+            if let Some((_, Pending::Write(reply))) = self.proposals.remove(&owner.seq) {
                 let _ = reply.send(Ok(result));
             }
         }
+        self.shared
+            .metrics
+            .proposals_committed
+            .fetch_add(committed, Relaxed);
         batch.clear();
         Ok(())
     }
 
+    /// Applies a membership change to raft, the replicated attributes and the transport,
+    /// durably (conf state and membership in one synced write).
     fn apply_conf_change(&mut self, e: &Entry) -> Result<(), NodeError> {
-        let cs = if e.get_entry_type() == EntryType::EntryConfChange {
-            let cc = ConfChange::parse_from_bytes(&e.data)?;
-            self.raw.apply_conf_change(&cc)?
+        let cc = if e.get_entry_type() == EntryType::EntryConfChange {
+            v2_of(ConfChange::parse_from_bytes(&e.data)?)
         } else {
-            let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
-            self.raw.apply_conf_change(&cc)?
+            ConfChangeV2::parse_from_bytes(&e.data)?
         };
-        info!(index = e.index, voters = ?cs.voters, learners = ?cs.learners, "applied membership change");
-        self.raw.mut_store().set_conf_state(cs)?;
+        let cs = self.raw.apply_conf_change(&cc)?;
+        let mut membership = self.raw.store().membership().clone();
+        membership.apply(&cc);
+        info!(index = e.index, voters = ?cs.voters, learners = ?cs.learners, removed = ?membership.removed, "applied membership change");
+        self.raw.mut_store().set_conf_state(cs, membership)?;
+        self.membership_changed();
         Ok(())
+    }
+
+    /// After the membership changed (a conf change or a snapshot): reconnect the transport,
+    /// publish the new view, and notice our own removal.
+    fn membership_changed(&mut self) {
+        let membership = self.raw.store().membership().clone();
+        self.transport.set_peers(&membership.peers(self.settings.id));
+        if membership.removed.contains(&self.settings.id) {
+            self.removed = true;
+        }
+        *self.shared.membership.write() = membership;
+    }
+
+    /// Decides a membership request on the leader and proposes it; the caller is answered
+    /// when the change is applied (or fails with the leadership).
+    fn change_members(&mut self, change: MemberChange, reply: AdminReply<Vec<MemberStatus>>) {
+        if let Err(e) = self.check_change(&change) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let ctx = ProposalId {
+            member: self.settings.id,
+            seq,
+        }
+        .encode();
+        match self.raw.propose_conf_change(ctx, change.to_conf_change()) {
+            Ok(()) => {
+                info!(?change, "proposed membership change");
+                let term = self.raw.raft.term;
+                self.proposals.insert(seq, (term, Pending::Members(reply)));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(AdminError::Conflict(format!(
+                    "the leader dropped the change ({e}); retry"
+                ))));
+            }
+        }
+    }
+
+    fn check_change(&self, change: &MemberChange) -> Result<(), AdminError> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Err(AdminError::NotLeader {
+                leader: raft.leader_id,
+            });
+        }
+        if raft.has_pending_conf() {
+            return Err(AdminError::Conflict(format!(
+                "another membership change (log index {}) is still in progress; retry when it is applied",
+                raft.pending_conf_index
+            )));
+        }
+        let cs = self.raw.store().conf_state();
+        let membership = self.raw.store().membership();
+        let id = change.id();
+        let role = members::role_of(cs, id);
+        match change {
+            MemberChange::Add { url, .. } => {
+                if id == 0 {
+                    return Err(AdminError::BadRequest("member id 0 is reserved".into()));
+                }
+                if role.is_some() {
+                    return Err(AdminError::Conflict(format!("member {id} already exists")));
+                }
+                if membership.removed.contains(&id) {
+                    return Err(AdminError::Conflict(format!(
+                        "member id {id} was removed from this cluster; ids are not reused, pick another"
+                    )));
+                }
+                if let Some((other, _)) = membership.members.iter().find(|(_, m)| m.url == *url) {
+                    return Err(AdminError::Conflict(format!(
+                        "peer URL {url} already belongs to member {other}"
+                    )));
+                }
+            }
+            MemberChange::Promote { .. } => match role {
+                None => return Err(AdminError::NotFound(format!("no member {id}"))),
+                Some("voter") => {
+                    return Err(AdminError::Conflict(format!("member {id} is already a voter")))
+                }
+                Some(_) => {
+                    let last = raft.raft_log.last_index();
+                    let matched = raft.prs().get(id).map_or(0, |p| p.matched);
+                    if matched == 0 || matched + self.settings.promote_within < last {
+                        return Err(AdminError::Conflict(format!(
+                            "member {id} is {} entries behind the leader (--promote-within {}); promote it once it has caught up",
+                            last - matched.min(last),
+                            self.settings.promote_within
+                        )));
+                    }
+                }
+            },
+            MemberChange::Remove { .. } => {
+                if role.is_none() {
+                    return Err(AdminError::NotFound(format!("no member {id}")));
+                }
+                if cs.voters == [id] {
+                    return Err(AdminError::Conflict(format!(
+                        "member {id} is the last voter; removing it would leave no one to decide"
+                    )));
+                }
+                if id == self.settings.id {
+                    return Err(AdminError::LeaderMustMove);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// On the leader: proposes to promote the first learner (added without `?learner=true`)
+    /// whose log is within `--promote-within` entries of ours. One change at a time.
+    fn promote_caught_up_learners(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader || raft.has_pending_conf() {
+            return;
+        }
+        let last = raft.raft_log.last_index();
+        let store = self.raw.store();
+        let ready = store.conf_state().learners.iter().copied().find(|id| {
+            let auto = store
+                .membership()
+                .members
+                .get(id)
+                .is_some_and(|m| !m.hold_learner);
+            let matched = raft.prs().get(*id).map_or(0, |p| p.matched);
+            auto && matched > 0 && matched + self.settings.promote_within >= last
+        });
+        if let Some(id) = ready {
+            let cc = MemberChange::Promote { id }.to_conf_change();
+            match self.raw.propose_conf_change(Vec::new(), cc) {
+                Ok(()) => info!(id, "learner caught up; proposed its promotion to voter"),
+                Err(e) => warn!(id, error = %e, "could not propose a learner's promotion"),
+            }
+        }
+    }
+
+    fn transfer_leader(&mut self, to: u64, reply: AdminReply<()>) {
+        let cs = self.raw.store().conf_state();
+        match members::role_of(cs, to) {
+            None => {
+                let _ = reply.send(Err(AdminError::NotFound(format!("no member {to}"))));
+                return;
+            }
+            Some("learner") => {
+                let _ = reply.send(Err(AdminError::Conflict(format!(
+                    "member {to} is a learner; only a voter can lead"
+                ))));
+                return;
+            }
+            Some(_) => {}
+        }
+        let leader = self.raw.raft.leader_id;
+        if leader == to {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        if leader == raft::INVALID_ID {
+            let _ = reply.send(Err(RequestError::NoLeader.into()));
+            return;
+        }
+        info!(from = leader, to, "transferring leadership");
+        self.raw.transfer_leader(to);
+        self.transfers.push(Transfer {
+            target: Some(to),
+            deadline: Instant::now() + self.settings.request_timeout,
+            reply: TransferReply::To(reply),
+        });
+    }
+
+    /// Hands leadership to the voter with the longest log, if this member leads.
+    fn hand_off(&mut self, reply: AdminReply<bool>) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            let _ = reply.send(Ok(false));
+            return;
+        }
+        let me = self.settings.id;
+        let best = self
+            .raw
+            .store()
+            .conf_state()
+            .voters
+            .iter()
+            .filter(|id| **id != me)
+            .filter_map(|id| raft.prs().get(*id).map(|p| (p.matched, *id)))
+            .max();
+        let Some((matched, to)) = best else {
+            let _ = reply.send(Ok(false));
+            return;
+        };
+        info!(to, matched, "handing leadership over");
+        self.raw.transfer_leader(to);
+        self.transfers.push(Transfer {
+            target: None,
+            deadline: Instant::now() + 2 * self.settings.tick * self.settings.election_ticks as u32,
+            reply: TransferReply::HandOff(reply),
+        });
     }
 
     fn confirm_reads(&mut self, states: Vec<raft::ReadState>) {
@@ -393,19 +755,26 @@ impl Node {
 
     /// Forgets requests whose callers have given up (they timed out on their side).
     fn sweep(&mut self) {
-        self.proposals.retain(|_, (_, reply)| !reply.is_closed());
+        self.proposals.retain(|_, (_, pending)| !pending.is_closed());
         let deadline = self.settings.request_timeout;
         self.reads
             .in_flight
             .retain(|_, (since, _, _)| since.elapsed() < deadline);
+        let now = Instant::now();
+        for t in self.transfers.extract_if(.., |t| t.deadline <= now) {
+            t.reply
+                .fail(RequestError::TransferTimeout.into());
+        }
     }
 
     /// After `snapshot_count` entries: snapshot the engine at its applied index, make it
     /// durable, record it, and only then compact the log, keeping a catch-up tail.
-    fn maybe_snapshot(&mut self) -> Result<(), NodeError> {
+    /// `wanted`: a member needs a snapshot newer than the last one (it joined since).
+    fn maybe_snapshot(&mut self, wanted: bool) -> Result<(), NodeError> {
         let applied = self.engine.applied_index();
         let last = self.raw.store().snapshot_metadata().index;
-        if applied < last + self.settings.snapshot_count {
+        let due = applied >= last + self.settings.snapshot_count;
+        if !(due || wanted && applied > last) {
             return Ok(());
         }
         let started = Instant::now();
@@ -425,12 +794,44 @@ impl Node {
             self.raw.mut_store().compact(compact_to)?;
         }
         self.snaps.gc();
+        let metrics = &self.shared.metrics;
+        metrics.snapshots_saved.fetch_add(1, Relaxed);
+        metrics.snapshot_save.observe_duration(started.elapsed());
         let ms = started.elapsed().as_millis() as u64;
         info!(
             index = applied,
             term, compact_to, ms, "snapshot saved, log compacted"
         );
         Ok(())
+    }
+
+    /// Every member as seen from here; match indexes are known on the leader only.
+    fn member_statuses(&self) -> Vec<MemberStatus> {
+        let raft = &self.raw.raft;
+        let store = self.raw.store();
+        let cs = store.conf_state();
+        let leading = raft.state == StateRole::Leader;
+        store
+            .membership()
+            .members
+            .iter()
+            .filter_map(|(id, info)| {
+                let role = members::role_of(cs, *id)?;
+                let me = *id == self.settings.id;
+                Some(MemberStatus {
+                    id: *id,
+                    peer_url: info.url.clone(),
+                    role: role.to_string(),
+                    reachable: me || self.transport.is_up(*id),
+                    match_index: if leading {
+                        raft.prs().get(*id).map(|p| p.matched)
+                    } else {
+                        None
+                    },
+                    auto_promote: role == "learner" && !info.hold_learner,
+                })
+            })
+            .collect()
     }
 
     fn status(&self) -> NodeStatus {
@@ -442,17 +843,7 @@ impl Node {
             StateRole::Candidate => "candidate",
             StateRole::PreCandidate => "pre_candidate",
         };
-        let cs = store.conf_state();
-        let members = self
-            .settings
-            .members
-            .iter()
-            .filter(|m| cs.voters.contains(&m.id) || cs.learners.contains(&m.id))
-            .map(|m| MemberStatus {
-                id: m.id,
-                peer_url: m.url.clone(),
-            })
-            .collect();
+        let members = self.member_statuses();
         NodeStatus {
             id: self.settings.id,
             cluster_id: format!("{:016x}", self.settings.cluster_id),
@@ -471,4 +862,15 @@ impl Node {
             members,
         }
     }
+}
+
+/// A v1 conf change (one change, no joint consensus) as the equivalent v2 change.
+fn v2_of(cc: ConfChange) -> ConfChangeV2 {
+    let mut single = raft::eraftpb::ConfChangeSingle::default();
+    single.set_change_type(cc.get_change_type());
+    single.node_id = cc.node_id;
+    let mut v2 = ConfChangeV2::default();
+    v2.set_changes(vec![single].into());
+    v2.context = cc.context;
+    v2
 }

@@ -3,7 +3,11 @@
 //! Traffic from another cluster (a different `x-metcd-cluster-id`) is refused with 412 and a log
 //! line. Message frames are checked before they reach raft: a frame that does not decode, is
 //! addressed to another member, or carries a snapshot outside `/raft/snapshot` ends the stream
-//! with 400. A snapshot file is durable on disk before its message is stepped.
+//! with 400. A snapshot file is durable on disk before its message is stepped. Traffic from a
+//! member removed from the cluster gets 410 Gone, which tells it to stop.
+//!
+//! Also served here: `GET /raft/membership` (the cluster id and members, for a member that is
+//! joining) and `POST /raft/admin` (membership requests forwarded to the leader).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,13 +15,14 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use raft::eraftpb::{Message, MessageType};
 use tracing::{debug, info, warn};
 
+use super::members::{self, AdminCtx, ClusterInfo, MemberChange, Membership};
 use super::snapshot::{Incoming, SnapshotStore};
-use super::transport::{decode_message, FrameReader, TransportError, CLUSTER_HEADER};
+use super::transport::{decode_message, FrameReader, TransportError, CLUSTER_HEADER, FROM_HEADER};
 use super::NodeHandle;
 
 pub struct PeerApi {
@@ -25,6 +30,7 @@ pub struct PeerApi {
     pub cluster_id: String,
     pub node: NodeHandle,
     pub snaps: SnapshotStore,
+    pub admin: AdminCtx,
 }
 
 type Answer = (StatusCode, String);
@@ -33,6 +39,8 @@ pub fn router(api: Arc<PeerApi>) -> Router {
     Router::new()
         .route("/raft/stream", post(stream))
         .route("/raft/snapshot", post(snapshot))
+        .route("/raft/membership", get(membership))
+        .route("/raft/admin", post(admin))
         .with_state(api)
 }
 
@@ -59,6 +67,17 @@ impl PeerApi {
         ))
     }
 
+    /// 410 Gone for a member that was removed: it stops when it hears this.
+    fn check_removed(&self, from: u64) -> Result<(), Answer> {
+        if self.admin.membership.read().removed.contains(&from) {
+            return Err((
+                StatusCode::GONE,
+                format!("member {from} was removed from the cluster\n"),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_message(&self, payload: &[u8], snapshot: bool) -> Result<Message, TransportError> {
         let msg = decode_message(payload)?;
         if msg.to != self.id {
@@ -76,19 +95,36 @@ impl PeerApi {
         if snapshot && msg.get_snapshot().get_metadata().index == 0 {
             return Err(TransportError::BadFrame("snapshot without an index".into()));
         }
+        if snapshot {
+            Membership::decode(&msg.get_snapshot().data)
+                .map_err(|e| TransportError::BadFrame(format!("snapshot: {e}")))?;
+        }
         Ok(msg)
     }
+}
+
+fn from_header(headers: &HeaderMap) -> u64 {
+    headers
+        .get(FROM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 async fn stream(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Body) -> Answer {
     if let Err(answer) = api.check_cluster(&headers) {
         return answer;
     }
+    let from = from_header(&headers);
     let mut frames = FrameReader::new(body.into_data_stream());
     loop {
         match frames.next_frame().await {
             Ok(Some(payload)) => match api.check_message(&payload, false) {
                 Ok(msg) => {
+                    // Checked per frame: the removal may be applied while the stream is open.
+                    if let Err(answer) = api.check_removed(from) {
+                        return answer;
+                    }
                     if api.node.step(msg).is_err() {
                         return (StatusCode::SERVICE_UNAVAILABLE, "member stopped\n".into());
                     }
@@ -109,6 +145,9 @@ async fn stream(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Body)
 
 async fn snapshot(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Body) -> Answer {
     if let Err(answer) = api.check_cluster(&headers) {
+        return answer;
+    }
+    if let Err(answer) = api.check_removed(from_header(&headers)) {
         return answer;
     }
     let mut frames = FrameReader::new(body.into_data_stream());
@@ -159,5 +198,45 @@ async fn snapshot(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Bod
     match api.node.step(msg) {
         Ok(()) => (StatusCode::NO_CONTENT, String::new()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
+/// The cluster id and membership, for a member started with `--join`.
+async fn membership(State(api): State<Arc<PeerApi>>) -> Answer {
+    let info = ClusterInfo {
+        cluster_id: api.cluster_id.clone(),
+        membership: api.admin.membership.read().clone(),
+    };
+    match serde_json::to_string(&info) {
+        Ok(json) => (StatusCode::OK, json),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+/// A membership request forwarded by another member.
+async fn admin(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Body) -> Answer {
+    if let Err(answer) = api.check_cluster(&headers) {
+        return answer;
+    }
+    let hops = headers
+        .get(members::HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(members::MAX_HOPS);
+    let change: MemberChange = match axum::body::to_bytes(body, 64 << 10)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => return bad(format!("bad membership request: {e}")),
+    };
+    match members::execute(&api.admin, change, hops).await {
+        Ok(json) => (StatusCode::OK, json),
+        Err(e) => {
+            let status =
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            (status, format!("{e}\n"))
+        }
     }
 }

@@ -1,9 +1,13 @@
 //! The durable raft log: `raft::Storage` over tikv's raft-engine.
 //!
 //! Layout in raft-engine: region [`LOG`] holds the entries; region [`META`] holds the hard
-//! state, the conf state, the newest snapshot's metadata and the member's identity. Keeping
-//! them apart lets an installed snapshot drop the whole log (`Command::Clean`) in the same
-//! atomic batch that records the snapshot.
+//! state, the conf state and membership, the newest snapshot's metadata (and the membership
+//! as of it) and the member's identity. Keeping them apart lets an installed snapshot drop the
+//! whole log (`Command::Clean`) in the same atomic batch that records the snapshot.
+//!
+//! A new cluster starts from a snapshot at index 1 (empty state, the initial members), so its
+//! log begins at 2 and a member that joins later always starts from a snapshot: never by
+//! replaying a log that does not say who the first members were.
 //!
 //! Invariants:
 //! - Entries and hard state of one Ready go in one batch, synced before anything that depends
@@ -13,10 +17,13 @@
 //! - `term(snapshot.index)` stays answerable after compaction, from the snapshot metadata.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use raft_engine::{Command, LogBatch, MessageExt};
+
+use super::members::{self, Membership};
 
 const META: u64 = 1;
 const LOG: u64 = 2;
@@ -24,6 +31,8 @@ const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
 const KEY_SNAPSHOT: &[u8] = b"snapshot_meta";
 const KEY_IDENTITY: &[u8] = b"identity";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+const KEY_SNAPSHOT_MEMBERSHIP: &[u8] = b"snapshot_membership";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -33,6 +42,8 @@ pub enum LogError {
     Decode(#[from] protobuf::ProtobufError),
     #[error("{0}")]
     Identity(String),
+    #[error("raft log metadata: {0}")]
+    Membership(#[from] members::DecodeError),
 }
 
 struct EntryExt;
@@ -55,7 +66,13 @@ pub struct LogStore {
     engine: raft_engine::Engine,
     hard_state: HardState,
     conf_state: ConfState,
+    membership: Membership,
     snapshot: SnapshotMetadata,
+    /// The membership as of `snapshot`; sent with it.
+    snapshot_membership: Membership,
+    /// Set when raft asked for a snapshot for a member the newest one does not include
+    /// (a member added since): the owner then takes a fresh one.
+    snapshot_wanted: AtomicBool,
     /// Synced appends since start: with group commit, far fewer than entries appended.
     syncs: u64,
 }
@@ -83,18 +100,43 @@ impl LogStore {
             .get_message(META, KEY_CONF_STATE)?
             .unwrap_or_default();
         let snapshot = engine.get_message(META, KEY_SNAPSHOT)?.unwrap_or_default();
+        let read_membership = |key: &[u8]| -> Result<Membership, LogError> {
+            match engine.get(META, key) {
+                Some(v) => Ok(Membership::decode(&v)?),
+                None => Ok(Membership::default()),
+            }
+        };
+        let membership = read_membership(KEY_MEMBERSHIP)?;
+        let snapshot_membership = read_membership(KEY_SNAPSHOT_MEMBERSHIP)?;
         Ok(LogStore {
             engine,
             hard_state,
             conf_state,
+            membership,
             snapshot,
+            snapshot_membership,
+            snapshot_wanted: AtomicBool::new(false),
             syncs: 0,
         })
     }
 
-    /// Records the identity on first start; afterwards refuses a different one.
-    pub fn check_identity(&mut self, id: Identity) -> Result<(), LogError> {
+    /// The identity recorded on first start, if any.
+    pub fn identity(&self) -> Result<Option<Identity>, LogError> {
         match self.engine.get(META, KEY_IDENTITY) {
+            None => Ok(None),
+            Some(v) if v.len() == 16 => Ok(Some(Identity {
+                cluster_id: u64::from_be_bytes(v[..8].try_into().unwrap_or_default()),
+                member_id: u64::from_be_bytes(v[8..].try_into().unwrap_or_default()),
+            })),
+            Some(_) => Err(LogError::Identity(
+                "data dir has an unreadable identity record".into(),
+            )),
+        }
+    }
+
+    /// Records who this data dir belongs to, or checks it against what was recorded.
+    pub fn check_identity(&mut self, id: Identity) -> Result<(), LogError> {
+        match self.identity()? {
             None => {
                 let mut v = id.cluster_id.to_be_bytes().to_vec();
                 v.extend_from_slice(&id.member_id.to_be_bytes());
@@ -103,45 +145,77 @@ impl LogStore {
                 self.engine.write(&mut batch, true)?;
                 Ok(())
             }
-            Some(v) if v.len() == 16 => {
-                let stored = Identity {
-                    cluster_id: u64::from_be_bytes(v[..8].try_into().unwrap_or_default()),
-                    member_id: u64::from_be_bytes(v[8..].try_into().unwrap_or_default()),
-                };
-                if stored.cluster_id != id.cluster_id {
-                    return Err(LogError::Identity(format!(
-                        "data dir belongs to cluster {:016x}, not to this --cluster ({:016x})",
-                        stored.cluster_id, id.cluster_id
-                    )));
-                }
-                if stored.member_id != id.member_id {
-                    return Err(LogError::Identity(format!(
-                        "data dir belongs to member {}, not to --id {}",
-                        stored.member_id, id.member_id
-                    )));
-                }
-                Ok(())
+            Some(stored) if stored.member_id != id.member_id => {
+                Err(LogError::Identity(format!(
+                    "data dir belongs to member {}, not to --id {}",
+                    stored.member_id, id.member_id
+                )))
             }
-            Some(_) => Err(LogError::Identity(
-                "data dir has an unreadable identity record".into(),
-            )),
+            Some(stored) if stored.cluster_id != id.cluster_id => {
+                Err(LogError::Identity(format!(
+                    "data dir belongs to cluster {:016x}, not to cluster {:016x}",
+                    stored.cluster_id, id.cluster_id
+                )))
+            }
+            Some(_) => Ok(()),
         }
     }
 
-    /// True when nothing was ever persisted: the member must be bootstrapped.
+    /// True until the member holds a snapshot (its own bootstrap one or the leader's).
     pub fn is_new(&self) -> bool {
-        self.conf_state.voters.is_empty()
-            && self.conf_state.learners.is_empty()
-            && self.snapshot.index == 0
+        self.snapshot.index == 0
     }
 
-    /// Writes the initial membership of a new cluster.
-    pub fn bootstrap(&mut self, conf_state: ConfState) -> Result<(), LogError> {
+    /// Writes the initial state of a new cluster: a snapshot at index 1 (whose empty-state
+    /// file the caller has made durable) with the initial members as voters.
+    pub fn bootstrap(&mut self, membership: Membership) -> Result<(), LogError> {
+        let conf_state = ConfState {
+            voters: membership.members.keys().copied().collect(),
+            ..Default::default()
+        };
+        let meta = SnapshotMetadata {
+            index: 1,
+            term: 1,
+            conf_state: Some(conf_state.clone()).into(),
+            ..Default::default()
+        };
+        let hs = HardState {
+            term: 1,
+            commit: 1,
+            ..Default::default()
+        };
         let mut batch = LogBatch::default();
         batch.put_message(META, KEY_CONF_STATE.to_vec(), &conf_state)?;
+        batch.put(META, KEY_MEMBERSHIP.to_vec(), membership.encode())?;
+        batch.put_message(META, KEY_SNAPSHOT.to_vec(), &meta)?;
+        batch.put(META, KEY_SNAPSHOT_MEMBERSHIP.to_vec(), membership.encode())?;
+        batch.put_message(META, KEY_HARD_STATE.to_vec(), &hs)?;
         self.engine.write(&mut batch, true)?;
         self.conf_state = conf_state;
+        self.snapshot_membership = membership.clone();
+        self.membership = membership;
+        self.snapshot = meta;
+        self.hard_state = hs;
         Ok(())
+    }
+
+    /// Records the cluster's membership learned from a peer by a member that is joining; it
+    /// is replaced by the leader's snapshot.
+    pub fn set_joining_membership(&mut self, membership: Membership) -> Result<(), LogError> {
+        let mut batch = LogBatch::default();
+        batch.put(META, KEY_MEMBERSHIP.to_vec(), membership.encode())?;
+        self.engine.write(&mut batch, true)?;
+        self.membership = membership;
+        Ok(())
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// True once since raft last asked for a snapshot the newest one cannot serve.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.swap(false, Ordering::Relaxed)
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -160,26 +234,27 @@ impl LogStore {
         self.syncs
     }
 
-    /// Appends a Ready's entries and hard state in one synced batch.
+    /// Appends a Ready's entries and hard state in one synced batch; false if there was
+    /// nothing to write.
     pub fn append(
         &mut self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
-    ) -> Result<(), LogError> {
+    ) -> Result<bool, LogError> {
         let mut batch = LogBatch::default();
         batch.add_entries::<EntryExt>(LOG, entries)?;
         if let Some(hs) = hard_state {
             batch.put_message(META, KEY_HARD_STATE.to_vec(), hs)?;
         }
         if batch.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         self.engine.write(&mut batch, true)?;
         self.syncs += 1;
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Raises the commit index to what the engine has applied, which was committed (only
@@ -207,26 +282,45 @@ impl LogStore {
         Ok(())
     }
 
-    pub fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), LogError> {
+    /// Records an applied membership change: raft's conf state and the members' attributes,
+    /// together.
+    pub fn set_conf_state(
+        &mut self,
+        conf_state: ConfState,
+        membership: Membership,
+    ) -> Result<(), LogError> {
         let mut batch = LogBatch::default();
         batch.put_message(META, KEY_CONF_STATE.to_vec(), &conf_state)?;
+        batch.put(META, KEY_MEMBERSHIP.to_vec(), membership.encode())?;
         self.engine.write(&mut batch, true)?;
         self.conf_state = conf_state;
+        self.membership = membership;
         Ok(())
     }
 
-    /// Records a snapshot taken locally; its file must already be durable.
+    /// Records a snapshot taken locally at the applied index; its file must already be
+    /// durable. The current membership is the membership as of that index.
     pub fn record_snapshot(&mut self, meta: SnapshotMetadata) -> Result<(), LogError> {
         let mut batch = LogBatch::default();
         batch.put_message(META, KEY_SNAPSHOT.to_vec(), &meta)?;
+        batch.put(
+            META,
+            KEY_SNAPSHOT_MEMBERSHIP.to_vec(),
+            self.membership.encode(),
+        )?;
         self.engine.write(&mut batch, true)?;
         self.snapshot = meta;
+        self.snapshot_membership = self.membership.clone();
         Ok(())
     }
 
     /// Installs a snapshot received from the leader: the whole log is replaced by it, in one
-    /// synced batch with its metadata, conf state and the commit index it implies.
-    pub fn install_snapshot(&mut self, meta: SnapshotMetadata) -> Result<(), LogError> {
+    /// synced batch with its metadata, conf state, membership and the commit index it implies.
+    pub fn install_snapshot(
+        &mut self,
+        meta: SnapshotMetadata,
+        membership: Membership,
+    ) -> Result<(), LogError> {
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
@@ -235,10 +329,14 @@ impl LogStore {
         batch.put_message(META, KEY_SNAPSHOT.to_vec(), &meta)?;
         batch.put_message(META, KEY_CONF_STATE.to_vec(), meta.get_conf_state())?;
         batch.put_message(META, KEY_HARD_STATE.to_vec(), &hs)?;
+        batch.put(META, KEY_MEMBERSHIP.to_vec(), membership.encode())?;
+        batch.put(META, KEY_SNAPSHOT_MEMBERSHIP.to_vec(), membership.encode())?;
         self.engine.write(&mut batch, true)?;
         self.conf_state = meta.get_conf_state().clone();
         self.snapshot = meta;
         self.hard_state = hs;
+        self.snapshot_membership = membership.clone();
+        self.membership = membership;
         Ok(())
     }
 
@@ -318,16 +416,22 @@ impl raft::Storage for LogStore {
         Ok(self.last())
     }
 
-    /// The newest durable snapshot's metadata. Its data stays empty: the state itself is a
-    /// file the transport streams in chunks, found by (term, index).
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot.index < request_index {
+    /// The newest durable snapshot's metadata, with the membership as of it as data; the
+    /// state itself is a file the transport streams in chunks, found by (term, index). A
+    /// member the snapshot does not include (added since) cannot restore it: the owner is
+    /// asked for a fresh one and raft retries.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let cs = self.snapshot.get_conf_state();
+        let includes_to = cs.voters.contains(&to) || cs.learners.contains(&to);
+        if self.snapshot.index < request_index || !includes_to {
+            self.snapshot_wanted.store(true, Ordering::Relaxed);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
         let mut snap = Snapshot::default();
         snap.set_metadata(self.snapshot.clone());
+        snap.data = self.snapshot_membership.encode().into();
         Ok(snap)
     }
 }
@@ -389,7 +493,9 @@ mod tests {
             term: 3,
             ..Default::default()
         };
-        s.install_snapshot(meta).unwrap();
+        let mut m = Membership::default();
+        m.removed.insert(9);
+        s.install_snapshot(meta, m.clone()).unwrap();
         assert_eq!(
             (
                 s.first_index().unwrap(),
@@ -406,6 +512,11 @@ mod tests {
             (21, 21)
         );
         assert_eq!(s.hard_state().commit, 20);
+        assert_eq!(s.membership(), &m);
+        let snap = s.snapshot(0, 0);
+        assert!(snap.is_err(), "member 0 is not in the snapshot's conf state");
+        assert!(s.take_snapshot_wanted());
+        assert!(!s.take_snapshot_wanted());
     }
 
     #[test]
@@ -416,8 +527,10 @@ mod tests {
             cluster_id: 7,
             member_id: 1,
         };
+        assert_eq!(s.identity().unwrap(), None);
         s.check_identity(id).unwrap();
         s.check_identity(id).unwrap();
+        assert_eq!(s.identity().unwrap(), Some(id));
         assert!(s
             .check_identity(Identity {
                 cluster_id: 8,

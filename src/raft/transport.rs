@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,6 +142,8 @@ struct Shared {
 struct Peer {
     authority: String,
     queue: tokio::sync::mpsc::Sender<Message>,
+    /// Whether the stream to it is connected.
+    up: Arc<AtomicBool>,
 }
 
 /// The sending side, owned by the raft loop.
@@ -151,7 +154,7 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Starts one stream task per peer on `rt`.
+    /// A transport with no peers yet; see [`Transport::set_peers`].
     pub fn start(
         settings: &Settings,
         rt: tokio::runtime::Handle,
@@ -164,19 +167,47 @@ impl Transport {
             snaps,
             inbox,
         });
-        let mut peers = HashMap::new();
-        for m in settings.members.iter().filter(|m| m.id != settings.id) {
+        Transport {
+            shared,
+            peers: HashMap::new(),
+            rt,
+        }
+    }
+
+    /// Keeps one stream task per peer in `peers` (id, host:port): starts the new ones, and
+    /// stops those no longer listed (dropping the queue ends the task).
+    pub fn set_peers(&mut self, peers: &[(u64, String)]) {
+        self.peers
+            .retain(|id, p| peers.iter().any(|(i, a)| i == id && *a == p.authority));
+        for (id, authority) in peers {
+            if self.peers.contains_key(id) {
+                continue;
+            }
             let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-            rt.spawn(run_stream(shared.clone(), m.id, m.authority.clone(), rx));
-            peers.insert(
-                m.id,
+            let up = Arc::new(AtomicBool::new(false));
+            self.rt.spawn(run_stream(
+                self.shared.clone(),
+                *id,
+                authority.clone(),
+                rx,
+                up.clone(),
+            ));
+            self.peers.insert(
+                *id,
                 Peer {
-                    authority: m.authority.clone(),
+                    authority: authority.clone(),
                     queue: tx,
+                    up,
                 },
             );
         }
-        Transport { shared, peers, rt }
+    }
+
+    /// Whether the stream to member `id` is connected.
+    pub fn is_up(&self, id: u64) -> bool {
+        self.peers
+            .get(&id)
+            .is_some_and(|p| p.up.load(Ordering::Relaxed))
     }
 
     pub fn send(&self, msgs: Vec<Message>) {
@@ -199,7 +230,7 @@ impl Transport {
     }
 }
 
-async fn connect(
+pub(crate) async fn connect(
     authority: &str,
 ) -> Result<hyper::client::conn::http2::SendRequest<PeerBody>, TransportError> {
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
@@ -235,19 +266,31 @@ fn request(
         .body(body)?)
 }
 
-/// Keeps a stream to one peer open, reconnecting with backoff, until the queue closes.
+/// Keeps a stream to one peer open, reconnecting with backoff, until the queue closes. A
+/// peer answering 410 Gone means this member was removed: the owner is told, and the
+/// stream ends.
 async fn run_stream(
     shared: Arc<Shared>,
     to: u64,
     authority: String,
     mut queue: tokio::sync::mpsc::Receiver<Message>,
+    is_up: Arc<AtomicBool>,
 ) {
     let mut backoff = MIN_BACKOFF;
     let mut up = true;
     loop {
+        if queue.is_closed() {
+            return;
+        }
         let mut connected = false;
-        match stream_once(&shared, &authority, &mut queue, &mut connected).await {
+        let outcome = stream_once(&shared, &authority, &mut queue, &mut connected, &is_up).await;
+        is_up.store(false, Ordering::Relaxed);
+        match outcome {
             Ok(()) => return,
+            Err(TransportError::Refused(hyper::StatusCode::GONE)) => {
+                let _ = shared.inbox.send(Input::Removed);
+                return;
+            }
             Err(e) => {
                 if connected {
                     backoff = MIN_BACKOFF;
@@ -274,6 +317,7 @@ async fn stream_once(
     authority: &str,
     queue: &mut tokio::sync::mpsc::Receiver<Message>,
     connected: &mut bool,
+    is_up: &AtomicBool,
 ) -> Result<(), TransportError> {
     let mut sender = connect(authority).await?;
     let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
@@ -290,6 +334,7 @@ async fn stream_once(
     )?;
     let mut response = Box::pin(sender.send_request(req));
     *connected = true;
+    is_up.store(true, Ordering::Relaxed);
     info!(%authority, "peer stream up");
     loop {
         tokio::select! {
@@ -351,6 +396,9 @@ async fn send_snapshot(shared: Arc<Shared>, authority: String, msg: Message) {
             StreamBody::new(body).boxed_unsync(),
         )?;
         let resp = sender.send_request(req).await?;
+        if resp.status() == hyper::StatusCode::GONE {
+            let _ = shared.inbox.send(Input::Removed);
+        }
         if !resp.status().is_success() {
             return Err(TransportError::Refused(resp.status()));
         }
