@@ -405,6 +405,8 @@ macro_rules! engine_tests {
 /// when the test is panicking, member logs are printed first.
 pub struct TestCluster {
     n: usize,
+    /// Members 1..=initial form the cluster; later ones are added with `add_member`.
+    initial: usize,
     base_port: u16,
     engine: Option<&'static str>,
     extra_args: Vec<String>,
@@ -427,6 +429,7 @@ impl TestCluster {
         };
         TestCluster {
             n,
+            initial: n,
             base_port: base_port + offset,
             engine,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
@@ -461,6 +464,15 @@ impl TestCluster {
         format!("http://127.0.0.1:{}", self.peer_port(i))
     }
 
+    /// Makes room for one more member (id `n + 1`), which will start with `--join`; returns
+    /// its id. The caller adds it to the cluster (`PUT /_members/<id>`) and starts it.
+    pub fn add_slot(&mut self) -> usize {
+        assert!(self.n < 9, "port plan supports 1..=9 members");
+        self.n += 1;
+        self.children.push(None);
+        self.n
+    }
+
     /// The `--cluster` value: every member's peer URL.
     pub fn cluster_arg(&self) -> String {
         (1..=self.n)
@@ -489,6 +501,9 @@ impl TestCluster {
             "--data-dir".to_string(),
             self.data_dir(i).to_string_lossy().into_owned(),
         ];
+        if i > self.initial {
+            args.push("--join".to_string());
+        }
         if let Some(engine) = self.engine {
             args.push("--engine".to_string());
             args.push(member_engine(engine, i).to_string());
@@ -513,12 +528,17 @@ impl TestCluster {
 
     /// Spawns member `i` with `member_args(i)`, output appended to its log.
     pub fn start_member(&mut self, i: usize) {
+        let args = self.member_args(i);
+        self.start_member_with(i, args);
+    }
+
+    /// Spawns member `i` with the given command line.
+    pub fn start_member_with(&mut self, i: usize, args: Vec<String>) {
         let idx = self.idx(i);
         assert!(
             self.children[idx].is_none(),
             "member {i} is already running"
         );
-        let args = self.member_args(i);
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -561,6 +581,57 @@ impl TestCluster {
         }
     }
 
+    /// Sends SIGTERM to member `i` and waits (at most `timeout`) for it to exit; returns
+    /// its exit status, or panics if it is still running.
+    pub fn terminate(&mut self, i: usize, timeout: Duration) -> ExitStatus {
+        let idx = self.idx(i);
+        let pid = match &self.children[idx] {
+            Some(child) => child.id().to_string(),
+            None => panic!("member {i} is not running"),
+        };
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid} failed");
+        match self.wait_exit(i, timeout) {
+            Some(status) => status,
+            None => {
+                self.dump_logs();
+                panic!("member {i} still running {timeout:?} after SIGTERM");
+            }
+        }
+    }
+
+    /// Sends signal `sig` (e.g. "STOP", "CONT") to member `i`.
+    pub fn signal(&self, i: usize, sig: &str) {
+        let pid = match &self.children[self.idx(i)] {
+            Some(child) => child.id().to_string(),
+            None => panic!("member {i} is not running"),
+        };
+        let sent = Command::new("kill").args([&format!("-{sig}"), &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{sig} {pid} failed");
+    }
+
+    /// Waits (at most `timeout`) for member `i` to exit on its own; reaps it.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<ExitStatus> {
+        let idx = self.idx(i);
+        let start = Instant::now();
+        loop {
+            let child = self.children[idx].as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.children[idx] = None;
+                return Some(status);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Member `i`'s log so far.
+    pub fn log(&self, i: usize) -> String {
+        String::from_utf8_lossy(&fs::read(self.log_path(i)).unwrap_or_default()).into_owned()
+    }
+
     pub fn kill_all(&mut self) {
         for i in 1..=self.n {
             self.kill(i);
@@ -593,6 +664,19 @@ impl TestCluster {
 
     pub fn request(&self, i: usize, method: &str, path: &str, body: &[u8]) -> io::Result<Response> {
         http_request(self.client_port(i), method, path, &[], body)
+    }
+
+    /// A request with extra headers; panics on a transport error.
+    pub fn request_with(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        http_request(self.client_port(i), method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path} on member {i}: {e}"))
     }
 
     fn must(&self, i: usize, method: &str, path: &str, body: &[u8]) -> Response {
