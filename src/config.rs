@@ -29,7 +29,7 @@ pub struct Config {
     pub join: bool,
     /// A learner added without `?learner=true` is promoted to voter once its log is within
     /// this many entries of the leader's.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 1_000)]
     pub promote_within: u64,
     /// `/_health` fails when this member's applied index is more than this many entries
     /// behind its commit index.
@@ -180,11 +180,16 @@ fn parse_cluster(list: &str) -> Result<Vec<Member>, ConfigError> {
                     "--cluster entry {raw:?}: give every entry as ID=URL, or none"
                 ))
             })?;
-            let id = id.trim().parse::<u64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-                ConfigError::Invalid(format!(
-                    "--cluster entry {raw:?}: the id must be a positive number"
-                ))
-            })?;
+            let id = id
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "--cluster entry {raw:?}: the id must be a positive number"
+                    ))
+                })?;
             (id, url)
         } else {
             (i as u64 + 1, raw)

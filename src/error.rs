@@ -32,7 +32,9 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("cannot join: {0}")]
     Join(String),
-    #[error("member {0} was removed from the cluster; wipe its data dir and add it again with a new id")]
+    #[error(
+        "member {0} was removed from the cluster; wipe its data dir and add it again with a new id"
+    )]
     Removed(u64),
 }
 

@@ -65,7 +65,11 @@ async fn open_log(settings: &mut Settings, snaps: &SnapshotStore) -> Result<LogS
         let flagged: Vec<&str> = settings.members.iter().map(|m| m.url.as_str()).collect();
         let known: Vec<&str> = current.members.values().map(|m| m.url.as_str()).collect();
         if flagged != known && !known.is_empty() {
-            info!(?known, ?flagged, "--cluster differs from the replicated membership; using the replicated one");
+            info!(
+                ?known,
+                ?flagged,
+                "--cluster differs from the replicated membership; using the replicated one"
+            );
         }
         return Ok(store);
     }
@@ -78,7 +82,7 @@ async fn open_log(settings: &mut Settings, snaps: &SnapshotStore) -> Result<LogS
             .filter(|m| m.id != settings.id)
             .map(|m| m.authority.clone())
             .collect();
-        let info = members::fetch_cluster_info(&peers)
+        let info = members::fetch_cluster_info(&peers, settings.id)
             .await
             .map_err(|e| Error::Join(format!("no member in --cluster answered: {e}")))?;
         match info.membership.url_of(settings.id) {
@@ -106,10 +110,7 @@ async fn open_log(settings: &mut Settings, snaps: &SnapshotStore) -> Result<LogS
     }
     // A new cluster: an empty-state snapshot at index 1 holds the initial members.
     let empty = engine::memory::MemoryEngine::new();
-    empty.apply(&[Applied {
-        index: 1,
-        op: None,
-    }])?;
+    empty.apply(&[Applied { index: 1, op: None }])?;
     snaps.create(&empty, 1, 1)?;
     let membership = Membership {
         members: settings
@@ -276,11 +277,7 @@ pub async fn run(
 
 /// Resolves when the member should stop serving clients: on `shutdown` (after handing
 /// leadership over if this member leads), or once it was removed from the cluster.
-async fn stop_signal(
-    shutdown: impl Future<Output = ()>,
-    removed: Arc<Notify>,
-    node: NodeHandle,
-) {
+async fn stop_signal(shutdown: impl Future<Output = ()>, removed: Arc<Notify>, node: NodeHandle) {
     tokio::select! {
         _ = shutdown => {
             info!("shutting down; draining client requests");

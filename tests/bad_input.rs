@@ -196,7 +196,8 @@ fn restart_with_a_changed_cluster_flag_keeps_the_recorded_cluster() {
     c.wait_leader(LEADER_TIMEOUT);
     assert_eq!(c.get(1, "/k").body, b"v");
     assert!(
-        c.log(1).contains("--cluster differs from the replicated membership"),
+        c.log(1)
+            .contains("--cluster differs from the replicated membership"),
         "the member should say it ignores the changed flag"
     );
 }

@@ -22,17 +22,39 @@ fn min_revision_reads_on_followers_see_the_write() {
         let rev = c.put_ok(leader, &key, &value).revision();
         let f = followers[n % followers.len()];
         let r = c.get(f, &format!("{key}?min_revision={rev}"));
-        assert_eq!(r.status, 200, "{key} at revision {rev} on member {f}: {}", r.text());
-        assert_eq!(r.body, value.as_bytes(), "stale read of {key} on member {f}");
+        assert_eq!(
+            r.status,
+            200,
+            "{key} at revision {rev} on member {f}: {}",
+            r.text()
+        );
+        assert_eq!(
+            r.body,
+            value.as_bytes(),
+            "stale read of {key} on member {f}"
+        );
         let etag: u64 = r
             .header("etag")
             .and_then(|t| t.trim_matches('"').parse().ok())
             .expect("ETag");
         assert_eq!(etag, rev);
     }
+    // A follower that is behind waits for the revision instead of answering stale: it is
+    // paused while the write commits on the other two, and asked the moment it resumes.
+    let f = followers[0];
+    c.signal(f, "STOP");
+    let rev = c.put_ok(leader, "/behind", "fresh").revision();
+    c.signal(f, "CONT");
+    let r = c.get(f, &format!("/behind?min_revision={rev}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, b"fresh");
+
     // Listings take it too.
     let rev = c.put_ok(leader, "/ryw/list", "x").revision();
-    let r = c.get(followers[0], &format!("/ryw/?prefix=true&min_revision={rev}"));
+    let r = c.get(
+        followers[0],
+        &format!("/ryw/?prefix=true&min_revision={rev}"),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("\"count\":1"), "{}", r.text());
 
@@ -81,12 +103,19 @@ fn conditional_writes_race_and_exactly_one_wins() {
             winners.len(),
             1,
             "{what}: exactly one writer wins: {:?}",
-            answers.iter().map(|r| (r.status, r.text())).collect::<Vec<_>>()
+            answers
+                .iter()
+                .map(|r| (r.status, r.text()))
+                .collect::<Vec<_>>()
         );
         let rev = winners[0].revision();
         for r in answers.iter().filter(|r| r.status != 204) {
             assert_error(r, 412, what);
-            assert_eq!(etag(r), format!("\"{rev}\""), "{what}: 412 names the winner's ETag");
+            assert_eq!(
+                etag(r),
+                format!("\"{rev}\""),
+                "{what}: 412 names the winner's ETag"
+            );
         }
         rev
     };
@@ -101,21 +130,35 @@ fn conditional_writes_race_and_exactly_one_wins() {
         assert!(new_rev > rev);
         let r = c.get(1, "/cas");
         assert_eq!(etag(&r), format!("\"{new_rev}\""));
-        assert!(r.text().starts_with(&format!("round{round}-")), "{}", r.text());
+        assert!(
+            r.text().starts_with(&format!("round{round}-")),
+            "{}",
+            r.text()
+        );
         rev = new_rev;
     }
 
     // DELETE with a stale ETag is refused; with the current one it succeeds.
     let r = c.request_with(2, "DELETE", "/cas", &[("If-Match", "\"1\"")], b"");
     assert_error(&r, 412, "stale delete");
-    let r = c.request_with(2, "DELETE", "/cas", &[("If-Match", &format!("\"{rev}\""))], b"");
+    let r = c.request_with(
+        2,
+        "DELETE",
+        "/cas",
+        &[("If-Match", &format!("\"{rev}\""))],
+        b"",
+    );
     assert_eq!(r.status, 204, "{}", r.text());
     // If-Match on a missing key: 412, no ETag.
     let r = put_if(&c, 1, "/cas", ("If-Match", "*"), "x");
     assert_error(&r, 412, "If-Match * on a missing key");
     assert!(r.header("etag").is_none());
     assert!(r.text().contains("does not exist"), "{}", r.text());
-    assert_eq!(c.get(1, "/cas").status, 404, "a failed precondition writes nothing");
+    assert_eq!(
+        c.get(1, "/cas").status,
+        404,
+        "a failed precondition writes nothing"
+    );
 
     // Malformed preconditions are refused before they are proposed.
     for (name, value) in [

@@ -34,7 +34,11 @@ fn transfer_leadership_on_request() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let r = c.request(leader, "GET", "/_leader", b"").unwrap();
-    assert!(r.text().contains(&format!("\"leader\":{target}")), "{}", r.text());
+    assert!(
+        r.text().contains(&format!("\"leader\":{target}")),
+        "{}",
+        r.text()
+    );
 
     let r = c.request(leader, "POST", "/_leader", b"9").unwrap();
     assert_error(&r, 404, "transfer to an unknown member");
@@ -83,7 +87,10 @@ fn sigterm_on_the_leader_hands_over_and_loses_nothing() {
     let status = c.terminate(leader, Duration::from_secs(30));
     assert!(status.success(), "the leader exits cleanly: {status}");
     let log = c.log(leader);
-    assert!(log.contains("leadership handed over"), "no hand-over in the leader's log");
+    assert!(
+        log.contains("leadership handed over"),
+        "no hand-over in the leader's log"
+    );
     assert!(log.contains("client requests drained"));
     let new_leader = c.wait_leader(LEADER_TIMEOUT);
     assert!(followers.contains(&new_leader));

@@ -14,7 +14,9 @@ use common::*;
 use serde_json::Value;
 
 fn members(c: &TestCluster, i: usize) -> Vec<Value> {
-    let r = c.request(i, "GET", "/_members", b"").expect("GET /_members");
+    let r = c
+        .request(i, "GET", "/_members", b"")
+        .expect("GET /_members");
     assert_eq!(r.status, 200, "{}", r.text());
     let v: Value = serde_json::from_slice(&r.body).expect("JSON");
     v["members"].as_array().cloned().unwrap_or_default()
@@ -122,7 +124,11 @@ fn learner_is_held_until_promoted_and_bad_changes_are_refused() {
     let leader = c.wait_leader(LEADER_TIMEOUT);
     c.put_ok(leader, "/k", "v");
     let new = c.add_slot();
-    let r = c.put(leader, &format!("/_members/{new}?learner=true"), c.peer_url(new));
+    let r = c.put(
+        leader,
+        &format!("/_members/{new}?learner=true"),
+        c.peer_url(new),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     c.start_member(new);
     c.wait_for(
@@ -136,13 +142,20 @@ fn learner_is_held_until_promoted_and_bad_changes_are_refused() {
     let m = members(&c, leader);
     let learner = m.iter().find(|m| m["id"] == new as u64).unwrap();
     assert_eq!(learner["auto_promote"], false);
-    assert!(learner["match_index"].as_u64().unwrap_or(0) > 0, "{learner}");
+    assert!(
+        learner["match_index"].as_u64().unwrap_or(0) > 0,
+        "{learner}"
+    );
 
     // A learner cannot lead.
-    let r = c.request(leader, "POST", "/_leader", new.to_string().as_bytes()).unwrap();
+    let r = c
+        .request(leader, "POST", "/_leader", new.to_string().as_bytes())
+        .unwrap();
     assert_error(&r, 409, "transfer to a learner");
 
-    let r = c.request(leader, "POST", &format!("/_members/{new}/promote"), b"").unwrap();
+    let r = c
+        .request(leader, "POST", &format!("/_members/{new}/promote"), b"")
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(role(&c, leader, new).as_deref(), Some("voter"));
 
@@ -152,24 +165,40 @@ fn learner_is_held_until_promoted_and_bad_changes_are_refused() {
     assert!(r.text().contains("already exists"), "{}", r.text());
     let r = c.put(leader, "/_members/7", c.peer_url(1));
     assert_error(&r, 409, "duplicate URL");
-    assert!(r.text().contains("already belongs to member 1"), "{}", r.text());
+    assert!(
+        r.text().contains("already belongs to member 1"),
+        "{}",
+        r.text()
+    );
     let r = c.put(leader, "/_members/7", "not a url");
     assert_error(&r, 400, "bad URL");
     let r = c.put(leader, "/_members/zero", c.peer_url(5));
     assert_error(&r, 400, "bad id");
-    let r = c.request(leader, "POST", "/_members/8/promote", b"").unwrap();
+    let r = c
+        .request(leader, "POST", "/_members/8/promote", b"")
+        .unwrap();
     assert_error(&r, 404, "promote unknown");
-    let r = c.request(leader, "POST", &format!("/_members/{new}/promote"), b"").unwrap();
+    let r = c
+        .request(leader, "POST", &format!("/_members/{new}/promote"), b"")
+        .unwrap();
     assert_error(&r, 409, "promote a voter");
     let r = c.delete(leader, "/_members/8");
     assert_error(&r, 404, "remove unknown");
     let r = c.request(leader, "PATCH", "/_members/8", b"").unwrap();
     assert_error(&r, 405, "bad method");
 
+    // A member started with --join before it was added is refused with a clear error.
+    let early = c.add_slot();
+    let out = run_until_exit(&c.member_args(early), Duration::from_secs(30));
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("not in the cluster; add it first"), "{}", out.stderr);
+
     // A learner that never started is behind: promoting it is refused.
     let r = c.put(leader, "/_members/6?learner=true", "http://127.0.0.1:30199");
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = c.request(leader, "POST", "/_members/6/promote", b"").unwrap();
+    let r = c
+        .request(leader, "POST", "/_members/6/promote", b"")
+        .unwrap();
     assert_error(&r, 409, "promote a lagging learner");
     assert!(r.text().contains("behind"), "{}", r.text());
 }
@@ -177,7 +206,7 @@ fn learner_is_held_until_promoted_and_bad_changes_are_refused() {
 /// While a change waits for its commit, a second one is refused with 409.
 #[test]
 fn a_change_while_another_is_in_progress_is_refused() {
-    let mut c = TestCluster::start(3, 30200, &["--election-ms", "4000"]);
+    let c = TestCluster::start(3, 30200, &["--election-ms", "4000"]);
     let leader = c.wait_leader(LEADER_TIMEOUT);
     let followers = c.followers(leader);
     // Without a quorum the first change cannot commit; the leader keeps leading for a
@@ -317,8 +346,14 @@ fn concurrent_changes_never_duplicate() {
                 // Two clients race for each id, with different URLs.
                 let id = 5 + t / 2;
                 let url = format!("http://127.0.0.1:{}", 30590 + t);
-                let r = http_request(port, "PUT", &format!("/_members/{id}?learner=true"), &[], url.as_bytes())
-                    .expect("answer");
+                let r = http_request(
+                    port,
+                    "PUT",
+                    &format!("/_members/{id}?learner=true"),
+                    &[],
+                    url.as_bytes(),
+                )
+                .expect("answer");
                 if r.status == 200 {
                     ok.fetch_add(1, Ordering::Relaxed);
                 }
@@ -347,5 +382,8 @@ fn concurrent_changes_never_duplicate() {
     urls.dedup();
     assert_eq!(urls.len(), n, "a URL is listed twice: {list:?}");
     assert!(ok.load(Ordering::Relaxed) >= 1, "at least one add succeeds");
-    assert!(listed.len() <= 6, "at most one member per raced id: {listed:?}");
+    assert!(
+        listed.len() <= 6,
+        "at most one member per raced id: {listed:?}"
+    );
 }

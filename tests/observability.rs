@@ -19,15 +19,21 @@ fn parse_metrics(text: &str) -> Vec<(String, HashMap<String, String>, f64)> {
         if line.starts_with('#') || line.trim().is_empty() {
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
         };
         let (name, labels) = match series.split_once('{') {
             None => (series.to_string(), HashMap::new()),
             Some((name, rest)) => {
-                let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("bad labels {line:?}"));
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels {line:?}"));
                 let labels = body
                     .split("\",")
                     .filter(|p| !p.is_empty())
@@ -40,7 +46,8 @@ fn parse_metrics(text: &str) -> Vec<(String, HashMap<String, String>, f64)> {
             }
         };
         assert!(
-            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad metric name in {line:?}"
         );
         samples.push((name, labels, value));
@@ -51,7 +58,10 @@ fn parse_metrics(text: &str) -> Vec<(String, HashMap<String, String>, f64)> {
 fn scrape(c: &TestCluster, i: usize) -> Vec<(String, HashMap<String, String>, f64)> {
     let r = c.request(i, "GET", "/_metrics", b"").expect("scrape");
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap_or("").starts_with("text/plain"));
+    assert!(r
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/plain"));
     parse_metrics(&r.text())
 }
 
@@ -94,12 +104,16 @@ fn metrics_are_scraped_and_parsed() {
         })
         .expect("a PUT 204 latency histogram");
     assert!(puts.2 >= 150.0);
-    assert!(m.iter().any(|(n, l, _)| n == "metcd_http_request_duration_seconds_bucket"
-        && l.get("status").map(String::as_str) == Some("404")
-        && l.get("le").map(String::as_str) == Some("+Inf")));
+    assert!(m.iter().any(
+        |(n, l, _)| n == "metcd_http_request_duration_seconds_bucket"
+            && l.get("status").map(String::as_str) == Some("404")
+            && l.get("le").map(String::as_str) == Some("+Inf")
+    ));
 
     // Exactly one member says it leads.
-    let leaders: f64 = (1..=3).map(|i| value(&scrape(&c, i), "metcd_raft_is_leader")).sum();
+    let leaders: f64 = (1..=3)
+        .map(|i| value(&scrape(&c, i), "metcd_raft_is_leader"))
+        .sum();
     assert_eq!(leaders, 1.0);
 }
 
@@ -113,7 +127,11 @@ fn health_follows_the_leader() {
     }
     let follower = c.followers(leader)[0];
     c.kill(leader);
-    let other = c.followers(leader).into_iter().find(|&i| i != follower).unwrap();
+    let other = c
+        .followers(leader)
+        .into_iter()
+        .find(|&i| i != follower)
+        .unwrap();
     c.kill(other);
     // Alone, the follower loses its leader (check-quorum, pre-vote) and says so.
     c.wait_for(
@@ -128,7 +146,10 @@ fn health_follows_the_leader() {
     c.restart(other);
     c.wait_leader(LEADER_TIMEOUT);
     c.wait_for(
-        || c.request(follower, "GET", "/_health", b"").is_ok_and(|r| r.status == 200),
+        || {
+            c.request(follower, "GET", "/_health", b"")
+                .is_ok_and(|r| r.status == 200)
+        },
         CONVERGE_TIMEOUT,
         "health to come back",
     );
@@ -141,7 +162,12 @@ fn local_cluster_serves_and_stops_on_signal() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = 33379u16;
     let mut child = Command::new(BIN)
-        .args(["local-cluster", "--base-port", &base.to_string(), "--data-dir"])
+        .args([
+            "local-cluster",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+        ])
         .arg(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -165,7 +191,10 @@ fn local_cluster_serves_and_stops_on_signal() {
     assert_eq!(r.body, b"world");
 
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().is_ok_and(|s| s.success()));
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .is_ok_and(|s| s.success()));
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -176,11 +205,22 @@ fn local_cluster_serves_and_stops_on_signal() {
     };
     assert!(status.success(), "{status}");
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     for i in 1..=3 {
-        assert!(out.contains(&format!("member-{i} | ")), "no prefixed log of member {i}");
+        assert!(
+            out.contains(&format!("member-{i} | ")),
+            "no prefixed log of member {i}"
+        );
     }
     for port in ports {
-        assert!(http_request(port, "GET", "/_status", &[], b"").is_err(), "port {port} still open");
+        assert!(
+            http_request(port, "GET", "/_status", &[], b"").is_err(),
+            "port {port} still open"
+        );
     }
 }

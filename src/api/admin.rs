@@ -85,7 +85,10 @@ async fn route(
                 }
                 Method::DELETE => MemberChange::Remove { id },
                 _ => {
-                    return Err(ApiError::MethodNotAllowed(method.to_string(), "PUT, DELETE"));
+                    return Err(ApiError::MethodNotAllowed(
+                        method.to_string(),
+                        "PUT, DELETE",
+                    ));
                 }
             };
             change_members(state, change).await

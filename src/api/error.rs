@@ -53,8 +53,10 @@ impl IntoResponse for ApiError {
                     .insert(header::ALLOW, header::HeaderValue::from_static(allowed));
             }
             ApiError::PreconditionFailed(rev) if rev > 0 => {
-                resp.headers_mut()
-                    .insert(header::ETAG, super::keys::header_value(&format!("\"{rev}\"")));
+                resp.headers_mut().insert(
+                    header::ETAG,
+                    super::keys::header_value(&format!("\"{rev}\"")),
+                );
             }
             _ => {}
         }

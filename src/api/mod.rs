@@ -47,9 +47,12 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     let route = route_label(req.uri());
     let method = req.method().clone();
     let resp = next.run(req).await;
-    state
-        .metrics
-        .observe_request(route, method.as_str(), resp.status().as_u16(), started.elapsed());
+    state.metrics.observe_request(
+        route,
+        method.as_str(),
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
     resp
 }
 

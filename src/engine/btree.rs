@@ -20,9 +20,8 @@ use parking_lot::Mutex;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    Header,
     apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Ctx, Engine,
-    EngineKind, KeyValue, OpResult, Record, Result,
+    EngineKind, Header, KeyValue, OpResult, Record, Result,
 };
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

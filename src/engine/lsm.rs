@@ -20,9 +20,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use parking_lot::Mutex;
 
 use super::{
-    Header,
     apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Ctx, Engine,
-    EngineError, EngineKind, KeyValue, OpResult, Record, Result,
+    EngineError, EngineKind, Header, KeyValue, OpResult, Record, Result,
 };
 
 const GENERATION: &str = "generation";
@@ -64,8 +63,7 @@ impl ApplyTarget for Target<'_> {
     }
 
     fn put(&mut self, key: &[u8], record: Record) -> Result<()> {
-        self.written
-            .insert(key.to_vec(), Some(record.header()));
+        self.written.insert(key.to_vec(), Some(record.header()));
         self.batch.insert(self.kv, key, record.encode());
         Ok(())
     }

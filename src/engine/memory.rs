@@ -8,9 +8,8 @@ use std::ops::Bound;
 use parking_lot::RwLock;
 
 use super::{
-    Header,
     apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Engine,
-    EngineKind, KeyValue, OpResult, Record, Result,
+    EngineKind, Header, KeyValue, OpResult, Record, Result,
 };
 
 #[derive(Default)]

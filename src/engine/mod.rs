@@ -505,7 +505,10 @@ mod conformance {
         );
         assert_eq!(e.get(b"k").unwrap(), None);
         assert_eq!(e.get(b"n").unwrap(), None);
-        assert_eq!((e.applied_index(), e.revision(), e.len().unwrap()), (9, 4, 0));
+        assert_eq!(
+            (e.applied_index(), e.revision(), e.len().unwrap()),
+            (9, 4, 0)
+        );
     }
 
     fn put_get_delete_revisions(e: &dyn Engine) {
@@ -516,15 +519,9 @@ mod conformance {
                 put(3, "a", "2"),
             ])
             .unwrap();
-        assert_eq!(
-            r[0],
-            Some(OpResult::done(1, true))
-        );
+        assert_eq!(r[0], Some(OpResult::done(1, true)));
         assert_eq!(r[1], None);
-        assert_eq!(
-            r[2],
-            Some(OpResult::done(2, true))
-        );
+        assert_eq!(r[2], Some(OpResult::done(2, true)));
         let kv = e.get(b"a").unwrap().unwrap();
         assert_eq!(
             (
@@ -537,14 +534,8 @@ mod conformance {
         );
         assert_eq!(e.applied_index(), 3);
         let r = e.apply(&[del(4, "missing"), del(5, "a")]).unwrap();
-        assert_eq!(
-            r[0],
-            Some(OpResult::done(2, false))
-        );
-        assert_eq!(
-            r[1],
-            Some(OpResult::done(3, true))
-        );
+        assert_eq!(r[0], Some(OpResult::done(2, false)));
+        assert_eq!(r[1], Some(OpResult::done(3, true)));
         assert_eq!(e.get(b"a").unwrap(), None);
         e.apply(&[put(6, "a", "3")]).unwrap();
         let kv = e.get(b"a").unwrap().unwrap();
@@ -665,14 +656,7 @@ mod conformance {
                 let r = dst
                     .apply(&[put(3002, "x", "skipped"), put(3003, "k00001", "new")])
                     .unwrap();
-                assert_eq!(
-                    r,
-                    vec![
-                        None,
-                        Some(OpResult::done(3002, true))
-                    ],
-                    "{what}"
-                );
+                assert_eq!(r, vec![None, Some(OpResult::done(3002, true))], "{what}");
                 assert_eq!(dst.get(b"k00001").unwrap().unwrap().version, 3, "{what}");
             }
         }

@@ -192,7 +192,11 @@ pub struct AdminCtx {
 /// Executes a membership request: on this member if it leads, else on the leader (one more
 /// hop). A leader asked to remove itself hands leadership over first, then forwards.
 /// Answers the JSON list of members once the change is applied.
-pub async fn execute(ctx: &AdminCtx, change: MemberChange, hops: u32) -> Result<String, AdminError> {
+pub async fn execute(
+    ctx: &AdminCtx,
+    change: MemberChange,
+    hops: u32,
+) -> Result<String, AdminError> {
     for _attempt in 0..3 {
         match ctx.node.change_members(change.clone()).await {
             Ok(members) => {
@@ -292,16 +296,20 @@ async fn peer_call(
     Ok((status, bytes.to_vec()))
 }
 
-/// Asks the peers listed in `--cluster` for the cluster's id and membership, for a member
-/// started with `--join`. Retries for a while: the member may have just been added.
-pub async fn fetch_cluster_info(peers: &[String]) -> Result<ClusterInfo, String> {
+/// Asks the peers listed in `--cluster` for the cluster's id and membership, for member `me`
+/// started with `--join`. Retries for a while, also when the answer does not list `me`
+/// yet: the peer asked may not have applied the addition. Returns the last answer if none
+/// lists `me`.
+pub async fn fetch_cluster_info(peers: &[String], me: u64) -> Result<ClusterInfo, String> {
     let mut last_error = String::from("no other member listed in --cluster");
+    let mut last_info = None;
     for _round in 0..20 {
         for authority in peers {
             match peer_call(authority, hyper::Method::GET, "/raft/membership", &[], vec![]).await
             {
-                Ok((200, body)) => match serde_json::from_slice(&body) {
-                    Ok(info) => return Ok(info),
+                Ok((200, body)) => match serde_json::from_slice::<ClusterInfo>(&body) {
+                    Ok(info) if info.membership.members.contains_key(&me) => return Ok(info),
+                    Ok(info) => last_info = Some(info),
                     Err(e) => last_error = format!("{authority}: bad answer: {e}"),
                 },
                 Ok((status, body)) => {
@@ -315,7 +323,7 @@ pub async fn fetch_cluster_info(peers: &[String]) -> Result<ClusterInfo, String>
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Err(last_error)
+    last_info.ok_or(last_error)
 }
 
 /// Forwards a membership request to the leader's peer port; the leader's answer (status and

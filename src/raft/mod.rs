@@ -77,7 +77,11 @@ pub enum RequestError {
     #[error("timed out waiting for the raft loop")]
     Timeout,
     #[error("timed out after {waited_ms} ms waiting for revision {want}; this member has applied revision {have}")]
-    RevisionTimeout { want: u64, have: u64, waited_ms: u64 },
+    RevisionTimeout {
+        want: u64,
+        have: u64,
+        waited_ms: u64,
+    },
     #[error("timed out waiting for leadership to move")]
     TransferTimeout,
     #[error("{0}")]
@@ -119,7 +123,11 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    pub fn new(inbox: mpsc::Sender<Input>, timeout: Duration, revision: watch::Receiver<u64>) -> Self {
+    pub fn new(
+        inbox: mpsc::Sender<Input>,
+        timeout: Duration,
+        revision: watch::Receiver<u64>,
+    ) -> Self {
         NodeHandle {
             inbox,
             timeout,

@@ -362,7 +362,10 @@ impl Node {
         // 3. entries + hard state, one synced write
         let started = Instant::now();
         if self.raw.mut_store().append(rd.entries(), rd.hs())? {
-            self.shared.metrics.log_sync.observe_duration(started.elapsed());
+            self.shared
+                .metrics
+                .log_sync
+                .observe_duration(started.elapsed());
         }
         // 4. messages that must follow the sync
         self.transport.send(rd.take_persisted_messages());
@@ -429,7 +432,10 @@ impl Node {
         self.raw.mut_store().install_snapshot(meta, membership)?;
         self.snaps.restore(self.engine.as_ref(), term, index)?;
         self.membership_changed();
-        self.shared.metrics.snapshots_installed.fetch_add(1, Relaxed);
+        self.shared
+            .metrics
+            .snapshots_installed
+            .fetch_add(1, Relaxed);
         info!(index, term, "installed snapshot from leader");
         Ok(())
     }
@@ -534,7 +540,8 @@ impl Node {
     /// publish the new view, and notice our own removal.
     fn membership_changed(&mut self) {
         let membership = self.raw.store().membership().clone();
-        self.transport.set_peers(&membership.peers(self.settings.id));
+        self.transport
+            .set_peers(&membership.peers(self.settings.id));
         if membership.removed.contains(&self.settings.id) {
             self.removed = true;
         }
@@ -608,7 +615,9 @@ impl Node {
             MemberChange::Promote { .. } => match role {
                 None => return Err(AdminError::NotFound(format!("no member {id}"))),
                 Some("voter") => {
-                    return Err(AdminError::Conflict(format!("member {id} is already a voter")))
+                    return Err(AdminError::Conflict(format!(
+                        "member {id} is already a voter"
+                    )))
                 }
                 Some(_) => {
                     let last = raft.raft_log.last_index();
@@ -654,8 +663,13 @@ impl Node {
                 .members
                 .get(id)
                 .is_some_and(|m| !m.hold_learner);
-            let matched = raft.prs().get(*id).map_or(0, |p| p.matched);
-            auto && matched > 0 && matched + self.settings.promote_within >= last
+            // Recently heard from (check-quorum resets this every election timeout): a
+            // learner that caught up and then went away is not promoted.
+            let (matched, active) = raft
+                .prs()
+                .get(*id)
+                .map_or((0, false), |p| (p.matched, p.recent_active));
+            auto && active && matched > 0 && matched + self.settings.promote_within >= last
         });
         if let Some(id) = ready {
             let cc = MemberChange::Promote { id }.to_conf_change();
@@ -755,15 +769,15 @@ impl Node {
 
     /// Forgets requests whose callers have given up (they timed out on their side).
     fn sweep(&mut self) {
-        self.proposals.retain(|_, (_, pending)| !pending.is_closed());
+        self.proposals
+            .retain(|_, (_, pending)| !pending.is_closed());
         let deadline = self.settings.request_timeout;
         self.reads
             .in_flight
             .retain(|_, (since, _, _)| since.elapsed() < deadline);
         let now = Instant::now();
         for t in self.transfers.extract_if(.., |t| t.deadline <= now) {
-            t.reply
-                .fail(RequestError::TransferTimeout.into());
+            t.reply.fail(RequestError::TransferTimeout.into());
         }
     }
 

@@ -145,18 +145,14 @@ impl LogStore {
                 self.engine.write(&mut batch, true)?;
                 Ok(())
             }
-            Some(stored) if stored.member_id != id.member_id => {
-                Err(LogError::Identity(format!(
-                    "data dir belongs to member {}, not to --id {}",
-                    stored.member_id, id.member_id
-                )))
-            }
-            Some(stored) if stored.cluster_id != id.cluster_id => {
-                Err(LogError::Identity(format!(
-                    "data dir belongs to cluster {:016x}, not to cluster {:016x}",
-                    stored.cluster_id, id.cluster_id
-                )))
-            }
+            Some(stored) if stored.member_id != id.member_id => Err(LogError::Identity(format!(
+                "data dir belongs to member {}, not to --id {}",
+                stored.member_id, id.member_id
+            ))),
+            Some(stored) if stored.cluster_id != id.cluster_id => Err(LogError::Identity(format!(
+                "data dir belongs to cluster {:016x}, not to cluster {:016x}",
+                stored.cluster_id, id.cluster_id
+            ))),
             Some(_) => Ok(()),
         }
     }
@@ -514,7 +510,10 @@ mod tests {
         assert_eq!(s.hard_state().commit, 20);
         assert_eq!(s.membership(), &m);
         let snap = s.snapshot(0, 0);
-        assert!(snap.is_err(), "member 0 is not in the snapshot's conf state");
+        assert!(
+            snap.is_err(),
+            "member 0 is not in the snapshot's conf state"
+        );
         assert!(s.take_snapshot_wanted());
         assert!(!s.take_snapshot_wanted());
     }

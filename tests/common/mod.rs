@@ -606,7 +606,9 @@ impl TestCluster {
             Some(child) => child.id().to_string(),
             None => panic!("member {i} is not running"),
         };
-        let sent = Command::new("kill").args([&format!("-{sig}"), &pid]).status();
+        let sent = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status();
         assert!(sent.is_ok_and(|s| s.success()), "kill -{sig} {pid} failed");
     }
 
