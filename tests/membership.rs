@@ -191,7 +191,11 @@ fn learner_is_held_until_promoted_and_bad_changes_are_refused() {
     let early = c.add_slot();
     let out = run_until_exit(&c.member_args(early), Duration::from_secs(30));
     assert!(!out.status.success());
-    assert!(out.stderr.contains("not in the cluster; add it first"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not in the cluster; add it first"),
+        "{}",
+        out.stderr
+    );
 
     // A learner that never started is behind: promoting it is refused.
     let r = c.put(leader, "/_members/6?learner=true", "http://127.0.0.1:30199");

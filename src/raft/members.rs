@@ -305,7 +305,14 @@ pub async fn fetch_cluster_info(peers: &[String], me: u64) -> Result<ClusterInfo
     let mut last_info = None;
     for _round in 0..20 {
         for authority in peers {
-            match peer_call(authority, hyper::Method::GET, "/raft/membership", &[], vec![]).await
+            match peer_call(
+                authority,
+                hyper::Method::GET,
+                "/raft/membership",
+                &[],
+                vec![],
+            )
+            .await
             {
                 Ok((200, body)) => match serde_json::from_slice::<ClusterInfo>(&body) {
                     Ok(info) if info.membership.members.contains_key(&me) => return Ok(info),
