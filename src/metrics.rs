@@ -5,7 +5,7 @@
 //! the caller passes to [`Metrics::render`]; gauges are never stored here) and [`dir_size`].
 //!
 //! Everything is lock-free atomics except the per-label map of HTTP request histograms, a
-//! `parking_lot::Mutex` held only to find or create a label set. Recording never allocates
+//! `parking_lot::RwLock`: shared to find a label set, exclusive only to create one. Recording never allocates
 //! after a label set's first use, and never fails.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 
 /// Upper bounds (seconds) for request and log-sync latency: 100 µs to 10 s in 1-2.5-5 steps.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -164,7 +164,7 @@ pub struct Metrics {
     /// Seconds to save a snapshot.
     pub snapshot_save: Histogram,
     /// Request latency per label set, created on first use; the method label is bounded.
-    requests: Mutex<BTreeMap<RequestKey, Histogram>>,
+    requests: RwLock<BTreeMap<RequestKey, Histogram>>,
 }
 
 impl Default for Metrics {
@@ -185,7 +185,7 @@ impl Metrics {
             snapshot_send_failures: AtomicU64::new(0),
             log_sync: Histogram::new(LATENCY_BUCKETS),
             snapshot_save: Histogram::new(SLOW_BUCKETS),
-            requests: Mutex::new(BTreeMap::new()),
+            requests: RwLock::new(BTreeMap::new()),
         }
     }
 
@@ -193,8 +193,13 @@ impl Metrics {
     /// is unbounded); methods other than GET/HEAD/PUT/POST/DELETE are recorded as "other".
     pub fn observe_request(&self, route: &'static str, method: &str, status: u16, d: Duration) {
         let key = (route, method_label(method), status);
+        // Readers share the lock; the write lock is taken once per new label set.
+        if let Some(h) = self.requests.read().get(&key) {
+            h.observe_duration(d);
+            return;
+        }
         self.requests
-            .lock()
+            .write()
             .entry(key)
             .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
             .observe_duration(d);
@@ -325,7 +330,7 @@ impl Metrics {
     fn render_http(&self, out: &mut String) {
         let name = "metcd_http_request_duration_seconds";
         header(out, name, "HTTP request latency in seconds.", "histogram");
-        for ((route, method, status), h) in self.requests.lock().iter() {
+        for ((route, method, status), h) in self.requests.read().iter() {
             let labels = format!(
                 "route=\"{}\",method=\"{}\",status=\"{status}\"",
                 escape_label(route),

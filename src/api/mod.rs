@@ -14,9 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
-use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 
@@ -35,25 +34,7 @@ pub struct AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .fallback(dispatch)
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
-}
-
-/// Records the request's latency under a bounded route label.
-async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = route_label(req.uri());
-    let method = req.method().clone();
-    let resp = next.run(req).await;
-    state.metrics.observe_request(
-        route,
-        method.as_str(),
-        resp.status().as_u16(),
-        started.elapsed(),
-    );
-    resp
+    Router::new().fallback(dispatch).with_state(state)
 }
 
 fn route_label(uri: &Uri) -> &'static str {
@@ -85,11 +66,32 @@ async fn dispatch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // Timed here rather than in a middleware layer: a layer cost ~10% of GET throughput.
+    let started = Instant::now();
+    let route = route_label(&uri);
+    let method_label = method.clone();
+    let resp = route_request(&state, method, &uri, &headers, body).await;
+    state.metrics.observe_request(
+        route,
+        method_label.as_str(),
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
+}
+
+async fn route_request(
+    state: &AppState,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     let path = uri.path();
     let raw_key = match path.strip_prefix("/_kv/") {
         Some(key) => key,
         None if path.starts_with("/_") => {
-            return admin::handle(&state, method, &uri, body).await;
+            return admin::handle(state, method, uri, body).await;
         }
         None => path.strip_prefix('/').unwrap_or(path),
     };
@@ -97,8 +99,8 @@ async fn dispatch(
         method,
         raw_key,
         query: uri.query(),
-        headers: &headers,
+        headers,
         body,
     };
-    keys::handle(&state, req).await
+    keys::handle(state, req).await
 }
