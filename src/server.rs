@@ -85,6 +85,13 @@ async fn open_log(settings: &mut Settings, snaps: &SnapshotStore) -> Result<LogS
         let info = members::fetch_cluster_info(&peers, settings.id)
             .await
             .map_err(|e| Error::Join(format!("no member in --cluster answered: {e}")))?;
+        if info.voters.contains(&settings.id) {
+            return Err(Error::Join(format!(
+                "member {id} is a voter of the cluster. A voter that lost its data must not rejoin under its old id \
+                 (it could vote twice); remove it (curl -XDELETE <any member>/_members/{id}) and add it again under a new id",
+                id = settings.id
+            )));
+        }
         match info.membership.url_of(settings.id) {
             Some(url) if url == my_url => {}
             Some(url) => {
@@ -125,6 +132,7 @@ async fn open_log(settings: &mut Settings, snaps: &SnapshotStore) -> Result<LogS
             })
             .collect(),
         removed: Default::default(),
+        conf_index: 1,
     };
     store.check_identity(identity(settings.cluster_id))?;
     store.bootstrap(membership)?;

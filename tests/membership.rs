@@ -205,6 +205,73 @@ fn learner_is_held_until_promoted_and_bad_changes_are_refused() {
         .unwrap();
     assert_error(&r, 409, "promote a lagging learner");
     assert!(r.text().contains("behind"), "{}", r.text());
+
+    // A voter that lost its data cannot rejoin under its old id (it could vote twice).
+    c.wipe(new);
+    let out = run_until_exit(&c.member_args(new), Duration::from_secs(30));
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("is a voter"), "{}", out.stderr);
+}
+
+/// Conf changes replayed after a restart do not undo later ones. A memory-engine learner
+/// replays the log from its snapshot; replaying "add 3 as learner" after 3 became the only
+/// voter would demote it and leave no voter at all.
+#[test]
+fn replayed_changes_do_not_undo_later_ones() {
+    let mut c = TestCluster::start(1, 30600, &["--engine", "memory"]);
+    c.wait_leader(LEADER_TIMEOUT);
+    let learner = c.add_slot();
+    let r = c.put(
+        1,
+        &format!("/_members/{learner}?learner=true"),
+        c.peer_url(learner),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    c.start_member(learner);
+    c.put_ok(1, "/a", "1");
+    c.wait_for(
+        || c.has_local(learner, "/a", b"1"),
+        CONVERGE_TIMEOUT,
+        "the learner",
+    );
+    let voter = c.add_slot();
+    let r = c.put(1, &format!("/_members/{voter}"), c.peer_url(voter));
+    assert_eq!(r.status, 200, "{}", r.text());
+    c.start_member(voter);
+    c.wait_for(
+        || role(&c, 1, voter).as_deref() == Some("voter"),
+        CONVERGE_TIMEOUT,
+        "promotion",
+    );
+    let r = c.delete(1, "/_members/1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    c.wait_exit(1, Duration::from_secs(20))
+        .expect("member 1 stops");
+    c.put_ok(voter, "/b", "2");
+    c.wait_for(
+        || c.has_local(learner, "/b", b"2"),
+        CONVERGE_TIMEOUT,
+        "the learner",
+    );
+
+    c.kill(learner);
+    c.restart(learner);
+    c.wait_for(
+        || {
+            c.try_status(learner)
+                .is_some_and(|s| s["leader"] == voter as u64)
+        },
+        CONVERGE_TIMEOUT,
+        "the restarted learner to follow the voter",
+    );
+    assert_eq!(role(&c, learner, voter).as_deref(), Some("voter"));
+    assert_eq!(role(&c, learner, learner).as_deref(), Some("learner"));
+    c.put_ok(voter, "/c", "3");
+    c.wait_for(
+        || c.has_local(learner, "/c", b"3"),
+        CONVERGE_TIMEOUT,
+        "replication",
+    );
 }
 
 /// While a change waits for its commit, a second one is refused with 409.
@@ -246,6 +313,30 @@ fn removed_members_stop_and_the_cluster_keeps_serving() {
     let mut c = TestCluster::start(3, 30300, &[]);
     let leader = c.wait_leader(LEADER_TIMEOUT);
     c.put_ok(leader, "/before", "1");
+
+    // A learner never sends on its own; it still hears of its removal and stops.
+    let learner = c.add_slot();
+    let r = c.put(
+        leader,
+        &format!("/_members/{learner}?learner=true"),
+        c.peer_url(learner),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    c.start_member(learner);
+    c.wait_for(
+        || c.has_local(learner, "/before", b"1"),
+        CONVERGE_TIMEOUT,
+        "the learner",
+    );
+    let r = c.delete(leader, &format!("/_members/{learner}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let status = c
+        .wait_exit(learner, Duration::from_secs(20))
+        .unwrap_or_else(|| {
+            c.dump_logs();
+            panic!("removed learner did not stop")
+        });
+    assert!(status.success(), "{status}");
     let victim = c.followers(leader)[0];
     let r = c.delete(leader, &format!("/_members/{victim}"));
     assert_eq!(r.status, 200, "{}", r.text());

@@ -39,6 +39,11 @@ pub struct Membership {
     /// Ids removed from the cluster; they are never reused, and their traffic gets 410 Gone.
     #[serde(default)]
     pub removed: BTreeSet<u64>,
+    /// Index of the last conf change entry applied into this record (and the conf state saved
+    /// with it). Entries at or below it are not applied again when the log is replayed after
+    /// a restart, because the saved conf state already includes them.
+    #[serde(default)]
+    pub conf_index: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,15 +202,23 @@ pub async fn execute(
     change: MemberChange,
     hops: u32,
 ) -> Result<String, AdminError> {
-    for _attempt in 0..3 {
+    // A new leader refuses changes until it has applied its log (raft allows one pending
+    // change and counts its unapplied tail as one); that takes a few milliseconds.
+    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+    for _attempt in 0..64 {
         match ctx.node.change_members(change.clone()).await {
             Ok(members) => {
                 return Ok(serde_json::json!({ "members": members }).to_string());
             }
+            Err(AdminError::Unavailable(RequestError::LeaderCatchingUp))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             Err(AdminError::LeaderMustMove) => {
-                if !ctx.node.hand_off().await? {
+                if !ctx.node.hand_off().await? && ctx.node.status().await?.leader == ctx.id {
                     return Err(AdminError::Conflict(
-                        "the leader has no voter to hand leadership to".into(),
+                        "the leader has no active voter to hand leadership to".into(),
                     ));
                 }
             }
@@ -267,9 +280,13 @@ pub fn role_of(cs: &ConfState, id: u64) -> Option<&'static str> {
 pub struct ClusterInfo {
     pub cluster_id: String,
     pub membership: Membership,
+    /// Ids that vote, as applied on the member answering.
+    pub voters: Vec<u64>,
 }
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request waits for a newly elected leader to apply its log.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
 
 async fn peer_call(
     authority: &str,
@@ -290,7 +307,7 @@ async fn peer_call(
         .boxed_unsync();
     let resp = tokio::time::timeout(ADMIN_TIMEOUT, sender.send_request(req.body(body)?))
         .await
-        .map_err(|_| TransportError::ConnectTimeout)??;
+        .map_err(|_| TransportError::AnswerTimeout)??;
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await?.to_bytes();
     Ok((status, bytes.to_vec()))

@@ -64,6 +64,10 @@ pub enum Input {
 pub enum RequestError {
     #[error("no leader: the request was not applied; retry later")]
     NoLeader,
+    #[error("leadership is being handed over: the request was not applied; retry")]
+    Transferring,
+    #[error("the leader was just elected and is still applying its log; retry")]
+    LeaderCatchingUp,
     #[error(
         "leadership changed while the write was in flight: it may or may not have been applied"
     )]

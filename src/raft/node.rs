@@ -283,7 +283,7 @@ impl Node {
                     }
                     Err(_) => {
                         self.shared.metrics.proposals_failed.fetch_add(1, Relaxed);
-                        let _ = reply.send(Err(RequestError::NoLeader));
+                        let _ = reply.send(Err(self.why_dropped()));
                     }
                 }
             }
@@ -293,6 +293,13 @@ impl Node {
             Input::Removed => {
                 warn!("a peer answered 410 Gone: this member was removed from the cluster");
                 self.removed = true;
+                // Recorded, so the data dir refuses to start again.
+                let cs = self.raw.store().conf_state().clone();
+                let mut membership = self.raw.store().membership().clone();
+                membership.removed.insert(self.settings.id);
+                if let Err(e) = self.raw.mut_store().set_conf_state(cs, membership) {
+                    warn!(error = %e, "could not record the removal");
+                }
             }
             Input::ReadIndex { reply } => {
                 if self.raw.raft.leader_id == raft::INVALID_ID {
@@ -432,6 +439,7 @@ impl Node {
         self.raw.mut_store().install_snapshot(meta, membership)?;
         self.snaps.restore(self.engine.as_ref(), term, index)?;
         self.membership_changed();
+        self.shared.revision.send_replace(self.engine.revision());
         self.shared
             .metrics
             .snapshots_installed
@@ -527,9 +535,15 @@ impl Node {
         } else {
             ConfChangeV2::parse_from_bytes(&e.data)?
         };
-        let cs = self.raw.apply_conf_change(&cc)?;
         let mut membership = self.raw.store().membership().clone();
+        if e.index <= membership.conf_index {
+            // Replayed after a restart: the saved conf state already includes it, and
+            // applying it again could undo a later change (re-adding a learner demotes it).
+            return Ok(());
+        }
+        let cs = self.raw.apply_conf_change(&cc)?;
         membership.apply(&cc);
+        membership.conf_index = e.index;
         info!(index = e.index, voters = ?cs.voters, learners = ?cs.learners, removed = ?membership.removed, "applied membership change");
         self.raw.mut_store().set_conf_state(cs, membership)?;
         self.membership_changed();
@@ -568,10 +582,8 @@ impl Node {
                 let term = self.raw.raft.term;
                 self.proposals.insert(seq, (term, Pending::Members(reply)));
             }
-            Err(e) => {
-                let _ = reply.send(Err(AdminError::Conflict(format!(
-                    "the leader dropped the change ({e}); retry"
-                ))));
+            Err(_) => {
+                let _ = reply.send(Err(self.why_dropped().into()));
             }
         }
     }
@@ -584,10 +596,7 @@ impl Node {
             });
         }
         if raft.has_pending_conf() {
-            return Err(AdminError::Conflict(format!(
-                "another membership change (log index {}) is still in progress; retry when it is applied",
-                raft.pending_conf_index
-            )));
+            return Err(self.pending_change());
         }
         let cs = self.raw.store().conf_state();
         let membership = self.raw.store().membership();
@@ -621,12 +630,20 @@ impl Node {
                 }
                 Some(_) => {
                     let last = raft.raft_log.last_index();
-                    let matched = raft.prs().get(id).map_or(0, |p| p.matched);
+                    let (matched, active) = raft
+                        .prs()
+                        .get(id)
+                        .map_or((0, false), |p| (p.matched, p.recent_active));
                     if matched == 0 || matched + self.settings.promote_within < last {
                         return Err(AdminError::Conflict(format!(
                             "member {id} is {} entries behind the leader (--promote-within {}); promote it once it has caught up",
                             last - matched.min(last),
                             self.settings.promote_within
+                        )));
+                    }
+                    if !active {
+                        return Err(AdminError::Conflict(format!(
+                            "member {id} has not been heard from within an election timeout; promote it once it is up"
                         )));
                     }
                 }
@@ -640,12 +657,68 @@ impl Node {
                         "member {id} is the last voter; removing it would leave no one to decide"
                     )));
                 }
+                // etcd's strict reconfiguration check: the voters that remain must include a
+                // quorum that is up, or the change could leave the cluster unable to commit.
+                let remaining: Vec<u64> = cs.voters.iter().copied().filter(|v| *v != id).collect();
+                let up = remaining
+                    .iter()
+                    .filter(|v| {
+                        **v == self.settings.id
+                            || raft.prs().get(**v).is_some_and(|p| p.recent_active)
+                    })
+                    .count();
+                if !remaining.is_empty() && up < remaining.len() / 2 + 1 {
+                    return Err(AdminError::Conflict(format!(
+                        "removing member {id} would leave {up} of {} voters up, fewer than a quorum",
+                        remaining.len()
+                    )));
+                }
                 if id == self.settings.id {
                     return Err(AdminError::LeaderMustMove);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Why raft dropped a proposal: a leadership hand-over in progress, or no leader.
+    fn why_dropped(&self) -> RequestError {
+        if self.raw.raft.lead_transferee.is_some() {
+            RequestError::Transferring
+        } else {
+            RequestError::NoLeader
+        }
+    }
+
+    /// Raft has a change pending (it allows one unapplied change): a real conf change entry
+    /// between the applied and the pending index, or a newly elected leader's unapplied tail,
+    /// which raft counts as one until applied.
+    fn pending_change(&self) -> AdminError {
+        let log = &self.raw.raft.raft_log;
+        let (from, to) = (log.applied + 1, self.raw.raft.pending_conf_index + 1);
+        let stored = self
+            .raw
+            .store()
+            .entries(
+                from,
+                to.min(self.raw.store().last_index().unwrap_or(0) + 1)
+                    .max(from),
+                None,
+                raft::GetEntriesContext::empty(false),
+            )
+            .unwrap_or_default();
+        let real = stored
+            .iter()
+            .chain(log.unstable_entries())
+            .filter(|e| e.index >= from && e.index < to)
+            .find(|e| e.get_entry_type() != EntryType::EntryNormal);
+        match real {
+            Some(e) => AdminError::Conflict(format!(
+                "another membership change (log index {}) is still in progress; retry when it is applied",
+                e.index
+            )),
+            None => AdminError::Unavailable(RequestError::LeaderCatchingUp),
+        }
     }
 
     /// On the leader: proposes to promote the first learner (added without `?learner=true`)
@@ -728,7 +801,10 @@ impl Node {
             .voters
             .iter()
             .filter(|id| **id != me)
-            .filter_map(|id| raft.prs().get(*id).map(|p| (p.matched, *id)))
+            .filter_map(|id| {
+                let p = raft.prs().get(*id).filter(|p| p.recent_active)?;
+                Some((p.matched, *id))
+            })
             .max();
         let Some((matched, to)) = best else {
             let _ = reply.send(Ok(false));

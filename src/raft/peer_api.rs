@@ -35,6 +35,8 @@ pub struct PeerApi {
 
 type Answer = (StatusCode, String);
 
+const REMOVED_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub fn router(api: Arc<PeerApi>) -> Router {
     Router::new()
         .route("/raft/stream", post(stream))
@@ -116,9 +118,24 @@ async fn stream(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Body)
         return answer;
     }
     let from = from_header(&headers);
+    if let Err(answer) = api.check_removed(from) {
+        return answer;
+    }
     let mut frames = FrameReader::new(body.into_data_stream());
+    // A removed member may keep an idle stream open (a learner never sends on its own):
+    // look again every second, so it hears 410 and stops.
+    let mut recheck = tokio::time::interval(REMOVED_RECHECK);
     loop {
-        match frames.next_frame().await {
+        let next = tokio::select! {
+            next = frames.next_frame() => next,
+            _ = recheck.tick() => {
+                if let Err(answer) = api.check_removed(from) {
+                    return answer;
+                }
+                continue;
+            }
+        };
+        match next {
             Ok(Some(payload)) => match api.check_message(&payload, false) {
                 Ok(msg) => {
                     // Checked per frame: the removal may be applied while the stream is open.
@@ -203,9 +220,19 @@ async fn snapshot(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Bod
 
 /// The cluster id and membership, for a member started with `--join`.
 async fn membership(State(api): State<Arc<PeerApi>>) -> Answer {
+    let voters = match api.node.status().await {
+        Ok(s) => s
+            .members
+            .iter()
+            .filter(|m| m.role == "voter")
+            .map(|m| m.id)
+            .collect(),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    };
     let info = ClusterInfo {
         cluster_id: api.cluster_id.clone(),
         membership: api.admin.membership.read().clone(),
+        voters,
     };
     match serde_json::to_string(&info) {
         Ok(json) => (StatusCode::OK, json),

@@ -54,6 +54,8 @@ pub enum TransportError {
     Request(#[from] hyper::http::Error),
     #[error("connect timed out")]
     ConnectTimeout,
+    #[error("timed out waiting for the answer")]
+    AnswerTimeout,
     #[error("peer answered {0}")]
     Refused(hyper::StatusCode),
     #[error("stream closed")]
