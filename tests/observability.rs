@@ -1,6 +1,6 @@
 //! Watching and trying metcd on real processes: `/_metrics` scraped and parsed, `/_health`
 //! following the leader, and `metcd local-cluster` serving and stopping on a signal.
-//! Ports 33000-33999.
+//! Ports 20000-20999 (test ports stay below 32768, where Linux picks ephemeral ports).
 
 mod common;
 
@@ -75,7 +75,7 @@ fn value(samples: &[(String, HashMap<String, String>, f64)], name: &str) -> f64 
 
 #[test]
 fn metrics_are_scraped_and_parsed() {
-    let c = TestCluster::start(3, 33000, &["--snapshot-count", "100"]);
+    let c = TestCluster::start(3, 20000, &["--snapshot-count", "100"]);
     let leader = c.wait_leader(LEADER_TIMEOUT);
     for i in 0..150 {
         c.put_ok(leader, &format!("/m{i:03}"), "v");
@@ -119,7 +119,7 @@ fn metrics_are_scraped_and_parsed() {
 
 #[test]
 fn health_follows_the_leader() {
-    let mut c = TestCluster::start(3, 33100, &[]);
+    let mut c = TestCluster::start(3, 20100, &[]);
     let leader = c.wait_leader(LEADER_TIMEOUT);
     for i in 1..=3 {
         let r = c.request(i, "GET", "/_health", b"").unwrap();
@@ -160,7 +160,7 @@ fn health_follows_the_leader() {
 #[test]
 fn local_cluster_serves_and_stops_on_signal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = 33379u16;
+    let base = 20379u16;
     let mut child = Command::new(BIN)
         .args([
             "local-cluster",
@@ -174,6 +174,13 @@ fn local_cluster_serves_and_stops_on_signal() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn local-cluster");
+    // Drain its output as it comes, so the members never block on a full pipe.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let output = thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        out
+    });
     let ports = [base, base + 100, base + 200];
     let started = Instant::now();
     let mut ok = false;
@@ -186,7 +193,14 @@ fn local_cluster_serves_and_stops_on_signal() {
         }
         thread::sleep(Duration::from_millis(200));
     }
-    assert!(ok, "the local cluster did not take a write");
+    if !ok {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the local cluster did not take a write; its output:\n{}",
+            output.join().unwrap_or_default()
+        );
+    }
     let r = http_request(ports[2], "GET", "/hello", &[], b"").expect("GET on member 3");
     assert_eq!(r.body, b"world");
 
@@ -204,13 +218,7 @@ fn local_cluster_serves_and_stops_on_signal() {
         thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{status}");
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let out = output.join().expect("output thread");
     for i in 1..=3 {
         assert!(
             out.contains(&format!("member-{i} | ")),

@@ -3,7 +3,8 @@
 //! `metcd` processes on fixed local ports with data dirs in a temp dir.
 //!
 //! Port plan: member i (1-based) of a cluster with base port B listens for
-//! peers on B+i and for clients on B+10+i. Every test uses its own B.
+//! peers on B+i and for clients on B+10+i. Every test uses its own B, below 32768
+//! (above it Linux hands out ephemeral ports, which a test could then fail to bind).
 
 #![allow(dead_code)]
 
