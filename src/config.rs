@@ -35,6 +35,10 @@ pub struct Config {
     /// behind its commit index.
     #[arg(long, default_value_t = 1_000)]
     pub health_max_lag: u64,
+    /// Dial member ID at HOST:PORT instead of its peer URL (repeatable), e.g. through a proxy
+    /// that a fault-injection harness controls. The member's URL stays as it is.
+    #[arg(long = "peer-dial", value_name = "ID=HOST:PORT")]
+    pub peer_dial: Vec<String>,
     /// Client HTTP port.
     #[arg(long, default_value_t = 3379)]
     pub port: u16,
@@ -113,6 +117,8 @@ pub struct Settings {
     pub join: bool,
     pub promote_within: u64,
     pub health_max_lag: u64,
+    /// Member id -> host:port to dial instead of its peer URL (`--peer-dial`).
+    pub peer_dial: std::collections::HashMap<u64, String>,
     pub peer_listen: SocketAddr,
     pub client_listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -236,6 +242,18 @@ impl Config {
                     .into(),
             ));
         }
+        let mut peer_dial = std::collections::HashMap::new();
+        for entry in &self.peer_dial {
+            let parsed = entry.split_once('=').and_then(|(id, addr)| {
+                let id = id.trim().parse::<u64>().ok()?;
+                let (_, authority) = parse_url(&format!("http://{}", addr.trim())).ok()?;
+                Some((id, authority))
+            });
+            let (id, authority) = parsed.ok_or_else(|| {
+                ConfigError::Invalid(format!("--peer-dial {entry:?}: expected ID=HOST:PORT"))
+            })?;
+            peer_dial.insert(id, authority);
+        }
         let urls: Vec<String> = members.iter().map(|m| m.url.clone()).collect();
         Ok(Settings {
             id: self.id,
@@ -243,6 +261,7 @@ impl Config {
             join: self.join,
             promote_within: self.promote_within,
             health_max_lag: self.health_max_lag,
+            peer_dial,
             members,
             peer_listen,
             client_listen: SocketAddr::new(self.listen_addr, self.port),

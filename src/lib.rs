@@ -19,6 +19,8 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod local_cluster;
 pub mod metrics;
 pub mod raft;

@@ -4,6 +4,8 @@
 //! GET    /_status                  this member's view (JSON)
 //! GET    /_health                  200 when it has a leader and is not behind; else 503
 //! GET    /_metrics                 Prometheus text format
+//! GET    /_hash                    digest of the state machine at the applied index (JSON),
+//!                                  for checking that members converged
 //! GET    /_members                 the members (JSON)
 //! PUT    /_members/<id>            add a member; body: its peer URL; ?learner=true keeps it
 //!                                  a learner until promoted
@@ -64,6 +66,10 @@ async fn route(
         ["_metrics"] => {
             get_only("GET, HEAD")?;
             metrics(state).await
+        }
+        ["_hash"] => {
+            get_only("GET, HEAD")?;
+            Ok(Json(state.node.state_hash().await?).into_response())
         }
         ["_members"] => {
             get_only("GET, HEAD")?;

@@ -208,3 +208,44 @@ fn written(revision: u64) -> Response {
         .insert(REVISION_HEADER, header_value(&revision.to_string()));
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn any_precondition_header_parses_or_is_refused(
+            name in proptest::sample::select(vec!["if-match", "if-none-match"]),
+            value in "[ -~]{0,40}",
+        ) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(header::HeaderName::from_static(name), v);
+            }
+            let _ = precondition(&h);
+        }
+    }
+
+    #[test]
+    fn preconditions() {
+        let with = |name: &'static str, v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::HeaderName::from_static(name),
+                HeaderValue::from_str(v).unwrap(),
+            );
+            precondition(&h)
+        };
+        assert_eq!(
+            with("if-match", "\"7\"").unwrap(),
+            Some(Cond::ModRevision(7))
+        );
+        assert_eq!(with("if-match", "*").unwrap(), Some(Cond::Exists));
+        assert_eq!(with("if-none-match", "*").unwrap(), Some(Cond::Absent));
+        assert!(with("if-match", "7").is_err());
+        assert!(with("if-match", "W/\"7\"").is_err());
+        assert!(with("if-none-match", "\"7\"").is_err());
+        assert_eq!(precondition(&HeaderMap::new()).unwrap(), None);
+    }
+}

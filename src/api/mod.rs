@@ -55,6 +55,7 @@ fn route_label(uri: &Uri) -> &'static str {
         ["", "_status"] => "/_status",
         ["", "_health"] => "/_health",
         ["", "_metrics"] => "/_metrics",
+        ["", "_hash"] => "/_hash",
         _ => "other",
     }
 }

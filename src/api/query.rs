@@ -152,6 +152,13 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_query_string_parses_or_is_refused(q in ".{0,80}") {
+            let _ = Query::parse(Some(&q));
+        }
+    }
+
     #[test]
     fn prefix_end_skips_ff() {
         assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));

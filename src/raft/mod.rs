@@ -40,6 +40,8 @@ pub enum Input {
         ok: bool,
     },
     Status(oneshot::Sender<Result<NodeStatus, RequestError>>),
+    /// A digest of the whole state machine at the applied index, taken between two applies.
+    Hash(oneshot::Sender<Result<StateHash, RequestError>>),
     /// Decided on the leader; answered once the change is applied here.
     ChangeMembers {
         change: MemberChange,
@@ -113,6 +115,17 @@ pub struct NodeStatus {
     pub revision: u64,
     pub keys: u64,
     pub members: Vec<MemberStatus>,
+}
+
+/// A digest of the state machine, for checking that members converged: equal digests at the
+/// same applied index mean identical keys, values and revisions.
+#[derive(Clone, Debug, Serialize)]
+pub struct StateHash {
+    pub applied_index: u64,
+    pub revision: u64,
+    pub keys: u64,
+    /// FNV-1a (64-bit, hex) over every key, value and per-key revision, in key order.
+    pub hash: String,
 }
 
 /// The API layer's way into the owner loop.
@@ -262,6 +275,10 @@ impl NodeHandle {
 
     pub async fn status(&self) -> Result<NodeStatus, RequestError> {
         self.call(Input::Status, RequestError::Timeout).await
+    }
+
+    pub async fn state_hash(&self) -> Result<StateHash, RequestError> {
+        self.call(Input::Hash, RequestError::Timeout).await
     }
 
     /// Hands a peer message to the owner loop (never blocks).

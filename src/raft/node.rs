@@ -33,7 +33,7 @@ use super::members::{self, AdminError, MemberChange, MemberStatus, Membership};
 use super::snapshot::{SnapshotError, SnapshotStore};
 use super::storage::{LogError, LogStore};
 use super::transport::Transport;
-use super::{Input, NodeStatus, RequestError};
+use super::{Input, NodeStatus, RequestError, StateHash};
 use crate::config::Settings;
 use crate::engine::{Applied, Engine, EngineError, OpResult};
 use crate::metrics::Metrics;
@@ -335,6 +335,9 @@ impl Node {
             }
             Input::Status(reply) => {
                 let _ = reply.send(Ok(self.status()));
+            }
+            Input::Hash(reply) => {
+                let _ = reply.send(self.state_hash());
             }
             Input::Shutdown => {}
         }
@@ -893,6 +896,51 @@ impl Node {
             term, compact_to, ms, "snapshot saved, log compacted"
         );
         Ok(())
+    }
+
+    /// Digests the engine's contents at the applied index (in the owner, so nothing is
+    /// applied meanwhile). Reads the whole store: a verification tool, not for hot paths.
+    fn state_hash(&self) -> Result<StateHash, RequestError> {
+        const CHUNK: usize = 10_000;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        let mut start: Vec<u8> = Vec::new();
+        let mut keys = 0u64;
+        loop {
+            let chunk = self
+                .engine
+                .range(&start, None, CHUNK)
+                .map_err(|e| RequestError::Stopped(e.to_string()))?;
+            for kv in &chunk {
+                if keys > 0 && kv.key == start {
+                    continue; // the first key of a chunk closed the previous one
+                }
+                keys += 1;
+                feed(&(kv.key.len() as u64).to_be_bytes());
+                feed(&kv.key);
+                feed(&(kv.value.len() as u64).to_be_bytes());
+                feed(&kv.value);
+                for n in [kv.create_revision, kv.mod_revision, kv.version] {
+                    feed(&n.to_be_bytes());
+                }
+            }
+            match chunk.last() {
+                Some(last) if chunk.len() == CHUNK => start = last.key.clone(),
+                _ => break,
+            }
+        }
+        let c = self.engine.counters();
+        Ok(StateHash {
+            applied_index: c.applied_index,
+            revision: c.revision,
+            keys,
+            hash: format!("{h:016x}"),
+        })
     }
 
     /// Every member as seen from here; match indexes are known on the leader only.

@@ -136,6 +136,8 @@ pub fn decode_message(payload: &[u8]) -> Result<Message, TransportError> {
 
 struct Shared {
     id: u64,
+    /// `--peer-dial` overrides: where to connect to a member instead of its URL.
+    dial: HashMap<u64, String>,
     cluster_id: String,
     snaps: SnapshotStore,
     inbox: mpsc::Sender<Input>,
@@ -165,6 +167,7 @@ impl Transport {
     ) -> Self {
         let shared = Arc::new(Shared {
             id: settings.id,
+            dial: settings.peer_dial.clone(),
             cluster_id: format!("{:016x}", settings.cluster_id),
             snaps,
             inbox,
@@ -179,9 +182,13 @@ impl Transport {
     /// Keeps one stream task per peer in `peers` (id, host:port): starts the new ones, and
     /// stops those no longer listed (dropping the queue ends the task).
     pub fn set_peers(&mut self, peers: &[(u64, String)]) {
+        let peers: Vec<(u64, String)> = peers
+            .iter()
+            .map(|(id, a)| (*id, self.shared.dial.get(id).unwrap_or(a).clone()))
+            .collect();
         self.peers
             .retain(|id, p| peers.iter().any(|(i, a)| i == id && *a == p.authority));
-        for (id, authority) in peers {
+        for (id, authority) in &peers {
             if self.peers.contains_key(id) {
                 continue;
             }

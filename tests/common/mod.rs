@@ -411,6 +411,8 @@ pub struct TestCluster {
     base_port: u16,
     engine: Option<&'static str>,
     extra_args: Vec<String>,
+    /// Arguments for one member only, appended after `extra_args`.
+    member_extra: std::collections::HashMap<usize, Vec<String>>,
     dir: tempfile::TempDir,
     children: Vec<Option<Child>>,
     logs_dumped: AtomicBool,
@@ -434,6 +436,7 @@ impl TestCluster {
             base_port: base_port + offset,
             engine,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            member_extra: Default::default(),
             dir,
             children: (0..n).map(|_| None).collect(),
             logs_dumped: AtomicBool::new(false),
@@ -510,7 +513,20 @@ impl TestCluster {
             args.push(member_engine(engine, i).to_string());
         }
         args.extend(self.extra_args.iter().cloned());
+        if let Some(extra) = self.member_extra.get(&i) {
+            args.extend(extra.iter().cloned());
+        }
         args
+    }
+
+    /// Arguments member `i` gets on top of the cluster's, from its next start on.
+    pub fn set_member_extra(&mut self, i: usize, args: Vec<String>) {
+        self.member_extra.insert(i, args);
+    }
+
+    /// The directory holding the members' data dirs and logs.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// The engine member `i` runs.
