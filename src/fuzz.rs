@@ -82,9 +82,11 @@ proptest! {
         let mut body = bytes::BytesMut::new();
         let mut msgs = Vec::new();
         for p in &payloads {
-            let mut m = raft::eraftpb::Message::default();
-            m.to = 1;
-            m.context = p.clone().into();
+            let m = raft::eraftpb::Message {
+                to: 1,
+                context: p.clone().into(),
+                ..Default::default()
+            };
             encode_frame(&m, &mut body).unwrap();
             msgs.push(m);
         }

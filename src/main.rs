@@ -7,6 +7,9 @@ use clap::Parser;
 use metcd::config::{Config, Subcommand};
 
 fn main() -> ExitCode {
+    // Crash points for tests, configured by the FAILPOINTS environment variable.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let config = Config::parse();
     if let Some(Subcommand::LocalCluster(args)) = &config.command {
         return metcd::local_cluster::run(args);

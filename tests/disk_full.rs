@@ -1,6 +1,7 @@
 //! A member whose disk fills up stops applying, says why in its log and answers 503, instead
-//! of skipping entries; the rest of the cluster keeps serving. Needs root (a small tmpfs is
-//! mounted as that member's data dir). Ports 28000-28999.
+//! of skipping entries; the rest of the cluster keeps serving; when space returns and it is
+//! restarted, it catches up. Needs root (a small tmpfs is mounted as that member's data dir).
+//! Ports 28000-28999.
 
 #[macro_use]
 mod common;
@@ -90,6 +91,26 @@ engine_tests! {
             let r = c.get(1, &format!("/big/{k}"));
             assert_eq!((r.status, r.body.len()), (200, value.len()), "key /big/{k} on member 1");
         }
+        c.kill(full);
+
+        // Space returns: the member restarts and catches up, losing nothing.
+        let grown = Command::new("mount")
+            .args(["-o", "remount,size=256m"])
+            .arg(c.data_dir(full))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(grown, "could not grow the tmpfs");
+        c.restart(full);
+        c.wait_for(
+            || c.has_local(full, "/after", b"v"),
+            CONVERGE_TIMEOUT,
+            "the member to catch up once space returned",
+        );
+        for k in (0..60).step_by(7) {
+            let r = c.get(full, &format!("/big/{k}"));
+            assert_eq!((r.status, r.body.len()), (200, value.len()), "key /big/{k} on the recovered member");
+        }
+        c.put_ok(full, "/after-recovery", "v");
         c.kill(full);
     }
 }

@@ -3,6 +3,19 @@
 //! Everything outside this module talks to the node through a [`NodeHandle`]: requests go into
 //! the owner's inbox and are answered on a oneshot channel, always within the request timeout.
 
+/// A crash point for crash-consistency tests: with `--features failpoints` and
+/// `FAILPOINTS=<name>=return` (see the `fail` crate for counts), the process aborts here, as
+/// abruptly as `kill -9`. Without the feature it compiles to nothing.
+macro_rules! crash_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| {
+            eprintln!("metcd: crash point {} reached; aborting", $name);
+            std::process::abort()
+        });
+    };
+}
+
 pub mod command;
 pub mod logger;
 pub mod members;

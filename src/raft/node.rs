@@ -371,12 +371,14 @@ impl Node {
         }
         // 3. entries + hard state, one synced write
         let started = Instant::now();
+        crash_point!("before_log_sync");
         if self.raw.mut_store().append(rd.entries(), rd.hs())? {
             self.shared
                 .metrics
                 .log_sync
                 .observe_duration(started.elapsed());
         }
+        crash_point!("after_log_sync");
         // 4. messages that must follow the sync
         self.transport.send(rd.take_persisted_messages());
         self.confirm_reads(rd.take_read_states());
@@ -508,7 +510,9 @@ impl Node {
         if batch.is_empty() {
             return Ok(());
         }
+        crash_point!("before_apply");
         let results = self.engine.apply(batch)?;
+        crash_point!("after_apply");
         let mut committed = 0;
         for (result, owner) in results.into_iter().zip(owners.drain(..)) {
             let Some(result) = result else {
@@ -872,6 +876,7 @@ impl Node {
         }
         let started = Instant::now();
         let term = self.raw.store().term(applied)?;
+        crash_point!("before_snapshot_save");
         self.snaps.create(self.engine.as_ref(), term, applied)?;
         // The log is about to be compacted behind this index: the engine must hold it durably.
         self.engine.persist()?;
@@ -882,9 +887,12 @@ impl Node {
             ..Default::default()
         };
         self.raw.mut_store().record_snapshot(meta)?;
+        crash_point!("after_snapshot_save");
         let compact_to = applied.saturating_sub(self.settings.catch_up_entries);
         if compact_to > 1 {
+            crash_point!("before_compact");
             self.raw.mut_store().compact(compact_to)?;
+            crash_point!("after_compact");
         }
         self.snaps.gc();
         let metrics = &self.shared.metrics;

@@ -413,6 +413,8 @@ pub struct TestCluster {
     extra_args: Vec<String>,
     /// Arguments for one member only, appended after `extra_args`.
     member_extra: std::collections::HashMap<usize, Vec<String>>,
+    /// Environment variables for one member's next start.
+    member_env: std::collections::HashMap<usize, Vec<(String, String)>>,
     dir: tempfile::TempDir,
     children: Vec<Option<Child>>,
     logs_dumped: AtomicBool,
@@ -437,6 +439,7 @@ impl TestCluster {
             engine,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             member_extra: Default::default(),
+            member_env: Default::default(),
             dir,
             children: (0..n).map(|_| None).collect(),
             logs_dumped: AtomicBool::new(false),
@@ -524,6 +527,12 @@ impl TestCluster {
         self.member_extra.insert(i, args);
     }
 
+    /// Environment for member `i` from its next start on (empty: none).
+    pub fn set_member_env(&mut self, i: usize, env: &[(&str, &str)]) {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        self.member_env.insert(i, env.collect());
+    }
+
     /// The directory holding the members' data dirs and logs.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
@@ -568,8 +577,10 @@ impl TestCluster {
         )
         .unwrap();
         let log_err = log.try_clone().expect("clone log handle");
+        let env = self.member_env.get(&i).cloned().unwrap_or_default();
         let child = Command::new(BIN)
             .args(&args)
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
