@@ -30,6 +30,8 @@ pub enum Error {
     Node(#[from] crate::raft::node::NodeError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Unrecoverable(String),
     #[error("cannot join: {0}")]
     Join(String),
     #[error(

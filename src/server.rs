@@ -152,12 +152,14 @@ fn recover_engine(
     let engine = engine::open(settings.engine, &settings.data_dir.join("engine"))?;
     let meta = store.snapshot_metadata().clone();
     if meta.index > engine.applied_index() {
-        snaps.restore(engine.as_ref(), meta.term, meta.index)?;
-        info!(
-            index = meta.index,
-            keys = engine.len()?,
-            "restored snapshot"
-        );
+        match snaps.restore(engine.as_ref(), meta.term, meta.index) {
+            Ok(()) => info!(
+                index = meta.index,
+                keys = engine.len()?,
+                "restored snapshot"
+            ),
+            Err(e) => fall_back(engine.as_ref(), store, snaps, e)?,
+        }
     }
     store.commit_at_least(engine.applied_index())?;
     info!(
@@ -166,6 +168,49 @@ fn recover_engine(
         "engine ready; raft replays the log after it"
     );
     Ok(engine)
+}
+
+/// The newest snapshot could not be restored (a restore leaves the engine as it was). Takes
+/// what is valid: an older snapshot, or the engine's own state, from which the log still
+/// replays to the present; moves the bad file aside and asks for a fresh snapshot.
+fn fall_back(
+    engine: &dyn Engine,
+    store: &LogStore,
+    snaps: &SnapshotStore,
+    error: crate::raft::snapshot::SnapshotError,
+) -> Result<()> {
+    let meta = store.snapshot_metadata();
+    let first = store.first_log_index();
+    let bad = snaps.path(meta.term, meta.index);
+    warn!(file = %bad.display(), %error, "the newest snapshot is unusable; looking for older state the log can replay from");
+    let replayable = |applied: u64| applied + 1 >= first;
+    if !replayable(engine.applied_index()) {
+        for (term, index) in snaps.list() {
+            if index >= meta.index || !replayable(index) || index <= engine.applied_index() {
+                continue;
+            }
+            match snaps.restore(engine, term, index) {
+                Ok(()) => {
+                    warn!(
+                        index,
+                        "restored an older snapshot; the log replays from there"
+                    );
+                    break;
+                }
+                Err(e) => warn!(index, error = %e, "older snapshot unusable too"),
+            }
+        }
+    }
+    if !replayable(engine.applied_index()) {
+        return Err(Error::Unrecoverable(format!(
+            "snapshot {} is unusable ({error}) and no older state reaches the log, which starts at index {first}; \
+             this member cannot recover locally: remove it from the cluster and add a new member",
+            bad.display()
+        )));
+    }
+    snaps.quarantine(meta.term, meta.index);
+    store.want_snapshot();
+    Ok(())
 }
 
 async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener> {

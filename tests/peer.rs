@@ -84,3 +84,54 @@ fn garbage_frame_gets_400() {
     }
     assert_still_serving(&c, "after-400");
 }
+
+/// A snapshot whose file is damaged is refused (400) before raft sees it: installing it
+/// would stop the member. The file is kept aside as `.corrupt`; the member keeps serving.
+#[test]
+fn damaged_snapshot_gets_400() {
+    use protobuf::Message as _;
+    use raft::eraftpb::{ConfState, Message, MessageType, Snapshot, SnapshotMetadata};
+
+    let c = TestCluster::start(3, 26200, &[]);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    let id = cluster_id(&c);
+    let target = if leader == 1 { 2 } else { 1 };
+    let mut snap = Snapshot::default();
+    snap.set_metadata(SnapshotMetadata {
+        index: 100_000,
+        term: 1,
+        conf_state: Some(ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    });
+    snap.data = br#"{"members":{}}"#.to_vec().into();
+    let mut msg = Message::default();
+    msg.set_msg_type(MessageType::MsgSnapshot);
+    msg.to = target as u64;
+    msg.from = leader as u64;
+    msg.term = 1;
+    msg.set_snapshot(snap);
+    let frame = msg.write_to_bytes().expect("encode");
+    let mut body = (frame.len() as u32).to_be_bytes().to_vec();
+    body.extend_from_slice(&frame);
+    body.extend_from_slice(b"METCDSN1 but then nothing that adds up");
+    let r = http_request(
+        c.peer_port(target),
+        "POST",
+        "/raft/snapshot",
+        &[(CLUSTER_HEADER, &id)],
+        &body,
+    )
+    .expect("POST /raft/snapshot");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("damaged snapshot"), "{}", r.text());
+    let kept = std::fs::read_dir(c.data_dir(target).join("snap"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x == "corrupt"));
+    assert!(kept, "the damaged file should be kept aside");
+    assert_still_serving(&c, "after-damaged-snapshot");
+}

@@ -115,3 +115,80 @@ engine_tests! {
         }
     }
 }
+
+/// Snapshot files of member 1, newest first.
+fn snapshot_files(c: &TestCluster) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = fs::read_dir(c.data_dir(1).join("snap"))
+        .expect("snap dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+        .collect();
+    files.sort();
+    files.reverse();
+    files
+}
+
+fn damage(path: &std::path::Path) {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open snapshot");
+    f.seek(SeekFrom::Start(40)).unwrap();
+    f.write_all(b"damaged!").unwrap();
+    f.sync_all().unwrap();
+}
+
+/// A memory-engine member whose newest snapshot file is damaged restarts from the older one
+/// plus the log (which still reaches back to it), says so, and loses nothing. With every
+/// snapshot damaged it refuses to start, naming the file, instead of serving partial state.
+#[test]
+fn damaged_snapshot_falls_back_to_older_state() {
+    let mut c = TestCluster::start(1, 27500, &["--engine", "memory", "--snapshot-count", "50"]);
+    c.wait_leader(LEADER_TIMEOUT);
+    for k in 0..180 {
+        c.put_ok(1, &format!("/snap/{k:03}"), format!("v{k}"));
+    }
+    c.kill(1);
+    let files = snapshot_files(&c);
+    assert!(
+        files.len() >= 2,
+        "expected two snapshot files, found {files:?}"
+    );
+    damage(&files[0]);
+
+    c.restart(1);
+    c.wait_leader(LEADER_TIMEOUT);
+    for k in (0..180).step_by(11).chain([179]) {
+        let r = c.get(1, &format!("/snap/{k:03}"));
+        assert_eq!(r.status, 200, "key {k} after the fallback");
+        assert_eq!(r.body, format!("v{k}").as_bytes());
+    }
+    let log = c.log(1);
+    assert!(
+        log.contains("the newest snapshot is unusable"),
+        "no warning in the log"
+    );
+    assert!(log.contains("restored an older snapshot"));
+    // A fresh snapshot replaces the damaged one.
+    c.wait_for(
+        || snapshot_files(&c).first() != Some(&files[0]),
+        CONVERGE_TIMEOUT,
+        "a fresh snapshot",
+    );
+    for k in 180..200 {
+        c.put_ok(1, &format!("/snap/{k:03}"), "w");
+    }
+
+    c.kill(1);
+    for f in snapshot_files(&c) {
+        damage(&f);
+    }
+    let out = common::run_until_exit(&c.member_args(1), std::time::Duration::from_secs(30));
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("cannot recover locally"),
+        "{}",
+        out.stderr
+    );
+}

@@ -871,6 +871,10 @@ impl Node {
         let applied = self.engine.applied_index();
         let last = self.raw.store().snapshot_metadata().index;
         let due = applied >= last + self.settings.snapshot_count;
+        if wanted && applied <= last {
+            // Not yet past the newest snapshot: ask again after the next apply.
+            self.raw.store().want_snapshot();
+        }
         if !(due || wanted && applied > last) {
             return Ok(());
         }

@@ -211,6 +211,18 @@ async fn snapshot(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Bod
         Ok(Err(e)) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }
+    // A damaged file is refused here, before raft sees it: installing it would stop this
+    // member. The sender retries (with a fresh file once it takes one).
+    let snaps = api.snaps.clone();
+    let verified = match tokio::task::spawn_blocking(move || snaps.verify(term, index)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = verified {
+        warn!(from, index, term, error = %e, "refused a damaged snapshot");
+        api.snaps.quarantine(term, index);
+        return bad(format!("damaged snapshot: {e}"));
+    }
     info!(from, index, term, bytes, "snapshot received");
     match api.node.step(msg) {
         Ok(()) => (StatusCode::NO_CONTENT, String::new()),

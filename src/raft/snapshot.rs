@@ -116,6 +116,50 @@ impl SnapshotStore {
         Ok(())
     }
 
+    /// Reads the whole file of (term, index) and checks its trailer (CRC-32, record count).
+    pub fn verify(&self, term: u64, index: u64) -> Result<(), SnapshotError> {
+        let path = self.path(term, index);
+        let file = File::open(&path).map_err(io_err(&path))?;
+        let mut input = std::io::BufReader::with_capacity(256 << 10, file);
+        let mut reader = crate::engine::snapshot::SnapshotReader::new(&mut input)?;
+        while reader.next_record()?.is_some() {}
+        if reader.applied_index != index {
+            return Err(SnapshotError::Mismatch {
+                index,
+                applied: reader.applied_index,
+            });
+        }
+        Ok(())
+    }
+
+    /// Moves an unusable file aside (`.corrupt`), kept for inspection.
+    pub fn quarantine(&self, term: u64, index: u64) {
+        let path = self.path(term, index);
+        let _ = fs::rename(&path, path.with_extension("corrupt"));
+    }
+
+    /// (term, index) of every snapshot file, newest first.
+    pub fn list(&self) -> Vec<(u64, u64)> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(u64, u64)> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+            .filter_map(|p| {
+                let stem = p.file_stem()?.to_str()?.to_string();
+                let (term, index) = stem.split_once('-')?;
+                Some((
+                    u64::from_str_radix(term, 16).ok()?,
+                    u64::from_str_radix(index, 16).ok()?,
+                ))
+            })
+            .collect();
+        found.sort_by_key(|(_, index)| std::cmp::Reverse(*index));
+        found
+    }
+
     /// Deletes all but the newest [`KEEP`] snapshot files.
     pub fn gc(&self) {
         let Ok(entries) = fs::read_dir(&self.dir) else {

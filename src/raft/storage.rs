@@ -209,6 +209,17 @@ impl LogStore {
         &self.membership
     }
 
+    /// Asks the owner for a fresh snapshot as soon as it has applied past the newest one
+    /// (the newest file turned out unusable).
+    pub fn want_snapshot(&self) {
+        self.snapshot_wanted.store(true, Ordering::Relaxed);
+    }
+
+    /// First index still in the log.
+    pub fn first_log_index(&self) -> u64 {
+        self.first()
+    }
+
     /// True once since raft last asked for a snapshot the newest one cannot serve.
     pub fn take_snapshot_wanted(&self) -> bool {
         self.snapshot_wanted.swap(false, Ordering::Relaxed)
