@@ -36,7 +36,7 @@ use checker::{Event, Op, Outcome};
 use common::*;
 
 /// Member ids that get proxies (the 3 first members and those added later).
-const MAX_IDS: usize = 6;
+const MAX_IDS: usize = 9;
 const KEYS: usize = 5;
 const CLIENTS: usize = 6;
 /// Client-side timeout; the server's request timeout is shorter, so most requests get an
