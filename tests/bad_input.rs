@@ -219,3 +219,54 @@ fn data_dir_of_another_member_is_refused() {
         "error should name the member mismatch: {line}"
     );
 }
+
+/// Random and half-valid bytes on the client and the peer port (broken request lines, bad
+/// chunked bodies, an HTTP/2 preface followed by garbage, oversized headers) never stop a
+/// member: afterwards it still elects, writes and reads.
+#[test]
+fn garbage_on_both_ports_never_crashes_a_member() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    let c = TestCluster::start(3, 25900, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let prefixes: [&[u8]; 7] = [
+        b"",
+        b"GET / HTTP/1.1\r\n",
+        b"PUT /k HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST /raft/stream HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"GET /\xff\xfe HTTP/1.1\r\nHost: \x00\r\n\r\n",
+        b"DELETE /_members/1 HTTP/1.1\r\nX: ",
+    ];
+    for round in 0..300 {
+        let mut blob = prefixes[round % prefixes.len()].to_vec();
+        let n = (rand() % 4096) as usize;
+        blob.extend((0..n).map(|_| rand() as u8));
+        let member = round % 3 + 1;
+        let port = if round % 2 == 0 {
+            c.client_port(member)
+        } else {
+            c.peer_port(member)
+        };
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+            let _ = s.write_all(&blob);
+            let mut sink = [0u8; 4096];
+            let _ = s.read(&mut sink);
+        }
+    }
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    for m in 1..=3 {
+        c.put_ok(m, &format!("/after-garbage/{m}"), "ok");
+        assert_eq!(c.get(leader, &format!("/after-garbage/{m}")).body, b"ok");
+    }
+}
