@@ -1,0 +1,432 @@
+//! `metcd-bench`: a load generator for metcd and etcd, modelled on etcd's `benchmark` tool, so
+//! both systems face the same client.
+//!
+//! `--clients` tasks share `--conns` HTTP/1.1 connections per endpoint (a connection carries
+//! one request at a time, so clients beyond the connection count queue for one). Closed loop
+//! by default: each client sends its next request when the last one answered. With `--rate` it
+//! is open loop: requests are due on a fixed schedule, and latency is measured from when a
+//! request was due, not when it was sent, so a stall counts against every request it delays.
+//!
+//! Targets: `metcd` (`PUT/GET /<key>`), `etcd-v2` (`/v2/keys/<key>`, `quorum=true` for
+//! linearizable reads) and `etcd-v3` (the JSON gateway, `/v3/kv/put` and `/v3/kv/range`).
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Target {
+    Metcd,
+    EtcdV2,
+    EtcdV3,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Consistency {
+    /// Linearizable reads.
+    L,
+    /// Serializable (local) reads.
+    S,
+}
+
+/// Load generator for metcd and etcd (PUT, GET or a mix, closed or open loop).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "metcd-bench", version)]
+struct Args {
+    /// Comma-separated base URLs (http://host:port); clients spread over them.
+    #[arg(long, default_value = "http://127.0.0.1:3379")]
+    endpoints: String,
+    #[arg(long, value_enum, default_value = "metcd")]
+    target: Target,
+    /// HTTP connections per endpoint.
+    #[arg(long, default_value_t = 64)]
+    conns: usize,
+    /// Concurrent clients (requests in flight at most).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Stop after this many requests in all (default: run for --duration).
+    #[arg(long)]
+    total: Option<u64>,
+    /// Seconds to run when --total is not given.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    #[arg(long, default_value_t = 256)]
+    val_size: usize,
+    /// Keys are drawn from this many distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    key_space_size: u64,
+    /// Use keys in order (0, 1, 2, ... wrapping) instead of at random.
+    #[arg(long)]
+    sequential_keys: bool,
+    /// Read consistency: l (linearizable) or s (serializable).
+    #[arg(long, value_enum, default_value = "l")]
+    consistency: Consistency,
+    /// Fraction of requests that are reads (0: all PUT, 1: all GET).
+    #[arg(long, default_value_t = 0.0)]
+    read_ratio: f64,
+    /// Requests per second in all, open loop (0: closed loop).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Print the report as JSON to this file ("-" for stdout) as well.
+    #[arg(long)]
+    json: Option<String>,
+    /// Seconds between progress lines on stderr (0: none).
+    #[arg(long, default_value_t = 5)]
+    progress: u64,
+}
+
+type Conn = Arc<Mutex<Option<SendRequest<Full<Bytes>>>>>;
+
+struct Endpoint {
+    authority: String,
+    conns: Vec<Conn>,
+}
+
+#[derive(Default)]
+struct Counts {
+    done: AtomicU64,
+    errors: AtomicU64,
+    started: AtomicU64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !(0.0..=1.0).contains(&args.read_ratio) || args.clients == 0 || args.conns == 0 {
+        eprintln!(
+            "metcd-bench: error: --read-ratio must be in 0..=1; --clients and --conns positive"
+        );
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("metcd-bench: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("metcd-bench: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let endpoints: Vec<Arc<Endpoint>> = args
+        .endpoints
+        .split(',')
+        .map(|u| {
+            let authority = u
+                .trim()
+                .strip_prefix("http://")
+                .ok_or_else(|| format!("endpoint {u:?}: expected http://host:port"))?
+                .trim_end_matches('/')
+                .to_string();
+            let conns = (0..args.conns)
+                .map(|_| Arc::new(Mutex::new(None)))
+                .collect();
+            Ok(Arc::new(Endpoint { authority, conns }))
+        })
+        .collect::<Result<_, String>>()?;
+    let args = Arc::new(args);
+    let counts = Arc::new(Counts::default());
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration);
+    let progress = tokio::spawn(report_progress(args.clone(), counts.clone(), started));
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|c| {
+            let endpoint = endpoints[c % endpoints.len()].clone();
+            tokio::spawn(client(
+                c,
+                args.clone(),
+                endpoint,
+                counts.clone(),
+                started,
+                deadline,
+            ))
+        })
+        .collect();
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut first_error = None;
+    for t in tasks {
+        let (h, err) = t.await.map_err(|e| e.to_string())?;
+        hist.add(&h).map_err(|e| e.to_string())?;
+        if first_error.is_none() {
+            first_error = err;
+        }
+    }
+    progress.abort();
+    let elapsed = started.elapsed().as_secs_f64();
+    let done = counts.done.load(Ordering::Relaxed);
+    let errors = counts.errors.load(Ordering::Relaxed);
+    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+    let report = serde_json::json!({
+        "target": format!("{:?}", args.target),
+        "endpoints": args.endpoints,
+        "clients": args.clients,
+        "conns": args.conns,
+        "read_ratio": args.read_ratio,
+        "consistency": format!("{:?}", args.consistency),
+        "rate": args.rate,
+        "seconds": elapsed,
+        "requests": done,
+        "errors": errors,
+        "throughput": done as f64 / elapsed,
+        "latency_ms": {
+            "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+            "max": hist.max() as f64 / 1000.0, "mean": hist.mean() / 1000.0,
+        },
+    });
+    println!(
+        "requests {done} in {elapsed:.2} s: {:.0}/s; errors {errors}\nlatency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        done as f64 / elapsed,
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        hist.max() as f64 / 1000.0
+    );
+    if let Some(e) = first_error {
+        println!("first error: {e}");
+    }
+    if let Some(path) = &args.json {
+        let text = report.to_string();
+        if path == "-" {
+            println!("{text}");
+        } else {
+            std::fs::write(path, text).map_err(|e| format!("{path}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+async fn report_progress(args: Arc<Args>, counts: Arc<Counts>, started: Instant) {
+    if args.progress == 0 {
+        return;
+    }
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(args.progress)).await;
+        let done = counts.done.load(Ordering::Relaxed);
+        eprintln!(
+            "{:>6.1}s  {done} requests ({:.0}/s), {} errors",
+            started.elapsed().as_secs_f64(),
+            (done - last) as f64 / args.progress as f64,
+            counts.errors.load(Ordering::Relaxed)
+        );
+        last = done;
+    }
+}
+
+/// splitmix64, for key choice and the read/write mix.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Key `n` as exactly `size` bytes: its decimal digits, zero-padded (or truncated).
+fn key(n: u64, size: usize) -> String {
+    let digits = format!("{n:0size$}");
+    digits[digits.len().saturating_sub(size)..].to_string()
+}
+
+async fn client(
+    id: usize,
+    args: Arc<Args>,
+    endpoint: Arc<Endpoint>,
+    counts: Arc<Counts>,
+    started: Instant,
+    deadline: Instant,
+) -> (Histogram<u64>, Option<String>) {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let mut rng = Rng(0x5eed ^ id as u64);
+    let value = Bytes::from(vec![b'v'; args.val_size]);
+    let conn = endpoint.conns[id % endpoint.conns.len()].clone();
+    let mut first_error = None;
+    let interval =
+        (args.rate > 0).then(|| Duration::from_secs_f64(args.clients as f64 / args.rate as f64));
+    let mut due = started
+        + interval.map_or(Duration::ZERO, |i| {
+            i.mul_f64(id as f64 / args.clients as f64)
+        });
+    loop {
+        let n = counts.started.fetch_add(1, Ordering::Relaxed);
+        if args.total.is_some_and(|t| n >= t) || args.total.is_none() && Instant::now() >= deadline
+        {
+            break;
+        }
+        if interval.is_some() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let k = if args.sequential_keys {
+            n % args.key_space_size
+        } else {
+            rng.next() % args.key_space_size
+        };
+        let read = (rng.next() % 1_000_000) as f64 / 1_000_000.0 < args.read_ratio;
+        let req = request(
+            &args,
+            &endpoint.authority,
+            &key(k, args.key_size),
+            read,
+            &value,
+        );
+        let sent = if interval.is_some() {
+            due
+        } else {
+            Instant::now()
+        };
+        match send(&conn, &endpoint.authority, req).await {
+            Ok(()) => {
+                let us = sent.elapsed().as_micros() as u64;
+                let _ = hist.record(us.max(1));
+                counts.done.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                counts.errors.fetch_add(1, Ordering::Relaxed);
+                if first_error.is_none() {
+                    first_error = Some(e);
+                }
+            }
+        }
+        if let Some(i) = interval {
+            due += i;
+        }
+    }
+    (hist, first_error)
+}
+
+fn request(
+    args: &Args,
+    authority: &str,
+    key: &str,
+    read: bool,
+    value: &Bytes,
+) -> hyper::Request<Full<Bytes>> {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let serializable = args.consistency == Consistency::S;
+    let (method, path, body, content_type) = match (args.target, read) {
+        (Target::Metcd, false) => ("PUT", format!("/{key}"), value.clone(), None),
+        (Target::Metcd, true) => {
+            let q = if serializable {
+                "?consistency=serializable"
+            } else {
+                ""
+            };
+            ("GET", format!("/{key}{q}"), Bytes::new(), None)
+        }
+        (Target::EtcdV2, false) => {
+            let form = format!("value={}", String::from_utf8_lossy(value));
+            (
+                "PUT",
+                format!("/v2/keys/{key}"),
+                Bytes::from(form),
+                Some("application/x-www-form-urlencoded"),
+            )
+        }
+        (Target::EtcdV2, true) => {
+            let q = if serializable { "" } else { "?quorum=true" };
+            ("GET", format!("/v2/keys/{key}{q}"), Bytes::new(), None)
+        }
+        (Target::EtcdV3, false) => {
+            let body = serde_json::json!({ "key": b64(key.as_bytes()), "value": b64(value) });
+            (
+                "POST",
+                "/v3/kv/put".into(),
+                Bytes::from(body.to_string()),
+                None,
+            )
+        }
+        (Target::EtcdV3, true) => {
+            let body =
+                serde_json::json!({ "key": b64(key.as_bytes()), "serializable": serializable });
+            (
+                "POST",
+                "/v3/kv/range".into(),
+                Bytes::from(body.to_string()),
+                None,
+            )
+        }
+    };
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, authority);
+    if let Some(ct) = content_type {
+        builder = builder.header(hyper::header::CONTENT_TYPE, ct);
+    }
+    builder
+        .body(Full::new(body))
+        .unwrap_or_else(|_| hyper::Request::new(Full::new(Bytes::new())))
+}
+
+/// Sends on the shared connection (reconnecting if needed); 2xx and 404 (a read of a key not
+/// written yet) count as answered, anything else as an error.
+async fn send(
+    conn: &Conn,
+    authority: &str,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<(), String> {
+    let mut slot = conn.lock().await;
+    if slot.as_ref().is_none_or(|s| s.is_closed()) {
+        let tcp = TcpStream::connect(authority)
+            .await
+            .map_err(|e| format!("connect {authority}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        *slot = Some(sender);
+    }
+    let sender = slot.as_mut().ok_or("no connection")?;
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string());
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            *slot = None;
+            return Err(e);
+        }
+    };
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    if status.is_success() || status == hyper::StatusCode::NOT_FOUND {
+        Ok(())
+    } else {
+        Err(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body.to_bytes()).trim()
+        ))
+    }
+}
