@@ -348,6 +348,12 @@ impl Node {
         if self.reads.queued.is_empty() {
             return;
         }
+        // raft-rs silently drops a ReadIndex on a leader that has not yet committed an entry
+        // of its term (it cannot know its commit index is current): hold the reads until then.
+        let raft = &self.raw.raft;
+        if raft.state == StateRole::Leader && !raft.commit_to_current_term() {
+            return;
+        }
         let ctx = self.reads.next_ctx;
         self.reads.next_ctx += 1;
         let waiters = std::mem::take(&mut self.reads.queued);
@@ -854,10 +860,25 @@ impl Node {
     fn sweep(&mut self) {
         self.proposals
             .retain(|_, (_, pending)| !pending.is_closed());
-        let deadline = self.settings.request_timeout;
-        self.reads
+        // A ReadIndex can be lost without an answer (dropped by a leader that was just
+        // elected, or with a message to it): ask again for reads waiting this long. Reads are
+        // idempotent; an answer to the old request finds nobody and is ignored.
+        let retry = self.settings.tick * (self.settings.election_ticks as u32 / 2).max(2);
+        let stale: Vec<u64> = self
+            .reads
             .in_flight
-            .retain(|_, (since, _, _)| since.elapsed() < deadline);
+            .iter()
+            .filter(|(_, (since, _, _))| since.elapsed() >= retry)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in stale {
+            if let Some((_, _, waiters)) = self.reads.in_flight.remove(&ctx) {
+                self.reads
+                    .queued
+                    .extend(waiters.into_iter().filter(|w| !w.is_closed()));
+            }
+        }
+        self.reads.queued.retain(|w| !w.is_closed());
         let now = Instant::now();
         for t in self.transfers.extract_if(.., |t| t.deadline <= now) {
             t.reply.fail(RequestError::TransferTimeout.into());
