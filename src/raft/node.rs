@@ -217,7 +217,12 @@ impl Node {
             shared,
             proposals: HashMap::new(),
             next_seq,
-            reads: Reads::default(),
+            // Also from the clock: a read context must not repeat one the leader still holds
+            // from before this member restarted.
+            reads: Reads {
+                next_ctx: next_seq,
+                ..Reads::default()
+            },
             transfers: Vec::new(),
             leader: 0,
             removed: false,
@@ -361,7 +366,13 @@ impl Node {
         self.reads
             .in_flight
             .insert(ctx, (Instant::now(), term, waiters));
-        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        // The context must be unique across members: the leader keeps pending reads by
+        // context and drops a request whose context it already holds.
+        let id = ProposalId {
+            member: self.settings.id,
+            seq: ctx,
+        };
+        self.raw.read_index(id.encode());
     }
 
     fn on_ready(&mut self) -> Result<(), NodeError> {
@@ -834,10 +845,13 @@ impl Node {
 
     fn confirm_reads(&mut self, states: Vec<raft::ReadState>) {
         for rs in states {
-            let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+            let Some(id) = ProposalId::decode(&rs.request_ctx) else {
                 continue;
             };
-            if let Some((_, _, waiters)) = self.reads.in_flight.remove(&u64::from_be_bytes(ctx)) {
+            if id.member != self.settings.id {
+                continue;
+            }
+            if let Some((_, _, waiters)) = self.reads.in_flight.remove(&id.seq) {
                 self.reads.confirmed.push((rs.index, waiters));
             }
         }
