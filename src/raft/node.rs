@@ -274,13 +274,7 @@ impl Node {
     fn handle(&mut self, input: Input) {
         match input {
             Input::Propose { op, reply } => {
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                let ctx = ProposalId {
-                    member: self.settings.id,
-                    seq,
-                }
-                .encode();
+                let (seq, ctx) = self.next_proposal();
                 match self.raw.propose(ctx, command::encode(&op)) {
                     Ok(()) => {
                         let term = self.raw.raft.term;
@@ -510,6 +504,17 @@ impl Node {
         Ok(())
     }
 
+    /// A fresh proposal id and the entry context carrying it.
+    fn next_proposal(&mut self) -> (u64, Vec<u8>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let ctx = ProposalId {
+            member: self.settings.id,
+            seq,
+        };
+        (seq, ctx.encode())
+    }
+
     fn answer_member_change(&mut self, owner: ProposalId) {
         if owner.member != self.settings.id {
             return;
@@ -593,13 +598,7 @@ impl Node {
             let _ = reply.send(Err(e));
             return;
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let ctx = ProposalId {
-            member: self.settings.id,
-            seq,
-        }
-        .encode();
+        let (seq, ctx) = self.next_proposal();
         match self.raw.propose_conf_change(ctx, change.to_conf_change()) {
             Ok(()) => {
                 info!(?change, "proposed membership change");
