@@ -21,7 +21,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 use super::{
     apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Ctx, Engine,
-    EngineKind, Header, KeyValue, OpResult, Record, Result,
+    EngineKind, Header, KeyValue, OpResult, Record, Result, View,
 };
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -148,6 +148,27 @@ fn to_kv(k: redb::AccessGuard<&[u8]>, v: redb::AccessGuard<&[u8]>) -> Result<Key
     Ok(Record::decode(v.value())?.into_kv(k.value().to_vec()))
 }
 
+struct BtreeView {
+    table: KvTable,
+    counters: Counters,
+}
+
+impl View for BtreeView {
+    fn applied_index(&self) -> u64 {
+        self.counters.applied_index
+    }
+
+    fn write_snapshot(&self, out: &mut dyn Write) -> Result<()> {
+        let iter = self.table.iter().ctx("btree snapshot")?;
+        let records = iter.map(|item| {
+            let (k, v) = item.ctx("btree snapshot")?;
+            to_kv(k, v)
+        });
+        let c = &self.counters;
+        write_snapshot(out, c.applied_index, c.revision, records)
+    }
+}
+
 impl Engine for BtreeEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Btree
@@ -207,15 +228,10 @@ impl Engine for BtreeEngine {
         Ok(())
     }
 
-    fn snapshot(&self, out: &mut dyn Write) -> Result<()> {
+    fn view(&self) -> Result<Box<dyn View>> {
         // One read transaction: the records and the counters are the same commit's.
         let (table, counters) = self.read_view()?;
-        let iter = table.iter().ctx("btree snapshot")?;
-        let records = iter.map(|item| {
-            let (k, v) = item.ctx("btree snapshot")?;
-            to_kv(k, v)
-        });
-        write_snapshot(out, counters.applied_index, counters.revision, records)
+        Ok(Box::new(BtreeView { table, counters }))
     }
 
     fn restore(&self, input: &mut dyn Read) -> Result<()> {

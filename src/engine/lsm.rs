@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 
 use super::{
     apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Ctx, Engine,
-    EngineError, EngineKind, Header, KeyValue, OpResult, Record, Result,
+    EngineError, EngineKind, Header, KeyValue, OpResult, Record, Result, View,
 };
 
 const GENERATION: &str = "generation";
@@ -147,6 +147,24 @@ impl LsmEngine {
     }
 }
 
+struct LsmView {
+    snapshot: fjall::Snapshot,
+    kv: Keyspace,
+    counters: Counters,
+}
+
+impl View for LsmView {
+    fn applied_index(&self) -> u64 {
+        self.counters.applied_index
+    }
+
+    fn write_snapshot(&self, out: &mut dyn Write) -> Result<()> {
+        let c = &self.counters;
+        let records = self.snapshot.iter(&self.kv).map(to_kv);
+        write_snapshot(out, c.applied_index, c.revision, records)
+    }
+}
+
 impl Engine for LsmEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Lsm
@@ -192,20 +210,19 @@ impl Engine for LsmEngine {
         self.db.persist(PersistMode::SyncAll).ctx("lsm persist")
     }
 
-    fn snapshot(&self, out: &mut dyn Write) -> Result<()> {
+    fn view(&self) -> Result<Box<dyn View>> {
         // One fjall snapshot: the records and the counters are the same batch's.
-        let view = self.db.snapshot();
-        let (counters, generation) = read_meta(&view, &self.meta)?;
+        let snapshot = self.db.snapshot();
+        let (counters, generation) = read_meta(&snapshot, &self.meta)?;
         let kv = self
             .db
             .keyspace(&kv_name(generation), KeyspaceCreateOptions::default)
             .ctx("lsm snapshot")?;
-        write_snapshot(
-            out,
-            counters.applied_index,
-            counters.revision,
-            view.iter(&kv).map(to_kv),
-        )
+        Ok(Box::new(LsmView {
+            snapshot,
+            kv,
+            counters,
+        }))
     }
 
     fn restore(&self, input: &mut dyn Read) -> Result<()> {

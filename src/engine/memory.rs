@@ -9,7 +9,7 @@ use parking_lot::RwLock;
 
 use super::{
     apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Engine,
-    EngineKind, Header, KeyValue, OpResult, Record, Result,
+    EngineKind, Header, KeyValue, OpResult, Record, Result, View,
 };
 
 #[derive(Default)]
@@ -41,6 +41,26 @@ impl ApplyTarget for BTreeMap<Vec<u8>, Record> {
 
     fn delete(&mut self, key: &[u8]) -> Result<bool> {
         Ok(self.remove(key).is_some())
+    }
+}
+
+struct MemoryView {
+    map: BTreeMap<Vec<u8>, Record>,
+    counters: Counters,
+}
+
+impl View for MemoryView {
+    fn applied_index(&self) -> u64 {
+        self.counters.applied_index
+    }
+
+    fn write_snapshot(&self, out: &mut dyn Write) -> Result<()> {
+        let records = self
+            .map
+            .iter()
+            .map(|(k, r)| Ok(r.clone().into_kv(k.clone())));
+        let c = &self.counters;
+        write_snapshot(out, c.applied_index, c.revision, records)
     }
 }
 
@@ -78,19 +98,17 @@ impl Engine for MemoryEngine {
         self.state.read().counters
     }
 
-    fn snapshot(&self, out: &mut dyn Write) -> Result<()> {
-        // The read lock is the consistent view; only the applier waits, readers do not.
+    fn keeps_state(&self) -> bool {
+        false
+    }
+
+    fn view(&self) -> Result<Box<dyn View>> {
+        // A copy: the owner pays O(keys) once, the writing happens elsewhere.
         let state = self.state.read();
-        let records = state
-            .map
-            .iter()
-            .map(|(k, r)| Ok(r.clone().into_kv(k.clone())));
-        write_snapshot(
-            out,
-            state.counters.applied_index,
-            state.counters.revision,
-            records,
-        )
+        Ok(Box::new(MemoryView {
+            map: state.map.clone(),
+            counters: state.counters,
+        }))
     }
 
     fn restore(&self, input: &mut dyn Read) -> Result<()> {

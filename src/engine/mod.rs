@@ -308,10 +308,28 @@ pub trait Engine: Send + Sync {
     fn persist(&self) -> Result<()> {
         Ok(())
     }
+    /// Whether the engine's own files hold its state across restarts (durably once
+    /// [`Engine::persist`] returns). If not, a snapshot file is its only durable copy.
+    fn keeps_state(&self) -> bool {
+        true
+    }
+    /// A consistent read-only view as of the current applied index. Cheap: taken in the
+    /// owner between two applies, then written out elsewhere while applying goes on.
+    fn view(&self) -> Result<Box<dyn View>>;
     /// Streams a consistent view in the engine-neutral format.
-    fn snapshot(&self, out: &mut dyn Write) -> Result<()>;
+    fn snapshot(&self, out: &mut dyn Write) -> Result<()> {
+        self.view()?.write_snapshot(out)
+    }
     /// Replaces all contents (and the applied index and revision) with a snapshot's.
     fn restore(&self, input: &mut dyn Read) -> Result<()>;
+}
+
+/// A frozen state of an engine (a read transaction, an LSM snapshot, a copy), sendable to
+/// the thread that writes it out.
+pub trait View: Send {
+    fn applied_index(&self) -> u64;
+    /// Streams this state in the engine-neutral snapshot format.
+    fn write_snapshot(&self, out: &mut dyn Write) -> Result<()>;
 }
 
 /// The storage operations one apply batch needs; each engine implements it over its own

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -169,6 +169,18 @@ pub struct Node {
     leader: u64,
     /// Set when this member applies its own removal.
     removed: bool,
+    /// The snapshot file being written, at most one.
+    snapshot_job: Option<SnapshotJob>,
+}
+
+/// A snapshot whose file a background thread is writing from a frozen engine view.
+struct SnapshotJob {
+    meta: SnapshotMetadata,
+    /// The membership as of `meta.index`.
+    membership: Membership,
+    started: Instant,
+    /// The writer's outcome; checked every loop round (at least once a tick).
+    done: Receiver<Result<(), SnapshotError>>,
 }
 
 impl Node {
@@ -226,6 +238,7 @@ impl Node {
             transfers: Vec::new(),
             leader: 0,
             removed: false,
+            snapshot_job: None,
         })
     }
 
@@ -261,6 +274,7 @@ impl Node {
             if self.raw.has_ready() {
                 self.on_ready()?;
             }
+            self.poll_snapshot_job()?;
             if self.removed {
                 info!(
                     id = self.settings.id,
@@ -380,10 +394,11 @@ impl Node {
         if !rd.snapshot().is_empty() {
             self.install_snapshot(rd.snapshot())?;
         }
-        // 3. entries + hard state, one synced write
+        // 3. entries + hard state, one write; synced unless only the commit index moved
         let started = Instant::now();
         crash_point!("before_log_sync");
-        if self.raw.mut_store().append(rd.entries(), rd.hs())? {
+        let sync = rd.must_sync();
+        if self.raw.mut_store().append(rd.entries(), rd.hs(), sync)? {
             self.shared
                 .metrics
                 .log_sync
@@ -898,48 +913,125 @@ impl Node {
         }
     }
 
-    /// After `snapshot_count` entries: snapshot the engine at its applied index, make it
-    /// durable, record it, and only then compact the log, keeping a catch-up tail.
-    /// `wanted`: a member needs a snapshot newer than the last one (it joined since).
+    /// After `snapshot_count` entries: make the engine durable at its applied index, record
+    /// a snapshot there, and only then compact the log, keeping a catch-up tail.
+    ///
+    /// An engine that keeps its own files (btree, lsm) needs no snapshot file for that, as
+    /// in etcd: a file is written only when `wanted` (raft needs one to send to a member
+    /// that is too far behind or joined since). The memory engine's file is its only durable
+    /// copy, so it writes one every time. A file is written on a background thread from a
+    /// frozen view of the engine, so applying goes on meanwhile; the snapshot is recorded
+    /// (and the log compacted) once the file is durable.
     fn maybe_snapshot(&mut self, wanted: bool) -> Result<(), NodeError> {
-        let applied = self.engine.applied_index();
-        let last = self.raw.store().snapshot_metadata().index;
-        let due = applied >= last + self.settings.snapshot_count;
-        if wanted && applied <= last {
-            // Not yet past the newest snapshot: ask again after the next apply.
-            self.raw.store().want_snapshot();
+        if self.snapshot_job.is_some() {
+            if wanted {
+                // Asked again once this one is done.
+                self.raw.store().want_snapshot();
+            }
+            return Ok(());
         }
-        if !(due || wanted && applied > last) {
+        let applied = self.engine.applied_index();
+        let store = self.raw.store();
+        let due = applied >= store.snapshot_metadata().index + self.settings.snapshot_count;
+        // A file that the log continues from and that includes every current member serves
+        // any member; another one would be the same.
+        let wanted = wanted && !store.sendable_is_current();
+        if !due && !wanted {
             return Ok(());
         }
         let started = Instant::now();
-        let term = self.raw.store().term(applied)?;
-        crash_point!("before_snapshot_save");
-        self.snaps.create(self.engine.as_ref(), term, applied)?;
-        // The log is about to be compacted behind this index: the engine must hold it durably.
-        self.engine.persist()?;
+        let term = store.term(applied)?;
         let meta = SnapshotMetadata {
             index: applied,
             term,
-            conf_state: Some(self.raw.store().conf_state().clone()).into(),
+            conf_state: Some(store.conf_state().clone()).into(),
             ..Default::default()
         };
-        self.raw.mut_store().record_snapshot(meta)?;
+        let membership = store.membership().clone();
+        crash_point!("before_snapshot_save");
+        // The log is about to be compacted behind this index: the engine must hold it durably.
+        self.engine.persist()?;
+        if !wanted && self.engine.keeps_state() {
+            return self.record_snapshot(meta, membership, started, false);
+        }
+        let view = self.engine.view()?;
+        let snaps = self.snaps.clone();
+        let (tx, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                let written = snaps.write_view(view.as_ref(), term).map(|_| ());
+                let _ = tx.send(written);
+            })
+            .map_err(|e| SnapshotError::Io {
+                path: self.snaps.path(term, applied),
+                source: e,
+            })?;
+        self.snapshot_job = Some(SnapshotJob {
+            meta,
+            membership,
+            started,
+            done,
+        });
+        Ok(())
+    }
+
+    /// Records the background snapshot once its file is durable. A file that could not be
+    /// written stops the member, like a failed log write.
+    fn poll_snapshot_job(&mut self) -> Result<(), NodeError> {
+        let Some(job) = &self.snapshot_job else {
+            return Ok(());
+        };
+        let written = match job.done.try_recv() {
+            Ok(written) => written,
+            Err(TryRecvError::Empty) => return Ok(()),
+            Err(TryRecvError::Disconnected) => Err(SnapshotError::Io {
+                path: self.snaps.path(job.meta.term, job.meta.index),
+                source: std::io::Error::other("the snapshot writer thread died"),
+            }),
+        };
+        let Some(job) = self.snapshot_job.take() else {
+            return Ok(());
+        };
+        written?;
+        if job.meta.index < self.raw.store().snapshot_metadata().index {
+            // A leader's snapshot was installed meanwhile; this one is older.
+            self.snaps.gc();
+            return Ok(());
+        }
+        self.record_snapshot(job.meta, job.membership, job.started, true)
+    }
+
+    fn record_snapshot(
+        &mut self,
+        meta: SnapshotMetadata,
+        membership: Membership,
+        started: Instant,
+        file: bool,
+    ) -> Result<(), NodeError> {
+        let (index, term) = (meta.index, meta.term);
+        let store = self.raw.mut_store();
+        store.record_snapshot(meta.clone(), &membership)?;
+        if file {
+            store.set_sendable(meta, membership);
+        }
         crash_point!("after_snapshot_save");
-        let compact_to = applied.saturating_sub(self.settings.catch_up_entries);
+        let compact_to = index.saturating_sub(self.settings.catch_up_entries);
         if compact_to > 1 {
             crash_point!("before_compact");
             self.raw.mut_store().compact(compact_to)?;
             crash_point!("after_compact");
         }
-        self.snaps.gc();
+        if file {
+            self.snaps.gc();
+        }
         let metrics = &self.shared.metrics;
         metrics.snapshots_saved.fetch_add(1, Relaxed);
         metrics.snapshot_save.observe_duration(started.elapsed());
         let ms = started.elapsed().as_millis() as u64;
         info!(
-            index = applied,
-            term, compact_to, ms, "snapshot saved, log compacted"
+            index,
+            term, compact_to, file, ms, "snapshot saved, log compacted"
         );
         Ok(())
     }

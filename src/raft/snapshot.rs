@@ -8,7 +8,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, View};
 
 const KEEP: usize = 2;
 
@@ -59,28 +59,38 @@ impl SnapshotStore {
         self.dir.join(format!("{term:016x}-{index:016x}.{tag}.tmp"))
     }
 
-    /// Writes the engine's state at `index` (its applied index) and makes it durable.
+    /// Writes the engine's state at its applied index, `index`, and makes it durable.
     pub fn create(
         &self,
         engine: &dyn Engine,
         term: u64,
         index: u64,
     ) -> Result<PathBuf, SnapshotError> {
+        let view = engine.view()?;
+        if view.applied_index() != index {
+            return Err(SnapshotError::Mismatch {
+                index,
+                applied: view.applied_index(),
+            });
+        }
+        self.write_view(view.as_ref(), term)
+    }
+
+    /// Writes a view (at its applied index, in `term`) to a file and makes it durable. Runs
+    /// off the owner thread: the view is frozen, the engine goes on.
+    pub fn write_view(&self, view: &dyn View, term: u64) -> Result<PathBuf, SnapshotError> {
+        let index = view.applied_index();
         let tmp = self.temp_path(term, index, "local");
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        engine.snapshot(&mut out)?;
+        if let Err(e) = view.write_snapshot(&mut out) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
         let file = out.into_inner().map_err(|e| SnapshotError::Io {
             path: tmp.clone(),
             source: e.into_error(),
         })?;
-        if engine.applied_index() != index {
-            let _ = fs::remove_file(&tmp);
-            return Err(SnapshotError::Mismatch {
-                index,
-                applied: engine.applied_index(),
-            });
-        }
         self.commit(file, &tmp, term, index)
     }
 

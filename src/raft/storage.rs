@@ -68,13 +68,72 @@ pub struct LogStore {
     conf_state: ConfState,
     membership: Membership,
     snapshot: SnapshotMetadata,
-    /// The membership as of `snapshot`; sent with it.
-    snapshot_membership: Membership,
+    /// The newest snapshot whose file is here, with the membership as of it: what raft
+    /// sends a member that is too far behind. Not kept across restarts (a persistent engine
+    /// records snapshots without writing files); the owner writes a fresh one when asked.
+    sendable: Option<(SnapshotMetadata, Membership)>,
     /// Set when raft asked for a snapshot for a member the newest one does not include
     /// (a member added since): the owner then takes a fresh one.
     snapshot_wanted: AtomicBool,
     /// Synced appends since start: with group commit, far fewer than entries appended.
     syncs: u64,
+    /// Terms of the entries appended since open, as runs: raft asks `term()` on every
+    /// append and commit check, and a lookup in raft-engine decodes the entry.
+    terms: TermRuns,
+}
+
+/// The terms of log entries `from..` as (first index, term) runs, one per term; terms change
+/// rarely, so this stays a handful of pairs.
+#[derive(Default)]
+struct TermRuns {
+    from: u64,
+    runs: Vec<(u64, u64)>,
+}
+
+impl TermRuns {
+    fn starting_at(from: u64) -> Self {
+        TermRuns {
+            from,
+            runs: Vec::new(),
+        }
+    }
+
+    /// Entries from `entries[0].index` on replace what was there (a leader may overwrite an
+    /// uncommitted tail).
+    fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        if first.index < self.from || self.runs.is_empty() {
+            *self = TermRuns::starting_at(first.index);
+        }
+        self.runs.retain(|&(start, _)| start < first.index);
+        for e in entries {
+            if self.runs.last().is_none_or(|&(_, t)| t != e.term) {
+                self.runs.push((e.index, e.term));
+            }
+        }
+    }
+
+    /// Forgets entries below `index`.
+    fn compact(&mut self, index: u64) {
+        while self.runs.len() >= 2 && self.runs[1].0 <= index {
+            self.runs.remove(0);
+        }
+        if let Some(run) = self.runs.first_mut() {
+            run.0 = run.0.max(index);
+        }
+        self.from = self.from.max(index);
+    }
+
+    /// The term of `index`, if it is in the covered range (the caller checks it is in the log).
+    fn get(&self, index: u64) -> Option<u64> {
+        if index < self.from {
+            return None;
+        }
+        let i = self.runs.partition_point(|&(start, _)| start <= index);
+        i.checked_sub(1).map(|i| self.runs[i].1)
+    }
 }
 
 fn storage_err(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
@@ -107,16 +166,16 @@ impl LogStore {
             }
         };
         let membership = read_membership(KEY_MEMBERSHIP)?;
-        let snapshot_membership = read_membership(KEY_SNAPSHOT_MEMBERSHIP)?;
         Ok(LogStore {
             engine,
             hard_state,
             conf_state,
             membership,
             snapshot,
-            snapshot_membership,
+            sendable: None,
             snapshot_wanted: AtomicBool::new(false),
             syncs: 0,
+            terms: TermRuns::starting_at(u64::MAX),
         })
     }
 
@@ -188,7 +247,8 @@ impl LogStore {
         batch.put_message(META, KEY_HARD_STATE.to_vec(), &hs)?;
         self.engine.write(&mut batch, true)?;
         self.conf_state = conf_state;
-        self.snapshot_membership = membership.clone();
+        // The caller wrote this snapshot's (empty) file first.
+        self.sendable = Some((meta.clone(), membership.clone()));
         self.membership = membership;
         self.snapshot = meta;
         self.hard_state = hs;
@@ -241,12 +301,14 @@ impl LogStore {
         self.syncs
     }
 
-    /// Appends a Ready's entries and hard state in one synced batch; false if there was
-    /// nothing to write.
+    /// Appends a Ready's entries and hard state in one batch, synced when `sync` (raft's
+    /// `must_sync`: new entries, term or vote). A change of the commit index alone is written
+    /// unsynced, as in [`Self::set_commit`]. Returns whether a synced write happened.
     pub fn append(
         &mut self,
         entries: &[Entry],
         hard_state: Option<&HardState>,
+        sync: bool,
     ) -> Result<bool, LogError> {
         let mut batch = LogBatch::default();
         batch.add_entries::<EntryExt>(LOG, entries)?;
@@ -256,12 +318,16 @@ impl LogStore {
         if batch.is_empty() {
             return Ok(false);
         }
-        self.engine.write(&mut batch, true)?;
-        self.syncs += 1;
+        let sync = sync || !entries.is_empty();
+        self.engine.write(&mut batch, sync)?;
+        self.terms.append(entries);
+        if sync {
+            self.syncs += 1;
+        }
         if let Some(hs) = hard_state {
             self.hard_state = hs.clone();
         }
-        Ok(true)
+        Ok(sync)
     }
 
     /// Raises the commit index to what the engine has applied, which was committed (only
@@ -305,20 +371,33 @@ impl LogStore {
         Ok(())
     }
 
-    /// Records a snapshot taken locally at the applied index; its file must already be
-    /// durable. The current membership is the membership as of that index.
-    pub fn record_snapshot(&mut self, meta: SnapshotMetadata) -> Result<(), LogError> {
+    /// Records a snapshot taken locally at an applied index, with the membership as of it.
+    /// The state it names must already be durable: in the engine's own files, or in a
+    /// snapshot file.
+    pub fn record_snapshot(
+        &mut self,
+        meta: SnapshotMetadata,
+        membership: &Membership,
+    ) -> Result<(), LogError> {
         let mut batch = LogBatch::default();
         batch.put_message(META, KEY_SNAPSHOT.to_vec(), &meta)?;
-        batch.put(
-            META,
-            KEY_SNAPSHOT_MEMBERSHIP.to_vec(),
-            self.membership.encode(),
-        )?;
+        batch.put(META, KEY_SNAPSHOT_MEMBERSHIP.to_vec(), membership.encode())?;
         self.engine.write(&mut batch, true)?;
         self.snapshot = meta;
-        self.snapshot_membership = self.membership.clone();
         Ok(())
+    }
+
+    /// Whether the sendable file serves every member: the log continues from it and it
+    /// includes every current member.
+    pub fn sendable_is_current(&self) -> bool {
+        self.sendable.as_ref().is_some_and(|(meta, _)| {
+            meta.index + 1 >= self.first() && meta.get_conf_state() == &self.conf_state
+        })
+    }
+
+    /// A snapshot file is complete and durable: offer it to members that need one.
+    pub fn set_sendable(&mut self, meta: SnapshotMetadata, membership: Membership) {
+        self.sendable = Some((meta, membership));
     }
 
     /// Installs a snapshot received from the leader: the whole log is replaced by it, in one
@@ -339,10 +418,12 @@ impl LogStore {
         batch.put(META, KEY_MEMBERSHIP.to_vec(), membership.encode())?;
         batch.put(META, KEY_SNAPSHOT_MEMBERSHIP.to_vec(), membership.encode())?;
         self.engine.write(&mut batch, true)?;
+        self.terms = TermRuns::starting_at(meta.index + 1);
+        let meta_sent = meta.clone();
         self.conf_state = meta.get_conf_state().clone();
         self.snapshot = meta;
         self.hard_state = hs;
-        self.snapshot_membership = membership.clone();
+        self.sendable = Some((meta_sent, membership.clone()));
         self.membership = membership;
         Ok(())
     }
@@ -351,6 +432,7 @@ impl LogStore {
     pub fn compact(&mut self, index: u64) -> Result<(), LogError> {
         debug_assert!(index <= self.snapshot.index + 1);
         self.engine.compact_to(LOG, index);
+        self.terms.compact(index);
         self.engine.purge_expired_files()?;
         Ok(())
     }
@@ -405,6 +487,9 @@ impl raft::Storage for LogStore {
         if idx > self.last() {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
+        if let Some(term) = self.terms.get(idx) {
+            return Ok(term);
+        }
         match self
             .engine
             .get_entry::<EntryExt>(LOG, idx)
@@ -423,22 +508,26 @@ impl raft::Storage for LogStore {
         Ok(self.last())
     }
 
-    /// The newest durable snapshot's metadata, with the membership as of it as data; the
-    /// state itself is a file the transport streams in chunks, found by (term, index). A
-    /// member the snapshot does not include (added since) cannot restore it: the owner is
-    /// asked for a fresh one and raft retries.
+    /// The newest snapshot file's metadata, with the membership as of it as data; the state
+    /// itself is the file, which the transport streams in chunks, found by (term, index).
+    /// Without a file that the log continues from and that includes `to` (a member added
+    /// since), the owner is asked for a fresh one and raft retries.
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        let cs = self.snapshot.get_conf_state();
-        let includes_to = cs.voters.contains(&to) || cs.learners.contains(&to);
-        if self.snapshot.index < request_index || !includes_to {
+        let usable = self.sendable.as_ref().filter(|(meta, _)| {
+            let cs = meta.get_conf_state();
+            meta.index >= request_index
+                && meta.index + 1 >= self.first()
+                && (cs.voters.contains(&to) || cs.learners.contains(&to))
+        });
+        let Some((meta, membership)) = usable else {
             self.snapshot_wanted.store(true, Ordering::Relaxed);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
-        }
+        };
         let mut snap = Snapshot::default();
-        snap.set_metadata(self.snapshot.clone());
-        snap.data = self.snapshot_membership.encode().into();
+        snap.set_metadata(meta.clone());
+        snap.data = membership.encode().into();
         Ok(snap)
     }
 }
@@ -468,9 +557,9 @@ mod tests {
             commit: 8,
             ..Default::default()
         };
-        s.append(&ents, Some(&hs)).unwrap();
+        s.append(&ents, Some(&hs), true).unwrap();
         // A conflicting suffix replaces the tail.
-        s.append(&[entry(9, 2)], None).unwrap();
+        s.append(&[entry(9, 2)], None, true).unwrap();
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 9));
         assert_eq!(s.term(9).unwrap(), 2);
         let meta = SnapshotMetadata {
@@ -478,7 +567,7 @@ mod tests {
             term: 1,
             ..Default::default()
         };
-        s.record_snapshot(meta).unwrap();
+        s.record_snapshot(meta, &Membership::default()).unwrap();
         s.compact(5).unwrap();
         assert_eq!(s.first_index().unwrap(), 5);
         assert!(s
@@ -498,11 +587,20 @@ mod tests {
         let meta = SnapshotMetadata {
             index: 20,
             term: 3,
+            conf_state: Some(ConfState {
+                voters: vec![1],
+                ..Default::default()
+            })
+            .into(),
             ..Default::default()
         };
         let mut m = Membership::default();
         m.removed.insert(9);
         s.install_snapshot(meta, m.clone()).unwrap();
+        // The received file is offered to members it includes.
+        assert_eq!(s.snapshot(0, 1).unwrap().get_metadata().index, 20);
+        assert!(s.snapshot(0, 2).is_err(), "member 2 is not in it");
+        assert!(s.take_snapshot_wanted());
         assert_eq!(
             (
                 s.first_index().unwrap(),
@@ -511,7 +609,7 @@ mod tests {
             ),
             (21, 20, 3)
         );
-        s.append(&[entry(21, 3)], None).unwrap();
+        s.append(&[entry(21, 3)], None, true).unwrap();
         drop(s);
         let s = LogStore::open(dir.path()).unwrap();
         assert_eq!(
@@ -520,13 +618,60 @@ mod tests {
         );
         assert_eq!(s.hard_state().commit, 20);
         assert_eq!(s.membership(), &m);
-        let snap = s.snapshot(0, 0);
+        let snap = s.snapshot(0, 1);
         assert!(
             snap.is_err(),
-            "member 0 is not in the snapshot's conf state"
+            "after a restart no file is known to be sendable until the owner writes one"
         );
         assert!(s.take_snapshot_wanted());
         assert!(!s.take_snapshot_wanted());
+    }
+
+    #[test]
+    fn term_runs_match_a_plain_map() {
+        use std::collections::BTreeMap;
+        let mut runs = TermRuns::starting_at(u64::MAX);
+        let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut term = 1;
+        for _ in 0..2_000 {
+            let last = model.keys().next_back().copied().unwrap_or(0);
+            let first = model.keys().next().copied().unwrap_or(1);
+            match rand(10) {
+                0 => {
+                    let to = first + rand(last.saturating_sub(first) + 1);
+                    runs.compact(to);
+                    model.retain(|&i, _| i >= to);
+                }
+                r => {
+                    // Append after the end, or overwrite an uncommitted tail.
+                    let start = if r == 1 && last > first {
+                        last - rand(last - first)
+                    } else {
+                        last + 1
+                    };
+                    term += rand(2);
+                    let ents: Vec<Entry> = (start..start + 1 + rand(5))
+                        .map(|i| entry(i, term))
+                        .collect();
+                    model.retain(|&i, _| i < start);
+                    model.extend(ents.iter().map(|e| (e.index, e.term)));
+                    runs.append(&ents);
+                }
+            }
+            for (&i, &t) in &model {
+                assert_eq!(runs.get(i).unwrap_or(t), t, "index {i}");
+            }
+            if let Some((&i, &t)) = model.iter().next_back() {
+                assert_eq!(runs.get(i), Some(t), "the newest entry is always cached");
+            }
+        }
     }
 
     #[test]
