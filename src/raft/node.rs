@@ -179,6 +179,8 @@ struct SnapshotJob {
     /// The membership as of `meta.index`.
     membership: Membership,
     started: Instant,
+    /// Whether a file is being written (else only the engine is made durable).
+    file: bool,
     /// The writer's outcome; checked every loop round (at least once a tick).
     done: Receiver<Result<(), SnapshotError>>,
 }
@@ -919,9 +921,9 @@ impl Node {
     /// An engine that keeps its own files (btree, lsm) needs no snapshot file for that, as
     /// in etcd: a file is written only when `wanted` (raft needs one to send to a member
     /// that is too far behind or joined since). The memory engine's file is its only durable
-    /// copy, so it writes one every time. A file is written on a background thread from a
-    /// frozen view of the engine, so applying goes on meanwhile; the snapshot is recorded
-    /// (and the log compacted) once the file is durable.
+    /// copy, so it writes one every time. Both the engine's durable commit and the file (from
+    /// a frozen view of the engine) happen on a background thread, so applying goes on
+    /// meanwhile; the snapshot is recorded (and the log compacted) once they are done.
     fn maybe_snapshot(&mut self, wanted: bool) -> Result<(), NodeError> {
         if self.snapshot_job.is_some() {
             if wanted {
@@ -949,18 +951,27 @@ impl Node {
         };
         let membership = store.membership().clone();
         crash_point!("before_snapshot_save");
-        // The log is about to be compacted behind this index: the engine must hold it durably.
-        self.engine.persist()?;
-        if !wanted && self.engine.keeps_state() {
-            return self.record_snapshot(meta, membership, started, false);
-        }
-        let view = self.engine.view()?;
-        let snaps = self.snaps.clone();
+        let file = wanted || !self.engine.keeps_state();
+        let view = if file {
+            Some(self.engine.view()?)
+        } else {
+            None
+        };
+        let (engine, snaps) = (self.engine.clone(), self.snaps.clone());
         let (tx, done) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
-                let written = snaps.write_view(view.as_ref(), term).map(|_| ());
+                // The log is compacted behind this index once recorded: the engine must hold
+                // it durably (persist covers everything applied so far, so at least `applied`).
+                let written =
+                    engine
+                        .persist()
+                        .map_err(SnapshotError::from)
+                        .and_then(|()| match view {
+                            Some(view) => snaps.write_view(view.as_ref(), term).map(|_| ()),
+                            None => Ok(()),
+                        });
                 let _ = tx.send(written);
             })
             .map_err(|e| SnapshotError::Io {
@@ -971,6 +982,7 @@ impl Node {
             meta,
             membership,
             started,
+            file,
             done,
         });
         Ok(())
@@ -999,7 +1011,7 @@ impl Node {
             self.snaps.gc();
             return Ok(());
         }
-        self.record_snapshot(job.meta, job.membership, job.started, true)
+        self.record_snapshot(job.meta, job.membership, job.started, job.file)
     }
 
     fn record_snapshot(
