@@ -40,10 +40,10 @@ use super::{
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "generation";
-const DURABLE_EVERY: Duration = Duration::from_secs(1);
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
+const DURABLE_EVERY: Duration = Duration::from_secs(10);
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
 /// Changes in the overlay that wake the flusher before its period is up.
-const FLUSH_AT: usize = 10_000;
+const FLUSH_AT: usize = 20_000;
 /// Changes in the overlay beyond which apply flushes itself: bounds the overlay's memory
 /// when redb cannot keep up.
 const PENDING_MAX: usize = 200_000;
