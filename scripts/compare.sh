@@ -93,7 +93,7 @@ for r in $(seq 1 "$rounds"); do
       system=${systems[$(( (n + k) % 3 ))]}
       # shellcheck disable=SC2046
       run "$system" "$c.$system.r$r" $(case_args "$c")
-      printf '%-9s %-8s round %d: %s\n' "$c" "$system" "$r" "$(head -1 "$work/results/$c.$system.r$r.txt")"
+      printf '%-9s %-8s round %d: %s\n' "$c" "$system" "$r" "$(grep -m1 '^requests' "$work/results/$c.$system.r$r.txt")"
     done
     n=$((n + 1))
   done

@@ -270,7 +270,8 @@ impl Inner {
         let mut state = self.flush.lock();
         let (changes, counters, generation) = {
             let mut o = self.overlay.write();
-            if o.active.is_empty() && !durable && !state.dirty {
+            let durable_due = state.dirty && state.last_durable.elapsed() >= DURABLE_EVERY;
+            if o.active.is_empty() && !durable && !durable_due {
                 return Ok(());
             }
             let changes = Arc::new(std::mem::take(&mut o.active));
@@ -442,6 +443,9 @@ impl Engine for BtreeEngine {
     }
 
     fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>> {
+        if super::empty_range(start, end) {
+            return Ok(Vec::new());
+        }
         let (table, over) = {
             let o = self.inner.overlay.read();
             (self.inner.table(&o)?, o.range(start, end))

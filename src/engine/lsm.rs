@@ -178,6 +178,9 @@ impl Engine for LsmEngine {
     }
 
     fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>> {
+        if super::empty_range(start, end) {
+            return Ok(Vec::new());
+        }
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         self.kv()
             .range::<&[u8], _>((Bound::Included(start), upper))

@@ -79,6 +79,9 @@ impl Engine for MemoryEngine {
     }
 
     fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>> {
+        if super::empty_range(start, end) {
+            return Ok(Vec::new());
+        }
         let state = self.state.read();
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         let range = state.map.range::<[u8], _>((Bound::Included(start), upper));

@@ -22,7 +22,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::RwLock;
 use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChange, ConfChangeV2, Entry, EntryType, MessageType, Snapshot, SnapshotMetadata,
+    ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMetadata,
 };
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use tokio::sync::{oneshot, watch};
@@ -40,6 +40,10 @@ use crate::metrics::Metrics;
 
 /// Inputs handled between two Readies at most; bounds the latency of one round.
 const MAX_INPUTS_PER_ROUND: usize = 4096;
+/// Client writes proposed in one raft message at most, by count and by size (a message must
+/// stay well inside the transport's frame limit; one write alone may reach the request limit).
+const MAX_WRITES_PER_PROPOSAL: usize = 1024;
+const MAX_BYTES_PER_PROPOSAL: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -171,6 +175,10 @@ pub struct Node {
     removed: bool,
     /// The snapshot file being written, at most one.
     snapshot_job: Option<SnapshotJob>,
+    /// Client writes received this round, not yet proposed: (proposal id, entry, caller).
+    writes: Vec<(u64, Entry, Reply<OpResult>)>,
+    /// Their data's size.
+    writes_bytes: usize,
 }
 
 /// A snapshot whose file a background thread is writing from a frozen engine view.
@@ -241,6 +249,8 @@ impl Node {
             leader: 0,
             removed: false,
             snapshot_job: None,
+            writes: Vec::new(),
+            writes_bytes: 0,
         })
     }
 
@@ -272,6 +282,7 @@ impl Node {
                 self.sweep();
                 self.promote_caught_up_learners();
             }
+            self.propose_writes();
             self.issue_read_index();
             if self.raw.has_ready() {
                 self.on_ready()?;
@@ -291,20 +302,31 @@ impl Node {
         match input {
             Input::Propose { op, reply } => {
                 let (seq, ctx) = self.next_proposal();
-                match self.raw.propose(ctx, command::encode(&op)) {
-                    Ok(()) => {
-                        let term = self.raw.raft.term;
-                        self.proposals.insert(seq, (term, Pending::Write(reply)));
-                    }
-                    Err(_) => {
-                        self.shared.metrics.proposals_failed.fetch_add(1, Relaxed);
-                        let _ = reply.send(Err(self.why_dropped()));
-                    }
+                let entry = Entry {
+                    data: command::encode(&op).into(),
+                    context: ctx.into(),
+                    ..Default::default()
+                };
+                self.writes_bytes += entry.data.len();
+                self.writes.push((seq, entry, reply));
+                if self.writes.len() >= MAX_WRITES_PER_PROPOSAL
+                    || self.writes_bytes >= MAX_BYTES_PER_PROPOSAL
+                {
+                    self.propose_writes();
                 }
             }
-            Input::ChangeMembers { change, reply } => self.change_members(change, reply),
-            Input::TransferLeader { to, reply } => self.transfer_leader(to, reply),
-            Input::HandOff(reply) => self.hand_off(reply),
+            Input::ChangeMembers { change, reply } => {
+                self.propose_writes();
+                self.change_members(change, reply)
+            }
+            Input::TransferLeader { to, reply } => {
+                self.propose_writes();
+                self.transfer_leader(to, reply)
+            }
+            Input::HandOff(reply) => {
+                self.propose_writes();
+                self.hand_off(reply)
+            }
             Input::Removed => {
                 warn!("a peer answered 410 Gone: this member was removed from the cluster");
                 self.removed = true;
@@ -519,6 +541,46 @@ impl Node {
             std::mem::replace(rev, now) != now
         });
         Ok(())
+    }
+
+    /// Proposes the writes queued this round as one raft message: the leader appends them
+    /// and broadcasts once, and a follower forwards them to the leader in one message, instead
+    /// of one append broadcast (and its responses) per write.
+    fn propose_writes(&mut self) {
+        if self.writes.is_empty() {
+            return;
+        }
+        let writes = std::mem::take(&mut self.writes);
+        self.writes_bytes = 0;
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.settings.id;
+        let mut replies = Vec::with_capacity(writes.len());
+        let entries: Vec<Entry> = writes
+            .into_iter()
+            .map(|(seq, entry, reply)| {
+                replies.push((seq, reply));
+                entry
+            })
+            .collect();
+        m.set_entries(entries.into());
+        // What `RawNode::propose` does for one entry.
+        match self.raw.raft.step(m) {
+            Ok(()) => {
+                let term = self.raw.raft.term;
+                for (seq, reply) in replies {
+                    self.proposals.insert(seq, (term, Pending::Write(reply)));
+                }
+            }
+            Err(_) => {
+                let why = self.why_dropped();
+                let metrics = &self.shared.metrics;
+                for (_, reply) in replies {
+                    metrics.proposals_failed.fetch_add(1, Relaxed);
+                    let _ = reply.send(Err(why.clone()));
+                }
+            }
+        }
     }
 
     /// A fresh proposal id and the entry context carrying it.
@@ -1005,12 +1067,16 @@ impl Node {
         let Some(job) = self.snapshot_job.take() else {
             return Ok(());
         };
-        written?;
         if job.meta.index < self.raw.store().snapshot_metadata().index {
-            // A leader's snapshot was installed meanwhile; this one is older.
+            // A leader's snapshot was installed meanwhile; this one is older (and its view
+            // may have failed because the restore replaced what it was reading).
+            if let Err(e) = written {
+                info!(error = %e, index = job.meta.index, "superseded snapshot failed");
+            }
             self.snaps.gc();
             return Ok(());
         }
+        written?;
         self.record_snapshot(job.meta, job.membership, job.started, job.file)
     }
 

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# A/B of metcd builds under random PUTs, alternating the builds in each round:
+#   scripts/ab-put.sh ROUNDS BINARY...      (ENGINE=btree, SECS=8)
+# For each round and binary: a fresh 3-member cluster (ports 17001-17013), 100k keys preloaded,
+# then metcd-bench PUT with 64 clients over all three endpoints, random keys from the 100k.
+set -euo pipefail
+rounds=$1; shift
+cd "$(dirname "$0")/.."
+bench=target/release/metcd-bench
+[ -x $bench ] || cargo build --release --quiet
+urls=http://127.0.0.1:17011,http://127.0.0.1:17012,http://127.0.0.1:17013
+peers=http://127.0.0.1:17001,http://127.0.0.1:17002,http://127.0.0.1:17003
+for _ in $(seq 1 "$rounds"); do
+  for bin in "$@"; do
+    dir=$(mktemp -d /tmp/ab-put.XXXXXX)
+    pids=()
+    for i in 1 2 3; do
+      "$bin" --id "$i" --cluster $peers --port "1701$i" --data-dir "$dir/m$i" --engine "${ENGINE:-btree}" \
+        --log-level warn 2>"$dir/m$i.log" & pids+=($!)
+    done
+    for _ in $(seq 1 100); do
+      curl -sf http://127.0.0.1:17011/_status | grep -q '"leader":[1-9]' && break; sleep 0.1
+    done
+    for p in "${pids[@]}"; do kill -0 "$p" || { echo "a member of $bin did not start; see $dir" >&2; exit 1; }; done
+    $bench --endpoints $urls --total 100000 --sequential-keys --key-space-size 100000 --clients 64 >/dev/null
+    out=$($bench --endpoints $urls --duration "${SECS:-8}" --clients 64 | grep -E '^(requests|latency)' | tr '\n' ' ')
+    echo "$(basename "$bin") $out"
+    kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+    rm -rf "$dir"
+  done
+done
