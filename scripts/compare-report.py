@@ -74,11 +74,12 @@ def fmt_ratio(v):
 
 def svg_chart(runs, path):
     """Grouped horizontal bars, throughput on a log scale."""
+    cases = [(c, label) for c, label in CASES if any((c, s) in runs for s, _ in SYSTEMS)]
     row, bar, left, width, top = 54, 14, 230, 560, 40
     lo, hi = 100, 10 ** math.ceil(math.log10(max(
         [med(v, "tput") or 1 for v in runs.values()] + [1000])))
     x = lambda v: left + width * (math.log10(max(v, lo)) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
-    height = top + row * len(CASES) + 50
+    height = top + row * len(cases) + 50
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 120}" height="{height}" '
            'font-family="sans-serif" font-size="12">',
            f'<rect width="100%" height="100%" fill="white"/>',
@@ -86,10 +87,10 @@ def svg_chart(runs, path):
            'median of rounds), 3-member clusters</text>']
     d = lo
     while d <= hi:
-        out.append(f'<line x1="{x(d):.1f}" y1="{top - 5}" x2="{x(d):.1f}" y2="{top + row * len(CASES)}" stroke="#ddd"/>')
-        out.append(f'<text x="{x(d):.1f}" y="{top + row * len(CASES) + 15}" text-anchor="middle" fill="#555">{d:,}</text>')
+        out.append(f'<line x1="{x(d):.1f}" y1="{top - 5}" x2="{x(d):.1f}" y2="{top + row * len(cases)}" stroke="#ddd"/>')
+        out.append(f'<text x="{x(d):.1f}" y="{top + row * len(cases) + 15}" text-anchor="middle" fill="#555">{d:,}</text>')
         d *= 10
-    for i, (case, label) in enumerate(CASES):
+    for i, (case, label) in enumerate(cases):
         y0 = top + i * row
         out.append(f'<text x="{left - 8}" y="{y0 + row / 2}" text-anchor="end">{label}</text>')
         for j, (system, _) in enumerate(SYSTEMS):
@@ -99,7 +100,7 @@ def svg_chart(runs, path):
             y = y0 + 4 + j * (bar + 2)
             out.append(f'<rect x="{left}" y="{y}" width="{x(v) - left:.1f}" height="{bar}" fill="{COLORS[system]}"/>')
             out.append(f'<text x="{x(v) + 4:.1f}" y="{y + bar - 3}" fill="#333">{v:,.0f}</text>')
-    ly = top + row * len(CASES) + 32
+    ly = top + row * len(cases) + 32
     for j, (system, label) in enumerate(SYSTEMS):
         lx = left + j * 170
         out.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{COLORS[system]}"/>')
@@ -121,12 +122,14 @@ def main():
     lines += [f"- {k}: {v}" for k, v in machine.items()]
     lines += ["", f"Each figure is the median of {rounds} rounds. Ratios are metcd over etcd. "
               "Latencies in milliseconds, as the client saw them.", "",
-              "![throughput chart](comparison.svg)", "",
+              f"![throughput chart]({os.path.basename(svg_path)})", "",
               "| case | metcd req/s | etcd v3 req/s | etcd v2 req/s | metcd / v3 | metcd / v2 "
               "| p99 metcd | p99 etcd v3 | p99 etcd v2 | errors (all runs) |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for case, label in CASES:
         m, v3, v2 = (runs.get((case, s), []) for s, _ in SYSTEMS)
+        if not (m or v3 or v2):
+            continue
         errors = sum(r["errors"] for rs in (m, v3, v2) for r in rs)
         lines.append(
             f"| {label} | {fmt_rate(med(m, 'tput'))} | {fmt_rate(med(v3, 'tput'))} | {fmt_rate(med(v2, 'tput'))} "

@@ -16,7 +16,9 @@
 # resident memory (VmRSS) of every member is read.
 #
 # Environment: ROUNDS (3), SECS per run (5), ENGINE (btree), PRELOAD (100000),
-# MEM_KEYS (1000000), OUT (docs), ETCD_SCRIPT (../shared/bench/etcd-cluster.sh).
+# MEM_KEYS (1000000; 0 skips the memory step), CASES (all ten, e.g. "put-64 lget-64"),
+# OUT (docs), NAME (comparison: the report's file names), ETCD_SCRIPT
+# (../shared/bench/etcd-cluster.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
@@ -25,6 +27,7 @@ engine=${ENGINE:-btree}
 preload=${PRELOAD:-100000}
 mem_keys=${MEM_KEYS:-1000000}
 out=${OUT:-docs}
+name=${NAME:-comparison}
 etcd_script=$(realpath "${ETCD_SCRIPT:-../shared/bench/etcd-cluster.sh}")
 command -v etcd >/dev/null || { echo "etcd not found: scripts/setup.sh installs it" >&2; exit 1; }
 cargo build --release --quiet
@@ -72,7 +75,7 @@ for system in metcd etcd-v3; do
     --key-space-size "$preload"
 done
 
-cases=(put-1 put-64 put-256 lget-1 lget-64 lget-256 sget-1 sget-64 sget-256 mix-64)
+read -r -a cases <<<"${CASES:-put-1 put-64 put-256 lget-1 lget-64 lget-256 sget-1 sget-64 sget-256 mix-64}"
 systems=(metcd etcd-v3 etcd-v2)
 case_args() { # NAME -> metcd-bench arguments
   local kind=${1%-*} clients=${1#*-}
@@ -99,6 +102,7 @@ for r in $(seq 1 "$rounds"); do
   done
 done
 
+if [ "$mem_keys" -gt 0 ]; then
 echo "== memory: $mem_keys keys in each system"
 rss() { # PID... -> VmRSS in MiB, space-separated
   for p in "$@"; do awk '/VmRSS/ {printf "%.0f ", $2 / 1024}' "/proc/$p/status"; done
@@ -117,6 +121,7 @@ sleep 5
   echo "etcd_disk_mib $(du -sm "$work/etcd" | cut -f1)"
 } >"$work/results/memory.txt"
 cat "$work/results/memory.txt"
+fi
 
 {
   echo "cpu $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') x $(nproc)"
@@ -129,5 +134,5 @@ cat "$work/results/memory.txt"
   echo "settings rounds=$rounds secs=$secs preload=$preload mem_keys=$mem_keys"
   echo "date $(date -u +%Y-%m-%dT%H:%MZ)"
 } >"$work/results/machine.txt"
-python3 scripts/compare-report.py "$work/results" "$out/comparison.md" "$out/comparison.svg"
-echo "report: $out/comparison.md, $out/comparison.svg; raw results: $work/results"
+python3 scripts/compare-report.py "$work/results" "$out/$name.md" "$out/$name.svg"
+echo "report: $out/$name.md, $out/$name.svg; raw results: $work/results"
