@@ -1,9 +1,13 @@
 //! The in-memory engine: an ordered map behind a read-write lock. It keeps nothing on disk;
 //! a restarted member rebuilds it from the newest snapshot plus the raft log after it.
+//!
+//! Keys and records are shared (`Arc`), so the copy a snapshot view takes on the owner thread
+//! costs the map's nodes and reference counts, not the data.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 
@@ -12,9 +16,11 @@ use super::{
     EngineKind, Header, KeyValue, OpResult, Record, Result, View,
 };
 
+type Map = BTreeMap<Arc<[u8]>, Arc<Record>>;
+
 #[derive(Default)]
 struct State {
-    map: BTreeMap<Vec<u8>, Record>,
+    map: Map,
     counters: Counters,
 }
 
@@ -29,13 +35,13 @@ impl MemoryEngine {
     }
 }
 
-impl ApplyTarget for BTreeMap<Vec<u8>, Record> {
+impl ApplyTarget for Map {
     fn existing(&mut self, key: &[u8]) -> Result<Option<Header>> {
-        Ok(self.get(key).map(Record::header))
+        Ok(self.get(key).map(|r| r.header()))
     }
 
     fn put(&mut self, key: &[u8], record: Record) -> Result<()> {
-        self.insert(key.to_vec(), record);
+        self.insert(Arc::from(key), Arc::new(record));
         Ok(())
     }
 
@@ -45,7 +51,7 @@ impl ApplyTarget for BTreeMap<Vec<u8>, Record> {
 }
 
 struct MemoryView {
-    map: BTreeMap<Vec<u8>, Record>,
+    map: Map,
     counters: Counters,
 }
 
@@ -58,7 +64,7 @@ impl View for MemoryView {
         let records = self
             .map
             .iter()
-            .map(|(k, r)| Ok(r.clone().into_kv(k.clone())));
+            .map(|(k, r)| Ok(Record::clone(r).into_kv(k.to_vec())));
         let c = &self.counters;
         write_snapshot(out, c.applied_index, c.revision, records)
     }
@@ -75,7 +81,7 @@ impl Engine for MemoryEngine {
             .read()
             .map
             .get(key)
-            .map(|r| r.clone().into_kv(key.to_vec())))
+            .map(|r| Record::clone(r).into_kv(key.to_vec())))
     }
 
     fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>> {
@@ -87,7 +93,7 @@ impl Engine for MemoryEngine {
         let range = state.map.range::<[u8], _>((Bound::Included(start), upper));
         Ok(range
             .take(limit)
-            .map(|(k, r)| r.clone().into_kv(k.clone()))
+            .map(|(k, r)| Record::clone(r).into_kv(k.to_vec()))
             .collect())
     }
 
@@ -116,9 +122,12 @@ impl Engine for MemoryEngine {
 
     fn restore(&self, input: &mut dyn Read) -> Result<()> {
         // Built aside and swapped in, so a corrupt snapshot leaves the current state untouched.
-        let mut map = BTreeMap::new();
+        let mut map = Map::new();
         let (applied_index, revision) = read_snapshot_chunks(input, 4096, &mut |chunk| {
-            map.extend(chunk.into_iter().map(KeyValue::split));
+            map.extend(chunk.into_iter().map(|kv| {
+                let (k, r) = kv.split();
+                (Arc::from(k), Arc::new(r))
+            }));
             Ok(())
         })?;
         let counters = Counters {
