@@ -566,14 +566,8 @@ impl Engine for BtreeEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::conformance::put;
     use crate::engine::Op;
-
-    fn put(index: u64, k: &str, v: &str) -> Applied {
-        Applied {
-            index,
-            op: Some(Op::put(k, v)),
-        }
-    }
 
     fn contents(e: &BtreeEngine) -> Vec<(Vec<u8>, Vec<u8>)> {
         let all = e.range(b"", None, usize::MAX).unwrap();

@@ -450,11 +450,11 @@ pub(crate) fn write_snapshot(
 }
 
 #[cfg(test)]
-mod conformance {
+pub(crate) mod conformance {
     //! The suite every engine must pass.
     use super::*;
 
-    fn put(index: u64, k: &str, v: &str) -> Applied {
+    pub(crate) fn put(index: u64, k: &str, v: &str) -> Applied {
         Applied {
             index,
             op: Some(Op::put(k, v)),
