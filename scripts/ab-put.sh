@@ -3,6 +3,7 @@
 #   scripts/ab-put.sh ROUNDS BINARY...      (ENGINE=btree, SECS=8)
 # For each round and binary: a fresh 3-member cluster (ports 17001-17013), 100k keys preloaded,
 # then metcd-bench PUT with 64 clients over all three endpoints, random keys from the 100k.
+# Prints each run's throughput and latency, and the members' CPU time per request.
 set -euo pipefail
 rounds=$1; shift
 cd "$(dirname "$0")/.."
@@ -10,6 +11,8 @@ bench=target/release/metcd-bench
 [ -x $bench ] || cargo build --release --quiet
 urls=http://127.0.0.1:17011,http://127.0.0.1:17012,http://127.0.0.1:17013
 peers=http://127.0.0.1:17001,http://127.0.0.1:17002,http://127.0.0.1:17003
+# utime + stime of the given processes, in clock ticks.
+cpu_ticks() { for p in "$@"; do cut -d' ' -f14,15 "/proc/$p/stat"; done | awk '{s += $1 + $2} END {print s}'; }
 for _ in $(seq 1 "$rounds"); do
   for bin in "$@"; do
     dir=$(mktemp -d /tmp/ab-put.XXXXXX)
@@ -23,8 +26,14 @@ for _ in $(seq 1 "$rounds"); do
     done
     for p in "${pids[@]}"; do kill -0 "$p" || { echo "a member of $bin did not start; see $dir" >&2; exit 1; }; done
     $bench --endpoints $urls --total 100000 --sequential-keys --key-space-size 100000 --clients 64 >/dev/null
+    cpu0=$(cpu_ticks "${pids[@]}")
     out=$($bench --endpoints $urls --duration "${SECS:-8}" --clients 64 | grep -E '^(requests|latency)' | tr '\n' ' ')
-    echo "$(basename "$bin") $out"
+    cpu1=$(cpu_ticks "${pids[@]}")
+    n=$(sed -n 's/^requests \([0-9]*\) .*/\1/p' <<<"$out")
+    # The members' CPU (all three, user + system) per request: steadier than throughput on a
+    # shared machine.
+    us=$(( (cpu1 - cpu0) * 1000000 / $(getconf CLK_TCK) / (n > 0 ? n : 1) ))
+    echo "$(basename "$bin") $out cpu/request ${us} us"
     kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
     rm -rf "$dir"
   done

@@ -308,6 +308,12 @@ pub trait Engine: Send + Sync {
     fn persist(&self) -> Result<()> {
         Ok(())
     }
+    /// The applied index as of the engine's last durable commit, for an engine that makes
+    /// them on its own (the btree, every few seconds): a snapshot can be recorded there
+    /// without forcing one. `None`: only [`Engine::persist`] makes the state durable.
+    fn durable_index(&self) -> Option<u64> {
+        None
+    }
     /// Whether the engine's own files hold its state across restarts (durably once
     /// [`Engine::persist`] returns). If not, a snapshot file is its only durable copy.
     fn keeps_state(&self) -> bool {
@@ -475,6 +481,27 @@ pub(crate) mod conformance {
         snapshot_round_trip(make().as_ref(), make().as_ref());
         corrupt_snapshot_is_refused(make().as_ref(), make().as_ref());
         preconditions_decide_at_apply(make().as_ref());
+        durable_index_follows_persist(make().as_ref());
+    }
+
+    /// A durable index is never ahead of what was applied, and reaches it on `persist`; a
+    /// restore makes the restored state durable.
+    fn durable_index_follows_persist(e: &dyn Engine) {
+        let Some(start) = e.durable_index() else {
+            return;
+        };
+        assert_eq!(start, 0);
+        e.apply(&[put(1, "a", "1"), put(2, "b", "2")]).unwrap();
+        assert!(e.durable_index().is_some_and(|d| d <= 2));
+        e.persist().unwrap();
+        assert_eq!(e.durable_index(), Some(2));
+        let mut buf = Vec::new();
+        e.snapshot(&mut buf).unwrap();
+        e.apply(&[put(3, "c", "3")]).unwrap();
+        e.persist().unwrap();
+        assert_eq!(e.durable_index(), Some(3));
+        e.restore(&mut buf.as_slice()).unwrap();
+        assert_eq!(e.durable_index(), Some(2));
     }
 
     fn with_cond(index: u64, op: Op, c: Cond) -> Applied {
@@ -618,6 +645,14 @@ pub(crate) mod conformance {
             src.range(b"", None, usize::MAX).unwrap()
         );
         assert_eq!(dst.get(b"stale").unwrap(), None);
+        // Writes after the restore build on the restored keys, not on what dst had before.
+        let rev = src.revision();
+        dst.apply(&[put(1002, "stale", "again"), put(1003, "key0001", "v2")])
+            .unwrap();
+        let again = dst.get(b"stale").unwrap().unwrap();
+        assert_eq!((again.version, again.create_revision), (1, rev + 1));
+        let updated = dst.get(b"key0001").unwrap().unwrap();
+        assert_eq!((updated.version, updated.create_revision), (2, 2));
     }
 
     #[test]
@@ -706,9 +741,17 @@ pub(crate) mod conformance {
             (e.applied_index(), e.revision(), e.len().unwrap()),
             (501, 501, 499)
         );
+        assert!(e.durable_index().is_none_or(|d| d == 501));
         assert_eq!(e.range(b"", None, usize::MAX).unwrap(), before);
         assert!(e.apply(&batch).unwrap().iter().all(Option::is_none));
         assert_eq!(e.revision(), 501);
+        // A write after reopening builds on the stored record.
+        e.apply(&[put(502, "k001", "w")]).unwrap();
+        let kv = e.get(b"k001").unwrap().unwrap();
+        assert_eq!(
+            (kv.version, kv.create_revision, kv.mod_revision),
+            (2, 2, 502)
+        );
     }
 
     fn corrupt_snapshot_is_refused(src: &dyn Engine, dst: &dyn Engine) {

@@ -80,6 +80,97 @@ pub struct LogStore {
     /// Terms of the entries appended since open, as runs: raft asks `term()` on every
     /// append and commit check, and a lookup in raft-engine decodes the entry.
     terms: TermRuns,
+    /// The newest appended entries, which raft reads back right away to apply them and to
+    /// send them to followers; raft-engine would read and decode them from its file.
+    recent: EntryCache,
+}
+
+/// A bounded run of the newest entries appended, contiguous by index.
+struct EntryCache {
+    entries: std::collections::VecDeque<Entry>,
+    bytes: usize,
+    cap: usize,
+}
+
+/// What [`EntryCache`] holds at most; older entries are read from raft-engine.
+const ENTRY_CACHE_BYTES: usize = 8 << 20;
+
+fn entry_bytes(e: &Entry) -> usize {
+    e.data.len() + e.context.len() + 32
+}
+
+impl EntryCache {
+    fn new(cap: usize) -> Self {
+        EntryCache {
+            entries: Default::default(),
+            bytes: 0,
+            cap,
+        }
+    }
+
+    /// Entries from `entries[0].index` on replace what was there (a leader may overwrite an
+    /// uncommitted tail); a gap starts the cache over.
+    fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        while self.entries.back().is_some_and(|e| e.index >= first.index) {
+            self.pop_back();
+        }
+        if self
+            .entries
+            .back()
+            .is_some_and(|e| e.index + 1 != first.index)
+        {
+            self.clear();
+        }
+        for e in entries {
+            self.bytes += entry_bytes(e);
+            self.entries.push_back(e.clone());
+        }
+        while self.bytes > self.cap && self.entries.len() > 1 {
+            self.pop_front();
+        }
+    }
+
+    /// Forgets entries below `index`.
+    fn compact(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|e| e.index < index) {
+            self.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= entry_bytes(&e);
+        }
+    }
+
+    fn pop_back(&mut self) {
+        if let Some(e) = self.entries.pop_back() {
+            self.bytes -= entry_bytes(&e);
+        }
+    }
+
+    /// Entries `low..high` if all of them are here.
+    fn get(&self, low: u64, high: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.index;
+        if low < first || high > self.entries.back()?.index + 1 || low >= high {
+            return None;
+        }
+        let from = (low - first) as usize;
+        Some(
+            self.entries
+                .range(from..from + (high - low) as usize)
+                .cloned()
+                .collect(),
+        )
+    }
 }
 
 /// The terms of log entries `from..` as (first index, term) runs, one per term; terms change
@@ -176,6 +267,7 @@ impl LogStore {
             snapshot_wanted: AtomicBool::new(false),
             syncs: 0,
             terms: TermRuns::starting_at(u64::MAX),
+            recent: EntryCache::new(ENTRY_CACHE_BYTES),
         })
     }
 
@@ -321,6 +413,7 @@ impl LogStore {
         let sync = sync || !entries.is_empty();
         self.engine.write(&mut batch, sync)?;
         self.terms.append(entries);
+        self.recent.append(entries);
         if sync {
             self.syncs += 1;
         }
@@ -419,6 +512,7 @@ impl LogStore {
         batch.put(META, KEY_SNAPSHOT_MEMBERSHIP.to_vec(), membership.encode())?;
         self.engine.write(&mut batch, true)?;
         self.terms = TermRuns::starting_at(meta.index + 1);
+        self.recent.clear();
         let meta_sent = meta.clone();
         self.conf_state = meta.get_conf_state().clone();
         self.snapshot = meta;
@@ -433,6 +527,7 @@ impl LogStore {
         debug_assert!(index <= self.snapshot.index + 1);
         self.engine.compact_to(LOG, index);
         self.terms.compact(index);
+        self.recent.compact(index);
         self.engine.purge_expired_files()?;
         Ok(())
     }
@@ -469,8 +564,13 @@ impl raft::Storage for LogStore {
         if high > self.last() + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
+        let max_size = max_size.into();
+        if let Some(mut out) = self.recent.get(low, high) {
+            raft::util::limit_size(&mut out, max_size);
+            return Ok(out);
+        }
         let mut out = Vec::with_capacity((high - low) as usize);
-        let max = max_size.into().map(|m| m as usize);
+        let max = max_size.map(|m| m as usize);
         self.engine
             .fetch_entries_to::<EntryExt>(LOG, low, high, max, &mut out)
             .map_err(storage_err)?;
@@ -625,6 +725,77 @@ mod tests {
         );
         assert!(s.take_snapshot_wanted());
         assert!(!s.take_snapshot_wanted());
+    }
+
+    #[test]
+    fn entry_cache_matches_a_plain_map() {
+        use std::collections::BTreeMap;
+        // Small enough that eviction happens often.
+        let mut cache = EntryCache::new(400);
+        let mut model: BTreeMap<u64, Entry> = BTreeMap::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut term = 1;
+        let mut hits = 0;
+        for round in 0..3_000u64 {
+            let last = model.keys().next_back().copied().unwrap_or(0);
+            let first = model.keys().next().copied().unwrap_or(1);
+            match rand(12) {
+                0 => {
+                    let to = first + rand(last.saturating_sub(first) + 1);
+                    cache.compact(to);
+                    model.retain(|&i, _| i >= to);
+                }
+                1 => {
+                    // As after a snapshot install: the log restarts further on.
+                    cache.clear();
+                    model.clear();
+                    let ents: Vec<Entry> = (last + 5..last + 7).map(|i| entry(i, term)).collect();
+                    cache.append(&ents);
+                    model.extend(ents.into_iter().map(|e| (e.index, e)));
+                }
+                r => {
+                    let start = if r == 2 && last > first {
+                        last - rand(last - first)
+                    } else {
+                        last + 1
+                    };
+                    term += rand(2);
+                    let ents: Vec<Entry> = (start..start + 1 + rand(5))
+                        .map(|i| Entry {
+                            data: vec![round as u8; rand(40) as usize].into(),
+                            ..entry(i, term)
+                        })
+                        .collect();
+                    model.retain(|&i, _| i < start);
+                    model.extend(ents.iter().map(|e| (e.index, e.clone())));
+                    cache.append(&ents);
+                    let end = ents.last().unwrap().index;
+                    assert!(cache.get(end, end + 1).is_some(), "newest entry cached");
+                }
+            }
+            let (Some(&lo), Some(&hi)) = (model.keys().next(), model.keys().next_back()) else {
+                continue;
+            };
+            for _ in 0..5 {
+                let low = lo + rand(hi - lo + 2);
+                let high = low + rand(hi + 2 - low);
+                if let Some(got) = cache.get(low, high) {
+                    let want: Vec<Entry> = model.range(low..high).map(|(_, e)| e.clone()).collect();
+                    assert_eq!(got, want, "{low}..{high}");
+                    hits += 1;
+                }
+            }
+        }
+        assert!(
+            hits > 1_000,
+            "only {hits} ranges were served from the cache"
+        );
     }
 
     #[test]
