@@ -14,6 +14,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 
+use axum::serve::ListenerExt;
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
@@ -301,7 +302,12 @@ pub async fn run(
         admin: admin.clone(),
     };
     let peer_server = tokio::spawn(async move {
-        if let Err(e) = axum::serve(peer_listener, peer_api::router(Arc::new(peer))).await {
+        if let Err(e) = axum::serve(
+            peer_listener.tap_io(nodelay),
+            peer_api::router(Arc::new(peer)),
+        )
+        .await
+        {
             tracing::error!(error = %e, "peer server stopped");
         }
     });
@@ -316,7 +322,7 @@ pub async fn run(
         metrics,
     });
     let stop = stop_signal(shutdown, removed, node_handle.clone());
-    axum::serve(client_listener, api::router(state))
+    axum::serve(client_listener.tap_io(nodelay), api::router(state))
         .with_graceful_shutdown(stop)
         .await?;
 
@@ -341,5 +347,13 @@ async fn stop_signal(shutdown: impl Future<Output = ()>, removed: Arc<Notify>, n
             }
         }
         _ = removed.notified() => info!("removed from the cluster; stopping"),
+    }
+}
+
+/// Sends small writes (an answer, a raft message) at once instead of waiting for an ack, as
+/// Go (so etcd) does on every TCP connection.
+fn nodelay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
 }

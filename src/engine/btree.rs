@@ -173,8 +173,10 @@ fn header(value: Option<&[u8]>) -> Result<Option<Header>> {
 /// One apply batch, staged aside so it lands in the overlay whole or not at all.
 struct Target<'a> {
     staged: Changes,
+    inner: &'a Inner,
     overlay: &'a Overlay,
-    table: &'a KvTable,
+    /// Opened on the first key found neither staged, cached nor in the overlay.
+    table: Option<KvTable>,
     headers: &'a HashMap<Vec<u8>, Header>,
 }
 
@@ -189,7 +191,11 @@ impl ApplyTarget for Target<'_> {
         if let Some(v) = self.overlay.lookup(key) {
             return header(v);
         }
-        match self.table.get(key).ctx("btree get")? {
+        let table = match &mut self.table {
+            Some(t) => t,
+            None => self.table.insert(self.inner.table(self.overlay)?),
+        };
+        match table.get(key).ctx("btree get")? {
             Some(v) => Record::decode_header(v.value()).map(Some),
             None => Ok(None),
         }
@@ -487,11 +493,11 @@ impl Engine for BtreeEngine {
         let mut headers = self.inner.headers.lock();
         let (staged, counters, results) = {
             let o = self.inner.overlay.read();
-            let table = self.inner.table(&o)?;
             let mut target = Target {
                 staged: Changes::new(),
+                inner: &self.inner,
                 overlay: &o,
-                table: &table,
+                table: None,
                 headers: &headers,
             };
             let mut counters = o.counters;
