@@ -82,7 +82,14 @@ fn metrics_are_scraped_and_parsed() {
     }
     c.get(leader, "/m000");
     c.get(leader, "/missing");
-    let m = scrape(&c, leader);
+    // The btree engine's snapshot is recorded at its next durable commit (every 10 s), not
+    // right after --snapshot-count entries.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut m = scrape(&c, leader);
+    while value(&m, "metcd_snapshots_saved_total") < 1.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        m = scrape(&c, leader);
+    }
     assert_eq!(value(&m, "metcd_raft_is_leader"), 1.0);
     assert_eq!(value(&m, "metcd_raft_has_leader"), 1.0);
     assert!(value(&m, "metcd_raft_term") >= 1.0);
