@@ -74,8 +74,12 @@ fn crash_at(point: &str, skip: u32, base: u16) {
 engine_tests! {
     fn every_crash_point_loses_nothing() {
         for (i, point) in POINTS.iter().enumerate() {
-            // Past the first snapshot, so snapshot and compaction points have been reached.
-            crash_at(point, 60, 18000 + 100 * i as u16);
+            // Past the first snapshot: the log and apply points after 60 passes (the first
+            // snapshot comes after 25 entries), the snapshot and compaction points at their
+            // second pass (a btree member snapshots at its engine's durable commits, every
+            // 500 entries here, so 60 passes would take longer than the writes).
+            let skip = if point.contains("snapshot") || point.contains("compact") { 1 } else { 60 };
+            crash_at(point, skip, 18000 + 100 * i as u16);
         }
     }
 }

@@ -1031,6 +1031,7 @@ impl Node {
                         ..Default::default()
                     };
                     let membership = store.membership().clone();
+                    crash_point!("before_snapshot_save");
                     return self.record_snapshot(meta, membership, started, false);
                 }
                 // Wait for the engine's next durable commit, unless the log has grown far past
