@@ -986,8 +986,8 @@ impl Node {
     /// An engine that commits durably on its own every few seconds (btree) is not forced to:
     /// the snapshot is recorded at its last durable point once that is `snapshot_count` past
     /// the previous one (a forced durable commit rewrites every page dirtied since the last
-    /// one, which cost a fifth of the write throughput at one per 10k entries). Only when the
-    /// log grows to [`FORCE_SNAPSHOT_AFTER`] × `snapshot_count` is a durable commit forced.
+    /// one, which cost up to a fifth of the write throughput at one per 10k entries). Only
+    /// when the log grows to [`FORCE_SNAPSHOT_AFTER`] × `snapshot_count` is one forced.
     ///
     /// An engine that keeps its own files (btree, lsm) needs no snapshot file for that, as
     /// in etcd: a file is written only when `wanted` (raft needs one to send to a member
