@@ -22,7 +22,7 @@
 //!   crash or a corrupt snapshot mid-restore leaves the previous state intact.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::ops::Bound;
 use std::path::Path;
@@ -36,7 +36,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 use super::{
     apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Ctx, Engine,
-    EngineError, EngineKind, Header, KeyValue, OpResult, Record, Result, View,
+    EngineError, EngineKind, Header, HeaderCache, KeyValue, OpResult, Record, Result, View,
 };
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -49,8 +49,6 @@ const FLUSH_AT: usize = 60_000;
 /// when redb cannot keep up.
 const PENDING_MAX: usize = 200_000;
 const RESTORE_CHUNK: usize = 10_000;
-/// Keys whose headers [`Inner::headers`] keeps at most (about 80 bytes each with 8-byte keys).
-const MAX_CACHED_HEADERS: usize = 2_000_000;
 
 fn kv_table(generation: u64) -> String {
     format!("kv-{generation}")
@@ -118,11 +116,9 @@ struct Inner {
     failed: Mutex<Option<String>>,
     /// The applied index of the last durable commit ([`Engine::durable_index`]).
     durable_index: AtomicU64,
-    /// The current header of every key written since open (up to [`MAX_CACHED_HEADERS`]),
-    /// like etcd's in-memory key index: applying a put needs the key's previous revisions,
-    /// and a redb lookup for each was a fifth of the apply thread. Only the applier uses it;
-    /// a key absent here is looked up in the overlay and redb.
-    headers: Mutex<HashMap<Vec<u8>, Header>>,
+    /// Written keys' current revisions; a key absent here is looked up in the overlay and
+    /// redb.
+    headers: Mutex<HeaderCache>,
 }
 
 struct FlushState {
@@ -177,7 +173,7 @@ struct Target<'a> {
     overlay: &'a Overlay,
     /// Opened on the first key found neither staged, cached nor in the overlay.
     table: Option<KvTable>,
-    headers: &'a HashMap<Vec<u8>, Header>,
+    headers: &'a HeaderCache,
 }
 
 impl ApplyTarget for Target<'_> {
@@ -186,7 +182,7 @@ impl ApplyTarget for Target<'_> {
             return header(v.as_deref());
         }
         if let Some(h) = self.headers.get(key) {
-            return Ok(Some(*h));
+            return Ok(Some(h));
         }
         if let Some(v) = self.overlay.lookup(key) {
             return header(v);
@@ -396,7 +392,7 @@ impl BtreeEngine {
             failed: Mutex::new(None),
             // What redb opens is its last durable commit.
             durable_index: AtomicU64::new(counters.applied_index),
-            headers: Mutex::new(HashMap::new()),
+            headers: Mutex::new(HeaderCache::default()),
         });
         let flusher = {
             let inner = inner.clone();
@@ -505,17 +501,7 @@ impl Engine for BtreeEngine {
             (target.staged, counters, results)
         };
         for (k, v) in &staged {
-            match v {
-                Some(v) => {
-                    let h = Record::decode_header(v)?;
-                    if let Some(cached) = headers.get_mut(k) {
-                        *cached = h;
-                    } else if headers.len() < MAX_CACHED_HEADERS {
-                        headers.insert(k.clone(), h);
-                    }
-                }
-                None => drop(headers.remove(k)),
-            }
+            headers.update(k, header(v.as_deref())?);
         }
         drop(headers);
         let pending = {

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 
 use super::{
     apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Ctx, Engine,
-    EngineError, EngineKind, Header, KeyValue, OpResult, Record, Result, View,
+    EngineError, EngineKind, Header, HeaderCache, KeyValue, OpResult, Record, Result, View,
 };
 
 const GENERATION: &str = "generation";
@@ -35,6 +35,8 @@ struct State {
     counters: Counters,
     generation: u64,
     kv: Keyspace,
+    /// Written keys' current revisions; a key absent here is looked up in fjall.
+    headers: HeaderCache,
 }
 
 pub struct LsmEngine {
@@ -48,6 +50,7 @@ pub struct LsmEngine {
 struct Target<'a> {
     batch: fjall::OwnedWriteBatch,
     kv: &'a Keyspace,
+    headers: &'a HeaderCache,
     written: HashMap<Vec<u8>, Option<Header>>,
 }
 
@@ -55,6 +58,9 @@ impl ApplyTarget for Target<'_> {
     fn existing(&mut self, key: &[u8]) -> Result<Option<Header>> {
         if let Some(w) = self.written.get(key) {
             return Ok(*w);
+        }
+        if let Some(h) = self.headers.get(key) {
+            return Ok(Some(h));
         }
         match self.kv.get(key).ctx("lsm get")? {
             Some(v) => Record::decode_header(&v).map(Some),
@@ -138,6 +144,7 @@ impl LsmEngine {
                 counters,
                 generation,
                 kv,
+                headers: HeaderCache::default(),
             }),
         })
     }
@@ -195,13 +202,21 @@ impl Engine for LsmEngine {
         let mut target = Target {
             batch: self.db.batch(),
             kv: &state.kv,
+            headers: &state.headers,
             written: HashMap::new(),
         };
         let results = apply_batch(&mut target, &mut counters, batch)?;
-        let mut wb = target.batch;
+        let Target {
+            batch: mut wb,
+            written,
+            ..
+        } = target;
         put_meta(&mut wb, &self.meta, &counters, state.generation);
         wb.commit().ctx("lsm commit")?;
         state.counters = counters;
+        for (k, h) in &written {
+            state.headers.update(k, *h);
+        }
         Ok(results)
     }
 
@@ -230,6 +245,8 @@ impl Engine for LsmEngine {
 
     fn restore(&self, input: &mut dyn Read) -> Result<()> {
         let mut state = self.state.lock();
+        // Every key's header may change; the restored keyspace is the truth.
+        state.headers.clear();
         let generation = state.generation + 1;
         let kv = self
             .db
