@@ -1024,12 +1024,7 @@ impl Node {
                         && d >= store.membership().conf_index
                         && d <= applied =>
                 {
-                    let meta = SnapshotMetadata {
-                        index: d,
-                        term: store.term(d)?,
-                        conf_state: Some(store.conf_state().clone()).into(),
-                        ..Default::default()
-                    };
+                    let meta = snapshot_meta(store, d)?;
                     let membership = store.membership().clone();
                     crash_point!("before_snapshot_save");
                     return self.record_snapshot(meta, membership, started, false);
@@ -1042,13 +1037,8 @@ impl Node {
                 _ => {}
             }
         }
-        let term = store.term(applied)?;
-        let meta = SnapshotMetadata {
-            index: applied,
-            term,
-            conf_state: Some(store.conf_state().clone()).into(),
-            ..Default::default()
-        };
+        let meta = snapshot_meta(store, applied)?;
+        let term = meta.term;
         let membership = store.membership().clone();
         crash_point!("before_snapshot_save");
         let file = wanted || !self.engine.keeps_state();
@@ -1257,6 +1247,17 @@ impl Node {
 }
 
 /// A v1 conf change (one change, no joint consensus) as the equivalent v2 change.
+/// A snapshot's metadata at `index`, with the current conf state: the caller makes sure no
+/// membership change was applied after `index`.
+fn snapshot_meta(store: &LogStore, index: u64) -> Result<SnapshotMetadata, NodeError> {
+    Ok(SnapshotMetadata {
+        index,
+        term: store.term(index)?,
+        conf_state: Some(store.conf_state().clone()).into(),
+        ..Default::default()
+    })
+}
+
 fn v2_of(cc: ConfChange) -> ConfChangeV2 {
     let mut single = raft::eraftpb::ConfChangeSingle::default();
     single.set_change_type(cc.get_change_type());

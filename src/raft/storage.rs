@@ -727,19 +727,23 @@ mod tests {
         assert!(!s.take_snapshot_wanted());
     }
 
+    /// A deterministic generator: `rand(n)` is in `0..n`.
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
     #[test]
     fn entry_cache_matches_a_plain_map() {
         use std::collections::BTreeMap;
         // Small enough that eviction happens often.
         let mut cache = EntryCache::new(400);
         let mut model: BTreeMap<u64, Entry> = BTreeMap::new();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rand = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rand = xorshift(0x2545_f491_4f6c_dd1du64);
         let mut term = 1;
         let mut hits = 0;
         for round in 0..3_000u64 {
@@ -803,13 +807,7 @@ mod tests {
         use std::collections::BTreeMap;
         let mut runs = TermRuns::starting_at(u64::MAX);
         let mut model: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rand = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rand = xorshift(0x9e37_79b9_7f4a_7c15u64);
         let mut term = 1;
         for _ in 0..2_000 {
             let last = model.keys().next_back().copied().unwrap_or(0);
