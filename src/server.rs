@@ -303,7 +303,7 @@ pub async fn run(
     };
     let peer_server = tokio::spawn(async move {
         if let Err(e) = axum::serve(
-            peer_listener.tap_io(nodelay),
+            peer_listener.tap_io(peer_socket),
             peer_api::router(Arc::new(peer)),
         )
         .await
@@ -347,6 +347,13 @@ async fn stop_signal(shutdown: impl Future<Output = ()>, removed: Arc<Notify>, n
             }
         }
         _ = removed.notified() => info!("removed from the cluster; stopping"),
+    }
+}
+
+/// Peer connections also get keep-alive and a user timeout, so a silent peer is noticed.
+fn peer_socket(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = crate::raft::transport::tune_peer_socket(tcp) {
+        tracing::debug!(error = %e, "could not set peer socket options");
     }
 }
 

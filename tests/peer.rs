@@ -85,6 +85,64 @@ fn garbage_frame_gets_400() {
     assert_still_serving(&c, "after-400");
 }
 
+/// The upgraded stream (what members use): the wrong cluster is refused before the upgrade;
+/// after `101 Switching Protocols`, a frame that does not decode ends the stream with a
+/// closing line `400 ...`, and the member keeps serving.
+#[test]
+fn upgraded_stream_refuses_garbage_with_a_closing_line() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    let c = TestCluster::start(3, 26300, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    let id = cluster_id(&c);
+    let open = |m: usize, cluster: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", c.peer_port(m))).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "POST /raft/stream HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\
+             Upgrade: metcd-raft/1\r\n{CLUSTER_HEADER}: {cluster}\r\nX-Metcd-From: 9\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        s.write_all(head.as_bytes())
+            .expect("send the upgrade request");
+        s
+    };
+    let read_all = |s: &mut std::net::TcpStream| {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return String::from_utf8_lossy(&out).into_owned(),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => panic!(
+                    "reading the stream: {e}; got {:?}",
+                    String::from_utf8_lossy(&out)
+                ),
+            }
+        }
+    };
+    for m in 1..=3 {
+        // Refused as plain HTTP; the connection stays open for another request.
+        let mut s = open(m, "deadbeef00000000");
+        let mut status = [0u8; 12];
+        s.read_exact(&mut status).expect("an HTTP answer");
+        assert_eq!(&status, b"HTTP/1.1 412", "member {m}");
+
+        let mut s = open(m, &id);
+        s.write_all(&[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff])
+            .expect("send a garbage frame");
+        let answer = read_all(&mut s);
+        let (head, rest) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+        assert!(head.starts_with("HTTP/1.1 101"), "member {m}: {head:?}");
+        assert!(
+            rest.starts_with("400 "),
+            "member {m}: closing line {rest:?}"
+        );
+    }
+    assert_still_serving(&c, "after-upgraded-garbage");
+}
+
 /// A snapshot whose file is damaged is refused (400) before raft sees it: installing it
 /// would stop the member. The file is kept aside as `.corrupt`; the member keeps serving.
 #[test]

@@ -9,20 +9,30 @@
 //! Also served here: `GET /raft/membership` (the cluster id and members, for a member that is
 //! joining) and `POST /raft/admin` (membership requests forwarded to the leader).
 
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use hyper_util::rt::TokioIo;
 use raft::eraftpb::{Message, MessageType};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio_util::io::StreamReader;
 use tracing::{debug, info, warn};
 
 use super::members::{self, AdminCtx, ClusterInfo, MemberChange, Membership};
 use super::snapshot::{Incoming, SnapshotStore};
-use super::transport::{decode_message, FrameReader, TransportError, CLUSTER_HEADER, FROM_HEADER};
+use super::transport::{
+    closing_line, decode_message, FrameReader, TransportError, CLUSTER_HEADER, FROM_HEADER,
+    STREAM_PROTOCOL,
+};
 use super::NodeHandle;
 
 pub struct PeerApi {
@@ -80,7 +90,7 @@ impl PeerApi {
         Ok(())
     }
 
-    fn check_message(&self, payload: &[u8], snapshot: bool) -> Result<Message, TransportError> {
+    fn check_message(&self, payload: &Bytes, snapshot: bool) -> Result<Message, TransportError> {
         let msg = decode_message(payload)?;
         if msg.to != self.id {
             return Err(TransportError::BadFrame(format!(
@@ -113,15 +123,57 @@ fn from_header(headers: &HeaderMap) -> u64 {
         .unwrap_or(0)
 }
 
-async fn stream(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Body) -> Answer {
-    if let Err(answer) = api.check_cluster(&headers) {
-        return answer;
+/// `POST /raft/stream`: with `Upgrade: metcd-raft/1` the connection switches to raw frames
+/// (and ends with a `<status> <reason>` line when this side closes it); without, the request
+/// body carries the frames and the answer is an HTTP status.
+async fn stream(State(api): State<Arc<PeerApi>>, mut req: Request) -> Response {
+    let headers = req.headers();
+    if let Err(answer) = api.check_cluster(headers) {
+        return answer.into_response();
     }
-    let from = from_header(&headers);
+    let from = from_header(headers);
     if let Err(answer) = api.check_removed(from) {
-        return answer;
+        return answer.into_response();
     }
-    let mut frames = FrameReader::new(body.into_data_stream());
+    let upgrade = headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes() == STREAM_PROTOCOL.as_bytes());
+    if !upgrade {
+        let body = req.into_body().into_data_stream().map_err(io::Error::other);
+        return receive(&api, from, &mut FrameReader::new(StreamReader::new(body)))
+            .await
+            .into_response();
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let io = match on_upgrade.await {
+            Ok(io) => TokioIo::new(io),
+            Err(e) => return debug!(error = %e, "peer stream upgrade failed"),
+        };
+        let mut frames = FrameReader::new(io);
+        let (status, reason) = receive(&api, from, &mut frames).await;
+        let mut io = frames.into_inner();
+        if status != StatusCode::OK {
+            let _ = io.write_all(closing_line(status, &reason).as_bytes()).await;
+        }
+        let _ = io.shutdown().await;
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, "upgrade"),
+            (header::UPGRADE, STREAM_PROTOCOL),
+        ],
+    )
+        .into_response()
+}
+
+/// Steps every frame of one stream into raft, until it ends (200) or is refused.
+async fn receive<R: AsyncRead + Unpin>(
+    api: &PeerApi,
+    from: u64,
+    frames: &mut FrameReader<R>,
+) -> Answer {
     // A removed member may keep an idle stream open (a learner never sends on its own):
     // look again every second, so it hears 410 and stops.
     let mut recheck = tokio::time::interval(REMOVED_RECHECK);
@@ -167,7 +219,8 @@ async fn snapshot(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Bod
     if let Err(answer) = api.check_removed(from_header(&headers)) {
         return answer;
     }
-    let mut frames = FrameReader::new(body.into_data_stream());
+    let body = body.into_data_stream().map_err(io::Error::other);
+    let mut frames = FrameReader::new(StreamReader::new(body));
     let msg = match frames.next_frame().await {
         Ok(Some(payload)) => match api.check_message(&payload, true) {
             Ok(msg) => msg,

@@ -1,12 +1,19 @@
-//! Peer transport, after etcd's rafthttp: one long-lived HTTP/2 (h2c) stream per peer carrying
+//! Peer transport, after etcd's rafthttp: one long-lived stream per peer carrying
 //! length-prefixed protobuf `eraftpb::Message` frames in batches, plus a separate streamed
-//! request per snapshot so a snapshot is never held whole in one message.
+//! HTTP/2 request per snapshot so a snapshot is never held whole in one message.
 //!
 //! ```text
-//! POST /raft/stream    body: frame*                 frame = len u32 (big-endian) | Message
+//! POST /raft/stream    Upgrade: metcd-raft/1  -> 101, then raw frames on the connection
 //! POST /raft/snapshot  body: frame(MsgSnapshot) | snapshot file bytes
 //! headers: x-metcd-cluster-id (hex), x-metcd-from (member id)
+//! frame = len u32 (big-endian) | Message
 //! ```
+//! The stream is an HTTP/1.1 request upgraded to a raw connection (as a WebSocket is): the
+//! headers are checked once, then frames go out without per-chunk framing. The receiver only
+//! ever writes one line back, `<status> <reason>`, when it ends the stream (410 for a removed
+//! member, 400 for a malformed frame). TCP keep-alive and `TCP_USER_TIMEOUT` detect a silent
+//! peer. `POST /raft/stream` without the upgrade (frames as the request body) is also served.
+//!
 //! Invariants: the owner loop never blocks on the network (sends are `try_send` into per-peer
 //! queues); a lost message is fine (raft retransmits) and is reported as unreachable; a
 //! malformed frame closes that one stream with a log line and never reaches raft.
@@ -19,13 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, StreamBody};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
@@ -43,6 +49,12 @@ const SNAPSHOT_CHUNK: usize = 256 << 10;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The `Upgrade` protocol of a peer stream.
+pub const STREAM_PROTOCOL: &str = "metcd-raft/1";
+/// Idle time before a keep-alive probe, and between probes (3 unanswered end the stream).
+const KEEPALIVE: Duration = Duration::from_secs(1);
+/// How long sent data may go unacknowledged before the connection is dropped.
+const SILENT_PEER: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -66,35 +78,42 @@ pub enum TransportError {
 
 type PeerBody = UnsyncBoxBody<Bytes, io::Error>;
 
-/// Appends `msg` as one frame.
-pub fn encode_frame(msg: &Message, buf: &mut BytesMut) -> Result<(), TransportError> {
-    let bytes = msg
-        .write_to_bytes()
+/// Appends `msg` as one frame, encoded in place.
+pub fn encode_frame(msg: &Message, buf: &mut Vec<u8>) -> Result<(), TransportError> {
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    msg.write_to_vec(buf)
         .map_err(|e| TransportError::BadFrame(e.to_string()))?;
-    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&bytes);
+    let len = u32::try_from(buf.len() - at - 4)
+        .map_err(|_| TransportError::BadFrame("message over 4 GiB".into()))?;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
 
-/// Splits a body stream into frames; what follows the frames can be read raw.
-pub struct FrameReader<S> {
-    body: S,
+/// Splits a byte stream (a raw peer connection, or a request body through
+/// `tokio_util::io::StreamReader`) into frames; what follows the frames can be read raw.
+pub struct FrameReader<R> {
+    io: R,
     buf: BytesMut,
 }
 
-impl<S, E> FrameReader<S>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
-{
-    pub fn new(body: S) -> Self {
+/// How much is read from the connection at a time.
+const READ_CHUNK: usize = 64 << 10;
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(io: R) -> Self {
         FrameReader {
-            body,
+            io,
             buf: BytesMut::new(),
         }
     }
 
-    /// The next whole frame's payload; `None` at a clean end of the body.
+    /// The reader back; anything buffered and not yet returned is dropped.
+    pub fn into_inner(self) -> R {
+        self.io
+    }
+
+    /// The next whole frame's payload; `None` at a clean end of the stream.
     pub async fn next_frame(&mut self) -> Result<Option<Bytes>, TransportError> {
         loop {
             if self.buf.len() >= 4 {
@@ -107,31 +126,40 @@ where
                     self.buf.advance(4);
                     return Ok(Some(self.buf.split_to(len).freeze()));
                 }
+                self.buf.reserve(4 + len - self.buf.len());
             }
-            match self.body.next().await {
-                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(TransportError::BadFrame(format!("body: {e}"))),
-                None if self.buf.is_empty() => return Ok(None),
-                None => return Err(TransportError::BadFrame("truncated frame".into())),
+            if self.fill().await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(TransportError::BadFrame("truncated frame".into()));
             }
         }
     }
 
     /// The next raw chunk after the frames read so far.
     pub async fn next_raw(&mut self) -> Result<Option<Bytes>, TransportError> {
-        if !self.buf.is_empty() {
-            return Ok(Some(self.buf.split().freeze()));
+        if self.buf.is_empty() && self.fill().await? == 0 {
+            return Ok(None);
         }
-        match self.body.next().await {
-            Some(Ok(chunk)) => Ok(Some(chunk)),
-            Some(Err(e)) => Err(TransportError::BadFrame(format!("body: {e}"))),
-            None => Ok(None),
+        Ok(Some(self.buf.split().freeze()))
+    }
+
+    async fn fill(&mut self) -> Result<usize, TransportError> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
         }
+        self.io
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(|e| TransportError::BadFrame(format!("read: {e}")))
     }
 }
 
-pub fn decode_message(payload: &[u8]) -> Result<Message, TransportError> {
-    Message::parse_from_bytes(payload).map_err(|e| TransportError::BadFrame(e.to_string()))
+/// Decodes one frame's payload; entry data shares `payload`'s buffer.
+pub fn decode_message(payload: &Bytes) -> Result<Message, TransportError> {
+    Message::parse_from_carllerche_bytes(payload)
+        .map_err(|e| TransportError::BadFrame(e.to_string()))
 }
 
 struct Shared {
@@ -242,10 +270,7 @@ impl Transport {
 pub(crate) async fn connect(
     authority: &str,
 ) -> Result<hyper::client::conn::http2::SendRequest<PeerBody>, TransportError> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
-        .await
-        .map_err(|_| TransportError::ConnectTimeout)??;
-    tcp.set_nodelay(true)?;
+    let tcp = dial(authority).await?;
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(1))
@@ -321,6 +346,31 @@ async fn run_stream(
     }
 }
 
+/// Opens a TCP connection to a peer: no Nagle delay, and a silent peer is noticed within
+/// seconds (keep-alive probes when idle; `TCP_USER_TIMEOUT` when sent data goes unacknowledged).
+async fn dial(authority: &str) -> Result<TcpStream, TransportError> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+        .await
+        .map_err(|_| TransportError::ConnectTimeout)??;
+    tune_peer_socket(&tcp)?;
+    Ok(tcp)
+}
+
+/// The socket options of both ends of a peer stream.
+pub fn tune_peer_socket(tcp: &TcpStream) -> io::Result<()> {
+    tcp.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(tcp);
+    sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE)
+            .with_interval(KEEPALIVE)
+            .with_retries(3),
+    )?;
+    sock.set_tcp_user_timeout(Some(SILENT_PEER))
+}
+
+/// One stream's life: the upgrade handshake, then frames out until the queue closes (`Ok`) or
+/// the connection fails.
 async fn stream_once(
     shared: &Shared,
     authority: &str,
@@ -328,28 +378,41 @@ async fn stream_once(
     connected: &mut bool,
     is_up: &AtomicBool,
 ) -> Result<(), TransportError> {
-    let mut sender = connect(authority).await?;
-    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let body = futures_util::stream::unfold(body_rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, io::Error>(Frame::data(b)), rx))
-    });
-    let req = request(
-        shared,
-        authority,
-        "/raft/stream",
-        StreamBody::new(body).boxed_unsync(),
-    )?;
-    let mut response = Box::pin(sender.send_request(req));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
+        TokioIo::new(dial(authority).await?),
+    )
+    .await?;
+    let conn = tokio::spawn(conn.with_upgrades());
+    let req = hyper::Request::post(format!("http://{authority}/raft/stream"))
+        .header(hyper::header::CONNECTION, "upgrade")
+        .header(hyper::header::UPGRADE, STREAM_PROTOCOL)
+        .header(CLUSTER_HEADER, &shared.cluster_id)
+        .header(FROM_HEADER, shared.id.to_string())
+        .body(Empty::new())?;
+    let resp = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| TransportError::AnswerTimeout)??;
+    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        conn.abort();
+        return Err(TransportError::Refused(resp.status()));
+    }
+    let upgraded = hyper::upgrade::on(resp).await?;
+    let parts = upgraded
+        .downcast::<TokioIo<TcpStream>>()
+        .map_err(|_| TransportError::BadFrame("upgrade lost the connection".into()))?;
+    let (mut rx, mut tx) = parts.io.into_inner().into_split();
+    // The receiver writes only when it ends the stream: `<status> <reason>`.
+    let mut reply = parts.read_buf.to_vec();
+    let mut chunk = [0u8; 512];
     *connected = true;
     is_up.store(true, Ordering::Relaxed);
     info!(%authority, "peer stream up");
+    let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
         tokio::select! {
             msg = queue.recv() => {
                 let Some(msg) = msg else { return Ok(()) };
-                let mut buf = BytesMut::new();
+                buf.clear();
                 encode_frame(&msg, &mut buf)?;
                 while buf.len() < BATCH_BYTES {
                     match queue.try_recv() {
@@ -357,16 +420,35 @@ async fn stream_once(
                         Err(_) => break,
                     }
                 }
-                body_tx.send(buf.freeze()).await.map_err(|_| TransportError::Closed)?;
+                tx.write_all(&buf).await?;
             }
-            resp = &mut response => {
-                return Err(match resp {
-                    Ok(r) => TransportError::Refused(r.status()),
-                    Err(e) => e.into(),
-                });
+            n = rx.read(&mut chunk) => {
+                let n = n?;
+                if n == 0 {
+                    return Err(stream_ended(&reply));
+                }
+                reply.extend_from_slice(&chunk[..n]);
+                if reply.len() > 4096 {
+                    return Err(TransportError::BadFrame("peer wrote on the stream".into()));
+                }
             }
         }
     }
+}
+
+/// What a receiver's closing line `<status> <reason>` says.
+fn stream_ended(reply: &[u8]) -> TransportError {
+    std::str::from_utf8(reply)
+        .ok()
+        .and_then(|line| line.get(..3))
+        .and_then(|code| code.parse::<u16>().ok())
+        .and_then(|code| hyper::StatusCode::from_u16(code).ok())
+        .map_or(TransportError::Closed, TransportError::Refused)
+}
+
+/// The line a receiver writes before it closes a stream for `status`.
+pub fn closing_line(status: hyper::StatusCode, reason: &str) -> String {
+    format!("{} {}\n", status.as_u16(), reason.trim_end())
 }
 
 /// Streams the snapshot file named by the message's metadata, then reports the outcome to
@@ -380,13 +462,12 @@ async fn send_snapshot(shared: Arc<Shared>, authority: String, msg: Message) {
     let result = async {
         let file = tokio::fs::File::open(shared.snaps.path(term, index)).await?;
         let bytes = file.metadata().await?.len();
-        let mut head = BytesMut::new();
+        let mut head = Vec::new();
         encode_frame(&msg, &mut head)?;
-        let body = futures_util::stream::unfold(
-            (Some(head.freeze()), Some(file)),
-            |(head, file)| async move {
+        let body =
+            futures_util::stream::unfold((Some(head), Some(file)), |(head, file)| async move {
                 if let Some(h) = head {
-                    return Some((Ok(Frame::data(h)), (None, file)));
+                    return Some((Ok(Frame::data(Bytes::from(h))), (None, file)));
                 }
                 let mut file = file?;
                 let mut buf = BytesMut::with_capacity(SNAPSHOT_CHUNK);
@@ -395,8 +476,7 @@ async fn send_snapshot(shared: Arc<Shared>, authority: String, msg: Message) {
                     Ok(_) => Some((Ok(Frame::data(buf.freeze())), (None, Some(file)))),
                     Err(e) => Some((Err(e), (None, None))),
                 }
-            },
-        );
+            });
         let mut sender = connect(&authority).await?;
         let req = request(
             &shared,
