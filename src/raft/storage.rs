@@ -234,11 +234,24 @@ fn storage_err(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error
 impl LogStore {
     /// Opens (or creates) the log under `dir`. A torn tail from a crash is dropped by
     /// raft-engine's `TolerateTailCorruption` recovery, which logs what it dropped.
+    ///
+    /// Log files are recycled: a file whose entries were all compacted away is kept and
+    /// written over (up to 48 files), and a new log starts with 12 files of zeros (96 MiB). An fdatasync into
+    /// blocks that are already written costs about a third less than into freshly allocated
+    /// ones (ext4 must record the allocation too), and every acknowledged write waits for
+    /// one. Format v2 signs each record with its file's sequence number, so stale records in
+    /// a recycled file are never read as new; v1 files from an older metcd are still read.
     pub fn open(dir: &Path) -> Result<Self, LogError> {
         let cfg = raft_engine::Config {
             dir: dir.to_string_lossy().into_owned(),
             recovery_mode: raft_engine::RecoveryMode::TolerateTailCorruption,
-            target_file_size: raft_engine::ReadableSize::mb(64),
+            format_version: raft_engine::Version::V2,
+            enable_log_recycle: true,
+            prefill_for_recycle: true,
+            // Small files so the first one (not prefilled) is soon left for recycled ones.
+            target_file_size: raft_engine::ReadableSize::mb(8),
+            // Prefills 1.5 × this, in files of `target_file_size`.
+            prefill_limit: Some(raft_engine::ReadableSize::mb(64)),
             purge_threshold: raft_engine::ReadableSize::mb(256),
             ..Default::default()
         };
