@@ -115,6 +115,13 @@ impl PeerApi {
     }
 }
 
+/// The frames of a request body.
+fn body_frames(body: Body) -> FrameReader<impl AsyncRead + Unpin> {
+    FrameReader::new(StreamReader::new(
+        body.into_data_stream().map_err(io::Error::other),
+    ))
+}
+
 fn from_header(headers: &HeaderMap) -> u64 {
     headers
         .get(FROM_HEADER)
@@ -139,8 +146,7 @@ async fn stream(State(api): State<Arc<PeerApi>>, mut req: Request) -> Response {
         .get(header::UPGRADE)
         .is_some_and(|v| v.as_bytes() == STREAM_PROTOCOL.as_bytes());
     if !upgrade {
-        let body = req.into_body().into_data_stream().map_err(io::Error::other);
-        return receive(&api, from, &mut FrameReader::new(StreamReader::new(body)))
+        return receive(&api, from, &mut body_frames(req.into_body()))
             .await
             .into_response();
     }
@@ -219,8 +225,7 @@ async fn snapshot(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Bod
     if let Err(answer) = api.check_removed(from_header(&headers)) {
         return answer;
     }
-    let body = body.into_data_stream().map_err(io::Error::other);
-    let mut frames = FrameReader::new(StreamReader::new(body));
+    let mut frames = body_frames(body);
     let msg = match frames.next_frame().await {
         Ok(Some(payload)) => match api.check_message(&payload, true) {
             Ok(msg) => msg,

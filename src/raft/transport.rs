@@ -288,16 +288,11 @@ pub(crate) async fn connect(
     Ok(sender)
 }
 
-fn request(
-    shared: &Shared,
-    authority: &str,
-    path: &str,
-    body: PeerBody,
-) -> Result<hyper::Request<PeerBody>, TransportError> {
-    Ok(hyper::Request::post(format!("http://{authority}{path}"))
+/// A POST to a peer with this member's cluster id and member id.
+fn request(shared: &Shared, authority: &str, path: &str) -> hyper::http::request::Builder {
+    hyper::Request::post(format!("http://{authority}{path}"))
         .header(CLUSTER_HEADER, &shared.cluster_id)
         .header(FROM_HEADER, shared.id.to_string())
-        .body(body)?)
 }
 
 /// Keeps a stream to one peer open, reconnecting with backoff, until the queue closes. A
@@ -383,11 +378,9 @@ async fn stream_once(
     )
     .await?;
     let conn = tokio::spawn(conn.with_upgrades());
-    let req = hyper::Request::post(format!("http://{authority}/raft/stream"))
+    let req = request(shared, authority, "/raft/stream")
         .header(hyper::header::CONNECTION, "upgrade")
         .header(hyper::header::UPGRADE, STREAM_PROTOCOL)
-        .header(CLUSTER_HEADER, &shared.cluster_id)
-        .header(FROM_HEADER, shared.id.to_string())
         .body(Empty::new())?;
     let resp = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(req))
         .await
@@ -478,12 +471,8 @@ async fn send_snapshot(shared: Arc<Shared>, authority: String, msg: Message) {
                 }
             });
         let mut sender = connect(&authority).await?;
-        let req = request(
-            &shared,
-            &authority,
-            "/raft/snapshot",
-            StreamBody::new(body).boxed_unsync(),
-        )?;
+        let req = request(&shared, &authority, "/raft/snapshot")
+            .body(StreamBody::new(body).boxed_unsync())?;
         let resp = sender.send_request(req).await?;
         if resp.status() == hyper::StatusCode::GONE {
             let _ = shared.inbox.send(Input::Removed);
