@@ -3,8 +3,9 @@
 
     compare-report.py RESULTS_DIR OUT.md OUT.svg
 
-RESULTS_DIR holds <case>.<system>.r<round>.json files from metcd-bench, memory.txt and
-machine.txt. Every figure is a median over rounds; ratios are metcd's median over etcd's.
+RESULTS_DIR holds <case>.<system>.r<round>.json files from metcd-bench (each with a .cpu file
+beside it: the servers' CPU seconds during the run), memory.txt and machine.txt. Every figure
+is a median over rounds; ratios are metcd's median over etcd's.
 Standard library only.
 """
 import json
@@ -36,7 +37,11 @@ def load(results):
         parts = name.split(".")
         if len(parts) == 4 and parts[3] == "json" and parts[2].startswith("r"):
             with open(os.path.join(results, name)) as f:
-                runs[(parts[0], parts[1])].append(json.load(f))
+                report = json.load(f)
+            cpu = kv_lines(os.path.join(results, name[: -len(".json")] + ".cpu"))
+            if "server_cpu_seconds" in cpu and report["requests"]:
+                report["cpu_us"] = float(cpu["server_cpu_seconds"]) * 1e6 / report["requests"]
+            runs[(parts[0], parts[1])].append(report)
     return runs
 
 
@@ -52,8 +57,16 @@ def kv_lines(path):
 
 
 def med(runs, key):
-    vals = [r["throughput"] if key == "tput" else r["latency_ms"][key] for r in runs]
+    if key == "cpu_us":
+        vals = [r["cpu_us"] for r in runs if "cpu_us" in r]
+    else:
+        vals = [r["throughput"] if key == "tput" else r["latency_ms"][key] for r in runs]
     return statistics.median(vals) if vals else None
+
+
+def round_ratios(m, e):
+    """metcd over etcd in each round (the systems ran minutes apart at most within a round)."""
+    return [a["throughput"] / b["throughput"] for a, b in zip(m, e) if b["throughput"]]
 
 
 def fmt_rate(v):
@@ -144,13 +157,16 @@ def main():
         p_m, p_e = med(m, "p99"), med(e, "p99")
         if r is not None:
             ok = r >= 4 and p_m is not None and p_e is not None and p_m <= p_e
-            lines.append(f"| PUT at 64 clients ≥ 4× etcd ({name}), p99 no worse | {r:.1f}×, p99 {fmt_ms(p_m)} vs "
-                         f"{fmt_ms(p_e)} ms | {'yes' if ok else 'no'} |")
+            rounds_txt = ", ".join(f"{x:.1f}×" for x in round_ratios(m, e))
+            lines.append(f"| PUT at 64 clients ≥ 4× etcd ({name}), p99 no worse | {r:.1f}× (rounds: {rounds_txt}), "
+                         f"p99 {fmt_ms(p_m)} vs {fmt_ms(p_e)} ms | {'yes' if ok else 'no'} |")
     m, v3, v2 = (runs.get(("lget-64", s), []) for s, _ in SYSTEMS)
     for name, e in (("v3 gateway", v3), ("v2 API", v2)):
         r = ratio(med(m, "tput"), med(e, "tput"))
         if r is not None:
-            lines.append(f"| linearizable GET at 64 clients ≥ 4× etcd ({name}) | {r:.1f}× | {'yes' if r >= 4 else 'no'} |")
+            rounds_txt = ", ".join(f"{x:.1f}×" for x in round_ratios(m, e))
+            lines.append(f"| linearizable GET at 64 clients ≥ 4× etcd ({name}) | {r:.1f}× (rounds: {rounds_txt}) "
+                         f"| {'yes' if r >= 4 else 'no'} |")
     if memory.get("metcd") and memory.get("etcd"):
         mm = [int(x) for x in memory["metcd"].split()]
         em = [int(x) for x in memory["etcd"].split()]
@@ -163,6 +179,21 @@ def main():
                   f"etcd {', '.join(map(str, em))} MiB",
                   f"- data directories, all three members: metcd {memory.get('metcd_disk_mib', '?')} MiB; "
                   f"etcd {memory.get('etcd_disk_mib', '?')} MiB"]
+
+    lines += ["", "## Servers' CPU per request", "",
+              "CPU time (user + system, all threads) of a system's three servers during a run, divided by the "
+              "requests answered; median of rounds, in µs. The client shares the machine's cores, and takes "
+              "more of them the faster the system answers, so throughput ratios understate the servers' "
+              "difference on this machine; CPU per request does not depend on it.", "",
+              "| case | metcd | etcd v3 | etcd v2 | etcd v3 / metcd | etcd v2 / metcd |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for case, label in CASES:
+        m, v3, v2 = (med(runs.get((case, s), []), "cpu_us") for s, _ in SYSTEMS)
+        if m is None and v3 is None and v2 is None:
+            continue
+        cell = lambda v: "–" if v is None else f"{v:,.0f}"
+        lines.append(f"| {label} | {cell(m)} | {cell(v3)} | {cell(v2)} "
+                     f"| {fmt_ratio(ratio(v3, m))} | {fmt_ratio(ratio(v2, m))} |")
 
     lines += ["", "## Every run", "", "Throughput per round (req/s), in the order the rounds ran.", "",
               "| case | " + " | ".join(label for _, label in SYSTEMS) + " |", "|---|---:|---:|---:|"]

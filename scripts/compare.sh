@@ -12,8 +12,10 @@
 #   PUT, linearizable GET and serializable GET at 1, 64 and 256 clients, and a 90% GET /
 #   10% PUT mix at 64 clients; each against metcd, etcd's v3 JSON gateway and etcd's v2 API.
 # Runs are interleaved (each round visits every case, the systems in a rotating order) and
-# the report takes the median of ROUNDS rounds. Last, each system gets MEM_KEYS keys and the
-# resident memory (VmRSS) of every member is read.
+# the report takes the median of ROUNDS rounds. Each run also records the CPU time the
+# system's three servers spent (from /proc), so the report gives CPU per request: unlike
+# throughput, it does not depend on how much of the shared cores the client took. Last, each
+# system gets MEM_KEYS keys and the resident memory (VmRSS) of every member is read.
 #
 # Environment: ROUNDS (3), SECS per run (5), ENGINE (btree), PRELOAD (100000),
 # MEM_KEYS (1000000; 0 skips the memory step), CASES (all ten, e.g. "put-64 lget-64"),
@@ -60,13 +62,25 @@ for _ in $(seq 1 100); do
 done
 curl -sf http://127.0.0.1:14011/_status | grep -q '"leader":[1-9]' || { echo "metcd has no leader; see $work" >&2; exit 1; }
 
-# run SYSTEM NAME ARGS...: one metcd-bench run, its JSON saved as NAME
+etcd_pids=$(cat "$work"/etcd/e*.pid)
+# cpu_ticks PID...: user + system time of the processes, in clock ticks.
+cpu_ticks() { for p in "$@"; do cut -d' ' -f14,15 "/proc/$p/stat"; done | awk '{s += $1 + $2} END {print s}'; }
+
+# run SYSTEM NAME ARGS...: one metcd-bench run, its JSON saved as NAME, and the CPU time the
+# system's three servers spent during it (all threads, user + system) as NAME.cpu
 run() {
   local system=$1 name=$2; shift 2
-  local target=$system urls=$etcd_urls
-  [ "$system" = metcd ] && urls=$metcd_urls
+  local target=$system urls=$etcd_urls servers=$etcd_pids
+  [ "$system" = metcd ] && urls=$metcd_urls && servers="${pids[*]}"
+  local before after
+  # shellcheck disable=SC2086
+  before=$(cpu_ticks $servers)
   $bench --target "$target" --endpoints "$urls" --json "$work/results/$name.json" "$@" >"$work/results/$name.txt" 2>&1 \
     || { echo "run $name failed:" >&2; cat "$work/results/$name.txt" >&2; exit 1; }
+  # shellcheck disable=SC2086
+  after=$(cpu_ticks $servers)
+  echo "server_cpu_seconds $(awk -v d=$((after - before)) -v t="$(getconf CLK_TCK)" 'BEGIN {print d / t}')" \
+    >"$work/results/$name.cpu"
 }
 
 echo "== preload $preload keys into each system"
@@ -107,7 +121,6 @@ echo "== memory: $mem_keys keys in each system"
 rss() { # PID... -> VmRSS in MiB, space-separated
   for p in "$@"; do awk '/VmRSS/ {printf "%.0f ", $2 / 1024}' "/proc/$p/status"; done
 }
-etcd_pids=$(cat "$work"/etcd/e*.pid)
 run metcd mem-load-metcd --clients 256 --conns 86 --total "$mem_keys" --sequential-keys --key-space-size "$mem_keys"
 run etcd-v3 mem-load-etcd --clients 256 --conns 86 --total "$mem_keys" --sequential-keys --key-space-size "$mem_keys"
 sleep 5
