@@ -64,9 +64,9 @@ def med(runs, key):
     return statistics.median(vals) if vals else None
 
 
-def round_ratios(m, e):
+def fmt_round_ratios(m, e):
     """metcd over etcd in each round (the systems ran minutes apart at most within a round)."""
-    return [a["throughput"] / b["throughput"] for a, b in zip(m, e) if b["throughput"]]
+    return ", ".join(f"{a['throughput'] / b['throughput']:.1f}×" for a, b in zip(m, e) if b["throughput"])
 
 
 def fmt_rate(v):
@@ -157,15 +157,13 @@ def main():
         p_m, p_e = med(m, "p99"), med(e, "p99")
         if r is not None:
             ok = r >= 4 and p_m is not None and p_e is not None and p_m <= p_e
-            rounds_txt = ", ".join(f"{x:.1f}×" for x in round_ratios(m, e))
-            lines.append(f"| PUT at 64 clients ≥ 4× etcd ({name}), p99 no worse | {r:.1f}× (rounds: {rounds_txt}), "
+            lines.append(f"| PUT at 64 clients ≥ 4× etcd ({name}), p99 no worse | {r:.1f}× (rounds: {fmt_round_ratios(m, e)}), "
                          f"p99 {fmt_ms(p_m)} vs {fmt_ms(p_e)} ms | {'yes' if ok else 'no'} |")
     m, v3, v2 = (runs.get(("lget-64", s), []) for s, _ in SYSTEMS)
     for name, e in (("v3 gateway", v3), ("v2 API", v2)):
         r = ratio(med(m, "tput"), med(e, "tput"))
         if r is not None:
-            rounds_txt = ", ".join(f"{x:.1f}×" for x in round_ratios(m, e))
-            lines.append(f"| linearizable GET at 64 clients ≥ 4× etcd ({name}) | {r:.1f}× (rounds: {rounds_txt}) "
+            lines.append(f"| linearizable GET at 64 clients ≥ 4× etcd ({name}) | {r:.1f}× (rounds: {fmt_round_ratios(m, e)}) "
                          f"| {'yes' if r >= 4 else 'no'} |")
     if memory.get("metcd") and memory.get("etcd"):
         mm = [int(x) for x in memory["metcd"].split()]
@@ -191,8 +189,7 @@ def main():
         m, v3, v2 = (med(runs.get((case, s), []), "cpu_us") for s, _ in SYSTEMS)
         if m is None and v3 is None and v2 is None:
             continue
-        cell = lambda v: "–" if v is None else f"{v:,.0f}"
-        lines.append(f"| {label} | {cell(m)} | {cell(v3)} | {cell(v2)} "
+        lines.append(f"| {label} | {fmt_rate(m)} | {fmt_rate(v3)} | {fmt_rate(v2)} "
                      f"| {fmt_ratio(ratio(v3, m))} | {fmt_ratio(ratio(v2, m))} |")
 
     lines += ["", "## Every run", "", "Throughput per round (req/s), in the order the rounds ran.", "",
