@@ -980,8 +980,8 @@ impl Node {
         }
     }
 
-    /// After `snapshot_count` entries: make the engine durable at its applied index, record
-    /// a snapshot there, and only then compact the log, keeping a catch-up tail.
+    /// After [`Self::snapshot_interval`] entries: make the engine durable at its applied index,
+    /// record a snapshot there, and only then compact the log, keeping a catch-up tail.
     ///
     /// An engine that commits durably on its own every few seconds (btree) is not forced to:
     /// the snapshot is recorded at its last durable point once that is `snapshot_count` past
