@@ -13,7 +13,7 @@ use std::io::{BufReader, BufWriter};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metcd::engine::{self, Applied, Engine, EngineKind, Op};
+use metcd::engine::{self, Applied, Engine, EngineKind, EngineOptions, Op};
 
 const BATCH: usize = 128;
 const READS: usize = 200_000;
@@ -91,7 +91,8 @@ fn run(kind: EngineKind, n: u64) -> Row {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine_dir = dir.path().join("engine");
     let (rss0, _) = rss_mib();
-    let e: Arc<dyn Engine> = engine::open(kind, &engine_dir).expect("open");
+    let e: Arc<dyn Engine> =
+        engine::open(kind, &engine_dir, &EngineOptions::default()).expect("open");
     let value = vec![b'v'; 256];
 
     // Writes: apply-sized batches of puts, every key once, in scattered order (a prime
@@ -143,7 +144,7 @@ fn run(kind: EngineKind, n: u64) -> Row {
     let snapshot_peak = rss_mib().1 - base;
 
     let other_dir = dir.path().join("restored");
-    let other = engine::open(kind, &other_dir).expect("open");
+    let other = engine::open(kind, &other_dir, &EngineOptions::default()).expect("open");
     reset_peak();
     let (base, _) = rss_mib();
     let started = Instant::now();
@@ -159,7 +160,7 @@ fn run(kind: EngineKind, n: u64) -> Row {
 
     // Restart: a persistent engine reopens its files; the memory engine reloads the snapshot.
     let started = Instant::now();
-    let e = engine::open(kind, &engine_dir).expect("reopen");
+    let e = engine::open(kind, &engine_dir, &EngineOptions::default()).expect("reopen");
     if kind == EngineKind::Memory {
         e.restore(&mut BufReader::new(File::open(&snap).expect("snap file")))
             .expect("restore");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::engine::EngineKind;
+use crate::engine::{EngineKind, EngineOptions};
 use crate::local_cluster::LocalClusterArgs;
 
 /// metcd: a Raft-replicated key-value store with a curl-friendly HTTP API.
@@ -54,6 +54,10 @@ pub struct Config {
     /// State machine engine: btree (redb, read-heavy), lsm (fjall, write-heavy) or memory.
     #[arg(long, value_enum, default_value = "btree")]
     pub engine: EngineKind,
+    /// The btree engine's page cache, in MiB (the operating system's page cache holds the rest
+    /// of the file; reads that miss go to it).
+    #[arg(long, default_value_t = 256)]
+    pub btree_cache_mb: u64,
     /// How long a client request may wait for a leader, a commit or a read barrier.
     #[arg(long, default_value_t = 5_000)]
     pub request_timeout_ms: u64,
@@ -123,6 +127,7 @@ pub struct Settings {
     pub client_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub engine: EngineKind,
+    pub engine_options: EngineOptions,
     pub snapshot_count: u64,
     /// Entries kept behind a snapshot for followers that are only a little behind.
     pub catch_up_entries: u64,
@@ -242,6 +247,12 @@ impl Config {
                     .into(),
             ));
         }
+        // redb wants at least a few pages; a cache past 1 TiB is a typo.
+        if !(1..=1 << 20).contains(&self.btree_cache_mb) {
+            return Err(ConfigError::Invalid(
+                "--btree-cache-mb must be between 1 and 1048576".into(),
+            ));
+        }
         let mut peer_dial = std::collections::HashMap::new();
         for entry in &self.peer_dial {
             let parsed = entry.split_once('=').and_then(|(id, addr)| {
@@ -270,6 +281,9 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("metcd-{}", self.id))),
             engine: self.engine,
+            engine_options: EngineOptions {
+                btree_cache_bytes: (self.btree_cache_mb << 20) as usize,
+            },
             snapshot_count: self.snapshot_count,
             catch_up_entries: self.snapshot_count.min(5_000),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
@@ -329,6 +343,17 @@ mod tests {
             cfg(&["--cluster", dup]).validate(),
             Err(ConfigError::DuplicateUrl(_))
         ));
+    }
+
+    #[test]
+    fn btree_cache_flag() {
+        let default = cfg(&[]).validate().unwrap().engine_options;
+        assert_eq!(default, EngineOptions::default());
+        assert_eq!(default.btree_cache_bytes, 256 << 20);
+        let s = cfg(&["--btree-cache-mb", "64"]).validate().unwrap();
+        assert_eq!(s.engine_options.btree_cache_bytes, 64 << 20);
+        let e = cfg(&["--btree-cache-mb", "0"]).validate().unwrap_err();
+        assert!(e.to_string().contains("--btree-cache-mb"), "{e}");
     }
 
     #[test]

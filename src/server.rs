@@ -150,7 +150,11 @@ fn recover_engine(
     store: &mut LogStore,
     snaps: &SnapshotStore,
 ) -> Result<Arc<dyn Engine>> {
-    let engine = engine::open(settings.engine, &settings.data_dir.join("engine"))?;
+    let engine = engine::open(
+        settings.engine,
+        &settings.data_dir.join("engine"),
+        &settings.engine_options,
+    )?;
     let meta = store.snapshot_metadata().clone();
     if meta.index > engine.applied_index() {
         match snaps.restore(engine.as_ref(), meta.term, meta.index) {

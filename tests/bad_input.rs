@@ -180,6 +180,15 @@ fn flag_client_port_in_use() {
     expect_flag_error(&c.member_args(1));
 }
 
+#[test]
+fn flag_btree_cache_zero() {
+    let c = TestCluster::new(1, 25650, &[]);
+    let mut args = c.member_args(1);
+    args.extend(["--btree-cache-mb".to_string(), "0".to_string()]);
+    let line = expect_flag_error(&args);
+    assert!(line.contains("--btree-cache-mb"), "{line}");
+}
+
 /// After the first start the replicated membership is authoritative: a member restarted
 /// with a different --cluster list keeps its recorded cluster, says so, and serves its data.
 #[test]

@@ -193,3 +193,45 @@ fn damaged_snapshot_falls_back_to_older_state() {
         out.stderr
     );
 }
+
+/// A btree member with a 1 MiB page cache (`--btree-cache-mb 1`: nearly every read of the
+/// store goes to the file) serves every key, before and after `kill -9`, with overwrites.
+#[test]
+fn btree_with_a_tiny_page_cache_serves_everything() {
+    let mut c = TestCluster::start(1, 27600, &["--engine", "btree", "--btree-cache-mb", "1"]);
+    c.wait_leader(LEADER_TIMEOUT);
+    // 256-byte values: 1,500 keys are about 400 KiB of leaves plus the tree, beyond 1 MiB
+    // once redb's write share of the cache and the overwrites' copies count.
+    let value = |k: usize, round: &str| format!("{round}-{k:04}-{}", "v".repeat(240));
+    for k in 0..1500 {
+        c.put_ok(1, &format!("/tiny/{k:04}"), value(k, "a"));
+    }
+    for k in (0..1500).step_by(3) {
+        c.put_ok(1, &format!("/tiny/{k:04}"), value(k, "b"));
+    }
+    let expect = |k: usize| value(k, if k.is_multiple_of(3) { "b" } else { "a" });
+    for k in (0..1500).step_by(7) {
+        assert_eq!(
+            c.get(1, &format!("/tiny/{k:04}")).text(),
+            expect(k),
+            "key {k}"
+        );
+    }
+    c.kill(1);
+    c.restart(1);
+    c.wait_leader(LEADER_TIMEOUT);
+    for k in 0..1500 {
+        assert_eq!(
+            c.get(1, &format!("/tiny/{k:04}")).text(),
+            expect(k),
+            "key {k} after kill -9"
+        );
+    }
+    let listed = c.get(1, "/tiny/?prefix=true&limit=5000");
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert!(
+        listed.text().contains("\"count\":1500"),
+        "a listing of all 1500 keys: {}",
+        &listed.text()[..200.min(listed.text().len())]
+    );
+}

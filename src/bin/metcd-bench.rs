@@ -196,8 +196,8 @@ async fn run(args: Args) -> Result<(), String> {
             "max": hist.max() as f64 / 1000.0, "mean": hist.mean() / 1000.0,
         },
     });
-    println!(
-        "requests {done} in {elapsed:.2} s: {:.0}/s; errors {errors}\nlatency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+    let mut out = format!(
+        "requests {done} in {elapsed:.2} s: {:.0}/s; errors {errors}\nlatency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}\n",
         done as f64 / elapsed,
         q(0.5),
         q(0.9),
@@ -206,17 +206,32 @@ async fn run(args: Args) -> Result<(), String> {
         hist.max() as f64 / 1000.0
     );
     if let Some(e) = first_error {
-        println!("first error: {e}");
+        out += &format!("first error: {e}\n");
     }
     if let Some(path) = &args.json {
         let text = report.to_string();
         if path == "-" {
-            println!("{text}");
+            out += &text;
+            out.push('\n');
         } else {
             std::fs::write(path, text).map_err(|e| format!("{path}: {e}"))?;
         }
     }
-    Ok(())
+    print_report(&out)
+}
+
+/// Writes the report to stdout. A reader that stopped early (`| head -1`) is not an error; the
+/// standard macros would panic on it.
+fn print_report(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("stdout: {e}")),
+        _ => Ok(()),
+    }
 }
 
 async fn report_progress(args: Arc<Args>, counts: Arc<Counts>, started: Instant) {
@@ -428,5 +443,77 @@ async fn send(
             "{status}: {}",
             String::from_utf8_lossy(&body.to_bytes()).trim()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The method, path, content type and body that `request` builds for these flags.
+    fn shape(flags: &[&str], read: bool) -> (String, String, Option<String>, String) {
+        let args = Args::parse_from(std::iter::once("metcd-bench").chain(flags.iter().copied()));
+        let req = request(&args, "h:1", "k1", read, &Bytes::from_static(b"vv"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let (parts, body) = req.into_parts();
+        let body = rt.block_on(body.collect()).expect("body").to_bytes();
+        assert_eq!(parts.headers[hyper::header::HOST], "h:1");
+        (
+            parts.method.to_string(),
+            parts.uri.to_string(),
+            parts
+                .headers
+                .get(hyper::header::CONTENT_TYPE)
+                .map(|v| v.to_str().expect("ascii").to_string()),
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    fn s(x: &str) -> String {
+        x.to_string()
+    }
+
+    #[test]
+    fn requests_for_each_target() {
+        assert_eq!(shape(&[], false), (s("PUT"), s("/k1"), None, s("vv")));
+        assert_eq!(shape(&[], true), (s("GET"), s("/k1"), None, s("")));
+        assert_eq!(
+            shape(&["--consistency", "s"], true).1,
+            "/k1?consistency=serializable"
+        );
+        let form = Some(s("application/x-www-form-urlencoded"));
+        assert_eq!(
+            shape(&["--target", "etcd-v2"], false),
+            (s("PUT"), s("/v2/keys/k1"), form, s("value=vv"))
+        );
+        assert_eq!(
+            shape(&["--target", "etcd-v2"], true).1,
+            "/v2/keys/k1?quorum=true"
+        );
+        assert_eq!(
+            shape(&["--target", "etcd-v2", "--consistency", "s"], true).1,
+            "/v2/keys/k1"
+        );
+        // The v3 gateway takes base64 keys and values in JSON.
+        let (method, path, _, body) = shape(&["--target", "etcd-v3"], false);
+        assert_eq!((method.as_str(), path.as_str()), ("POST", "/v3/kv/put"));
+        let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(body, serde_json::json!({ "key": "azE=", "value": "dnY=" }));
+        let (_, path, _, body) = shape(&["--target", "etcd-v3", "--consistency", "s"], true);
+        assert_eq!(path, "/v3/kv/range");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({ "key": "azE=", "serializable": true })
+        );
+    }
+
+    #[test]
+    fn keys_have_the_requested_size() {
+        assert_eq!(key(42, 8), "00000042");
+        assert_eq!(key(123_456, 3), "456");
+        assert_eq!(key(7, 1), "7");
     }
 }

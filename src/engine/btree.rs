@@ -357,9 +357,13 @@ impl Inner {
 }
 
 impl BtreeEngine {
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Opens (or creates) the store under `dir`, with a page cache of `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: usize) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("btree.redb")).ctx("btree open")?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(dir.join("btree.redb"))
+            .ctx("btree open")?;
         let txn = db.begin_write().ctx("btree open")?;
         let (counters, generation) = read_meta(&txn.open_table(META).ctx("btree open")?)?;
         // Drop what an interrupted restore left behind; make sure the live table exists.
@@ -602,6 +606,9 @@ mod tests {
     use crate::engine::conformance::put;
     use crate::engine::Op;
 
+    /// Small, so the tests also read pages back from the file.
+    const TEST_CACHE: usize = 1 << 20;
+
     fn contents(e: &BtreeEngine) -> Vec<(Vec<u8>, Vec<u8>)> {
         let all = e.range(b"", None, usize::MAX).unwrap();
         let mut snap = Vec::new();
@@ -621,7 +628,7 @@ mod tests {
     #[test]
     fn overlay_and_redb_agree() {
         let dir = tempfile::tempdir().unwrap();
-        let e = BtreeEngine::open(dir.path()).unwrap();
+        let e = BtreeEngine::open(dir.path(), TEST_CACHE).unwrap();
         let mut model = BTreeMap::new();
         let mut index = 0;
         let mut step = |e: &BtreeEngine, model: &mut BTreeMap<Vec<u8>, Vec<u8>>, op: Op| {
@@ -659,7 +666,7 @@ mod tests {
         assert_eq!(contents(&e), expect, "all flushed");
         assert_eq!(e.len().unwrap(), model.len() as u64);
         drop(e);
-        let e = BtreeEngine::open(dir.path()).unwrap();
+        let e = BtreeEngine::open(dir.path(), TEST_CACHE).unwrap();
         assert_eq!(contents(&e), expect, "after reopen");
         assert_eq!(e.applied_index(), index);
     }
@@ -669,7 +676,7 @@ mod tests {
     #[test]
     fn readers_never_miss_changes_being_flushed() {
         let dir = tempfile::tempdir().unwrap();
-        let e = Arc::new(BtreeEngine::open(dir.path()).unwrap());
+        let e = Arc::new(BtreeEngine::open(dir.path(), TEST_CACHE).unwrap());
         const N: u64 = 40_000;
         let reader = {
             let e = e.clone();

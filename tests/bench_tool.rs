@@ -1,0 +1,174 @@
+//! `metcd-bench`, the load generator, against a real 3-member cluster: it writes what it says
+//! it wrote, counts requests and errors, keeps an open-loop rate, writes its JSON report, and
+//! fails cleanly on bad flags or a closed stdout. (Its etcd targets are exercised against a
+//! real etcd by scripts/compare.sh; the request shapes they send are unit-tested in the tool.)
+//! Ports 19000-19999.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{TestCluster, LEADER_TIMEOUT};
+use serde_json::Value;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_metcd-bench");
+
+fn endpoints(c: &TestCluster) -> String {
+    (1..=c.size())
+        .map(|i| format!("http://127.0.0.1:{}", c.client_port(i)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs the tool to completion with `args` and `--json FILE`; returns the parsed report and
+/// the text it printed.
+fn run(c: &TestCluster, args: &[&str]) -> (Value, String) {
+    let json = c.dir().join("report.json");
+    let out = Command::new(BENCH)
+        .args(["--endpoints", &endpoints(c), "--progress", "0", "--json"])
+        .arg(&json)
+        .args(args)
+        .output()
+        .expect("run metcd-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "metcd-bench {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("the JSON report");
+    (serde_json::from_str(&text).expect("JSON"), stdout)
+}
+
+fn n(v: &Value, path: &[&str]) -> f64 {
+    path.iter()
+        .fold(v, |v, k| &v[*k])
+        .as_f64()
+        .unwrap_or_else(|| panic!("no number at {path:?} in {v}"))
+}
+
+#[test]
+fn writes_what_it_reports_and_measures_latency() {
+    let c = TestCluster::start(3, 19000, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    let (r, stdout) = run(
+        &c,
+        &[
+            "--total",
+            "1500",
+            "--clients",
+            "12",
+            "--conns",
+            "2",
+            "--sequential-keys",
+            "--key-space-size",
+            "500",
+            "--key-size",
+            "6",
+            "--val-size",
+            "40",
+        ],
+    );
+    eprintln!("{stdout}");
+    assert_eq!(n(&r, &["requests"]), 1500.0, "{r}");
+    assert_eq!(n(&r, &["errors"]), 0.0, "{r}");
+    assert!(n(&r, &["throughput"]) > 0.0);
+    let lat: Vec<f64> = ["p50", "p90", "p99", "p999", "max"]
+        .iter()
+        .map(|p| n(&r, &["latency_ms", p]))
+        .collect();
+    assert!(
+        lat[0] > 0.0 && lat.windows(2).all(|w| w[0] <= w[1]),
+        "{lat:?}"
+    );
+    assert!(stdout.starts_with("requests 1500 in "), "{stdout}");
+    // Every key of the space was written, 6 bytes long, with a 40-byte value: read them back.
+    for k in [0, 1, 250, 499] {
+        let r = c.get(1 + k % 3, &format!("/{k:06}"));
+        assert_eq!(r.status, 200, "key {k:06}");
+        assert_eq!(r.body, vec![b'v'; 40], "key {k:06}");
+    }
+    assert_eq!(c.get(1, "/000500").status, 404, "outside the key space");
+}
+
+#[test]
+fn mixed_reads_and_open_loop_rate() {
+    let c = TestCluster::start(3, 19100, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    let (r, _) = run(
+        &c,
+        &[
+            "--duration",
+            "2",
+            "--clients",
+            "8",
+            "--read-ratio",
+            "0.5",
+            "--consistency",
+            "s",
+            "--key-space-size",
+            "100",
+        ],
+    );
+    assert!(n(&r, &["requests"]) > 0.0);
+    assert_eq!(n(&r, &["errors"]), 0.0, "{r}");
+    assert_eq!(r["read_ratio"], 0.5);
+    // Half the requests were writes: some of the 100 keys exist now.
+    let listed = c.get(1, "/?prefix=true");
+    assert!(!listed.text().contains("\"count\":0"), "{}", listed.text());
+
+    // Open loop: 300 requests a second for 3 s is about 900 requests, whatever the cluster
+    // could do closed-loop.
+    let (r, _) = run(&c, &["--duration", "3", "--clients", "8", "--rate", "300"]);
+    let done = n(&r, &["requests"]);
+    assert!(
+        (800.0..=950.0).contains(&done),
+        "open loop at 300/s for 3 s: {done}"
+    );
+    assert_eq!(n(&r, &["errors"]), 0.0, "{r}");
+}
+
+#[test]
+fn errors_are_counted_and_bad_flags_refused() {
+    let c = TestCluster::new(1, 19200, &[]);
+    // Nothing listens: every request fails, and the run still ends with a report.
+    let (r, stdout) = run(&c, &["--total", "20", "--clients", "2"]);
+    assert_eq!(n(&r, &["requests"]), 0.0, "{r}");
+    assert_eq!(n(&r, &["errors"]), 20.0, "{r}");
+    assert!(stdout.contains("first error: connect"), "{stdout}");
+
+    for bad in [
+        &["--read-ratio", "2"][..],
+        &["--clients", "0"],
+        &["--endpoints", "127.0.0.1:1"],
+    ] {
+        let out = Command::new(BENCH)
+            .args(bad)
+            .args(["--total", "1"])
+            .output()
+            .expect("run metcd-bench");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {stderr}");
+        assert!(stderr.contains("metcd-bench: error:"), "{bad:?}: {stderr}");
+    }
+}
+
+/// `metcd-bench ... | head -1`: the reader goes away before the report is written. The tool
+/// ends normally instead of panicking on the closed pipe.
+#[test]
+fn closed_stdout_is_not_a_crash() {
+    let c = TestCluster::start(1, 19300, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    let mut child = Command::new(BENCH)
+        .args(["--endpoints", &endpoints(&c), "--progress", "0"])
+        .args(["--total", "200", "--json", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn metcd-bench");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}
