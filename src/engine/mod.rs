@@ -71,7 +71,8 @@ impl EngineKind {
 pub struct EngineOptions {
     /// The btree's page cache (redb's own, in process memory). redb's default is 1 GiB,
     /// which a 1M-key store fills under random writes (resident memory about 1 GB a member);
-    /// 256 MiB read as fast at 1M keys in our runs at about 60% of the memory.
+    /// with 256 MiB, reads at 1M keys ran within about a fifth of that, in about 60% of the
+    /// memory (docs/benchmarks.md).
     pub btree_cache_bytes: usize,
 }
 
