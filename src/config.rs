@@ -56,7 +56,7 @@ pub struct Config {
     pub engine: EngineKind,
     /// The btree engine's page cache, in MiB (the operating system's page cache holds the rest
     /// of the file; reads that miss go to it).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = (EngineOptions::default().btree_cache_bytes >> 20) as u64)]
     pub btree_cache_mb: u64,
     /// How long a client request may wait for a leader, a commit or a read barrier.
     #[arg(long, default_value_t = 5_000)]
