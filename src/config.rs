@@ -27,6 +27,11 @@ pub struct Config {
     /// one; --cluster must reach at least one current member.
     #[arg(long)]
     pub join: bool,
+    /// Part of the id of a new cluster (etcd's --initial-cluster-token): clusters started from
+    /// the same peer URLs with different tokens refuse each other's traffic. Without it, a
+    /// cluster whose --cluster names only this member gets a random id. Read on first start.
+    #[arg(long, value_name = "TOKEN")]
+    pub cluster_token: Option<String>,
     /// A learner added without `?learner=true` is promoted to voter once its log is within
     /// this many entries of the leader's.
     #[arg(long, default_value_t = 1_000)]
@@ -115,9 +120,13 @@ pub struct Member {
 pub struct Settings {
     pub id: u64,
     pub members: Vec<Member>,
-    /// The id a new cluster of `members` gets; a member that joins or restarts uses the
-    /// recorded one instead.
+    /// The id a new cluster of `members` gets (from their URLs and `--cluster-token`), until
+    /// start-up replaces it: a member that joins or restarts uses the recorded one, and one
+    /// that starts a cluster of itself alone without a token draws a random one.
     pub cluster_id: u64,
+    /// A new cluster of this member alone, without a token: its id is drawn at random, so a
+    /// founder whose data was lost can never pass for the cluster it founded.
+    pub random_cluster_id: bool,
     pub join: bool,
     pub promote_within: u64,
     pub health_max_lag: u64,
@@ -168,12 +177,19 @@ pub fn parse_url(url: &str) -> Result<(String, String), ConfigError> {
     Ok((format!("http://{authority}"), authority))
 }
 
-/// FNV-1a over the sorted member URLs: the same list gives the same id on every member.
-pub fn cluster_id(urls: &[String]) -> u64 {
+/// FNV-1a over the sorted member URLs and the token: the same list and token give the same
+/// id on every member. Without a token the id is the one earlier versions computed.
+pub fn cluster_id(urls: &[String], token: Option<&str>) -> u64 {
     let mut sorted: Vec<&str> = urls.iter().map(String::as_str).collect();
     sorted.sort_unstable();
+    let mut text = sorted.join(",");
+    if let Some(token) = token {
+        // A newline cannot appear in a URL, so no list and token collide with another.
+        text.push('\n');
+        text.push_str(token);
+    }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in sorted.join(",").bytes() {
+    for b in text.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -266,9 +282,16 @@ impl Config {
             peer_dial.insert(id, authority);
         }
         let urls: Vec<String> = members.iter().map(|m| m.url.clone()).collect();
+        let token = self.cluster_token.as_deref();
+        if token.is_some_and(|t| t.is_empty() || t.contains(['\n', '\r'])) {
+            return Err(ConfigError::Invalid(
+                "--cluster-token must be non-empty and on one line".into(),
+            ));
+        }
         Ok(Settings {
             id: self.id,
-            cluster_id: cluster_id(&urls),
+            cluster_id: cluster_id(&urls, token),
+            random_cluster_id: members.len() == 1 && token.is_none(),
             join: self.join,
             promote_within: self.promote_within,
             health_max_lag: self.health_max_lag,
@@ -392,10 +415,30 @@ mod tests {
     }
 
     #[test]
-    fn cluster_id_ignores_order() {
+    fn cluster_id_ignores_order_and_takes_the_token() {
         let a = vec!["http://a:1".to_string(), "http://b:2".to_string()];
         let b = vec!["http://b:2".to_string(), "http://a:1".to_string()];
-        assert_eq!(cluster_id(&a), cluster_id(&b));
-        assert_ne!(cluster_id(&a), cluster_id(&a[..1]));
+        assert_eq!(cluster_id(&a, None), cluster_id(&b, None));
+        assert_ne!(cluster_id(&a, None), cluster_id(&a[..1], None));
+        assert_eq!(cluster_id(&a, Some("t")), cluster_id(&b, Some("t")));
+        assert_ne!(cluster_id(&a, Some("t")), cluster_id(&a, None));
+        assert_ne!(cluster_id(&a, Some("t")), cluster_id(&a, Some("u")));
+        // What earlier versions computed, so existing clusters keep their id.
+        assert_eq!(cluster_id(&a, None), 0xeade_7fd2_2692_f0af);
+    }
+
+    #[test]
+    fn a_lone_founder_without_a_token_gets_a_random_cluster_id() {
+        assert!(cfg(&[]).validate().unwrap().random_cluster_id);
+        let token = cfg(&["--cluster-token", "prod"]).validate().unwrap();
+        assert!(!token.random_cluster_id);
+        let three = "http://127.0.0.1:1,http://127.0.0.1:2,http://127.0.0.1:3";
+        assert!(
+            !cfg(&["--cluster", three])
+                .validate()
+                .unwrap()
+                .random_cluster_id
+        );
+        assert!(cfg(&["--cluster-token", ""]).validate().is_err());
     }
 }

@@ -38,6 +38,10 @@ pub enum Error {
         "member {0} was removed from the cluster; wipe its data dir and add it again with a new id"
     )]
     Removed(u64),
+    /// This data dir is not the one the cluster knows under its member id (its data was lost
+    /// or replaced), or its log lacks entries it acknowledged.
+    #[error("{0}")]
+    LostData(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -12,7 +12,8 @@
 //!   |  committed entries, in order, one batch per Ready
 //! engine   the state machine's storage engines behind one object-safe trait
 //! ```
-//! [`server`] wires them together; [`config`] is the only reader of flags; [`metrics`] is the
+//! [`startup`] decides what a data dir makes a member (bootstrap, join, restart, recovery);
+//! [`server`] wires the parts together; [`config`] is the only reader of flags; [`metrics`] is the
 //! Prometheus registry; [`local_cluster`] runs a 3-member cluster for trying metcd out.
 
 pub mod api;
@@ -25,5 +26,6 @@ pub mod local_cluster;
 pub mod metrics;
 pub mod raft;
 pub mod server;
+pub mod startup;
 
 pub use error::{Error, Result};

@@ -159,6 +159,13 @@ pub struct Metrics {
     pub snapshots_installed: AtomicU64,
     pub snapshots_sent: AtomicU64,
     pub snapshot_send_failures: AtomicU64,
+    /// Committed entries applied as no-ops: undecodable, of an unknown kind, or membership
+    /// changes the rules refuse.
+    pub entries_skipped: AtomicU64,
+    /// Writes not proposed because their client had gone away.
+    pub proposals_abandoned: AtomicU64,
+    /// Peer traffic refused: malformed or forbidden messages, members that lost their data.
+    pub peer_refusals: AtomicU64,
     /// Raft log fsync latency.
     pub log_sync: Histogram,
     /// Seconds to save a snapshot.
@@ -183,6 +190,9 @@ impl Metrics {
             snapshots_installed: AtomicU64::new(0),
             snapshots_sent: AtomicU64::new(0),
             snapshot_send_failures: AtomicU64::new(0),
+            entries_skipped: AtomicU64::new(0),
+            proposals_abandoned: AtomicU64::new(0),
+            peer_refusals: AtomicU64::new(0),
             log_sync: Histogram::new(LATENCY_BUCKETS),
             snapshot_save: Histogram::new(SLOW_BUCKETS),
             requests: RwLock::new(BTreeMap::new()),
@@ -279,6 +289,24 @@ impl Metrics {
             "metcd_proposals_failed_total",
             "Proposals from this member that were dropped or failed.",
             &self.proposals_failed,
+        );
+        counter(
+            out,
+            "metcd_proposals_abandoned_total",
+            "Writes not proposed because their client had gone away.",
+            &self.proposals_abandoned,
+        );
+        counter(
+            out,
+            "metcd_entries_skipped_total",
+            "Committed entries applied as no-ops: undecodable, of an unknown kind, or membership changes the rules refuse.",
+            &self.entries_skipped,
+        );
+        counter(
+            out,
+            "metcd_peer_refusals_total",
+            "Peer traffic refused: malformed or forbidden messages, members that lost their data.",
+            &self.peer_refusals,
         );
         histogram(
             out,

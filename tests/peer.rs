@@ -1,21 +1,54 @@
-//! The peer port rejects traffic from other clusters and malformed frames
-//! without disturbing the member. Ports 26000-26999.
+//! The peer port rejects traffic from other clusters, from members presenting another
+//! incarnation than the one recorded for them, malformed frames, messages only a member
+//! itself may generate, and forwarded proposals that are not client writes, without
+//! disturbing the member. Ports 26000-26999.
 
 mod common;
 
 use common::{http_request, Response, TestCluster, LEADER_TIMEOUT};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, Entry, EntryType, Message, MessageType};
 
 const CLUSTER_HEADER: &str = "X-Metcd-Cluster-Id";
 
+/// The headers member `from` sends on its streams: its cluster, id and incarnation.
+fn as_member(c: &TestCluster, from: usize) -> Vec<(String, String)> {
+    let incarnation = c.status(from)["incarnation"]
+        .as_str()
+        .expect("incarnation in /_status")
+        .to_string();
+    vec![
+        (CLUSTER_HEADER.to_string(), cluster_id(c)),
+        ("X-Metcd-From".to_string(), from.to_string()),
+        ("X-Metcd-Incarnation".to_string(), incarnation),
+    ]
+}
+
+fn post_stream_with(
+    c: &TestCluster,
+    i: usize,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Response {
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    http_request(c.peer_port(i), "POST", "/raft/stream", &headers, body)
+        .unwrap_or_else(|e| panic!("POST /raft/stream on member {i}'s peer port: {e}"))
+}
+
 fn post_stream(c: &TestCluster, i: usize, cluster_id: &str, body: &[u8]) -> Response {
-    http_request(
-        c.peer_port(i),
-        "POST",
-        "/raft/stream",
-        &[(CLUSTER_HEADER, cluster_id)],
-        body,
-    )
-    .unwrap_or_else(|e| panic!("POST /raft/stream on member {i}'s peer port: {e}"))
+    let headers = [(CLUSTER_HEADER.to_string(), cluster_id.to_string())];
+    post_stream_with(c, i, &headers, body)
+}
+
+/// One length-prefixed frame holding `msg`.
+fn frame(msg: &Message) -> Vec<u8> {
+    let bytes = msg.write_to_bytes().expect("encode");
+    let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&bytes);
+    out
 }
 
 fn cluster_id(c: &TestCluster) -> String {
@@ -70,19 +103,191 @@ fn wrong_cluster_id_gets_412() {
     assert_still_serving(&c, "after-412");
 }
 
-/// A correctly addressed stream whose frame does not decode gets 400, and the
-/// member keeps serving.
+/// A stream from a real member (right cluster, id and incarnation) whose frame does not
+/// decode gets 400, and the member keeps serving.
 #[test]
 fn garbage_frame_gets_400() {
     let c = TestCluster::start(3, 26100, &[]);
     c.wait_leader(LEADER_TIMEOUT);
-    let id = cluster_id(&c);
 
     for m in 1..=3 {
-        let r = post_stream(&c, m, &id, &[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        let from = m % 3 + 1;
+        let r = post_stream_with(
+            &c,
+            m,
+            &as_member(&c, from),
+            &[0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff],
+        );
         assert_eq!(r.status, 400, "garbage frame to member {m}: {:?}", r.text());
+        assert!(!r.text().contains("missing"), "{}", r.text());
     }
     assert_still_serving(&c, "after-400");
+}
+
+/// A stream without a sender or incarnation gets 400; one from a member id the cluster knows
+/// under another incarnation (a member that lost its data) gets 409 with the way to recover,
+/// and one from a member id the cluster does not have gets 404. The members keep serving.
+#[test]
+fn streams_must_come_from_a_known_incarnation() {
+    let c = TestCluster::start(3, 26400, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    let id = cluster_id(&c);
+    let r = post_stream(&c, 1, &id, b"");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("x-metcd-from"), "{}", r.text());
+    let mut headers = as_member(&c, 2);
+    headers.pop();
+    let r = post_stream_with(&c, 1, &headers, b"");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("incarnation"), "{}", r.text());
+
+    // Member 1 has recorded member 2's incarnation (its streams are up): another one is a
+    // member 2 that lost its data.
+    let mut headers = as_member(&c, 2);
+    headers[2].1 = "00000000000000aa".into();
+    let r = post_stream_with(&c, 1, &headers, b"");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(
+        r.text().contains("member 2 has already been bootstrapped")
+            && r.text().contains("curl -XDELETE"),
+        "{}",
+        r.text()
+    );
+    let mut headers = as_member(&c, 2);
+    headers[1].1 = "7".into();
+    let r = post_stream_with(&c, 1, &headers, b"");
+    assert_eq!(r.status, 404, "{}", r.text());
+    let metrics = c.get(1, "/_metrics").text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("metcd_peer_refusals_total ") && !l.ends_with(" 0")),
+        "the refusal is counted"
+    );
+    assert_still_serving(&c, "after-409");
+}
+
+/// Messages a member only generates for itself (MsgHup would start an election) and messages
+/// claiming another sender than the stream's are refused with 400: no election follows.
+#[test]
+fn local_and_misattributed_messages_get_400() {
+    let c = TestCluster::start(3, 26500, &[]);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    let follower = if leader == 1 { 2 } else { 1 };
+    let other = 6 - leader - follower;
+    let term = c.status(follower)["term"].as_u64().unwrap();
+    for kind in [
+        MessageType::MsgHup,
+        MessageType::MsgBeat,
+        MessageType::MsgCheckQuorum,
+    ] {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m.to = follower as u64;
+        m.from = other as u64;
+        let r = post_stream_with(&c, follower, &as_member(&c, other), &frame(&m));
+        assert_eq!(r.status, 400, "{kind:?}: {}", r.text());
+        assert!(
+            r.text().contains("not a message a peer may send"),
+            "{}",
+            r.text()
+        );
+    }
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHeartbeatResponse);
+    m.to = follower as u64;
+    m.from = leader as u64;
+    let r = post_stream_with(&c, follower, &as_member(&c, other), &frame(&m));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("stream"), "{}", r.text());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        c.wait_leader(LEADER_TIMEOUT),
+        leader,
+        "no election followed"
+    );
+    assert_eq!(c.status(follower)["term"].as_u64().unwrap(), term);
+    assert_still_serving(&c, "after-local-messages");
+}
+
+/// A follower forwards only client writes: a forwarded proposal holding a membership change,
+/// an undecodable command, an oversized key, or another member's proposal id is refused
+/// with 400 before raft sees it; a well-formed forwarded write is committed.
+#[test]
+fn forwarded_proposals_are_checked_like_client_writes() {
+    let c = TestCluster::start(3, 26600, &["--max-key-bytes", "32"]);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    let from = if leader == 1 { 2 } else { 1 };
+    let put = |key: &[u8], value: &[u8]| {
+        let mut data = vec![1u8];
+        data.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        data.extend_from_slice(key);
+        data.extend_from_slice(value);
+        data
+    };
+    let context = |member: usize| {
+        let mut ctx = (member as u64).to_be_bytes().to_vec();
+        ctx.extend_from_slice(&42u64.to_be_bytes());
+        ctx
+    };
+    let propose = |entry: Entry| {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.to = leader as u64;
+        m.from = from as u64;
+        m.set_entries(vec![entry].into());
+        post_stream_with(&c, leader, &as_member(&c, from), &frame(&m))
+    };
+    let mut cc = Entry {
+        data: ConfChange::default().write_to_bytes().unwrap().into(),
+        context: context(from).into(),
+        ..Default::default()
+    };
+    cc.set_entry_type(EntryType::EntryConfChange);
+    let bad = [
+        ("a membership change", cc),
+        (
+            "an undecodable command",
+            Entry {
+                data: vec![0x7f, 1, 2].into(),
+                context: context(from).into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "a key over --max-key-bytes",
+            Entry {
+                data: put(&[b'k'; 33], b"v").into(),
+                context: context(from).into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "another member's proposal id",
+            Entry {
+                data: put(b"k", b"v").into(),
+                context: context(6 - leader - from).into(),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, entry) in bad {
+        let r = propose(entry);
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+        assert!(r.text().contains("forwarded"), "{what}: {}", r.text());
+    }
+    let r = propose(Entry {
+        data: put(b"forwarded", b"ok").into(),
+        context: context(from).into(),
+        ..Default::default()
+    });
+    assert_eq!(r.status, 200, "a well-formed forwarded write: {}", r.text());
+    c.wait_for(
+        || c.get(leader, "/forwarded").text() == "ok",
+        std::time::Duration::from_secs(10),
+        "the forwarded write to be applied",
+    );
+    assert_still_serving(&c, "after-forwarded");
 }
 
 /// The upgraded stream (what members use): the wrong cluster is refused before the upgrade;
@@ -97,12 +302,14 @@ fn upgraded_stream_refuses_garbage_with_a_closing_line() {
     c.wait_leader(LEADER_TIMEOUT);
     let id = cluster_id(&c);
     let open = |m: usize, cluster: &str| {
+        let from = m % 3 + 1;
+        let incarnation = as_member(&c, from)[2].1.clone();
         let mut s = std::net::TcpStream::connect(("127.0.0.1", c.peer_port(m))).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let head = format!(
             "POST /raft/stream HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\
-             Upgrade: metcd-raft/1\r\n{CLUSTER_HEADER}: {cluster}\r\nX-Metcd-From: 9\r\n\
-             Content-Length: 0\r\n\r\n"
+             Upgrade: metcd-raft/1\r\n{CLUSTER_HEADER}: {cluster}\r\nX-Metcd-From: {from}\r\n\
+             X-Metcd-Incarnation: {incarnation}\r\nContent-Length: 0\r\n\r\n"
         );
         s.write_all(head.as_bytes())
             .expect("send the upgrade request");
@@ -147,12 +354,10 @@ fn upgraded_stream_refuses_garbage_with_a_closing_line() {
 /// would stop the member. The file is kept aside as `.corrupt`; the member keeps serving.
 #[test]
 fn damaged_snapshot_gets_400() {
-    use protobuf::Message as _;
-    use raft::eraftpb::{ConfState, Message, MessageType, Snapshot, SnapshotMetadata};
+    use raft::eraftpb::{ConfState, Snapshot, SnapshotMetadata};
 
     let c = TestCluster::start(3, 26200, &[]);
     let leader = c.wait_leader(LEADER_TIMEOUT);
-    let id = cluster_id(&c);
     let target = if leader == 1 { 2 } else { 1 };
     let mut snap = Snapshot::default();
     snap.set_metadata(SnapshotMetadata {
@@ -176,11 +381,16 @@ fn damaged_snapshot_gets_400() {
     let mut body = (frame.len() as u32).to_be_bytes().to_vec();
     body.extend_from_slice(&frame);
     body.extend_from_slice(b"METCDSN1 but then nothing that adds up");
+    let headers = as_member(&c, leader);
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let r = http_request(
         c.peer_port(target),
         "POST",
         "/raft/snapshot",
-        &[(CLUSTER_HEADER, &id)],
+        &headers,
         &body,
     )
     .expect("POST /raft/snapshot");

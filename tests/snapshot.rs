@@ -1,6 +1,6 @@
-//! Snapshots and log compaction: the log stays bounded, a member that lost
-//! its disk catches up through a snapshot, and a full restart restores state
-//! from snapshot + log replay. Ports 24000-24999.
+//! Snapshots and log compaction: the log stays bounded, a member added in place of one that
+//! lost its disk catches up through a snapshot, and a full restart restores state from
+//! snapshot + log replay. Ports 24000-24999.
 
 #[macro_use]
 mod common;
@@ -39,8 +39,9 @@ fn wait_compacted(c: &TestCluster) {
     );
 }
 
-/// With --snapshot-count 100, 600 writes compact every member's log; a follower whose data
-/// dir is wiped rejoins and catches up by snapshot.
+/// With --snapshot-count 100, 600 writes compact every member's log. A follower whose data
+/// dir is lost is replaced the documented way: removed, added again under a new id, started
+/// with an empty data dir and --join; it catches up by the leader's snapshot.
 fn compaction_and_catch_up() {
     let mut c = TestCluster::start(3, 24000, &["--snapshot-count", "100"]);
     let leader = c.wait_leader(LEADER_TIMEOUT);
@@ -57,48 +58,71 @@ fn compaction_and_catch_up() {
         );
     }
 
-    let victim = if leader != 3 { 3 } else { 2 };
-    eprintln!(
-        "snapshot from a {} leader to a wiped {} member",
-        c.engine_of(leader),
-        c.engine_of(victim)
-    );
-    c.wipe(victim);
+    // The replacement (member 4) runs the first member's engine; with mixed engines, make
+    // sure the snapshot it installs comes from a leader of another engine.
+    if c.engine_of(leader) == c.engine_of(4) {
+        let to = if leader == 2 { 3 } else { 2 };
+        let r = c.request(leader, "POST", "/_leader", to.to_string().as_bytes());
+        assert_eq!(r.map(|r| r.status).ok(), Some(200), "leadership to {to}");
+    }
     let leader = c.wait_leader(LEADER_TIMEOUT);
+    let victim = if leader != 3 { 3 } else { 2 };
+    c.wipe(victim);
+    let r = c.delete(leader, &format!("/_members/{victim}"));
+    assert_eq!(r.status, 200, "remove the wiped member: {}", r.text());
     write_batch(&c, leader, "last", 0..50);
-    c.restart(victim);
+    let new = c.add_slot();
+    let r = c.put(leader, &format!("/_members/{new}"), c.peer_url(new));
+    assert_eq!(r.status, 200, "add the replacement: {}", r.text());
+    eprintln!(
+        "snapshot from a {} leader to a new {} member",
+        c.engine_of(leader),
+        c.engine_of(new)
+    );
+    c.start_member(new);
 
     c.wait_for(
         || {
-            c.has_local(victim, &key("first", 0), val("first", 0).as_bytes())
-                && c.has_local(victim, &key("last", 49), val("last", 49).as_bytes())
+            c.has_local(new, &key("first", 0), val("first", 0).as_bytes())
+                && c.has_local(new, &key("last", 49), val("last", 49).as_bytes())
         },
         CONVERGE_TIMEOUT,
-        "the wiped member to serve the first and the last key",
+        "the replacement to serve the first and the last key",
     );
-    let s = c.status(victim);
-    eprintln!("wiped member {victim} after catch-up: {s}");
+    let s = c.status(new);
+    eprintln!("replacement member {new} after catch-up: {s}");
     assert!(
-        num(&s, "snapshot_index") > 0,
-        "wiped member did not install a snapshot: {s}"
+        num(&s, "snapshot_index") > 1,
+        "the replacement did not install the leader's snapshot: {s}"
     );
     for k in 0..600 {
         assert!(
-            c.has_local(victim, &key("first", k), val("first", k).as_bytes()),
-            "wiped member lacks {}",
+            c.has_local(new, &key("first", k), val("first", k).as_bytes()),
+            "the replacement lacks {}",
             key("first", k)
         );
     }
     for k in 0..50 {
         assert!(
-            c.has_local(victim, &key("last", k), val("last", k).as_bytes()),
-            "wiped member lacks {}",
+            c.has_local(new, &key("last", k), val("last", k).as_bytes()),
+            "the replacement lacks {}",
             key("last", k)
         );
     }
-    // It is a full member again: it answers linearizable reads too.
-    c.wait_leader(LEADER_TIMEOUT);
-    assert_eq!(c.get(victim, &key("last", 10)).text(), val("last", 10));
+    // It is promoted and a full member: it answers linearizable reads too.
+    c.wait_for(
+        || {
+            c.try_status(leader).is_some_and(|s| {
+                s["members"].as_array().is_some_and(|m| {
+                    m.iter()
+                        .any(|m| m["id"] == new as u64 && m["role"] == "voter")
+                })
+            })
+        },
+        CONVERGE_TIMEOUT,
+        "the replacement to be promoted",
+    );
+    assert_eq!(c.get(new, &key("last", 10)).text(), val("last", 10));
 }
 
 engine_tests! {
@@ -108,7 +132,7 @@ engine_tests! {
 }
 
 /// Members of one cluster may run different engines: snapshots are engine-neutral, so the
-/// wiped member (whose engine differs from the leader's) installs the leader's snapshot.
+/// replacement member (whose engine differs from the leader's) installs the leader's snapshot.
 #[test]
 fn mixed_engines_exchange_snapshots() {
     common::with_engine("mixed", 60, compaction_and_catch_up);

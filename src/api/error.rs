@@ -41,6 +41,10 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(RequestError::TooManyRequests(_)) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::Unavailable(RequestError::Skipped(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) | ApiError::Engine(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Admin(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
@@ -48,6 +52,11 @@ impl IntoResponse for ApiError {
         };
         let mut resp = (status, format!("{self}\n")).into_response();
         match self {
+            ApiError::Unavailable(RequestError::TooManyRequests(_)) => {
+                // Applying 5,000 entries takes well under a second on these engines.
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
             ApiError::MethodNotAllowed(_, allowed) => {
                 resp.headers_mut()
                     .insert(header::ALLOW, header::HeaderValue::from_static(allowed));

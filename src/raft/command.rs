@@ -1,19 +1,33 @@
-//! What goes in a log entry: the encoded [`Op`] as entry data, and the proposer's identity as
-//! entry context so the proposing member can answer its client when the entry is applied.
+//! What goes in a log entry: the encoded [`Command`] as entry data, and the proposer's identity
+//! as entry context so the proposing member can answer its client when the entry is applied.
 //!
 //! ```text
 //! data:    0x01 | key_len u32 | key | value     (put)
 //!          0x02 | key                          (delete)
 //!          0x03 | cond u8 | rev u64 | put or delete as above   (conditional write;
 //!                 cond 1: mod revision = rev, 2: key exists, 3: key absent)
+//!          0x10 | count u32 | (member id u64 | incarnation u64) * count
+//!                 (members' incarnations, recorded by the leader; not a client write)
 //! context: proposer member id u64 | proposal id u64
 //! ```
+//! Only writes (`0x01`-`0x03`) may be forwarded by a follower; a committed entry that does not
+//! decode, or whose tag this version does not know, is applied as a no-op on every member.
 
 use crate::engine::{Cond, Op};
 
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const CONDITIONAL: u8 = 3;
+const INCARNATIONS: u8 = 0x10;
+
+/// What a normal log entry carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// A client write, applied to the engine.
+    Write(Op),
+    /// Members' incarnations (member id, incarnation), applied to the replicated membership.
+    Incarnations(Vec<(u64, u64)>),
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("undecodable command in committed entry: {0}")]
@@ -50,6 +64,44 @@ pub fn encode(op: &Op) -> Vec<u8> {
     v
 }
 
+/// Encodes a record of members' incarnations.
+pub fn encode_incarnations(records: &[(u64, u64)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(5 + 16 * records.len());
+    v.push(INCARNATIONS);
+    v.extend_from_slice(&(records.len() as u32).to_be_bytes());
+    for (id, incarnation) in records {
+        v.extend_from_slice(&id.to_be_bytes());
+        v.extend_from_slice(&incarnation.to_be_bytes());
+    }
+    v
+}
+
+/// Decodes any command a committed entry may carry.
+pub fn decode_command(data: &[u8]) -> Result<Command, DecodeError> {
+    if data.first() != Some(&INCARNATIONS) {
+        return decode(data).map(Command::Write);
+    }
+    let count = data
+        .get(1..5)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+        .ok_or(DecodeError("short incarnation record"))? as usize;
+    let body = &data[5..];
+    if body.len() != count.saturating_mul(16) {
+        return Err(DecodeError("incarnation record of the wrong length"));
+    }
+    let records = body
+        .chunks_exact(16)
+        .map(|c| {
+            let (id, inc) = c.split_at(8);
+            let n = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or_default());
+            (n(id), n(inc))
+        })
+        .collect();
+    Ok(Command::Incarnations(records))
+}
+
+/// Decodes a client write (the only command a follower may forward).
 pub fn decode(data: &[u8]) -> Result<Op, DecodeError> {
     let (&tag, rest) = data.split_first().ok_or(DecodeError("empty"))?;
     if tag != CONDITIONAL {
@@ -156,6 +208,17 @@ mod tests {
         assert!(decode(&[CONDITIONAL, 1, 0, 0]).is_err());
         assert!(decode(&[CONDITIONAL, 9, 0, 0, 0, 0, 0, 0, 0, 0, DELETE]).is_err());
         assert!(decode(&[CONDITIONAL, 2, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        let records = vec![(1, u64::MAX), (7, 42)];
+        assert_eq!(
+            decode_command(&encode_incarnations(&records)).unwrap(),
+            Command::Incarnations(records)
+        );
+        let op = Op::put(b"k".to_vec(), b"v".to_vec());
+        assert_eq!(decode_command(&encode(&op)).unwrap(), Command::Write(op));
+        let one = encode_incarnations(&[(1, 2)]);
+        assert!(decode_command(&one[..one.len() - 1]).is_err());
+        assert!(decode_command(&[INCARNATIONS, 0, 0]).is_err());
+        assert!(decode(&one).is_err(), "a record is not a write");
         let id = ProposalId {
             member: 3,
             seq: u64::MAX,

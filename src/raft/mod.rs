@@ -25,6 +25,7 @@ pub mod snapshot;
 pub mod storage;
 pub mod transport;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -33,7 +34,7 @@ use raft::eraftpb::Message;
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
-use self::members::{AdminError, MemberChange, MemberStatus};
+use self::members::{AdminError, Contact, MemberChange, MemberStatus};
 use crate::engine::{Op, OpResult};
 
 /// What the owner loop reads from its one inbox.
@@ -71,6 +72,17 @@ pub enum Input {
     HandOff(oneshot::Sender<Result<bool, AdminError>>),
     /// A peer answered 410 Gone: this member was removed from the cluster.
     Removed,
+    /// A peer opened a stream to us, or answered ours, presenting `incarnation`: decide
+    /// whether its traffic is accepted (see [`members::contact`]); a first contact is recorded
+    /// durably before the answer.
+    PeerContact {
+        id: u64,
+        incarnation: u64,
+        reply: oneshot::Sender<Contact>,
+    },
+    /// A peer knows this member id under another incarnation: this data dir is not the one
+    /// the cluster knows (it lost its data). The member records that and stops.
+    Reset(String),
     Shutdown,
 }
 
@@ -107,6 +119,25 @@ pub enum RequestError {
     Forward(String),
     #[error("member stopped: {0}")]
     Stopped(String),
+    /// Committed entries wait to be applied here, or the leader holds too many uncommitted
+    /// ones: the write was refused at once rather than queued (etcd's "too many requests").
+    #[error("too many requests: {0}; the write was not applied, retry shortly")]
+    TooManyRequests(String),
+    /// The write's entry was committed but could not be applied (it does not decode on this
+    /// member); every member applied it as a no-op.
+    #[error("the write was committed but could not be applied ({0}); it had no effect")]
+    Skipped(String),
+}
+
+/// Committed entries this member may have waiting to be applied before it refuses new
+/// writes with 429 (etcd's maxGapBetweenApplyAndCommitIndex).
+pub const MAX_APPLY_BACKLOG: u64 = 5_000;
+
+/// The 429 a write gets while `backlog` committed entries wait to be applied.
+pub fn backlog_error(backlog: u64) -> RequestError {
+    RequestError::TooManyRequests(format!(
+        "{backlog} committed entries are waiting to be applied on this member (limit {MAX_APPLY_BACKLOG})"
+    ))
 }
 
 /// A point-in-time view of the node, served as `/_status`.
@@ -114,6 +145,8 @@ pub enum RequestError {
 pub struct NodeStatus {
     pub id: u64,
     pub cluster_id: String,
+    /// This data dir's incarnation (hex): a random id drawn when it was created.
+    pub incarnation: String,
     pub role: &'static str,
     pub leader: u64,
     pub term: u64,
@@ -150,6 +183,8 @@ pub struct NodeHandle {
     revision: watch::Receiver<u64>,
     /// Set once, with the reason, if the owner loop stopped on a fatal error.
     pub failed: Arc<OnceLock<String>>,
+    /// Committed entries not yet applied, published by the owner after every Ready.
+    pub apply_backlog: Arc<AtomicU64>,
 }
 
 impl NodeHandle {
@@ -163,6 +198,7 @@ impl NodeHandle {
             timeout,
             revision,
             failed: Arc::new(OnceLock::new()),
+            apply_backlog: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -267,8 +303,13 @@ impl NodeHandle {
         }
     }
 
-    /// Proposes `op`; answers once it is committed and applied on this member.
+    /// Proposes `op`; answers once it is committed and applied on this member. Refused at
+    /// once (not queued) while this member has too many committed entries to apply.
     pub async fn propose(&self, op: Op) -> Result<OpResult, RequestError> {
+        let backlog = self.apply_backlog.load(Ordering::Relaxed);
+        if backlog > MAX_APPLY_BACKLOG {
+            return Err(backlog_error(backlog));
+        }
         self.call(
             |reply| Input::Propose { op, reply },
             RequestError::WriteTimeout,
@@ -284,6 +325,21 @@ impl NodeHandle {
             RequestError::ReadTimeout,
         )
         .await
+    }
+
+    /// Asks the owner to decide a peer's contact (see [`Input::PeerContact`]).
+    pub async fn peer_contact(&self, id: u64, incarnation: u64) -> Result<Contact, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Input::PeerContact {
+            id,
+            incarnation,
+            reply: tx,
+        })?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(_)) => Err(self.stopped()),
+            Err(_) => Err(RequestError::Timeout),
+        }
     }
 
     pub async fn status(&self) -> Result<NodeStatus, RequestError> {

@@ -11,13 +11,20 @@
 //! 7. release reads whose index is now applied; maybe snapshot and compact.
 //!
 //! A failure to persist or apply returns an error from [`Node::run`]: the member stops
-//! rather than continue with state that may differ from its peers'.
+//! rather than continue with state that may differ from its peers'. A committed entry that
+//! does not decode, or a membership change the rules refuse, is not such a failure: every
+//! member applies it as a no-op (logged and counted), so it cannot stop the cluster.
+//!
+//! A member that learns it is not the member the cluster knows under its id (its data dir was
+//! lost: another incarnation, see `members::contact`), or whose log lacks entries the leader
+//! knows it acknowledged, stops with [`Exit::Stopped`] and the reason, and the process exits.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use parking_lot::RwLock;
 use protobuf::Message as _;
@@ -28,12 +35,12 @@ use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-use super::command::{self, ProposalId};
-use super::members::{self, AdminError, MemberChange, MemberStatus, Membership};
+use super::command::{self, Command, ProposalId};
+use super::members::{self, AdminError, Contact, MemberChange, MemberStatus, Membership};
 use super::snapshot::{SnapshotError, SnapshotStore};
 use super::storage::{LogError, LogStore};
 use super::transport::Transport;
-use super::{Input, NodeStatus, RequestError, StateHash};
+use super::{Input, NodeStatus, RequestError, StateHash, MAX_APPLY_BACKLOG};
 use crate::config::Settings;
 use crate::engine::{Applied, Engine, EngineError, OpResult};
 use crate::metrics::Metrics;
@@ -47,6 +54,15 @@ const MAX_BYTES_PER_PROPOSAL: usize = 1 << 20;
 /// Log length, in multiples of `snapshot_count` past the last snapshot, at which an engine
 /// that commits durably on its own is made durable anyway (bounds the log between its commits).
 const FORCE_SNAPSHOT_AFTER: u64 = 20;
+/// Bytes of entries a leader holds uncommitted before it refuses new writes (429): bounds its
+/// memory while followers are slow or gone.
+const MAX_UNCOMMITTED_BYTES: u64 = 64 << 20;
+/// Bytes of committed entries handed to apply in one Ready: bounds memory while a restarted
+/// member replays a long log tail, or a follower catches up.
+const MAX_COMMITTED_BYTES_PER_READY: u64 = 8 << 20;
+/// Proposal and read ids of one start are `starts << ID_EPOCH_SHIFT` onwards: a start counter
+/// persisted in the log keeps them from repeating across restarts whatever the wall clock does.
+const ID_EPOCH_SHIFT: u32 = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -72,6 +88,10 @@ pub enum Exit {
     Shutdown,
     /// This member was removed from the cluster.
     Removed,
+    /// This member must not go on as the member its id names: it lost its data (another
+    /// incarnation is recorded for it) or its log lacks entries it acknowledged. The process
+    /// exits with this reason.
+    Stopped(String),
 }
 
 type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
@@ -147,6 +167,11 @@ pub struct Shared {
     /// The applied store revision, for `?min_revision=` reads.
     pub revision: watch::Sender<u64>,
     pub metrics: Arc<Metrics>,
+    /// The peers' incarnations as recorded here (durable before published): the transport
+    /// and the peer server check a peer against them without asking the owner.
+    pub incarnations: Arc<RwLock<BTreeMap<u64, u64>>>,
+    /// Committed entries not yet applied (see [`super::MAX_APPLY_BACKLOG`]).
+    pub apply_backlog: Arc<AtomicU64>,
 }
 
 /// Linearizable reads, batched: every read queued during one round shares one ReadIndex.
@@ -182,6 +207,10 @@ pub struct Node {
     writes: Vec<(u64, Entry, Reply<OpResult>)>,
     /// Their data's size.
     writes_bytes: usize,
+    /// Set when this member must stop (see [`Exit::Stopped`]).
+    stop: Option<String>,
+    /// When this member, as leader, last proposed to record members' incarnations.
+    records_proposed: Option<Instant>,
 }
 
 /// A snapshot whose file a background thread is writing from a frozen engine view.
@@ -213,25 +242,34 @@ impl Node {
             applied: engine.applied_index(),
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
+            max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
+            max_committed_size_per_ready: MAX_COMMITTED_BYTES_PER_READY,
             check_quorum: true,
             pre_vote: true,
             ..Default::default()
         };
         cfg.validate()?;
+        let mut store = store;
+        learn_incarnations(&mut store, settings.id)?;
         let single_voter = store.conf_state().voters == [settings.id];
         transport.set_peers(&store.membership().peers(settings.id));
         *shared.membership.write() = store.membership().clone();
+        *shared.incarnations.write() = store.peer_incarnations().clone();
         shared.revision.send_replace(engine.revision());
+        let backlog = store
+            .hard_state()
+            .commit
+            .saturating_sub(engine.applied_index());
+        shared.apply_backlog.store(backlog, Relaxed);
+        // Proposal ids must not repeat across restarts: a replayed old entry must never answer
+        // a new client. Read contexts come from the same range: one must not repeat one the
+        // leader still holds from before this member restarted.
+        let next_seq = store.starts() << ID_EPOCH_SHIFT;
         let mut raw = RawNode::new(&cfg, store, &super::logger::raft_logger())?;
         if single_voter {
             // Nobody else can win; skip the election timeout.
             raw.campaign()?;
         }
-        // Proposal ids must not repeat across restarts: a replayed old entry must never
-        // answer a new client, so start from the clock.
-        let next_seq = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
         Ok(Node {
             raw,
             engine,
@@ -242,8 +280,6 @@ impl Node {
             shared,
             proposals: HashMap::new(),
             next_seq,
-            // Also from the clock: a read context must not repeat one the leader still holds
-            // from before this member restarted.
             reads: Reads {
                 next_ctx: next_seq,
                 ..Reads::default()
@@ -254,6 +290,8 @@ impl Node {
             snapshot_job: None,
             writes: Vec::new(),
             writes_bytes: 0,
+            stop: None,
+            records_proposed: None,
         })
     }
 
@@ -265,16 +303,22 @@ impl Node {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(wait) {
                 Ok(Input::Shutdown) => return Ok(Exit::Shutdown),
-                Ok(input) => self.handle(input),
+                Ok(input) => self.handle(input)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(Exit::Shutdown),
             }
             for _ in 0..MAX_INPUTS_PER_ROUND {
+                if self.stop.is_some() {
+                    break;
+                }
                 match self.inbox.try_recv() {
                     Ok(Input::Shutdown) => return Ok(Exit::Shutdown),
-                    Ok(input) => self.handle(input),
+                    Ok(input) => self.handle(input)?,
                     Err(_) => break,
                 }
+            }
+            if let Some(reason) = self.stop.take() {
+                return Ok(Exit::Stopped(reason));
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
@@ -284,6 +328,7 @@ impl Node {
                 }
                 self.sweep();
                 self.promote_caught_up_learners();
+                self.propose_incarnation_records();
             }
             self.propose_writes();
             self.issue_read_index();
@@ -291,6 +336,9 @@ impl Node {
                 self.on_ready()?;
             }
             self.poll_snapshot_job()?;
+            if let Some(reason) = self.stop.take() {
+                return Ok(Exit::Stopped(reason));
+            }
             if self.removed {
                 info!(
                     id = self.settings.id,
@@ -301,9 +349,23 @@ impl Node {
         }
     }
 
-    fn handle(&mut self, input: Input) {
+    fn handle(&mut self, input: Input) -> Result<(), NodeError> {
         match input {
             Input::Propose { op, reply } => {
+                if reply.is_closed() {
+                    // The client has gone away (it timed out while this waited in the inbox):
+                    // a write nobody waits for is not proposed.
+                    self.shared
+                        .metrics
+                        .proposals_abandoned
+                        .fetch_add(1, Relaxed);
+                    return Ok(());
+                }
+                let backlog = self.apply_backlog();
+                if backlog > MAX_APPLY_BACKLOG {
+                    let _ = reply.send(Err(super::backlog_error(backlog)));
+                    return Ok(());
+                }
                 let (seq, ctx) = self.next_proposal();
                 let entry = Entry {
                     data: command::encode(&op).into(),
@@ -348,18 +410,27 @@ impl Node {
                     self.reads.queued.push(reply);
                 }
             }
-            Input::Step(mut msg) => {
-                // A member whose data dir was lost rejoins with an empty log while the leader
-                // still remembers its old match index; the leader's heartbeat then carries a
-                // commit index past our log, which raft treats as fatal. Clamp it: commit is
-                // only a hint, and the leader's next append finds the gap and sends a snapshot.
-                let last = self.raw.raft.raft_log.last_index();
-                if msg.get_msg_type() == MessageType::MsgHeartbeat && msg.commit > last {
-                    msg.commit = last;
+            Input::Step(msg) => {
+                if let Some(reason) = self.log_lost(&msg) {
+                    tracing::error!(%reason, "stopping");
+                    self.stop = Some(reason);
+                    return Ok(());
                 }
                 if let Err(e) = self.raw.step(*msg) {
                     warn!(error = %e, "dropped a peer message raft refused");
                 }
+            }
+            Input::PeerContact {
+                id,
+                incarnation,
+                reply,
+            } => {
+                let _ = reply.send(self.peer_contact(id, incarnation)?);
+            }
+            Input::Reset(reason) => {
+                tracing::error!(%reason, "this member's data dir is not the one the cluster knows; stopping");
+                self.raw.mut_store().record_reset(&reason)?;
+                self.stop = Some(reason);
             }
             Input::Unreachable(id) => self.raw.report_unreachable(id),
             Input::SnapshotSent { to, ok } => {
@@ -376,10 +447,109 @@ impl Node {
             Input::Status(reply) => {
                 let _ = reply.send(Ok(self.status()));
             }
-            Input::Hash(reply) => {
-                let _ = reply.send(self.state_hash());
-            }
+            Input::Hash(reply) => self.state_hash(reply),
             Input::Shutdown => {}
+        }
+        Ok(())
+    }
+
+    /// Committed entries not yet applied here.
+    fn apply_backlog(&self) -> u64 {
+        let committed = self.raw.raft.raft_log.committed;
+        committed.saturating_sub(self.engine.applied_index())
+    }
+
+    /// A leader's heartbeat says our log holds an index it does not: entries this member
+    /// acknowledged are gone (its log was lost, truncated or restored from an older copy).
+    /// Raft would panic on it; the member stops instead, saying why. Raft's own check stays
+    /// as the safety net behind this one.
+    fn log_lost(&self, msg: &Message) -> Option<String> {
+        let last = self.raw.raft.raft_log.last_index();
+        let current = msg.term >= self.raw.raft.term;
+        if msg.get_msg_type() != MessageType::MsgHeartbeat || !current || msg.commit <= last {
+            return None;
+        }
+        Some(format!(
+            "log lost or truncated: leader {} says index {} is committed on this member, whose log ends at {last}. \
+             This member must not go on under id {}: remove this member and add it again ({})",
+            msg.from,
+            msg.commit,
+            self.settings.id,
+            members::lost_data_help(self.settings.id, &self.my_url())
+        ))
+    }
+
+    fn my_url(&self) -> String {
+        let store = self.raw.store();
+        match store.membership().url_of(self.settings.id) {
+            Some(url) => url.to_string(),
+            None => format!("http://{}", self.settings.peer_listen),
+        }
+    }
+
+    /// Decides a peer's contact and records a first one durably before answering, so no
+    /// message of that peer is stepped before its incarnation is on disk.
+    fn peer_contact(&mut self, id: u64, incarnation: u64) -> Result<Contact, NodeError> {
+        let store = self.raw.store();
+        let decision = members::contact(
+            store.peer_incarnation(id),
+            store.membership(),
+            id,
+            incarnation,
+        );
+        match decision {
+            Contact::Record => {
+                self.raw
+                    .mut_store()
+                    .record_peer_incarnation(id, incarnation)?;
+                self.shared.incarnations.write().insert(id, incarnation);
+                info!(peer = id, incarnation = %format!("{incarnation:016x}"), "recorded a peer's incarnation");
+                Ok(Contact::Known)
+            }
+            Contact::Reset { recorded } => {
+                self.shared.metrics.peer_refusals.fetch_add(1, Relaxed);
+                warn!(peer = id, incarnation = %format!("{incarnation:016x}"), recorded = %format!("{recorded:016x}"),
+                      "refused a member that lost its data: it comes back with another incarnation");
+                Ok(decision)
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// On the leader: proposes to record, in the replicated membership, the incarnations of
+    /// members it has heard from (and its own) that are not recorded there yet, so members
+    /// that never heard from them (and members added later) check them too.
+    fn propose_incarnation_records(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader || !raft.commit_to_current_term() {
+            return;
+        }
+        let every = self.settings.tick * self.settings.election_ticks as u32;
+        if self.records_proposed.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        let store = self.raw.store();
+        let me = self.settings.id;
+        let records: Vec<(u64, u64)> = store
+            .membership()
+            .members
+            .iter()
+            .filter(|(_, m)| m.incarnation == 0)
+            .filter_map(|(id, _)| {
+                let mine = (*id == me).then_some(store.incarnation());
+                Some((*id, mine.or(store.peer_incarnation(*id))?))
+            })
+            .collect();
+        if records.is_empty() {
+            return;
+        }
+        self.records_proposed = Some(Instant::now());
+        match self
+            .raw
+            .propose(Vec::new(), command::encode_incarnations(&records))
+        {
+            Ok(()) => info!(?records, "proposed to record members' incarnations"),
+            Err(e) => warn!(error = %e, "could not propose members' incarnations"),
         }
     }
 
@@ -445,6 +615,9 @@ impl Node {
         self.transport.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
+        self.shared
+            .apply_backlog
+            .store(self.apply_backlog(), Relaxed);
         // 7. reads, snapshot
         self.release_reads();
         let wanted = self.raw.store().take_snapshot_wanted();
@@ -496,6 +669,13 @@ impl Node {
         // restarts into "engine behind the newest snapshot", which start-up repairs.
         self.raw.mut_store().install_snapshot(meta, membership)?;
         self.snaps.restore(self.engine.as_ref(), term, index)?;
+        self.snaps.protect(term, index);
+        // Older received files (and ones a follower that falls behind again keeps getting)
+        // must not fill the disk.
+        self.snaps.gc();
+        learn_incarnations(self.raw.mut_store(), self.settings.id)?;
+        *self.shared.incarnations.write() = self.raw.store().peer_incarnations().clone();
+        self.check_own_incarnation();
         self.membership_changed();
         self.shared.revision.send_replace(self.engine.revision());
         self.shared
@@ -513,30 +693,38 @@ impl Node {
         let mut batch = Vec::with_capacity(entries.len());
         let mut owners = Vec::with_capacity(entries.len());
         for e in entries {
-            match e.get_entry_type() {
-                EntryType::EntryNormal => {
-                    let op = if e.data.is_empty() {
+            let owner = ProposalId::decode(&e.context);
+            let command = match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => None,
+                EntryType::EntryNormal => match command::decode_command(&e.data) {
+                    Ok(command) => Some(command),
+                    Err(err) => {
+                        self.skip_entry(e.index, owner, &err.to_string());
                         None
-                    } else {
-                        Some(command::decode(&e.data)?)
-                    };
-                    batch.push(Applied { index: e.index, op });
-                    owners.push(ProposalId::decode(&e.context));
-                }
+                    }
+                },
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     // Conf changes take effect in log order relative to the data around them.
                     self.apply_batch(&mut batch, &mut owners)?;
-                    self.apply_conf_change(&e)?;
-                    batch.push(Applied {
-                        index: e.index,
-                        op: None,
-                    });
-                    owners.push(None);
-                    if let Some(owner) = ProposalId::decode(&e.context) {
-                        self.answer_member_change(owner);
+                    let refused = self.apply_conf_change(&e)?;
+                    if let Some(owner) = owner {
+                        self.answer_member_change(owner, refused);
                     }
+                    None
                 }
-            }
+            };
+            let op = match command {
+                Some(Command::Write(op)) => Some(op),
+                Some(Command::Incarnations(records)) => {
+                    // In log order too: a record applies before the entries after it.
+                    self.apply_batch(&mut batch, &mut owners)?;
+                    self.apply_incarnations(e.index, &records)?;
+                    None
+                }
+                None => None,
+            };
+            batch.push(Applied { index: e.index, op });
+            owners.push(owner);
         }
         self.apply_batch(&mut batch, &mut owners)?;
         self.shared.revision.send_if_modified(|rev| {
@@ -553,8 +741,18 @@ impl Node {
         if self.writes.is_empty() {
             return;
         }
-        let writes = std::mem::take(&mut self.writes);
+        let mut writes = std::mem::take(&mut self.writes);
         self.writes_bytes = 0;
+        let before = writes.len();
+        writes.retain(|(_, _, reply)| !reply.is_closed());
+        let abandoned = (before - writes.len()) as u64;
+        self.shared
+            .metrics
+            .proposals_abandoned
+            .fetch_add(abandoned, Relaxed);
+        if writes.is_empty() {
+            return;
+        }
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgPropose);
         m.from = self.settings.id;
@@ -597,12 +795,68 @@ impl Node {
         (seq, ctx.encode())
     }
 
-    fn answer_member_change(&mut self, owner: ProposalId) {
+    fn answer_member_change(&mut self, owner: ProposalId, refused: Option<String>) {
         if owner.member != self.settings.id {
             return;
         }
         if let Some((_, Pending::Members(reply))) = self.proposals.remove(&owner.seq) {
-            let _ = reply.send(Ok(self.member_statuses()));
+            let answer = match refused {
+                None => Ok(self.member_statuses()),
+                Some(why) => Err(AdminError::Conflict(format!(
+                    "the change was committed but takes no effect: {why}"
+                ))),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// A committed entry that does not decode (or whose kind this version does not know) is
+    /// applied as a no-op, the same on every member: it must not stop the cluster, nor make a
+    /// member restart into the same failure.
+    fn skip_entry(&mut self, index: u64, owner: Option<ProposalId>, why: &str) {
+        warn!(index, error = why, "committed entry applied as a no-op");
+        self.shared.metrics.entries_skipped.fetch_add(1, Relaxed);
+        let Some(owner) = owner.filter(|o| o.member == self.settings.id) else {
+            return;
+        };
+        if let Some((_, pending)) = self.proposals.remove(&owner.seq) {
+            pending.fail(RequestError::Skipped(format!("entry {index}: {why}")));
+        }
+    }
+
+    /// Applies a committed record of members' incarnations to the replicated membership
+    /// (first record wins, so a replay changes nothing), and to this member's own records
+    /// where it has none. A record naming this member under another incarnation means this
+    /// data dir is not the one the cluster knows: it stops.
+    fn apply_incarnations(&mut self, index: u64, records: &[(u64, u64)]) -> Result<(), NodeError> {
+        let mut membership = self.raw.store().membership().clone();
+        let changed = records
+            .iter()
+            .filter(|(id, inc)| membership.record_incarnation(*id, *inc))
+            .count();
+        if changed > 0 {
+            let cs = self.raw.store().conf_state().clone();
+            self.raw.mut_store().set_conf_state(cs, membership)?;
+            info!(index, ?records, "recorded members' incarnations");
+            self.membership_changed();
+        }
+        learn_incarnations(self.raw.mut_store(), self.settings.id)?;
+        *self.shared.incarnations.write() = self.raw.store().peer_incarnations().clone();
+        self.check_own_incarnation();
+        Ok(())
+    }
+
+    /// Stops this member if the replicated membership knows its id under another incarnation.
+    fn check_own_incarnation(&mut self) {
+        let store = self.raw.store();
+        let recorded = store.membership().incarnation_of(self.settings.id);
+        if recorded != 0 && recorded != store.incarnation() {
+            self.stop = Some(reset_reason(
+                self.settings.id,
+                store.incarnation(),
+                recorded,
+                &self.my_url(),
+            ));
         }
     }
 
@@ -639,26 +893,53 @@ impl Node {
     }
 
     /// Applies a membership change to raft, the replicated attributes and the transport,
-    /// durably (conf state and membership in one synced write).
-    fn apply_conf_change(&mut self, e: &Entry) -> Result<(), NodeError> {
-        let cc = if e.get_entry_type() == EntryType::EntryConfChange {
-            v2_of(ConfChange::parse_from_bytes(&e.data)?)
+    /// durably (conf state and membership in one synced write). A change that does not decode,
+    /// that the rules refuse, or that raft refuses, takes no effect: the reason is returned.
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<Option<String>, NodeError> {
+        let decoded = if e.get_entry_type() == EntryType::EntryConfChange {
+            ConfChange::parse_from_bytes(&e.data).map(v2_of)
         } else {
-            ConfChangeV2::parse_from_bytes(&e.data)?
+            ConfChangeV2::parse_from_bytes(&e.data)
         };
         let mut membership = self.raw.store().membership().clone();
         if e.index <= membership.conf_index {
             // Replayed after a restart: the saved conf state already includes it, and
             // applying it again could undo a later change (re-adding a learner demotes it).
-            return Ok(());
+            return Ok(None);
         }
-        let cs = self.raw.apply_conf_change(&cc)?;
+        let cc = match decoded {
+            Ok(cc) => cc,
+            Err(err) => {
+                return Ok(Some(
+                    self.refuse_change(e.index, format!("undecodable: {err}")),
+                ))
+            }
+        };
+        if let Some(why) =
+            members::refusal_at_apply(self.raw.store().conf_state(), &membership, &cc)
+        {
+            return Ok(Some(self.refuse_change(e.index, why)));
+        }
+        let cs = match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(err) => {
+                return Ok(Some(
+                    self.refuse_change(e.index, format!("raft refused it: {err}")),
+                ))
+            }
+        };
         membership.apply(&cc);
         membership.conf_index = e.index;
         info!(index = e.index, voters = ?cs.voters, learners = ?cs.learners, removed = ?membership.removed, "applied membership change");
         self.raw.mut_store().set_conf_state(cs, membership)?;
         self.membership_changed();
-        Ok(())
+        Ok(None)
+    }
+
+    /// A committed membership change that takes no effect, on every member alike.
+    fn refuse_change(&mut self, index: u64, why: String) -> String {
+        self.skip_entry(index, None, &format!("membership change refused: {why}"));
+        why
     }
 
     /// After the membership changed (a conf change or a snapshot): reconnect the transport,
@@ -788,8 +1069,15 @@ impl Node {
 
     /// Why raft dropped a proposal: a leadership hand-over in progress, or no leader.
     fn why_dropped(&self) -> RequestError {
-        if self.raw.raft.lead_transferee.is_some() {
+        let raft = &self.raw.raft;
+        if raft.lead_transferee.is_some() {
             RequestError::Transferring
+        } else if raft.state == StateRole::Leader {
+            // A leader drops a proposal only while it holds MAX_UNCOMMITTED_BYTES uncommitted.
+            RequestError::TooManyRequests(format!(
+                "the leader holds {} bytes of uncommitted entries (limit {MAX_UNCOMMITTED_BYTES})",
+                raft.uncommitted_size()
+            ))
         } else {
             RequestError::NoLeader
         }
@@ -1137,6 +1425,7 @@ impl Node {
         let store = self.raw.mut_store();
         store.record_snapshot(meta.clone(), &membership)?;
         if file {
+            self.snaps.protect(term, index);
             store.set_sendable(meta, membership);
         }
         crash_point!("after_snapshot_save");
@@ -1160,49 +1449,38 @@ impl Node {
         Ok(())
     }
 
-    /// Digests the engine's contents at the applied index (in the owner, so nothing is
-    /// applied meanwhile). Reads the whole store: a verification tool, not for hot paths.
-    fn state_hash(&self) -> Result<StateHash, RequestError> {
-        const CHUNK: usize = 10_000;
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut feed = |bytes: &[u8]| {
-            for b in bytes {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
+    /// Digests the engine's contents at the applied index: a frozen view is taken here,
+    /// between two applies, and read on a thread of its own, so a large store does not hold
+    /// up the raft loop (heartbeats, elections). A verification tool, not for hot paths.
+    fn state_hash(&self, reply: Reply<StateHash>) {
+        let counters = self.engine.counters();
+        let view = match self.engine.view() {
+            Ok(view) => view,
+            Err(e) => {
+                let _ = reply.send(Err(RequestError::Stopped(e.to_string())));
+                return;
             }
         };
-        let mut start: Vec<u8> = Vec::new();
-        let mut keys = 0u64;
-        loop {
-            let chunk = self
-                .engine
-                .range(&start, None, CHUNK)
-                .map_err(|e| RequestError::Stopped(e.to_string()))?;
-            for kv in &chunk {
-                if keys > 0 && kv.key == start {
-                    continue; // the first key of a chunk closed the previous one
-                }
-                keys += 1;
-                feed(&(kv.key.len() as u64).to_be_bytes());
-                feed(&kv.key);
-                feed(&(kv.value.len() as u64).to_be_bytes());
-                feed(&kv.value);
-                for n in [kv.create_revision, kv.mod_revision, kv.version] {
-                    feed(&n.to_be_bytes());
-                }
-            }
-            match chunk.last() {
-                Some(last) if chunk.len() == CHUNK => start = last.key.clone(),
-                _ => break,
-            }
+        let spawned = std::thread::Builder::new()
+            .name("hash".into())
+            .spawn(move || {
+                let mut digest = Fnv1a(0xcbf2_9ce4_8422_2325);
+                // The engine-neutral snapshot stream: every key, value and revision in key
+                // order, after the applied index and revision.
+                let answer = match view.write_snapshot(&mut digest) {
+                    Ok(()) => Ok(StateHash {
+                        applied_index: counters.applied_index,
+                        revision: counters.revision,
+                        keys: counters.keys,
+                        hash: format!("{:016x}", digest.0),
+                    }),
+                    Err(e) => Err(RequestError::Stopped(e.to_string())),
+                };
+                let _ = reply.send(answer);
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "could not start the hash thread");
         }
-        let c = self.engine.counters();
-        Ok(StateHash {
-            applied_index: c.applied_index,
-            revision: c.revision,
-            keys,
-            hash: format!("{h:016x}"),
-        })
     }
 
     /// Every member as seen from here; match indexes are known on the leader only.
@@ -1218,9 +1496,14 @@ impl Node {
             .filter_map(|(id, info)| {
                 let role = members::role_of(cs, *id)?;
                 let me = *id == self.settings.id;
+                let incarnation = store
+                    .peer_incarnation(*id)
+                    .or((info.incarnation != 0).then_some(info.incarnation))
+                    .or(me.then_some(store.incarnation()));
                 Some(MemberStatus {
                     id: *id,
                     peer_url: info.url.clone(),
+                    incarnation: incarnation.map(|i| format!("{i:016x}")),
                     role: role.to_string(),
                     reachable: me || self.transport.is_up(*id),
                     match_index: if leading {
@@ -1247,6 +1530,7 @@ impl Node {
         NodeStatus {
             id: self.settings.id,
             cluster_id: format!("{:016x}", self.settings.cluster_id),
+            incarnation: format!("{:016x}", store.incarnation()),
             role,
             leader: raft.leader_id,
             term: raft.term,
@@ -1284,4 +1568,57 @@ fn v2_of(cc: ConfChange) -> ConfChangeV2 {
     v2.set_changes(vec![single].into());
     v2.context = cc.context;
     v2
+}
+
+/// FNV-1a (64-bit) over every byte written: the digest `/_hash` reports.
+struct Fnv1a(u64);
+
+impl std::io::Write for Fnv1a {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for b in buf {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Takes into this member's own records the replicated incarnations of peers it has no
+/// record of (a member that joined, or never heard from a peer, checks it all the same).
+/// Where the two disagree, its own first record stays: it is what this member relied on.
+fn learn_incarnations(store: &mut LogStore, me: u64) -> Result<(), LogError> {
+    let replicated: Vec<(u64, u64)> = store
+        .membership()
+        .members
+        .iter()
+        .filter(|(id, m)| **id != me && m.incarnation != 0)
+        .map(|(id, m)| (*id, m.incarnation))
+        .collect();
+    for (id, incarnation) in replicated {
+        match store.peer_incarnation(id) {
+            None => store.record_peer_incarnation(id, incarnation)?,
+            Some(own) if own != incarnation => warn!(
+                peer = id,
+                own = %format!("{own:016x}"),
+                replicated = %format!("{incarnation:016x}"),
+                "this member's record of a peer's incarnation differs from the replicated one; keeping its own"
+            ),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Why a member stops when the cluster knows its id under another incarnation.
+pub fn reset_reason(id: u64, mine: u64, recorded: u64, url: &str) -> String {
+    format!(
+        "member {id} has already been bootstrapped with another data dir: the cluster knows member {id} \
+         under incarnation {recorded:016x}, this data dir is incarnation {mine:016x}, so its data was lost \
+         or replaced. {}",
+        members::lost_data_help(id, url)
+    )
 }

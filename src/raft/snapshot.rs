@@ -1,16 +1,23 @@
 //! Snapshot files: `<data-dir>/snap/<term>-<index>.snap`, in the engine-neutral format.
 //!
 //! Invariants: a file under its final name is complete and synced (it is written under a
-//! `.tmp` name, fsynced, renamed, and the directory fsynced); the newest [`KEEP`] files are
-//! kept so a transfer that started from an older one can finish.
+//! `.tmp` name, fsynced, renamed, and the directory fsynced). [`SnapshotStore::gc`], run on
+//! every member after it takes, installs or receives a snapshot, keeps the newest [`KEEP`]
+//! files (so a transfer that started from an older one can finish) and the file of the
+//! snapshot the member has recorded (its only durable state with the memory engine), and the
+//! newest [`KEEP_CORRUPT`] files set aside as damaged (`.corrupt`, kept for inspection).
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::engine::{Engine, EngineError, View};
 
 const KEEP: usize = 2;
+const KEEP_CORRUPT: usize = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -34,6 +41,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
 #[derive(Clone)]
 pub struct SnapshotStore {
     dir: PathBuf,
+    /// (term, index) of the snapshot the member has recorded: never garbage-collected.
+    protected: Arc<Mutex<Option<(u64, u64)>>>,
 }
 
 impl SnapshotStore {
@@ -47,7 +56,10 @@ impl SnapshotStore {
                 }
             }
         }
-        Ok(SnapshotStore { dir })
+        Ok(SnapshotStore {
+            dir,
+            protected: Arc::default(),
+        })
     }
 
     pub fn path(&self, term: u64, index: u64) -> PathBuf {
@@ -157,42 +169,59 @@ impl SnapshotStore {
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "snap"))
-            .filter_map(|p| {
-                let stem = p.file_stem()?.to_str()?.to_string();
-                let (term, index) = stem.split_once('-')?;
-                Some((
-                    u64::from_str_radix(term, 16).ok()?,
-                    u64::from_str_radix(index, 16).ok()?,
-                ))
-            })
+            .filter_map(|p| parse_name(&p))
             .collect();
         found.sort_by_key(|(_, index)| std::cmp::Reverse(*index));
         found
     }
 
-    /// Deletes all but the newest [`KEEP`] snapshot files.
+    /// The snapshot the member has recorded: its file is never deleted by [`Self::gc`].
+    pub fn protect(&self, term: u64, index: u64) {
+        *self.protected.lock() = Some((term, index));
+    }
+
+    /// Deletes all snapshot files but the newest [`KEEP`] and the protected one, and all
+    /// `.corrupt` files but the newest [`KEEP_CORRUPT`].
     pub fn gc(&self) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
-        let mut snaps: Vec<(u64, PathBuf)> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "snap"))
-            .filter_map(|p| {
-                let stem = p.file_stem()?.to_str()?;
-                let index = u64::from_str_radix(stem.split('-').nth(1)?, 16).ok()?;
-                Some((index, p))
-            })
-            .collect();
-        snaps.sort();
-        let n = snaps.len().saturating_sub(KEEP);
-        for (_, p) in snaps.into_iter().take(n) {
-            if let Err(e) = fs::remove_file(&p) {
-                tracing::warn!(path = %p.display(), error = %e, "could not delete old snapshot");
+        let protected = *self.protected.lock();
+        let mut snaps = Vec::new();
+        let mut corrupt = Vec::new();
+        for path in entries.flatten().map(|e| e.path()) {
+            let Some((term, index)) = parse_name(&path) else {
+                continue;
+            };
+            match path.extension().and_then(|x| x.to_str()) {
+                Some("snap") if protected != Some((term, index)) => snaps.push((index, path)),
+                Some("corrupt") => corrupt.push((index, path)),
+                _ => {}
+            }
+        }
+        for (mut files, keep) in [(snaps, KEEP), (corrupt, KEEP_CORRUPT)] {
+            files.sort();
+            let n = files.len().saturating_sub(keep);
+            for (_, p) in files.into_iter().take(n) {
+                match fs::remove_file(&p) {
+                    Ok(()) => tracing::debug!(path = %p.display(), "deleted an old snapshot file"),
+                    Err(e) => {
+                        tracing::warn!(path = %p.display(), error = %e, "could not delete an old snapshot file")
+                    }
+                }
             }
         }
     }
+}
+
+/// (term, index) from a file name `<term>-<index>.<ext>` (hex).
+fn parse_name(path: &Path) -> Option<(u64, u64)> {
+    let stem = path.file_stem()?.to_str()?;
+    let (term, index) = stem.split_once('-')?;
+    Some((
+        u64::from_str_radix(term, 16).ok()?,
+        u64::from_str_radix(index, 16).ok()?,
+    ))
 }
 
 /// A file being received from a peer, chunk by chunk.
@@ -235,5 +264,50 @@ impl Incoming {
     /// Drops a partial transfer.
     pub fn abort(self) {
         let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_keeps_the_newest_files_the_protected_one_and_one_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(dir.path().join("snap")).unwrap();
+        for index in [10u64, 20, 30, 40, 50] {
+            fs::write(store.path(2, index), b"x").unwrap();
+        }
+        for index in [5u64, 15, 25] {
+            fs::write(store.path(2, index).with_extension("corrupt"), b"x").unwrap();
+        }
+        fs::write(store.dir.join("README"), b"not a snapshot").unwrap();
+        store.protect(2, 20);
+        store.gc();
+        let mut left: Vec<String> = fs::read_dir(&store.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let name = |index: u64, ext: &str| {
+            store
+                .path(2, index)
+                .with_extension(ext)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        };
+        let mut want = vec![
+            name(20, "snap"),
+            name(40, "snap"),
+            name(50, "snap"),
+            name(25, "corrupt"),
+            "README".to_string(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+        assert_eq!(store.list(), vec![(2, 50), (2, 40), (2, 20)]);
     }
 }

@@ -2,8 +2,13 @@
 //!
 //! Layout in raft-engine: region [`LOG`] holds the entries; region [`META`] holds the hard
 //! state, the conf state and membership, the newest snapshot's metadata (and the membership
-//! as of it) and the member's identity. Keeping them apart lets an installed snapshot drop the
-//! whole log (`Command::Clean`) in the same atomic batch that records the snapshot.
+//! as of it), the member's identity, this data dir's incarnation, the incarnations of the
+//! peers it has heard from, and a start counter. Keeping them apart lets an installed snapshot
+//! drop the whole log (`Command::Clean`) in the same atomic batch that records the snapshot.
+//!
+//! The incarnation is a random id drawn when the data dir is created. A member that lost its
+//! data comes back with a new one, so its peers can tell it from the member that made promises
+//! (votes, acknowledged entries) under its id; see `peer_incarnation`.
 //!
 //! A new cluster starts from a snapshot at index 1 (empty state, the initial members), so its
 //! log begins at 2 and a member that joins later always starts from a snapshot: never by
@@ -16,6 +21,7 @@
 //!   already durable ([`LogStore::compact`] is given such an index by the owner).
 //! - `term(snapshot.index)` stays answerable after compaction, from the snapshot metadata.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,6 +39,10 @@ const KEY_SNAPSHOT: &[u8] = b"snapshot_meta";
 const KEY_IDENTITY: &[u8] = b"identity";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SNAPSHOT_MEMBERSHIP: &[u8] = b"snapshot_membership";
+const KEY_INCARNATION: &[u8] = b"incarnation";
+const KEY_PEER_INCARNATIONS: &[u8] = b"peer_incarnations";
+const KEY_STARTS: &[u8] = b"starts";
+const KEY_RESET: &[u8] = b"reset";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -44,6 +54,22 @@ pub enum LogError {
     Identity(String),
     #[error("raft log metadata: {0}")]
     Membership(#[from] members::DecodeError),
+    #[error("cannot draw a random id: {0}")]
+    Random(std::io::Error),
+}
+
+/// A random, nonzero id from the operating system's generator (incarnations, cluster ids).
+pub fn random_id() -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open("/dev/urandom")?;
+    loop {
+        let mut b = [0u8; 8];
+        f.read_exact(&mut b)?;
+        let id = u64::from_be_bytes(b);
+        if id != 0 {
+            return Ok(id);
+        }
+    }
 }
 
 struct EntryExt;
@@ -64,6 +90,13 @@ pub struct Identity {
 
 pub struct LogStore {
     engine: raft_engine::Engine,
+    /// This data dir's incarnation (never 0).
+    incarnation: u64,
+    /// Peer member id -> the incarnation this member first heard from it (or learned from the
+    /// replicated membership). Durable before any message from that peer is stepped.
+    peer_incarnations: BTreeMap<u64, u64>,
+    /// How many times this data dir has been opened, this time included.
+    starts: u64,
     hard_state: HardState,
     conf_state: ConfState,
     membership: Membership,
@@ -270,8 +303,36 @@ impl LogStore {
             }
         };
         let membership = read_membership(KEY_MEMBERSHIP)?;
+        let read_u64 = |key: &[u8]| {
+            engine
+                .get(META, key)
+                .and_then(|v| Some(u64::from_be_bytes(v.as_slice().try_into().ok()?)))
+        };
+        let peer_incarnations = match engine.get(META, KEY_PEER_INCARNATIONS) {
+            Some(v) => serde_json::from_slice(&v)
+                .map_err(|e| LogError::Identity(format!("unreadable peer incarnations: {e}")))?,
+            None => BTreeMap::new(),
+        };
+        // Drawn once, when the data dir is created (or first opened by a version that has
+        // incarnations); durable before this member can say anything to a peer.
+        let incarnation = match read_u64(KEY_INCARNATION) {
+            Some(i) if i != 0 => i,
+            _ => random_id().map_err(LogError::Random)?,
+        };
+        let starts = read_u64(KEY_STARTS).unwrap_or(0) + 1;
+        let mut batch = LogBatch::default();
+        batch.put(
+            META,
+            KEY_INCARNATION.to_vec(),
+            incarnation.to_be_bytes().to_vec(),
+        )?;
+        batch.put(META, KEY_STARTS.to_vec(), starts.to_be_bytes().to_vec())?;
+        engine.write(&mut batch, true)?;
         Ok(LogStore {
             engine,
+            incarnation,
+            peer_incarnations,
+            starts,
             hard_state,
             conf_state,
             membership,
@@ -296,6 +357,59 @@ impl LogStore {
                 "data dir has an unreadable identity record".into(),
             )),
         }
+    }
+
+    /// This data dir's incarnation: random, drawn when it was created.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// How many times this data dir has been opened, counting this time: a number that never
+    /// repeats, whatever the wall clock does (proposal and read ids start from it).
+    pub fn starts(&self) -> u64 {
+        self.starts
+    }
+
+    /// The incarnation recorded for peer `id`, if any.
+    pub fn peer_incarnation(&self, id: u64) -> Option<u64> {
+        self.peer_incarnations.get(&id).copied()
+    }
+
+    pub fn peer_incarnations(&self) -> &BTreeMap<u64, u64> {
+        &self.peer_incarnations
+    }
+
+    /// Records (synced) the incarnation of peer `id`. The first record for an id is the only
+    /// one: a later, different incarnation is a member that lost its data.
+    pub fn record_peer_incarnation(&mut self, id: u64, incarnation: u64) -> Result<(), LogError> {
+        if self.peer_incarnations.contains_key(&id) {
+            return Ok(());
+        }
+        let mut map = self.peer_incarnations.clone();
+        map.insert(id, incarnation);
+        let json = serde_json::to_vec(&map).unwrap_or_default();
+        let mut batch = LogBatch::default();
+        batch.put(META, KEY_PEER_INCARNATIONS.to_vec(), json)?;
+        self.engine.write(&mut batch, true)?;
+        self.peer_incarnations = map;
+        Ok(())
+    }
+
+    /// Why this data dir must not serve again, if it learned that the cluster knows its
+    /// member id under another incarnation (see [`LogStore::record_reset`]).
+    pub fn reset_reason(&self) -> Option<String> {
+        self.engine
+            .get(META, KEY_RESET)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// Records (synced) that the cluster knows this member id under another incarnation:
+    /// the data dir stays refused on later starts.
+    pub fn record_reset(&mut self, reason: &str) -> Result<(), LogError> {
+        let mut batch = LogBatch::default();
+        batch.put(META, KEY_RESET.to_vec(), reason.as_bytes().to_vec())?;
+        self.engine.write(&mut batch, true)?;
+        Ok(())
     }
 
     /// Records who this data dir belongs to, or checks it against what was recorded.
@@ -515,7 +629,11 @@ impl LogStore {
     ) -> Result<(), LogError> {
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
-        hs.term = hs.term.max(meta.term);
+        if meta.term > hs.term {
+            // A vote belongs to a term: one cast in an older term must not count in this one.
+            hs.term = meta.term;
+            hs.vote = 0;
+        }
         let mut batch = LogBatch::default();
         batch.add_command(LOG, Command::Clean);
         batch.put_message(META, KEY_SNAPSHOT.to_vec(), &meta)?;
@@ -854,6 +972,62 @@ mod tests {
                 assert_eq!(runs.get(i), Some(t), "the newest entry is always cached");
             }
         }
+    }
+
+    #[test]
+    fn incarnation_records_and_start_counter_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LogStore::open(dir.path()).unwrap();
+        let mine = s.incarnation();
+        assert_ne!(mine, 0);
+        assert_eq!(s.starts(), 1);
+        s.record_peer_incarnation(2, 77).unwrap();
+        s.record_peer_incarnation(2, 78).unwrap();
+        assert_eq!(s.peer_incarnation(2), Some(77), "the first record is kept");
+        assert_eq!(s.reset_reason(), None);
+        drop(s);
+        let mut s = LogStore::open(dir.path()).unwrap();
+        assert_eq!((s.incarnation(), s.starts()), (mine, 2));
+        assert_eq!(s.peer_incarnation(2), Some(77));
+        assert_eq!(s.peer_incarnation(3), None);
+        s.record_reset("lost").unwrap();
+        drop(s);
+        let s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(s.starts(), 3);
+        assert_eq!(s.reset_reason().as_deref(), Some("lost"));
+        // Another data dir is another incarnation.
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(LogStore::open(other.path()).unwrap().incarnation(), mine);
+    }
+
+    #[test]
+    fn a_snapshot_that_raises_the_term_clears_the_vote() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LogStore::open(dir.path()).unwrap();
+        let hs = HardState {
+            term: 3,
+            vote: 2,
+            ..Default::default()
+        };
+        s.append(&[], Some(&hs), true).unwrap();
+        let meta = |index, term| SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        s.install_snapshot(meta(5, 3), Membership::default())
+            .unwrap();
+        assert_eq!(
+            (s.hard_state().term, s.hard_state().vote),
+            (3, 2),
+            "same term: kept"
+        );
+        s.install_snapshot(meta(9, 4), Membership::default())
+            .unwrap();
+        assert_eq!((s.hard_state().term, s.hard_state().vote), (4, 0));
+        drop(s);
+        let s = LogStore::open(dir.path()).unwrap();
+        assert_eq!((s.hard_state().term, s.hard_state().vote), (4, 0));
     }
 
     #[test]

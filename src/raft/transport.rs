@@ -5,9 +5,17 @@
 //! ```text
 //! POST /raft/stream    Upgrade: metcd-raft/1  -> 101, then raw frames on the connection
 //! POST /raft/snapshot  body: frame(MsgSnapshot) | snapshot file bytes
-//! headers: x-metcd-cluster-id (hex), x-metcd-from (member id)
+//! headers: x-metcd-cluster-id (hex), x-metcd-from (member id), x-metcd-to (member id),
+//!          x-metcd-incarnation (the sender's, hex),
+//!          x-metcd-peer-incarnation (the one the sender recorded for the receiver, hex; 0: none)
+//! 101 answer headers: x-metcd-from, x-metcd-incarnation (the receiver's)
 //! frame = len u32 (big-endian) | Message
 //! ```
+//! Incarnations (see `members::contact`): each side checks the other's against the one it
+//! recorded on first contact before any frame flows. A receiver that is not the incarnation
+//! the sender recorded answers 421 and stops (it lost its data); a sender whose incarnation is
+//! not the recorded one gets 409 and stops. A sender that finds the receiver's incarnation
+//! changed sends it nothing (no votes, appends or snapshots) and reports it unreachable.
 //! The stream is an HTTP/1.1 request upgraded to a raw connection (as a WebSocket is): the
 //! headers are checked once, then frames go out without per-chunk framing. The receiver only
 //! ever writes one line back, `<status> <reason>`, when it ends the stream (410 for a removed
@@ -18,7 +26,7 @@
 //! queues); a lost message is fine (raft retransmits) and is reported as unreachable; a
 //! malformed frame closes that one stream with a log line and never reaches raft.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -35,12 +43,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use super::members::Contact;
 use super::snapshot::SnapshotStore;
 use super::Input;
 use crate::config::Settings;
+use parking_lot::RwLock;
 
 pub const CLUSTER_HEADER: &str = "x-metcd-cluster-id";
 pub const FROM_HEADER: &str = "x-metcd-from";
+pub const TO_HEADER: &str = "x-metcd-to";
+pub const INCARNATION_HEADER: &str = "x-metcd-incarnation";
+pub const PEER_INCARNATION_HEADER: &str = "x-metcd-peer-incarnation";
 /// Upper bound of one frame; raft messages are capped at ~1 MiB of entries plus one entry.
 pub const MAX_FRAME: usize = 64 << 20;
 const QUEUE: usize = 4096;
@@ -68,8 +81,11 @@ pub enum TransportError {
     ConnectTimeout,
     #[error("timed out waiting for the answer")]
     AnswerTimeout,
-    #[error("peer answered {0}")]
-    Refused(hyper::StatusCode),
+    #[error("peer answered {0}: {1}")]
+    Refused(hyper::StatusCode, String),
+    /// The peer is not the incarnation recorded for it: it lost its data.
+    #[error("{0}")]
+    PeerReset(String),
     #[error("stream closed")]
     Closed,
     #[error("bad frame: {0}")]
@@ -126,7 +142,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     self.buf.advance(4);
                     return Ok(Some(self.buf.split_to(len).freeze()));
                 }
-                self.buf.reserve(4 + len - self.buf.len());
+                // No reservation from the announced length: memory grows with the bytes
+                // that actually arrive (`fill`), not with what a peer claims it will send.
             }
             if self.fill().await? == 0 {
                 if self.buf.is_empty() {
@@ -164,6 +181,10 @@ pub fn decode_message(payload: &Bytes) -> Result<Message, TransportError> {
 
 struct Shared {
     id: u64,
+    /// This data dir's incarnation.
+    incarnation: u64,
+    /// Peers' incarnations as the owner recorded them.
+    incarnations: Arc<RwLock<BTreeMap<u64, u64>>>,
     /// `--peer-dial` overrides: where to connect to a member instead of its URL.
     dial: HashMap<u64, String>,
     cluster_id: String,
@@ -176,6 +197,8 @@ struct Peer {
     queue: tokio::sync::mpsc::Sender<Message>,
     /// Whether the stream to it is connected.
     up: Arc<AtomicBool>,
+    /// Set while it presents another incarnation than the recorded one: nothing is sent.
+    reset: Arc<AtomicBool>,
 }
 
 /// The sending side, owned by the raft loop.
@@ -192,9 +215,13 @@ impl Transport {
         rt: tokio::runtime::Handle,
         snaps: SnapshotStore,
         inbox: mpsc::Sender<Input>,
+        incarnation: u64,
+        incarnations: Arc<RwLock<BTreeMap<u64, u64>>>,
     ) -> Self {
         let shared = Arc::new(Shared {
             id: settings.id,
+            incarnation,
+            incarnations,
             dial: settings.peer_dial.clone(),
             cluster_id: format!("{:016x}", settings.cluster_id),
             snaps,
@@ -221,22 +248,20 @@ impl Transport {
                 continue;
             }
             let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-            let up = Arc::new(AtomicBool::new(false));
+            let peer = Peer {
+                authority: authority.clone(),
+                queue: tx,
+                up: Arc::new(AtomicBool::new(false)),
+                reset: Arc::new(AtomicBool::new(false)),
+            };
             self.rt.spawn(run_stream(
                 self.shared.clone(),
                 *id,
                 authority.clone(),
                 rx,
-                up.clone(),
+                (peer.up.clone(), peer.reset.clone()),
             ));
-            self.peers.insert(
-                *id,
-                Peer {
-                    authority: authority.clone(),
-                    queue: tx,
-                    up,
-                },
-            );
+            self.peers.insert(*id, peer);
         }
     }
 
@@ -255,6 +280,13 @@ impl Transport {
                 continue;
             };
             if msg.get_msg_type() == MessageType::MsgSnapshot {
+                if peer.reset.load(Ordering::Relaxed) {
+                    let _ = self
+                        .shared
+                        .inbox
+                        .send(Input::SnapshotSent { to, ok: false });
+                    continue;
+                }
                 self.rt.spawn(send_snapshot(
                     self.shared.clone(),
                     peer.authority.clone(),
@@ -288,11 +320,41 @@ pub(crate) async fn connect(
     Ok(sender)
 }
 
-/// A POST to a peer with this member's cluster id and member id.
-fn request(shared: &Shared, authority: &str, path: &str) -> hyper::http::request::Builder {
+/// A POST to peer `to` with this member's cluster id, member id and incarnation, and the
+/// incarnation recorded for `to` (0 if none yet).
+fn request(shared: &Shared, to: u64, authority: &str, path: &str) -> hyper::http::request::Builder {
+    let expected = shared.incarnations.read().get(&to).copied().unwrap_or(0);
     hyper::Request::post(format!("http://{authority}{path}"))
         .header(CLUSTER_HEADER, &shared.cluster_id)
         .header(FROM_HEADER, shared.id.to_string())
+        .header(TO_HEADER, to.to_string())
+        .header(INCARNATION_HEADER, format!("{:016x}", shared.incarnation))
+        .header(PEER_INCARNATION_HEADER, format!("{expected:016x}"))
+}
+
+/// Parses an incarnation header value (hex); 0 when absent or malformed.
+pub fn parse_incarnation(value: Option<&hyper::header::HeaderValue>) -> u64 {
+    value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// What a refusal means for the sender: 410, it was removed; 409, it lost its data (another
+/// incarnation is recorded for its id); 421, the receiver lost its data.
+fn on_refusal(shared: &Shared, to: u64, error: &TransportError) {
+    match error {
+        TransportError::Refused(hyper::StatusCode::GONE, _) => {
+            let _ = shared.inbox.send(Input::Removed);
+        }
+        TransportError::Refused(hyper::StatusCode::CONFLICT, reason) => {
+            let _ = shared.inbox.send(Input::Reset(format!(
+                "member {to} refused this member: {}",
+                reason.trim()
+            )));
+        }
+        _ => {}
+    }
 }
 
 /// Keeps a stream to one peer open, reconnecting with backoff, until the queue closes. A
@@ -303,7 +365,7 @@ async fn run_stream(
     to: u64,
     authority: String,
     mut queue: tokio::sync::mpsc::Receiver<Message>,
-    is_up: Arc<AtomicBool>,
+    (is_up, is_reset): (Arc<AtomicBool>, Arc<AtomicBool>),
 ) {
     let mut backoff = MIN_BACKOFF;
     let mut up = true;
@@ -312,29 +374,42 @@ async fn run_stream(
             return;
         }
         let mut connected = false;
-        let outcome = stream_once(&shared, &authority, &mut queue, &mut connected, &is_up).await;
+        let outcome =
+            stream_once(&shared, to, &authority, &mut queue, &mut connected, &is_up).await;
         is_up.store(false, Ordering::Relaxed);
-        match outcome {
+        let error = match outcome {
             Ok(()) => return,
-            Err(TransportError::Refused(hyper::StatusCode::GONE)) => {
-                let _ = shared.inbox.send(Input::Removed);
-                return;
-            }
-            Err(e) => {
-                if connected {
-                    backoff = MIN_BACKOFF;
-                }
-                if up || connected {
-                    warn!(peer = to, %authority, error = %e, "peer stream down; reconnecting");
-                }
-                up = false;
-                let _ = shared.inbox.send(Input::Unreachable(to));
-                // What queued while down is stale; raft resends what matters.
-                while queue.try_recv().is_ok() {}
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+            Err(e) => e,
+        };
+        on_refusal(&shared, to, &error);
+        if let TransportError::Refused(status, _) = &error {
+            if *status == hyper::StatusCode::GONE || *status == hyper::StatusCode::CONFLICT {
+                return; // this member stops (removed, or it lost its data)
             }
         }
+        let peer_reset = matches!(
+            error,
+            TransportError::PeerReset(_)
+                | TransportError::Refused(hyper::StatusCode::MISDIRECTED_REQUEST, _)
+        );
+        if peer_reset && !is_reset.swap(true, Ordering::Relaxed) {
+            warn!(peer = to, %authority, error = %error,
+                  "this peer is not the member the cluster knows; sending it nothing until it is removed");
+        } else if !peer_reset {
+            is_reset.store(false, Ordering::Relaxed);
+            if up || connected {
+                warn!(peer = to, %authority, error = %error, "peer stream down; reconnecting");
+            }
+        }
+        if connected {
+            backoff = MIN_BACKOFF;
+        }
+        up = false;
+        let _ = shared.inbox.send(Input::Unreachable(to));
+        // What queued while down is stale; raft resends what matters.
+        while queue.try_recv().is_ok() {}
+        tokio::time::sleep(if peer_reset { MAX_BACKOFF } else { backoff }).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
         if connected {
             up = true;
         }
@@ -368,6 +443,7 @@ pub fn tune_peer_socket(tcp: &TcpStream) -> io::Result<()> {
 /// the connection fails.
 async fn stream_once(
     shared: &Shared,
+    to: u64,
     authority: &str,
     queue: &mut tokio::sync::mpsc::Receiver<Message>,
     connected: &mut bool,
@@ -378,7 +454,7 @@ async fn stream_once(
     )
     .await?;
     let conn = tokio::spawn(conn.with_upgrades());
-    let req = request(shared, authority, "/raft/stream")
+    let req = request(shared, to, authority, "/raft/stream")
         .header(hyper::header::CONNECTION, "upgrade")
         .header(hyper::header::UPGRADE, STREAM_PROTOCOL)
         .body(Empty::new())?;
@@ -386,9 +462,17 @@ async fn stream_once(
         .await
         .map_err(|_| TransportError::AnswerTimeout)??;
     if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        let status = resp.status();
+        let reason = tokio::time::timeout(CONNECT_TIMEOUT, resp.into_body().collect())
+            .await
+            .ok()
+            .and_then(|body| body.ok())
+            .map(|body| String::from_utf8_lossy(&body.to_bytes()).into_owned())
+            .unwrap_or_default();
         conn.abort();
-        return Err(TransportError::Refused(resp.status()));
+        return Err(TransportError::Refused(status, reason));
     }
+    check_receiver(shared, to, resp.headers()).await?;
     let upgraded = hyper::upgrade::on(resp).await?;
     let parts = upgraded
         .downcast::<TokioIo<TcpStream>>()
@@ -429,14 +513,63 @@ async fn stream_once(
     }
 }
 
+/// Checks the receiver's answer to a stream request: the member and incarnation it presents
+/// must be the ones recorded for `to` (a first contact is recorded by the owner, durably,
+/// before any frame is sent).
+async fn check_receiver(
+    shared: &Shared,
+    to: u64,
+    headers: &hyper::HeaderMap,
+) -> Result<(), TransportError> {
+    let id = headers
+        .get(FROM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if id != Some(to) {
+        return Err(TransportError::PeerReset(format!(
+            "the member at this address is {}, not member {to}",
+            id.map_or("unknown".to_string(), |i| i.to_string())
+        )));
+    }
+    let theirs = parse_incarnation(headers.get(INCARNATION_HEADER));
+    if theirs == 0 {
+        return Err(TransportError::BadFrame(
+            "answer without an incarnation".into(),
+        ));
+    }
+    let recorded = shared.incarnations.read().get(&to).copied();
+    let decision = match recorded {
+        Some(r) if r == theirs => return Ok(()),
+        Some(recorded) => Contact::Reset { recorded },
+        None => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = shared.inbox.send(Input::PeerContact {
+                id: to,
+                incarnation: theirs,
+                reply: tx,
+            });
+            rx.await.map_err(|_| TransportError::Closed)?
+        }
+    };
+    match decision {
+        Contact::Known => Ok(()),
+        Contact::Reset { recorded } => Err(TransportError::PeerReset(format!(
+            "member {to} came back with incarnation {theirs:016x}, not {recorded:016x}: it lost its data"
+        ))),
+        Contact::Record | Contact::NotMember | Contact::Removed => Err(TransportError::Closed),
+    }
+}
+
 /// What a receiver's closing line `<status> <reason>` says.
 fn stream_ended(reply: &[u8]) -> TransportError {
-    std::str::from_utf8(reply)
-        .ok()
-        .and_then(|line| line.get(..3))
+    let line = String::from_utf8_lossy(reply);
+    line.get(..3)
         .and_then(|code| code.parse::<u16>().ok())
         .and_then(|code| hyper::StatusCode::from_u16(code).ok())
-        .map_or(TransportError::Closed, TransportError::Refused)
+        .map_or(TransportError::Closed, |status| {
+            let reason = line.get(4..).unwrap_or("").trim().to_string();
+            TransportError::Refused(status, reason)
+        })
 }
 
 /// The line a receiver writes before it closes a stream for `status`.
@@ -471,14 +604,16 @@ async fn send_snapshot(shared: Arc<Shared>, authority: String, msg: Message) {
                 }
             });
         let mut sender = connect(&authority).await?;
-        let req = request(&shared, &authority, "/raft/snapshot")
+        let req = request(&shared, to, &authority, "/raft/snapshot")
             .body(StreamBody::new(body).boxed_unsync())?;
         let resp = sender.send_request(req).await?;
-        if resp.status() == hyper::StatusCode::GONE {
-            let _ = shared.inbox.send(Input::Removed);
-        }
-        if !resp.status().is_success() {
-            return Err(TransportError::Refused(resp.status()));
+        let status = resp.status();
+        if !status.is_success() {
+            let reason = resp.into_body().collect().await.map(|b| b.to_bytes());
+            let reason = String::from_utf8_lossy(&reason.unwrap_or_default()).into_owned();
+            let refused = TransportError::Refused(status, reason);
+            on_refusal(&shared, to, &refused);
+            return Err(refused);
         }
         Ok::<u64, TransportError>(bytes)
     }
@@ -491,4 +626,33 @@ async fn send_snapshot(shared: Arc<Shared>, authority: String, msg: Message) {
         to,
         ok: result.is_ok(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer announcing a frame near the limit and then sending nothing must not make the
+    /// reader reserve that much memory.
+    #[tokio::test]
+    async fn an_announced_length_reserves_nothing() {
+        let (mut peer, io) = tokio::io::duplex(1 << 16);
+        let announced = (MAX_FRAME as u32 - 1).to_be_bytes();
+        tokio::io::AsyncWriteExt::write_all(&mut peer, &announced)
+            .await
+            .unwrap();
+        let mut reader = FrameReader::new(io);
+        let waited = tokio::time::timeout(Duration::from_millis(100), reader.next_frame()).await;
+        assert!(waited.is_err(), "no frame can be complete yet");
+        assert!(
+            reader.buf.capacity() <= 4 * READ_CHUNK,
+            "{} bytes reserved for a frame that has not arrived",
+            reader.buf.capacity()
+        );
+        // The frame still arrives whole when its bytes do.
+        let mut reader = FrameReader::new(tokio::io::duplex(1).1);
+        reader.buf.extend_from_slice(&3u32.to_be_bytes());
+        reader.buf.extend_from_slice(b"abc");
+        assert_eq!(reader.next_frame().await.unwrap().unwrap(), &b"abc"[..]);
+    }
 }
