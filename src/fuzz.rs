@@ -5,11 +5,13 @@
 
 use futures_util::FutureExt;
 use proptest::prelude::*;
+use protobuf::ProtobufEnum as _;
 
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{Applied, Cond, Engine, Op};
 use crate::raft::command;
 use crate::raft::members::{MemberChange, Membership};
+use crate::raft::peer_api::{check_peer_message, Limits};
 use crate::raft::transport::{decode_message, encode_frame, FrameReader};
 
 fn op() -> impl Strategy<Value = Op> {
@@ -61,6 +63,68 @@ proptest! {
         if let Ok(op) = command::decode(&data) {
             prop_assert_eq!(command::decode(&command::encode(&op)).ok(), Some(op));
         }
+    }
+
+    #[test]
+    fn any_command_decodes_or_refuses(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = command::decode_command(&data);
+        // The leader's check of a forwarded write agrees with decoding it.
+        match (command::decode(&data), command::write_sizes(&data)) {
+            (Ok(Op::Put { key, value, .. }), Ok(sizes)) => prop_assert_eq!(sizes, (key.len(), value.len())),
+            (Ok(Op::Delete { key, .. }), Ok(sizes)) => prop_assert_eq!(sizes, (key.len(), 0)),
+            (Err(_), Err(_)) => {}
+            (decoded, sizes) => prop_assert!(false, "decode {:?} but sizes {:?}", decoded, sizes),
+        }
+    }
+
+    #[test]
+    fn only_client_writes_may_be_forwarded(
+        kind in 0i32..20,
+        entries in proptest::collection::vec(
+            (0i32..3, prop_oneof![op().prop_map(|op| command::encode(&op)), proptest::collection::vec(any::<u8>(), 0..32)], any::<bool>()),
+            0..4,
+        ),
+    ) {
+        let limits = Limits { max_key_bytes: 16, max_value_bytes: 48 };
+        let mut msg = raft::eraftpb::Message { to: 1, from: 2, ..Default::default() };
+        msg.set_msg_type(raft::eraftpb::MessageType::from_i32(kind).unwrap_or_default());
+        let own = crate::raft::command::ProposalId { member: 2, seq: 9 }.encode();
+        let ents: Vec<raft::eraftpb::Entry> = entries
+            .iter()
+            .map(|(t, data, ours)| {
+                let mut e = raft::eraftpb::Entry {
+                    data: data.clone().into(),
+                    context: if *ours { own.clone() } else { vec![1; 16] }.into(),
+                    ..Default::default()
+                };
+                e.set_entry_type(raft::eraftpb::EntryType::from_i32(*t).unwrap_or_default());
+                e
+            })
+            .collect();
+        msg.set_entries(ents.clone().into());
+        let accepted = check_peer_message(&msg, 1, 2, &limits).is_ok();
+        if msg.get_msg_type() == raft::eraftpb::MessageType::MsgPropose {
+            // Accepted exactly when every entry is a client write within the limits,
+            // proposed by the sender.
+            let valid = !ents.is_empty() && ents.iter().all(|e| {
+                e.get_entry_type() == raft::eraftpb::EntryType::EntryNormal
+                    && e.context.as_ref() == own.as_slice()
+                    && match command::decode(&e.data) {
+                        Ok(Op::Put { key, value, .. }) => {
+                            !key.is_empty() && key.len() <= 16 && value.len() <= 48
+                        }
+                        Ok(Op::Delete { key, .. }) => !key.is_empty() && key.len() <= 16,
+                        Err(_) => false,
+                    }
+            });
+            prop_assert_eq!(accepted, valid);
+        }
+        // Never from another sender than the stream's (but for a forwarded leadership
+        // transfer, which names the transferee), nor to another member.
+        if msg.get_msg_type() != raft::eraftpb::MessageType::MsgTransferLeader {
+            prop_assert!(check_peer_message(&msg, 1, 3, &limits).is_err());
+        }
+        prop_assert!(check_peer_message(&msg, 4, 2, &limits).is_err());
     }
 
     #[test]

@@ -119,13 +119,14 @@ async fn join(settings: &mut Settings, store: &mut LogStore) -> Result<()> {
     let info = members::fetch_leader_view(&other_members(settings), me, &settings.peer_dial)
         .await
         .map_err(|e| Error::Join(format!("found no leader through --cluster: {e}")))?;
+    known_elsewhere(&info, me, store.incarnation(), &my_url)?;
+    // A voter was bootstrapped or joined before; its incarnation may not be recorded yet.
     if info.voters.contains(&me) {
         return Err(Error::Join(format!(
             "member {me} is a voter of the cluster. {}",
             members::lost_data_help(me, &my_url)
         )));
     }
-    known_elsewhere(&info, me, store.incarnation(), &my_url)?;
     match info.membership.url_of(me) {
         Some(url) if url == my_url => {}
         Some(url) => {

@@ -342,3 +342,102 @@ fn a_wiped_learner_cannot_rejoin_under_its_id() {
         assert_keys(&c, i, 10);
     }
 }
+
+/// A member whose data dir is replaced by an older copy of itself (same incarnation, shorter
+/// log) lacks entries it acknowledged. The leader's heartbeat says so, and the member stops
+/// with that reason instead of serving (or panicking in raft).
+#[test]
+fn a_member_restored_from_an_older_copy_of_its_data_dir_stops() {
+    let mut c = TestCluster::start(3, 17500, &[]);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    write_keys(&c, leader, 10);
+    let victim = c.followers(leader)[0];
+    c.kill(victim);
+    let copy = c.dir().join("old-copy");
+    copy_dir(&c.data_dir(victim), &copy);
+    c.restart(victim);
+    c.wait_for(
+        || c.has_local(victim, &key(9), b"v9"),
+        CONVERGE_TIMEOUT,
+        "the member to be back",
+    );
+    for k in 10..60 {
+        c.put_ok(leader, &key(k), format!("v{k}"));
+    }
+    c.wait_for(
+        || c.has_local(victim, &key(59), b"v59"),
+        CONVERGE_TIMEOUT,
+        "the member to acknowledge the new writes",
+    );
+    c.kill(victim);
+    std::fs::remove_dir_all(c.data_dir(victim)).expect("remove the data dir");
+    copy_dir(&copy, &c.data_dir(victim));
+    c.restart(victim);
+    let status = c.wait_exit(victim, EXIT_TIMEOUT).unwrap_or_else(|| {
+        c.dump_logs();
+        panic!("a member with an older log is still running")
+    });
+    assert!(!status.success());
+    let log = c.log(victim);
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("log lost or truncated") && last.contains("curl -XDELETE"),
+        "{last}"
+    );
+    assert_keys(&c, leader, 60);
+    replace(&mut c, victim, 60);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create the copy");
+    for entry in std::fs::read_dir(from)
+        .expect("read the data dir")
+        .flatten()
+    {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a file");
+        }
+    }
+}
+
+/// `--cluster-token` is part of the cluster id: a member started from the same peer URLs
+/// with another token is another cluster, and the two refuse each other's traffic.
+#[test]
+fn members_with_another_cluster_token_are_another_cluster() {
+    let mut c = TestCluster::start(3, 17600, &["--cluster-token", "blue"]);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    write_keys(&c, leader, 5);
+    let blue = status_field(&c, leader, "cluster_id");
+    let victim = c.followers(leader)[0];
+    c.wipe(victim);
+    let mut args = c.member_args(victim);
+    common::set_flag(&mut args, "--cluster-token", "green");
+    c.start_member_with(victim, args);
+    c.wait_for(
+        || c.try_status(victim).is_some(),
+        LEADER_TIMEOUT,
+        "the green member to start",
+    );
+    let green = status_field(&c, victim, "cluster_id");
+    assert_ne!(green, blue);
+    let log = c.log(victim);
+    assert!(log.contains("belongs to another cluster"), "{log}");
+    c.wait_for(
+        || {
+            c.log(leader)
+                .contains("refused peer traffic from another cluster")
+        },
+        CONVERGE_TIMEOUT,
+        "the blue leader to refuse the green member",
+    );
+    assert_eq!(
+        c.request(victim, "PUT", "/green", b"x")
+            .map(|r| r.status)
+            .ok(),
+        Some(503)
+    );
+    assert_keys(&c, leader, 5);
+}

@@ -228,3 +228,57 @@ fn memory_engine_spaces_snapshots_by_store_size() {
     // The key count, not only the entries, decides: every overwrite is still there.
     assert_eq!(c.get(1, &key("s", 99)).text(), "again");
 }
+
+/// A follower that falls behind again and again receives a snapshot each time; only the
+/// newest files stay on its disk (two, and one set aside as damaged), so it cannot fill it.
+#[test]
+fn a_follower_that_keeps_falling_behind_keeps_few_snapshot_files() {
+    let mut c = TestCluster::start(3, 24500, &["--engine", "lsm", "--snapshot-count", "50"]);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    let follower = c.followers(leader)[0];
+    let snap_dir = c.data_dir(follower).join("snap");
+    for n in 0..3 {
+        std::fs::write(
+            snap_dir.join(format!("{:016x}-{:016x}.corrupt", 1, 100 + n)),
+            b"damaged",
+        )
+        .unwrap();
+    }
+    for round in 0..4 {
+        // Stopped, not paused: a paused member's socket buffers would take the entries.
+        c.kill(follower);
+        let applied = num(&c.status(leader), "applied_index");
+        write_batch(&c, leader, &format!("behind{round}"), 0..150);
+        c.wait_for(
+            || num(&c.status(leader), "first_log_index") > applied + 1,
+            CONVERGE_TIMEOUT,
+            "the leader to compact past the paused follower",
+        );
+        c.restart(follower);
+        let last = key(&format!("behind{round}"), 149);
+        let want = val(&format!("behind{round}"), 149);
+        c.wait_for(
+            || c.has_local(follower, &last, want.as_bytes()),
+            CONVERGE_TIMEOUT,
+            "the follower to catch up",
+        );
+        c.wait_for(
+            || {
+                c.log(follower)
+                    .matches("installed snapshot from leader")
+                    .count()
+                    > round
+            },
+            CONVERGE_TIMEOUT,
+            "the follower to finish installing the snapshot",
+        );
+    }
+    let files: Vec<String> = std::fs::read_dir(&snap_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let count = |ext: &str| files.iter().filter(|f| f.ends_with(ext)).count();
+    assert!(count(".snap") <= 2, "{files:?}");
+    assert_eq!(count(".corrupt"), 1, "{files:?}");
+}

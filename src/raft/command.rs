@@ -103,9 +103,29 @@ pub fn decode_command(data: &[u8]) -> Result<Command, DecodeError> {
 
 /// Decodes a client write (the only command a follower may forward).
 pub fn decode(data: &[u8]) -> Result<Op, DecodeError> {
+    let (tag, rest, cond) = split_condition(data)?;
+    decode_write(tag, rest, cond)
+}
+
+/// The key and value sizes of an encoded client write, checked as [`decode`] would, without
+/// copying them (the leader checks every write a follower forwards).
+pub fn write_sizes(data: &[u8]) -> Result<(usize, usize), DecodeError> {
+    let (tag, rest, _) = split_condition(data)?;
+    match tag {
+        PUT => {
+            let (key, value) = split_put(rest)?;
+            Ok((key.len(), value.len()))
+        }
+        DELETE => Ok((rest.len(), 0)),
+        _ => Err(DecodeError("unknown tag")),
+    }
+}
+
+/// A write's tag, the bytes after it, and its condition if it has one.
+fn split_condition(data: &[u8]) -> Result<(u8, &[u8], Option<Cond>), DecodeError> {
     let (&tag, rest) = data.split_first().ok_or(DecodeError("empty"))?;
     if tag != CONDITIONAL {
-        return decode_write(tag, rest, None);
+        return Ok((tag, rest, None));
     }
     let (&kind, rest) = rest.split_first().ok_or(DecodeError("short condition"))?;
     let rev_bytes: [u8; 8] = rest
@@ -121,22 +141,27 @@ pub fn decode(data: &[u8]) -> Result<Op, DecodeError> {
     let (&tag, rest) = rest[8..]
         .split_first()
         .ok_or(DecodeError("condition without a write"))?;
-    decode_write(tag, rest, Some(cond))
+    Ok((tag, rest, Some(cond)))
+}
+
+/// A put's key and value.
+fn split_put(rest: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
+    let len_bytes: [u8; 4] = rest
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(DecodeError("short put header"))?;
+    let key_len = u32::from_be_bytes(len_bytes) as usize;
+    let body = &rest[4..];
+    if body.len() < key_len {
+        return Err(DecodeError("put key past end"));
+    }
+    Ok(body.split_at(key_len))
 }
 
 fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeError> {
     match tag {
         PUT => {
-            let len_bytes: [u8; 4] = rest
-                .get(..4)
-                .and_then(|b| b.try_into().ok())
-                .ok_or(DecodeError("short put header"))?;
-            let key_len = u32::from_be_bytes(len_bytes) as usize;
-            let body = &rest[4..];
-            if body.len() < key_len {
-                return Err(DecodeError("put key past end"));
-            }
-            let (key, value) = body.split_at(key_len);
+            let (key, value) = split_put(rest)?;
             Ok(Op::Put {
                 key: key.to_vec(),
                 value: value.to_vec(),

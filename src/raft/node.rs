@@ -757,13 +757,18 @@ impl Node {
         m.set_msg_type(MessageType::MsgPropose);
         m.from = self.settings.id;
         let mut replies = Vec::with_capacity(writes.len());
-        let entries: Vec<Entry> = writes
+        #[allow(unused_mut)]
+        let mut entries: Vec<Entry> = writes
             .into_iter()
             .map(|(seq, entry, reply)| {
                 replies.push((seq, reply));
                 entry
             })
             .collect();
+        if fault_injected!("corrupt_proposal") {
+            // A command kind no version knows: tests that committed garbage is a no-op.
+            entries[0].data = vec![0x7f, 0xff].into();
+        }
         m.set_entries(entries.into());
         // What `RawNode::propose` does for one entry.
         match self.raw.raft.step(m) {
@@ -957,7 +962,13 @@ impl Node {
     /// Decides a membership request on the leader and proposes it; the caller is answered
     /// when the change is applied (or fails with the leadership).
     fn change_members(&mut self, change: MemberChange, reply: AdminReply<Vec<MemberStatus>>) {
-        if let Err(e) = self.check_change(&change) {
+        // A test bypasses the leader's checks to commit a change the rules refuse.
+        let checked = if fault_injected!("skip_change_checks") {
+            Ok(())
+        } else {
+            self.check_change(&change)
+        };
+        if let Err(e) = checked {
             let _ = reply.send(Err(e));
             return;
         }

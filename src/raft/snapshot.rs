@@ -194,15 +194,19 @@ impl SnapshotStore {
                 continue;
             };
             match path.extension().and_then(|x| x.to_str()) {
-                Some("snap") if protected != Some((term, index)) => snaps.push((index, path)),
-                Some("corrupt") => corrupt.push((index, path)),
+                Some("snap") => snaps.push((index, protected == Some((term, index)), path)),
+                Some("corrupt") => corrupt.push((index, false, path)),
                 _ => {}
             }
         }
         for (mut files, keep) in [(snaps, KEEP), (corrupt, KEEP_CORRUPT)] {
-            files.sort();
-            let n = files.len().saturating_sub(keep);
-            for (_, p) in files.into_iter().take(n) {
+            // Newest first; the protected file is kept wherever it is.
+            files.sort_by_key(|(index, _, _)| std::cmp::Reverse(*index));
+            let old = files
+                .into_iter()
+                .skip(keep)
+                .filter(|(_, protected, _)| !protected);
+            for (_, _, p) in old {
                 match fs::remove_file(&p) {
                     Ok(()) => tracing::debug!(path = %p.display(), "deleted an old snapshot file"),
                     Err(e) => {

@@ -7,7 +7,10 @@
 //! - SIGSTOP/SIGCONT the leader;
 //! - network faults through a proxy per directed peer link ([`proxy`]): isolate the leader,
 //!   isolate a minority member, drop the leader's outgoing or incoming traffic one way;
-//! - remove a member and add a new one under load.
+//! - remove a member and add a new one under load;
+//! - wipe a member's data dir and restart it with its original command: it must refuse to
+//!   start (the cluster knows its id from its lost data dir); it is then removed and a new
+//!   member added under a new id, as the README says.
 //!
 //! The history (invoke, ok / fail / unknown) is checked with a linearizability checker
 //! ([`checker`], one register per key). After healing, every member must reach the same state
@@ -79,10 +82,11 @@ enum Fault {
     DropFromLeader,
     DropToLeader,
     RemoveAndAdd,
+    WipeAndRestart,
     KillAll,
 }
 
-const FAULTS: [Fault; 9] = [
+const FAULTS: [Fault; 10] = [
     Fault::KillRandom,
     Fault::KillLeader,
     Fault::PauseLeader,
@@ -91,6 +95,7 @@ const FAULTS: [Fault; 9] = [
     Fault::DropFromLeader,
     Fault::DropToLeader,
     Fault::RemoveAndAdd,
+    Fault::WipeAndRestart,
     Fault::KillAll,
 ];
 
@@ -384,6 +389,7 @@ impl Nemesis<'_> {
                 }
             }
             Fault::RemoveAndAdd => self.remove_and_add(leader)?,
+            Fault::WipeAndRestart => self.wipe_and_replace()?,
         }
         self.world.note("  healed");
         Ok(())
@@ -403,6 +409,46 @@ impl Nemesis<'_> {
             return Err(format!("removed member {victim} did not stop"));
         }
         self.world.members.lock().unwrap().retain(|&i| i != victim);
+        self.add_member()
+    }
+
+    /// Kills a member, deletes its data dir and starts it with its original command: it
+    /// must exit with an error, saying it was bootstrapped before (it would otherwise come
+    /// back without the votes and entries it acknowledged). Then the documented recovery:
+    /// remove it, add a new member under a new id.
+    fn wipe_and_replace(&mut self) -> Result<(), String> {
+        if self.c.size() >= MAX_IDS {
+            self.world
+                .note("  (no ids left for another member; skipped)");
+            return Ok(());
+        }
+        let members = self.members();
+        let victim = self.rng.pick(&members);
+        self.world.note(&format!(
+            "  kill -9 member {victim}, wipe its data dir, start it with its original command"
+        ));
+        self.c.wipe(victim);
+        self.c.restart(victim);
+        let status = self
+            .c
+            .wait_exit(victim, Duration::from_secs(30))
+            .ok_or(format!("wiped member {victim} did not refuse to start"))?;
+        let log = self.c.log(victim);
+        let last = log.lines().last().unwrap_or_default();
+        if status.success() || !last.contains("has already been bootstrapped") {
+            return Err(format!(
+                "wiped member {victim} exited with {status}, saying: {last}"
+            ));
+        }
+        self.world
+            .note(&format!("  it refused to start ({status}); remove it"));
+        self.admin("DELETE", &format!("/_members/{victim}"), "")?;
+        self.world.members.lock().unwrap().retain(|&i| i != victim);
+        self.add_member()
+    }
+
+    /// Adds a new member (a new id) and waits for its promotion.
+    fn add_member(&mut self) -> Result<(), String> {
         let new = self.c.add_slot();
         self.c
             .set_member_extra(new, member_args(self.engine, new, self.world.base));
