@@ -145,7 +145,8 @@ async fn join(settings: &mut Settings, store: &mut LogStore) -> Result<()> {
     store.check_identity(identity(settings, cluster_id))?;
     store.set_joining_membership(info.membership)?;
     settings.cluster_id = cluster_id;
-    info!(cluster_id = %info.cluster_id, leader = info.leader, "joining the cluster; waiting for the leader's snapshot");
+    info!(cluster_id = %info.cluster_id, leader = info.leader, answered_by = info.member_id,
+          "joining the cluster; waiting for the leader's snapshot");
     Ok(())
 }
 

@@ -199,6 +199,12 @@ fn a_wiped_voter_exits_and_is_replaced_without_losing_writes() {
     );
     let errors = out.stderr.lines().filter(|l| l.starts_with("metcd: error"));
     assert_eq!(errors.count(), 1, "one error line: {}", out.stderr);
+    // Refused at start-up, by its peers' answers: it never served.
+    assert!(
+        !out.stderr.contains("metcd member started"),
+        "{}",
+        out.stderr
+    );
 
     c.kill(leader);
     let out = run_until_exit(&c.member_args(victim), EXIT_TIMEOUT);
@@ -328,7 +334,10 @@ fn a_wiped_learner_cannot_rejoin_under_its_id() {
         .lines()
         .find(|l| l.contains("joining the cluster"))
         .unwrap_or_default();
-    assert!(line.contains(&format!("leader={leader}")), "{joined}");
+    assert!(
+        line.contains(&format!("leader={leader} answered_by={leader}")),
+        "{joined}"
+    );
     c.wipe(learner);
     let out = run_until_exit(&args, EXIT_TIMEOUT);
     assert!(!out.status.success(), "{}", out.stderr);
@@ -440,4 +449,47 @@ fn members_with_another_cluster_token_are_another_cluster() {
         Some(503)
     );
     assert_keys(&c, leader, 5);
+}
+
+/// A member that a peer addresses as the incarnation it recorded, and that is not that
+/// incarnation, learns from the peer itself that it lost its data: it answers 421 and stops,
+/// and refuses to start again from that data dir.
+#[test]
+fn a_member_its_peers_know_under_another_incarnation_stops() {
+    let mut c = TestCluster::start(3, 17700, &[]);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    write_keys(&c, leader, 5);
+    let victim = c.followers(leader)[0];
+    let cluster = status_field(&c, victim, "cluster_id");
+    let incarnation = status_field(&c, leader, "incarnation");
+    let hex = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let r = http_request(
+        c.peer_port(victim),
+        "POST",
+        "/raft/stream",
+        &[
+            ("X-Metcd-Cluster-Id", &hex(&cluster)),
+            ("X-Metcd-From", &leader.to_string()),
+            ("X-Metcd-To", &victim.to_string()),
+            ("X-Metcd-Incarnation", &hex(&incarnation)),
+            ("X-Metcd-Peer-Incarnation", "00000000000000aa"),
+        ],
+        b"",
+    )
+    .expect("peer port");
+    assert_eq!(r.status, 421, "{}", r.text());
+    assert!(
+        r.text().contains("has already been bootstrapped"),
+        "{}",
+        r.text()
+    );
+    assert_exits_lost(&mut c, victim);
+    let out = run_until_exit(&c.member_args(victim), EXIT_TIMEOUT);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("has already been bootstrapped"),
+        "{}",
+        out.stderr
+    );
+    replace(&mut c, victim, 5);
 }
