@@ -6,9 +6,12 @@
 //! write batch with the data and the meta together, so after a crash fjall's journal recovery
 //! yields a prefix of whole batches and the applied index is never ahead of the data.
 //!
-//! Durability: batches are written to the journal's OS buffers (survives a process crash);
-//! [`Engine::persist`] fsyncs it. After a power loss fjall recovers a prefix of batches and
-//! raft replays the log after it. A restore fills a new generation and switches to it in one
+//! Durability: a batch is committed without a persist mode, so fjall appends it to its
+//! journal's in-process write buffer (8 KiB), which reaches the file when it fills or at
+//! [`Engine::persist`] (an fsync, before a snapshot is recorded). A process crash or a power
+//! loss can therefore drop the newest batches; fjall recovers a prefix of whole batches, and the
+//! raft log (synced before anything is acknowledged, compacted only behind a persisted
+//! snapshot) replays the rest. A restore fills a new generation and switches to it in one
 //! batch, so a crash or a corrupt snapshot mid-restore leaves the previous state intact.
 
 use std::collections::HashMap;
