@@ -161,25 +161,33 @@ async fn check_not_bootstrapped(settings: &Settings, store: &LogStore) -> Result
     let url = my_url(settings);
     let mut answered = 0;
     for (authority, answer) in peers.iter().zip(members::ask_all(&peers).await) {
-        match answer {
-            Ok(info) if info.cluster_id == ours => {
-                answered += 1;
-                known_elsewhere(&info, settings.id, store.incarnation(), &url)?;
-                if !info.membership.members.contains_key(&settings.id) {
-                    return Err(Error::LostData(format!(
-                        "member {} of cluster {ours} does not list member {} among its members; \
-                         this member cannot bootstrap that cluster again. {}",
-                        info.member_id,
-                        settings.id,
-                        members::lost_data_help(settings.id, &url)
-                    )));
-                }
-            }
-            Ok(info) => warn!(peer = %authority, theirs = %info.cluster_id, ours = %ours,
-                              "a peer named in --cluster belongs to another cluster"),
+        let info = match answer {
+            Ok(info) => info,
             Err(e) => {
-                info!(peer = %authority, error = %e, "no answer from a peer named in --cluster")
+                info!(peer = %authority, error = %e, "no answer from a peer named in --cluster");
+                continue;
             }
+        };
+        let same = info.cluster_id == ours;
+        // Another id, but a cluster that has this member id at this URL: most likely this
+        // member's own cluster, started from another --cluster list or token.
+        let knows_me = info.membership.url_of(settings.id) == Some(url.as_str());
+        if same || knows_me {
+            answered += 1;
+            known_elsewhere(&info, settings.id, store.incarnation(), &url)?;
+        }
+        if same && !info.membership.members.contains_key(&settings.id) {
+            return Err(Error::LostData(format!(
+                "member {} of cluster {ours} does not list member {} among its members; \
+                 this member cannot bootstrap that cluster again. {}",
+                info.member_id,
+                settings.id,
+                members::lost_data_help(settings.id, &url)
+            )));
+        }
+        if !same {
+            warn!(peer = %authority, theirs = %info.cluster_id, ours = %ours,
+                  "a peer named in --cluster belongs to another cluster");
         }
     }
     info!(

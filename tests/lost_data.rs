@@ -248,6 +248,17 @@ fn a_wiped_voter_exits_and_is_replaced_without_losing_writes() {
         "{}",
         out.stderr
     );
+    // Also with another --cluster list (another cluster id: its peers still know it).
+    let mut args = c.member_args(victim);
+    let longer = format!("{},http://127.0.0.1:17109", c.cluster_arg());
+    common::set_flag(&mut args, "--cluster", &longer);
+    let out = run_until_exit(&args, EXIT_TIMEOUT);
+    assert!(!out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("has already been bootstrapped"),
+        "{}",
+        out.stderr
+    );
 
     c.kill(leader);
     let out = run_until_exit(&c.member_args(victim), EXIT_TIMEOUT);

@@ -415,6 +415,8 @@ pub struct TestCluster {
     member_extra: std::collections::HashMap<usize, Vec<String>>,
     /// Environment variables for one member's next start.
     member_env: std::collections::HashMap<usize, Vec<(String, String)>>,
+    /// The command line each member was first started with.
+    first_args: std::collections::HashMap<usize, Vec<String>>,
     dir: tempfile::TempDir,
     children: Vec<Option<Child>>,
     logs_dumped: AtomicBool,
@@ -440,6 +442,7 @@ impl TestCluster {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             member_extra: Default::default(),
             member_env: Default::default(),
+            first_args: Default::default(),
             dir,
             children: (0..n).map(|_| None).collect(),
             logs_dumped: AtomicBool::new(false),
@@ -577,6 +580,7 @@ impl TestCluster {
         )
         .unwrap();
         let log_err = log.try_clone().expect("clone log handle");
+        self.first_args.entry(i).or_insert_with(|| args.clone());
         let env = self.member_env.get(&i).cloned().unwrap_or_default();
         let child = Command::new(BIN)
             .args(&args)
@@ -587,6 +591,14 @@ impl TestCluster {
             .spawn()
             .expect("spawn metcd member");
         self.children[idx] = Some(child);
+    }
+
+    /// The command line member `i` was first started with (its `--cluster` as it was then).
+    pub fn first_args(&self, i: usize) -> Vec<String> {
+        self.first_args
+            .get(&i)
+            .cloned()
+            .unwrap_or_else(|| self.member_args(i))
     }
 
     /// Restarts a killed member with the same arguments and data dir.

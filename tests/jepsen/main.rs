@@ -428,7 +428,8 @@ impl Nemesis<'_> {
             "  kill -9 member {victim}, wipe its data dir, start it with its original command"
         ));
         self.c.wipe(victim);
-        self.c.restart(victim);
+        let original = self.c.first_args(victim);
+        self.c.start_member_with(victim, original);
         let status = self
             .c
             .wait_exit(victim, Duration::from_secs(30))
