@@ -72,16 +72,13 @@ for c in $cases; do
     "$bin" --id 1 --cluster http://127.0.0.1:41101 --port 41111 --data-dir "$dir/replay" \
       --engine memory --snapshot-count 10000000 --log-level warn >>"$dir/replay.log" 2>&1 &
     pid=$!
-    peak=0
     while :; do
-      h=$(awk '/VmHWM/{print int($2/1024)}' /proc/$pid/status)
-      [ -n "$h" ] && peak=$h
       code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 -XPUT http://127.0.0.1:41111/after-replay -d x)
       [ "$code" = 204 ] && break
       sleep 0.05
     done
     t1=$(date +%s.%N)
-    echo "replay: serving writes again after $(echo "$t1 - $t0" | bc) s; peak memory while replaying $peak MiB; now $(rss $pid)"
+    echo "replay: serving writes again after $(echo "$t1 - $t0" | bc) s; memory (MiB, now/peak) $(rss $pid)"
     kill -9 $pid; wait $pid
     ;;
   hash)
