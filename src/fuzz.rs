@@ -11,7 +11,7 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::{Applied, Cond, Engine, Op};
 use crate::raft::command;
 use crate::raft::members::{MemberChange, Membership};
-use crate::raft::peer_api::{check_peer_message, Limits};
+use crate::raft::peer_api::{check_peer_message, Limits, Refusal};
 use crate::raft::transport::{decode_message, encode_frame, FrameReader};
 
 fn op() -> impl Strategy<Value = Op> {
@@ -80,13 +80,15 @@ proptest! {
     #[test]
     fn only_client_writes_may_be_forwarded(
         kind in 0i32..20,
+        term in 0u64..3,
         entries in proptest::collection::vec(
             (0i32..3, prop_oneof![op().prop_map(|op| command::encode(&op)), proptest::collection::vec(any::<u8>(), 0..32)], any::<bool>()),
             0..4,
         ),
     ) {
+        use raft::eraftpb::MessageType::*;
         let limits = Limits { max_key_bytes: 16, max_value_bytes: 48 };
-        let mut msg = raft::eraftpb::Message { to: 1, from: 2, ..Default::default() };
+        let mut msg = raft::eraftpb::Message { to: 1, from: 2, term, ..Default::default() };
         msg.set_msg_type(raft::eraftpb::MessageType::from_i32(kind).unwrap_or_default());
         let own = crate::raft::command::ProposalId { member: 2, seq: 9 }.encode();
         let ents: Vec<raft::eraftpb::Entry> = entries
@@ -102,26 +104,34 @@ proptest! {
             })
             .collect();
         msg.set_entries(ents.clone().into());
-        let accepted = check_peer_message(&msg, 1, 2, &limits).is_ok();
-        if msg.get_msg_type() == raft::eraftpb::MessageType::MsgPropose {
-            // Accepted exactly when every entry is a client write within the limits,
-            // proposed by the sender.
-            let valid = !ents.is_empty() && ents.iter().all(|e| {
+        let verdict = check_peer_message(&msg, 1, 2, &limits);
+        let kind = msg.get_msg_type();
+        // Raft sends proposals and read requests without a term, all else with one.
+        if matches!(kind, MsgPropose | MsgReadIndex) != (term == 0) {
+            prop_assert!(matches!(verdict, Err(Refusal::Close(_))));
+        } else if kind == MsgPropose {
+            // Accepted exactly when every entry is a client write proposed by the sender;
+            // dropped (not closed) when one is outside the limits.
+            let write = |e: &raft::eraftpb::Entry| {
                 e.get_entry_type() == raft::eraftpb::EntryType::EntryNormal
                     && e.context.as_ref() == own.as_slice()
-                    && match command::decode(&e.data) {
-                        Ok(Op::Put { key, value, .. }) => {
-                            !key.is_empty() && key.len() <= 16 && value.len() <= 48
-                        }
-                        Ok(Op::Delete { key, .. }) => !key.is_empty() && key.len() <= 16,
-                        Err(_) => false,
-                    }
-            });
-            prop_assert_eq!(accepted, valid);
+                    && command::decode(&e.data).is_ok()
+            };
+            let within = |e: &raft::eraftpb::Entry| match command::decode(&e.data) {
+                Ok(Op::Put { key, value, .. }) => !key.is_empty() && key.len() <= 16 && value.len() <= 48,
+                Ok(Op::Delete { key, .. }) => !key.is_empty() && key.len() <= 16,
+                Err(_) => false,
+            };
+            let writes = !ents.is_empty() && ents.iter().all(write);
+            match (writes, ents.iter().all(within)) {
+                (true, true) => prop_assert!(verdict.is_ok()),
+                (true, false) => prop_assert!(matches!(verdict, Err(Refusal::Drop(_)))),
+                (false, _) => prop_assert!(matches!(verdict, Err(Refusal::Close(_)))),
+            }
         }
-        // Never from another sender than the stream's (but for a forwarded leadership
-        // transfer, which names the transferee), nor to another member.
-        if msg.get_msg_type() != raft::eraftpb::MessageType::MsgTransferLeader {
+        // Never from another sender than the stream's (but for what raft relays with its
+        // first sender's id), nor to another member.
+        if !matches!(kind, MsgPropose | MsgReadIndex | MsgTransferLeader) {
             prop_assert!(check_peer_message(&msg, 1, 3, &limits).is_err());
         }
         prop_assert!(check_peer_message(&msg, 4, 2, &limits).is_err());

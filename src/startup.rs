@@ -85,6 +85,15 @@ fn restart(settings: &Settings, store: &mut LogStore) -> Result<()> {
     if current.removed.contains(&settings.id) {
         return Err(Error::Removed(settings.id));
     }
+    let recorded = current.incarnation_of(settings.id);
+    if recorded != 0 && recorded != store.incarnation() {
+        return Err(Error::LostData(reset_reason(
+            settings.id,
+            store.incarnation(),
+            recorded,
+            &my_url(settings),
+        )));
+    }
     let flagged: Vec<&str> = settings.members.iter().map(|m| m.url.as_str()).collect();
     let known: Vec<&str> = current.members.values().map(|m| m.url.as_str()).collect();
     if flagged != known && !known.is_empty() {
@@ -178,11 +187,11 @@ async fn check_not_bootstrapped(settings: &Settings, store: &LogStore) -> Result
         }
         if same && !info.membership.members.contains_key(&settings.id) {
             return Err(Error::LostData(format!(
-                "member {} of cluster {ours} does not list member {} among its members; \
-                 this member cannot bootstrap that cluster again. {}",
+                "member {} of cluster {ours} does not list member {}: check --id and --cluster. \
+                 A new member is added with curl -XPUT <any member's client URL>/_members/<id> -d <its peer URL> \
+                 and started with --join",
                 info.member_id,
-                settings.id,
-                members::lost_data_help(settings.id, &url)
+                settings.id
             )));
         }
         if !same {

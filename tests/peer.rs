@@ -197,9 +197,27 @@ fn local_and_misattributed_messages_get_400() {
     m.set_msg_type(MessageType::MsgHeartbeatResponse);
     m.to = follower as u64;
     m.from = leader as u64;
+    m.term = term;
     let r = post_stream_with(&c, follower, &as_member(&c, other), &frame(&m));
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("stream"), "{}", r.text());
+    // Raft takes a message without a term for a local one (a heartbeat's commit index would
+    // then bypass every check), and panics relaying a proposal that has one.
+    for (kind, term, why) in [
+        (MessageType::MsgHeartbeat, 0, "without a term"),
+        (MessageType::MsgPropose, term, "with a term"),
+        (MessageType::MsgReadIndex, term, "with a term"),
+    ] {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m.to = follower as u64;
+        m.from = other as u64;
+        m.term = term;
+        m.commit = 1_000_000;
+        let r = post_stream_with(&c, follower, &as_member(&c, other), &frame(&m));
+        assert_eq!(r.status, 400, "{kind:?}: {}", r.text());
+        assert!(r.text().contains(why), "{kind:?}: {}", r.text());
+    }
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert_eq!(
         c.wait_leader(LEADER_TIMEOUT),
@@ -255,14 +273,6 @@ fn forwarded_proposals_are_checked_like_client_writes() {
             },
         ),
         (
-            "a key over --max-key-bytes",
-            Entry {
-                data: put(&[b'k'; 33], b"v").into(),
-                context: context(from).into(),
-                ..Default::default()
-            },
-        ),
-        (
             "another member's proposal id",
             Entry {
                 data: put(b"k", b"v").into(),
@@ -276,6 +286,25 @@ fn forwarded_proposals_are_checked_like_client_writes() {
         assert_eq!(r.status, 400, "{what}: {}", r.text());
         assert!(r.text().contains("forwarded"), "{what}: {}", r.text());
     }
+    // Outside this member's limits (members may be configured apart): only that proposal is
+    // dropped, the stream goes on.
+    let refusals = || {
+        let text = c.get(leader, "/_metrics").text();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("metcd_peer_refusals_total "));
+        line.and_then(|l| l.split(' ').nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = refusals();
+    let key = vec![b'k'; 33];
+    let r = propose(Entry {
+        data: put(&key, b"v").into(),
+        context: context(from).into(),
+        ..Default::default()
+    });
+    assert_eq!(r.status, 200, "an oversized forwarded write: {}", r.text());
+    assert_eq!(refusals(), before + 1);
     let r = propose(Entry {
         data: put(b"forwarded", b"ok").into(),
         context: context(from).into(),
@@ -287,6 +316,7 @@ fn forwarded_proposals_are_checked_like_client_writes() {
         std::time::Duration::from_secs(10),
         "the forwarded write to be applied",
     );
+    assert_eq!(c.get(leader, &format!("/{}", "k".repeat(33))).status, 413);
     assert_still_serving(&c, "after-forwarded");
 }
 
@@ -402,4 +432,52 @@ fn damaged_snapshot_gets_400() {
         .any(|e| e.path().extension().is_some_and(|x| x == "corrupt"));
     assert!(kept, "the damaged file should be kept aside");
     assert_still_serving(&c, "after-damaged-snapshot");
+}
+
+/// What raft relays keeps its first sender's id: a proposal a member relays for another (a
+/// stale follower's leader that no longer leads) is accepted and committed, and a leadership
+/// transfer request that reaches a member that does not lead is dropped: raft would relay it
+/// again with its term set, and panic.
+#[test]
+fn relayed_requests_are_accepted_or_dropped_without_harm() {
+    let c = TestCluster::start(3, 26700, &[]);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    let followers = c.followers(leader);
+    let (relay, origin) = (followers[0], followers[1]);
+    let mut data = vec![1u8];
+    data.extend_from_slice(&7u32.to_be_bytes());
+    data.extend_from_slice(b"relayed");
+    data.extend_from_slice(b"ok");
+    let mut context = (origin as u64).to_be_bytes().to_vec();
+    context.extend_from_slice(&7u64.to_be_bytes());
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgPropose);
+    m.to = leader as u64;
+    m.from = origin as u64;
+    m.set_entries(
+        vec![Entry {
+            data: data.into(),
+            context: context.into(),
+            ..Default::default()
+        }]
+        .into(),
+    );
+    let r = post_stream_with(&c, leader, &as_member(&c, relay), &frame(&m));
+    assert_eq!(r.status, 200, "a relayed proposal: {}", r.text());
+    c.wait_for(
+        || c.get(leader, "/relayed").text() == "ok",
+        std::time::Duration::from_secs(10),
+        "the relayed write to be applied",
+    );
+
+    let term = c.status(relay)["term"].as_u64().unwrap();
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgTransferLeader);
+    m.to = relay as u64;
+    m.from = origin as u64;
+    m.term = term;
+    let r = post_stream_with(&c, relay, &as_member(&c, origin), &frame(&m));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_still_serving(&c, "after-relayed");
+    assert_eq!(c.status(relay)["role"], "follower");
 }

@@ -373,8 +373,10 @@ pub enum Contact {
     Removed,
 }
 
-/// Decides a peer's first contact: `local` is this member's own record for it, `membership`
-/// the replicated one (a record there that is not yet in `local` counts as well).
+/// Decides a peer's contact: `local` is this member's own record for it, `membership` holds
+/// the replicated one. The peer is accepted only if its incarnation matches every record there
+/// is; any record that differs means it lost its data (the other record may be the older,
+/// truer one: a member that never heard from the peer records whatever it hears first).
 pub fn contact(local: Option<u64>, membership: &Membership, id: u64, incarnation: u64) -> Contact {
     if membership.removed.contains(&id) {
         return Contact::Removed;
@@ -383,10 +385,14 @@ pub fn contact(local: Option<u64>, membership: &Membership, id: u64, incarnation
         return Contact::NotMember;
     }
     let replicated = Some(membership.incarnation_of(id)).filter(|i| *i != 0);
-    match local.or(replicated) {
-        None => Contact::Record,
-        Some(r) if r == incarnation => Contact::Known,
-        Some(recorded) => Contact::Reset { recorded },
+    let differs = [local, replicated]
+        .into_iter()
+        .flatten()
+        .find(|r| *r != incarnation);
+    match (differs, local) {
+        (Some(recorded), _) => Contact::Reset { recorded },
+        (None, None) => Contact::Record,
+        (None, Some(_)) => Contact::Known,
     }
 }
 
@@ -636,9 +642,12 @@ mod tests {
         assert!(!m.record_incarnation(2, 10), "the first record is kept");
         assert_eq!(m.incarnation_of(2), 9);
         assert_eq!(contact(None, &m, 2, 8), Contact::Reset { recorded: 9 });
-        assert_eq!(contact(None, &m, 2, 9), Contact::Known);
-        // This member's own record wins over the replicated one.
-        assert_eq!(contact(Some(8), &m, 2, 8), Contact::Known);
+        // The replicated record matches: recorded here too.
+        assert_eq!(contact(None, &m, 2, 9), Contact::Record);
+        assert_eq!(contact(Some(9), &m, 2, 9), Contact::Known);
+        // Both records must match: one of them may be a first contact with the new incarnation.
+        assert_eq!(contact(Some(8), &m, 2, 8), Contact::Reset { recorded: 9 });
+        assert_eq!(contact(Some(9), &m, 2, 8), Contact::Reset { recorded: 9 });
         assert_eq!(contact(None, &m, 4, 1), Contact::NotMember);
         m.apply(&MemberChange::Remove { id: 3 }.to_conf_change());
         assert_eq!(contact(Some(5), &m, 3, 5), Contact::Removed);

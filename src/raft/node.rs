@@ -33,7 +33,7 @@ use raft::eraftpb::{
 };
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use tokio::sync::{oneshot, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::command::{self, Command, ProposalId};
 use super::members::{self, AdminError, Contact, MemberChange, MemberStatus, Membership};
@@ -211,6 +211,8 @@ pub struct Node {
     stop: Option<String>,
     /// When this member, as leader, last proposed to record members' incarnations.
     records_proposed: Option<Instant>,
+    /// Set while a `/_hash` is being computed.
+    hashing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A snapshot whose file a background thread is writing from a frozen engine view.
@@ -235,26 +237,14 @@ impl Node {
         inbox: Receiver<Input>,
         shared: Shared,
     ) -> Result<Self, NodeError> {
-        let cfg = raft::Config {
-            id: settings.id,
-            election_tick: settings.election_ticks,
-            heartbeat_tick: 1,
-            applied: engine.applied_index(),
-            max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
-            max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
-            max_committed_size_per_ready: MAX_COMMITTED_BYTES_PER_READY,
-            check_quorum: true,
-            pre_vote: true,
-            ..Default::default()
-        };
+        let cfg = raft_config(&settings, engine.applied_index());
         cfg.validate()?;
         let mut store = store;
         learn_incarnations(&mut store, settings.id)?;
         let single_voter = store.conf_state().voters == [settings.id];
         transport.set_peers(&store.membership().peers(settings.id));
         *shared.membership.write() = store.membership().clone();
-        *shared.incarnations.write() = store.peer_incarnations().clone();
+        *shared.incarnations.write() = agreed_incarnations(&store);
         shared.revision.send_replace(engine.revision());
         let backlog = store
             .hard_state()
@@ -292,6 +282,7 @@ impl Node {
             writes_bytes: 0,
             stop: None,
             records_proposed: None,
+            hashing: Arc::default(),
         })
     }
 
@@ -351,35 +342,7 @@ impl Node {
 
     fn handle(&mut self, input: Input) -> Result<(), NodeError> {
         match input {
-            Input::Propose { op, reply } => {
-                if reply.is_closed() {
-                    // The client has gone away (it timed out while this waited in the inbox):
-                    // a write nobody waits for is not proposed.
-                    self.shared
-                        .metrics
-                        .proposals_abandoned
-                        .fetch_add(1, Relaxed);
-                    return Ok(());
-                }
-                let backlog = self.apply_backlog();
-                if backlog > MAX_APPLY_BACKLOG {
-                    let _ = reply.send(Err(super::backlog_error(backlog)));
-                    return Ok(());
-                }
-                let (seq, ctx) = self.next_proposal();
-                let entry = Entry {
-                    data: command::encode(&op).into(),
-                    context: ctx.into(),
-                    ..Default::default()
-                };
-                self.writes_bytes += entry.data.len();
-                self.writes.push((seq, entry, reply));
-                if self.writes.len() >= MAX_WRITES_PER_PROPOSAL
-                    || self.writes_bytes >= MAX_BYTES_PER_PROPOSAL
-                {
-                    self.propose_writes();
-                }
-            }
+            Input::Propose { op, reply } => self.queue_write(op, reply),
             Input::ChangeMembers { change, reply } => {
                 self.propose_writes();
                 self.change_members(change, reply)
@@ -392,17 +355,7 @@ impl Node {
                 self.propose_writes();
                 self.hand_off(reply)
             }
-            Input::Removed => {
-                warn!("a peer answered 410 Gone: this member was removed from the cluster");
-                self.removed = true;
-                // Recorded, so the data dir refuses to start again.
-                let cs = self.raw.store().conf_state().clone();
-                let mut membership = self.raw.store().membership().clone();
-                membership.removed.insert(self.settings.id);
-                if let Err(e) = self.raw.mut_store().set_conf_state(cs, membership) {
-                    warn!(error = %e, "could not record the removal");
-                }
-            }
+            Input::Removed => self.record_removal(),
             Input::ReadIndex { reply } => {
                 if self.raw.raft.leader_id == raft::INVALID_ID {
                     let _ = reply.send(Err(RequestError::NoLeader));
@@ -414,6 +367,16 @@ impl Node {
                 if let Some(reason) = self.log_lost(&msg) {
                     tracing::error!(%reason, "stopping");
                     self.stop = Some(reason);
+                    return Ok(());
+                }
+                // A transfer request relayed to a member that no longer leads: raft would relay
+                // it again with its term set, and panic. The requester's own timeout answers it.
+                let transfer = msg.get_msg_type() == MessageType::MsgTransferLeader;
+                if transfer && self.raw.raft.state != StateRole::Leader {
+                    debug!(
+                        from = msg.from,
+                        "dropped a leadership transfer request: not the leader"
+                    );
                     return Ok(());
                 }
                 if let Err(e) = self.raw.step(*msg) {
@@ -451,6 +414,51 @@ impl Node {
             Input::Shutdown => {}
         }
         Ok(())
+    }
+
+    /// Queues a client write for this round's proposal, unless its caller has gone away or
+    /// too many committed entries wait to be applied here.
+    fn queue_write(&mut self, op: crate::engine::Op, reply: Reply<OpResult>) {
+        if reply.is_closed() {
+            // The client has gone away (it timed out while this waited in the inbox):
+            // a write nobody waits for is not proposed.
+            self.shared
+                .metrics
+                .proposals_abandoned
+                .fetch_add(1, Relaxed);
+            return;
+        }
+        let backlog = self.apply_backlog();
+        if backlog > MAX_APPLY_BACKLOG {
+            let _ = reply.send(Err(super::backlog_error(backlog)));
+            return;
+        }
+        let (seq, ctx) = self.next_proposal();
+        let entry = Entry {
+            data: command::encode(&op).into(),
+            context: ctx.into(),
+            ..Default::default()
+        };
+        self.writes_bytes += entry.data.len();
+        self.writes.push((seq, entry, reply));
+        if self.writes.len() >= MAX_WRITES_PER_PROPOSAL
+            || self.writes_bytes >= MAX_BYTES_PER_PROPOSAL
+        {
+            self.propose_writes();
+        }
+    }
+
+    /// A peer answered 410 Gone: this member was removed. Recorded, so the data dir refuses
+    /// to start again.
+    fn record_removal(&mut self) {
+        warn!("a peer answered 410 Gone: this member was removed from the cluster");
+        self.removed = true;
+        let cs = self.raw.store().conf_state().clone();
+        let mut membership = self.raw.store().membership().clone();
+        membership.removed.insert(self.settings.id);
+        if let Err(e) = self.raw.mut_store().set_conf_state(cs, membership) {
+            warn!(error = %e, "could not record the removal");
+        }
     }
 
     /// Committed entries not yet applied here.
@@ -507,7 +515,6 @@ impl Node {
                 Ok(Contact::Known)
             }
             Contact::Reset { recorded } => {
-                self.shared.metrics.peer_refusals.fetch_add(1, Relaxed);
                 warn!(peer = id, incarnation = %format!("{incarnation:016x}"), recorded = %format!("{recorded:016x}"),
                       "refused a member that lost its data: it comes back with another incarnation");
                 Ok(decision)
@@ -590,6 +597,10 @@ impl Node {
         // 2. incoming snapshot, before entries and hard state
         if !rd.snapshot().is_empty() {
             self.install_snapshot(rd.snapshot())?;
+            if self.stop.is_some() {
+                // It names this member under another incarnation: nothing more is sent.
+                return Ok(());
+            }
         }
         // 3. entries + hard state, one write; synced unless only the commit index moved
         let started = Instant::now();
@@ -607,6 +618,9 @@ impl Node {
         self.confirm_reads(rd.take_read_states());
         // 5. apply
         self.apply(rd.take_committed_entries())?;
+        if self.stop.is_some() {
+            return Ok(());
+        }
         // 6. advance; the LightReady gets the same treatment
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
@@ -674,8 +688,8 @@ impl Node {
         // must not fill the disk.
         self.snaps.gc();
         learn_incarnations(self.raw.mut_store(), self.settings.id)?;
-        *self.shared.incarnations.write() = self.raw.store().peer_incarnations().clone();
-        self.check_own_incarnation();
+        *self.shared.incarnations.write() = agreed_incarnations(self.raw.store());
+        self.check_own_incarnation()?;
         self.membership_changed();
         self.shared.revision.send_replace(self.engine.revision());
         self.shared
@@ -719,6 +733,9 @@ impl Node {
                     // In log order too: a record applies before the entries after it.
                     self.apply_batch(&mut batch, &mut owners)?;
                     self.apply_incarnations(e.index, &records)?;
+                    if self.stop.is_some() {
+                        return Ok(());
+                    }
                     None
                 }
                 None => None,
@@ -846,23 +863,29 @@ impl Node {
             self.membership_changed();
         }
         learn_incarnations(self.raw.mut_store(), self.settings.id)?;
-        *self.shared.incarnations.write() = self.raw.store().peer_incarnations().clone();
-        self.check_own_incarnation();
+        *self.shared.incarnations.write() = agreed_incarnations(self.raw.store());
+        self.check_own_incarnation()?;
         Ok(())
     }
 
-    /// Stops this member if the replicated membership knows its id under another incarnation.
-    fn check_own_incarnation(&mut self) {
+    /// Stops this member if the replicated membership knows its id under another incarnation,
+    /// and records that, so the data dir refuses to start again.
+    fn check_own_incarnation(&mut self) -> Result<(), NodeError> {
         let store = self.raw.store();
         let recorded = store.membership().incarnation_of(self.settings.id);
-        if recorded != 0 && recorded != store.incarnation() {
-            self.stop = Some(reset_reason(
-                self.settings.id,
-                store.incarnation(),
-                recorded,
-                &self.my_url(),
-            ));
+        if recorded == 0 || recorded == store.incarnation() {
+            return Ok(());
         }
+        let reason = reset_reason(
+            self.settings.id,
+            store.incarnation(),
+            recorded,
+            &self.my_url(),
+        );
+        tracing::error!(%reason, "the cluster knows this member under another incarnation; stopping");
+        self.raw.mut_store().record_reset(&reason)?;
+        self.stop = Some(reason);
+        Ok(())
     }
 
     fn apply_batch(
@@ -1083,8 +1106,9 @@ impl Node {
         let raft = &self.raw.raft;
         if raft.lead_transferee.is_some() {
             RequestError::Transferring
-        } else if raft.state == StateRole::Leader {
-            // A leader drops a proposal only while it holds MAX_UNCOMMITTED_BYTES uncommitted.
+        } else if raft.state == StateRole::Leader && raft.uncommitted_size() > 0 {
+            // Raft always takes a proposal while nothing is uncommitted; with a leader that is
+            // in its own configuration and not handing over, the size limit is the reason.
             RequestError::TooManyRequests(format!(
                 "the leader holds {} bytes of uncommitted entries (limit {MAX_UNCOMMITTED_BYTES})",
                 raft.uncommitted_size()
@@ -1464,14 +1488,22 @@ impl Node {
     /// between two applies, and read on a thread of its own, so a large store does not hold
     /// up the raft loop (heartbeats, elections). A verification tool, not for hot paths.
     fn state_hash(&self, reply: Reply<StateHash>) {
+        // One at a time: each holds a view (and a thread) until it is done.
+        if self.hashing.swap(true, Relaxed) {
+            let why = "a /_hash is already being computed on this member".to_string();
+            let _ = reply.send(Err(RequestError::TooManyRequests(why)));
+            return;
+        }
         let counters = self.engine.counters();
         let view = match self.engine.view() {
             Ok(view) => view,
             Err(e) => {
+                self.hashing.store(false, Relaxed);
                 let _ = reply.send(Err(RequestError::Stopped(e.to_string())));
                 return;
             }
         };
+        let hashing = self.hashing.clone();
         let spawned = std::thread::Builder::new()
             .name("hash".into())
             .spawn(move || {
@@ -1487,9 +1519,11 @@ impl Node {
                     }),
                     Err(e) => Err(RequestError::Stopped(e.to_string())),
                 };
+                hashing.store(false, Relaxed);
                 let _ = reply.send(answer);
             });
         if let Err(e) = spawned {
+            self.hashing.store(false, Relaxed);
             warn!(error = %e, "could not start the hash thread");
         }
     }
@@ -1581,6 +1615,24 @@ fn v2_of(cc: ConfChange) -> ConfChangeV2 {
     v2
 }
 
+/// Raft's settings: PreVote and CheckQuorum on, and bounds on what a leader holds uncommitted
+/// and what one Ready hands apply.
+fn raft_config(settings: &Settings, applied: u64) -> raft::Config {
+    raft::Config {
+        id: settings.id,
+        election_tick: settings.election_ticks,
+        heartbeat_tick: 1,
+        applied,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 256,
+        max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
+        max_committed_size_per_ready: MAX_COMMITTED_BYTES_PER_READY,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    }
+}
+
 /// FNV-1a (64-bit) over every byte written: the digest `/_hash` reports.
 struct Fnv1a(u64);
 
@@ -1600,7 +1652,8 @@ impl std::io::Write for Fnv1a {
 
 /// Takes into this member's own records the replicated incarnations of peers it has no
 /// record of (a member that joined, or never heard from a peer, checks it all the same).
-/// Where the two disagree, its own first record stays: it is what this member relied on.
+/// Where the two disagree, the peer is refused whichever incarnation it presents
+/// (`members::contact`).
 fn learn_incarnations(store: &mut LogStore, me: u64) -> Result<(), LogError> {
     let replicated: Vec<(u64, u64)> = store
         .membership()
@@ -1616,12 +1669,28 @@ fn learn_incarnations(store: &mut LogStore, me: u64) -> Result<(), LogError> {
                 peer = id,
                 own = %format!("{own:016x}"),
                 replicated = %format!("{incarnation:016x}"),
-                "this member's record of a peer's incarnation differs from the replicated one; keeping its own"
+                "this member's record of a peer's incarnation differs from the replicated one; that peer is refused"
             ),
             Some(_) => {}
         }
     }
     Ok(())
+}
+
+/// The peers' incarnations that every record here agrees on: what the transport and the
+/// peer server may check a peer against without asking the owner. A peer whose records differ
+/// is left out, so the owner decides it (and refuses it).
+fn agreed_incarnations(store: &LogStore) -> BTreeMap<u64, u64> {
+    let membership = store.membership();
+    store
+        .peer_incarnations()
+        .iter()
+        .filter(|(id, local)| {
+            matches!(membership.incarnation_of(**id), 0)
+                || membership.incarnation_of(**id) == **local
+        })
+        .map(|(id, local)| (*id, *local))
+        .collect()
 }
 
 /// Why a member stops when the cluster knows its id under another incarnation.

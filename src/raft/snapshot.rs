@@ -180,8 +180,9 @@ impl SnapshotStore {
         *self.protected.lock() = Some((term, index));
     }
 
-    /// Deletes all snapshot files but the newest [`KEEP`] and the protected one, and all
-    /// `.corrupt` files but the newest [`KEEP_CORRUPT`].
+    /// Deletes all snapshot files but the newest [`KEEP`], the protected one and any newer
+    /// than it (received, maybe not installed yet), and all `.corrupt` files but the newest
+    /// [`KEEP_CORRUPT`].
     pub fn gc(&self) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
@@ -199,13 +200,15 @@ impl SnapshotStore {
                 _ => {}
             }
         }
-        for (mut files, keep) in [(snaps, KEEP), (corrupt, KEEP_CORRUPT)] {
-            // Newest first; the protected file is kept wherever it is.
+        // A snapshot file newer than the recorded one may be received and not installed yet.
+        let floor = protected.map_or(u64::MAX, |(_, index)| index);
+        for (mut files, keep, floor) in [(snaps, KEEP, floor), (corrupt, KEEP_CORRUPT, u64::MAX)] {
+            // Newest first; the protected file, and snapshot files newer than it, stay.
             files.sort_by_key(|(index, _, _)| std::cmp::Reverse(*index));
             let old = files
                 .into_iter()
                 .skip(keep)
-                .filter(|(_, protected, _)| !protected);
+                .filter(|(index, protected, _)| !protected && *index < floor);
             for (_, _, p) in old {
                 match fs::remove_file(&p) {
                     Ok(()) => tracing::debug!(path = %p.display(), "deleted an old snapshot file"),
@@ -279,7 +282,7 @@ mod tests {
     fn gc_keeps_the_newest_files_the_protected_one_and_one_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let store = SnapshotStore::open(dir.path().join("snap")).unwrap();
-        for index in [10u64, 20, 30, 40, 50] {
+        for index in [5u64, 10, 20, 30, 40, 50] {
             fs::write(store.path(2, index), b"x").unwrap();
         }
         for index in [5u64, 15, 25] {
@@ -288,6 +291,7 @@ mod tests {
         fs::write(store.dir.join("README"), b"not a snapshot").unwrap();
         store.protect(2, 20);
         store.gc();
+        // 30 is newer than the recorded snapshot: it may be one received and not yet installed.
         let mut left: Vec<String> = fs::read_dir(&store.dir)
             .unwrap()
             .flatten()
@@ -305,6 +309,7 @@ mod tests {
         };
         let mut want = vec![
             name(20, "snap"),
+            name(30, "snap"),
             name(40, "snap"),
             name(50, "snap"),
             name(25, "corrupt"),
@@ -312,6 +317,6 @@ mod tests {
         ];
         want.sort();
         assert_eq!(left, want);
-        assert_eq!(store.list(), vec![(2, 50), (2, 40), (2, 20)]);
+        assert_eq!(store.list(), vec![(2, 50), (2, 40), (2, 30), (2, 20)]);
     }
 }

@@ -260,6 +260,31 @@ impl TermRuns {
     }
 }
 
+/// Counts this start, and draws the data dir's incarnation if it has none yet (a new data dir,
+/// or one of a version without incarnations): both synced before this member can say anything
+/// to a peer. Returns (incarnation, starts).
+fn record_start(engine: &raft_engine::Engine) -> Result<(u64, u64), LogError> {
+    let read_u64 = |key: &[u8]| {
+        engine
+            .get(META, key)
+            .and_then(|v| Some(u64::from_be_bytes(v.as_slice().try_into().ok()?)))
+    };
+    let incarnation = match read_u64(KEY_INCARNATION) {
+        Some(i) if i != 0 => i,
+        _ => random_id().map_err(LogError::Random)?,
+    };
+    let starts = read_u64(KEY_STARTS).unwrap_or(0) + 1;
+    let mut batch = LogBatch::default();
+    batch.put(
+        META,
+        KEY_INCARNATION.to_vec(),
+        incarnation.to_be_bytes().to_vec(),
+    )?;
+    batch.put(META, KEY_STARTS.to_vec(), starts.to_be_bytes().to_vec())?;
+    engine.write(&mut batch, true)?;
+    Ok((incarnation, starts))
+}
+
 fn storage_err(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
@@ -303,31 +328,12 @@ impl LogStore {
             }
         };
         let membership = read_membership(KEY_MEMBERSHIP)?;
-        let read_u64 = |key: &[u8]| {
-            engine
-                .get(META, key)
-                .and_then(|v| Some(u64::from_be_bytes(v.as_slice().try_into().ok()?)))
-        };
         let peer_incarnations = match engine.get(META, KEY_PEER_INCARNATIONS) {
             Some(v) => serde_json::from_slice(&v)
                 .map_err(|e| LogError::Identity(format!("unreadable peer incarnations: {e}")))?,
             None => BTreeMap::new(),
         };
-        // Drawn once, when the data dir is created (or first opened by a version that has
-        // incarnations); durable before this member can say anything to a peer.
-        let incarnation = match read_u64(KEY_INCARNATION) {
-            Some(i) if i != 0 => i,
-            _ => random_id().map_err(LogError::Random)?,
-        };
-        let starts = read_u64(KEY_STARTS).unwrap_or(0) + 1;
-        let mut batch = LogBatch::default();
-        batch.put(
-            META,
-            KEY_INCARNATION.to_vec(),
-            incarnation.to_be_bytes().to_vec(),
-        )?;
-        batch.put(META, KEY_STARTS.to_vec(), starts.to_be_bytes().to_vec())?;
-        engine.write(&mut batch, true)?;
+        let (incarnation, starts) = record_start(&engine)?;
         Ok(LogStore {
             engine,
             incarnation,

@@ -462,15 +462,9 @@ async fn stream_once(
         .await
         .map_err(|_| TransportError::AnswerTimeout)??;
     if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
-        let status = resp.status();
-        let reason = tokio::time::timeout(CONNECT_TIMEOUT, resp.into_body().collect())
-            .await
-            .ok()
-            .and_then(|body| body.ok())
-            .map(|body| String::from_utf8_lossy(&body.to_bytes()).into_owned())
-            .unwrap_or_default();
+        let refused = refusal(resp).await;
         conn.abort();
-        return Err(TransportError::Refused(status, reason));
+        return Err(refused);
     }
     check_receiver(shared, to, resp.headers()).await?;
     let upgraded = hyper::upgrade::on(resp).await?;
@@ -511,6 +505,18 @@ async fn stream_once(
             }
         }
     }
+}
+
+/// A peer's refusal: its status and the one-line reason in its body.
+async fn refusal(resp: hyper::Response<hyper::body::Incoming>) -> TransportError {
+    let status = resp.status();
+    let reason = tokio::time::timeout(CONNECT_TIMEOUT, resp.into_body().collect())
+        .await
+        .ok()
+        .and_then(|body| body.ok())
+        .map(|body| String::from_utf8_lossy(&body.to_bytes()).into_owned())
+        .unwrap_or_default();
+    TransportError::Refused(status, reason)
 }
 
 /// Checks the receiver's answer to a stream request: the member and incarnation it presents
@@ -607,11 +613,8 @@ async fn send_snapshot(shared: Arc<Shared>, authority: String, msg: Message) {
         let req = request(&shared, to, &authority, "/raft/snapshot")
             .body(StreamBody::new(body).boxed_unsync())?;
         let resp = sender.send_request(req).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            let reason = resp.into_body().collect().await.map(|b| b.to_bytes());
-            let reason = String::from_utf8_lossy(&reason.unwrap_or_default()).into_owned();
-            let refused = TransportError::Refused(status, reason);
+        if !resp.status().is_success() {
+            let refused = refusal(resp).await;
             on_refusal(&shared, to, &refused);
             return Err(refused);
         }
