@@ -118,12 +118,14 @@ fn mixed_reads_and_open_loop_rate() {
     assert!(!listed.text().contains("\"count\":0"), "{}", listed.text());
 
     // Open loop: 300 requests a second for 3 s is at most 900 requests, whatever the cluster
-    // could do closed-loop (thousands); fewer only if the cluster stalled (a slow fsync on a
-    // busy machine), so the lower bound leaves room for that.
+    // could do closed-loop (thousands); the upper bound checks the rate. Fewer come back only
+    // if the cluster stalled: the other tests of this file start three clusters at the same
+    // time, each member writing 96 MiB of log files, and a CI run once saw 556 here (a sync
+    // stalled for about a second). The lower bound leaves room for that.
     let (r, _) = run(&c, &["--duration", "3", "--clients", "8", "--rate", "300"]);
     let done = n(&r, &["requests"]);
     assert!(
-        (600.0..=950.0).contains(&done),
+        (300.0..=950.0).contains(&done),
         "open loop at 300/s for 3 s: {done}"
     );
     assert_eq!(n(&r, &["errors"]), 0.0, "{r}");
