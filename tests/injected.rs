@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A counter's value in member `i`'s `/_metrics`.
-fn metric(c: &TestCluster, i: usize, name: &str) -> u64 {
-    let text = c.get(i, "/_metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in member {i}'s /_metrics"))
-}
-
 /// Every member reports the same `/_hash` at the same applied index.
 fn wait_same_state(c: &TestCluster) {
     c.wait_for(
@@ -61,11 +53,7 @@ fn a_committed_entry_that_does_not_decode_is_a_no_op_everywhere() {
             CONVERGE_TIMEOUT,
             "every member to apply past the garbage",
         );
-        assert_eq!(
-            metric(&c, i, "metcd_entries_skipped_total"),
-            1,
-            "member {i}"
-        );
+        assert_eq!(c.metric(i, "metcd_entries_skipped_total"), 1, "member {i}");
         assert_eq!(c.get_serializable(i, "/garbage").status, 404);
     }
     wait_same_state(&c);
@@ -105,7 +93,7 @@ fn a_committed_membership_change_the_rules_refuse_takes_no_effect() {
             CONVERGE_TIMEOUT,
             "every member to go on",
         );
-        assert!(metric(&c, i, "metcd_entries_skipped_total") >= 1);
+        assert!(c.metric(i, "metcd_entries_skipped_total") >= 1);
         let members = c.status(i)["members"].as_array().unwrap().clone();
         let voters = members.iter().filter(|m| m["role"] == "voter").count();
         assert_eq!(voters, 3, "member {i}: {members:?}");
@@ -225,5 +213,5 @@ fn writes_whose_clients_gave_up_are_not_proposed() {
             "/gave-up/{k} was proposed after its client left"
         );
     }
-    assert!(metric(&c, 1, "metcd_proposals_abandoned_total") >= 10);
+    assert!(c.metric(1, "metcd_proposals_abandoned_total") >= 10);
 }

@@ -157,11 +157,8 @@ fn streams_must_come_from_a_known_incarnation() {
     headers[1].1 = "7".into();
     let r = post_stream_with(&c, 1, &headers, b"");
     assert_eq!(r.status, 404, "{}", r.text());
-    let metrics = c.get(1, "/_metrics").text();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("metcd_peer_refusals_total ") && !l.ends_with(" 0")),
+        c.metric(1, "metcd_peer_refusals_total") > 0,
         "the refusal is counted"
     );
     assert_still_serving(&c, "after-409");
@@ -288,14 +285,7 @@ fn forwarded_proposals_are_checked_like_client_writes() {
     }
     // Outside this member's limits (members may be configured apart): only that proposal is
     // dropped, the stream goes on.
-    let refusals = || {
-        let text = c.get(leader, "/_metrics").text();
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("metcd_peer_refusals_total "));
-        line.and_then(|l| l.split(' ').nth(1)?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let refusals = || c.metric(leader, "metcd_peer_refusals_total");
     let before = refusals();
     let key = vec![b'k'; 33];
     let r = propose(Entry {

@@ -788,6 +788,14 @@ impl TestCluster {
         serde_json::from_slice(&r.body).ok()
     }
 
+    /// A counter or gauge (no labels) from member `i`'s `/_metrics`; panics when absent.
+    pub fn metric(&self, i: usize, name: &str) -> u64 {
+        let text = self.get(i, "/_metrics").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in member {i}'s /_metrics"))
+    }
+
     /// `/_status` of member `i`; panics when it does not answer.
     pub fn status(&self, i: usize) -> Value {
         match self.try_status(i) {
