@@ -1494,36 +1494,22 @@ impl Node {
             let _ = reply.send(Err(RequestError::TooManyRequests(why)));
             return;
         }
+        let busy = Busy(self.hashing.clone());
         let counters = self.engine.counters();
         let view = match self.engine.view() {
             Ok(view) => view,
             Err(e) => {
-                self.hashing.store(false, Relaxed);
                 let _ = reply.send(Err(RequestError::Stopped(e.to_string())));
                 return;
             }
         };
-        let hashing = self.hashing.clone();
         let spawned = std::thread::Builder::new()
             .name("hash".into())
             .spawn(move || {
-                let mut digest = Fnv1a(0xcbf2_9ce4_8422_2325);
-                // The engine-neutral snapshot stream: every key, value and revision in key
-                // order, after the applied index and revision.
-                let answer = match view.write_snapshot(&mut digest) {
-                    Ok(()) => Ok(StateHash {
-                        applied_index: counters.applied_index,
-                        revision: counters.revision,
-                        keys: counters.keys,
-                        hash: format!("{:016x}", digest.0),
-                    }),
-                    Err(e) => Err(RequestError::Stopped(e.to_string())),
-                };
-                hashing.store(false, Relaxed);
-                let _ = reply.send(answer);
+                let _busy = busy;
+                let _ = reply.send(digest(view.as_ref(), counters));
             });
         if let Err(e) = spawned {
-            self.hashing.store(false, Relaxed);
             warn!(error = %e, "could not start the hash thread");
         }
     }
@@ -1631,6 +1617,32 @@ fn raft_config(settings: &Settings, applied: u64) -> raft::Config {
         pre_vote: true,
         ..Default::default()
     }
+}
+
+/// Clears a flag when dropped, however its holder ends.
+struct Busy(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.store(false, Relaxed);
+    }
+}
+
+/// `/_hash`: FNV-1a over a view's engine-neutral snapshot stream (the applied index and
+/// revision, then every key, value and revision triple in key order).
+fn digest(
+    view: &dyn crate::engine::View,
+    counters: crate::engine::Counters,
+) -> Result<StateHash, RequestError> {
+    let mut digest = Fnv1a(0xcbf2_9ce4_8422_2325);
+    view.write_snapshot(&mut digest)
+        .map_err(|e| RequestError::Stopped(e.to_string()))?;
+    Ok(StateHash {
+        applied_index: counters.applied_index,
+        revision: counters.revision,
+        keys: counters.keys,
+        hash: format!("{:016x}", digest.0),
+    })
 }
 
 /// FNV-1a (64-bit) over every byte written: the digest `/_hash` reports.

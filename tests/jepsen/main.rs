@@ -436,13 +436,23 @@ impl Nemesis<'_> {
             .ok_or(format!("wiped member {victim} did not refuse to start"))?;
         let log = self.c.log(victim);
         let last = log.lines().last().unwrap_or_default();
-        if status.success() || !last.contains("has already been bootstrapped") {
+        // A member first started with --join whose --cluster names only members removed since
+        // finds no cluster at all: refused all the same.
+        let refused = last.contains("has already been bootstrapped")
+            || last.contains("cannot join: found no leader");
+        if status.success() || !refused {
             return Err(format!(
                 "wiped member {victim} exited with {status}, saying: {last}"
             ));
         }
-        self.world
-            .note(&format!("  it refused to start ({status}); remove it"));
+        let why = if last.contains("cannot join") {
+            "its --cluster names only removed members"
+        } else {
+            "already bootstrapped"
+        };
+        self.world.note(&format!(
+            "  it refused to start ({status}, {why}); remove it"
+        ));
         self.admin("DELETE", &format!("/_members/{victim}"), "")?;
         self.world.members.lock().unwrap().retain(|&i| i != victim);
         self.add_member()
