@@ -5,9 +5,10 @@
 #   A  grow-from-one: the founder (started alone, then grown to 3 with PUT /_members and --join)
 #      is killed, wiped and started again with its original command while the other two are
 #      paused (SIGSTOP): does it acknowledge writes, and under which cluster id?
-#   B  three voters: member 2 stopped, 100 keys written (committed by 1 and 3), 1 and 3 killed,
-#      3 wiped and started with its original command, then 2 started: does anyone lead without
-#      the 100 keys? (then 1 is started again and the keys are counted)
+#   B  three voters: a follower s stopped, 100 keys written (committed by the leader and the
+#      other follower w), both killed, w wiped and started with its original command, then s
+#      started: does anyone lead without the 100 keys? (then the old leader is started again
+#      and the keys are counted)
 #   C  a wiped voter restarted with its original command while its peers are up.
 #
 # Ports 43000-43999; data under a temp dir, removed at the end.
@@ -69,27 +70,29 @@ echo "  after 2 and 3 resume: founder alive=$(alive 1 && echo yes || echo no) cl
 echo "  founder's last log line: $(tail -n 1 "$D/log-1" | cut -c1-300)"
 reset_all
 
-echo "== B: three voters; 2 stopped, 100 keys, 1 and 3 killed, 3 wiped and restarted, 2 started"
+echo "== B: three voters; follower s stopped, 100 keys, leader and w killed, w wiped and restarted, s started"
 C="$(peer 1),$(peer 2),$(peer 3)"
 for i in 1 2 3; do start "$i" --cluster "$C"; done
 wait_leader 1
-kill9 2
-leader=$(field 1 leader)
-for k in $(seq 0 99); do put "$leader" "/b$k" v >/dev/null; done
-echo "  acknowledged: $(count_keys "$leader" b 100)/100 keys readable on member $leader"
-kill9 1; kill9 3; rm -rf "$D/m3"
-start 3 --cluster "$C"
+l=$(field 1 leader)
+set -- $(for i in 1 2 3; do [ "$i" != "$l" ] && echo "$i"; done)
+s=$1 w=$2
+kill9 "$s"
+for k in $(seq 0 99); do put "$l" "/b$k" v >/dev/null; done
+echo "  leader $l, stopped $s, to be wiped $w; acknowledged: $(count_keys "$l" b 100)/100 keys readable on the leader"
+kill9 "$l"; kill9 "$w"; rm -rf "$D/m$w"
+start "$w" --cluster "$C"
 sleep 3
-start 2 --cluster "$C"
+start "$s" --cluster "$C"
 sleep 6
-echo "  member 3 alive=$(alive 3 && echo yes || echo no); member 2 role=$(field 2 role) leader=$(field 2 leader)"
-echo "  GET /b0 on member 2: $(get_code 2 /b0); keys served by member 2: $(count_keys 2 b 100)/100"
-echo "  member 3's last log line: $(tail -n 1 "$D/log-3" | cut -c1-300)"
-alive 3 && kill9 3
-start 1 --cluster "$C"
-wait_leader 1
+echo "  member $w alive=$(alive "$w" && echo yes || echo no); member $s role=$(field "$s" role) leader=$(field "$s" leader)"
+echo "  GET /b0 on member $s: $(get_code "$s" /b0); keys served by member $s: $(count_keys "$s" b 100)/100"
+echo "  member $w's last log line: $(tail -n 1 "$D/log-$w" | cut -c1-300)"
+alive "$w" && kill9 "$w"
+start "$l" --cluster "$C"
+wait_leader "$l"
 sleep 1
-echo "  after member 1 is back: leader=$(field 1 leader); keys served by member 1: $(count_keys 1 b 100)/100, by member 2: $(count_keys 2 b 100)/100"
+echo "  after member $l is back: leader=$(field "$l" leader); keys served by member $l: $(count_keys "$l" b 100)/100, by member $s: $(count_keys "$s" b 100)/100"
 reset_all
 
 echo "== C: a wiped voter restarted with its original command while its peers are up"
