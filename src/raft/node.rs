@@ -363,26 +363,7 @@ impl Node {
                     self.reads.queued.push(reply);
                 }
             }
-            Input::Step(msg) => {
-                if let Some(reason) = self.log_lost(&msg) {
-                    tracing::error!(%reason, "stopping");
-                    self.stop = Some(reason);
-                    return Ok(());
-                }
-                // A transfer request relayed to a member that no longer leads: raft would relay
-                // it again with its term set, and panic. The requester's own timeout answers it.
-                let transfer = msg.get_msg_type() == MessageType::MsgTransferLeader;
-                if transfer && self.raw.raft.state != StateRole::Leader {
-                    debug!(
-                        from = msg.from,
-                        "dropped a leadership transfer request: not the leader"
-                    );
-                    return Ok(());
-                }
-                if let Err(e) = self.raw.step(*msg) {
-                    warn!(error = %e, "dropped a peer message raft refused");
-                }
-            }
+            Input::Step(msg) => self.step(*msg),
             Input::PeerContact {
                 id,
                 incarnation,
@@ -396,17 +377,7 @@ impl Node {
                 self.stop = Some(reason);
             }
             Input::Unreachable(id) => self.raw.report_unreachable(id),
-            Input::SnapshotSent { to, ok } => {
-                let metrics = &self.shared.metrics;
-                let status = if ok {
-                    metrics.snapshots_sent.fetch_add(1, Relaxed);
-                    SnapshotStatus::Finish
-                } else {
-                    metrics.snapshot_send_failures.fetch_add(1, Relaxed);
-                    SnapshotStatus::Failure
-                };
-                self.raw.report_snapshot(to, status);
-            }
+            Input::SnapshotSent { to, ok } => self.snapshot_sent(to, ok),
             Input::Status(reply) => {
                 let _ = reply.send(Ok(self.status()));
             }
@@ -414,6 +385,42 @@ impl Node {
             Input::Shutdown => {}
         }
         Ok(())
+    }
+
+    /// Steps a peer message into raft, unless it shows this member's log lost entries it
+    /// acknowledged (the member stops), or it is a transfer request this member cannot serve.
+    fn step(&mut self, msg: Message) {
+        if let Some(reason) = self.log_lost(&msg) {
+            tracing::error!(%reason, "stopping");
+            self.stop = Some(reason);
+            return;
+        }
+        // A transfer request relayed to a member that no longer leads: raft would relay it
+        // again with its term set, and panic. The requester's own timeout answers it.
+        let transfer = msg.get_msg_type() == MessageType::MsgTransferLeader;
+        if transfer && self.raw.raft.state != StateRole::Leader {
+            debug!(
+                from = msg.from,
+                "dropped a leadership transfer request: not the leader"
+            );
+            return;
+        }
+        if let Err(e) = self.raw.step(msg) {
+            warn!(error = %e, "dropped a peer message raft refused");
+        }
+    }
+
+    /// A snapshot transfer ended: raft resumes (or retries) replication to that member.
+    fn snapshot_sent(&mut self, to: u64, ok: bool) {
+        let metrics = &self.shared.metrics;
+        let status = if ok {
+            metrics.snapshots_sent.fetch_add(1, Relaxed);
+            SnapshotStatus::Finish
+        } else {
+            metrics.snapshot_send_failures.fetch_add(1, Relaxed);
+            SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(to, status);
     }
 
     /// Queues a client write for this round's proposal, unless its caller has gone away or
