@@ -431,7 +431,7 @@ pub fn lost_data_help(id: u64, url: &str) -> String {
         "A member that lost its data must not rejoin under its old id: it would forget votes and \
          acknowledged writes. To bring it back: curl -XDELETE <any member's client URL>/_members/{id}; \
          curl -XPUT <any member's client URL>/_members/<new id> -d {url}; then start it with an empty \
-         data dir: metcd --join --id <new id> --cluster <the members' peer URLs>,<new id>={url} ..."
+         data dir: metcd --join --id <new id> --cluster <id>=<peer URL> of each member,<new id>={url} ..."
     )
 }
 

@@ -371,11 +371,7 @@ impl Node {
             } => {
                 let _ = reply.send(self.peer_contact(id, incarnation)?);
             }
-            Input::Reset(reason) => {
-                tracing::error!(%reason, "this member's data dir is not the one the cluster knows; stopping");
-                self.raw.mut_store().record_reset(&reason)?;
-                self.stop = Some(reason);
-            }
+            Input::Reset(reason) => self.stop_reset(reason)?,
             Input::Unreachable(id) => self.raw.report_unreachable(id),
             Input::SnapshotSent { to, ok } => self.snapshot_sent(to, ok),
             Input::Status(reply) => {
@@ -694,9 +690,7 @@ impl Node {
         // Older received files (and ones a follower that falls behind again keeps getting)
         // must not fill the disk.
         self.snaps.gc();
-        learn_incarnations(self.raw.mut_store(), self.settings.id)?;
-        *self.shared.incarnations.write() = agreed_incarnations(self.raw.store());
-        self.check_own_incarnation()?;
+        self.incarnations_changed()?;
         self.membership_changed();
         self.shared.revision.send_replace(self.engine.revision());
         self.shared
@@ -869,15 +863,16 @@ impl Node {
             info!(index, ?records, "recorded members' incarnations");
             self.membership_changed();
         }
-        learn_incarnations(self.raw.mut_store(), self.settings.id)?;
-        *self.shared.incarnations.write() = agreed_incarnations(self.raw.store());
-        self.check_own_incarnation()?;
+        self.incarnations_changed()?;
         Ok(())
     }
 
-    /// Stops this member if the replicated membership knows its id under another incarnation,
-    /// and records that, so the data dir refuses to start again.
-    fn check_own_incarnation(&mut self) -> Result<(), NodeError> {
+    /// After the replicated records changed (an applied record, an installed snapshot):
+    /// learns the peers' records, publishes those that agree, and stops this member if the
+    /// cluster knows its own id under another incarnation.
+    fn incarnations_changed(&mut self) -> Result<(), NodeError> {
+        learn_incarnations(self.raw.mut_store(), self.settings.id)?;
+        *self.shared.incarnations.write() = agreed_incarnations(self.raw.store());
         let store = self.raw.store();
         let recorded = store.membership().incarnation_of(self.settings.id);
         if recorded == 0 || recorded == store.incarnation() {
@@ -889,7 +884,13 @@ impl Node {
             recorded,
             &self.my_url(),
         );
-        tracing::error!(%reason, "the cluster knows this member under another incarnation; stopping");
+        self.stop_reset(reason)
+    }
+
+    /// This data dir is not the one the cluster knows under this member id: records that (so
+    /// it refuses to start again) and stops.
+    fn stop_reset(&mut self, reason: String) -> Result<(), NodeError> {
+        tracing::error!(%reason, "this member's data dir is not the one the cluster knows; stopping");
         self.raw.mut_store().record_reset(&reason)?;
         self.stop = Some(reason);
         Ok(())
