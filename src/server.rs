@@ -24,9 +24,10 @@ use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::raft::members::{AdminCtx, Membership};
+use crate::raft::members::Membership;
 use crate::raft::node::{self as raft_node, Exit, Node};
 use crate::raft::peer_api::{self, Limits, PeerApi};
+use crate::raft::peer_client::AdminCtx;
 use crate::raft::snapshot::SnapshotStore;
 use crate::raft::transport::Transport;
 use crate::raft::{Input, NodeHandle};
@@ -92,8 +93,7 @@ pub async fn run(
         store,
         engine.clone(),
         snaps.clone(),
-        transport,
-        inbox_rx,
+        Box::new(transport),
         shared,
     )?;
     let failed = node_handle.failed.clone();
@@ -104,7 +104,7 @@ pub async fn run(
     let raft_thread = std::thread::Builder::new().name("raft".into()).spawn(move || {
         // A panic in raft or a storage library (some treat I/O failure as fatal) stops the
         // member the same way as an error: loudly, and refusing traffic rather than diverging.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run()));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run(inbox_rx)));
         let reason = match outcome {
             Ok(Ok(Exit::Shutdown)) => return,
             Ok(Ok(Exit::Removed)) => {

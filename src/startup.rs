@@ -26,6 +26,7 @@ use crate::engine::{self, Applied, Engine};
 use crate::error::{Error, Result};
 use crate::raft::members::{self, ClusterInfo, MemberInfo, Membership};
 use crate::raft::node::reset_reason;
+use crate::raft::peer_client;
 use crate::raft::snapshot::SnapshotStore;
 use crate::raft::storage::{random_id, Identity, LogStore};
 
@@ -125,7 +126,7 @@ fn known_elsewhere(info: &ClusterInfo, me: u64, mine: u64, url: &str) -> Result<
 async fn join(settings: &mut Settings, store: &mut LogStore) -> Result<()> {
     let me = settings.id;
     let my_url = my_url(settings);
-    let info = members::fetch_leader_view(&other_members(settings), me, &settings.peer_dial)
+    let info = peer_client::fetch_leader_view(&other_members(settings), me, &settings.peer_dial)
         .await
         .map_err(|e| Error::Join(format!("found no leader through --cluster: {e}")))?;
     known_elsewhere(&info, me, store.incarnation(), &my_url)?;
@@ -169,7 +170,7 @@ async fn check_not_bootstrapped(settings: &Settings, store: &LogStore) -> Result
     let ours = format!("{:016x}", settings.cluster_id);
     let url = my_url(settings);
     let mut answered = 0;
-    for (authority, answer) in peers.iter().zip(members::ask_all(&peers).await) {
+    for (authority, answer) in peers.iter().zip(peer_client::ask_all(&peers).await) {
         let info = match answer {
             Ok(info) => info,
             Err(e) => {

@@ -29,7 +29,8 @@ use super::error::ApiError;
 use super::AppState;
 use crate::config::parse_url;
 use crate::metrics::{dir_size, Gauges};
-use crate::raft::members::{self, MemberChange};
+use crate::raft::members::MemberChange;
+use crate::raft::peer_client;
 
 const SMALL_BODY: usize = 4096;
 
@@ -158,7 +159,7 @@ async fn small_body(body: Body) -> Result<String, ApiError> {
 }
 
 async fn change_members(state: &AppState, change: MemberChange) -> Result<Response, ApiError> {
-    let json = members::execute(&state.admin, change, 0).await?;
+    let json = peer_client::execute(&state.admin, change, 0).await?;
     let mut resp = (StatusCode::OK, json).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -22,7 +22,7 @@ use axum::Router;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::raft::members::AdminCtx;
+use crate::raft::peer_client::AdminCtx;
 use crate::raft::NodeHandle;
 
 pub struct AppState {

@@ -7,21 +7,17 @@
 //! the current cluster whatever its `--cluster` flag says.
 //!
 //! Membership requests are decided by the leader (it alone knows whether a change is pending
-//! and how far behind a learner is). Any member accepts them from a client and, when it is not
-//! the leader, forwards them to the leader's peer port (`POST /raft/admin`).
+//! and how far behind a learner is), by the pure functions here ([`check_change`],
+//! [`learner_to_promote`], ...) over a [`View`] of its state. Any member accepts them from a
+//! client and, when it is not the leader, forwards them to the leader ([`super::peer_client`]).
+//! Every member applies a committed change only if [`refusal_at_apply`] finds nothing wrong.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use parking_lot::RwLock;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
 use serde::{Deserialize, Serialize};
 
-use super::transport::{self, TransportError, CLUSTER_HEADER, FROM_HEADER};
-use super::{NodeHandle, RequestError};
+use super::RequestError;
 
 /// One member's replicated attributes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,70 +261,6 @@ impl AdminError {
     }
 }
 
-/// What executing a membership request needs, on the client and the peer port alike.
-#[derive(Clone)]
-pub struct AdminCtx {
-    pub node: NodeHandle,
-    pub id: u64,
-    pub cluster_id: String,
-    pub membership: Arc<RwLock<Membership>>,
-}
-
-/// Executes a membership request: on this member if it leads, else on the leader (one more
-/// hop). A leader asked to remove itself hands leadership over first, then forwards.
-/// Answers the JSON list of members once the change is applied.
-pub async fn execute(
-    ctx: &AdminCtx,
-    change: MemberChange,
-    hops: u32,
-) -> Result<String, AdminError> {
-    // A new leader refuses changes until it has applied its log (raft allows one pending
-    // change and counts its unapplied tail as one); that takes a few milliseconds.
-    let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
-    for _attempt in 0..64 {
-        match ctx.node.change_members(change.clone()).await {
-            Ok(members) => {
-                return Ok(serde_json::json!({ "members": members }).to_string());
-            }
-            Err(AdminError::Unavailable(RequestError::LeaderCatchingUp))
-                if tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(AdminError::LeaderMustMove) => {
-                if !ctx.node.hand_off().await? && ctx.node.status().await?.leader == ctx.id {
-                    return Err(AdminError::Conflict(
-                        "the leader has no active voter to hand leadership to".into(),
-                    ));
-                }
-            }
-            Err(AdminError::NotLeader { leader: 0 }) => return Err(RequestError::NoLeader.into()),
-            Err(AdminError::NotLeader { leader }) => {
-                if hops >= MAX_HOPS {
-                    return Err(RequestError::Forward(format!(
-                        "gave up after {hops} forwards looking for the leader; retry"
-                    ))
-                    .into());
-                }
-                let url = ctx.membership.read().url_of(leader).map(str::to_string);
-                let Some(url) = url else {
-                    return Err(RequestError::NoLeader.into());
-                };
-                let authority = url.strip_prefix("http://").unwrap_or(&url).to_string();
-                let (status, body) =
-                    forward(&authority, &ctx.cluster_id, ctx.id, hops + 1, &change).await?;
-                return if (200..300).contains(&status) {
-                    Ok(body)
-                } else {
-                    Err(AdminError::Relayed(status, body.trim_end().to_string()))
-                };
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(RequestError::NoLeader.into())
-}
-
 /// One member as seen from the member answering.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MemberStatus {
@@ -435,150 +367,209 @@ pub fn lost_data_help(id: u64, url: &str) -> String {
     )
 }
 
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a starting member waits for one peer's `/raft/membership` answer.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a member started with `--join` looks for the leader's view.
-const JOIN_WAIT: Duration = Duration::from_secs(5);
-/// How long a request waits for a newly elected leader to apply its log.
-const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
-
-async fn peer_call(
-    authority: &str,
-    method: hyper::Method,
-    path: &str,
-    headers: &[(&str, String)],
-    body: Vec<u8>,
-    timeout: Duration,
-) -> Result<(u16, Vec<u8>), TransportError> {
-    let call = async {
-        let mut sender = transport::connect(authority).await?;
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("http://{authority}{path}"));
-        for (name, value) in headers {
-            req = req.header(*name, value);
-        }
-        let body = Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        let resp = sender.send_request(req.body(body)?).await?;
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok((status, bytes.to_vec()))
-    };
-    tokio::time::timeout(timeout, call)
-        .await
-        .map_err(|_| TransportError::AnswerTimeout)?
+/// What the leader knows of one member's replication.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The highest log index it is known to hold.
+    pub matched: u64,
+    /// Heard from within the last election timeout (check-quorum resets this).
+    pub active: bool,
 }
 
-/// One peer's `GET /raft/membership`.
-pub async fn ask(authority: &str) -> Result<ClusterInfo, String> {
-    let call = peer_call(
-        authority,
-        hyper::Method::GET,
-        "/raft/membership",
-        &[],
-        vec![],
-        PROBE_TIMEOUT,
-    );
-    match call.await {
-        Ok((200, body)) => serde_json::from_slice::<ClusterInfo>(&body)
-            .map_err(|e| format!("{authority}: bad answer: {e}")),
-        Ok((status, body)) => Err(format!(
-            "{authority} answered {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        )),
-        Err(e) => Err(format!("{authority}: {e}")),
+/// A change raft still counts as pending (it allows one unapplied change).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// A conf change entry, at this log index, not applied yet.
+    Change(u64),
+    /// No real change: a newly elected leader's unapplied tail, which raft counts as one.
+    CatchingUp,
+}
+
+/// What a membership or leadership decision reads: the member's raft state, the replicated
+/// membership and, on the leader, each member's progress. Built by the owner; the decisions
+/// below are pure functions of it.
+pub struct View<'a> {
+    pub me: u64,
+    pub leading: bool,
+    /// The leader this member knows (0: none).
+    pub leader: u64,
+    pub pending: Option<Pending>,
+    pub last_index: u64,
+    /// `--promote-within`: how close to the leader's log a learner must be to be promoted.
+    pub promote_within: u64,
+    pub conf: &'a ConfState,
+    pub membership: &'a Membership,
+    /// Known on the leader only; a member absent here counts as never heard from.
+    pub progress: BTreeMap<u64, Progress>,
+}
+
+impl View<'_> {
+    fn progress_of(&self, id: u64) -> Progress {
+        self.progress.get(&id).copied().unwrap_or_default()
+    }
+
+    /// Whether `id` is within `--promote-within` entries of the leader's log.
+    fn caught_up(&self, id: u64) -> bool {
+        let p = self.progress_of(id);
+        p.matched > 0 && p.matched + self.promote_within >= self.last_index
     }
 }
 
-/// Asks every peer at once (a starting member's probe); an answer per peer, in order.
-pub async fn ask_all(peers: &[String]) -> Vec<Result<ClusterInfo, String>> {
-    futures_util::future::join_all(peers.iter().map(|a| ask(a))).await
-}
-
-/// The leader's view of the cluster, for member `me` started with `--join`: the peers listed
-/// in `--cluster` are asked who leads, and the leader's own answer is the one used (a
-/// follower may not have applied the latest changes). Retries for a while, also when the
-/// leader's answer does not list `me` yet; returns the last leader's answer if none does.
-pub async fn fetch_leader_view(
-    peers: &[String],
-    me: u64,
-    dial: &std::collections::HashMap<u64, String>,
-) -> Result<ClusterInfo, String> {
-    let mut last_error = String::from("no other member listed in --cluster");
-    let mut last_info = None;
-    let deadline = tokio::time::Instant::now() + JOIN_WAIT;
-    while tokio::time::Instant::now() < deadline {
-        for authority in peers {
-            let mut answer = ask(authority).await;
-            // A follower's answer names the leader: ask it in turn.
-            if let Ok(info) = &answer {
-                if info.leader != 0 && info.leader != info.member_id {
-                    let at = dial.get(&info.leader).map(String::as_str).or_else(|| {
-                        let url = info.membership.url_of(info.leader)?;
-                        Some(url.strip_prefix("http://").unwrap_or(url))
-                    });
-                    answer = match at {
-                        Some(authority) => ask(authority).await,
-                        None => Err(format!(
-                            "{authority} names leader {} without a URL",
-                            info.leader
-                        )),
-                    };
-                }
-            }
-            match answer {
-                Ok(info) if info.leader == 0 || info.leader != info.member_id => {
-                    last_error = format!("member {} knows no leader", info.member_id);
-                }
-                Ok(info) if info.membership.members.contains_key(&me) => return Ok(info),
-                Ok(info) => last_info = Some(info),
-                Err(e) => last_error = e,
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+/// Decides a membership request on the leader, before it is proposed: `Ok` to propose it.
+pub fn check_change(v: &View, change: &MemberChange) -> Result<(), AdminError> {
+    if !v.leading {
+        return Err(AdminError::NotLeader { leader: v.leader });
     }
-    last_info.ok_or(last_error)
+    match v.pending {
+        Some(Pending::Change(index)) => {
+            return Err(AdminError::Conflict(format!(
+                "another membership change (log index {index}) is still in progress; retry when it is applied"
+            )))
+        }
+        Some(Pending::CatchingUp) => {
+            return Err(AdminError::Unavailable(RequestError::LeaderCatchingUp))
+        }
+        None => {}
+    }
+    let id = change.id();
+    let role = role_of(v.conf, id);
+    match change {
+        MemberChange::Add { url, .. } => check_add(v, id, url, role),
+        MemberChange::Promote { .. } => check_promote(v, id, role),
+        MemberChange::Remove { .. } => check_remove(v, id, role),
+    }
 }
 
-/// Forwards a membership request to the leader's peer port; the leader's answer (status and
-/// text) is relayed as it is.
-pub async fn forward(
-    leader_authority: &str,
-    cluster_id: &str,
-    from: u64,
-    hops: u32,
-    change: &MemberChange,
-) -> Result<(u16, String), AdminError> {
-    let body = serde_json::to_vec(change).unwrap_or_default();
-    let headers = [
-        (CLUSTER_HEADER, cluster_id.to_string()),
-        (FROM_HEADER, from.to_string()),
-        (HOPS_HEADER, hops.to_string()),
-    ];
-    let (status, body) = peer_call(
-        leader_authority,
-        hyper::Method::POST,
-        "/raft/admin",
-        &headers,
-        body,
-        ADMIN_TIMEOUT,
-    )
-    .await
-    .map_err(|e| {
-        AdminError::Unavailable(RequestError::Forward(format!(
-            "could not reach the leader at {leader_authority}: {e}"
-        )))
-    })?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+fn check_add(v: &View, id: u64, url: &str, role: Option<&str>) -> Result<(), AdminError> {
+    if id == 0 {
+        return Err(AdminError::BadRequest("member id 0 is reserved".into()));
+    }
+    if role.is_some() {
+        return Err(AdminError::Conflict(format!("member {id} already exists")));
+    }
+    if v.membership.removed.contains(&id) {
+        return Err(AdminError::Conflict(format!(
+            "member id {id} was removed from this cluster; ids are not reused, pick another"
+        )));
+    }
+    if let Some((other, _)) = v.membership.members.iter().find(|(_, m)| m.url == url) {
+        return Err(AdminError::Conflict(format!(
+            "peer URL {url} already belongs to member {other}"
+        )));
+    }
+    Ok(())
 }
 
-/// How many times a membership request has been forwarded; bounded so that members with
-/// different views of the leader cannot bounce a request forever.
-pub const HOPS_HEADER: &str = "x-metcd-hops";
-pub const MAX_HOPS: u32 = 3;
+fn check_promote(v: &View, id: u64, role: Option<&str>) -> Result<(), AdminError> {
+    match role {
+        None => return Err(AdminError::NotFound(format!("no member {id}"))),
+        Some("voter") => {
+            return Err(AdminError::Conflict(format!(
+                "member {id} is already a voter"
+            )))
+        }
+        Some(_) => {}
+    }
+    let p = v.progress_of(id);
+    if !v.caught_up(id) {
+        return Err(AdminError::Conflict(format!(
+            "member {id} is {} entries behind the leader (--promote-within {}); promote it once it has caught up",
+            v.last_index - p.matched.min(v.last_index),
+            v.promote_within
+        )));
+    }
+    if !p.active {
+        return Err(AdminError::Conflict(format!(
+            "member {id} has not been heard from within an election timeout; promote it once it is up"
+        )));
+    }
+    Ok(())
+}
+
+fn check_remove(v: &View, id: u64, role: Option<&str>) -> Result<(), AdminError> {
+    if role.is_none() {
+        return Err(AdminError::NotFound(format!("no member {id}")));
+    }
+    if v.conf.voters == [id] {
+        return Err(AdminError::Conflict(format!(
+            "member {id} is the last voter; removing it would leave no one to decide"
+        )));
+    }
+    // etcd's strict reconfiguration check: the voters that remain must include a quorum that
+    // is up, or the change could leave the cluster unable to commit.
+    let remaining: Vec<u64> = v.conf.voters.iter().copied().filter(|x| *x != id).collect();
+    let up = remaining
+        .iter()
+        .filter(|x| **x == v.me || v.progress_of(**x).active)
+        .count();
+    if !remaining.is_empty() && up < remaining.len() / 2 + 1 {
+        return Err(AdminError::Conflict(format!(
+            "removing member {id} would leave {up} of {} voters up, fewer than a quorum",
+            remaining.len()
+        )));
+    }
+    if id == v.me {
+        return Err(AdminError::LeaderMustMove);
+    }
+    Ok(())
+}
+
+/// On the leader with no change pending: the first learner added without `?learner=true`
+/// that is caught up and recently heard from (one that caught up and went away is not
+/// promoted), to promote to voter.
+pub fn learner_to_promote(v: &View) -> Option<u64> {
+    if !v.leading || v.pending.is_some() {
+        return None;
+    }
+    v.conf.learners.iter().copied().find(|id| {
+        let auto = v
+            .membership
+            .members
+            .get(id)
+            .is_some_and(|m| !m.hold_learner);
+        auto && v.progress_of(*id).active && v.caught_up(*id)
+    })
+}
+
+/// Why leadership cannot be transferred to `to`, if it cannot.
+pub fn check_transfer(conf: &ConfState, to: u64) -> Result<(), AdminError> {
+    match role_of(conf, to) {
+        None => Err(AdminError::NotFound(format!("no member {to}"))),
+        Some("learner") => Err(AdminError::Conflict(format!(
+            "member {to} is a learner; only a voter can lead"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// On the leader: the active voter other than itself with the longest log, to hand
+/// leadership to (with its matched index).
+pub fn hand_off_target(v: &View) -> Option<(u64, u64)> {
+    if !v.leading {
+        return None;
+    }
+    v.conf
+        .voters
+        .iter()
+        .filter(|id| **id != v.me)
+        .filter_map(|id| {
+            let p = v.progress.get(id).filter(|p| p.active)?;
+            Some((p.matched, *id))
+        })
+        .max()
+        .map(|(matched, id)| (id, matched))
+}
+
+/// A v1 conf change (one change, no joint consensus) as the equivalent v2 change.
+pub fn v2_of(cc: raft::eraftpb::ConfChange) -> ConfChangeV2 {
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(cc.get_change_type());
+    single.node_id = cc.node_id;
+    let mut v2 = ConfChangeV2::default();
+    v2.set_changes(vec![single].into());
+    v2.context = cc.context;
+    v2
+}
 
 #[cfg(test)]
 mod tests {
@@ -701,5 +692,268 @@ mod tests {
             .unwrap()
             .contains("last voter"));
         assert_eq!(refused(&cs, MemberChange::Promote { id: 4 }), None);
+    }
+
+    /// Three voters and a learner 4 (auto-promoted), as seen by leader 1 whose log ends at
+    /// 100: everyone caught up and active.
+    fn leader_state() -> (ConfState, Membership) {
+        let (mut cs, mut m) = three();
+        cs.learners = vec![4];
+        let info = MemberInfo {
+            url: "http://h:4".into(),
+            hold_learner: false,
+            incarnation: 0,
+        };
+        m.members.insert(4, info);
+        m.removed.insert(9);
+        (cs, m)
+    }
+
+    fn view<'a>(cs: &'a ConfState, m: &'a Membership) -> View<'a> {
+        let up = Progress {
+            matched: 100,
+            active: true,
+        };
+        View {
+            me: 1,
+            leading: true,
+            leader: 1,
+            pending: None,
+            last_index: 100,
+            promote_within: 10,
+            conf: cs,
+            membership: m,
+            progress: (1..=4).map(|id| (id, up)).collect(),
+        }
+    }
+
+    fn add(id: u64, url: &str) -> MemberChange {
+        MemberChange::Add {
+            id,
+            url: url.into(),
+            learner: false,
+        }
+    }
+
+    /// The refusal's status and text, for assertions.
+    fn refused(r: Result<(), AdminError>) -> (u16, String) {
+        let e = r.expect_err("the change must be refused");
+        (e.status(), e.to_string())
+    }
+
+    #[test]
+    fn a_change_is_decided_on_the_leader_with_none_pending() {
+        let (cs, m) = leader_state();
+        let mut v = view(&cs, &m);
+        assert!(check_change(&v, &add(5, "http://h:5")).is_ok());
+        v.pending = Some(Pending::Change(97));
+        let (status, text) = refused(check_change(&v, &add(5, "http://h:5")));
+        assert_eq!(status, 409);
+        assert!(text.contains("log index 97"), "{text}");
+        v.pending = Some(Pending::CatchingUp);
+        let e = check_change(&v, &add(5, "http://h:5")).unwrap_err();
+        assert!(matches!(
+            e,
+            AdminError::Unavailable(RequestError::LeaderCatchingUp)
+        ));
+        v.pending = None;
+        v.leading = false;
+        v.leader = 2;
+        let e = check_change(&v, &add(5, "http://h:5")).unwrap_err();
+        assert!(matches!(e, AdminError::NotLeader { leader: 2 }), "{e:?}");
+    }
+
+    #[test]
+    fn adding_refuses_reserved_existing_removed_ids_and_a_taken_url() {
+        let (cs, m) = leader_state();
+        let v = view(&cs, &m);
+        for (change, status, words) in [
+            (add(0, "http://h:5"), 400, "reserved"),
+            (add(2, "http://h:5"), 409, "already exists"),
+            (add(4, "http://h:5"), 409, "already exists"),
+            (add(9, "http://h:5"), 409, "ids are not reused"),
+            (add(5, "http://h:3"), 409, "already belongs to member 3"),
+        ] {
+            let (s, text) = refused(check_change(&v, &change));
+            assert_eq!(
+                (s, text.contains(words)),
+                (status, true),
+                "{change:?}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn promotion_needs_a_learner_that_caught_up_and_is_up() {
+        let (cs, m) = leader_state();
+        let mut v = view(&cs, &m);
+        let promote = |id| MemberChange::Promote { id };
+        assert!(check_change(&v, &promote(4)).is_ok());
+        assert_eq!(refused(check_change(&v, &promote(7))).0, 404);
+        let (s, text) = refused(check_change(&v, &promote(2)));
+        assert_eq!((s, text.contains("already a voter")), (409, true));
+        // 89 + 10 < 100: 11 behind, more than --promote-within.
+        v.progress.insert(
+            4,
+            Progress {
+                matched: 89,
+                active: true,
+            },
+        );
+        let (s, text) = refused(check_change(&v, &promote(4)));
+        assert_eq!(
+            (s, text.contains("11 entries behind")),
+            (409, true),
+            "{text}"
+        );
+        v.progress.insert(
+            4,
+            Progress {
+                matched: 90,
+                active: true,
+            },
+        );
+        assert!(check_change(&v, &promote(4)).is_ok(), "exactly within");
+        v.progress.insert(
+            4,
+            Progress {
+                matched: 0,
+                active: true,
+            },
+        );
+        assert!(
+            check_change(&v, &promote(4)).is_err(),
+            "nothing replicated yet"
+        );
+        v.progress.insert(
+            4,
+            Progress {
+                matched: 100,
+                active: false,
+            },
+        );
+        let (s, text) = refused(check_change(&v, &promote(4)));
+        assert_eq!((s, text.contains("not been heard from")), (409, true));
+    }
+
+    #[test]
+    fn removal_keeps_a_voter_and_a_quorum_up_and_moves_the_leader_first() {
+        let (cs, m) = leader_state();
+        let mut v = view(&cs, &m);
+        let remove = |id| MemberChange::Remove { id };
+        assert!(check_change(&v, &remove(3)).is_ok());
+        assert!(check_change(&v, &remove(4)).is_ok(), "a learner");
+        assert_eq!(refused(check_change(&v, &remove(7))).0, 404);
+        let e = check_change(&v, &remove(1)).unwrap_err();
+        assert!(matches!(e, AdminError::LeaderMustMove), "{e:?}");
+        // Removing 3 leaves 1 and 2; with 2 down that is 1 of 2 up, not a quorum.
+        v.progress.insert(
+            2,
+            Progress {
+                matched: 100,
+                active: false,
+            },
+        );
+        let (s, text) = refused(check_change(&v, &remove(3)));
+        assert_eq!(
+            (s, text.contains("1 of 2 voters up")),
+            (409, true),
+            "{text}"
+        );
+        // Removing the one that is down leaves 1 and 3, both up.
+        assert!(check_change(&v, &remove(2)).is_ok());
+        let lone = ConfState {
+            voters: vec![1],
+            ..Default::default()
+        };
+        let v = view(&lone, &m);
+        let (s, text) = refused(check_change(&v, &remove(1)));
+        assert_eq!((s, text.contains("last voter")), (409, true));
+    }
+
+    #[test]
+    fn a_learner_is_promoted_once_caught_up_and_up_unless_held() {
+        let (cs, mut m) = leader_state();
+        assert_eq!(learner_to_promote(&view(&cs, &m)), Some(4));
+        let mut v = view(&cs, &m);
+        v.progress.insert(
+            4,
+            Progress {
+                matched: 50,
+                active: true,
+            },
+        );
+        assert_eq!(learner_to_promote(&v), None, "behind");
+        v.progress.insert(
+            4,
+            Progress {
+                matched: 100,
+                active: false,
+            },
+        );
+        assert_eq!(learner_to_promote(&v), None, "gone away");
+        v.progress.insert(
+            4,
+            Progress {
+                matched: 100,
+                active: true,
+            },
+        );
+        v.pending = Some(Pending::CatchingUp);
+        assert_eq!(learner_to_promote(&v), None, "a change is pending");
+        v.pending = None;
+        v.leading = false;
+        assert_eq!(learner_to_promote(&v), None, "not the leader");
+        m.members.get_mut(&4).unwrap().hold_learner = true;
+        assert_eq!(learner_to_promote(&view(&cs, &m)), None, "?learner=true");
+    }
+
+    #[test]
+    fn leadership_goes_to_a_voter_and_a_hand_off_to_the_longest_active_log() {
+        let (cs, m) = leader_state();
+        assert!(check_transfer(&cs, 2).is_ok());
+        assert_eq!(refused(check_transfer(&cs, 4)).0, 409);
+        assert_eq!(refused(check_transfer(&cs, 7)).0, 404);
+        let mut v = view(&cs, &m);
+        v.progress.insert(
+            2,
+            Progress {
+                matched: 90,
+                active: true,
+            },
+        );
+        v.progress.insert(
+            3,
+            Progress {
+                matched: 95,
+                active: false,
+            },
+        );
+        v.progress.insert(
+            4,
+            Progress {
+                matched: 100,
+                active: true,
+            },
+        );
+        // 3 is further along but not heard from; 4 is a learner; 1 is the leader itself.
+        assert_eq!(hand_off_target(&v), Some((2, 90)));
+        v.progress.insert(
+            2,
+            Progress {
+                matched: 90,
+                active: false,
+            },
+        );
+        assert_eq!(hand_off_target(&v), None);
+        v.leading = false;
+        v.progress.insert(
+            2,
+            Progress {
+                matched: 90,
+                active: true,
+            },
+        );
+        assert_eq!(hand_off_target(&v), None, "not the leader");
     }
 }

@@ -34,6 +34,7 @@ pub mod logger;
 pub mod members;
 pub mod node;
 pub mod peer_api;
+pub mod peer_client;
 pub mod snapshot;
 pub mod storage;
 pub mod transport;

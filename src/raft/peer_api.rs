@@ -42,7 +42,8 @@ use tokio_util::io::StreamReader;
 use tracing::{debug, info, warn};
 
 use super::command::{self, ProposalId};
-use super::members::{self, AdminCtx, ClusterInfo, Contact, MemberChange, Membership};
+use super::members::{ClusterInfo, Contact, MemberChange, Membership};
+use super::peer_client::{self, AdminCtx};
 use super::snapshot::{Incoming, SnapshotStore};
 use super::transport::{
     closing_line, decode_message, parse_incarnation, FrameReader, TransportError, CLUSTER_HEADER,
@@ -552,10 +553,10 @@ async fn admin(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Body) 
         return answer;
     }
     let hops = headers
-        .get(members::HOPS_HEADER)
+        .get(peer_client::HOPS_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(members::MAX_HOPS);
+        .unwrap_or(peer_client::MAX_HOPS);
     let change: MemberChange = match axum::body::to_bytes(body, 64 << 10)
         .await
         .map_err(|e| e.to_string())
@@ -564,7 +565,7 @@ async fn admin(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Body) 
         Ok(c) => c,
         Err(e) => return bad(format!("bad membership request: {e}")),
     };
-    match members::execute(&api.admin, change, hops).await {
+    match peer_client::execute(&api.admin, change, hops).await {
         Ok(json) => (StatusCode::OK, json),
         Err(e) => {
             let status =

@@ -44,6 +44,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::members::Contact;
+use super::node::Outbox;
 use super::snapshot::SnapshotStore;
 use super::Input;
 use crate::config::Settings;
@@ -209,7 +210,7 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// A transport with no peers yet; see [`Transport::set_peers`].
+    /// A transport with no peers yet; see [`Outbox::set_peers`].
     pub fn start(
         settings: &Settings,
         rt: tokio::runtime::Handle,
@@ -233,10 +234,38 @@ impl Transport {
             rt,
         }
     }
+}
+
+impl Outbox for Transport {
+    fn send(&mut self, msgs: Vec<Message>) {
+        for msg in msgs {
+            let to = msg.to;
+            let Some(peer) = self.peers.get(&to) else {
+                debug!(to, "message for an unknown member dropped");
+                continue;
+            };
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                if peer.reset.load(Ordering::Relaxed) {
+                    let _ = self
+                        .shared
+                        .inbox
+                        .send(Input::SnapshotSent { to, ok: false });
+                    continue;
+                }
+                self.rt.spawn(send_snapshot(
+                    self.shared.clone(),
+                    peer.authority.clone(),
+                    msg,
+                ));
+            } else if peer.queue.try_send(msg).is_err() {
+                let _ = self.shared.inbox.send(Input::Unreachable(to));
+            }
+        }
+    }
 
     /// Keeps one stream task per peer in `peers` (id, host:port): starts the new ones, and
     /// stops those no longer listed (dropping the queue ends the task).
-    pub fn set_peers(&mut self, peers: &[(u64, String)]) {
+    fn set_peers(&mut self, peers: &[(u64, String)]) {
         let peers: Vec<(u64, String)> = peers
             .iter()
             .map(|(id, a)| (*id, self.shared.dial.get(id).unwrap_or(a).clone()))
@@ -266,36 +295,10 @@ impl Transport {
     }
 
     /// Whether the stream to member `id` is connected.
-    pub fn is_up(&self, id: u64) -> bool {
+    fn is_up(&self, id: u64) -> bool {
         self.peers
             .get(&id)
             .is_some_and(|p| p.up.load(Ordering::Relaxed))
-    }
-
-    pub fn send(&self, msgs: Vec<Message>) {
-        for msg in msgs {
-            let to = msg.to;
-            let Some(peer) = self.peers.get(&to) else {
-                debug!(to, "message for an unknown member dropped");
-                continue;
-            };
-            if msg.get_msg_type() == MessageType::MsgSnapshot {
-                if peer.reset.load(Ordering::Relaxed) {
-                    let _ = self
-                        .shared
-                        .inbox
-                        .send(Input::SnapshotSent { to, ok: false });
-                    continue;
-                }
-                self.rt.spawn(send_snapshot(
-                    self.shared.clone(),
-                    peer.authority.clone(),
-                    msg,
-                ));
-            } else if peer.queue.try_send(msg).is_err() {
-                let _ = self.shared.inbox.send(Input::Unreachable(to));
-            }
-        }
     }
 }
 

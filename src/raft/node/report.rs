@@ -1,0 +1,151 @@
+//! What the owner reports about itself: `/_status` (raft state, members as seen from here)
+//! and `/_hash` (a digest of the state machine, computed off the owner's thread).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use raft::{StateRole, Storage as _};
+use tracing::warn;
+
+use super::{Node, Reply};
+use crate::raft::members::{self, MemberStatus};
+use crate::raft::{NodeStatus, RequestError, StateHash};
+
+/// Clears a flag when dropped, however its holder ends.
+struct Busy(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.store(false, Relaxed);
+    }
+}
+
+/// `/_hash`: FNV-1a over a view's engine-neutral snapshot stream (the applied index and
+/// revision, then every key, value and revision triple in key order).
+fn digest(
+    view: &dyn crate::engine::View,
+    counters: crate::engine::Counters,
+) -> Result<StateHash, RequestError> {
+    let mut digest = Fnv1a(0xcbf2_9ce4_8422_2325);
+    view.write_snapshot(&mut digest)
+        .map_err(|e| RequestError::Stopped(e.to_string()))?;
+    Ok(StateHash {
+        applied_index: counters.applied_index,
+        revision: counters.revision,
+        keys: counters.keys,
+        hash: format!("{:016x}", digest.0),
+    })
+}
+
+/// FNV-1a (64-bit) over every byte written: the digest `/_hash` reports.
+struct Fnv1a(u64);
+
+impl std::io::Write for Fnv1a {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for b in buf {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Node {
+    /// Digests the engine's contents at the applied index: a frozen view is taken here,
+    /// between two applies, and read on a thread of its own, so a large store does not hold
+    /// up the raft loop (heartbeats, elections). A verification tool, not for hot paths.
+    pub(super) fn state_hash(&self, reply: Reply<StateHash>) {
+        // One at a time: each holds a view (and a thread) until it is done.
+        if self.hashing.swap(true, Relaxed) {
+            let why = "a /_hash is already being computed on this member".to_string();
+            let _ = reply.send(Err(RequestError::TooManyRequests(why)));
+            return;
+        }
+        let busy = Busy(self.hashing.clone());
+        let counters = self.engine.counters();
+        let view = match self.engine.view() {
+            Ok(view) => view,
+            Err(e) => {
+                let _ = reply.send(Err(RequestError::Stopped(e.to_string())));
+                return;
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("hash".into())
+            .spawn(move || {
+                let _busy = busy;
+                let _ = reply.send(digest(view.as_ref(), counters));
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "could not start the hash thread");
+        }
+    }
+
+    /// Every member as seen from here; match indexes are known on the leader only.
+    pub(super) fn member_statuses(&self) -> Vec<MemberStatus> {
+        let raft = &self.raw.raft;
+        let store = self.raw.store();
+        let cs = store.conf_state();
+        let leading = raft.state == StateRole::Leader;
+        store
+            .membership()
+            .members
+            .iter()
+            .filter_map(|(id, info)| {
+                let role = members::role_of(cs, *id)?;
+                let me = *id == self.settings.id;
+                let incarnation = store
+                    .peer_incarnation(*id)
+                    .or((info.incarnation != 0).then_some(info.incarnation))
+                    .or(me.then_some(store.incarnation()));
+                Some(MemberStatus {
+                    id: *id,
+                    peer_url: info.url.clone(),
+                    incarnation: incarnation.map(|i| format!("{i:016x}")),
+                    role: role.to_string(),
+                    reachable: me || self.transport.is_up(*id),
+                    match_index: if leading {
+                        raft.prs().get(*id).map(|p| p.matched)
+                    } else {
+                        None
+                    },
+                    auto_promote: role == "learner" && !info.hold_learner,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn status(&self) -> NodeStatus {
+        let raft = &self.raw.raft;
+        let store = self.raw.store();
+        let role = match raft.state {
+            StateRole::Leader => "leader",
+            StateRole::Follower => "follower",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "pre_candidate",
+        };
+        let members = self.member_statuses();
+        NodeStatus {
+            id: self.settings.id,
+            cluster_id: format!("{:016x}", self.settings.cluster_id),
+            incarnation: format!("{:016x}", store.incarnation()),
+            role,
+            leader: raft.leader_id,
+            term: raft.term,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.engine.applied_index(),
+            snapshot_index: store.snapshot_metadata().index,
+            first_log_index: store.first_index().unwrap_or(0),
+            last_log_index: store.last_index().unwrap_or(0),
+            log_syncs: store.syncs(),
+            engine: self.engine.kind().name(),
+            revision: self.engine.revision(),
+            keys: self.engine.len().unwrap_or(0),
+            members,
+        }
+    }
+}
