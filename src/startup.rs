@@ -208,9 +208,19 @@ async fn check_not_bootstrapped(settings: &Settings, store: &LogStore) -> Result
     Ok(())
 }
 
-/// A new cluster: an empty-state snapshot at index 1 holds the initial members.
+/// A new cluster, once no peer knows this member from another data dir.
 async fn bootstrap(settings: &Settings, store: &mut LogStore, snaps: &SnapshotStore) -> Result<()> {
     check_not_bootstrapped(settings, store).await?;
+    found_cluster(settings, store, snaps)
+}
+
+/// Writes a new cluster's first state: an empty-state snapshot at index 1 holds the initial
+/// members of `--cluster`.
+pub fn found_cluster(
+    settings: &Settings,
+    store: &mut LogStore,
+    snaps: &SnapshotStore,
+) -> Result<()> {
     let empty = engine::memory::MemoryEngine::new();
     empty.apply(&[Applied { index: 1, op: None }])?;
     snaps.create(&empty, 1, 1)?;

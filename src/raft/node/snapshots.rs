@@ -123,7 +123,12 @@ impl Node {
 
     /// Starts the background job for a snapshot at `applied`: the engine's durable commit,
     /// then (if `file`) the file from a view frozen now.
-    fn start_job(&mut self, applied: u64, file: bool, started: Instant) -> Result<(), NodeError> {
+    pub(super) fn start_job(
+        &mut self,
+        applied: u64,
+        file: bool,
+        started: Instant,
+    ) -> Result<(), NodeError> {
         let store = self.raw.store();
         let meta = snapshot_meta(store, applied)?;
         let term = meta.term;
@@ -244,5 +249,32 @@ impl Node {
             term, compact_to, file, ms, "snapshot saved, log compacted"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl Node {
+    /// Blocks until the running snapshot job (if any) has finished writing, and takes its
+    /// result; [`Self::give_snapshot_result`] puts one back for [`Self::poll_snapshot_job`].
+    pub(super) fn wait_snapshot_job(&mut self) -> Option<Result<(), SnapshotError>> {
+        self.snapshot_job.as_ref()?.done.recv().ok()
+    }
+
+    /// Gives the running job (if any) this result, or none yet: then the returned sender
+    /// delivers it.
+    pub(super) fn give_snapshot_result(
+        &mut self,
+        result: Option<Result<(), SnapshotError>>,
+    ) -> Option<std::sync::mpsc::Sender<Result<(), SnapshotError>>> {
+        let job = self.snapshot_job.as_mut()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        job.done = rx;
+        match result {
+            Some(result) => {
+                let _ = tx.send(result);
+                None
+            }
+            None => Some(tx),
+        }
     }
 }
