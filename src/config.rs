@@ -252,35 +252,8 @@ impl Config {
                 url: me.url.clone(),
                 why: "host does not resolve".into(),
             })?;
-        if self.heartbeat_ms == 0 || self.election_ms < 2 * self.heartbeat_ms {
-            return Err(ConfigError::Invalid(
-                "--election-ms must be at least twice --heartbeat-ms (> 0)".into(),
-            ));
-        }
-        if self.snapshot_count == 0 || self.request_timeout_ms == 0 || self.max_key_bytes == 0 {
-            return Err(ConfigError::Invalid(
-                "--snapshot-count, --request-timeout-ms and --max-key-bytes must be positive"
-                    .into(),
-            ));
-        }
-        // redb wants at least a few pages; a cache past 1 TiB is a typo.
-        if !(1..=1 << 20).contains(&self.btree_cache_mb) {
-            return Err(ConfigError::Invalid(
-                "--btree-cache-mb must be between 1 and 1048576".into(),
-            ));
-        }
-        let mut peer_dial = std::collections::HashMap::new();
-        for entry in &self.peer_dial {
-            let parsed = entry.split_once('=').and_then(|(id, addr)| {
-                let id = id.trim().parse::<u64>().ok()?;
-                let (_, authority) = parse_url(&format!("http://{}", addr.trim())).ok()?;
-                Some((id, authority))
-            });
-            let (id, authority) = parsed.ok_or_else(|| {
-                ConfigError::Invalid(format!("--peer-dial {entry:?}: expected ID=HOST:PORT"))
-            })?;
-            peer_dial.insert(id, authority);
-        }
+        self.check_numbers()?;
+        let peer_dial = parse_peer_dial(&self.peer_dial)?;
         let urls: Vec<String> = members.iter().map(|m| m.url.clone()).collect();
         let token = self.cluster_token.as_deref();
         if token.is_some_and(|t| t.is_empty() || t.contains(['\n', '\r'])) {
@@ -316,6 +289,47 @@ impl Config {
             election_ticks: (self.election_ms / self.heartbeat_ms) as usize,
         })
     }
+
+    /// The numeric flags' bounds.
+    fn check_numbers(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_ms == 0 || self.election_ms < 2 * self.heartbeat_ms {
+            return Err(ConfigError::Invalid(
+                "--election-ms must be at least twice --heartbeat-ms (> 0)".into(),
+            ));
+        }
+        if self.snapshot_count == 0 || self.request_timeout_ms == 0 || self.max_key_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "--snapshot-count, --request-timeout-ms and --max-key-bytes must be positive"
+                    .into(),
+            ));
+        }
+        // redb wants at least a few pages; a cache past 1 TiB is a typo.
+        if !(1..=1 << 20).contains(&self.btree_cache_mb) {
+            return Err(ConfigError::Invalid(
+                "--btree-cache-mb must be between 1 and 1048576".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `--peer-dial ID=HOST:PORT` entries: where to dial a member instead of its peer URL.
+fn parse_peer_dial(
+    entries: &[String],
+) -> Result<std::collections::HashMap<u64, String>, ConfigError> {
+    let mut peer_dial = std::collections::HashMap::new();
+    for entry in entries {
+        let parsed = entry.split_once('=').and_then(|(id, addr)| {
+            let id = id.trim().parse::<u64>().ok()?;
+            let (_, authority) = parse_url(&format!("http://{}", addr.trim())).ok()?;
+            Some((id, authority))
+        });
+        let (id, authority) = parsed.ok_or_else(|| {
+            ConfigError::Invalid(format!("--peer-dial {entry:?}: expected ID=HOST:PORT"))
+        })?;
+        peer_dial.insert(id, authority);
+    }
+    Ok(peer_dial)
 }
 
 #[cfg(test)]

@@ -66,15 +66,78 @@ pub async fn run(
     let peer_listener = bind("peer traffic", settings.peer_listen).await?;
     let settings = Arc::new(settings);
     let cluster_id = format!("{:016x}", settings.cluster_id);
+    let raft = start_raft(&settings, store, engine.clone(), snaps.clone())?;
+    let (node_handle, owner, metrics) = (raft.handle, raft.owner, raft.metrics);
 
+    let admin = AdminCtx {
+        node: node_handle.clone(),
+        id: settings.id,
+        cluster_id: cluster_id.clone(),
+        membership: raft.membership,
+    };
+    let peer = PeerApi {
+        id: settings.id,
+        cluster_id,
+        incarnation,
+        incarnations: raft.incarnations,
+        node: node_handle.clone(),
+        snaps,
+        admin: admin.clone(),
+        metrics: metrics.clone(),
+        limits: Limits {
+            max_key_bytes: settings.max_key_bytes,
+            max_value_bytes: settings.max_request_bytes,
+        },
+    };
+    let peer_server = tokio::spawn(serve_peers(peer_listener, peer));
+    info!(id = settings.id, client = %settings.client_listen, peer = %settings.peer_listen,
+          engine = settings.engine.name(), data_dir = %settings.data_dir.display(),
+          cluster_id = %format!("{:016x}", settings.cluster_id), incarnation = %format!("{incarnation:016x}"),
+          "metcd member started");
+
+    let state = Arc::new(AppState {
+        node: node_handle.clone(),
+        engine,
+        settings: settings.clone(),
+        admin,
+        metrics,
+    });
+    let stop = stop_signal(shutdown, owner.removed.clone(), node_handle.clone());
+    axum::serve(client_listener.tap_io(nodelay), api::router(state))
+        .with_graceful_shutdown(stop)
+        .await?;
+
+    info!("client requests drained; stopping raft");
+    peer_server.abort();
+    owner.stop(&node_handle).await
+}
+
+/// What the rest of the member holds of the raft side.
+struct Raft {
+    handle: NodeHandle,
+    owner: Owner,
+    metrics: Arc<Metrics>,
+    membership: Arc<RwLock<Membership>>,
+    incarnations: Arc<RwLock<BTreeMap<u64, u64>>>,
+}
+
+/// Builds the raft owner over the opened log and engine, with the peer transport, and starts
+/// it on its thread.
+fn start_raft(
+    settings: &Arc<Settings>,
+    store: crate::raft::storage::LogStore,
+    engine: Arc<dyn crate::engine::Engine>,
+    snaps: SnapshotStore,
+) -> Result<Raft> {
+    let incarnation = store.incarnation();
     let (inbox_tx, inbox_rx) = mpsc::channel();
     let (revision_tx, revision_rx) = watch::channel(0);
-    let node_handle = NodeHandle::new(inbox_tx.clone(), settings.request_timeout, revision_rx);
+    let handle = NodeHandle::new(inbox_tx.clone(), settings.request_timeout, revision_rx);
     let metrics = Arc::new(Metrics::new());
     let membership = Arc::new(RwLock::new(Membership::default()));
     let incarnations = Arc::new(RwLock::new(BTreeMap::new()));
     let transport = Transport::start(
-        &settings,
+        settings,
         tokio::runtime::Handle::current(),
         snaps.clone(),
         inbox_tx,
@@ -86,25 +149,47 @@ pub async fn run(
         revision: revision_tx,
         metrics: metrics.clone(),
         incarnations: incarnations.clone(),
-        apply_backlog: node_handle.apply_backlog.clone(),
+        apply_backlog: handle.apply_backlog.clone(),
     };
     let node = Node::new(
         settings.clone(),
         store,
-        engine.clone(),
-        snaps.clone(),
+        engine,
+        snaps,
         Box::new(transport),
         shared,
     )?;
-    let failed = node_handle.failed.clone();
+    let owner = start_owner(node, inbox_rx, &handle)?;
+    Ok(Raft {
+        handle,
+        owner,
+        metrics,
+        membership,
+        incarnations,
+    })
+}
+
+/// The raft owner's thread, and how it tells the server it stopped on its own.
+struct Owner {
+    thread: std::thread::JoinHandle<()>,
+    /// Notified when the owner exits because this member was removed or must stop.
+    removed: Arc<Notify>,
+    /// Why this member must not go on as its member id, if that is why it stopped.
+    stopped: Arc<std::sync::OnceLock<String>>,
+}
+
+/// Starts the raft owner on a thread of its own. However it ends, the reason is kept in the
+/// handle's `failed` (client requests then get 503 with it).
+fn start_owner(node: Node, inbox: mpsc::Receiver<Input>, handle: &NodeHandle) -> Result<Owner> {
+    let failed = handle.failed.clone();
     let removed = Arc::new(Notify::new());
     let removed_tx = removed.clone();
     let stopped: Arc<std::sync::OnceLock<String>> = Arc::default();
     let stopped_tx = stopped.clone();
-    let raft_thread = std::thread::Builder::new().name("raft".into()).spawn(move || {
+    let thread = std::thread::Builder::new().name("raft".into()).spawn(move || {
         // A panic in raft or a storage library (some treat I/O failure as fatal) stops the
         // member the same way as an error: loudly, and refusing traffic rather than diverging.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run(inbox_rx)));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run(inbox)));
         let reason = match outcome {
             Ok(Ok(Exit::Shutdown)) => return,
             Ok(Ok(Exit::Removed)) => {
@@ -131,63 +216,33 @@ pub async fn run(
         tracing::error!(error = %reason, "raft loop stopped; this member refuses client traffic until restarted");
         let _ = failed.set(reason);
     })?;
+    Ok(Owner {
+        thread,
+        removed,
+        stopped,
+    })
+}
 
-    let admin = AdminCtx {
-        node: node_handle.clone(),
-        id: settings.id,
-        cluster_id: cluster_id.clone(),
-        membership,
-    };
-    let peer = PeerApi {
-        id: settings.id,
-        cluster_id,
-        incarnation,
-        incarnations,
-        node: node_handle.clone(),
-        snaps,
-        admin: admin.clone(),
-        metrics: metrics.clone(),
-        limits: Limits {
-            max_key_bytes: settings.max_key_bytes,
-            max_value_bytes: settings.max_request_bytes,
-        },
-    };
-    let peer_server = tokio::spawn(async move {
-        if let Err(e) = axum::serve(
-            peer_listener.tap_io(peer_socket),
-            peer_api::router(Arc::new(peer)),
-        )
-        .await
-        {
-            tracing::error!(error = %e, "peer server stopped");
+impl Owner {
+    /// Stops the owner (if it has not stopped on its own) and waits for its thread. An owner
+    /// that stopped because this member must not go on as its id makes the process fail.
+    async fn stop(self, handle: &NodeHandle) -> Result<()> {
+        let _ = handle.send(Input::Shutdown);
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        if let Some(reason) = self.stopped.get() {
+            return Err(Error::LostData(reason.clone()));
         }
-    });
-    info!(id = settings.id, client = %settings.client_listen, peer = %settings.peer_listen,
-          engine = settings.engine.name(), data_dir = %settings.data_dir.display(),
-          cluster_id = %format!("{:016x}", settings.cluster_id), incarnation = %format!("{incarnation:016x}"),
-          "metcd member started");
-
-    let state = Arc::new(AppState {
-        node: node_handle.clone(),
-        engine,
-        settings: settings.clone(),
-        admin,
-        metrics,
-    });
-    let stop = stop_signal(shutdown, removed, node_handle.clone());
-    axum::serve(client_listener.tap_io(nodelay), api::router(state))
-        .with_graceful_shutdown(stop)
-        .await?;
-
-    info!("client requests drained; stopping raft");
-    let _ = node_handle.send(Input::Shutdown);
-    peer_server.abort();
-    let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
-    if let Some(reason) = stopped.get() {
-        return Err(Error::LostData(reason.clone()));
+        info!("stopped");
+        Ok(())
     }
-    info!("stopped");
-    Ok(())
+}
+
+async fn serve_peers(listener: TcpListener, peer: PeerApi) {
+    let router = peer_api::router(Arc::new(peer));
+    if let Err(e) = axum::serve(listener.tap_io(peer_socket), router).await {
+        tracing::error!(error = %e, "peer server stopped");
+    }
 }
 
 /// Resolves when the member should stop serving clients: on `shutdown` (after handing

@@ -130,22 +130,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let endpoints: Vec<Arc<Endpoint>> = args
-        .endpoints
-        .split(',')
-        .map(|u| {
-            let authority = u
-                .trim()
-                .strip_prefix("http://")
-                .ok_or_else(|| format!("endpoint {u:?}: expected http://host:port"))?
-                .trim_end_matches('/')
-                .to_string();
-            let conns = (0..args.conns)
-                .map(|_| Arc::new(Mutex::new(None)))
-                .collect();
-            Ok(Arc::new(Endpoint { authority, conns }))
-        })
-        .collect::<Result<_, String>>()?;
+    let endpoints = parse_endpoints(&args)?;
     let args = Arc::new(args);
     let counts = Arc::new(Counts::default());
     let started = Instant::now();
@@ -175,7 +160,43 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
     progress.abort();
-    let elapsed = started.elapsed().as_secs_f64();
+    let out = report(
+        &args,
+        &counts,
+        &hist,
+        started.elapsed().as_secs_f64(),
+        first_error,
+    )?;
+    print_report(&out)
+}
+
+/// `--endpoints`: one connection pool per endpoint.
+fn parse_endpoints(args: &Args) -> Result<Vec<Arc<Endpoint>>, String> {
+    args.endpoints
+        .split(',')
+        .map(|u| {
+            let authority = u
+                .trim()
+                .strip_prefix("http://")
+                .ok_or_else(|| format!("endpoint {u:?}: expected http://host:port"))?
+                .trim_end_matches('/')
+                .to_string();
+            let conns = (0..args.conns)
+                .map(|_| Arc::new(Mutex::new(None)))
+                .collect();
+            Ok(Arc::new(Endpoint { authority, conns }))
+        })
+        .collect::<Result<_, String>>()
+}
+
+/// The run's figures: a summary for people, and JSON (`--json`) for scripts.
+fn report(
+    args: &Args,
+    counts: &Counts,
+    hist: &Histogram<u64>,
+    elapsed: f64,
+    first_error: Option<String>,
+) -> Result<String, String> {
     let done = counts.done.load(Ordering::Relaxed);
     let errors = counts.errors.load(Ordering::Relaxed);
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
@@ -217,7 +238,7 @@ async fn run(args: Args) -> Result<(), String> {
             std::fs::write(path, text).map_err(|e| format!("{path}: {e}"))?;
         }
     }
-    print_report(&out)
+    Ok(out)
 }
 
 /// Writes the report to stdout. A reader that stopped early (`| head -1`) is not an error; the
@@ -344,9 +365,29 @@ fn request(
     read: bool,
     value: &Bytes,
 ) -> hyper::Request<Full<Bytes>> {
+    let (method, path, body, content_type) = shape(args, key, read, value);
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, authority);
+    if let Some(ct) = content_type {
+        builder = builder.header(hyper::header::CONTENT_TYPE, ct);
+    }
+    builder
+        .body(Full::new(body))
+        .unwrap_or_else(|_| hyper::Request::new(Full::new(Bytes::new())))
+}
+
+/// Method, path, body and content type of one request to the target's API.
+fn shape(
+    args: &Args,
+    key: &str,
+    read: bool,
+    value: &Bytes,
+) -> (&'static str, String, Bytes, Option<&'static str>) {
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let serializable = args.consistency == Consistency::S;
-    let (method, path, body, content_type) = match (args.target, read) {
+    match (args.target, read) {
         (Target::Metcd, false) => ("PUT", format!("/{key}"), value.clone(), None),
         (Target::Metcd, true) => {
             let q = if serializable {
@@ -388,17 +429,7 @@ fn request(
                 None,
             )
         }
-    };
-    let mut builder = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, authority);
-    if let Some(ct) = content_type {
-        builder = builder.header(hyper::header::CONTENT_TYPE, ct);
     }
-    builder
-        .body(Full::new(body))
-        .unwrap_or_else(|_| hyper::Request::new(Full::new(Bytes::new())))
 }
 
 /// Sends on the shared connection (reconnecting if needed); 2xx and 404 (a read of a key not

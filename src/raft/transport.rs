@@ -452,28 +452,7 @@ async fn stream_once(
     connected: &mut bool,
     is_up: &AtomicBool,
 ) -> Result<(), TransportError> {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
-        TokioIo::new(dial(authority).await?),
-    )
-    .await?;
-    let conn = tokio::spawn(conn.with_upgrades());
-    let req = request(shared, to, authority, "/raft/stream")
-        .header(hyper::header::CONNECTION, "upgrade")
-        .header(hyper::header::UPGRADE, STREAM_PROTOCOL)
-        .body(Empty::new())?;
-    let resp = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(req))
-        .await
-        .map_err(|_| TransportError::AnswerTimeout)??;
-    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
-        let refused = refusal(resp).await;
-        conn.abort();
-        return Err(refused);
-    }
-    check_receiver(shared, to, resp.headers()).await?;
-    let upgraded = hyper::upgrade::on(resp).await?;
-    let parts = upgraded
-        .downcast::<TokioIo<TcpStream>>()
-        .map_err(|_| TransportError::BadFrame("upgrade lost the connection".into()))?;
+    let parts = open_stream(shared, to, authority).await?;
     let (mut rx, mut tx) = parts.io.into_inner().into_split();
     // The receiver writes only when it ends the stream: `<status> <reason>`.
     let mut reply = parts.read_buf.to_vec();
@@ -508,6 +487,37 @@ async fn stream_once(
             }
         }
     }
+}
+
+/// Opens the stream to peer `to`: an HTTP/1.1 upgrade that the peer answers 101 (after its
+/// checks of this member) with its own incarnation, which is checked here in turn.
+async fn open_stream(
+    shared: &Shared,
+    to: u64,
+    authority: &str,
+) -> Result<hyper::upgrade::Parts<TokioIo<TcpStream>>, TransportError> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
+        TokioIo::new(dial(authority).await?),
+    )
+    .await?;
+    let conn = tokio::spawn(conn.with_upgrades());
+    let req = request(shared, to, authority, "/raft/stream")
+        .header(hyper::header::CONNECTION, "upgrade")
+        .header(hyper::header::UPGRADE, STREAM_PROTOCOL)
+        .body(Empty::new())?;
+    let resp = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| TransportError::AnswerTimeout)??;
+    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        let refused = refusal(resp).await;
+        conn.abort();
+        return Err(refused);
+    }
+    check_receiver(shared, to, resp.headers()).await?;
+    let upgraded = hyper::upgrade::on(resp).await?;
+    upgraded
+        .downcast::<TokioIo<TcpStream>>()
+        .map_err(|_| TransportError::BadFrame("upgrade lost the connection".into()))
 }
 
 /// A peer's refusal: its status and the one-line reason in its body.
