@@ -5,16 +5,17 @@
 //! ```text
 //! api      HTTP/1.x client API (keys, /_members, /_leader, /_status, /_health, /_metrics)
 //!   |  proposals, read barriers (NodeHandle)
-//! raft     node: the one owner of the RawNode and its Ready loop
+//! raft     node: the one owner of the RawNode and its Ready loop (concerns in node/)
 //!          storage: the durable log (raft-engine); snapshot: snapshot files
-//!          transport + peer_api: HTTP/2 streams between members
-//!          members: replicated membership, decided by the leader
+//!          transport + peer_api: streams between members; peer_client: other peer calls
+//!          members: replicated membership, and the rules for changing it
 //!   |  committed entries, in order, one batch per Ready
 //! engine   the state machine's storage engines behind one object-safe trait
 //! ```
 //! [`startup`] decides what a data dir makes a member (bootstrap, join, restart, recovery);
 //! [`server`] wires the parts together; [`config`] is the only reader of flags; [`metrics`] is the
 //! Prometheus registry; [`local_cluster`] runs a 3-member cluster for trying metcd out.
+//! docs/design.md maps every file to the question it answers.
 
 pub mod api;
 pub mod config;

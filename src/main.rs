@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use metcd::config::{Config, Subcommand};
 
-// jemalloc, as in TiKV: glibc's malloc and free were about a tenth of the CPU under write load;
-// with jemalloc the members spend about a tenth less CPU per write (docs/benchmarks.md).
+// jemalloc, as in TiKV: glibc's malloc and free were a visible share of the CPU under write
+// load (docs/benchmarks.md, "What changed on the write path").
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

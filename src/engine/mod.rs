@@ -69,10 +69,9 @@ impl EngineKind {
 /// Tuning that an engine takes at start-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineOptions {
-    /// The btree's page cache (redb's own, in process memory). redb's default is 1 GiB,
-    /// which a 1M-key store fills under random writes (resident memory about 1 GB a member);
-    /// with 256 MiB, reads at 1M keys ran within about a fifth of that, in about 60% of the
-    /// memory (docs/benchmarks.md).
+    /// The btree's page cache (redb's own, in process memory). redb's default (1 GiB) is
+    /// filled by a large store under random writes; a smaller one trades a little read speed
+    /// for a member's memory near etcd's (docs/benchmarks.md, "The btree's page cache").
     pub btree_cache_bytes: usize,
 }
 
@@ -176,7 +175,8 @@ pub struct Header {
 
 /// The current [`Header`] of every key written since the engine opened, like etcd's in-memory
 /// key index: applying a write needs the key's previous revisions, and a lookup in redb or
-/// fjall for each was about a fifth of the apply thread. Only the applier uses it. A key it
+/// fjall for each was a large share of the apply thread (docs/benchmarks.md, "What changed on
+/// the write path"). Only the applier uses it. A key it
 /// does not hold (written before the last start, or past [`HeaderCache::MAX_KEYS`]) is looked
 /// up in the engine's storage; a restore clears it.
 #[derive(Default)]

@@ -295,9 +295,9 @@ impl LogStore {
     ///
     /// Log files are recycled: a file whose entries were all compacted away is kept and
     /// written over (up to 48 files), and a new log starts with 12 files of zeros (96 MiB).
-    /// An fdatasync into blocks that are already written costs about a third less than into
-    /// freshly allocated ones (ext4 must record the allocation too), and every acknowledged
-    /// write waits for one. Format v2 signs each record with its file's sequence number, so stale records in
+    /// An fdatasync into blocks that are already written is cheaper than into freshly
+    /// allocated ones (ext4 must record the allocation too; docs/benchmarks.md), and every
+    /// acknowledged write waits for one. Format v2 signs each record with its file's sequence number, so stale records in
     /// a recycled file are never read as new; v1 files from an older metcd are still read.
     pub fn open(dir: &Path) -> Result<Self, LogError> {
         let cfg = raft_engine::Config {

@@ -58,7 +58,7 @@ impl Node {
     /// An engine that commits durably on its own every few seconds (btree) is not forced to:
     /// the snapshot is recorded at its last durable point once that is `snapshot_count` past
     /// the previous one (a forced durable commit rewrites every page dirtied since the last
-    /// one, which cost up to a fifth of the write throughput at one per 10k entries). Only
+    /// one: the largest single cost on the write path, docs/benchmarks.md). Only
     /// when the log grows to [`FORCE_SNAPSHOT_AFTER`] × `snapshot_count` is one forced.
     ///
     /// An engine that keeps its own files (btree, lsm) needs no snapshot file for that, as
