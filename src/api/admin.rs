@@ -177,7 +177,7 @@ pub async fn health(State(state): Shared) -> Response {
     }
 }
 
-/// `GET /_metrics`
+/// `GET /_metrics`: metcd's metrics, then raft-engine's.
 pub async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
     let s = state.node.status().await?;
     let engine_dir = state.settings.data_dir.join("engine");
@@ -200,7 +200,9 @@ pub async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
         members: s.members.len() as u64,
         learners,
     };
-    let mut resp = (StatusCode::OK, state.metrics.render(&g)).into_response();
+    let mut text = state.metrics.render(&g);
+    crate::metrics::render_default_registry(&mut text);
+    let mut resp = (StatusCode::OK, text).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
