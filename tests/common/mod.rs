@@ -5,6 +5,24 @@
 //! Port plan: member i (1-based) of a cluster with base port B listens for
 //! peers on B+i and for clients on B+10+i. Every test uses its own B, below 32768
 //! (above it Linux hands out ephemeral ports, which a test could then fail to bind).
+//! `engine_tests!` shifts B by 0, 20, 40 (and `with_engine("mixed", 60, ..)` by 60), so a
+//! test owns B..B+99.
+//!
+//! Each test file owns one range, so files can run in parallel (nextest) without colliding;
+//! keep this table, and README's, in step when adding a file:
+//!
+//! ```text
+//! 11000-11999  injected.rs         21000-21999  seed_flow.rs     27000-27999  recovery.rs
+//! 12000-12999  lost_data.rs        22000-22999  replication.rs   28000-28999  disk_full.rs
+//! 13000-13999  bench_tool.rs       23000-23999  faults.rs        29000-29999  listing.rs
+//! 18000-18999  crash.rs            24000-24999  snapshot.rs      30000-30999  membership.rs
+//! 19000-19999  jepsen/ (+proxies)  25000-25999  bad_input.rs     31000-31999  leadership.rs
+//! 20000-20999  observability.rs    26000-26999  peer.rs          32000-32767  consistency.rs
+//! ```
+//!
+//! scripts/ (run by hand, one at a time) use 14000s (compare.sh), 15000s (bench.sh), 16000s
+//! (ab-leader.sh), 17000s (ab-put.sh), 41000s (overload.sh), 43000s (repro-lost-data.sh), and
+//! compare.sh's etcd 41379-43380 (shared/bench/etcd-cluster.sh).
 
 #![allow(dead_code)]
 
