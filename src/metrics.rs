@@ -684,7 +684,15 @@ mod tests {
             value_of(&s, "metcd_http_request_duration_seconds_count", &other),
             1.0
         );
+    }
 
+    #[test]
+    fn every_sample_has_one_type_line() {
+        let m = Metrics::new();
+        m.log_sync.observe(0.002);
+        m.observe_request("key", "GET", 200, Duration::from_millis(1));
+        let text = m.render(&Gauges::default());
+        let s = samples(&text);
         // Every sample belongs to a family declared by exactly one TYPE line.
         let types: Vec<&str> = text
             .lines()
@@ -705,6 +713,19 @@ mod tests {
             let (name, kind) = t.split_once(' ').unwrap_or_default();
             assert_eq!(kind == "counter", name.ends_with("_total"), "{t}");
         }
+    }
+
+    #[test]
+    fn default_registry_is_appended_in_text_format() {
+        let c = prometheus::IntCounter::new("test_default_registry_total", "A test counter.")
+            .expect("counter");
+        prometheus::register(Box::new(c.clone())).expect("register");
+        c.inc_by(3);
+        let mut out = String::from("metcd_first 1\n");
+        render_default_registry(&mut out);
+        assert!(out.starts_with("metcd_first 1\n"), "{out}");
+        let s = samples(&out);
+        assert_eq!(value_of(&s, "test_default_registry_total", &[]), 3.0);
     }
 
     #[test]
