@@ -1,9 +1,9 @@
-//! Service endpoints under `/_`:
+//! Service endpoints under `/_` (the route table is in [`super::router`]):
 //!
 //! ```text
 //! GET    /_status                  this member's view (JSON)
 //! GET    /_health                  200 when it has a leader and is not behind; else 503
-//! GET    /_metrics                 Prometheus text format
+//! GET    /_metrics                 Prometheus text format (metcd's, then raft-engine's)
 //! GET    /_hash                    digest of the state machine at the applied index (JSON),
 //!                                  for checking that members converged
 //! GET    /_members                 the members (JSON)

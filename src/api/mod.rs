@@ -46,6 +46,7 @@ type Shared = Arc<AppState>;
 /// The client API: the service endpoints, then keys.
 pub fn router(state: Shared) -> Router {
     let get_only = "GET, HEAD";
+    // A bad id is 400 before a wrong method is 405 (Allow: PUT, DELETE), as before the table.
     let member = put(admin::add_member)
         .delete(admin::remove_member)
         .fallback(admin::member_method_not_allowed);
