@@ -1,4 +1,6 @@
-//! Prometheus metrics, rendered by hand in text exposition format 0.0.4.
+//! Prometheus metrics, rendered by hand in text exposition format 0.0.4, followed on
+//! `/_metrics` by what libraries record in the `prometheus` crate's default registry
+//! ([`render_default_registry`]: raft-engine's `raft_engine_*`).
 //!
 //! Exports [`Metrics`] (counters and histograms, shared as `Arc<Metrics>`), [`Histogram`] with
 //! the bucket sets [`LATENCY_BUCKETS`] and [`SLOW_BUCKETS`], [`Gauges`] (a snapshot of node state
@@ -219,12 +221,14 @@ impl Metrics {
     pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::with_capacity(8 * 1024);
         self.render_raft(&mut out, g);
+        self.render_writes(&mut out);
         self.render_snapshots(&mut out, g);
         render_store(&mut out, g);
         self.render_http(&mut out);
         out
     }
 
+    /// Term, leadership, and the log's commit, apply and retention indexes.
     fn render_raft(&self, out: &mut String, g: &Gauges) {
         gauge(out, "metcd_raft_term", "Current Raft term.", g.term);
         let is_leader = u64::from(g.is_leader);
@@ -278,6 +282,10 @@ impl Metrics {
             "Last index in the Raft log.",
             g.last_log_index,
         );
+    }
+
+    /// Proposals and their fate, refused peer traffic, the log's fsync latency.
+    fn render_writes(&self, out: &mut String) {
         counter(
             out,
             "metcd_proposals_committed_total",
@@ -395,6 +403,19 @@ fn render_store(out: &mut String, g: &Gauges) {
         "Learners in the cluster.",
         g.learners,
     );
+}
+
+/// Appends the metrics that libraries record in the `prometheus` crate's default registry (today
+/// raft-engine's: `raft_engine_*`, the log's write, sync and read latencies, file and entry
+/// counts, memory). A family that cannot be encoded is left out; the rest still is.
+pub fn render_default_registry(out: &mut String) {
+    let encoder = prometheus::TextEncoder::new();
+    for family in prometheus::gather() {
+        let mut text = String::new();
+        if encoder.encode_utf8(&[family], &mut text).is_ok() {
+            out.push_str(&text);
+        }
+    }
 }
 
 /// Bounds the method label so a client cannot create label sets at will.
@@ -663,7 +684,15 @@ mod tests {
             value_of(&s, "metcd_http_request_duration_seconds_count", &other),
             1.0
         );
+    }
 
+    #[test]
+    fn every_sample_has_one_type_line() {
+        let m = Metrics::new();
+        m.log_sync.observe(0.002);
+        m.observe_request("key", "GET", 200, Duration::from_millis(1));
+        let text = m.render(&Gauges::default());
+        let s = samples(&text);
         // Every sample belongs to a family declared by exactly one TYPE line.
         let types: Vec<&str> = text
             .lines()
@@ -684,6 +713,19 @@ mod tests {
             let (name, kind) = t.split_once(' ').unwrap_or_default();
             assert_eq!(kind == "counter", name.ends_with("_total"), "{t}");
         }
+    }
+
+    #[test]
+    fn default_registry_is_appended_in_text_format() {
+        let c = prometheus::IntCounter::new("test_default_registry_total", "A test counter.")
+            .expect("counter");
+        prometheus::register(Box::new(c.clone())).expect("register");
+        c.inc_by(3);
+        let mut out = String::from("metcd_first 1\n");
+        render_default_registry(&mut out);
+        assert!(out.starts_with("metcd_first 1\n"), "{out}");
+        let s = samples(&out);
+        assert_eq!(value_of(&s, "test_default_registry_total", &[]), 3.0);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! it wrote, counts requests and errors, keeps an open-loop rate, writes its JSON report, and
 //! fails cleanly on bad flags or a closed stdout. (Its etcd targets are exercised against a
 //! real etcd by scripts/compare.sh; the request shapes they send are unit-tested in the tool.)
-//! Ports 19000-19999.
+//! Ports 13000-13999.
 
 mod common;
 
@@ -49,7 +49,7 @@ fn n(v: &Value, path: &[&str]) -> f64 {
 
 #[test]
 fn writes_what_it_reports_and_measures_latency() {
-    let c = TestCluster::start(3, 19000, &[]);
+    let c = TestCluster::start(3, 13000, &[]);
     c.wait_leader(LEADER_TIMEOUT);
     let (r, stdout) = run(
         &c,
@@ -93,7 +93,7 @@ fn writes_what_it_reports_and_measures_latency() {
 
 #[test]
 fn mixed_reads_and_open_loop_rate() {
-    let c = TestCluster::start(3, 19100, &[]);
+    let c = TestCluster::start(3, 13100, &[]);
     c.wait_leader(LEADER_TIMEOUT);
     let (r, _) = run(
         &c,
@@ -133,7 +133,7 @@ fn mixed_reads_and_open_loop_rate() {
 
 #[test]
 fn errors_are_counted_and_bad_flags_refused() {
-    let c = TestCluster::new(1, 19200, &[]);
+    let c = TestCluster::new(1, 13200, &[]);
     // Nothing listens: every request fails, and the run still ends with a report.
     let (r, stdout) = run(&c, &["--total", "20", "--clients", "2"]);
     assert_eq!(n(&r, &["requests"]), 0.0, "{r}");
@@ -160,7 +160,7 @@ fn errors_are_counted_and_bad_flags_refused() {
 /// ends normally instead of panicking on the closed pipe.
 #[test]
 fn closed_stdout_is_not_a_crash() {
-    let c = TestCluster::start(1, 19300, &[]);
+    let c = TestCluster::start(1, 13300, &[]);
     c.wait_leader(LEADER_TIMEOUT);
     let mut child = Command::new(BENCH)
         .args(["--endpoints", &endpoints(&c), "--progress", "0"])

@@ -1,6 +1,6 @@
 //! Per-request consistency and conditional writes on real processes: `?min_revision=`
 //! read-your-writes on followers, and `If-Match` / `If-None-Match` compare-and-swap decided at
-//! apply time (exactly one of many racing writers wins). Ports 32000-32999.
+//! apply time (exactly one of many racing writers wins). Ports 32000-32767.
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! Faults injected inside real members built with `--features failpoints`
 //! (`cargo test --features failpoints --test injected`): committed entries the members cannot
 //! apply, a stalled apply loop, a replay of a long log tail. The cluster must not stop, and
-//! writes must be refused at once rather than queued without bound. Ports 16000-16999.
+//! writes must be refused at once rather than queued without bound. Ports 11000-11999.
 #![cfg(feature = "failpoints")]
 
 mod common;
@@ -37,7 +37,7 @@ fn wait_same_state(c: &TestCluster) {
 /// running, count it, converge, and replay it after a restart without stopping.
 #[test]
 fn a_committed_entry_that_does_not_decode_is_a_no_op_everywhere() {
-    let mut c = TestCluster::new(3, 16000, &[]);
+    let mut c = TestCluster::new(3, 11000, &[]);
     for i in 1..=3 {
         c.set_member_env(i, &[("FAILPOINTS", "corrupt_proposal=1*return")]);
         c.start_member(i);
@@ -71,7 +71,7 @@ fn a_committed_entry_that_does_not_decode_is_a_no_op_everywhere() {
 /// any member, the caller gets 409, and the cluster goes on.
 #[test]
 fn a_committed_membership_change_the_rules_refuse_takes_no_effect() {
-    let mut c = TestCluster::new(3, 16100, &[]);
+    let mut c = TestCluster::new(3, 11100, &[]);
     for i in 1..=3 {
         c.set_member_env(i, &[("FAILPOINTS", "skip_change_checks=return")]);
         c.start_member(i);
@@ -81,7 +81,7 @@ fn a_committed_membership_change_the_rules_refuse_takes_no_effect() {
     let r = c.put(
         leader,
         &format!("/_members/{other}"),
-        "http://127.0.0.1:16199",
+        "http://127.0.0.1:11199",
     );
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(r.text().contains("takes no effect"), "{}", r.text());
@@ -101,7 +101,7 @@ fn a_committed_membership_change_the_rules_refuse_takes_no_effect() {
     wait_same_state(&c);
 
     // Alone, removing the last voter would leave no one to decide.
-    let mut one = TestCluster::new(1, 16150, &[]);
+    let mut one = TestCluster::new(1, 11150, &[]);
     one.set_member_env(1, &[("FAILPOINTS", "skip_change_checks=return")]);
     one.start_member(1);
     one.wait_leader(LEADER_TIMEOUT);
@@ -123,7 +123,7 @@ fn a_committed_membership_change_the_rules_refuse_takes_no_effect() {
 fn writes_get_429_while_a_long_log_tail_is_replayed() {
     let mut c = TestCluster::new(
         1,
-        16200,
+        11200,
         &["--engine", "memory", "--snapshot-count", "1000000"],
     );
     c.start_member(1);
@@ -173,7 +173,7 @@ fn writes_get_429_while_a_long_log_tail_is_replayed() {
 /// are counted.
 #[test]
 fn writes_whose_clients_gave_up_are_not_proposed() {
-    let mut c = TestCluster::new(1, 16300, &["--request-timeout-ms", "500"]);
+    let mut c = TestCluster::new(1, 11300, &["--request-timeout-ms", "500"]);
     c.set_member_env(1, &[("FAILPOINTS", "before_apply=sleep(1500)")]);
     c.start_member(1);
     // Idle once it has applied its first entries (the leader's empty entry and the record of

@@ -1,5 +1,6 @@
-//! Watching and trying metcd on real processes: `/_metrics` scraped and parsed, `/_health`
-//! following the leader, and `metcd local-cluster` serving and stopping on a signal.
+//! Watching and trying metcd on real processes: `/_metrics` scraped and parsed (metcd's metrics
+//! and raft-engine's), `/_health` following the leader, and `metcd local-cluster` serving and
+//! stopping on a signal.
 //! Ports 20000-20999 (test ports stay below 32768, where Linux picks ephemeral ports).
 
 mod common;
@@ -116,6 +117,16 @@ fn metrics_are_scraped_and_parsed() {
             && l.get("status").map(String::as_str) == Some("404")
             && l.get("le").map(String::as_str) == Some("+Inf")
     ));
+
+    // raft-engine's own metrics follow metcd's.
+    assert!(value(&m, "raft_engine_write_duration_seconds_count") >= 1.0);
+    let text = c.get(leader, "/_metrics").text();
+    let last_metcd = text.rfind("\nmetcd_").expect("metcd metrics");
+    let first_engine = text.find("\nraft_engine_").expect("raft-engine metrics");
+    assert!(
+        last_metcd < first_engine,
+        "raft-engine's metrics come after metcd's"
+    );
 
     // Exactly one member says it leads.
     let leaders: f64 = (1..=3)

@@ -1,7 +1,7 @@
 //! Durability mechanics a user relies on without seeing them: many concurrent writes share one
 //! log sync (group commit), and a member whose log ends in a torn or corrupt record (a crash
 //! mid-write) comes back, with a log line, instead of crashing in a loop.
-//! Port range: 27000s.
+//! Ports 27000-27999.
 
 #[macro_use]
 mod common;

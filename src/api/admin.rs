@@ -1,9 +1,9 @@
-//! Service endpoints under `/_`:
+//! Service endpoints under `/_` (the route table is in [`super::router`]):
 //!
 //! ```text
 //! GET    /_status                  this member's view (JSON)
 //! GET    /_health                  200 when it has a leader and is not behind; else 503
-//! GET    /_metrics                 Prometheus text format
+//! GET    /_metrics                 Prometheus text format (metcd's, then raft-engine's)
 //! GET    /_hash                    digest of the state machine at the applied index (JSON),
 //!                                  for checking that members converged
 //! GET    /_members                 the members (JSON)
@@ -19,7 +19,10 @@
 //! refused (duplicate, last voter, lagging learner, another change in progress), 503 no
 //! leader or timeout.
 
+use std::sync::Arc;
+
 use axum::body::Body;
+use axum::extract::State;
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -34,96 +37,72 @@ use crate::raft::peer_client;
 
 const SMALL_BODY: usize = 4096;
 
-pub async fn handle(state: &AppState, method: Method, uri: &Uri, body: Body) -> Response {
-    route(state, method, uri, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+type Shared = State<Arc<AppState>>;
+
+/// `GET /_status`
+pub async fn status(State(state): Shared) -> Result<Response, ApiError> {
+    Ok(Json(state.node.status().await?).into_response())
 }
 
-async fn route(
-    state: &AppState,
-    method: Method,
-    uri: &Uri,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let path = uri.path().trim_end_matches('/');
-    let parts: Vec<&str> = path.split('/').skip(1).collect();
-    let get_only = |allowed: &'static str| {
-        if method == Method::GET || method == Method::HEAD {
-            Ok(())
-        } else {
-            Err(ApiError::MethodNotAllowed(method.to_string(), allowed))
-        }
-    };
-    match parts.as_slice() {
-        ["_status"] => {
-            get_only("GET, HEAD")?;
-            Ok(Json(state.node.status().await?).into_response())
-        }
-        ["_health"] => {
-            get_only("GET, HEAD")?;
-            Ok(health(state).await)
-        }
-        ["_metrics"] => {
-            get_only("GET, HEAD")?;
-            metrics(state).await
-        }
-        ["_hash"] => {
-            get_only("GET, HEAD")?;
-            Ok(Json(state.node.state_hash().await?).into_response())
-        }
-        ["_members"] => {
-            get_only("GET, HEAD")?;
-            let s = state.node.status().await?;
-            Ok(Json(json!({ "leader": s.leader, "members": s.members })).into_response())
-        }
-        ["_members", id] => {
-            let id = member_id(id)?;
-            let change = match method {
-                Method::PUT => {
-                    let text = small_body(body).await?;
-                    let (url, _) = parse_url(&text).map_err(|e| {
-                        ApiError::BadRequest(format!(
-                            "the body must be the new member's peer URL: {e}"
-                        ))
-                    })?;
-                    let learner = flag(uri.query(), "learner")?;
-                    MemberChange::Add { id, url, learner }
-                }
-                Method::DELETE => MemberChange::Remove { id },
-                _ => {
-                    return Err(ApiError::MethodNotAllowed(
-                        method.to_string(),
-                        "PUT, DELETE",
-                    ));
-                }
-            };
-            change_members(state, change).await
-        }
-        ["_members", id, "promote"] => {
-            if method != Method::POST {
-                return Err(ApiError::MethodNotAllowed(method.to_string(), "POST"));
-            }
-            let id = member_id(id)?;
-            change_members(state, MemberChange::Promote { id }).await
-        }
-        ["_leader"] => match method {
-            Method::GET | Method::HEAD => {
-                let s = state.node.status().await?;
-                Ok(Json(json!({ "leader": s.leader, "term": s.term })).into_response())
-            }
-            Method::POST => {
-                let text = small_body(body).await?;
-                let to = member_id(text.trim())?;
-                state.node.transfer_leader(to).await?;
-                Ok(Json(json!({ "leader": to })).into_response())
-            }
-            _ => Err(ApiError::MethodNotAllowed(method.to_string(), "GET, POST")),
-        },
-        _ => Err(ApiError::NoSuchPath(format!(
-            "no service endpoint {path}; keys starting with _ live under /_kv/"
-        ))),
+/// `GET /_hash`
+pub async fn hash(State(state): Shared) -> Result<Response, ApiError> {
+    Ok(Json(state.node.state_hash().await?).into_response())
+}
+
+/// `GET /_members`
+pub async fn members(State(state): Shared) -> Result<Response, ApiError> {
+    let s = state.node.status().await?;
+    Ok(Json(json!({ "leader": s.leader, "members": s.members })).into_response())
+}
+
+/// `PUT /_members/<id>`, body: the new member's peer URL.
+pub async fn add_member(State(state): Shared, uri: Uri, body: Body) -> Result<Response, ApiError> {
+    let id = member_id(id_segment(&uri))?;
+    let text = small_body(body).await?;
+    let (url, _) = parse_url(&text).map_err(|e| {
+        ApiError::BadRequest(format!("the body must be the new member's peer URL: {e}"))
+    })?;
+    let learner = flag(uri.query(), "learner")?;
+    change_members(&state, MemberChange::Add { id, url, learner }).await
+}
+
+/// `DELETE /_members/<id>`
+pub async fn remove_member(State(state): Shared, uri: Uri) -> Result<Response, ApiError> {
+    let id = member_id(id_segment(&uri))?;
+    change_members(&state, MemberChange::Remove { id }).await
+}
+
+/// Any other method on `/_members/<id>`: a bad id is reported first, then the method.
+pub async fn member_method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    match member_id(id_segment(&uri)) {
+        Err(e) => e,
+        Ok(_) => ApiError::MethodNotAllowed(method.to_string(), "PUT, DELETE"),
     }
+}
+
+/// `POST /_members/<id>/promote`
+pub async fn promote(State(state): Shared, uri: Uri) -> Result<Response, ApiError> {
+    let id = member_id(id_segment(&uri))?;
+    change_members(&state, MemberChange::Promote { id }).await
+}
+
+/// `GET /_leader`
+pub async fn leader(State(state): Shared) -> Result<Response, ApiError> {
+    let s = state.node.status().await?;
+    Ok(Json(json!({ "leader": s.leader, "term": s.term })).into_response())
+}
+
+/// `POST /_leader`, body: the new leader's id.
+pub async fn transfer_leader(State(state): Shared, body: Body) -> Result<Response, ApiError> {
+    let text = small_body(body).await?;
+    let to = member_id(text.trim())?;
+    state.node.transfer_leader(to).await?;
+    Ok(Json(json!({ "leader": to })).into_response())
+}
+
+/// The `<id>` of `/_members/<id>...` as written (not percent-decoded: `%31` is not an id).
+fn id_segment(uri: &Uri) -> &str {
+    uri.path().split('/').nth(2).unwrap_or("")
 }
 
 fn member_id(text: &str) -> Result<u64, ApiError> {
@@ -171,7 +150,7 @@ async fn change_members(state: &AppState, change: MemberChange) -> Result<Respon
 /// Healthy: the raft loop answers, a leader is known, this member takes part in the
 /// cluster (not a candidate), and its applied index is within `--health-max-lag` of its
 /// commit index.
-async fn health(state: &AppState) -> Response {
+pub async fn health(State(state): Shared) -> Response {
     let unhealthy = |reason: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -199,7 +178,8 @@ async fn health(state: &AppState) -> Response {
     }
 }
 
-async fn metrics(state: &AppState) -> Result<Response, ApiError> {
+/// `GET /_metrics`: metcd's metrics, then raft-engine's.
+pub async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
     let s = state.node.status().await?;
     let engine_dir = state.settings.data_dir.join("engine");
     let engine_bytes = tokio::task::spawn_blocking(move || dir_size(&engine_dir))
@@ -221,7 +201,9 @@ async fn metrics(state: &AppState) -> Result<Response, ApiError> {
         members: s.members.len() as u64,
         learners,
     };
-    let mut resp = (StatusCode::OK, state.metrics.render(&g)).into_response();
+    let mut text = state.metrics.render(&g);
+    crate::metrics::render_default_registry(&mut text);
+    let mut resp = (StatusCode::OK, text).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -56,14 +56,7 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
         ));
     }
     state.node.check_running()?;
-    let key: Vec<u8> = percent_decode_str(raw_key).collect();
-    let max_key = state.settings.max_key_bytes;
-    if key.len() > max_key {
-        return Err(ApiError::TooLarge(format!(
-            "key of {} bytes exceeds --max-key-bytes {max_key}",
-            key.len()
-        )));
-    }
+    let key = decode_key(raw_key, state.settings.max_key_bytes)?;
     let query = Query::parse(query)?;
     if query.is_range() {
         if !matches!(method, Method::GET | Method::HEAD) {
@@ -78,43 +71,57 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
         return Err(ApiError::BadRequest("empty key".into()));
     }
     let cond = precondition(headers)?;
-    if cond.is_some() && !matches!(method, Method::PUT | Method::DELETE) {
-        return Err(ApiError::BadRequest(
-            "If-Match and If-None-Match are for PUT and DELETE".into(),
-        ));
-    }
     match method {
         Method::PUT => {
             let value = read_value(body, state.settings.max_request_bytes).await?;
-            let result = state.node.propose(Op::Put { key, value, cond }).await?;
-            checked(result)?;
-            Ok(written(result.revision))
+            write(state, Op::Put { key, value, cond }).await
         }
-        Method::DELETE => {
-            let result = state.node.propose(Op::Delete { key, cond }).await?;
-            checked(result)?;
-            if result.changed {
-                Ok(written(result.revision))
-            } else {
-                Err(ApiError::NotFound)
-            }
-        }
-        _ => {
-            read_barrier(state, &query).await?;
-            let kv = state.engine.get(&key)?.ok_or(ApiError::NotFound)?;
-            let mut resp = (StatusCode::OK, kv.value).into_response();
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            h.insert(
-                header::ETAG,
-                header_value(&format!("\"{}\"", kv.mod_revision)),
-            );
-            Ok(resp)
-        }
+        Method::DELETE => write(state, Op::Delete { key, cond }).await,
+        _ if cond.is_some() => Err(ApiError::BadRequest(
+            "If-Match and If-None-Match are for PUT and DELETE".into(),
+        )),
+        _ => read(state, &key, &query).await,
     }
+}
+
+/// The key a path names: percent-decoded, within `--max-key-bytes`.
+fn decode_key(raw_key: &str, max_key: usize) -> Result<Vec<u8>, ApiError> {
+    let key: Vec<u8> = percent_decode_str(raw_key).collect();
+    if key.len() > max_key {
+        return Err(ApiError::TooLarge(format!(
+            "key of {} bytes exceeds --max-key-bytes {max_key}",
+            key.len()
+        )));
+    }
+    Ok(key)
+}
+
+/// A PUT or DELETE: 204 with the revision once applied; a DELETE of an absent key is 404.
+async fn write(state: &AppState, op: Op) -> Result<Response, ApiError> {
+    let delete = matches!(op, Op::Delete { .. });
+    let result = state.node.propose(op).await?;
+    checked(result)?;
+    if delete && !result.changed {
+        return Err(ApiError::NotFound);
+    }
+    Ok(written(result.revision))
+}
+
+/// A GET or HEAD of one key: its value and ETag.
+async fn read(state: &AppState, key: &[u8], query: &Query) -> Result<Response, ApiError> {
+    read_barrier(state, query).await?;
+    let kv = state.engine.get(key)?.ok_or(ApiError::NotFound)?;
+    let mut resp = (StatusCode::OK, kv.value).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        header::ETAG,
+        header_value(&format!("\"{}\"", kv.mod_revision)),
+    );
+    Ok(resp)
 }
 
 /// Waits until local state may be read for `query`: a ReadIndex round (linearizable), the

@@ -1,8 +1,13 @@
 //! The client HTTP API (HTTP/1.x, the seed's curl-friendly protocol).
 //!
-//! Routing: paths beginning with `/_` belong to the service ([`admin`]), except `/_kv/<key>`,
-//! which addresses any key; every other path is a key ([`keys`]). Every request's latency is
-//! recorded by route, method and status for `/_metrics`.
+//! [`router`] is the one route table: each service endpoint under `/_` ([`admin`]) with the
+//! methods it serves, then a fallback for keys ([`keys`]): every path not beginning with `/_`,
+//! and `/_kv/<key>`, which addresses any key. Any other `/_` path is 404; a method an endpoint
+//! does not serve is 405 with the `Allow` list of its row.
+//!
+//! Every request's latency is recorded by route, method and status for `/_metrics`. An
+//! endpoint's route label is its row's path; key requests are "key", or "range" when the
+//! query asks for a listing; unknown `/_` paths are "other".
 
 mod admin;
 pub mod error;
@@ -14,9 +19,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, Uri};
-use axum::response::Response;
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::Router;
 
 use crate::config::Settings;
@@ -24,6 +31,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::raft::peer_client::AdminCtx;
 use crate::raft::NodeHandle;
+use error::ApiError;
 
 pub struct AppState {
     pub node: NodeHandle,
@@ -33,75 +41,168 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new().fallback(dispatch).with_state(state)
+type Shared = Arc<AppState>;
+
+/// The client API: the service endpoints, then keys.
+pub fn router(state: Shared) -> Router {
+    let get_only = "GET, HEAD";
+    // A bad id is 400 before a wrong method is 405 (Allow: PUT, DELETE), as before the table.
+    let member = put(admin::add_member)
+        .delete(admin::remove_member)
+        .fallback(admin::member_method_not_allowed);
+    Table::new(&state.metrics)
+        .row("/_status", allow(get_only, get(admin::status)))
+        .row("/_health", allow(get_only, get(admin::health)))
+        .row("/_metrics", allow(get_only, get(admin::metrics)))
+        .row("/_hash", allow(get_only, get(admin::hash)))
+        .row("/_members", allow(get_only, get(admin::members)))
+        .row("/_members/{id}", member)
+        .row(
+            "/_members/{id}/promote",
+            allow("POST", post(admin::promote)),
+        )
+        .row(
+            "/_leader",
+            allow("GET, POST", get(admin::leader).post(admin::transfer_leader)),
+        )
+        .router
+        .fallback(keys_or_unknown)
+        .with_state(state)
 }
 
-fn route_label(uri: &Uri) -> &'static str {
-    let path = uri.path();
-    if !path.starts_with("/_") || path.starts_with("/_kv/") {
-        let query = uri.query().unwrap_or("");
-        let range = query
-            .split('&')
-            .any(|p| p.starts_with("prefix=") || p == "prefix" || p.starts_with("end="));
-        return if range { "range" } else { "key" };
+/// The rows of the route table, each timed under its own path.
+struct Table {
+    router: Router<Shared>,
+    metrics: Arc<Metrics>,
+}
+
+impl Table {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        Table {
+            router: Router::new(),
+            metrics: metrics.clone(),
+        }
     }
-    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    match parts.as_slice() {
-        ["", "_members"] => "/_members",
-        ["", "_members", _] => "/_members/{id}",
-        ["", "_members", _, "promote"] => "/_members/{id}/promote",
-        ["", "_leader"] => "/_leader",
-        ["", "_status"] => "/_status",
-        ["", "_health"] => "/_health",
-        ["", "_metrics"] => "/_metrics",
-        ["", "_hash"] => "/_hash",
-        _ => "other",
+
+    /// Serves `path`, and `path/` (a trailing slash names the same endpoint), with `methods`.
+    fn row(mut self, path: &'static str, methods: MethodRouter<Shared>) -> Self {
+        let label = RouteLabel {
+            metrics: self.metrics.clone(),
+            route: path,
+        };
+        let methods = methods.layer(from_fn_with_state(label, timed));
+        self.router = self
+            .router
+            .route(path, methods.clone())
+            .route(&format!("{path}/"), methods);
+        self
     }
 }
 
-async fn dispatch(
-    State(state): State<Arc<AppState>>,
+/// `methods`, with 405 and `Allow: <allowed>` for any other method.
+fn allow(allowed: &'static str, methods: MethodRouter<Shared>) -> MethodRouter<Shared> {
+    methods.fallback(move |method: Method| async move {
+        ApiError::MethodNotAllowed(method.to_string(), allowed)
+    })
+}
+
+#[derive(Clone)]
+struct RouteLabel {
+    metrics: Arc<Metrics>,
+    route: &'static str,
+}
+
+/// Records a service endpoint's latency. Keys are timed in [`keys_or_unknown`] instead, without
+/// a layer: one on every request was measurably slower (docs/benchmarks.md, "Cost of request
+/// metrics").
+async fn timed(State(label): State<RouteLabel>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    label
+        .metrics
+        .observe_request(label.route, method.as_str(), status, elapsed);
+    resp
+}
+
+/// The fallback: a key (`/<key>` or `/_kv/<key>`), else an unknown service path (404).
+async fn keys_or_unknown(
+    State(state): State<Shared>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // Timed here rather than in a middleware layer: a layer cost ~10% of GET throughput.
     let started = Instant::now();
-    let route = route_label(&uri);
     let method_label = method.clone();
-    let resp = route_request(&state, method, &uri, &headers, body).await;
-    state.metrics.observe_request(
-        route,
-        method_label.as_str(),
-        resp.status().as_u16(),
-        started.elapsed(),
-    );
+    let path = uri.path();
+    let (route, resp) = match key_path(path) {
+        Some(raw_key) => {
+            let req = keys::KeyRequest {
+                method,
+                raw_key,
+                query: uri.query(),
+                headers: &headers,
+                body,
+            };
+            (key_label(uri.query()), keys::handle(&state, req).await)
+        }
+        None => ("other", no_such_path(path).into_response()),
+    };
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .observe_request(route, method_label.as_str(), status, elapsed);
     resp
 }
 
-async fn route_request(
-    state: &AppState,
-    method: Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Body,
-) -> Response {
-    let path = uri.path();
-    let raw_key = match path.strip_prefix("/_kv/") {
-        Some(key) => key,
-        None if path.starts_with("/_") => {
-            return admin::handle(state, method, uri, body).await;
-        }
-        None => path.strip_prefix('/').unwrap_or(path),
-    };
-    let req = keys::KeyRequest {
-        method,
-        raw_key,
-        query: uri.query(),
-        headers,
-        body,
-    };
-    keys::handle(state, req).await
+/// The raw (percent-encoded) key a path addresses; `None` for a service path.
+fn key_path(path: &str) -> Option<&str> {
+    match path.strip_prefix("/_kv/") {
+        Some(key) => Some(key),
+        None if path.starts_with("/_") => None,
+        None => Some(path.strip_prefix('/').unwrap_or(path)),
+    }
+}
+
+/// "range" when the query asks for a listing, else "key".
+fn key_label(query: Option<&str>) -> &'static str {
+    let range = query
+        .unwrap_or("")
+        .split('&')
+        .any(|p| p.starts_with("prefix=") || p == "prefix" || p.starts_with("end="));
+    if range {
+        "range"
+    } else {
+        "key"
+    }
+}
+
+fn no_such_path(path: &str) -> ApiError {
+    let path = path.trim_end_matches('/');
+    ApiError::NoSuchPath(format!(
+        "no service endpoint {path}; keys starting with _ live under /_kv/"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_service_paths() {
+        assert_eq!(key_path("/a/b"), Some("a/b"));
+        assert_eq!(key_path("/"), Some(""));
+        assert_eq!(key_path("/_kv/_a"), Some("_a"));
+        assert_eq!(key_path("/_kv/"), Some(""));
+        assert_eq!(key_path("/_kv"), None);
+        assert_eq!(key_path("/_status"), None);
+        assert_eq!(key_label(Some("prefix=true&limit=2")), "range");
+        assert_eq!(key_label(Some("end=")), "range");
+        assert_eq!(key_label(Some("consistency=s")), "key");
+        assert_eq!(key_label(None), "key");
+    }
 }

@@ -45,53 +45,9 @@ impl Query {
             encoding: Encoding::Utf8,
             min_revision: None,
         };
-        let bad = |name: &str, value: &str, want: &str| {
-            ApiError::BadRequest(format!("query parameter {name}={value:?}: expected {want}"))
-        };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match name {
-                "consistency" => {
-                    q.consistency = match value {
-                        "linearizable" | "l" => Consistency::Linearizable,
-                        "serializable" | "s" => Consistency::Serializable,
-                        _ => return Err(bad(name, value, "linearizable or serializable")),
-                    }
-                }
-                "prefix" => {
-                    q.prefix = match value {
-                        "true" | "1" | "" => true,
-                        "false" | "0" => false,
-                        _ => return Err(bad(name, value, "true or false")),
-                    }
-                }
-                "end" => q.end = Some(percent_decode_str(value).collect()),
-                "limit" => {
-                    let n: usize = value
-                        .parse()
-                        .map_err(|_| bad(name, value, "a positive number"))?;
-                    if n == 0 {
-                        return Err(bad(name, value, "a positive number"));
-                    }
-                    q.limit = Some(n);
-                }
-                "encoding" => {
-                    q.encoding = match value {
-                        "utf8" | "text" => Encoding::Utf8,
-                        "base64" => Encoding::Base64,
-                        _ => return Err(bad(name, value, "utf8 or base64")),
-                    }
-                }
-                "min_revision" => {
-                    q.min_revision = Some(
-                        value
-                            .parse()
-                            .map_err(|_| bad(name, value, "a revision number"))?,
-                    )
-                }
-                // Unknown parameters are ignored, as etcd's HTTP APIs do.
-                _ => {}
-            }
+            q.set(name, value)?;
         }
         if q.prefix && q.end.is_some() {
             return Err(ApiError::BadRequest(
@@ -99,6 +55,47 @@ impl Query {
             ));
         }
         Ok(q)
+    }
+
+    /// Applies one `name=value` pair; unknown names are ignored, as etcd's HTTP APIs do.
+    fn set(&mut self, name: &str, value: &str) -> Result<(), ApiError> {
+        let bad = |want: &str| {
+            ApiError::BadRequest(format!("query parameter {name}={value:?}: expected {want}"))
+        };
+        match name {
+            "consistency" => {
+                self.consistency = match value {
+                    "linearizable" | "l" => Consistency::Linearizable,
+                    "serializable" | "s" => Consistency::Serializable,
+                    _ => return Err(bad("linearizable or serializable")),
+                }
+            }
+            "prefix" => {
+                self.prefix = match value {
+                    "true" | "1" | "" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad("true or false")),
+                }
+            }
+            "end" => self.end = Some(percent_decode_str(value).collect()),
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if n > 0 => self.limit = Some(n),
+                _ => return Err(bad("a positive number")),
+            },
+            "encoding" => {
+                self.encoding = match value {
+                    "utf8" | "text" => Encoding::Utf8,
+                    "base64" => Encoding::Base64,
+                    _ => return Err(bad("utf8 or base64")),
+                }
+            }
+            "min_revision" => {
+                let rev = value.parse().map_err(|_| bad("a revision number"))?;
+                self.min_revision = Some(rev);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 

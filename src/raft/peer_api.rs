@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 use super::command::{self, ProposalId};
 use super::members::{ClusterInfo, Contact, MemberChange, Membership};
 use super::peer_client::{self, AdminCtx};
-use super::snapshot::{Incoming, SnapshotStore};
+use super::snapshot::{Incoming, SnapshotError, SnapshotStore};
 use super::transport::{
     closing_line, decode_message, parse_incarnation, FrameReader, TransportError, CLUSTER_HEADER,
     FROM_HEADER, INCARNATION_HEADER, PEER_INCARNATION_HEADER, STREAM_PROTOCOL, TO_HEADER,
@@ -445,56 +445,24 @@ async fn receive<R: AsyncRead + Unpin>(
     }
 }
 
+/// `POST /raft/snapshot`: one MsgSnapshot frame, then the snapshot file's bytes. The file is
+/// saved durably and verified before the message reaches raft.
 async fn snapshot(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Body) -> Answer {
     let from = match api.admit(&headers).await {
         Ok(from) => from,
         Err(answer) => return answer,
     };
     let mut frames = body_frames(body);
-    let msg = match frames.next_frame().await {
-        Ok(Some(payload)) => match api.check_message(&payload, from, true) {
-            Ok(Some(msg)) => msg,
-            Ok(None) => return bad("snapshot message dropped"),
-            Err(e) => {
-                warn!(error = %e, "malformed snapshot message");
-                return bad(e);
-            }
-        },
-        Ok(None) => return bad("empty snapshot request"),
-        Err(e) => return bad(e),
+    let msg = match snapshot_message(&api, from, &mut frames).await {
+        Ok(msg) => msg,
+        Err(answer) => return answer,
     };
     let meta = msg.get_snapshot().get_metadata();
     let (term, index) = (meta.term, meta.index);
-    // Unique per transfer: a retried transfer must not share a temporary file with the first.
-    static TRANSFERS: AtomicU64 = AtomicU64::new(0);
-    let tag = format!("from{from}-{}", TRANSFERS.fetch_add(1, Ordering::Relaxed));
-    let mut incoming = match Incoming::start(&api.snaps, term, index, &tag) {
-        Ok(i) => i,
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    let bytes = match save_snapshot(&api, from, term, index, &mut frames).await {
+        Ok(bytes) => bytes,
+        Err(answer) => return answer,
     };
-    let mut bytes = 0u64;
-    loop {
-        match frames.next_raw().await {
-            Ok(Some(chunk)) => {
-                bytes += chunk.len() as u64;
-                if let Err(e) = incoming.write(&chunk) {
-                    incoming.abort();
-                    return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                incoming.abort();
-                return bad(e);
-            }
-        }
-    }
-    let snaps = api.snaps.clone();
-    match tokio::task::spawn_blocking(move || incoming.finish(&snaps)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-    }
     // A damaged file is refused here, before raft sees it: installing it would stop this
     // member. The sender retries (with a fresh file once it takes one).
     let snaps = api.snaps.clone();
@@ -514,6 +482,63 @@ async fn snapshot(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Bod
     match api.node.step(msg) {
         Ok(()) => (StatusCode::NO_CONTENT, String::new()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
+/// The checked MsgSnapshot that opens a snapshot request.
+async fn snapshot_message<R: AsyncRead + Unpin>(
+    api: &PeerApi,
+    from: u64,
+    frames: &mut FrameReader<R>,
+) -> Result<Message, Answer> {
+    match frames.next_frame().await {
+        Ok(Some(payload)) => match api.check_message(&payload, from, true) {
+            Ok(Some(msg)) => Ok(msg),
+            Ok(None) => Err(bad("snapshot message dropped")),
+            Err(e) => {
+                warn!(error = %e, "malformed snapshot message");
+                Err(bad(e))
+            }
+        },
+        Ok(None) => Err(bad("empty snapshot request")),
+        Err(e) => Err(bad(e)),
+    }
+}
+
+/// Writes the rest of the request to the snapshot file for (`term`, `index`) and makes it
+/// durable; its size in bytes.
+async fn save_snapshot<R: AsyncRead + Unpin>(
+    api: &PeerApi,
+    from: u64,
+    term: u64,
+    index: u64,
+    frames: &mut FrameReader<R>,
+) -> Result<u64, Answer> {
+    let failed = |e: SnapshotError| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
+    // Unique per transfer: a retried transfer must not share a temporary file with the first.
+    static TRANSFERS: AtomicU64 = AtomicU64::new(0);
+    let tag = format!("from{from}-{}", TRANSFERS.fetch_add(1, Ordering::Relaxed));
+    let mut incoming = Incoming::start(&api.snaps, term, index, &tag).map_err(failed)?;
+    let mut bytes = 0u64;
+    loop {
+        let written = match frames.next_raw().await {
+            Ok(Some(chunk)) => {
+                bytes += chunk.len() as u64;
+                incoming.write(&chunk).map_err(failed)
+            }
+            Ok(None) => break,
+            Err(e) => Err(bad(e)),
+        };
+        if let Err(answer) = written {
+            incoming.abort();
+            return Err(answer);
+        }
+    }
+    let snaps = api.snaps.clone();
+    match tokio::task::spawn_blocking(move || incoming.finish(&snaps)).await {
+        Ok(Ok(_)) => Ok(bytes),
+        Ok(Err(e)) => Err(failed(e)),
+        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))),
     }
 }
 

@@ -1,17 +1,34 @@
-//! Shared harness for the metcd integration tests: a tiny blocking HTTP/1.1
-//! client over `std::net::TcpStream`, and `TestCluster`, which runs real
+//! Shared harness for the metcd integration tests: a blocking HTTP client (`ureq`; tests that
+//! must send malformed bytes open their own `TcpStream`), and `TestCluster`, which runs real
 //! `metcd` processes on fixed local ports with data dirs in a temp dir.
 //!
 //! Port plan: member i (1-based) of a cluster with base port B listens for
 //! peers on B+i and for clients on B+10+i. Every test uses its own B, below 32768
 //! (above it Linux hands out ephemeral ports, which a test could then fail to bind).
+//! `engine_tests!` shifts B by 0, 20, 40 (and `with_engine("mixed", 60, ..)` by 60), so a
+//! test owns B..B+99.
+//!
+//! Each test file owns one range, so files can run in parallel (nextest) without colliding;
+//! keep this table, and README's, in step when adding a file:
+//!
+//! ```text
+//! 11000-11999  injected.rs         21000-21999  seed_flow.rs     27000-27999  recovery.rs
+//! 12000-12999  lost_data.rs        22000-22999  replication.rs   28000-28999  disk_full.rs
+//! 13000-13999  bench_tool.rs       23000-23999  faults.rs        29000-29999  listing.rs
+//! 18000-18999  crash.rs            24000-24999  snapshot.rs      30000-30999  membership.rs
+//! 19000-19999  jepsen/ (+proxies)  25000-25999  bad_input.rs     31000-31999  leadership.rs
+//! 20000-20999  observability.rs    26000-26999  peer.rs          32000-32767  consistency.rs
+//! ```
+//!
+//! scripts/ (run by hand, one at a time) use 14000s (compare.sh), 15000s (bench.sh), 16000s
+//! (ab-leader.sh), 17000s (ab-put.sh), 41000s (overload.sh), 43000s (repro-lost-data.sh), and
+//! compare.sh's etcd 41379-43380 (shared/bench/etcd-cluster.sh).
 
 #![allow(dead_code)]
 
 use std::cell::Cell;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,8 +88,8 @@ impl Response {
     }
 }
 
-/// One HTTP/1.1 request to 127.0.0.1:`port` with `Connection: close`, using
-/// `IO_TIMEOUT` for connect, read and write.
+/// One HTTP/1.1 request to 127.0.0.1:`port`, using `IO_TIMEOUT` for connect, each read and
+/// each write.
 pub fn http_request(
     port: u16,
     method: &str,
@@ -83,7 +100,8 @@ pub fn http_request(
     http_request_with_timeout(port, method, path, headers, body, IO_TIMEOUT)
 }
 
-/// `http_request` with an explicit connect/read/write timeout.
+/// `http_request` with an explicit connect/read/write timeout. Any status is a response (never
+/// an error); redirects are not followed; an error is a transport failure.
 pub fn http_request_with_timeout(
     port: u16,
     method: &str,
@@ -92,162 +110,46 @@ pub fn http_request_with_timeout(
     body: &[u8],
     timeout: Duration,
 ) -> io::Result<Response> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"));
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req = req.header(*k, *v);
     }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    // A server may answer (e.g. 413) and close before reading the whole body:
-    // keep going and read whatever response it sent.
-    let write_err = stream.write_all(&bytes).and_then(|_| stream.flush()).err();
-
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => {
-                return match parse_response(&buf, true) {
-                    Ok(Some(r)) => Ok(r),
-                    Ok(None) => unreachable!("parse_response at EOF is never incomplete"),
-                    Err(e) => Err(write_err.unwrap_or(e)),
-                };
-            }
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(r) = parse_response(&buf, false)? {
-                    return Ok(r);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                if let Ok(Some(r)) = parse_response(&buf, true) {
-                    return Ok(r);
-                }
-                return Err(write_err.unwrap_or(e));
-            }
-        }
-    }
-}
-
-fn invalid(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Parses a complete response from `buf`. Returns `Ok(None)` when more bytes
-/// are needed (never when `eof`), an error when the bytes are not HTTP.
-fn parse_response(buf: &[u8], eof: bool) -> io::Result<Option<Response>> {
-    let incomplete = |what: &str| -> io::Result<Option<Response>> {
-        if eof {
-            Err(invalid(format!(
-                "connection closed with incomplete response ({what}): {:?}",
-                String::from_utf8_lossy(&buf[..buf.len().min(200)])
-            )))
-        } else {
-            Ok(None)
-        }
-    };
-    let Some(head_len) = find(buf, b"\r\n\r\n") else {
-        return incomplete("headers");
-    };
-    let head = std::str::from_utf8(&buf[..head_len]).map_err(|_| invalid("non-UTF-8 head"))?;
-    let rest = &buf[head_len + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.split_whitespace();
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(invalid(format!("bad status line {status_line:?}")));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| invalid(format!("bad status line {status_line:?}")))?;
-    let mut headers = Vec::new();
-    for line in lines {
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| invalid(format!("bad header line {line:?}")))?;
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    // Interim responses (100 Continue): skip and parse what follows.
-    if (100..200).contains(&status) {
-        return parse_response(rest, eof);
-    }
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    let done = |body: Vec<u8>| -> io::Result<Option<Response>> {
-        Ok(Some(Response {
-            status,
-            headers: headers.clone(),
-            body,
-        }))
-    };
-
-    if status == 204 || status == 304 {
-        return done(Vec::new());
-    }
-    if header("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked")) {
-        return match decode_chunked(rest)? {
-            Some(body) => done(body),
-            None => incomplete("chunked body"),
-        };
-    }
-    if let Some(len) = header("content-length") {
-        let len: usize = len
-            .parse()
-            .map_err(|_| invalid(format!("bad Content-Length {len:?}")))?;
-        return if rest.len() >= len {
-            done(rest[..len].to_vec())
-        } else {
-            incomplete("body")
-        };
-    }
-    if eof {
-        done(rest.to_vec())
-    } else {
-        Ok(None)
-    }
-}
-
-/// Decodes a chunked body; `Ok(None)` until the terminating zero-size chunk.
-fn decode_chunked(mut data: &[u8]) -> io::Result<Option<Vec<u8>>> {
-    let mut body = Vec::new();
-    loop {
-        let Some(eol) = find(data, b"\r\n") else {
-            return Ok(None);
-        };
-        let line = std::str::from_utf8(&data[..eol]).map_err(|_| invalid("bad chunk size line"))?;
-        let size_str = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_str, 16)
-            .map_err(|_| invalid(format!("bad chunk size {line:?}")))?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(Some(body)); // trailers, if any, are ignored
-        }
-        if data.len() < size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
+    let req = req
+        .body(body)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // An agent per request: no connection outlives it, as a test that kills members expects.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .allow_non_standard_methods(true)
+        .timeout_connect(Some(timeout))
+        .timeout_per_read(Some(timeout))
+        .timeout_per_write(Some(timeout))
+        .build()
+        .into();
+    let mut resp = agent.run(req).map_err(ureq::Error::into_io)?;
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (k.as_str().to_string(), v)
+        })
+        .collect();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
+        .map_err(ureq::Error::into_io)?;
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// Asserts `resp` is the error `status` with a non-empty one-line text body.
