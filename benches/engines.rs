@@ -193,7 +193,9 @@ fn main() {
     } else {
         sizes
     };
-    println!("| engine | keys | writes/s (batches of {BATCH}) | point reads/s | scans/s ({SCAN_LEN} keys) | RSS added MiB | disk MiB | snapshot s (peak MiB) | restore s (peak MiB) | restart s |");
+    println!(
+        "| engine | keys | writes/s (batches of {BATCH}) | point reads/s | scans/s ({SCAN_LEN} keys) | RSS added MiB | disk MiB | snapshot s (peak MiB) | restore s (peak MiB) | restart s |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &n in &sizes {
         for kind in EngineKind::ALL {

@@ -11,8 +11,8 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::{Applied, Cond, Engine, Op};
 use crate::raft::command;
 use crate::raft::members::{MemberChange, Membership};
-use crate::raft::peer_api::{check_peer_message, Limits, Refusal};
-use crate::raft::transport::{decode_message, encode_frame, FrameReader};
+use crate::raft::peer_api::{Limits, Refusal, check_peer_message};
+use crate::raft::transport::{FrameReader, decode_message, encode_frame};
 
 fn op() -> impl Strategy<Value = Op> {
     let cond = prop_oneof![

@@ -125,7 +125,7 @@ pub fn run(args: &LocalClusterArgs) -> ExitCode {
         Err(e) => {
             return fail(&format!(
                 "cannot find the metcd binary to start members: {e}"
-            ))
+            ));
         }
     };
     // Handlers go in before any member exists, so no signal can be missed.
@@ -203,7 +203,7 @@ fn watch_signals() -> Result<Receiver<&'static str>, String> {
                 }
             };
             runtime.block_on(async move {
-                use tokio::signal::unix::{signal, SignalKind};
+                use tokio::signal::unix::{SignalKind, signal};
                 let (mut int, mut term) = match (
                     signal(SignalKind::interrupt()),
                     signal(SignalKind::terminate()),

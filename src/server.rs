@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::future::Future;
 use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 
 use axum::serve::ListenerExt;
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::api::{self, AppState};

@@ -28,7 +28,7 @@ use crate::raft::members::{self, ClusterInfo, MemberInfo, Membership};
 use crate::raft::node::reset_reason;
 use crate::raft::peer_client;
 use crate::raft::snapshot::SnapshotStore;
-use crate::raft::storage::{random_id, Identity, LogStore};
+use crate::raft::storage::{Identity, LogStore, random_id};
 
 /// Opens the log and decides what this member is (see the module doc). Sets
 /// `settings.cluster_id` to the cluster's id.
@@ -142,12 +142,12 @@ async fn join(settings: &mut Settings, store: &mut LogStore) -> Result<()> {
         Some(url) => {
             return Err(Error::Join(format!(
                 "the cluster knows member {me} at {url}, not at {my_url}"
-            )))
+            )));
         }
         None => {
             return Err(Error::Join(format!(
                 "member {me} is not in the cluster; add it first: curl -XPUT <any member>/_members/{me} -d {my_url}"
-            )))
+            )));
         }
     }
     let cluster_id = u64::from_str_radix(&info.cluster_id, 16)
@@ -191,8 +191,7 @@ async fn check_not_bootstrapped(settings: &Settings, store: &LogStore) -> Result
                 "member {} of cluster {ours} does not list member {}: check --id and --cluster. \
                  A new member is added with curl -XPUT <any member's client URL>/_members/<id> -d <its peer URL> \
                  and started with --join",
-                info.member_id,
-                settings.id
+                info.member_id, settings.id
             )));
         }
         if !same {

@@ -7,7 +7,7 @@ mod common;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use common::{assert_error, num, run_until_exit, set_flag, TestCluster, LEADER_TIMEOUT};
+use common::{LEADER_TIMEOUT, TestCluster, assert_error, num, run_until_exit, set_flag};
 
 // --- HTTP ---------------------------------------------------------------------
 

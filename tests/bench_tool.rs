@@ -8,7 +8,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{TestCluster, LEADER_TIMEOUT};
+use common::{LEADER_TIMEOUT, TestCluster};
 use serde_json::Value;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_metcd-bench");

@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, CONVERGE_TIMEOUT, LEADER_TIMEOUT};
+use common::{CONVERGE_TIMEOUT, LEADER_TIMEOUT, TestCluster};
 
 /// Unmounts on drop (lazily, in case a process still has files open there).
 struct Mount(std::path::PathBuf);

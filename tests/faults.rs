@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{assert_error, http_request, TestCluster, CONVERGE_TIMEOUT, LEADER_TIMEOUT};
+use common::{CONVERGE_TIMEOUT, LEADER_TIMEOUT, TestCluster, assert_error, http_request};
 
 engine_tests! {
     /// Killing the leader elects a new one among the survivors, writes keep

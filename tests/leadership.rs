@@ -5,8 +5,8 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -71,10 +71,10 @@ fn sigterm_on_the_leader_hands_over_and_loses_nothing() {
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let key = format!("/w{i}-{t}-{n:05}");
-                    if let Ok(r) = http_request(port, "PUT", &key, &[], b"v") {
-                        if r.status == 204 {
-                            acked.push(key);
-                        }
+                    if let Ok(r) = http_request(port, "PUT", &key, &[], b"v")
+                        && r.status == 204
+                    {
+                        acked.push(key);
                     }
                 }
                 acked

@@ -4,7 +4,7 @@
 #[macro_use]
 mod common;
 
-use common::{TestCluster, LEADER_TIMEOUT};
+use common::{LEADER_TIMEOUT, TestCluster};
 use serde_json::Value;
 
 fn list(c: &TestCluster, path: &str) -> Value {

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{http_request, run_until_exit, TestCluster, CONVERGE_TIMEOUT, LEADER_TIMEOUT};
+use common::{CONVERGE_TIMEOUT, LEADER_TIMEOUT, TestCluster, http_request, run_until_exit};
 use serde_json::Value;
 
 /// How long a member that lost its data may take to find out and exit.

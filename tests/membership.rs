@@ -51,10 +51,10 @@ impl Writer {
             while !flag.load(Ordering::Relaxed) {
                 n += 1;
                 let key = format!("/{prefix}{n:06}");
-                if let Ok(r) = http_request(port, "PUT", &key, &[], key.as_bytes()) {
-                    if r.status == 204 {
-                        acked.push(key);
-                    }
+                if let Ok(r) = http_request(port, "PUT", &key, &[], key.as_bytes())
+                    && r.status == 204
+                {
+                    acked.push(key);
                 }
             }
             acked

@@ -59,10 +59,11 @@ fn parse_metrics(text: &str) -> Vec<(String, HashMap<String, String>, f64)> {
 fn scrape(c: &TestCluster, i: usize) -> Vec<(String, HashMap<String, String>, f64)> {
     let r = c.request(i, "GET", "/_metrics", b"").expect("scrape");
     assert_eq!(r.status, 200);
-    assert!(r
-        .header("content-type")
-        .unwrap_or("")
-        .starts_with("text/plain"));
+    assert!(
+        r.header("content-type")
+            .unwrap_or("")
+            .starts_with("text/plain")
+    );
     parse_metrics(&r.text())
 }
 
@@ -203,11 +204,11 @@ fn local_cluster_serves_and_stops_on_signal() {
     let started = Instant::now();
     let mut ok = false;
     while started.elapsed() < LEADER_TIMEOUT {
-        if let Ok(r) = http_request(ports[0], "PUT", "/hello", &[], b"world") {
-            if r.status == 204 {
-                ok = true;
-                break;
-            }
+        if let Ok(r) = http_request(ports[0], "PUT", "/hello", &[], b"world")
+            && r.status == 204
+        {
+            ok = true;
+            break;
         }
         thread::sleep(Duration::from_millis(200));
     }
@@ -223,10 +224,12 @@ fn local_cluster_serves_and_stops_on_signal() {
     assert_eq!(r.body, b"world");
 
     let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .is_ok_and(|s| s.success()));
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .is_ok_and(|s| s.success())
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {

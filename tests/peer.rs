@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{http_request, Response, TestCluster, LEADER_TIMEOUT};
+use common::{LEADER_TIMEOUT, Response, TestCluster, http_request};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, Entry, EntryType, Message, MessageType};
 

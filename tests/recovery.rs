@@ -11,7 +11,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::sync::Arc;
 use std::thread;
 
-use common::{num, TestCluster, CONVERGE_TIMEOUT, LEADER_TIMEOUT};
+use common::{CONVERGE_TIMEOUT, LEADER_TIMEOUT, TestCluster, num};
 
 /// 64 writers at once must not cost one fsync each: proposals that arrive while the log is
 /// syncing go out together in the next synced write.

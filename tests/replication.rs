@@ -3,7 +3,7 @@
 #[macro_use]
 mod common;
 
-use common::{num, TestCluster, CONVERGE_TIMEOUT, LEADER_TIMEOUT};
+use common::{CONVERGE_TIMEOUT, LEADER_TIMEOUT, TestCluster, num};
 
 engine_tests! {
     /// Linearizability: once a PUT answered 204 (on any member), a default GET on

@@ -4,7 +4,7 @@
 #[macro_use]
 mod common;
 
-use common::{num, TestCluster, LEADER_TIMEOUT};
+use common::{LEADER_TIMEOUT, TestCluster, num};
 
 /// One running member with an elected leader.
 fn single(base_port: u16) -> TestCluster {

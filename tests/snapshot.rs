@@ -5,7 +5,7 @@
 #[macro_use]
 mod common;
 
-use common::{num, TestCluster, CONVERGE_TIMEOUT, LEADER_TIMEOUT};
+use common::{CONVERGE_TIMEOUT, LEADER_TIMEOUT, TestCluster, num};
 
 fn key(batch: &str, k: usize) -> String {
     format!("/{batch}/{k:04}")

@@ -21,17 +21,17 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 
-use super::error::ApiError;
 use super::AppState;
+use super::error::ApiError;
 use crate::config::parse_url;
-use crate::metrics::{dir_size, Gauges};
+use crate::metrics::{Gauges, dir_size};
 use crate::raft::members::MemberChange;
 use crate::raft::peer_client;
 

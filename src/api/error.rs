@@ -1,11 +1,11 @@
 //! Client-facing errors: each maps to one status code and a one-line text body.
 
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::engine::EngineError;
-use crate::raft::members::AdminError;
 use crate::raft::RequestError;
+use crate::raft::members::AdminError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

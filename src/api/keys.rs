@@ -11,13 +11,13 @@
 //! the key's current ETag, and changes nothing. Bad input is refused before it is proposed.
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
 use super::error::ApiError;
 use super::query::{Consistency, Query};
-use super::{range, AppState};
+use super::{AppState, range};
 use crate::engine::{Cond, Op, OpResult};
 
 pub const REVISION_HEADER: &str = "x-metcd-revision";

@@ -18,19 +18,19 @@ mod range;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, Uri};
-use axum::middleware::{from_fn_with_state, Next};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put, MethodRouter};
-use axum::Router;
+use axum::routing::{MethodRouter, get, post, put};
 
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::raft::peer_client::AdminCtx;
 use crate::raft::NodeHandle;
+use crate::raft::peer_client::AdminCtx;
 use error::ApiError;
 
 pub struct AppState {
@@ -174,11 +174,7 @@ fn key_label(query: Option<&str>) -> &'static str {
         .unwrap_or("")
         .split('&')
         .any(|p| p.starts_with("prefix=") || p == "prefix" || p.starts_with("end="));
-    if range {
-        "range"
-    } else {
-        "key"
-    }
+    if range { "range" } else { "key" }
 }
 
 fn no_such_path(path: &str) -> ApiError {

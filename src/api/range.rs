@@ -5,14 +5,14 @@
 //! `encoding=base64` keys and values are base64; otherwise they are strings, and an item
 //! whose key or value is not UTF-8 carries `key_base64` / `value_base64` instead.
 
-use axum::response::{IntoResponse, Response};
 use axum::Json;
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
-use super::error::ApiError;
-use super::query::{prefix_end, Encoding, Query};
 use super::AppState;
+use super::error::ApiError;
+use super::query::{Encoding, Query, prefix_end};
 use crate::engine::KeyValue;
 
 /// Used when the request gives no `limit`.

@@ -11,8 +11,8 @@
 //! linearizable reads) and `etcd-v3` (the JSON gateway, `/v3/kv/put` and `/v3/kv/range`).
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;

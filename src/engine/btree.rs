@@ -26,8 +26,8 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -35,8 +35,8 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Ctx, Engine,
-    EngineError, EngineKind, Header, HeaderCache, KeyValue, OpResult, Record, Result, View,
+    Applied, ApplyTarget, Counters, Ctx, Engine, EngineError, EngineKind, Header, HeaderCache,
+    KeyValue, OpResult, Record, Result, View, apply_batch, read_snapshot_chunks, write_snapshot,
 };
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -603,8 +603,8 @@ impl Engine for BtreeEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::conformance::put;
     use crate::engine::Op;
+    use crate::engine::conformance::put;
 
     /// Small, so the tests also read pages back from the file.
     const TEST_CACHE: usize = 1 << 20;

@@ -23,8 +23,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use parking_lot::Mutex;
 
 use super::{
-    apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Ctx, Engine,
-    EngineError, EngineKind, Header, HeaderCache, KeyValue, OpResult, Record, Result, View,
+    Applied, ApplyTarget, Counters, Ctx, Engine, EngineError, EngineKind, Header, HeaderCache,
+    KeyValue, OpResult, Record, Result, View, apply_batch, read_snapshot_chunks, write_snapshot,
 };
 
 const GENERATION: &str = "generation";

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use super::{
-    apply_batch, read_snapshot_chunks, write_snapshot, Applied, ApplyTarget, Counters, Engine,
-    EngineKind, Header, KeyValue, OpResult, Record, Result, View,
+    Applied, ApplyTarget, Counters, Engine, EngineKind, Header, KeyValue, OpResult, Record, Result,
+    View, apply_batch, read_snapshot_chunks, write_snapshot,
 };
 
 type Map = BTreeMap<Arc<[u8]>, Arc<Record>>;

@@ -443,14 +443,14 @@ fn apply_op(target: &mut dyn ApplyTarget, c: &mut Counters, op: &Op) -> Result<O
         Op::Put { key, cond, .. } | Op::Delete { key, cond } => (key, cond),
     };
     let current = target.existing(key)?;
-    if let Some(cond) = cond {
-        if !cond.holds(current) {
-            return Ok(OpResult {
-                revision: c.revision,
-                changed: false,
-                conflict: Some(current.map_or(0, |h| h.mod_revision)),
-            });
-        }
+    if let Some(cond) = cond
+        && !cond.holds(current)
+    {
+        return Ok(OpResult {
+            revision: c.revision,
+            changed: false,
+            conflict: Some(current.map_or(0, |h| h.mod_revision)),
+        });
     }
     match op {
         Op::Put { key, value, .. } => {

@@ -2,7 +2,7 @@
 
 use std::fmt::{self, Write as _};
 
-use slog::{Drain, Key, OwnedKVList, Record, KV};
+use slog::{Drain, KV, Key, OwnedKVList, Record};
 
 struct TracingDrain;
 

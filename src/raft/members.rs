@@ -424,10 +424,10 @@ pub fn check_change(v: &View, change: &MemberChange) -> Result<(), AdminError> {
         Some(Pending::Change(index)) => {
             return Err(AdminError::Conflict(format!(
                 "another membership change (log index {index}) is still in progress; retry when it is applied"
-            )))
+            )));
         }
         Some(Pending::CatchingUp) => {
-            return Err(AdminError::Unavailable(RequestError::LeaderCatchingUp))
+            return Err(AdminError::Unavailable(RequestError::LeaderCatchingUp));
         }
         None => {}
     }
@@ -466,7 +466,7 @@ fn check_promote(v: &View, id: u64, role: Option<&str>) -> Result<(), AdminError
         Some("voter") => {
             return Err(AdminError::Conflict(format!(
                 "member {id} is already a voter"
-            )))
+            )));
         }
         Some(_) => {}
     }
@@ -660,15 +660,21 @@ mod tests {
             learner: false,
         };
         assert_eq!(refused(&cs, add(4, "http://h:4")), None);
-        assert!(refused(&cs, add(0, "http://h:4"))
-            .unwrap()
-            .contains("reserved"));
-        assert!(refused(&cs, add(2, "http://h:9"))
-            .unwrap()
-            .contains("already a voter"));
-        assert!(refused(&cs, add(4, "http://h:1"))
-            .unwrap()
-            .contains("belongs to member 1"));
+        assert!(
+            refused(&cs, add(0, "http://h:4"))
+                .unwrap()
+                .contains("reserved")
+        );
+        assert!(
+            refused(&cs, add(2, "http://h:9"))
+                .unwrap()
+                .contains("already a voter")
+        );
+        assert!(
+            refused(&cs, add(4, "http://h:1"))
+                .unwrap()
+                .contains("belongs to member 1")
+        );
         assert!(refused(&cs, MemberChange::Promote { id: 2 }).is_some());
         assert!(refused(&cs, MemberChange::Promote { id: 9 }).is_some());
         assert!(refused(&cs, MemberChange::Remove { id: 9 }).is_some());
@@ -676,9 +682,11 @@ mod tests {
         let mut removed = m.clone();
         removed.removed.insert(5);
         let cc = add(5, "http://h:5").to_conf_change();
-        assert!(refusal_at_apply(&cs, &removed, &cc)
-            .unwrap()
-            .contains("not reused"));
+        assert!(
+            refusal_at_apply(&cs, &removed, &cc)
+                .unwrap()
+                .contains("not reused")
+        );
         let mut no_url = add(4, "http://h:4").to_conf_change();
         no_url.context = b"{".to_vec().into();
         assert!(refusal_at_apply(&cs, &m, &no_url).is_some());
@@ -688,9 +696,11 @@ mod tests {
         assert!(refusal_at_apply(&cs, &m, &two).is_some());
         cs.voters = vec![1];
         cs.learners = vec![4];
-        assert!(refused(&cs, MemberChange::Remove { id: 1 })
-            .unwrap()
-            .contains("last voter"));
+        assert!(
+            refused(&cs, MemberChange::Remove { id: 1 })
+                .unwrap()
+                .contains("last voter")
+        );
         assert_eq!(refused(&cs, MemberChange::Promote { id: 4 }), None);
     }
 

@@ -121,7 +121,9 @@ pub enum RequestError {
     ReadTimeout,
     #[error("timed out waiting for the raft loop")]
     Timeout,
-    #[error("timed out after {waited_ms} ms waiting for revision {want}; this member has applied revision {have}")]
+    #[error(
+        "timed out after {waited_ms} ms waiting for revision {want}; this member has applied revision {have}"
+    )]
     RevisionTimeout {
         want: u64,
         have: u64,

@@ -29,10 +29,10 @@ mod snapshots;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::RwLock;
@@ -587,7 +587,7 @@ impl Node {
             Err(err) => {
                 return Ok(Some(
                     self.refuse_change(e.index, format!("undecodable: {err}")),
-                ))
+                ));
             }
         };
         if let Some(why) =
@@ -600,7 +600,7 @@ impl Node {
             Err(err) => {
                 return Ok(Some(
                     self.refuse_change(e.index, format!("raft refused it: {err}")),
-                ))
+                ));
             }
         };
         membership.apply(&cc);

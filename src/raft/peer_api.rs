@@ -23,15 +23,15 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use hyper_util::rt::TokioIo;
@@ -46,8 +46,8 @@ use super::members::{ClusterInfo, Contact, MemberChange, Membership};
 use super::peer_client::{self, AdminCtx};
 use super::snapshot::{Incoming, SnapshotError, SnapshotStore};
 use super::transport::{
-    closing_line, decode_message, parse_incarnation, FrameReader, TransportError, CLUSTER_HEADER,
-    FROM_HEADER, INCARNATION_HEADER, PEER_INCARNATION_HEADER, STREAM_PROTOCOL, TO_HEADER,
+    CLUSTER_HEADER, FROM_HEADER, FrameReader, INCARNATION_HEADER, PEER_INCARNATION_HEADER,
+    STREAM_PROTOCOL, TO_HEADER, TransportError, closing_line, decode_message, parse_incarnation,
 };
 use super::{Input, NodeHandle};
 use crate::metrics::Metrics;

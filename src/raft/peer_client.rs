@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use parking_lot::RwLock;
 
 use super::members::{AdminError, ClusterInfo, MemberChange, Membership};
-use super::transport::{self, TransportError, CLUSTER_HEADER, FROM_HEADER};
+use super::transport::{self, CLUSTER_HEADER, FROM_HEADER, TransportError};
 use super::{NodeHandle, RequestError};
 
 /// What executing a membership request needs, on the client and the peer port alike.
@@ -156,20 +156,21 @@ pub async fn fetch_leader_view(
         for authority in peers {
             let mut answer = ask(authority).await;
             // A follower's answer names the leader: ask it in turn.
-            if let Ok(info) = &answer {
-                if info.leader != 0 && info.leader != info.member_id {
-                    let at = dial.get(&info.leader).map(String::as_str).or_else(|| {
-                        let url = info.membership.url_of(info.leader)?;
-                        Some(url.strip_prefix("http://").unwrap_or(url))
-                    });
-                    answer = match at {
-                        Some(authority) => ask(authority).await,
-                        None => Err(format!(
-                            "{authority} names leader {} without a URL",
-                            info.leader
-                        )),
-                    };
-                }
+            if let Ok(info) = &answer
+                && info.leader != 0
+                && info.leader != info.member_id
+            {
+                let at = dial.get(&info.leader).map(String::as_str).or_else(|| {
+                    let url = info.membership.url_of(info.leader)?;
+                    Some(url.strip_prefix("http://").unwrap_or(url))
+                });
+                answer = match at {
+                    Some(authority) => ask(authority).await,
+                    None => Err(format!(
+                        "{authority} names leader {} without a URL",
+                        info.leader
+                    )),
+                };
             }
             match answer {
                 Ok(info) if info.leader == 0 || info.leader != info.member_id => {

@@ -807,9 +807,10 @@ mod tests {
         s.record_snapshot(meta, &Membership::default()).unwrap();
         s.compact(5).unwrap();
         assert_eq!(s.first_index().unwrap(), 5);
-        assert!(s
-            .entries(4, 6, None, GetEntriesContext::empty(false))
-            .is_err());
+        assert!(
+            s.entries(4, 6, None, GetEntriesContext::empty(false))
+                .is_err()
+        );
         assert_eq!(
             s.entries(5, 10, None, GetEntriesContext::empty(false))
                 .unwrap()
@@ -1048,17 +1049,19 @@ mod tests {
         s.check_identity(id).unwrap();
         s.check_identity(id).unwrap();
         assert_eq!(s.identity().unwrap(), Some(id));
-        assert!(s
-            .check_identity(Identity {
+        assert!(
+            s.check_identity(Identity {
                 cluster_id: 8,
                 member_id: 1
             })
-            .is_err());
-        assert!(s
-            .check_identity(Identity {
+            .is_err()
+        );
+        assert!(
+            s.check_identity(Identity {
                 cluster_id: 7,
                 member_id: 2
             })
-            .is_err());
+            .is_err()
+        );
     }
 }

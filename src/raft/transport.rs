@@ -28,13 +28,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, StreamBody};
+use http_body_util::{BodyExt, Empty, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use protobuf::Message as _;
@@ -43,10 +43,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use super::Input;
 use super::members::Contact;
 use super::node::Outbox;
 use super::snapshot::SnapshotStore;
-use super::Input;
 use crate::config::Settings;
 use parking_lot::RwLock;
 
@@ -385,10 +385,10 @@ async fn run_stream(
             Err(e) => e,
         };
         on_refusal(&shared, to, &error);
-        if let TransportError::Refused(status, _) = &error {
-            if *status == hyper::StatusCode::GONE || *status == hyper::StatusCode::CONFLICT {
-                return; // this member stops (removed, or it lost its data)
-            }
+        if let TransportError::Refused(status, _) = &error
+            && (*status == hyper::StatusCode::GONE || *status == hyper::StatusCode::CONFLICT)
+        {
+            return; // this member stops (removed, or it lost its data)
         }
         let peer_reset = matches!(
             error,

@@ -890,10 +890,11 @@ fn explain_dead_end(key: &str, key_ops: &KeyOps, f: &Furthest) -> String {
     };
     if let Some(v) = observed {
         for op in ops.iter() {
-            if let Op::Write(w) | Op::Cas { new: w, .. } = op.ev.op {
-                if w == v && op.ev.outcome != Outcome::CasFailed {
-                    let _ = writeln!(out, "Value {v} was written by:\n   {}", line(op));
-                }
+            if let Op::Write(w) | Op::Cas { new: w, .. } = op.ev.op
+                && w == v
+                && op.ev.outcome != Outcome::CasFailed
+            {
+                let _ = writeln!(out, "Value {v} was written by:\n   {}", line(op));
             }
         }
     }

@@ -509,7 +509,7 @@ impl Nemesis<'_> {
                 Ok(r) if r.status == 404 && method == "DELETE" => return Ok(()),
                 Ok(r) if r.text().contains("already exists") => return Ok(()),
                 Ok(r) if Instant::now() > deadline => {
-                    return Err(format!("{method} {path}: {} {}", r.status, r.text()))
+                    return Err(format!("{method} {path}: {} {}", r.status, r.text()));
                 }
                 Err(e) if Instant::now() > deadline => return Err(format!("{method} {path}: {e}")),
                 _ => thread::sleep(Duration::from_millis(200)),
@@ -539,10 +539,10 @@ fn converge(c: &TestCluster, members: &[usize], timeout: Duration) -> Result<Str
             })
             .collect();
         last = format!("{digests:?}");
-        if let Some(Some(first)) = digests.first() {
-            if digests.iter().all(|d| d.as_ref() == Some(first)) {
-                return Ok(first.clone());
-            }
+        if let Some(Some(first)) = digests.first()
+            && digests.iter().all(|d| d.as_ref() == Some(first))
+        {
+            return Ok(first.clone());
         }
         thread::sleep(Duration::from_millis(250));
     }

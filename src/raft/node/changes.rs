@@ -9,8 +9,8 @@ use raft::{StateRole, Storage as _};
 use tracing::info;
 
 use super::{AdminReply, Node, Waiting};
-use crate::raft::members::{self, AdminError, MemberChange, MemberStatus};
 use crate::raft::RequestError;
+use crate::raft::members::{self, AdminError, MemberChange, MemberStatus};
 
 /// A caller waiting for leadership to move: to `target`, or (a hand-off) to anyone else.
 pub(super) struct Transfer {

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use raft::eraftpb::{Message, MessageType};
 use raft::StateRole;
+use raft::eraftpb::{Message, MessageType};
 use tracing::{info, warn};
 
 use super::{Node, NodeError};

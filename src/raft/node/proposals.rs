@@ -4,15 +4,15 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use raft::eraftpb::{Entry, Message, MessageType};
 use raft::StateRole;
+use raft::eraftpb::{Entry, Message, MessageType};
 use tracing::warn;
 
-use super::{AdminReply, Node, Reply, MAX_UNCOMMITTED_BYTES};
+use super::{AdminReply, MAX_UNCOMMITTED_BYTES, Node, Reply};
 use crate::engine::OpResult;
 use crate::raft::command::{self, ProposalId};
 use crate::raft::members::{AdminError, MemberStatus};
-use crate::raft::{RequestError, MAX_APPLY_BACKLOG};
+use crate::raft::{MAX_APPLY_BACKLOG, RequestError};
 
 /// Client writes proposed in one raft message at most, by count and by size (a message must
 /// stay well inside the transport's frame limit; one write alone may reach the request limit).

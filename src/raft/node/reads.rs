@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use raft::StateRole;
 
 use super::{Node, Reply};
-use crate::raft::command::ProposalId;
 use crate::raft::RequestError;
+use crate::raft::command::ProposalId;
 
 pub(super) struct Reads {
     next_ctx: u64,

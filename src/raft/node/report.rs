@@ -1,8 +1,8 @@
 //! What the owner reports about itself: `/_status` (raft state, members as seen from here)
 //! and `/_hash` (a digest of the state machine, computed off the owner's thread).
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use raft::{StateRole, Storage as _};
 use tracing::warn;

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
-use raft::eraftpb::SnapshotMetadata;
 use raft::Storage as _;
+use raft::eraftpb::SnapshotMetadata;
 use tracing::info;
 
 use super::{Node, NodeError};

@@ -6,13 +6,13 @@
 //! only by chance happen here every time, in milliseconds.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::mpsc;
 
 use clap::Parser as _;
 use parking_lot::{Mutex, RwLock};
-use raft::eraftpb::{Message, MessageType};
 use raft::StateRole;
+use raft::eraftpb::{Message, MessageType};
 use tokio::sync::{oneshot, watch};
 
 use super::{Exit, Node, Outbox, Shared};
