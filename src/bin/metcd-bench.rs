@@ -320,19 +320,7 @@ async fn client(
         if interval.is_some() {
             tokio::time::sleep_until(due.into()).await;
         }
-        let k = if args.sequential_keys {
-            n % args.key_space_size
-        } else {
-            rng.next() % args.key_space_size
-        };
-        let read = (rng.next() % 1_000_000) as f64 / 1_000_000.0 < args.read_ratio;
-        let req = request(
-            &args,
-            &endpoint.authority,
-            &key(k, args.key_size),
-            read,
-            &value,
-        );
+        let req = next_request(&args, &endpoint.authority, n, &mut rng, &value);
         let sent = if interval.is_some() {
             due
         } else {
@@ -356,6 +344,23 @@ async fn client(
         }
     }
     (hist, first_error)
+}
+
+/// The `n`th request of a client: its key (sequential or random) and whether it reads.
+fn next_request(
+    args: &Args,
+    authority: &str,
+    n: u64,
+    rng: &mut Rng,
+    value: &Bytes,
+) -> hyper::Request<Full<Bytes>> {
+    let k = if args.sequential_keys {
+        n % args.key_space_size
+    } else {
+        rng.next() % args.key_space_size
+    };
+    let read = (rng.next() % 1_000_000) as f64 / 1_000_000.0 < args.read_ratio;
+    request(args, authority, &key(k, args.key_size), read, value)
 }
 
 fn request(

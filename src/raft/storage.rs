@@ -783,6 +783,7 @@ mod tests {
         }
     }
 
+    // Over 60 lines: one log's life read top to bottom; split, the steps would lose their order.
     #[test]
     fn append_compact_install_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -875,6 +876,7 @@ mod tests {
         }
     }
 
+    // Over 60 lines: one randomized model check; its operations share the model and the cache.
     #[test]
     fn entry_cache_matches_a_plain_map() {
         use std::collections::BTreeMap;
