@@ -215,7 +215,7 @@ async fn bootstrap(settings: &Settings, store: &mut LogStore, snaps: &SnapshotSt
 
 /// Writes a new cluster's first state: an empty-state snapshot at index 1 holds the initial
 /// members of `--cluster`.
-pub fn found_cluster(
+pub(crate) fn found_cluster(
     settings: &Settings,
     store: &mut LogStore,
     snaps: &SnapshotStore,

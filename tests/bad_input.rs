@@ -23,6 +23,29 @@ fn limited(base_port: u16) -> TestCluster {
     c
 }
 
+/// Writes a PUT with a `len`-byte body and returns whatever the member answered before it
+/// closed the connection (a reset after the answer is not an error here).
+fn oversized_put(port: u16, path: &str, len: usize) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len}\r\n\r\n"
+    );
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(&vec![b'v'; len]);
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = s.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Sends a bad request, checks the error status, then checks the store did
 /// not change (same revision, `check_absent` keys still 404).
 fn rejected(
@@ -74,7 +97,14 @@ fn key_and_value_limits() {
     assert_eq!(c.get(1, &at_limit).text(), "fits");
 
     rejected(&c, "PUT", "/big", &vec![b'v'; 1025], 413, &["/big"]);
-    rejected(&c, "PUT", "/big", &vec![b'v'; 64 * 1024], 413, &["/big"]);
+    // A body far past the limit: the member answers 413 and closes without reading the rest,
+    // which can reset the connection before a client library reads the answer. A raw socket
+    // keeps whatever arrived.
+    let rev = num(&c.status(1), "revision");
+    let answer = oversized_put(c.client_port(1), "/big", 64 * 1024);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(num(&c.status(1), "revision"), rev);
+    assert_eq!(c.get(1, "/big").status, 404);
     let exactly = vec![b'v'; 1024];
     c.put_ok(1, "/big", &exactly);
     assert_eq!(c.get(1, "/big").body, exactly);

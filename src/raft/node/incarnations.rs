@@ -135,7 +135,7 @@ impl Node {
         let every = self.settings.election_ticks as u64;
         if self
             .records_proposed
-            .is_some_and(|t| self.ticks - t < every)
+            .is_some_and(|t| self.ticks - t <= every)
         {
             return;
         }

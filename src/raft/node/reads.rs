@@ -106,7 +106,9 @@ impl Node {
     }
 
     /// Every tick: queues again the reads whose request has gone unanswered for half an
-    /// election timeout (at least two ticks), and forgets reads whose callers gave up.
+    /// election timeout (at least two ticks), and forgets reads whose callers gave up. A
+    /// request is stamped with the last tick before it went out, so it is re-asked at the
+    /// `retry + 1`th tick after that: at least `retry` ticks after it was sent.
     pub(super) fn reask_reads(&mut self) {
         let retry = (self.settings.election_ticks / 2).max(2) as u64;
         let now = self.ticks;
@@ -114,7 +116,7 @@ impl Node {
             .reads
             .in_flight
             .iter()
-            .filter(|(_, (issued, _, _))| now - issued >= retry)
+            .filter(|(_, (issued, _, _))| now - issued > retry)
             .map(|(ctx, _)| *ctx)
             .collect();
         for ctx in stale {

@@ -39,7 +39,6 @@ pub(super) struct SnapshotJob {
     done: Receiver<Result<(), SnapshotError>>,
 }
 
-/// A v1 conf change (one change, no joint consensus) as the equivalent v2 change.
 /// A snapshot's metadata at `index`, with the current conf state: the caller makes sure no
 /// membership change was applied after `index`.
 fn snapshot_meta(store: &LogStore, index: u64) -> Result<SnapshotMetadata, NodeError> {
