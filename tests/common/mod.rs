@@ -21,8 +21,9 @@
 //! ```
 //!
 //! scripts/ (run by hand, one at a time) use 14000s (compare.sh), 15000s (bench.sh), 16000s
-//! (ab-leader.sh), 17000s (ab-put.sh), 41000s (overload.sh), 43000s (repro-lost-data.sh), and
-//! compare.sh's etcd 41379-43380 (shared/bench/etcd-cluster.sh).
+//! (ab-leader.sh), 17000s (ab-put.sh), 41000s (overload.sh), 43000s (repro-lost-data.sh),
+//! 44379-44380 (etcd-semantics.sh), and compare.sh's etcd 41379-43380
+//! (shared/bench/etcd-cluster.sh).
 
 #![allow(dead_code)]
 
