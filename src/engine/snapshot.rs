@@ -70,7 +70,7 @@ impl<'a> SnapshotWriter<'a> {
 }
 
 /// Reads a snapshot record by record; the checksum is verified when the end is reached, so a
-/// caller must treat the store as unusable until [`SnapshotReader::next`] returns `Ok(None)`.
+/// caller must treat the store as unusable until [`SnapshotReader::next_record`] returns `Ok(None)`.
 pub struct SnapshotReader<'a> {
     input: &'a mut dyn Read,
     crc: crc32fast::Hasher,
