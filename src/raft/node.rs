@@ -18,6 +18,12 @@
 //! A member that learns it is not the member the cluster knows under its id (its data dir was
 //! lost: another incarnation, see `members::contact`), or whose log lacks entries the leader
 //! knows it acknowledged, stops with [`Exit::Stopped`] and the reason, and the process exits.
+//!
+//! This file is the recipe: `run`, `handle`, `on_ready` and `apply`. Each other concern has a
+//! file in `node/`: `proposals` (client writes becoming proposals, and their answers), `reads`
+//! (ReadIndex), `snapshots` (when to snapshot, the background job), `changes` (membership and
+//! leadership requests), `incarnations` (is a peer the member its id names), `report`
+//! (`/_status`, `/_hash`); `tests` runs three owners in one process.
 
 mod changes;
 mod incarnations;
