@@ -10,10 +10,9 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metcd::engine::{self, Applied, Engine, EngineKind, EngineOptions, Op};
+use metcd::engine::{self, Applied, EngineKind, EngineOptions, KvStore, Op};
 
 const BATCH: usize = 128;
 const READS: usize = 200_000;
@@ -91,8 +90,11 @@ fn run(kind: EngineKind, n: u64) -> Row {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine_dir = dir.path().join("engine");
     let (rss0, _) = rss_mib();
-    let e: Arc<dyn Engine> =
-        engine::open(kind, &engine_dir, &EngineOptions::default()).expect("open");
+    let open = |dir: &std::path::Path| {
+        let e = engine::open(kind, dir, &EngineOptions::default()).expect("open");
+        KvStore::open(e).expect("store")
+    };
+    let e = open(&engine_dir);
     let value = vec![b'v'; 256];
 
     // Writes: apply-sized batches of puts, every key once, in scattered order (a prime
@@ -115,18 +117,18 @@ fn run(kind: EngineKind, n: u64) -> Row {
     e.apply(&batch).expect("apply");
     e.persist().expect("persist");
     let write = per_sec(n as usize, started.elapsed());
-    let keys = e.len().expect("len");
+    let keys = e.len();
 
     let started = Instant::now();
     for _ in 0..READS {
-        std::hint::black_box(e.get(&key(rng.next() % n)).expect("get"));
+        std::hint::black_box(e.get(&key(rng.next() % n), None).expect("get"));
     }
     let read = per_sec(READS, started.elapsed());
 
     let started = Instant::now();
     for _ in 0..SCANS {
         let got = e
-            .range(&key(rng.next() % n), None, SCAN_LEN)
+            .range(&key(rng.next() % n), None, SCAN_LEN, None)
             .expect("range");
         std::hint::black_box(got);
     }
@@ -144,7 +146,7 @@ fn run(kind: EngineKind, n: u64) -> Row {
     let snapshot_peak = rss_mib().1 - base;
 
     let other_dir = dir.path().join("restored");
-    let other = engine::open(kind, &other_dir, &EngineOptions::default()).expect("open");
+    let other = open(&other_dir);
     reset_peak();
     let (base, _) = rss_mib();
     let started = Instant::now();
@@ -153,19 +155,19 @@ fn run(kind: EngineKind, n: u64) -> Row {
         .expect("restore");
     let restore_s = started.elapsed().as_secs_f64();
     let restore_peak = rss_mib().1 - base;
-    assert_eq!(other.len().expect("len"), keys);
+    assert_eq!(other.len(), keys);
     drop(other);
     let disk = dir_mib(&engine_dir);
     drop(e);
 
     // Restart: a persistent engine reopens its files; the memory engine reloads the snapshot.
     let started = Instant::now();
-    let e = engine::open(kind, &engine_dir, &EngineOptions::default()).expect("reopen");
+    let e = open(&engine_dir);
     if kind == EngineKind::Memory {
         e.restore(&mut BufReader::new(File::open(&snap).expect("snap file")))
             .expect("restore");
     }
-    assert_eq!(e.len().expect("len"), keys);
+    assert_eq!(e.len(), keys);
     let reopen_s = started.elapsed().as_secs_f64();
     Row {
         kind,

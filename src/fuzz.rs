@@ -7,8 +7,9 @@ use futures_util::FutureExt;
 use proptest::prelude::*;
 use protobuf::ProtobufEnum as _;
 
+use crate::engine::KvStore;
 use crate::engine::memory::MemoryEngine;
-use crate::engine::{Applied, Cond, Engine, Op};
+use crate::engine::{Applied, Cond, Op};
 use crate::raft::command;
 use crate::raft::members::{MemberChange, Membership};
 use crate::raft::peer_api::{Limits, Refusal, check_peer_message};
@@ -29,6 +30,9 @@ fn op() -> impl Strategy<Value = Op> {
             cond
         }),
         (bytes(), cond).prop_map(|(key, cond)| Op::Delete { key, cond }),
+        (bytes(), proptest::option::of(bytes()))
+            .prop_map(|(start, end)| Op::DeleteRange { start, end }),
+        any::<u64>().prop_map(|revision| Op::Compact { revision }),
     ]
 }
 
@@ -72,6 +76,11 @@ proptest! {
         match (command::decode(&data), command::write_sizes(&data)) {
             (Ok(Op::Put { key, value, .. }), Ok(sizes)) => prop_assert_eq!(sizes, (key.len(), value.len())),
             (Ok(Op::Delete { key, .. }), Ok(sizes)) => prop_assert_eq!(sizes, (key.len(), 0)),
+            (Ok(Op::DeleteRange { start, end }), Ok(sizes)) => {
+                let longer = start.len().max(end.map_or(0, |e| e.len()));
+                prop_assert_eq!(sizes, (longer.max(1), 0));
+            }
+            (Ok(Op::Compact { .. }), Ok(sizes)) => prop_assert_eq!(sizes, (1, 0)),
             (Err(_), Err(_)) => {}
             (decoded, sizes) => prop_assert!(false, "decode {:?} but sizes {:?}", decoded, sizes),
         }
@@ -120,6 +129,8 @@ proptest! {
             let within = |e: &raft::eraftpb::Entry| match command::decode(&e.data) {
                 Ok(Op::Put { key, value, .. }) => !key.is_empty() && key.len() <= 16 && value.len() <= 48,
                 Ok(Op::Delete { key, .. }) => !key.is_empty() && key.len() <= 16,
+                Ok(Op::DeleteRange { start, end }) => start.len().max(end.map_or(0, |e| e.len())) <= 16,
+                Ok(Op::Compact { .. }) => true,
                 Err(_) => false,
             };
             let writes = !ents.is_empty() && ents.iter().all(write);
@@ -188,13 +199,12 @@ proptest! {
 
     #[test]
     fn snapshots_restore_or_refuse(data in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let e = MemoryEngine::new();
-        let _ = e.restore(&mut data.as_slice());
+        let _ = memory_store().restore(&mut data.as_slice());
     }
 
     #[test]
     fn a_damaged_snapshot_is_refused_and_changes_nothing(flip in any::<usize>(), bit in 0u8..8) {
-        let src = MemoryEngine::new();
+        let src = memory_store();
         let batch: Vec<Applied> = (1..=20)
             .map(|i| Applied { index: i, op: Some(Op::put(format!("k{i}"), format!("v{i}"))) })
             .collect();
@@ -203,11 +213,15 @@ proptest! {
         src.snapshot(&mut snap).unwrap();
         let at = flip % snap.len();
         snap[at] ^= 1 << bit;
-        let dst = MemoryEngine::new();
+        let dst = memory_store();
         dst.apply(&[Applied { index: 1, op: Some(Op::put("mine", "x")) }]).unwrap();
         // CRC-32 catches every single-bit error.
         prop_assert!(dst.restore(&mut snap.as_slice()).is_err());
         prop_assert_eq!(dst.applied_index(), 1);
-        prop_assert!(dst.get(b"mine").unwrap().is_some());
+        prop_assert!(dst.get(b"mine", None).unwrap().value.is_some());
     }
+}
+
+fn memory_store() -> KvStore {
+    KvStore::open(std::sync::Arc::new(MemoryEngine::new())).expect("an empty store opens")
 }

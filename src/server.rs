@@ -126,7 +126,7 @@ struct Raft {
 fn start_raft(
     settings: &Arc<Settings>,
     store: crate::raft::storage::LogStore,
-    engine: Arc<dyn crate::engine::Engine>,
+    engine: Arc<crate::engine::KvStore>,
     snaps: SnapshotStore,
 ) -> Result<Raft> {
     let incarnation = store.incarnation();

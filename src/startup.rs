@@ -22,7 +22,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::config::Settings;
-use crate::engine::{self, Applied, Engine};
+use crate::engine::{self, Applied, KvStore};
 use crate::error::{Error, Result};
 use crate::raft::members::{self, ClusterInfo, MemberInfo, Membership};
 use crate::raft::node::reset_reason;
@@ -220,7 +220,7 @@ pub(crate) fn found_cluster(
     store: &mut LogStore,
     snaps: &SnapshotStore,
 ) -> Result<()> {
-    let empty = engine::memory::MemoryEngine::new();
+    let empty = KvStore::open(Arc::new(engine::memory::MemoryEngine::new()))?;
     empty.apply(&[Applied { index: 1, op: None }])?;
     snaps.create(&empty, 1, 1)?;
     let membership = Membership {
@@ -254,20 +254,16 @@ pub fn recover_engine(
     settings: &Settings,
     store: &mut LogStore,
     snaps: &SnapshotStore,
-) -> Result<Arc<dyn Engine>> {
-    let engine = engine::open(
+) -> Result<Arc<KvStore>> {
+    let engine = Arc::new(KvStore::open(engine::open(
         settings.engine,
         &settings.data_dir.join("engine"),
         &settings.engine_options,
-    )?;
+    )?)?);
     let meta = store.snapshot_metadata().clone();
     if meta.index > engine.applied_index() {
         match snaps.restore(engine.as_ref(), meta.term, meta.index) {
-            Ok(()) => info!(
-                index = meta.index,
-                keys = engine.len()?,
-                "restored snapshot"
-            ),
+            Ok(()) => info!(index = meta.index, keys = engine.len(), "restored snapshot"),
             Err(e) => fall_back(engine.as_ref(), store, snaps, e)?,
         }
     }
@@ -285,7 +281,7 @@ pub fn recover_engine(
 /// what is valid: an older snapshot, or the engine's own state, from which the log still
 /// replays to the present; moves the bad file aside and asks for a fresh snapshot.
 fn fall_back(
-    engine: &dyn Engine,
+    engine: &KvStore,
     store: &LogStore,
     snaps: &SnapshotStore,
     error: crate::raft::snapshot::SnapshotError,

@@ -13,6 +13,7 @@
 //! DELETE /_members/<id>            remove a member
 //! GET    /_leader                  the leader's id
 //! POST   /_leader                  transfer leadership; body: the new leader's id
+//! POST   /_compact                 compact history through a revision; body: the revision
 //! ```
 //! Membership and leadership requests answer once the change has happened (applied, or the
 //! new leader elected), or fail with a clear status: 400 bad input, 404 unknown member, 409
@@ -31,6 +32,7 @@ use serde_json::json;
 use super::AppState;
 use super::error::ApiError;
 use crate::config::parse_url;
+use crate::engine::RevisionError;
 use crate::metrics::{Gauges, dir_size};
 use crate::raft::members::MemberChange;
 use crate::raft::peer_client;
@@ -98,6 +100,31 @@ pub async fn transfer_leader(State(state): Shared, body: Body) -> Result<Respons
     let to = member_id(text.trim())?;
     state.node.transfer_leader(to).await?;
     Ok(Json(json!({ "leader": to })).into_response())
+}
+
+/// `POST /_compact`, body: a revision. Compacts history through it on every member (through
+/// the log): reads below it answer 410 from then on. 409 at or below the last compaction, 400
+/// in the future.
+pub async fn compact(State(state): Shared, body: Body) -> Result<Response, ApiError> {
+    let text = small_body(body).await?;
+    let revision = text
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|r| *r > 0)
+        .ok_or_else(|| ApiError::BadRequest(format!("{:?} is not a revision", text.trim())))?;
+    let result = state
+        .node
+        .propose(crate::engine::Op::Compact { revision })
+        .await?;
+    match result.refused {
+        Some(e @ RevisionError::Compacted { .. }) => Err(ApiError::Conflict(e.to_string())),
+        Some(e @ RevisionError::Future { .. }) => Err(ApiError::BadRequest(e.to_string())),
+        None => {
+            let body = json!({ "compact_revision": revision, "revision": result.revision });
+            Ok(Json(body).into_response())
+        }
+    }
 }
 
 /// The `<id>` of `/_members/<id>...` as written (not percent-decoded: `%31` is not an id).

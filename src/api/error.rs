@@ -3,7 +3,7 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::engine::EngineError;
+use crate::engine::{EngineError, RevisionError};
 use crate::raft::RequestError;
 use crate::raft::members::AdminError;
 
@@ -27,7 +27,10 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(#[from] RequestError),
     #[error("engine failure: {0}")]
-    Engine(#[from] EngineError),
+    Engine(EngineError),
+    /// A read at a compacted (410) or future (400) revision.
+    #[error("{0}")]
+    Revision(RevisionError),
     #[error("{0}")]
     Admin(#[from] AdminError),
 }
@@ -41,6 +44,8 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Revision(RevisionError::Compacted { .. }) => StatusCode::GONE,
+            ApiError::Revision(RevisionError::Future { .. }) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable(RequestError::TooManyRequests(_)) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -61,6 +66,14 @@ impl IntoResponse for ApiError {
                 resp.headers_mut()
                     .insert(header::ALLOW, header::HeaderValue::from_static(allowed));
             }
+            ApiError::Revision(RevisionError::Compacted {
+                compact_revision, ..
+            }) => {
+                resp.headers_mut().insert(
+                    super::keys::COMPACT_REVISION_HEADER,
+                    super::keys::header_value(&compact_revision.to_string()),
+                );
+            }
             ApiError::PreconditionFailed(rev) if rev > 0 => {
                 resp.headers_mut().insert(
                     header::ETAG,
@@ -70,6 +83,15 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         resp
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Revision(r) => ApiError::Revision(r),
+            e => ApiError::Engine(e),
+        }
     }
 }
 

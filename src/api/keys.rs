@@ -4,6 +4,12 @@
 //! the resulting store revision in `X-Metcd-Revision`. Reads are linearizable (a ReadIndex
 //! barrier) unless `?consistency=serializable`; so are listings (`prefix=true`, `end=`, see
 //! [`range`]); `?min_revision=N` reads locally once this member has applied revision N.
+//! `?revision=N` reads the store as of revision N: 410 Gone (with
+//! `X-Metcd-Compact-Revision`) below the compacted revision, 400 above the current one.
+//! Every read answers `X-Metcd-Revision`, the store revision of the state it read; a key
+//! read adds the key's `X-Metcd-Create-Revision`, `-Mod-Revision`, `-Version` and `-Lease`.
+//! `DELETE /<prefix>?prefix=true` (or `?end=`) deletes a range in one revision and answers
+//! `{"deleted": n, "revision": r}`.
 //!
 //! Compare-and-swap uses HTTP preconditions, decided when the write is applied (so in log
 //! order, identically on every member): `If-Match: "<mod_revision>"` (or `*`: the key exists)
@@ -21,6 +27,11 @@ use super::{AppState, range};
 use crate::engine::{Cond, Op, OpResult};
 
 pub const REVISION_HEADER: &str = "x-metcd-revision";
+pub const COMPACT_REVISION_HEADER: &str = "x-metcd-compact-revision";
+const CREATE_REVISION_HEADER: &str = "x-metcd-create-revision";
+const MOD_REVISION_HEADER: &str = "x-metcd-mod-revision";
+const VERSION_HEADER: &str = "x-metcd-version";
+const LEASE_HEADER: &str = "x-metcd-lease";
 
 /// One key request: the method, the raw (percent-encoded) key, the query string, headers
 /// (for preconditions) and body.
@@ -58,14 +69,28 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
     state.node.check_running()?;
     let key = decode_key(raw_key, state.settings.max_key_bytes)?;
     let query = Query::parse(query)?;
+    if query.revision.is_some() && !matches!(method, Method::GET | Method::HEAD) {
+        return Err(ApiError::BadRequest("revision= is for GET only".into()));
+    }
     if query.is_range() {
-        if !matches!(method, Method::GET | Method::HEAD) {
-            return Err(ApiError::BadRequest(
-                "prefix= and end= are for GET only".into(),
-            ));
-        }
-        read_barrier(state, &query).await?;
-        return range::list(state, &key, &query);
+        return match method {
+            Method::GET | Method::HEAD => {
+                read_barrier(state, &query).await?;
+                range::list(state, &key, &query)
+            }
+            Method::DELETE
+                if headers.contains_key(header::IF_MATCH)
+                    || headers.contains_key(header::IF_NONE_MATCH) =>
+            {
+                Err(ApiError::BadRequest(
+                    "If-Match and If-None-Match are for single keys (use /_txn)".into(),
+                ))
+            }
+            Method::DELETE => delete_range(state, key, &query).await,
+            _ => Err(ApiError::BadRequest(
+                "prefix= and end= are for GET and DELETE".into(),
+            )),
+        };
     }
     if key.is_empty() {
         return Err(ApiError::BadRequest("empty key".into()));
@@ -107,10 +132,31 @@ async fn write(state: &AppState, op: Op) -> Result<Response, ApiError> {
     Ok(written(result.revision))
 }
 
-/// A GET or HEAD of one key: its value and ETag.
+/// `DELETE /<prefix>?prefix=true`: every key in the range, in one revision.
+async fn delete_range(
+    state: &AppState,
+    start: Vec<u8>,
+    query: &Query,
+) -> Result<Response, ApiError> {
+    let end = range::end_of(&start, query);
+    let result = state.node.propose(Op::DeleteRange { start, end }).await?;
+    let body = serde_json::json!({ "deleted": result.deleted, "revision": result.revision });
+    let mut resp = axum::Json(body).into_response();
+    resp.headers_mut()
+        .insert(REVISION_HEADER, header_value(&result.revision.to_string()));
+    Ok(resp)
+}
+
+/// A GET or HEAD of one key: its value, ETag and revisions.
 async fn read(state: &AppState, key: &[u8], query: &Query) -> Result<Response, ApiError> {
     read_barrier(state, query).await?;
-    let kv = state.engine.get(key)?.ok_or(ApiError::NotFound)?;
+    let read = state.engine.get(key, query.revision)?;
+    let revision = header_value(&read.revision.to_string());
+    let Some(kv) = read.value else {
+        let mut resp = ApiError::NotFound.into_response();
+        resp.headers_mut().insert(REVISION_HEADER, revision);
+        return Ok(resp);
+    };
     let mut resp = (StatusCode::OK, kv.value).into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -121,6 +167,17 @@ async fn read(state: &AppState, key: &[u8], query: &Query) -> Result<Response, A
         header::ETAG,
         header_value(&format!("\"{}\"", kv.mod_revision)),
     );
+    h.insert(REVISION_HEADER, revision);
+    for (name, n) in [
+        (CREATE_REVISION_HEADER, kv.create_revision),
+        (MOD_REVISION_HEADER, kv.mod_revision),
+        (VERSION_HEADER, kv.version),
+        (LEASE_HEADER, kv.lease),
+    ] {
+        if n != 0 {
+            h.insert(name, header_value(&n.to_string()));
+        }
+    }
     Ok(resp)
 }
 

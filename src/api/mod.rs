@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post, put};
 
 use crate::config::Settings;
-use crate::engine::Engine;
+use crate::engine::KvStore;
 use crate::metrics::Metrics;
 use crate::raft::NodeHandle;
 use crate::raft::peer_client::AdminCtx;
@@ -35,7 +35,7 @@ use error::ApiError;
 
 pub struct AppState {
     pub node: NodeHandle,
-    pub engine: Arc<dyn Engine>,
+    pub engine: Arc<KvStore>,
     pub settings: Arc<Settings>,
     pub admin: AdminCtx,
     pub metrics: Arc<Metrics>,
@@ -61,6 +61,7 @@ pub fn router(state: Shared) -> Router {
             "/_members/{id}/promote",
             allow("POST", post(admin::promote)),
         )
+        .row("/_compact", allow("POST", post(admin::compact)))
         .row(
             "/_leader",
             allow("GET, POST", get(admin::leader).post(admin::transfer_leader)),

@@ -29,6 +29,8 @@ pub struct Query {
     /// `min_revision=N`: wait (bounded) until this member has applied store revision N, then
     /// read locally, without a round to the leader.
     pub min_revision: Option<u64>,
+    /// `revision=N`: read the store as of revision N (history, until compacted).
+    pub revision: Option<u64>,
 }
 
 impl Query {
@@ -44,6 +46,7 @@ impl Query {
             limit: None,
             encoding: Encoding::Utf8,
             min_revision: None,
+            revision: None,
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -93,6 +96,10 @@ impl Query {
                 let rev = value.parse().map_err(|_| bad("a revision number"))?;
                 self.min_revision = Some(rev);
             }
+            "revision" => match value.parse::<u64>() {
+                Ok(n) if n > 0 => self.revision = Some(n),
+                _ => return Err(bad("a revision number (1 or more)")),
+            },
             _ => {}
         }
         Ok(())
@@ -144,6 +151,8 @@ mod tests {
             "prefix=true&end=b",
             "min_revision=x",
             "min_revision=-1",
+            "revision=0",
+            "revision=x",
         ] {
             assert!(Query::parse(Some(bad)).is_err(), "{bad}");
         }

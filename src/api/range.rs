@@ -1,7 +1,9 @@
 //! Ordered listing: `GET /<prefix>?prefix=true` and `GET /<start>?end=<end>`, with `limit`.
 //!
 //! Answer (JSON): `{"revision": R, "count": n, "more": bool, "kvs": [{"key", "value",
-//! "create_revision", "mod_revision", "version"}]}`, keys in byte order. With
+//! "create_revision", "mod_revision", "version", "lease"}]}`, keys in byte order, `lease` only
+//! when set; `revision` (also in `X-Metcd-Revision`) is the store revision of the state read,
+//! and `?revision=N` lists the store as of revision N. With
 //! `encoding=base64` keys and values are base64; otherwise they are strings, and an item
 //! whose key or value is not UTF-8 carries `key_base64` / `value_base64` instead.
 
@@ -43,25 +45,39 @@ fn to_json(kv: KeyValue, encoding: Encoding) -> Value {
     item.insert("create_revision".into(), kv.create_revision.into());
     item.insert("mod_revision".into(), kv.mod_revision.into());
     item.insert("version".into(), kv.version.into());
+    if kv.lease != 0 {
+        item.insert("lease".into(), kv.lease.into());
+    }
     Value::Object(item)
 }
 
-/// Lists keys from the engine; the caller has already passed the read barrier if one is due.
-pub fn list(state: &AppState, start: &[u8], q: &Query) -> Result<Response, ApiError> {
-    let end = match (&q.end, q.prefix) {
+/// The end of the range a query names from `start` (`None`: to the last key).
+pub fn end_of(start: &[u8], q: &Query) -> Option<Vec<u8>> {
+    match (&q.end, q.prefix) {
         (Some(e), _) if e.is_empty() => None,
         (Some(e), _) => Some(e.clone()),
         (None, true) => prefix_end(start),
         (None, false) => None,
-    };
+    }
+}
+
+/// Lists keys from the store; the caller has already passed the read barrier if one is due.
+pub fn list(state: &AppState, start: &[u8], q: &Query) -> Result<Response, ApiError> {
+    let end = end_of(start, q);
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    let revision = state.engine.revision();
-    let mut kvs = state
+    let read = state
         .engine
-        .range(start, end.as_deref(), limit.saturating_add(1))?;
+        .range(start, end.as_deref(), limit.saturating_add(1), q.revision)?;
+    let mut kvs = read.value;
     let more = kvs.len() > limit;
     kvs.truncate(limit);
     let items: Vec<Value> = kvs.into_iter().map(|kv| to_json(kv, q.encoding)).collect();
-    let body = json!({ "revision": revision, "count": items.len(), "more": more, "kvs": items });
-    Ok(Json(body).into_response())
+    let body =
+        json!({ "revision": read.revision, "count": items.len(), "more": more, "kvs": items });
+    let mut resp = Json(body).into_response();
+    resp.headers_mut().insert(
+        super::keys::REVISION_HEADER,
+        super::keys::header_value(&read.revision.to_string()),
+    );
+    Ok(resp)
 }

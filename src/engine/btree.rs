@@ -1,9 +1,9 @@
 //! The B+tree engine on redb, a copy-on-write B+tree file like etcd's bbolt: reads walk a
 //! tree that is mostly in the page cache; writes copy the pages they touch.
 //!
-//! Layout: table `kv-<generation>` maps key → [`Record`]; table `meta` holds the applied
-//! index, store revision, key count and the current generation, written in the same
-//! transaction as the data they describe, so they are never ahead of it.
+//! Layout: table `mvcc-<generation>` holds the store's keyspace ([`super::layout`], its own
+//! meta entry included); table `meta` holds the current generation and the applied index of
+//! the data, written in the same transaction as the data.
 //!
 //! Writes go through an overlay, like etcd's batched bbolt transactions with their read
 //! buffer: an apply batch lands in an in-memory map of changes (atomically, with the
@@ -22,8 +22,7 @@
 //!   crash or a corrupt snapshot mid-restore leaves the previous state intact.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
+
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
@@ -34,13 +33,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{
-    Applied, ApplyTarget, Counters, Ctx, Engine, EngineError, EngineKind, Header, HeaderCache,
-    KeyValue, OpResult, Record, Result, View, apply_batch, read_snapshot_chunks, write_snapshot,
-};
+use super::{Changes, Ctx, Engine, EngineError, EngineKind, Reader, Result, View, Visit};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "generation";
+const APPLIED: &str = "applied_index";
 const DURABLE_EVERY: Duration = Duration::from_secs(10);
 const FLUSH_EVERY: Duration = Duration::from_millis(2000);
 /// Changes in the overlay that wake the flusher before its period is up.
@@ -51,7 +48,7 @@ const PENDING_MAX: usize = 200_000;
 const RESTORE_CHUNK: usize = 10_000;
 
 fn kv_table(generation: u64) -> String {
-    format!("kv-{generation}")
+    format!("mvcc-{generation}")
 }
 
 fn kv_def(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
@@ -59,16 +56,14 @@ fn kv_def(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
 }
 
 type KvTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
-/// Key → encoded record, or `None` for a deletion.
-type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 struct Overlay {
     /// Applied, not yet handed to the flusher.
     active: Changes,
     /// Being written to redb by the flusher; empty between flushes.
     flushing: Arc<Changes>,
-    /// As of the last apply: what redb holds once everything is flushed.
-    counters: Counters,
+    /// As of the last write: what redb holds once everything is flushed.
+    applied_index: u64,
     /// The live table's generation.
     generation: u64,
 }
@@ -84,6 +79,9 @@ impl Overlay {
 
     /// The changes in a key range, newest winning.
     fn range(&self, start: &[u8], end: Option<&[u8]>) -> Changes {
+        if end.is_some_and(|end| end <= start) {
+            return Changes::new();
+        }
         let bounds = || {
             (
                 Bound::Included(start),
@@ -116,9 +114,6 @@ struct Inner {
     failed: Mutex<Option<String>>,
     /// The applied index of the last durable commit ([`Engine::durable_index`]).
     durable_index: AtomicU64,
-    /// Written keys' current revisions; a key absent here is looked up in the overlay and
-    /// redb.
-    headers: Mutex<HeaderCache>,
 }
 
 struct FlushState {
@@ -143,70 +138,18 @@ fn begin_write(db: &Database, durable: bool) -> Result<redb::WriteTransaction> {
     Ok(txn)
 }
 
-fn write_meta(txn: &redb::WriteTransaction, c: &Counters, generation: u64) -> Result<()> {
+fn write_meta(txn: &redb::WriteTransaction, applied_index: u64, generation: u64) -> Result<()> {
     let mut meta = txn.open_table(META).ctx("btree meta")?;
-    for (k, v) in c.named().into_iter().chain([(GENERATION, generation)]) {
-        meta.insert(k, v).ctx("btree meta")?;
-    }
+    meta.insert(APPLIED, applied_index).ctx("btree meta")?;
+    meta.insert(GENERATION, generation).ctx("btree meta")?;
     Ok(())
 }
 
-fn read_meta(table: &impl ReadableTable<&'static str, u64>) -> Result<(Counters, u64)> {
+/// (applied index, generation) as of the last commit.
+fn read_meta(table: &impl ReadableTable<&'static str, u64>) -> Result<(u64, u64)> {
     let get =
         |k: &str| -> Result<u64> { Ok(table.get(k).ctx("btree meta")?.map_or(0, |v| v.value())) };
-    let counters = Counters {
-        applied_index: get("applied_index")?,
-        revision: get("revision")?,
-        keys: get("keys")?,
-    };
-    Ok((counters, get(GENERATION)?))
-}
-
-fn header(value: Option<&[u8]>) -> Result<Option<Header>> {
-    value.map(Record::decode_header).transpose()
-}
-
-/// One apply batch, staged aside so it lands in the overlay whole or not at all.
-struct Target<'a> {
-    staged: Changes,
-    inner: &'a Inner,
-    overlay: &'a Overlay,
-    /// Opened on the first key found neither staged, cached nor in the overlay.
-    table: Option<KvTable>,
-    headers: &'a HeaderCache,
-}
-
-impl ApplyTarget for Target<'_> {
-    fn existing(&mut self, key: &[u8]) -> Result<Option<Header>> {
-        if let Some(v) = self.staged.get(key) {
-            return header(v.as_deref());
-        }
-        if let Some(h) = self.headers.get(key) {
-            return Ok(Some(h));
-        }
-        if let Some(v) = self.overlay.lookup(key) {
-            return header(v);
-        }
-        let table = match &mut self.table {
-            Some(t) => t,
-            None => self.table.insert(self.inner.table(self.overlay)?),
-        };
-        match table.get(key).ctx("btree get")? {
-            Some(v) => Record::decode_header(v.value()).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn put(&mut self, key: &[u8], record: Record) -> Result<()> {
-        self.staged.insert(key.to_vec(), Some(record.encode()));
-        Ok(())
-    }
-
-    fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        let existed = self.existing(key)?.is_some();
-        self.staged.insert(key.to_vec(), None);
-        Ok(existed)
-    }
+    Ok((get(APPLIED)?, get(GENERATION)?))
 }
 
 /// redb's records merged with the overlay's changes, in key order.
@@ -227,9 +170,9 @@ impl<'a, I: Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>> Merged<'a, I> {
 }
 
 impl<I: Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>> Iterator for Merged<'_, I> {
-    type Item = Result<KeyValue>;
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
 
-    fn next(&mut self) -> Option<Result<KeyValue>> {
+    fn next(&mut self) -> Option<Self::Item> {
         loop {
             if self.next_base.is_none() {
                 match self.base.next() {
@@ -245,8 +188,7 @@ impl<I: Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>> Iterator for Merged<'_, I> 
                 (Some((k, _)), Some((ok, _))) => k.as_slice().cmp(ok.as_slice()),
             };
             if order == Ordering::Less {
-                let (k, v) = self.next_base.take()?;
-                return Some(Record::decode(&v).map(|r| r.into_kv(k)));
+                return self.next_base.take().map(Ok);
             }
             if order == Ordering::Equal {
                 // The overlay's change is newer than redb's record.
@@ -254,7 +196,7 @@ impl<I: Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>> Iterator for Merged<'_, I> 
             }
             let (k, v) = self.over.next()?;
             if let Some(v) = v {
-                return Some(Record::decode(v).map(|r| r.into_kv(k.clone())));
+                return Some(Ok((k.clone(), v.clone())));
             }
         }
     }
@@ -284,7 +226,7 @@ impl Inner {
     /// when the last durable commit is [`DURABLE_EVERY`] old).
     fn flush(&self, durable: bool) -> Result<()> {
         let mut state = self.flush.lock();
-        let (changes, counters, generation) = {
+        let (changes, applied_index, generation) = {
             let mut o = self.overlay.write();
             let durable_due = state.dirty && state.last_durable.elapsed() >= DURABLE_EVERY;
             if o.active.is_empty() && !durable && !durable_due {
@@ -292,7 +234,7 @@ impl Inner {
             }
             let changes = Arc::new(std::mem::take(&mut o.active));
             o.flushing = changes.clone();
-            (changes, o.counters, o.generation)
+            (changes, o.applied_index, o.generation)
         };
         let durable = durable || state.last_durable.elapsed() >= DURABLE_EVERY;
         let written = (|| {
@@ -311,7 +253,7 @@ impl Inner {
                     }
                 }
             }
-            write_meta(&txn, &counters, generation)?;
+            write_meta(&txn, applied_index, generation)?;
             txn.commit().ctx("btree commit")
         })();
         let mut o = self.overlay.write();
@@ -327,7 +269,7 @@ impl Inner {
         state.dirty = !durable;
         if durable {
             state.last_durable = Instant::now();
-            self.durable_index.store(counters.applied_index, Relaxed);
+            self.durable_index.store(applied_index, Relaxed);
         }
         *self.failed.lock() = None;
         Ok(())
@@ -365,13 +307,19 @@ impl BtreeEngine {
             .create(dir.join("btree.redb"))
             .ctx("btree open")?;
         let txn = db.begin_write().ctx("btree open")?;
-        let (counters, generation) = read_meta(&txn.open_table(META).ctx("btree open")?)?;
-        // Drop what an interrupted restore left behind; make sure the live table exists.
-        let stale: Vec<String> = txn
+        let (applied_index, generation) = read_meta(&txn.open_table(META).ctx("btree open")?)?;
+        let tables: Vec<String> = txn
             .list_tables()
             .ctx("btree open")?
             .map(|t| redb::TableHandle::name(&t).to_string())
-            .filter(|n| n.starts_with("kv-") && *n != kv_table(generation))
+            .collect();
+        if tables.iter().any(|n| n.starts_with("kv-")) {
+            return Err(super::legacy_layout(dir));
+        }
+        // Drop what an interrupted restore left behind; make sure the live table exists.
+        let stale: Vec<String> = tables
+            .into_iter()
+            .filter(|n| n.starts_with("mvcc-") && *n != kv_table(generation))
             .collect();
         for name in stale {
             txn.delete_table(kv_def(&name)).ctx("btree open")?;
@@ -384,7 +332,7 @@ impl BtreeEngine {
             overlay: RwLock::new(Overlay {
                 active: Changes::new(),
                 flushing: Arc::default(),
-                counters,
+                applied_index,
                 generation,
             }),
             flush: Mutex::new(FlushState {
@@ -395,8 +343,7 @@ impl BtreeEngine {
             wake: Condvar::new(),
             failed: Mutex::new(None),
             // What redb opens is its last durable commit.
-            durable_index: AtomicU64::new(counters.applied_index),
-            headers: Mutex::new(HeaderCache::default()),
+            durable_index: AtomicU64::new(applied_index),
         });
         let flusher = {
             let inner = inner.clone();
@@ -421,27 +368,71 @@ impl Drop for BtreeEngine {
     }
 }
 
-struct BtreeView {
+/// A consistent state: redb's committed table under the overlay's changes. The read
+/// transaction is opened under the overlay lock (see the module invariants).
+struct BtreeReader<O> {
     table: KvTable,
-    /// The overlay's changes as of the view.
-    over: Changes,
-    counters: Counters,
+    overlay: O,
 }
 
-impl View for BtreeView {
-    fn applied_index(&self) -> u64 {
-        self.counters.applied_index
+/// The overlay as a reader holds it: borrowed under the lock, or a copy of its changes.
+trait Over {
+    fn changed(&self, key: &[u8]) -> Option<Option<&[u8]>>;
+    fn changes_in(&self, start: &[u8], end: &[u8]) -> Changes;
+}
+
+impl Over for parking_lot::RwLockReadGuard<'_, Overlay> {
+    fn changed(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.lookup(key)
+    }
+    fn changes_in(&self, start: &[u8], end: &[u8]) -> Changes {
+        self.range(start, Some(end))
+    }
+}
+
+impl Over for Changes {
+    fn changed(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.get(key).map(Option::as_deref)
+    }
+    fn changes_in(&self, start: &[u8], end: &[u8]) -> Changes {
+        if end <= start {
+            return Changes::new();
+        }
+        self.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl<O: Over> Reader for BtreeReader<O> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.overlay.changed(key) {
+            return Ok(v.map(<[u8]>::to_vec));
+        }
+        Ok(self
+            .table
+            .get(key)
+            .ctx("btree get")?
+            .map(|v| v.value().to_vec()))
     }
 
-    fn write_snapshot(&self, out: &mut dyn Write) -> Result<()> {
-        let base = self.table.iter().ctx("btree snapshot")?.map(owned);
-        let c = &self.counters;
-        write_snapshot(
-            out,
-            c.applied_index,
-            c.revision,
-            Merged::new(base, &self.over),
-        )
+    fn scan(&self, start: &[u8], end: &[u8], visit: &mut Visit) -> Result<()> {
+        if end <= start {
+            return Ok(());
+        }
+        let over = self.overlay.changes_in(start, end);
+        let base = self
+            .table
+            .range::<&[u8]>((Bound::Included(start), Bound::Excluded(end)))
+            .ctx("btree range")?
+            .map(owned);
+        for item in Merged::new(base, &over) {
+            let (k, v) = item?;
+            if !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -450,68 +441,22 @@ impl Engine for BtreeEngine {
         EngineKind::Btree
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        let table = {
-            let o = self.inner.overlay.read();
-            if let Some(v) = o.lookup(key) {
-                return v
-                    .map(|v| Ok(Record::decode(v)?.into_kv(key.to_vec())))
-                    .transpose();
-            }
-            self.inner.table(&o)?
-        };
-        match table.get(key).ctx("btree get")? {
-            Some(v) => Ok(Some(Record::decode(v.value())?.into_kv(key.to_vec()))),
-            None => Ok(None),
-        }
+    fn read(&self, f: &mut dyn FnMut(&dyn Reader) -> Result<()>) -> Result<()> {
+        let overlay = self.inner.overlay.read();
+        let table = self.inner.table(&overlay)?;
+        f(&BtreeReader { table, overlay })
     }
 
-    fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>> {
-        if super::empty_range(start, end) {
-            return Ok(Vec::new());
-        }
-        let (table, over) = {
-            let o = self.inner.overlay.read();
-            (self.inner.table(&o)?, o.range(start, end))
-        };
-        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        let base = table
-            .range::<&[u8]>((Bound::Included(start), upper))
-            .ctx("btree range")?
-            .map(owned);
-        Merged::new(base, &over).take(limit).collect()
-    }
-
-    fn apply(&self, batch: &[Applied]) -> Result<Vec<Option<OpResult>>> {
+    fn write(&self, changes: Changes, applied_index: u64) -> Result<()> {
         if let Some(e) = self.inner.failed.lock().clone() {
             return Err(EngineError::Backend(format!(
                 "btree: applied changes cannot be written: {e}"
             )));
         }
-        // Stage under the read lock (readers go on), then publish under the write lock. The
-        // owner is the only applier, so nothing else changes the overlay's contents between.
-        let mut headers = self.inner.headers.lock();
-        let (staged, counters, results) = {
-            let o = self.inner.overlay.read();
-            let mut target = Target {
-                staged: Changes::new(),
-                inner: &self.inner,
-                overlay: &o,
-                table: None,
-                headers: &headers,
-            };
-            let mut counters = o.counters;
-            let results = apply_batch(&mut target, &mut counters, batch)?;
-            (target.staged, counters, results)
-        };
-        for (k, v) in &staged {
-            headers.update(k, header(v.as_deref())?);
-        }
-        drop(headers);
         let pending = {
             let mut o = self.inner.overlay.write();
-            o.active.extend(staged);
-            o.counters = counters;
+            o.active.extend(changes);
+            o.applied_index = applied_index;
             o.active.len()
         };
         if pending >= PENDING_MAX {
@@ -519,11 +464,7 @@ impl Engine for BtreeEngine {
         } else if pending >= FLUSH_AT {
             self.inner.wake.notify_one();
         }
-        Ok(results)
-    }
-
-    fn counters(&self) -> Counters {
-        self.inner.overlay.read().counters
+        Ok(())
     }
 
     fn persist(&self) -> Result<()> {
@@ -536,16 +477,17 @@ impl Engine for BtreeEngine {
 
     fn view(&self) -> Result<Box<dyn View>> {
         let o = self.inner.overlay.read();
-        Ok(Box::new(BtreeView {
+        Ok(Box::new(BtreeReader {
             table: self.inner.table(&o)?,
-            over: o.range(b"", None),
-            counters: o.counters,
+            overlay: o.range(b"", None),
         }))
     }
 
-    fn restore(&self, input: &mut dyn Read) -> Result<()> {
-        // Every key's header may change; the restored table is the truth.
-        self.inner.headers.lock().clear();
+    fn restore(
+        &self,
+        entries: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>,
+        applied_index: u64,
+    ) -> Result<()> {
         // No flush meanwhile: the flusher writes to the live generation.
         let mut state = self.inner.flush.lock();
         let db = &self.inner.db;
@@ -557,38 +499,33 @@ impl Engine for BtreeEngine {
             txn.delete_table(kv_def(&name)).ctx("btree restore")?;
             txn.commit().ctx("btree restore")?;
         }
-        let mut keys = 0u64;
-        let (applied_index, revision) = read_snapshot_chunks(input, RESTORE_CHUNK, &mut |chunk| {
+        let mut entries = entries.peekable();
+        while entries.peek().is_some() {
             let txn = begin_write(db, false)?;
             {
                 let mut table = txn.open_table(kv_def(&name)).ctx("btree restore")?;
-                for kv in chunk {
-                    let (key, record) = kv.split();
+                for entry in entries.by_ref().take(RESTORE_CHUNK) {
+                    let (k, v) = entry?;
                     table
-                        .insert(key.as_slice(), record.encode().as_slice())
+                        .insert(k.as_slice(), v.as_slice())
                         .ctx("btree restore")?;
-                    keys += 1;
                 }
             }
-            txn.commit().ctx("btree restore")
-        })?;
-        // The switch: new counters and generation, old table gone, in one durable commit,
-        // under the overlay lock so no reader pairs the new table with the old overlay.
-        let counters = Counters {
-            applied_index,
-            revision,
-            keys,
-        };
+            txn.commit().ctx("btree restore")?;
+        }
+        // The switch: new generation, old table gone, in one durable commit, under the
+        // overlay lock so no reader pairs the new table with the old overlay.
         let mut o = self.inner.overlay.write();
         let txn = begin_write(db, true)?;
+        txn.open_table(kv_def(&name)).ctx("btree restore")?;
         txn.delete_table(kv_def(&kv_table(o.generation)))
             .ctx("btree restore")?;
-        write_meta(&txn, &counters, generation)?;
+        write_meta(&txn, applied_index, generation)?;
         txn.commit().ctx("btree restore")?;
         *o = Overlay {
             active: Changes::new(),
             flushing: Arc::default(),
-            counters,
+            applied_index,
             generation,
         };
         *state = FlushState {
@@ -603,72 +540,81 @@ impl Engine for BtreeEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Op;
     use crate::engine::conformance::put;
+    use crate::engine::{Applied, KvStore, Op};
+    use std::collections::BTreeMap;
 
     /// Small, so the tests also read pages back from the file.
     const TEST_CACHE: usize = 1 << 20;
 
-    fn contents(e: &BtreeEngine) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let all = e.range(b"", None, usize::MAX).unwrap();
-        let mut snap = Vec::new();
-        e.snapshot(&mut snap).unwrap();
+    fn store(dir: &Path) -> KvStore {
+        KvStore::open(Arc::new(BtreeEngine::open(dir, TEST_CACHE).unwrap())).unwrap()
+    }
+
+    fn contents(s: &KvStore) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let all = s.range(b"", None, usize::MAX, None).unwrap().value;
         let dump: Vec<_> = all
             .iter()
             .map(|kv| (kv.key.clone(), kv.value.clone()))
             .collect();
         for (k, v) in &dump {
-            assert_eq!(&e.get(k).unwrap().unwrap().value, v);
+            assert_eq!(&s.get(k, None).unwrap().value.unwrap().value, v);
         }
         dump
     }
 
-    /// Reads, ranges and snapshots see the overlay over redb the same whether a change has
-    /// been flushed or not, deletions included; a reopen sees what was persisted.
+    /// Reads and ranges see the overlay over redb the same whether a change has been
+    /// flushed or not, deletions included; a reopen sees what was persisted.
     #[test]
     fn overlay_and_redb_agree() {
         let dir = tempfile::tempdir().unwrap();
-        let e = BtreeEngine::open(dir.path(), TEST_CACHE).unwrap();
+        let s = store(dir.path());
         let mut model = BTreeMap::new();
         let mut index = 0;
-        let mut step = |e: &BtreeEngine, model: &mut BTreeMap<Vec<u8>, Vec<u8>>, op: Op| {
+        let mut step = |s: &KvStore, model: &mut BTreeMap<Vec<u8>, Vec<u8>>, op: Op| {
             index += 1;
             match &op {
                 Op::Put { key, value, .. } => drop(model.insert(key.clone(), value.clone())),
                 Op::Delete { key, .. } => drop(model.remove(key)),
+                _ => unreachable!(),
             }
-            e.apply(&[Applied {
+            s.apply(&[Applied {
                 index,
                 op: Some(op),
             }])
             .unwrap();
         };
         for i in 0..300 {
-            step(&e, &mut model, Op::put(format!("k{i:03}"), format!("a{i}")));
+            step(&s, &mut model, Op::put(format!("k{i:03}"), format!("a{i}")));
         }
-        e.persist().unwrap();
+        s.persist().unwrap();
         for i in (0..300).step_by(3) {
-            step(&e, &mut model, Op::delete(format!("k{i:03}")));
+            step(&s, &mut model, Op::delete(format!("k{i:03}")));
         }
         for i in (1..300).step_by(7) {
-            step(&e, &mut model, Op::put(format!("k{i:03}"), format!("b{i}")));
+            step(&s, &mut model, Op::put(format!("k{i:03}"), format!("b{i}")));
         }
-        step(&e, &mut model, Op::put("k999", "new"));
+        step(&s, &mut model, Op::put("k999", "new"));
         let expect: Vec<_> = model.clone().into_iter().collect();
-        assert_eq!(contents(&e), expect, "overlay over redb");
-        let r = e.range(b"k010", Some(b"k020"), 4).unwrap();
+        assert_eq!(contents(&s), expect, "overlay over redb");
+        let r = s.range(b"k010", Some(b"k020"), 4, None).unwrap().value;
         let keys: Vec<_> = r
             .iter()
             .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
             .collect();
         assert_eq!(keys, ["k010", "k011", "k013", "k014"]);
-        e.persist().unwrap();
-        assert_eq!(contents(&e), expect, "all flushed");
-        assert_eq!(e.len().unwrap(), model.len() as u64);
-        drop(e);
-        let e = BtreeEngine::open(dir.path(), TEST_CACHE).unwrap();
-        assert_eq!(contents(&e), expect, "after reopen");
-        assert_eq!(e.applied_index(), index);
+        let history = s.range(b"", None, usize::MAX, Some(301)).unwrap().value;
+        s.persist().unwrap();
+        assert_eq!(contents(&s), expect, "all flushed");
+        assert_eq!(s.len(), model.len() as u64);
+        drop(s);
+        let s = store(dir.path());
+        assert_eq!(contents(&s), expect, "after reopen");
+        assert_eq!(
+            s.range(b"", None, usize::MAX, Some(301)).unwrap().value,
+            history
+        );
+        assert_eq!(s.applied_index(), index);
     }
 
     /// While the flusher moves changes into redb, a reader never misses one that was applied
@@ -676,26 +622,26 @@ mod tests {
     #[test]
     fn readers_never_miss_changes_being_flushed() {
         let dir = tempfile::tempdir().unwrap();
-        let e = Arc::new(BtreeEngine::open(dir.path(), TEST_CACHE).unwrap());
+        let s = Arc::new(store(dir.path()));
         const N: u64 = 40_000;
         let reader = {
-            let e = e.clone();
+            let s = s.clone();
             std::thread::spawn(move || {
                 let mut checks = 0u64;
                 loop {
-                    let applied = e.applied_index();
+                    let applied = s.applied_index();
                     if applied > 0 {
                         let key = format!("k{applied:06}");
-                        let got = e.get(key.as_bytes()).unwrap();
+                        let got = s.get(key.as_bytes(), None).unwrap().value;
                         assert!(got.is_some(), "{key} applied but not visible");
                         let from = applied.saturating_sub(20).max(1);
                         let start = format!("k{from:06}");
-                        let r = e.range(start.as_bytes(), None, usize::MAX).unwrap();
+                        let r = s.range(start.as_bytes(), None, usize::MAX, None).unwrap();
                         let want = applied - from + 1;
                         assert!(
-                            r.len() as u64 >= want,
+                            r.value.len() as u64 >= want,
                             "range lost changes: {} < {want}",
-                            r.len()
+                            r.value.len()
                         );
                         checks += 1;
                     }
@@ -709,13 +655,13 @@ mod tests {
             let batch: Vec<_> = (start..start + 50)
                 .map(|i| put(i, &format!("k{i:06}"), "v"))
                 .collect();
-            e.apply(&batch).unwrap();
+            s.apply(&batch).unwrap();
             if start % 9_000 == 1 {
-                e.persist().unwrap();
+                s.persist().unwrap();
             }
         }
         let checks = reader.join().unwrap();
         assert!(checks > 10, "the reader ran only {checks} checks");
-        assert_eq!(e.len().unwrap(), N);
+        assert_eq!(s.len(), N);
     }
 }

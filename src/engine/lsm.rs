@@ -1,10 +1,10 @@
 //! The LSM engine on fjall, a log-structured merge tree like leveldb: writes go to a journal
 //! and a memtable, flushed to sorted tables and compacted in the background.
 //!
-//! Layout: keyspace `kv_<generation>` maps key → [`Record`]; keyspace `meta` holds the
-//! applied index, store revision, key count and current generation. Each apply is one fjall
-//! write batch with the data and the meta together, so after a crash fjall's journal recovery
-//! yields a prefix of whole batches and the applied index is never ahead of the data.
+//! Layout: keyspace `mvcc_<generation>` holds the store's keyspace ([`super::layout`], its
+//! own meta entry included); keyspace `meta` holds the current generation. Each write is one
+//! fjall write batch, so after a crash fjall's journal recovery yields a prefix of whole
+//! batches and the store's applied index is never ahead of its data.
 //!
 //! Durability: a batch is committed without a persist mode, so fjall appends it to its
 //! journal's in-process write buffer (8 KiB), which reaches the file when it fills or at
@@ -14,108 +14,47 @@
 //! snapshot) replays the rest. A restore fills a new generation and switches to it in one
 //! batch, so a crash or a corrupt snapshot mid-restore leaves the previous state intact.
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::ops::Bound;
 use std::path::Path;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use parking_lot::Mutex;
 
-use super::{
-    Applied, ApplyTarget, Counters, Ctx, Engine, EngineError, EngineKind, Header, HeaderCache,
-    KeyValue, OpResult, Record, Result, View, apply_batch, read_snapshot_chunks, write_snapshot,
-};
+use super::{Changes, Ctx, Engine, EngineError, EngineKind, Reader, Result, View, Visit};
 
 const GENERATION: &str = "generation";
 const RESTORE_CHUNK: usize = 10_000;
 
 fn kv_name(generation: u64) -> String {
-    format!("kv_{generation}")
+    format!("mvcc_{generation}")
 }
 
 struct State {
-    counters: Counters,
     generation: u64,
     kv: Keyspace,
-    /// Written keys' current revisions; a key absent here is looked up in fjall.
-    headers: HeaderCache,
 }
 
 pub struct LsmEngine {
     db: Database,
     meta: Keyspace,
-    /// The applier's view; readers clone the keyspace handle out of it.
+    /// The live keyspace; readers clone its handle out of it.
     state: Mutex<State>,
 }
 
-/// A write batch plus what it has written so far: fjall batches do not read their own writes.
-struct Target<'a> {
-    batch: fjall::OwnedWriteBatch,
-    kv: &'a Keyspace,
-    headers: &'a HeaderCache,
-    written: HashMap<Vec<u8>, Option<Header>>,
+fn put_generation(batch: &mut fjall::OwnedWriteBatch, meta: &Keyspace, generation: u64) {
+    batch.insert(meta, GENERATION, generation.to_be_bytes());
 }
 
-impl ApplyTarget for Target<'_> {
-    fn existing(&mut self, key: &[u8]) -> Result<Option<Header>> {
-        if let Some(w) = self.written.get(key) {
-            return Ok(*w);
+fn read_generation(view: &impl Readable, meta: &Keyspace) -> Result<u64> {
+    match view.get(meta, GENERATION).ctx("lsm meta")? {
+        Some(v) => {
+            let b: [u8; 8] = (*v)
+                .try_into()
+                .map_err(|_| EngineError::Corrupt("meta generation".into()))?;
+            Ok(u64::from_be_bytes(b))
         }
-        if let Some(h) = self.headers.get(key) {
-            return Ok(Some(h));
-        }
-        match self.kv.get(key).ctx("lsm get")? {
-            Some(v) => Record::decode_header(&v).map(Some),
-            None => Ok(None),
-        }
+        None => Ok(0),
     }
-
-    fn put(&mut self, key: &[u8], record: Record) -> Result<()> {
-        self.written.insert(key.to_vec(), Some(record.header()));
-        self.batch.insert(self.kv, key, record.encode());
-        Ok(())
-    }
-
-    fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        let existed = self.existing(key)?.is_some();
-        if existed {
-            self.written.insert(key.to_vec(), None);
-            self.batch.remove(self.kv, key);
-        }
-        Ok(existed)
-    }
-}
-
-fn put_meta(batch: &mut fjall::OwnedWriteBatch, meta: &Keyspace, c: &Counters, generation: u64) {
-    for (k, v) in c.named().into_iter().chain([(GENERATION, generation)]) {
-        batch.insert(meta, k, v.to_be_bytes());
-    }
-}
-
-fn read_meta(view: &impl Readable, meta: &Keyspace) -> Result<(Counters, u64)> {
-    let get = |k: &str| -> Result<u64> {
-        match view.get(meta, k).ctx("lsm meta")? {
-            Some(v) => {
-                let b: [u8; 8] = (*v)
-                    .try_into()
-                    .map_err(|_| EngineError::Corrupt(format!("meta {k}")))?;
-                Ok(u64::from_be_bytes(b))
-            }
-            None => Ok(0),
-        }
-    };
-    let counters = Counters {
-        applied_index: get("applied_index")?,
-        revision: get("revision")?,
-        keys: get("keys")?,
-    };
-    Ok((counters, get(GENERATION)?))
-}
-
-fn to_kv(item: fjall::Guard) -> Result<KeyValue> {
-    let (k, v) = item.into_inner().ctx("lsm read")?;
-    Ok(Record::decode(&v)?.into_kv(k.to_vec()))
 }
 
 impl LsmEngine {
@@ -125,14 +64,21 @@ impl LsmEngine {
         let meta = db
             .keyspace("meta", KeyspaceCreateOptions::default)
             .ctx("lsm open")?;
-        let (counters, generation) = read_meta(&db.snapshot(), &meta)?;
+        let names: Vec<String> = db
+            .list_keyspace_names()
+            .into_iter()
+            .map(|n| AsRef::<str>::as_ref(&n).to_string())
+            .collect();
+        if names.iter().any(|n| n.starts_with("kv_")) {
+            return Err(super::legacy_layout(dir));
+        }
+        let generation = read_generation(&db.snapshot(), &meta)?;
         let live = kv_name(generation);
         // Drop what an interrupted restore left behind.
-        for name in db.list_keyspace_names() {
-            let name: &str = name.as_ref();
-            if name.starts_with("kv_") && name != live {
+        for name in names {
+            if name.starts_with("mvcc_") && name != live {
                 let stale = db
-                    .keyspace(name, KeyspaceCreateOptions::default)
+                    .keyspace(&name, KeyspaceCreateOptions::default)
                     .ctx("lsm open")?;
                 db.delete_keyspace(stale).ctx("lsm open")?;
             }
@@ -143,35 +89,48 @@ impl LsmEngine {
         Ok(LsmEngine {
             db,
             meta,
-            state: Mutex::new(State {
-                counters,
-                generation,
-                kv,
-                headers: HeaderCache::default(),
-            }),
+            state: Mutex::new(State { generation, kv }),
         })
     }
-
-    fn kv(&self) -> Keyspace {
-        self.state.lock().kv.clone()
-    }
 }
 
-struct LsmView {
+/// One fjall snapshot of the live keyspace.
+struct LsmReader {
     snapshot: fjall::Snapshot,
     kv: Keyspace,
-    counters: Counters,
 }
 
-impl View for LsmView {
-    fn applied_index(&self) -> u64 {
-        self.counters.applied_index
+impl Reader for LsmReader {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .snapshot
+            .get(&self.kv, key)
+            .ctx("lsm get")?
+            .map(|v| v.to_vec()))
     }
 
-    fn write_snapshot(&self, out: &mut dyn Write) -> Result<()> {
-        let c = &self.counters;
-        let records = self.snapshot.iter(&self.kv).map(to_kv);
-        write_snapshot(out, c.applied_index, c.revision, records)
+    fn scan(&self, start: &[u8], end: &[u8], visit: &mut Visit) -> Result<()> {
+        if end <= start {
+            return Ok(());
+        }
+        let bounds = (Bound::Included(start), Bound::Excluded(end));
+        for item in self.snapshot.range::<&[u8], _>(&self.kv, bounds) {
+            let (k, v) = item.into_inner().ctx("lsm read")?;
+            if !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LsmEngine {
+    fn reader(&self) -> LsmReader {
+        let state = self.state.lock();
+        LsmReader {
+            snapshot: self.db.snapshot(),
+            kv: state.kv.clone(),
+        }
     }
 }
 
@@ -180,51 +139,20 @@ impl Engine for LsmEngine {
         EngineKind::Lsm
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        match self.kv().get(key).ctx("lsm get")? {
-            Some(v) => Ok(Some(Record::decode(&v)?.into_kv(key.to_vec()))),
-            None => Ok(None),
-        }
+    fn read(&self, f: &mut dyn FnMut(&dyn Reader) -> Result<()>) -> Result<()> {
+        f(&self.reader())
     }
 
-    fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>> {
-        if super::empty_range(start, end) {
-            return Ok(Vec::new());
+    fn write(&self, changes: Changes, _applied_index: u64) -> Result<()> {
+        let state = self.state.lock();
+        let mut wb = self.db.batch();
+        for (k, v) in changes {
+            match v {
+                Some(v) => wb.insert(&state.kv, k, v),
+                None => wb.remove(&state.kv, k),
+            }
         }
-        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        self.kv()
-            .range::<&[u8], _>((Bound::Included(start), upper))
-            .take(limit)
-            .map(to_kv)
-            .collect()
-    }
-
-    fn apply(&self, batch: &[Applied]) -> Result<Vec<Option<OpResult>>> {
-        let mut state = self.state.lock();
-        let mut counters = state.counters;
-        let mut target = Target {
-            batch: self.db.batch(),
-            kv: &state.kv,
-            headers: &state.headers,
-            written: HashMap::new(),
-        };
-        let results = apply_batch(&mut target, &mut counters, batch)?;
-        let Target {
-            batch: mut wb,
-            written,
-            ..
-        } = target;
-        put_meta(&mut wb, &self.meta, &counters, state.generation);
-        wb.commit().ctx("lsm commit")?;
-        state.counters = counters;
-        for (k, h) in &written {
-            state.headers.update(k, *h);
-        }
-        Ok(results)
-    }
-
-    fn counters(&self) -> Counters {
-        self.state.lock().counters
+        wb.commit().ctx("lsm commit")
     }
 
     fn persist(&self) -> Result<()> {
@@ -232,52 +160,36 @@ impl Engine for LsmEngine {
     }
 
     fn view(&self) -> Result<Box<dyn View>> {
-        // One fjall snapshot: the records and the counters are the same batch's.
-        let snapshot = self.db.snapshot();
-        let (counters, generation) = read_meta(&snapshot, &self.meta)?;
-        let kv = self
-            .db
-            .keyspace(&kv_name(generation), KeyspaceCreateOptions::default)
-            .ctx("lsm snapshot")?;
-        Ok(Box::new(LsmView {
-            snapshot,
-            kv,
-            counters,
-        }))
+        Ok(Box::new(self.reader()))
     }
 
-    fn restore(&self, input: &mut dyn Read) -> Result<()> {
+    fn restore(
+        &self,
+        entries: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>,
+        _applied_index: u64,
+    ) -> Result<()> {
         let mut state = self.state.lock();
-        // Every key's header may change; the restored keyspace is the truth.
-        state.headers.clear();
         let generation = state.generation + 1;
         let kv = self
             .db
             .keyspace(&kv_name(generation), KeyspaceCreateOptions::default)
             .ctx("lsm restore")?;
-        let mut keys = 0u64;
-        let (applied_index, revision) = read_snapshot_chunks(input, RESTORE_CHUNK, &mut |chunk| {
+        let mut entries = entries.peekable();
+        while entries.peek().is_some() {
             let mut wb = self.db.batch();
-            for kv_pair in chunk {
-                let (key, record) = kv_pair.split();
-                wb.insert(&kv, key, record.encode());
-                keys += 1;
+            for entry in entries.by_ref().take(RESTORE_CHUNK) {
+                let (k, v) = entry?;
+                wb.insert(&kv, k, v);
             }
-            wb.commit().ctx("lsm restore")
-        })?;
-        // The switch: new counters and generation in one batch, then the old data goes.
-        let counters = Counters {
-            applied_index,
-            revision,
-            keys,
-        };
+            wb.commit().ctx("lsm restore")?;
+        }
+        // The switch: the new generation in one batch, then the old data goes.
         let mut wb = self.db.batch();
-        put_meta(&mut wb, &self.meta, &counters, generation);
+        put_generation(&mut wb, &self.meta, generation);
         wb.commit().ctx("lsm restore")?;
         self.db.persist(PersistMode::SyncAll).ctx("lsm restore")?;
         let old = std::mem::replace(&mut state.kv, kv);
         self.db.delete_keyspace(old).ctx("lsm restore")?;
-        state.counters = counters;
         state.generation = generation;
         Ok(())
     }

@@ -1,32 +1,22 @@
 //! The in-memory engine: an ordered map behind a read-write lock. It keeps nothing on disk;
 //! a restarted member rebuilds it from the newest snapshot plus the raft log after it.
 //!
-//! Keys and records are shared (`Arc`), so the copy a snapshot view takes on the owner thread
+//! Keys and values are shared (`Arc`), so the copy a snapshot view takes on the owner thread
 //! costs the map's nodes and reference counts, not the data.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::ops::Bound;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::{
-    Applied, ApplyTarget, Counters, Engine, EngineKind, Header, KeyValue, OpResult, Record, Result,
-    View, apply_batch, read_snapshot_chunks, write_snapshot,
-};
+use super::{Changes, Engine, EngineKind, Reader, Result, View, Visit};
 
-type Map = BTreeMap<Arc<[u8]>, Arc<Record>>;
-
-#[derive(Default)]
-struct State {
-    map: Map,
-    counters: Counters,
-}
+type Map = BTreeMap<Arc<[u8]>, Arc<[u8]>>;
 
 #[derive(Default)]
 pub struct MemoryEngine {
-    state: RwLock<State>,
+    map: RwLock<Map>,
 }
 
 impl MemoryEngine {
@@ -35,38 +25,25 @@ impl MemoryEngine {
     }
 }
 
-impl ApplyTarget for Map {
-    fn existing(&mut self, key: &[u8]) -> Result<Option<Header>> {
-        Ok(self.get(key).map(|r| r.header()))
+/// A map read in place (under the lock) or a copy of it (a view).
+struct MapReader<M>(M);
+
+impl<M: std::ops::Deref<Target = Map>> Reader for MapReader<M> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.0.get(key).map(|v| v.to_vec()))
     }
 
-    fn put(&mut self, key: &[u8], record: Record) -> Result<()> {
-        self.insert(Arc::from(key), Arc::new(record));
+    fn scan(&self, start: &[u8], end: &[u8], visit: &mut Visit) -> Result<()> {
+        if end <= start {
+            return Ok(());
+        }
+        let bounds = (Bound::Included(start), Bound::Excluded(end));
+        for (k, v) in self.0.range::<[u8], _>(bounds) {
+            if !visit(k, v)? {
+                break;
+            }
+        }
         Ok(())
-    }
-
-    fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        Ok(self.remove(key).is_some())
-    }
-}
-
-struct MemoryView {
-    map: Map,
-    counters: Counters,
-}
-
-impl View for MemoryView {
-    fn applied_index(&self) -> u64 {
-        self.counters.applied_index
-    }
-
-    fn write_snapshot(&self, out: &mut dyn Write) -> Result<()> {
-        let records = self
-            .map
-            .iter()
-            .map(|(k, r)| Ok(Record::clone(r).into_kv(k.to_vec())));
-        let c = &self.counters;
-        write_snapshot(out, c.applied_index, c.revision, records)
     }
 }
 
@@ -75,36 +52,19 @@ impl Engine for MemoryEngine {
         EngineKind::Memory
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        Ok(self
-            .state
-            .read()
-            .map
-            .get(key)
-            .map(|r| Record::clone(r).into_kv(key.to_vec())))
+    fn read(&self, f: &mut dyn FnMut(&dyn Reader) -> Result<()>) -> Result<()> {
+        f(&MapReader(self.map.read()))
     }
 
-    fn range(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>> {
-        if super::empty_range(start, end) {
-            return Ok(Vec::new());
+    fn write(&self, changes: Changes, _applied_index: u64) -> Result<()> {
+        let mut map = self.map.write();
+        for (k, v) in changes {
+            match v {
+                Some(v) => drop(map.insert(Arc::from(k), Arc::from(v))),
+                None => drop(map.remove(k.as_slice())),
+            }
         }
-        let state = self.state.read();
-        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        let range = state.map.range::<[u8], _>((Bound::Included(start), upper));
-        Ok(range
-            .take(limit)
-            .map(|(k, r)| Record::clone(r).into_kv(k.to_vec()))
-            .collect())
-    }
-
-    fn apply(&self, batch: &[Applied]) -> Result<Vec<Option<OpResult>>> {
-        let mut guard = self.state.write();
-        let State { map, counters } = &mut *guard;
-        apply_batch(map, counters, batch)
-    }
-
-    fn counters(&self) -> Counters {
-        self.state.read().counters
+        Ok(())
     }
 
     fn keeps_state(&self) -> bool {
@@ -112,30 +72,22 @@ impl Engine for MemoryEngine {
     }
 
     fn view(&self) -> Result<Box<dyn View>> {
-        // A copy: the owner pays O(keys) once, the writing happens elsewhere.
-        let state = self.state.read();
-        Ok(Box::new(MemoryView {
-            map: state.map.clone(),
-            counters: state.counters,
-        }))
+        // A copy: the owner pays O(entries) once, the writing happens elsewhere.
+        Ok(Box::new(MapReader(Box::new(self.map.read().clone()))))
     }
 
-    fn restore(&self, input: &mut dyn Read) -> Result<()> {
+    fn restore(
+        &self,
+        entries: &mut dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>,
+        _applied_index: u64,
+    ) -> Result<()> {
         // Built aside and swapped in, so a corrupt snapshot leaves the current state untouched.
         let mut map = Map::new();
-        let (applied_index, revision) = read_snapshot_chunks(input, 4096, &mut |chunk| {
-            map.extend(chunk.into_iter().map(|kv| {
-                let (k, r) = kv.split();
-                (Arc::from(k), Arc::new(r))
-            }));
-            Ok(())
-        })?;
-        let counters = Counters {
-            applied_index,
-            revision,
-            keys: map.len() as u64,
-        };
-        *self.state.write() = State { map, counters };
+        for entry in entries {
+            let (k, v) = entry?;
+            map.insert(Arc::from(k), Arc::from(v));
+        }
+        *self.map.write() = map;
         Ok(())
     }
 }

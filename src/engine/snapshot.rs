@@ -2,10 +2,16 @@
 //! than memory snapshots with bounded memory.
 //!
 //! ```text
-//! header:  "METCDSN1" | applied_index u64 | revision u64
-//! record:  0x01 | key_len u32 | key | value_len u32 | value | create_rev u64 | mod_rev u64 | version u64
-//! trailer: 0x00 | record_count u64 | crc32 of every byte before the crc (u32)
+//! header:  "METCDSN2" | applied_index u64 | revision u64
+//! entry:   0x02 | key_len u32 | key | value_len u32 | value     (one entry of the layout)
+//! trailer: 0x00 | entry_count u64 | crc32 of every byte before the crc (u32)
 //! ```
+//! The entries are the store's whole keyspace ([`super::layout`]): current records, history
+//! since the compacted revision, the revision index and the meta entry, so the format is the
+//! same whichever engine wrote it. Version 1 (`METCDSN1`, written before history existed)
+//! carried current records only, `0x01 | key | value | create_rev | mod_rev | version`; it is
+//! still read, as a store compacted at its revision.
+//!
 //! All integers are big-endian. A reader reports corruption (bad magic, bad tag, truncation,
 //! checksum or count mismatch) instead of yielding a partial store.
 
@@ -13,8 +19,10 @@ use std::io::{self, Read, Write};
 
 use super::{EngineError, KeyValue, Result};
 
-const MAGIC: &[u8; 8] = b"METCDSN1";
+const MAGIC: &[u8; 8] = b"METCDSN2";
+const MAGIC_V1: &[u8; 8] = b"METCDSN1";
 const TAG_RECORD: u8 = 1;
+const TAG_ENTRY: u8 = 2;
 const TAG_END: u8 = 0;
 /// Keys and values above this are refused while reading: no legitimate write is this large.
 const MAX_FIELD: u32 = 64 << 20;
@@ -45,15 +53,12 @@ impl<'a> SnapshotWriter<'a> {
         Ok(())
     }
 
-    pub fn record(&mut self, kv: &KeyValue) -> Result<()> {
-        self.put(&[TAG_RECORD])?;
-        self.put(&(kv.key.len() as u32).to_be_bytes())?;
-        self.put(&kv.key)?;
-        self.put(&(kv.value.len() as u32).to_be_bytes())?;
-        self.put(&kv.value)?;
-        self.put(&kv.create_revision.to_be_bytes())?;
-        self.put(&kv.mod_revision.to_be_bytes())?;
-        self.put(&kv.version.to_be_bytes())?;
+    pub fn entry(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put(&[TAG_ENTRY])?;
+        self.put(&(key.len() as u32).to_be_bytes())?;
+        self.put(key)?;
+        self.put(&(value.len() as u32).to_be_bytes())?;
+        self.put(value)?;
         self.count += 1;
         Ok(())
     }
@@ -69,14 +74,25 @@ impl<'a> SnapshotWriter<'a> {
     }
 }
 
-/// Reads a snapshot record by record; the checksum is verified when the end is reached, so a
-/// caller must treat the store as unusable until [`SnapshotReader::next_record`] returns `Ok(None)`.
+/// One item of a snapshot.
+#[derive(Debug)]
+pub enum Item {
+    /// A layout entry (version 2).
+    Entry(Vec<u8>, Vec<u8>),
+    /// A current record (version 1).
+    Record(KeyValue),
+}
+
+/// Reads a snapshot item by item; the checksum is verified when the end is reached, so a
+/// caller must treat the store as unusable until [`SnapshotReader::next_item`] returns `Ok(None)`.
 pub struct SnapshotReader<'a> {
     input: &'a mut dyn Read,
     crc: crc32fast::Hasher,
     count: u64,
     pub applied_index: u64,
     pub revision: u64,
+    /// 1 or 2.
+    pub version: u8,
 }
 
 fn corrupt(what: impl Into<String>) -> EngineError {
@@ -91,12 +107,15 @@ impl<'a> SnapshotReader<'a> {
             count: 0,
             applied_index: 0,
             revision: 0,
+            version: 2,
         };
         let mut magic = [0u8; 8];
         r.take(&mut magic)?;
-        if &magic != MAGIC {
-            return Err(corrupt("not a metcd snapshot (bad magic)"));
-        }
+        r.version = match &magic {
+            MAGIC => 2,
+            MAGIC_V1 => 1,
+            _ => return Err(corrupt("not a metcd snapshot (bad magic)")),
+        };
         r.applied_index = r.u64()?;
         r.revision = r.u64()?;
         Ok(r)
@@ -129,24 +148,31 @@ impl<'a> SnapshotReader<'a> {
         Ok(v)
     }
 
-    /// The next record, or `None` once the trailer has been read and verified.
-    pub fn next_record(&mut self) -> Result<Option<KeyValue>> {
+    /// The next item, or `None` once the trailer has been read and verified.
+    pub fn next_item(&mut self) -> Result<Option<Item>> {
         let mut tag = [0u8; 1];
         self.take(&mut tag)?;
         match tag[0] {
-            TAG_RECORD => {
+            TAG_ENTRY if self.version == 2 => {
+                let key = self.bytes()?;
+                let value = self.bytes()?;
+                self.count += 1;
+                Ok(Some(Item::Entry(key, value)))
+            }
+            TAG_RECORD if self.version == 1 => {
                 let key = self.bytes()?;
                 let value = self.bytes()?;
                 let (create_revision, mod_revision, version) =
                     (self.u64()?, self.u64()?, self.u64()?);
                 self.count += 1;
-                Ok(Some(KeyValue {
+                Ok(Some(Item::Record(KeyValue {
                     key,
                     value,
                     create_revision,
                     mod_revision,
                     version,
-                }))
+                    lease: 0,
+                })))
             }
             TAG_END => {
                 let count = self.u64()?;

@@ -6,11 +6,13 @@
 //!          0x02 | key                          (delete)
 //!          0x03 | cond u8 | rev u64 | put or delete as above   (conditional write;
 //!                 cond 1: mod revision = rev, 2: key exists, 3: key absent)
+//!          0x04 | start_len u32 | start | end? (0x00, or 0x01 | end)   (range delete)
+//!          0x05 | revision u64                 (compaction)
 //!          0x10 | count u32 | (member id u64 | incarnation u64) * count
 //!                 (members' incarnations, recorded by the leader; not a client write)
 //! context: proposer member id u64 | proposal id u64
 //! ```
-//! Only writes (`0x01`-`0x03`) may be forwarded by a follower; a committed entry that does not
+//! Only writes (`0x01`-`0x05`) may be forwarded by a follower; a committed entry that does not
 //! decode, or whose tag this version does not know, is applied as a no-op on every member.
 
 use crate::engine::{Cond, Op};
@@ -18,6 +20,8 @@ use crate::engine::{Cond, Op};
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
 const CONDITIONAL: u8 = 3;
+const DELETE_RANGE: u8 = 4;
+const COMPACT: u8 = 5;
 const INCARNATIONS: u8 = 0x10;
 
 /// What a normal log entry carries.
@@ -37,6 +41,25 @@ pub fn encode(op: &Op) -> Vec<u8> {
     let (key, value, cond) = match op {
         Op::Put { key, value, cond } => (key, Some(value), cond),
         Op::Delete { key, cond } => (key, None, cond),
+        Op::DeleteRange { start, end } => {
+            let mut v = Vec::with_capacity(7 + start.len() + end.as_ref().map_or(0, Vec::len));
+            v.push(DELETE_RANGE);
+            v.extend_from_slice(&(start.len() as u32).to_be_bytes());
+            v.extend_from_slice(start);
+            match end {
+                Some(end) => {
+                    v.push(1);
+                    v.extend_from_slice(end);
+                }
+                None => v.push(0),
+            }
+            return v;
+        }
+        Op::Compact { revision } => {
+            let mut v = vec![COMPACT];
+            v.extend_from_slice(&revision.to_be_bytes());
+            return v;
+        }
     };
     let mut v = Vec::with_capacity(14 + key.len() + value.map_or(0, Vec::len));
     if let Some(cond) = cond {
@@ -108,7 +131,8 @@ pub fn decode(data: &[u8]) -> Result<Op, DecodeError> {
 }
 
 /// The key and value sizes of an encoded client write, checked as [`decode`] would, without
-/// copying them (the leader checks every write a follower forwards).
+/// copying them (the leader checks every write a follower forwards). For a range delete the
+/// key size is its longer bound's (at least 1); for a compaction, 1.
 pub fn write_sizes(data: &[u8]) -> Result<(usize, usize), DecodeError> {
     let (tag, rest, _) = split_condition(data)?;
     match tag {
@@ -117,6 +141,13 @@ pub fn write_sizes(data: &[u8]) -> Result<(usize, usize), DecodeError> {
             Ok((key.len(), value.len()))
         }
         DELETE => Ok((rest.len(), 0)),
+        // Range bounds are keys (within the key limit); neither op needs a non-empty one.
+        DELETE_RANGE | COMPACT => match decode_write(tag, rest, None)? {
+            Op::DeleteRange { start, end } => {
+                Ok((start.len().max(end.map_or(0, |e| e.len())).max(1), 0))
+            }
+            _ => Ok((1, 0)),
+        },
         _ => Err(DecodeError("unknown tag")),
     }
 }
@@ -172,6 +203,27 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
             key: rest.to_vec(),
             cond,
         }),
+        DELETE_RANGE | COMPACT if cond.is_some() => Err(DecodeError("a condition on a range op")),
+        DELETE_RANGE => {
+            let (start, end) = split_put(rest)?;
+            let end = match end.split_first() {
+                Some((0, [])) => None,
+                Some((1, end)) => Some(end.to_vec()),
+                _ => return Err(DecodeError("bad range end")),
+            };
+            Ok(Op::DeleteRange {
+                start: start.to_vec(),
+                end,
+            })
+        }
+        COMPACT => {
+            let rev: [u8; 8] = rest
+                .try_into()
+                .map_err(|_| DecodeError("compaction of the wrong length"))?;
+            Ok(Op::Compact {
+                revision: u64::from_be_bytes(rev),
+            })
+        }
         _ => Err(DecodeError("unknown tag")),
     }
 }
@@ -223,6 +275,19 @@ mod tests {
                 value: vec![],
                 cond: Some(Cond::Exists),
             },
+            Op::DeleteRange {
+                start: b"a".to_vec(),
+                end: Some(b"b".to_vec()),
+            },
+            Op::DeleteRange {
+                start: vec![],
+                end: None,
+            },
+            Op::DeleteRange {
+                start: vec![0],
+                end: Some(vec![]),
+            },
+            Op::Compact { revision: 7 },
         ] {
             assert_eq!(decode(&encode(&op)).unwrap(), op);
         }
@@ -233,6 +298,34 @@ mod tests {
         assert!(decode(&[CONDITIONAL, 1, 0, 0]).is_err());
         assert!(decode(&[CONDITIONAL, 9, 0, 0, 0, 0, 0, 0, 0, 0, DELETE]).is_err());
         assert!(decode(&[CONDITIONAL, 2, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(decode(&[DELETE_RANGE, 0, 0, 0, 0]).is_err());
+        assert!(decode(&[DELETE_RANGE, 0, 0, 0, 0, 2]).is_err());
+        assert!(decode(&[DELETE_RANGE, 0, 0, 0, 0, 0, 9]).is_err());
+        assert!(decode(&[COMPACT, 1]).is_err());
+        assert!(
+            decode(&[
+                CONDITIONAL,
+                2,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                COMPACT,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1
+            ])
+            .is_err()
+        );
         let records = vec![(1, u64::MAX), (7, 42)];
         assert_eq!(
             decode_command(&encode_incarnations(&records)).unwrap(),

@@ -22,10 +22,12 @@
 //! This file is the recipe: `run`, `handle`, `on_ready` and `apply`. Each other concern has a
 //! file in `node/`: `proposals` (client writes becoming proposals, and their answers), `reads`
 //! (ReadIndex), `snapshots` (when to snapshot, the background job), `changes` (membership and
-//! leadership requests), `incarnations` (is a peer the member its id names), `report`
-//! (`/_status`, `/_hash`); `tests` runs three owners in one process.
+//! leadership requests), `incarnations` (is a peer the member its id names), `compaction`
+//! (deleting compacted history in steps), `report` (`/_status`, `/_hash`); `tests` runs three
+//! owners in one process.
 
 mod changes;
+mod compaction;
 mod incarnations;
 mod proposals;
 mod reads;
@@ -59,7 +61,7 @@ use super::snapshot::{SnapshotError, SnapshotStore};
 use super::storage::{LogError, LogStore};
 use super::{Input, RequestError};
 use crate::config::Settings;
-use crate::engine::{Applied, Engine, EngineError, OpResult};
+use crate::engine::{Applied, EngineError, KvStore, OpResult};
 use crate::metrics::Metrics;
 
 pub use self::incarnations::reset_reason;
@@ -137,7 +139,7 @@ pub struct Shared {
 
 pub struct Node {
     raw: RawNode<LogStore>,
-    engine: Arc<dyn Engine>,
+    engine: Arc<KvStore>,
     snaps: SnapshotStore,
     transport: Box<dyn Outbox>,
     settings: Arc<Settings>,
@@ -166,13 +168,15 @@ pub struct Node {
     /// Ticks since start: the clock of the re-asks and periodic proposals below (a test
     /// drives it by hand).
     ticks: u64,
+    /// The tick of the last physical compaction step.
+    compacted_tick: u64,
 }
 
 impl Node {
     pub fn new(
         settings: Arc<Settings>,
         store: LogStore,
-        engine: Arc<dyn Engine>,
+        engine: Arc<KvStore>,
         snaps: SnapshotStore,
         mut transport: Box<dyn Outbox>,
         shared: Shared,
@@ -220,6 +224,7 @@ impl Node {
             records_proposed: None,
             hashing: Arc::default(),
             ticks: 0,
+            compacted_tick: 0,
         })
     }
 
@@ -281,6 +286,7 @@ impl Node {
             self.on_ready()?;
         }
         self.poll_snapshot_job()?;
+        self.compact_history()?;
         if let Some(reason) = self.stop.take() {
             return Ok(Some(Exit::Stopped(reason)));
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::engine::{Engine, EngineError, View};
+use crate::engine::{EngineError, KvStore, View, mvcc};
 
 const KEEP: usize = 2;
 const KEEP_CORRUPT: usize = 1;
@@ -72,18 +72,11 @@ impl SnapshotStore {
     }
 
     /// Writes the engine's state at its applied index, `index`, and makes it durable.
-    pub fn create(
-        &self,
-        engine: &dyn Engine,
-        term: u64,
-        index: u64,
-    ) -> Result<PathBuf, SnapshotError> {
-        let view = engine.view()?;
-        if view.applied_index() != index {
-            return Err(SnapshotError::Mismatch {
-                index,
-                applied: view.applied_index(),
-            });
+    pub fn create(&self, kv: &KvStore, term: u64, index: u64) -> Result<PathBuf, SnapshotError> {
+        let view = kv.view()?;
+        let applied = mvcc::view_meta(view.as_ref())?.applied_index;
+        if applied != index {
+            return Err(SnapshotError::Mismatch { index, applied });
         }
         self.write_view(view.as_ref(), term)
     }
@@ -91,11 +84,11 @@ impl SnapshotStore {
     /// Writes a view (at its applied index, in `term`) to a file and makes it durable. Runs
     /// off the owner thread: the view is frozen, the engine goes on.
     pub fn write_view(&self, view: &dyn View, term: u64) -> Result<PathBuf, SnapshotError> {
-        let index = view.applied_index();
+        let index = mvcc::view_meta(view)?.applied_index;
         let tmp = self.temp_path(term, index, "local");
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        if let Err(e) = view.write_snapshot(&mut out) {
+        if let Err(e) = mvcc::write_snapshot(view, &mut out) {
             let _ = fs::remove_file(&tmp);
             return Err(e.into());
         }
@@ -125,14 +118,14 @@ impl SnapshotStore {
     }
 
     /// Restores `engine` from the file of (term, index).
-    pub fn restore(&self, engine: &dyn Engine, term: u64, index: u64) -> Result<(), SnapshotError> {
+    pub fn restore(&self, kv: &KvStore, term: u64, index: u64) -> Result<(), SnapshotError> {
         let path = self.path(term, index);
         let mut file = File::open(&path).map_err(io_err(&path))?;
-        engine.restore(&mut file)?;
-        if engine.applied_index() != index {
+        kv.restore(&mut file)?;
+        if kv.applied_index() != index {
             return Err(SnapshotError::Mismatch {
                 index,
-                applied: engine.applied_index(),
+                applied: kv.applied_index(),
             });
         }
         Ok(())
@@ -144,7 +137,7 @@ impl SnapshotStore {
         let file = File::open(&path).map_err(io_err(&path))?;
         let mut input = std::io::BufReader::with_capacity(256 << 10, file);
         let mut reader = crate::engine::snapshot::SnapshotReader::new(&mut input)?;
-        while reader.next_record()?.is_some() {}
+        while reader.next_item()?.is_some() {}
         if reader.applied_index != index {
             return Err(SnapshotError::Mismatch {
                 index,

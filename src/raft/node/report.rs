@@ -20,14 +20,12 @@ impl Drop for Busy {
     }
 }
 
-/// `/_hash`: FNV-1a over a view's engine-neutral snapshot stream (the applied index and
-/// revision, then every key, value and revision triple in key order).
-fn digest(
-    view: &dyn crate::engine::View,
-    counters: crate::engine::Counters,
-) -> Result<StateHash, RequestError> {
+/// `/_hash`: FNV-1a over what every member must agree on at an applied index
+/// ([`crate::engine::mvcc::write_digest`]: current records, history after the compact
+/// revision, the revisions).
+fn digest(view: &dyn crate::engine::View) -> Result<StateHash, RequestError> {
     let mut digest = Fnv1a(0xcbf2_9ce4_8422_2325);
-    view.write_snapshot(&mut digest)
+    let counters = crate::engine::mvcc::write_digest(view, &mut digest)
         .map_err(|e| RequestError::Stopped(e.to_string()))?;
     Ok(StateHash {
         applied_index: counters.applied_index,
@@ -66,7 +64,6 @@ impl Node {
             return;
         }
         let busy = Busy(self.hashing.clone());
-        let counters = self.engine.counters();
         let view = match self.engine.view() {
             Ok(view) => view,
             Err(e) => {
@@ -78,7 +75,7 @@ impl Node {
             .name("hash".into())
             .spawn(move || {
                 let _busy = busy;
-                let _ = reply.send(digest(view.as_ref(), counters));
+                let _ = reply.send(digest(view.as_ref()));
             });
         if let Err(e) = spawned {
             warn!(error = %e, "could not start the hash thread");
@@ -144,7 +141,7 @@ impl Node {
             log_syncs: store.syncs(),
             engine: self.engine.kind().name(),
             revision: self.engine.revision(),
-            keys: self.engine.len().unwrap_or(0),
+            keys: self.engine.len(),
             members,
         }
     }

@@ -74,7 +74,7 @@ impl Node {
             }
             return Ok(());
         }
-        let counters = self.engine.counters();
+        let counters = self.engine.meta();
         let applied = counters.applied_index;
         let store = self.raw.store();
         let due =

@@ -287,9 +287,9 @@ impl Cluster {
         let kv = self
             .node(id)
             .engine
-            .get(key.as_bytes())
+            .get(key.as_bytes(), None)
             .expect("engine get");
-        kv.map(|kv| kv.value)
+        kv.value.map(|kv| kv.value)
     }
 
     fn applied(&mut self, id: u64) -> u64 {

@@ -1,0 +1,638 @@
+//! The suite every engine must pass, run through [`KvStore`] on each.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+pub(crate) fn put(index: u64, k: &str, v: &str) -> Applied {
+    Applied {
+        index,
+        op: Some(Op::put(k, v)),
+    }
+}
+
+pub(crate) fn del(index: u64, k: &str) -> Applied {
+    Applied {
+        index,
+        op: Some(Op::delete(k)),
+    }
+}
+
+fn op(index: u64, op: Op) -> Applied {
+    Applied {
+        index,
+        op: Some(op),
+    }
+}
+
+type Dirs = parking_lot::Mutex<Vec<tempfile::TempDir>>;
+
+/// Opens a store on an engine of `kind` in a fresh temporary directory (kept alive by the
+/// caller).
+pub(crate) fn open_temp(kind: EngineKind, dirs: &Dirs) -> KvStore {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(kind, dir.path(), &EngineOptions::default()).unwrap();
+    dirs.lock().push(dir);
+    KvStore::open(e).unwrap()
+}
+
+fn get(s: &KvStore, k: &str) -> Option<KeyValue> {
+    s.get(k.as_bytes(), None).unwrap().value
+}
+
+fn all(s: &KvStore, at: Option<u64>) -> Vec<KeyValue> {
+    s.range(b"", None, usize::MAX, at).unwrap().value
+}
+
+fn keys(v: &[KeyValue]) -> Vec<String> {
+    v.iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect()
+}
+
+fn run_all(make: &dyn Fn() -> KvStore) {
+    revisions_follow_etcd(&make());
+    reapply_is_noop(&make());
+    range_is_ordered_and_limited(&make());
+    reads_at_past_revisions(&make());
+    compaction_boundaries(&make());
+    range_delete_is_one_revision(&make());
+    preconditions_decide_at_apply(&make());
+    snapshot_round_trip(&make(), &make());
+    corrupt_snapshot_is_refused(&make(), &make());
+    format_1_snapshot_is_read_as_compacted(&make());
+    durable_index_follows_persist(&make());
+}
+
+#[test]
+fn every_engine_conforms() {
+    let dirs = Dirs::default();
+    for kind in EngineKind::ALL {
+        run_all(&|| open_temp(kind, &dirs));
+    }
+}
+
+/// etcd's numbering (docs/etcd-semantics.md): an empty store is at 1, each change raises it
+/// by one, a delete of nothing does not, and a key's version restarts after a delete.
+fn revisions_follow_etcd(s: &KvStore) {
+    assert_eq!((s.revision(), s.applied_index(), s.len()), (1, 0, 0));
+    assert_eq!(s.get(b"a", None).unwrap().revision, 1);
+    let r = s
+        .apply(&[
+            put(1, "a", "1"),
+            Applied { index: 2, op: None },
+            put(3, "a", "2"),
+        ])
+        .unwrap();
+    assert_eq!(r[0], Some(OpResult::done(2, true)));
+    assert_eq!(r[1], None);
+    assert_eq!(r[2], Some(OpResult::done(3, true)));
+    let kv = get(s, "a").unwrap();
+    assert_eq!(
+        (
+            kv.value.as_slice(),
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version
+        ),
+        (&b"2"[..], 2, 3, 2)
+    );
+    let r = s.apply(&[del(4, "missing"), del(5, "a")]).unwrap();
+    assert_eq!(r[0], Some(OpResult::done(3, false)));
+    assert_eq!(
+        r[1],
+        Some(OpResult {
+            deleted: 1,
+            ..OpResult::done(4, true)
+        })
+    );
+    assert_eq!(get(s, "a"), None);
+    s.apply(&[put(6, "a", "3")]).unwrap();
+    let kv = get(s, "a").unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+    assert_eq!((s.revision(), s.applied_index(), s.len()), (5, 6, 1));
+    let read = s.get(b"a", None).unwrap();
+    assert_eq!((read.revision, read.compact_revision), (5, 0));
+}
+
+fn reapply_is_noop(s: &KvStore) {
+    let batch = [put(1, "k", "v1"), put(2, "k", "v2")];
+    s.apply(&batch).unwrap();
+    assert_eq!(s.apply(&batch).unwrap(), vec![None, None]);
+    assert_eq!(s.revision(), 3);
+    assert_eq!(get(s, "k").unwrap().version, 2);
+}
+
+fn range_is_ordered_and_limited(s: &KvStore) {
+    let batch: Vec<Applied> = ["b", "a", "d", "c", "e"]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| put(i as u64 + 1, k, k))
+        .collect();
+    s.apply(&batch).unwrap();
+    let r = |start: &[u8], end: Option<&[u8]>, limit, at| {
+        keys(&s.range(start, end, limit, at).unwrap().value)
+    };
+    for at in [None, Some(6), Some(5)] {
+        let expect_e = at != Some(5);
+        assert_eq!(r(b"b", Some(b"e"), 10, at), ["b", "c", "d"], "{at:?}");
+        assert_eq!(r(b"", None, 2, at), ["a", "b"], "{at:?}");
+        assert_eq!(r(b"c", None, 10, at).contains(&"e".into()), expect_e);
+        // An end at or before the start is an empty range, not a panic.
+        assert!(r(b"d", Some(b"b"), 10, at).is_empty());
+        assert!(r(b"c", Some(b"c"), 10, at).is_empty());
+        assert!(r(b"", None, 0, at).is_empty());
+    }
+}
+
+fn reads_at_past_revisions(s: &KvStore) {
+    s.apply(&[
+        put(1, "a", "1"),      // 2
+        put(2, "b", "1"),      // 3
+        put(3, "a", "2"),      // 4
+        del(4, "b"),           // 5
+        put(5, "b", "again"),  // 6
+        put(6, "a\0x", "nul"), // 7
+    ])
+    .unwrap();
+    let at = |k: &str, rev| {
+        s.get(k.as_bytes(), Some(rev))
+            .unwrap()
+            .value
+            .map(|kv| (String::from_utf8(kv.value).unwrap(), kv.version))
+    };
+    assert_eq!(at("a", 1), None);
+    assert_eq!(at("a", 2), Some(("1".into(), 1)));
+    assert_eq!(at("a", 3), Some(("1".into(), 1)));
+    assert_eq!(at("a", 4), Some(("2".into(), 2)));
+    assert_eq!(at("b", 4), Some(("1".into(), 1)));
+    assert_eq!(at("b", 5), None);
+    assert_eq!(at("b", 6), Some(("again".into(), 1)));
+    assert_eq!(at("a\0x", 7), Some(("nul".into(), 1)));
+    assert_eq!(keys(&all(s, Some(4))), ["a", "b"]);
+    assert_eq!(keys(&all(s, Some(5))), ["a"]);
+    assert_eq!(keys(&all(s, Some(7))), ["a", "a\0x", "b"]);
+    // The revision a read reports is the store's, not the one asked for.
+    assert_eq!(s.get(b"a", Some(3)).unwrap().revision, 7);
+    match s.get(b"a", Some(8)) {
+        Err(EngineError::Revision(RevisionError::Future {
+            requested: 8,
+            current: 7,
+        })) => {}
+        other => panic!("a future revision: {other:?}"),
+    }
+}
+
+fn compact(s: &KvStore, index: u64, rev: u64) -> OpResult {
+    s.apply(&[op(index, Op::Compact { revision: rev })])
+        .unwrap()[0]
+        .unwrap()
+}
+
+/// Reading exactly at the compacted revision works, below it fails; compacting at or below
+/// it, or in the future, is refused; physical compaction changes no readable answer.
+fn compaction_boundaries(s: &KvStore) {
+    let mut i = 0;
+    let mut next = || {
+        i += 1;
+        i
+    };
+    for round in 0..5 {
+        s.apply(&[
+            put(next(), "a", &format!("a{round}")),
+            put(next(), "b", "b"),
+        ])
+        .unwrap();
+    }
+    s.apply(&[del(next(), "b"), put(next(), "c", "c")]).unwrap(); // 12, 13
+    s.apply(&[del(next(), "c")]).unwrap(); // 14
+    let before: Vec<_> = (8..=14).map(|r| all(s, Some(r))).collect();
+    assert_eq!(compact(s, next(), 8), OpResult::done(14, true));
+    assert!(s.compaction_pending());
+    assert_eq!(keys(&all(s, Some(8))), ["a", "b"]);
+    let compacted = |r| {
+        matches!(
+            s.get(b"a", Some(r)),
+            Err(EngineError::Revision(RevisionError::Compacted {
+                compact_revision: 8,
+                ..
+            }))
+        )
+    };
+    assert!(compacted(7));
+    assert!(!compacted(8));
+    let refused = |r: OpResult| r.refused.map(|e| e.to_string());
+    assert!(refused(compact(s, next(), 8)).is_some_and(|e| e.contains("compacted")));
+    assert!(refused(compact(s, next(), 15)).is_some_and(|e| e.contains("future")));
+    // Steps of one index entry each: several writes, each changing no answer.
+    while s.compact_step(1).unwrap() {
+        let after: Vec<_> = (8..=14).map(|r| all(s, Some(r))).collect();
+        assert_eq!(after, before);
+    }
+    assert!(!s.compaction_pending());
+    let after: Vec<_> = (8..=14).map(|r| all(s, Some(r))).collect();
+    assert_eq!(after, before);
+    assert_eq!(
+        history_entries(s),
+        8,
+        "a@8, a@10, b@7, b@9, b@11, b@12, c@13, c@14"
+    );
+    // Compacting at the head, then past a deletion: the deletion recorded at c stays.
+    assert_eq!(compact(s, next(), 14), OpResult::done(14, true));
+    while s.compact_step(1000).unwrap() {}
+    assert_eq!(history_entries(s), 2, "a@10 and c's deletion at 14");
+    assert_eq!(keys(&all(s, Some(14))), ["a"]);
+    s.apply(&[put(next(), "d", "d")]).unwrap();
+    assert_eq!(compact(s, next(), 15), OpResult::done(15, true));
+    while s.compact_step(1000).unwrap() {}
+    assert_eq!(history_entries(s), 2, "a@10, d@15");
+}
+
+/// Versions stored (`h` entries), compacted or not.
+fn history_entries(s: &KvStore) -> usize {
+    let mut n = 0;
+    let (lo, hi) = layout::namespace(layout::HISTORY);
+    s.view()
+        .unwrap()
+        .scan(&lo, &hi, &mut |_, _| {
+            n += 1;
+            Ok(true)
+        })
+        .unwrap();
+    n
+}
+
+fn range_delete_is_one_revision(s: &KvStore) {
+    s.apply(&[put(1, "p/1", "x"), put(2, "p/2", "x"), put(3, "q", "x")])
+        .unwrap();
+    let prefix = |i| {
+        op(
+            i,
+            Op::DeleteRange {
+                start: b"p/".to_vec(),
+                end: Some(b"p0".to_vec()),
+            },
+        )
+    };
+    let r = s.apply(&[prefix(4), prefix(5)]).unwrap();
+    assert_eq!(
+        r,
+        vec![
+            Some(OpResult {
+                deleted: 2,
+                ..OpResult::done(5, true)
+            }),
+            Some(OpResult::done(5, false)),
+        ]
+    );
+    assert_eq!(keys(&all(s, None)), ["q"]);
+    assert_eq!(keys(&all(s, Some(4))), ["p/1", "p/2", "q"]);
+    assert_eq!(s.len(), 1);
+    s.apply(&[put(6, "p/1", "y")]).unwrap();
+    let kv = get(s, "p/1").unwrap();
+    assert_eq!((kv.version, kv.create_revision), (1, 6));
+    let everything = op(
+        7,
+        Op::DeleteRange {
+            start: vec![],
+            end: None,
+        },
+    );
+    assert_eq!(s.apply(&[everything]).unwrap()[0].unwrap().deleted, 2);
+    assert_eq!((s.len(), s.revision()), (0, 7));
+    // A range delete sees the writes made before it in the same batch, and not after.
+    let r = s
+        .apply(&[
+            put(8, "r/1", "x"),
+            put(9, "r/3", "x"),
+            del(10, "r/3"),
+            op(
+                11,
+                Op::DeleteRange {
+                    start: b"r/".to_vec(),
+                    end: Some(b"r0".to_vec()),
+                },
+            ),
+            put(12, "r/2", "x"),
+        ])
+        .unwrap();
+    assert_eq!(r[3].unwrap().deleted, 1);
+    assert_eq!(keys(&all(s, None)), ["r/2"]);
+}
+
+fn with_cond(index: u64, op: Op, c: Cond) -> Applied {
+    let op = match op {
+        Op::Put { key, value, .. } => Op::Put {
+            key,
+            value,
+            cond: Some(c),
+        },
+        Op::Delete { key, .. } => Op::Delete { key, cond: Some(c) },
+        other => other,
+    };
+    Applied {
+        index,
+        op: Some(op),
+    }
+}
+
+fn preconditions_decide_at_apply(s: &KvStore) {
+    let conflict = |revision, current| OpResult {
+        conflict: Some(current),
+        ..OpResult::done(revision, false)
+    };
+    // Within one batch, each condition sees the writes before it.
+    let r = s
+        .apply(&[
+            with_cond(1, Op::put("k", "a"), Cond::Absent),
+            with_cond(2, Op::put("k", "b"), Cond::Absent),
+            with_cond(3, Op::put("k", "c"), Cond::ModRevision(2)),
+            with_cond(4, Op::put("k", "d"), Cond::ModRevision(2)),
+            with_cond(5, Op::delete("k"), Cond::ModRevision(9)),
+            with_cond(6, Op::put("k", "e"), Cond::Exists),
+            with_cond(7, Op::put("n", "x"), Cond::Exists),
+            with_cond(8, Op::delete("k"), Cond::ModRevision(4)),
+            with_cond(9, Op::delete("k"), Cond::ModRevision(4)),
+        ])
+        .unwrap();
+    let deleted = |revision| OpResult {
+        deleted: 1,
+        ..OpResult::done(revision, true)
+    };
+    assert_eq!(
+        r,
+        vec![
+            Some(OpResult::done(2, true)),
+            Some(conflict(2, 2)),
+            Some(OpResult::done(3, true)),
+            Some(conflict(3, 3)),
+            Some(conflict(3, 3)),
+            Some(OpResult::done(4, true)),
+            Some(conflict(4, 0)),
+            Some(deleted(5)),
+            Some(conflict(5, 0)),
+        ]
+    );
+    assert_eq!(get(s, "k"), None);
+    assert_eq!(get(s, "n"), None);
+    assert_eq!((s.applied_index(), s.revision(), s.len()), (9, 5, 0));
+}
+
+fn snapshot_round_trip(src: &KvStore, dst: &KvStore) {
+    let batch: Vec<Applied> = (0..1000u64)
+        .map(|i| put(i + 1, &format!("key{i:04}"), &"x".repeat(i as usize % 50)))
+        .collect();
+    src.apply(&batch).unwrap();
+    src.apply(&[del(1001, "key0007"), put(1002, "key0001", "v2")])
+        .unwrap();
+    dst.apply(&[put(1, "stale", "gone")]).unwrap();
+    let mut buf = Vec::new();
+    src.snapshot(&mut buf).unwrap();
+    dst.restore(&mut buf.as_slice()).unwrap();
+    assert_eq!(dst.meta(), src.meta());
+    for at in [None, Some(2), Some(500), Some(1001)] {
+        assert_eq!(all(dst, at), all(src, at), "{at:?}");
+    }
+    assert_eq!(get(dst, "stale"), None);
+    // Writes after the restore build on the restored keys, not on what dst had before.
+    let rev = src.revision();
+    dst.apply(&[put(1003, "stale", "again"), put(1004, "key0001", "v3")])
+        .unwrap();
+    let again = get(dst, "stale").unwrap();
+    assert_eq!((again.version, again.create_revision), (1, rev + 1));
+    let updated = get(dst, "key0001").unwrap();
+    assert_eq!((updated.version, updated.create_revision), (3, 3));
+}
+
+fn corrupt_snapshot_is_refused(src: &KvStore, dst: &KvStore) {
+    src.apply(&[put(1, "a", "1"), put(2, "b", "2")]).unwrap();
+    dst.apply(&[put(1, "mine", "x")]).unwrap();
+    let mut buf = Vec::new();
+    src.snapshot(&mut buf).unwrap();
+    let mid = buf.len() / 2;
+    buf[mid] ^= 0x5a;
+    assert!(dst.restore(&mut buf.as_slice()).is_err());
+    buf.truncate(mid);
+    assert!(dst.restore(&mut buf.as_slice()).is_err());
+    assert!(get(dst, "mine").is_some());
+    assert_eq!(dst.applied_index(), 1);
+}
+
+/// A snapshot written before history existed restores as a store compacted at its revision.
+fn format_1_snapshot_is_read_as_compacted(s: &KvStore) {
+    let mut v1 = Vec::new();
+    v1.extend_from_slice(b"METCDSN1");
+    v1.extend_from_slice(&12u64.to_be_bytes());
+    v1.extend_from_slice(&9u64.to_be_bytes());
+    for (k, v, c, m, ver) in [("a", "1", 3u64, 9u64, 2u64), ("b", "2", 4, 4, 1)] {
+        v1.push(1);
+        v1.extend_from_slice(&(k.len() as u32).to_be_bytes());
+        v1.extend_from_slice(k.as_bytes());
+        v1.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        v1.extend_from_slice(v.as_bytes());
+        for n in [c, m, ver] {
+            v1.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+    v1.push(0);
+    v1.extend_from_slice(&2u64.to_be_bytes());
+    let crc = crc32fast::hash(&v1);
+    v1.extend_from_slice(&crc.to_be_bytes());
+    s.restore(&mut v1.as_slice()).unwrap();
+    let m = s.meta();
+    assert_eq!(
+        (m.applied_index, m.revision, m.keys, m.compact_revision),
+        (12, 9, 2, 9)
+    );
+    let a = get(s, "a").unwrap();
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (3, 9, 2));
+    assert_eq!(keys(&all(s, Some(9))), ["a", "b"]);
+    assert!(s.get(b"a", Some(8)).is_err());
+    s.apply(&[put(13, "b", "3")]).unwrap();
+    assert_eq!(get(s, "b").unwrap().version, 2);
+    assert_eq!(keys(&all(s, Some(9))), ["a", "b"]);
+}
+
+/// A durable index is never ahead of what was applied, and reaches it on `persist`; a
+/// restore makes the restored state durable.
+fn durable_index_follows_persist(s: &KvStore) {
+    let Some(start) = s.durable_index() else {
+        return;
+    };
+    assert_eq!(start, 0);
+    s.apply(&[put(1, "a", "1"), put(2, "b", "2")]).unwrap();
+    assert!(s.durable_index().is_some_and(|d| d <= 2));
+    s.persist().unwrap();
+    assert_eq!(s.durable_index(), Some(2));
+    let mut buf = Vec::new();
+    s.snapshot(&mut buf).unwrap();
+    s.apply(&[put(3, "c", "3")]).unwrap();
+    s.persist().unwrap();
+    assert_eq!(s.durable_index(), Some(3));
+    s.restore(&mut buf.as_slice()).unwrap();
+    assert_eq!(s.durable_index(), Some(2));
+}
+
+#[test]
+fn snapshots_restore_across_every_pair_of_engines() {
+    let dirs = Dirs::default();
+    let batch: Vec<Applied> = (0..3000u64)
+        .map(|i| put(i + 1, &format!("k{:05}", i % 2000), &format!("v{i}")))
+        .chain([
+            del(3001, "k00042"),
+            Applied {
+                index: 3002,
+                op: None,
+            },
+            op(3003, Op::Compact { revision: 1500 }),
+        ])
+        .collect();
+    for src_kind in EngineKind::ALL {
+        let src = open_temp(src_kind, &dirs);
+        src.apply(&batch).unwrap();
+        // Halfway through physical compaction: the receiver finishes it.
+        assert!(src.compact_step(500).unwrap());
+        let mut buf = Vec::new();
+        src.snapshot(&mut buf).unwrap();
+        for dst_kind in EngineKind::ALL {
+            let dst = open_temp(dst_kind, &dirs);
+            dst.apply(&[put(1, "old", "state")]).unwrap();
+            dst.restore(&mut buf.as_slice()).unwrap();
+            let what = format!("{} -> {}", src_kind.name(), dst_kind.name());
+            for at in [None, Some(1500), Some(2500)] {
+                assert_eq!(all(&dst, at), all(&src, at), "{what} at {at:?}");
+            }
+            assert_eq!(dst.meta(), src.meta(), "{what}");
+            while dst.compact_step(700).unwrap() {}
+            assert_eq!(all(&dst, Some(1500)), all(&src, Some(1500)), "{what}");
+            // The restored store goes on applying from the snapshot's index.
+            let r = dst
+                .apply(&[put(3003, "x", "skipped"), put(3004, "k00001", "new")])
+                .unwrap();
+            assert_eq!(r, vec![None, Some(OpResult::done(3003, true))], "{what}");
+            assert_eq!(get(&dst, "k00001").unwrap().version, 3, "{what}");
+        }
+    }
+}
+
+#[test]
+fn persistent_engines_keep_state_across_reopen() {
+    for kind in [EngineKind::Btree, EngineKind::Lsm] {
+        let dir = tempfile::tempdir().unwrap();
+        let reopen =
+            || KvStore::open(open(kind, dir.path(), &EngineOptions::default()).unwrap()).unwrap();
+        let batch: Vec<Applied> = (0..500u64)
+            .map(|i| put(i + 1, &format!("k{i:03}"), "v"))
+            .collect();
+        let before = {
+            let s = reopen();
+            s.apply(&batch).unwrap();
+            s.apply(&[del(501, "k007")]).unwrap();
+            s.persist().unwrap();
+            (all(&s, None), all(&s, Some(300)))
+        };
+        let s = reopen();
+        assert_eq!((s.applied_index(), s.revision(), s.len()), (501, 502, 499));
+        assert!(s.durable_index().is_none_or(|d| d == 501));
+        assert_eq!((all(&s, None), all(&s, Some(300))), before);
+        assert!(s.apply(&batch).unwrap().iter().all(Option::is_none));
+        assert_eq!(s.revision(), 502);
+        // A write after reopening builds on the stored record.
+        s.apply(&[put(502, "k001", "w")]).unwrap();
+        let kv = get(&s, "k001").unwrap();
+        assert_eq!(
+            (kv.version, kv.create_revision, kv.mod_revision),
+            (2, 3, 503)
+        );
+    }
+}
+
+/// Random puts, deletes, range deletes and compactions against a model holding the whole
+/// store at every revision: every read at every readable revision agrees, on every engine,
+/// with physical compaction run in small steps in between.
+#[test]
+fn history_agrees_with_a_model() {
+    let dirs = Dirs::default();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let ops: Vec<Op> = (0..600)
+        .map(|i| {
+            let key = format!("k{}", rand(12));
+            match rand(20) {
+                0..=10 => Op::put(key, format!("v{i}")),
+                11..=15 => Op::delete(key),
+                16..=17 => Op::DeleteRange {
+                    start: format!("k{}", rand(12)).into_bytes(),
+                    end: Some(format!("k{}", rand(12)).into_bytes()),
+                },
+                _ => Op::Compact {
+                    revision: 1 + rand(i as u64 / 2 + 1),
+                },
+            }
+        })
+        .collect();
+    for kind in EngineKind::ALL {
+        let s = open_temp(kind, &dirs);
+        // states[r]: key -> (value, create, mod, version) at revision r.
+        type State = BTreeMap<Vec<u8>, (Vec<u8>, u64, u64, u64)>;
+        let mut states: Vec<State> = vec![State::new(), State::new()];
+        let mut compacted = 0u64;
+        for (i, o) in ops.iter().enumerate() {
+            let index = i as u64 + 1;
+            let rev = states.len() as u64 - 1;
+            let mut next = states[rev as usize].clone();
+            match o {
+                Op::Put { key, value, .. } => {
+                    let (create, version) = next
+                        .get(key)
+                        .map_or((rev + 1, 1), |(_, c, _, v)| (*c, v + 1));
+                    next.insert(key.clone(), (value.clone(), create, rev + 1, version));
+                }
+                Op::Delete { key, .. } => drop(next.remove(key)),
+                Op::DeleteRange { start, end } => {
+                    let end = end.clone().unwrap_or_default();
+                    next.retain(|k, _| !(k >= start && k < &end));
+                }
+                Op::Compact { revision } => {
+                    if *revision > compacted && *revision <= rev {
+                        compacted = *revision;
+                    }
+                }
+            }
+            let result = s.apply(&[op(index, o.clone())]).unwrap()[0].unwrap();
+            if next != states[rev as usize] {
+                states.push(next);
+            }
+            assert_eq!(result.revision, states.len() as u64 - 1, "{kind:?} op {i}");
+            if rand(3) == 0 {
+                s.compact_step(1 + rand(4) as usize).unwrap();
+            }
+            if i % 50 == 49 {
+                for r in compacted.max(1)..states.len() as u64 {
+                    let got: State = all(&s, Some(r))
+                        .into_iter()
+                        .map(|kv| {
+                            (
+                                kv.key,
+                                (kv.value, kv.create_revision, kv.mod_revision, kv.version),
+                            )
+                        })
+                        .collect();
+                    assert_eq!(got, states[r as usize], "{kind:?} at {r} after op {i}");
+                    let k = format!("k{}", rand(12)).into_bytes();
+                    let one = s.get(&k, Some(r)).unwrap().value.map(|kv| kv.value);
+                    assert_eq!(one, states[r as usize].get(&k).map(|v| v.0.clone()));
+                }
+                if compacted > 1 {
+                    assert!(s.get(b"k1", Some(compacted - 1)).is_err());
+                }
+            }
+        }
+        assert!(compacted > 10, "the run compacted ({compacted})");
+    }
+}

@@ -1,0 +1,761 @@
+//! etcd's multi-version key-value model over any [`Engine`]: the KVStore of the seed article,
+//! with history.
+//!
+//! Rules, the same on every engine and every member (the conformance suite checks them):
+//! - Writes arrive only through [`KvStore::apply`], in log order, one batch per Ready; the
+//!   batch's data and the meta entry (applied index, revision) are one engine write, so they
+//!   change together. Entries at or below the applied index are skipped.
+//! - The revision starts at 1 and rises by exactly one per write transaction that changes
+//!   something (a put, a delete of an existing key, a range delete of at least one key); all
+//!   its changes share that revision. A write that changes nothing does not raise it.
+//! - Every change is kept as a version (`h`) and indexed by revision (`r`) until compaction.
+//!   Compacting through C refuses reads below C at once (logical), then deletes, in bounded
+//!   steps ([`KvStore::compact_step`]), every version that no read at C or later can see
+//!   (physical). Deletions recorded exactly at C are kept so a watch may start at C.
+//! - Reads run on one consistent engine state and report the revision of that state.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::{BufReader, Read, Write};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::layout::{self, META, Meta};
+use super::snapshot::{Item, SnapshotReader, SnapshotWriter};
+use super::{
+    Applied, Changes, Cond, Engine, EngineError, EngineKind, Header, HeaderCache, KeyValue, Op,
+    OpResult, Reader, Record, Result, View, Visit,
+};
+
+/// A read at a revision that the store cannot serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RevisionError {
+    #[error(
+        "required revision {requested} has been compacted (compact revision {compact_revision})"
+    )]
+    Compacted {
+        requested: u64,
+        compact_revision: u64,
+    },
+    #[error("required revision {requested} is a future revision (current revision {current})")]
+    Future { requested: u64, current: u64 },
+}
+
+/// What a read saw, with the store's revisions at that state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadAt<T> {
+    /// The store revision of the state read (not the revision asked for).
+    pub revision: u64,
+    pub compact_revision: u64,
+    pub value: T,
+}
+
+/// The state machine: history, compaction and reads at any revision over one engine.
+pub struct KvStore {
+    engine: Arc<dyn Engine>,
+    /// The meta entry as of the last write; only the owner thread writes.
+    meta: RwLock<Meta>,
+    /// Current headers of written keys, for engines whose lookups cost (btree, lsm).
+    headers: Mutex<HeaderCache>,
+    cache_headers: bool,
+}
+
+/// Physical compaction work per [`KvStore::compact_step`]: revision-index entries examined.
+pub const COMPACT_STEP: usize = 1_000;
+
+fn read_meta(r: &dyn Reader) -> Result<Meta> {
+    match r.get(META)? {
+        Some(v) => Meta::decode(&v),
+        None => Ok(Meta::EMPTY),
+    }
+}
+
+/// Refuses a read at `at` that this state cannot answer; `None` or 0 mean the current revision.
+fn check_revision(meta: &Meta, at: Option<u64>) -> Result<Option<u64>> {
+    match at {
+        None | Some(0) => Ok(None),
+        Some(n) if n > meta.revision => Err(RevisionError::Future {
+            requested: n,
+            current: meta.revision,
+        }
+        .into()),
+        Some(n) if n < meta.compact_revision => Err(RevisionError::Compacted {
+            requested: n,
+            compact_revision: meta.compact_revision,
+        }
+        .into()),
+        Some(n) if n == meta.revision => Ok(None),
+        Some(n) => Ok(Some(n)),
+    }
+}
+
+/// The version of `key` visible at revision `at`: the newest at or below it.
+fn version_at(r: &dyn Reader, key: &[u8], at: u64) -> Result<Option<Record>> {
+    let mut last: Option<Vec<u8>> = None;
+    let end = layout::history_key(key, at.saturating_add(1));
+    r.scan(&layout::history_key(key, 0), &end, &mut |_, v| {
+        last = Some(v.to_vec());
+        Ok(true)
+    })?;
+    Ok(last
+        .map(|v| layout::decode_version(&v))
+        .transpose()?
+        .flatten())
+}
+
+/// Keys in `[start, end)` as of revision `at`, at most `limit`.
+fn range_at(
+    r: &dyn Reader,
+    start: &[u8],
+    end: Option<&[u8]>,
+    at: u64,
+    limit: usize,
+) -> Result<Vec<KeyValue>> {
+    let (lo, hi) = layout::history_range(start, end);
+    let mut out = Vec::new();
+    // The versions of one key are contiguous; keep the newest at or below `at`.
+    let mut group: Vec<u8> = Vec::new();
+    let mut newest: Option<(Vec<u8>, Vec<u8>)> = None;
+    let emit = |newest: Option<(Vec<u8>, Vec<u8>)>, out: &mut Vec<KeyValue>| -> Result<()> {
+        if let Some((raw, v)) = newest
+            && let Some(record) = layout::decode_version(&v)?
+        {
+            let (key, _) = layout::split_history_key(&raw)?;
+            out.push(record.into_kv(key));
+        }
+        Ok(())
+    };
+    r.scan(&lo, &hi, &mut |raw, v| {
+        let prefix = &raw[..raw.len().saturating_sub(8)];
+        if prefix != group.as_slice() {
+            emit(newest.take(), &mut out)?;
+            if out.len() >= limit {
+                return Ok(false);
+            }
+            group = prefix.to_vec();
+        }
+        if layout::history_rev(raw)? <= at {
+            newest = Some((raw.to_vec(), v.to_vec()));
+        }
+        Ok(true)
+    })?;
+    if out.len() < limit {
+        emit(newest.take(), &mut out)?;
+    }
+    Ok(out)
+}
+
+/// One apply batch's writes, staged over a consistent state of the engine: reads see the
+/// batch's own earlier writes.
+struct Batch<'a> {
+    base: &'a dyn Reader,
+    staged: Changes,
+    headers: Option<&'a HeaderCache>,
+}
+
+impl Batch<'_> {
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.staged.insert(key, Some(value));
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.staged.insert(key, None);
+    }
+
+    /// The current header of user key `key`.
+    fn current(&self, key: &[u8]) -> Result<Option<Header>> {
+        let raw = layout::latest_key(key);
+        if let Some(v) = self.staged.get(&raw) {
+            return v.as_deref().map(Record::decode_header).transpose();
+        }
+        if let Some(h) = self.headers.and_then(|c| c.get(key)) {
+            return Ok(Some(h));
+        }
+        self.base
+            .get(&raw)?
+            .map(|v| Record::decode_header(&v))
+            .transpose()
+    }
+
+    /// Entries in `[start, end)`, the staged changes over the engine's.
+    fn scan(&self, start: &[u8], end: &[u8], visit: &mut Visit) -> Result<()> {
+        use std::ops::Bound::{Excluded, Included};
+        let staged: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = if end > start {
+            self.staged
+                .range::<[u8], _>((Included(start), Excluded(end)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut i = 0;
+        let mut go = true;
+        self.base.scan(start, end, &mut |k, v| {
+            while let Some((sk, sv)) = staged.get(i).filter(|(sk, _)| sk.as_slice() <= k) {
+                i += 1;
+                let replaces = sk.as_slice() == k;
+                if let Some(sv) = sv
+                    && !visit(sk, sv)?
+                {
+                    go = false;
+                    return Ok(false);
+                }
+                if replaces {
+                    return Ok(true);
+                }
+            }
+            go = visit(k, v)?;
+            Ok(go)
+        })?;
+        if go {
+            for (sk, sv) in &staged[i..] {
+                if let Some(sv) = sv
+                    && !visit(sk, sv)?
+                {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The writes of one write transaction: they share one revision, the next one.
+struct Txn<'b, 'a> {
+    batch: &'b mut Batch<'a>,
+    meta: &'b mut Meta,
+    rev: u64,
+    sub: u32,
+}
+
+impl<'b, 'a> Txn<'b, 'a> {
+    fn new(batch: &'b mut Batch<'a>, meta: &'b mut Meta) -> Self {
+        let rev = meta.revision + 1;
+        Txn {
+            batch,
+            meta,
+            rev,
+            sub: 0,
+        }
+    }
+
+    fn record_change(&mut self, key: &[u8], version: Option<&Record>) {
+        self.batch.put(
+            layout::history_key(key, self.rev),
+            layout::encode_version(version),
+        );
+        self.batch
+            .put(layout::rev_key(self.rev, self.sub), key.to_vec());
+        self.sub += 1;
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8], lease: u64, current: Option<Header>) {
+        let (create_revision, version) = match current {
+            Some(h) => (h.create_revision, h.version + 1),
+            None => {
+                self.meta.keys += 1;
+                (self.rev, 1)
+            }
+        };
+        let record = Record {
+            value: value.to_vec(),
+            create_revision,
+            mod_revision: self.rev,
+            version,
+            lease,
+        };
+        self.record_change(key, Some(&record));
+        self.batch.put(layout::latest_key(key), record.encode());
+    }
+
+    /// Deletes `key`, which exists.
+    fn delete(&mut self, key: &[u8]) {
+        self.meta.keys -= 1;
+        self.record_change(key, None);
+        self.batch.delete(layout::latest_key(key));
+    }
+
+    /// Ends the transaction: the revision rises if anything was written.
+    fn finish(self) -> u64 {
+        if self.sub > 0 {
+            self.meta.revision = self.rev;
+        }
+        self.meta.revision
+    }
+}
+
+/// Applies one op to `batch`, advancing `meta`.
+fn apply_op(batch: &mut Batch, meta: &mut Meta, op: &Op) -> Result<OpResult> {
+    let conflict = |meta: &Meta, current: Option<Header>| OpResult {
+        conflict: Some(current.map_or(0, |h| h.mod_revision)),
+        ..OpResult::done(meta.revision, false)
+    };
+    match op {
+        Op::Put { key, value, cond } => {
+            let current = batch.current(key)?;
+            if cond.is_some_and(|c| !c.holds(current)) {
+                return Ok(conflict(meta, current));
+            }
+            let mut txn = Txn::new(batch, meta);
+            txn.put(key, value, 0, current);
+            Ok(OpResult::done(txn.finish(), true))
+        }
+        Op::Delete { key, cond } => {
+            let current = batch.current(key)?;
+            if cond.is_some_and(|c: Cond| !c.holds(current)) {
+                return Ok(conflict(meta, current));
+            }
+            let mut txn = Txn::new(batch, meta);
+            if current.is_some() {
+                txn.delete(key);
+            }
+            let changed = current.is_some();
+            Ok(OpResult {
+                deleted: u64::from(changed),
+                ..OpResult::done(txn.finish(), changed)
+            })
+        }
+        Op::DeleteRange { start, end } => {
+            let (lo, hi) = layout::latest_range(start, end.as_deref());
+            let mut keys = Vec::new();
+            batch.scan(&lo, &hi, &mut |k, _| {
+                keys.push(k[1..].to_vec());
+                Ok(true)
+            })?;
+            let mut txn = Txn::new(batch, meta);
+            for key in &keys {
+                txn.delete(key);
+            }
+            Ok(OpResult {
+                deleted: keys.len() as u64,
+                ..OpResult::done(txn.finish(), !keys.is_empty())
+            })
+        }
+        Op::Compact { revision } => {
+            let refused = if *revision <= meta.compact_revision {
+                Some(RevisionError::Compacted {
+                    requested: *revision,
+                    compact_revision: meta.compact_revision,
+                })
+            } else if *revision > meta.revision {
+                Some(RevisionError::Future {
+                    requested: *revision,
+                    current: meta.revision,
+                })
+            } else {
+                meta.compact_revision = *revision;
+                None
+            };
+            Ok(OpResult {
+                refused,
+                ..OpResult::done(meta.revision, refused.is_none())
+            })
+        }
+    }
+}
+
+impl KvStore {
+    /// The store kept by `engine` (empty: revision 1).
+    pub fn open(engine: Arc<dyn Engine>) -> Result<KvStore> {
+        let mut meta = Meta::EMPTY;
+        engine.read(&mut |r| {
+            meta = read_meta(r)?;
+            Ok(())
+        })?;
+        let cache_headers = engine.keeps_state();
+        Ok(KvStore {
+            engine,
+            meta: RwLock::new(meta),
+            headers: Mutex::new(HeaderCache::default()),
+            cache_headers,
+        })
+    }
+
+    pub fn kind(&self) -> EngineKind {
+        self.engine.kind()
+    }
+
+    /// The meta entry as of the last applied batch.
+    pub fn meta(&self) -> Meta {
+        *self.meta.read()
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.meta().applied_index
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.meta().revision
+    }
+
+    /// Number of keys that exist.
+    pub fn len(&self) -> u64 {
+        self.meta().keys
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn keeps_state(&self) -> bool {
+        self.engine.keeps_state()
+    }
+
+    pub fn durable_index(&self) -> Option<u64> {
+        self.engine.durable_index()
+    }
+
+    pub fn persist(&self) -> Result<()> {
+        self.engine.persist()
+    }
+
+    /// A frozen state for a snapshot ([`write_snapshot`]) or a digest ([`write_digest`]).
+    pub fn view(&self) -> Result<Box<dyn View>> {
+        self.engine.view()
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&dyn Reader, &Meta) -> Result<T>) -> Result<ReadAt<T>> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.engine.read(&mut |r| {
+            let meta = read_meta(r)?;
+            if let Some(f) = f.take() {
+                out = Some(ReadAt {
+                    revision: meta.revision,
+                    compact_revision: meta.compact_revision,
+                    value: f(r, &meta)?,
+                });
+            }
+            Ok(())
+        })?;
+        out.ok_or_else(|| EngineError::Backend("engine read did not run".into()))
+    }
+
+    /// `key` as of revision `at` (`None` or 0: the current revision).
+    pub fn get(&self, key: &[u8], at: Option<u64>) -> Result<ReadAt<Option<KeyValue>>> {
+        self.read(|r, meta| match check_revision(meta, at)? {
+            None => r
+                .get(&layout::latest_key(key))?
+                .map(|v| Ok(Record::decode(&v)?.into_kv(key.to_vec())))
+                .transpose(),
+            Some(n) => Ok(version_at(r, key, n)?.map(|rec| rec.into_kv(key.to_vec()))),
+        })
+    }
+
+    /// Keys in `[start, end)` (`end = None`: to the last key) in order, at most `limit`, as of
+    /// revision `at`.
+    pub fn range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        at: Option<u64>,
+    ) -> Result<ReadAt<Vec<KeyValue>>> {
+        self.read(|r, meta| match check_revision(meta, at)? {
+            Some(n) => range_at(r, start, end, n, limit),
+            None => {
+                let (lo, hi) = layout::latest_range(start, end);
+                let mut out = Vec::new();
+                if limit > 0 {
+                    r.scan(&lo, &hi, &mut |k, v| {
+                        out.push(Record::decode(v)?.into_kv(k[1..].to_vec()));
+                        Ok(out.len() < limit)
+                    })?;
+                }
+                Ok(out)
+            }
+        })
+    }
+
+    /// Applies a batch of committed entries in one engine write; entries at or below the
+    /// applied index are skipped (result `None`). Results align with `batch`.
+    pub fn apply(&self, batch: &[Applied]) -> Result<Vec<Option<OpResult>>> {
+        let mut meta = self.meta();
+        if batch.last().is_none_or(|e| e.index <= meta.applied_index) {
+            return Ok(vec![None; batch.len()]);
+        }
+        let mut headers = self.headers.lock();
+        let mut results = Vec::with_capacity(batch.len());
+        let mut staged = Changes::new();
+        self.engine.read(&mut |base| {
+            let mut b = Batch {
+                base,
+                staged: Changes::new(),
+                headers: self.cache_headers.then_some(&*headers),
+            };
+            for entry in batch {
+                if entry.index <= meta.applied_index {
+                    results.push(None);
+                    continue;
+                }
+                let result = match &entry.op {
+                    None => None,
+                    Some(op) => Some(apply_op(&mut b, &mut meta, op)?),
+                };
+                results.push(result);
+                meta.applied_index = entry.index;
+            }
+            b.put(META.to_vec(), meta.encode());
+            staged = std::mem::take(&mut b.staged);
+            Ok(())
+        })?;
+        let written: Vec<(Vec<u8>, Option<Header>)> = if self.cache_headers {
+            let (lo, hi) = layout::namespace(layout::LATEST);
+            staged
+                .range(lo..hi)
+                .map(|(k, v)| {
+                    Ok((
+                        k[1..].to_vec(),
+                        v.as_deref().map(Record::decode_header).transpose()?,
+                    ))
+                })
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        self.engine.write(staged, meta.applied_index)?;
+        for (k, h) in written {
+            headers.update(&k, h);
+        }
+        *self.meta.write() = meta;
+        Ok(results)
+    }
+
+    /// Whether physical compaction has work left ([`KvStore::compact_step`]).
+    pub fn compaction_pending(&self) -> bool {
+        let m = self.meta();
+        m.compacted < m.compact_revision
+    }
+
+    /// Deletes versions that compaction made unreadable, examining at most `budget` entries
+    /// of the revision index below the compact revision (and then all entries at it) in one
+    /// engine write. Returns whether work remains. Called by the owner between applies.
+    pub fn compact_step(&self, budget: usize) -> Result<bool> {
+        let mut meta = self.meta();
+        let c = meta.compact_revision;
+        if meta.compacted >= c {
+            return Ok(false);
+        }
+        let mut staged = Changes::new();
+        let mut done = false;
+        self.engine.read(&mut |base| {
+            let mut b = Batch {
+                base,
+                staged: Changes::new(),
+                headers: None,
+            };
+            // Index entries below c go once their keys are compacted; those at c stay, so a
+            // watch may start at c.
+            let mut entries = Vec::new();
+            let (lo, _) = layout::namespace(layout::REVS);
+            base.scan(&lo, &layout::rev_key(c, 0), &mut |k, v| {
+                entries.push((k.to_vec(), v.to_vec()));
+                Ok(entries.len() < budget)
+            })?;
+            if entries.len() < budget {
+                base.scan(
+                    &layout::rev_key(c, 0),
+                    &layout::rev_key(c + 1, 0),
+                    &mut |k, v| {
+                        entries.push((k.to_vec(), v.to_vec()));
+                        Ok(true)
+                    },
+                )?;
+                done = true;
+            }
+            let mut seen = HashSet::new();
+            for (k, key) in entries {
+                if layout::rev_of(&k)? < c {
+                    b.delete(k);
+                }
+                if seen.insert(key.clone()) {
+                    compact_key(&mut b, &key, c)?;
+                }
+            }
+            staged = std::mem::take(&mut b.staged);
+            Ok(())
+        })?;
+        if done {
+            meta.compacted = c;
+        }
+        staged.insert(META.to_vec(), Some(meta.encode()));
+        self.engine.write(staged, meta.applied_index)?;
+        *self.meta.write() = meta;
+        Ok(!done)
+    }
+
+    /// Streams a snapshot of the current state (a test and tool helper; the owner uses
+    /// [`KvStore::view`] and writes it elsewhere).
+    pub fn snapshot(&self, out: &mut dyn Write) -> Result<()> {
+        write_snapshot(self.view()?.as_ref(), out).map(drop)
+    }
+
+    /// Replaces the whole store with a snapshot's (format 2, or format 1 as a store compacted
+    /// at its revision). A corrupt snapshot leaves the current state in place.
+    pub fn restore(&self, input: &mut dyn Read) -> Result<()> {
+        let mut input = BufReader::with_capacity(256 << 10, input);
+        let reader = SnapshotReader::new(&mut input)?;
+        let applied_index = reader.applied_index;
+        let mut headers = self.headers.lock();
+        let mut entries = Entries::new(reader);
+        self.engine.restore(&mut entries, applied_index)?;
+        headers.clear();
+        let mut meta = Meta::EMPTY;
+        self.engine.read(&mut |r| {
+            meta = read_meta(r)?;
+            Ok(())
+        })?;
+        *self.meta.write() = meta;
+        Ok(())
+    }
+}
+
+/// Deletes the versions of `key` at or below `c` that no read at `c` or later can see: all
+/// but the newest, and the newest too if it is a deletion recorded before `c`.
+fn compact_key(b: &mut Batch, key: &[u8], c: u64) -> Result<()> {
+    let mut versions: Vec<(Vec<u8>, bool)> = Vec::new();
+    let end = layout::history_key(key, c.saturating_add(1));
+    b.scan(&layout::history_key(key, 0), &end, &mut |k, v| {
+        versions.push((k.to_vec(), layout::version_header(v)?.is_none()));
+        Ok(true)
+    })?;
+    let Some((newest, deleted)) = versions.pop() else {
+        return Ok(());
+    };
+    if deleted && layout::history_rev(&newest)? < c {
+        b.delete(newest);
+    }
+    for (k, _) in versions {
+        b.delete(k);
+    }
+    Ok(())
+}
+
+/// The meta entry of a frozen state.
+pub fn view_meta(view: &dyn View) -> Result<Meta> {
+    read_meta(view)
+}
+
+/// Streams `view` in the snapshot format; returns the meta entry it holds.
+pub fn write_snapshot(view: &dyn View, out: &mut dyn Write) -> Result<Meta> {
+    let meta = read_meta(view)?;
+    let mut out = std::io::BufWriter::with_capacity(256 << 10, out);
+    let mut w = SnapshotWriter::new(&mut out, meta.applied_index, meta.revision)?;
+    view.scan(b"", &[0xff], &mut |k, v| {
+        w.entry(k, v)?;
+        Ok(true)
+    })?;
+    w.finish()?;
+    Ok(meta)
+}
+
+/// Streams what every member must agree on at the same applied index: the current records,
+/// history after the compact revision, and the meta entry without physical-compaction
+/// progress (which runs at each member's own pace). Returns the meta entry.
+pub fn write_digest(view: &dyn View, out: &mut dyn Write) -> Result<Meta> {
+    let meta = read_meta(view)?;
+    let mut out = std::io::BufWriter::with_capacity(256 << 10, out);
+    let logical = Meta {
+        compacted: 0,
+        ..meta
+    };
+    let mut w = SnapshotWriter::new(&mut out, meta.applied_index, meta.revision)?;
+    w.entry(META, &logical.encode())?;
+    let c = meta.compact_revision;
+    view.scan(&[META[0] + 1], &[0xff], &mut |k, v| {
+        let keep = match k[0] {
+            layout::HISTORY => layout::history_rev(k)? > c,
+            layout::REVS => layout::rev_of(k)? > c,
+            _ => true,
+        };
+        if keep {
+            w.entry(k, v)?;
+        }
+        Ok(true)
+    })?;
+    w.finish()?;
+    Ok(meta)
+}
+
+/// A snapshot's items as layout entries for [`Engine::restore`]: format 2 entries as they
+/// are, format 1 records as current records plus one version each, then a meta entry
+/// compacted at the snapshot's revision. Yields an error (and the engine keeps its old
+/// state) if the snapshot is corrupt or its meta entry disagrees with its header.
+struct Entries<'r> {
+    reader: SnapshotReader<'r>,
+    queued: VecDeque<(Vec<u8>, Vec<u8>)>,
+    keys: u64,
+    meta_seen: bool,
+    finished: bool,
+}
+
+impl<'r> Entries<'r> {
+    fn new(reader: SnapshotReader<'r>) -> Self {
+        Entries {
+            reader,
+            queued: VecDeque::new(),
+            keys: 0,
+            meta_seen: false,
+            finished: false,
+        }
+    }
+
+    fn advance(&mut self) -> Result<()> {
+        match self.reader.next_item()? {
+            Some(Item::Entry(k, v)) => {
+                if k == META {
+                    let m = Meta::decode(&v)?;
+                    if (m.applied_index, m.revision)
+                        != (self.reader.applied_index, self.reader.revision)
+                    {
+                        return Err(EngineError::CorruptSnapshot(
+                            "meta entry disagrees with the header".into(),
+                        ));
+                    }
+                    self.meta_seen = true;
+                }
+                self.queued.push_back((k, v));
+            }
+            Some(Item::Record(kv)) => {
+                let (key, record) = kv.split();
+                self.keys += 1;
+                self.queued.push_back((
+                    layout::history_key(&key, record.mod_revision),
+                    layout::encode_version(Some(&record)),
+                ));
+                self.queued
+                    .push_back((layout::latest_key(&key), record.encode()));
+            }
+            None => {
+                self.finished = true;
+                if self.reader.version == 1 {
+                    let revision = self.reader.revision.max(1);
+                    let meta = Meta {
+                        applied_index: self.reader.applied_index,
+                        revision,
+                        keys: self.keys,
+                        compact_revision: revision,
+                        compacted: revision,
+                    };
+                    self.queued.push_back((META.to_vec(), meta.encode()));
+                } else if !self.meta_seen {
+                    return Err(EngineError::CorruptSnapshot("no meta entry".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.queued.is_empty() && !self.finished {
+            if let Err(e) = self.advance() {
+                self.finished = true;
+                return Some(Err(e));
+            }
+        }
+        self.queued.pop_front().map(Ok)
+    }
+}
