@@ -56,6 +56,14 @@ pub struct Config {
     /// Snapshot and compact the log after this many applied entries.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_count: u64,
+    /// Automatic compaction of history (etcd's modes): `revision` keeps the newest
+    /// --auto-compaction-retention revisions; `periodic` keeps that much time.
+    #[arg(long, value_enum, default_value = "revision")]
+    pub auto_compaction_mode: CompactionMode,
+    /// For `revision`: a number of revisions. For `periodic`: a duration such as `30m`, `1h`,
+    /// `90s`, or a number of hours as etcd takes it. `0` turns automatic compaction off.
+    #[arg(long, default_value = "100000")]
+    pub auto_compaction_retention: String,
     /// State machine engine: btree (redb, read-heavy), lsm (fjall, write-heavy) or memory.
     #[arg(long, value_enum, default_value = "btree")]
     pub engine: EngineKind,
@@ -105,6 +113,60 @@ pub enum Subcommand {
     LocalCluster(LocalClusterArgs),
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompactionMode {
+    Revision,
+    Periodic,
+}
+
+/// What automatic compaction keeps, decided from the two flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompaction {
+    Off,
+    /// The newest this many revisions.
+    Revisions(u64),
+    /// The revisions of this much time.
+    Period(Duration),
+}
+
+impl AutoCompaction {
+    fn parse(mode: CompactionMode, retention: &str) -> Result<AutoCompaction, ConfigError> {
+        let r = retention.trim();
+        let bad = |want: &str| {
+            ConfigError::Invalid(format!(
+                "--auto-compaction-retention {r:?}: expected {want}"
+            ))
+        };
+        let parsed = match mode {
+            CompactionMode::Revision => {
+                let n = r.parse::<u64>().map_err(|_| bad("a number of revisions"))?;
+                AutoCompaction::Revisions(n)
+            }
+            CompactionMode::Periodic => {
+                let (digits, unit) =
+                    r.split_at(r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len()));
+                let n = digits
+                    .parse::<u64>()
+                    .map_err(|_| bad("a duration such as 30m or 1h"))?;
+                let secs = match unit {
+                    "" | "h" => n.checked_mul(3600),
+                    "m" => n.checked_mul(60),
+                    "s" => Some(n),
+                    _ => None,
+                };
+                AutoCompaction::Period(Duration::from_secs(
+                    secs.ok_or_else(|| bad("a duration such as 30m or 1h"))?,
+                ))
+            }
+        };
+        Ok(match parsed {
+            AutoCompaction::Revisions(0) => AutoCompaction::Off,
+            AutoCompaction::Period(d) if d.is_zero() => AutoCompaction::Off,
+            other => other,
+        })
+    }
+}
+
 /// One member named on the command line.
 #[derive(Clone, Debug)]
 pub struct Member {
@@ -137,6 +199,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub engine: EngineKind,
     pub engine_options: EngineOptions,
+    pub auto_compaction: AutoCompaction,
     pub snapshot_count: u64,
     /// Entries kept behind a snapshot for followers that are only a little behind.
     pub catch_up_entries: u64,
@@ -280,6 +343,10 @@ impl Config {
             engine_options: EngineOptions {
                 btree_cache_bytes: (self.btree_cache_mb << 20) as usize,
             },
+            auto_compaction: AutoCompaction::parse(
+                self.auto_compaction_mode,
+                &self.auto_compaction_retention,
+            )?,
             snapshot_count: self.snapshot_count,
             catch_up_entries: self.snapshot_count.min(5_000),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
@@ -426,6 +493,34 @@ mod tests {
             cfg(&["--cluster", "1=http://127.0.0.1:1,1=http://127.0.0.1:2"]).validate(),
             Err(ConfigError::DuplicateId(1))
         ));
+    }
+
+    #[test]
+    fn auto_compaction_flags() {
+        let auto = |args: &[&str]| cfg(args).validate().map(|s| s.auto_compaction);
+        let h = |n| AutoCompaction::Period(Duration::from_secs(n));
+        assert_eq!(auto(&[]).unwrap(), AutoCompaction::Revisions(100_000));
+        let periodic = |r| {
+            auto(&[
+                "--auto-compaction-mode",
+                "periodic",
+                "--auto-compaction-retention",
+                r,
+            ])
+        };
+        assert_eq!(periodic("2").unwrap(), h(7200));
+        assert_eq!(periodic("1h").unwrap(), h(3600));
+        assert_eq!(periodic("30m").unwrap(), h(1800));
+        assert_eq!(periodic("90s").unwrap(), h(90));
+        assert_eq!(periodic("0").unwrap(), AutoCompaction::Off);
+        assert_eq!(
+            auto(&["--auto-compaction-retention", "0"]).unwrap(),
+            AutoCompaction::Off
+        );
+        for bad in ["1d", "h", "1x", "1.5h", "99999999999999999999h"] {
+            assert!(periodic(bad).is_err(), "{bad}");
+        }
+        assert!(auto(&["--auto-compaction-retention", "1h"]).is_err());
     }
 
     #[test]

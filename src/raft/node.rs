@@ -170,6 +170,7 @@ pub struct Node {
     ticks: u64,
     /// The tick of the last physical compaction step.
     compacted_tick: u64,
+    auto_compactor: compaction::AutoCompactor,
 }
 
 impl Node {
@@ -225,6 +226,7 @@ impl Node {
             hashing: Arc::default(),
             ticks: 0,
             compacted_tick: 0,
+            auto_compactor: Default::default(),
         })
     }
 
@@ -275,6 +277,7 @@ impl Node {
         self.sweep();
         self.promote_caught_up_learners();
         self.propose_incarnation_records();
+        self.auto_compact();
     }
 
     /// After the inputs: propose what they queued, handle the Ready if there is one, record a

@@ -499,3 +499,102 @@ fn a_conf_change_replayed_after_a_restart_is_not_applied_again() {
         "a replayed change was applied (and refused) again"
     );
 }
+
+/// Puts `n` keys through leader `id`, settling after each.
+fn put_many(c: &mut Cluster, id: u64, n: usize) {
+    for i in 0..n {
+        let mut answer = c.put(id, &format!("k{i}"), "v");
+        c.settle();
+        assert!(matches!(answered(&mut answer), Some(Ok(_))));
+    }
+}
+
+/// Revision mode: once the head is a tenth of the retention past the last target, the
+/// leader compacts through the log to head - retention on every member; physical compaction
+/// follows on the next ticks.
+#[test]
+fn auto_compaction_by_revisions_keeps_the_newest() {
+    let mut c = Cluster::new(&["--auto-compaction-retention", "20"], &[]);
+    c.elect(1);
+    put_many(&mut c, 1, 20);
+    c.tick(1);
+    c.settle();
+    assert_eq!(
+        c.node(2).engine.meta().compact_revision,
+        0,
+        "head 21: target 1 < 0 + 2"
+    );
+    put_many(&mut c, 1, 1);
+    c.tick(1);
+    c.settle();
+    for id in 1..=3 {
+        let meta = c.node(id).engine.meta();
+        assert_eq!(
+            (meta.revision, meta.compact_revision),
+            (22, 2),
+            "member {id}"
+        );
+    }
+    c.tick(2);
+    assert!(
+        !c.node(2).engine.compaction_pending(),
+        "physically compacted"
+    );
+    // Not again until the target is two revisions (a tenth of 20) further.
+    put_many(&mut c, 1, 1);
+    c.tick(1);
+    c.settle();
+    assert_eq!(c.node(3).engine.meta().compact_revision, 2);
+    put_many(&mut c, 1, 1);
+    c.tick(1);
+    c.settle();
+    assert_eq!(c.node(3).engine.meta().compact_revision, 4);
+}
+
+/// Periodic mode: the leader samples the revision every tenth of the period and compacts to
+/// the newest sample a whole period old; a new leader starts sampling afresh.
+#[test]
+fn auto_compaction_by_period_keeps_the_last_period() {
+    // A 100 ms tick: a 1 s period is 10 ticks, sampled every tick.
+    let mut c = Cluster::new(
+        &[
+            "--auto-compaction-mode",
+            "periodic",
+            "--auto-compaction-retention",
+            "1s",
+        ],
+        &[],
+    );
+    c.elect(1);
+    let mut revision_at = Vec::new();
+    for _ in 0..15 {
+        put_many(&mut c, 1, 1);
+        c.tick(1);
+        c.settle();
+        revision_at.push(c.node(1).engine.revision());
+    }
+    // Tick t (1-based) sampled revision_at[t - 1]; at tick 15 the newest sample at least
+    // 10 ticks old is tick 5's.
+    let meta = c.node(3).engine.meta();
+    assert_eq!(meta.compact_revision, revision_at[4], "{revision_at:?}");
+    c.node(1).raw.transfer_leader(2);
+    c.settle();
+    assert_eq!(c.role(2), StateRole::Leader);
+    let compacted = c.node(2).engine.meta().compact_revision;
+    for _ in 0..9 {
+        put_many(&mut c, 2, 1);
+        c.tick(2);
+        c.settle();
+    }
+    assert_eq!(
+        c.node(1).engine.meta().compact_revision,
+        compacted,
+        "a period not yet sampled"
+    );
+    for _ in 0..3 {
+        put_many(&mut c, 2, 1);
+        c.tick(2);
+        c.settle();
+    }
+    assert!(c.node(1).engine.meta().compact_revision > compacted);
+}
