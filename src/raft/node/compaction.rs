@@ -72,7 +72,7 @@ impl Node {
             AutoCompaction::Revisions(keep) => {
                 let target = meta.revision.saturating_sub(keep);
                 let last = auto.proposed.map_or(meta.compact_revision, |(r, _)| r);
-                if target <= last.max(meta.compact_revision) + (keep / 10).max(1) - 1 {
+                if target < last.max(meta.compact_revision) + (keep / 10).max(1) {
                     return;
                 }
                 target
