@@ -33,6 +33,36 @@ fn op() -> impl Strategy<Value = Op> {
         (bytes(), proptest::option::of(bytes()))
             .prop_map(|(start, end)| Op::DeleteRange { start, end }),
         any::<u64>().prop_map(|revision| Op::Compact { revision }),
+        (bytes(), bytes(), bytes(), any::<u64>()).prop_map(|(key, value, end, n)| {
+            use crate::engine::txn::{CmpResult, Compare, KeyRange, Target, Txn, TxnOp};
+            Op::Txn(Box::new(Txn {
+                compare: vec![Compare {
+                    key: key.clone(),
+                    range_end: Some(end.clone()),
+                    target: Target::Version(n),
+                    result: CmpResult::Greater,
+                }],
+                success: vec![TxnOp::Put {
+                    key: key.clone(),
+                    value,
+                    lease: n,
+                }],
+                failure: vec![
+                    TxnOp::Delete(KeyRange {
+                        start: key.clone(),
+                        end: None,
+                    }),
+                    TxnOp::Get {
+                        range: KeyRange {
+                            start: key,
+                            end: Some(end),
+                        },
+                        limit: n,
+                        revision: n,
+                    },
+                ],
+            }))
+        }),
     ]
 }
 
@@ -81,6 +111,7 @@ proptest! {
                 prop_assert_eq!(sizes, (longer.max(1), 0));
             }
             (Ok(Op::Compact { .. }), Ok(sizes)) => prop_assert_eq!(sizes, (1, 0)),
+            (Ok(Op::Txn(_)), Ok((key, _))) => prop_assert!(key >= 1),
             (Err(_), Err(_)) => {}
             (decoded, sizes) => prop_assert!(false, "decode {:?} but sizes {:?}", decoded, sizes),
         }
@@ -131,6 +162,7 @@ proptest! {
                 Ok(Op::Delete { key, .. }) => !key.is_empty() && key.len() <= 16,
                 Ok(Op::DeleteRange { start, end }) => start.len().max(end.map_or(0, |e| e.len())) <= 16,
                 Ok(Op::Compact { .. }) => true,
+                Ok(Op::Txn(_)) => command::write_sizes(&e.data).is_ok_and(|(k, v)| k <= 16 && v <= 48),
                 Err(_) => false,
             };
             let writes = !ents.is_empty() && ents.iter().all(write);

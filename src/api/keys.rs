@@ -125,7 +125,7 @@ fn decode_key(raw_key: &str, max_key: usize) -> Result<Vec<u8>, ApiError> {
 async fn write(state: &AppState, op: Op) -> Result<Response, ApiError> {
     let delete = matches!(op, Op::Delete { .. });
     let result = state.node.propose(op).await?;
-    checked(result)?;
+    checked(&result)?;
     if delete && !result.changed {
         return Err(ApiError::NotFound);
     }
@@ -236,14 +236,14 @@ fn precondition(headers: &HeaderMap) -> Result<Option<Cond>, ApiError> {
 }
 
 /// A write whose precondition failed at apply time: 412, with the key's ETag then.
-fn checked(result: OpResult) -> Result<(), ApiError> {
+fn checked(result: &OpResult) -> Result<(), ApiError> {
     match result.conflict {
         Some(current) => Err(ApiError::PreconditionFailed(current)),
         None => Ok(()),
     }
 }
 
-async fn read_value(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub(super) async fn read_value(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     match axum::body::to_bytes(body, limit).await {
         Ok(b) => Ok(b.to_vec()),
         Err(e) => {

@@ -14,6 +14,7 @@ pub mod error;
 mod keys;
 mod query;
 mod range;
+mod txn;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -62,6 +63,7 @@ pub fn router(state: Shared) -> Router {
             allow("POST", post(admin::promote)),
         )
         .row("/_compact", allow("POST", post(admin::compact)))
+        .row("/_txn", allow("POST", post(txn::handle)))
         .row(
             "/_leader",
             allow("GET, POST", get(admin::leader).post(admin::transfer_leader)),

@@ -38,7 +38,7 @@ fn field(item: &mut Map<String, Value>, name: &str, bytes: Vec<u8>, encoding: En
     }
 }
 
-fn to_json(kv: KeyValue, encoding: Encoding) -> Value {
+pub fn to_json(kv: KeyValue, encoding: Encoding) -> Value {
     let mut item = Map::new();
     field(&mut item, "key", kv.key, encoding);
     field(&mut item, "value", kv.value, encoding);

@@ -57,6 +57,7 @@ fn run_all(make: &dyn Fn() -> KvStore) {
     reads_at_past_revisions(&make());
     compaction_boundaries(&make());
     range_delete_is_one_revision(&make());
+    transactions(&make());
     preconditions_decide_at_apply(&make());
     snapshot_round_trip(&make(), &make());
     corrupt_snapshot_is_refused(&make(), &make());
@@ -185,7 +186,8 @@ fn reads_at_past_revisions(s: &KvStore) {
 
 fn compact(s: &KvStore, index: u64, rev: u64) -> OpResult {
     s.apply(&[op(index, Op::Compact { revision: rev })])
-        .unwrap()[0]
+        .unwrap()
+        .remove(0)
         .unwrap()
 }
 
@@ -298,7 +300,10 @@ fn range_delete_is_one_revision(s: &KvStore) {
             end: None,
         },
     );
-    assert_eq!(s.apply(&[everything]).unwrap()[0].unwrap().deleted, 2);
+    assert_eq!(
+        s.apply(&[everything]).unwrap()[0].clone().unwrap().deleted,
+        2
+    );
     assert_eq!((s.len(), s.revision()), (0, 7));
     // A range delete sees the writes made before it in the same batch, and not after.
     let r = s
@@ -316,8 +321,206 @@ fn range_delete_is_one_revision(s: &KvStore) {
             put(12, "r/2", "x"),
         ])
         .unwrap();
-    assert_eq!(r[3].unwrap().deleted, 1);
+    assert_eq!(r[3].clone().unwrap().deleted, 1);
     assert_eq!(keys(&all(s, None)), ["r/2"]);
+}
+
+fn transactions(s: &KvStore) {
+    use super::txn::{CmpResult::*, Compare, KeyRange, Target, Txn, TxnOp, TxnResponse};
+    s.apply(&[put(1, "a", "1"), put(2, "b", "1")]).unwrap(); // 2, 3
+    let cmp = |key: &str, target, result| Compare {
+        key: key.into(),
+        range_end: None,
+        target,
+        result,
+    };
+    let one = |k: &str| KeyRange {
+        start: k.into(),
+        end: None,
+    };
+    let get = |k: &str, revision| TxnOp::Get {
+        range: one(k),
+        limit: 0,
+        revision,
+    };
+    let txn = |index, t: Txn| {
+        s.apply(&[op(index, Op::Txn(Box::new(t)))]).unwrap()[0]
+            .clone()
+            .unwrap()
+    };
+    let values = |r: &TxnResponse| match r {
+        TxnResponse::Get { kvs, .. } => kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+            .collect::<Vec<_>>(),
+        other => panic!("not a get: {other:?}"),
+    };
+    // Success: every write at one revision, reads see the earlier writes, a read at a past
+    // revision sees the past.
+    let r = txn(
+        3,
+        Txn {
+            compare: vec![
+                cmp("a", Target::Value(b"1".to_vec()), Equal),
+                cmp("missing", Target::Version(0), Equal),
+            ],
+            success: vec![
+                TxnOp::Put {
+                    key: b"a".to_vec(),
+                    value: b"2".to_vec(),
+                    lease: 0,
+                },
+                TxnOp::Put {
+                    key: b"c".to_vec(),
+                    value: b"3".to_vec(),
+                    lease: 0,
+                },
+                TxnOp::Delete(one("b")),
+                get("a", 0),
+                get("a", 3),
+                get("b", 0),
+            ],
+            failure: vec![],
+        },
+    );
+    let t = r.txn.as_ref().unwrap();
+    assert!(t.succeeded && r.changed && r.refused.is_none());
+    assert_eq!(r.revision, 4);
+    assert_eq!(t.responses[2], TxnResponse::Delete { deleted: 1 });
+    assert_eq!(
+        (
+            values(&t.responses[3]),
+            values(&t.responses[4]),
+            values(&t.responses[5])
+        ),
+        (vec!["2".to_string()], vec!["1".to_string()], vec![])
+    );
+    let (a, c) = (get_kv(s, "a"), get_kv(s, "c"));
+    assert_eq!(
+        (a.mod_revision, a.version, c.mod_revision, c.create_revision),
+        (4, 2, 4, 4)
+    );
+    assert_eq!(keys(&all(s, Some(3))), ["a", "b"]);
+    // Failure branch; a value compare on a missing key fails; a read-only branch writes
+    // nothing and keeps the revision.
+    let r = txn(
+        4,
+        Txn {
+            compare: vec![cmp("missing", Target::Value(vec![]), NotEqual)],
+            success: vec![TxnOp::Put {
+                key: b"x".to_vec(),
+                value: vec![],
+                lease: 0,
+            }],
+            failure: vec![TxnOp::Get {
+                range: KeyRange {
+                    start: vec![],
+                    end: Some(vec![]),
+                },
+                limit: 1,
+                revision: 0,
+            }],
+        },
+    );
+    let t = r.txn.as_ref().unwrap();
+    assert!(!t.succeeded && !r.changed);
+    assert_eq!(r.revision, 4);
+    match &t.responses[0] {
+        TxnResponse::Get { kvs, more } => {
+            assert_eq!((keys(kvs), *more), (vec!["a".to_string()], true))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Compares over a range hold only if they hold for every key in it; targets compare as
+    // numbers, values as bytes.
+    let range_cmp = |target, result| Compare {
+        key: vec![],
+        range_end: Some(vec![]),
+        target,
+        result,
+    };
+    let mut index = 4;
+    for (c, expect) in [
+        (range_cmp(Target::Mod(4), Less), false),
+        (range_cmp(Target::Mod(5), Less), true),
+        (range_cmp(Target::Create(1), Greater), true),
+        (range_cmp(Target::Lease(0), Equal), true),
+        (range_cmp(Target::Value(b"2".to_vec()), Greater), false),
+        (cmp("c", Target::Value(b"2".to_vec()), Greater), true),
+        (cmp("c", Target::Version(1), NotEqual), false),
+    ] {
+        index += 1;
+        let r = txn(
+            index,
+            Txn {
+                compare: vec![c.clone()],
+                ..Txn::default()
+            },
+        );
+        assert_eq!(r.txn.unwrap().succeeded, expect, "{c:?}");
+        assert_eq!(s.revision(), 4);
+    }
+    // A read at a future revision refuses the whole transaction: nothing is written.
+    let r = txn(
+        index + 1,
+        Txn {
+            success: vec![
+                TxnOp::Put {
+                    key: b"z".to_vec(),
+                    value: vec![],
+                    lease: 0,
+                },
+                get("a", 99),
+            ],
+            ..Txn::default()
+        },
+    );
+    assert!(matches!(
+        r.refused,
+        Some(RevisionError::Future {
+            requested: 99,
+            current: 4
+        })
+    ));
+    assert!(!r.changed);
+    assert_eq!((s.revision(), s.get(b"z", None).unwrap().value), (4, None));
+    // etcd's refusals, checked before proposing.
+    let dup = Txn {
+        success: vec![
+            TxnOp::Put {
+                key: b"k".to_vec(),
+                value: vec![],
+                lease: 0,
+            },
+            TxnOp::Delete(KeyRange {
+                start: b"j".to_vec(),
+                end: Some(b"l".to_vec()),
+            }),
+        ],
+        ..Txn::default()
+    };
+    assert_eq!(dup.check(), Err(super::txn::TxnError::DuplicateKey));
+    let twice = Txn {
+        failure: vec![
+            TxnOp::Put {
+                key: b"k".to_vec(),
+                value: vec![],
+                lease: 0
+            };
+            2
+        ],
+        ..Txn::default()
+    };
+    assert_eq!(twice.check(), Err(super::txn::TxnError::DuplicateKey));
+    let deletes = Txn {
+        success: vec![TxnOp::Delete(one("k")), TxnOp::Delete(one("k"))],
+        ..Txn::default()
+    };
+    assert_eq!(deletes.check(), Ok(()));
+}
+
+fn get_kv(s: &KvStore, k: &str) -> KeyValue {
+    get(s, k).unwrap_or_else(|| panic!("{k} missing"))
 }
 
 fn with_cond(index: u64, op: Op, c: Cond) -> Applied {
@@ -552,6 +755,7 @@ fn persistent_engines_keep_state_across_reopen() {
 /// with physical compaction run in small steps in between.
 #[test]
 fn history_agrees_with_a_model() {
+    use super::txn::{CmpResult, Compare, KeyRange, Target, Txn, TxnOp};
     let dirs = Dirs::default();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut rand = move |n: u64| {
@@ -570,6 +774,37 @@ fn history_agrees_with_a_model() {
                     start: format!("k{}", rand(12)).into_bytes(),
                     end: Some(format!("k{}", rand(12)).into_bytes()),
                 },
+                18 => {
+                    // A compare on one key's version decides between writing two others
+                    // (a put and a delete, never the same key) and writing the first.
+                    let (a, b) = (rand(12), rand(12));
+                    let c = (b + 1 + rand(11)) % 12;
+                    let key = |n: u64| format!("k{n}").into_bytes();
+                    Op::Txn(Box::new(Txn {
+                        compare: vec![Compare {
+                            key: key(a),
+                            range_end: None,
+                            target: Target::Version(rand(3)),
+                            result: CmpResult::Greater,
+                        }],
+                        success: vec![
+                            TxnOp::Put {
+                                key: key(b),
+                                value: format!("t{i}").into_bytes(),
+                                lease: 0,
+                            },
+                            TxnOp::Delete(KeyRange {
+                                start: key(c),
+                                end: None,
+                            }),
+                        ],
+                        failure: vec![TxnOp::Put {
+                            key: key(a),
+                            value: format!("f{i}").into_bytes(),
+                            lease: 0,
+                        }],
+                    }))
+                }
                 _ => Op::Compact {
                     revision: 1 + rand(i as u64 / 2 + 1),
                 },
@@ -594,6 +829,32 @@ fn history_agrees_with_a_model() {
                     next.insert(key.clone(), (value.clone(), create, rev + 1, version));
                 }
                 Op::Delete { key, .. } => drop(next.remove(key)),
+                Op::Txn(t) => {
+                    let (TxnOp::Put { key: b, value, .. }, TxnOp::Delete(c)) =
+                        (&t.success[0], &t.success[1])
+                    else {
+                        unreachable!()
+                    };
+                    let Target::Version(n) = t.compare[0].target else {
+                        unreachable!()
+                    };
+                    let a = &t.compare[0].key;
+                    let put = |next: &mut State, key: &Vec<u8>, value: &Vec<u8>| {
+                        let (create, version) = next
+                            .get(key)
+                            .map_or((rev + 1, 1), |(_, c, _, v)| (*c, v + 1));
+                        next.insert(key.clone(), (value.clone(), create, rev + 1, version));
+                    };
+                    if next.get(a).map_or(0, |v| v.3) > n {
+                        put(&mut next, b, value);
+                        next.remove(&c.start);
+                    } else {
+                        let TxnOp::Put { value, .. } = &t.failure[0] else {
+                            unreachable!()
+                        };
+                        put(&mut next, a, value);
+                    }
+                }
                 Op::DeleteRange { start, end } => {
                     let end = end.clone().unwrap_or_default();
                     next.retain(|k, _| !(k >= start && k < &end));
@@ -604,7 +865,7 @@ fn history_agrees_with_a_model() {
                     }
                 }
             }
-            let result = s.apply(&[op(index, o.clone())]).unwrap()[0].unwrap();
+            let result = s.apply(&[op(index, o.clone())]).unwrap().remove(0).unwrap();
             if next != states[rev as usize] {
                 states.push(next);
             }

@@ -18,6 +18,7 @@ pub mod lsm;
 pub mod memory;
 pub mod mvcc;
 pub mod snapshot;
+pub mod txn;
 
 pub use layout::Meta;
 pub use mvcc::{KvStore, ReadAt, RevisionError};
@@ -302,6 +303,8 @@ pub enum Op {
     Compact {
         revision: u64,
     },
+    /// A transaction ([`txn`]).
+    Txn(Box<txn::Txn>),
 }
 
 impl Op {
@@ -353,7 +356,7 @@ pub struct Applied {
 }
 
 /// What applying one op did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpResult {
     /// The store revision after this op.
     pub revision: u64,
@@ -363,8 +366,11 @@ pub struct OpResult {
     pub conflict: Option<u64>,
     /// Keys a delete removed.
     pub deleted: u64,
-    /// Set when a compaction was refused (at or below the last one, or in the future).
+    /// Set when a compaction, or a transaction's read, was refused (at or below the last
+    /// compaction, or in the future); a refused transaction changes nothing.
     pub refused: Option<RevisionError>,
+    /// A transaction's outcome.
+    pub txn: Option<Box<txn::TxnResult>>,
 }
 
 impl OpResult {
@@ -375,6 +381,7 @@ impl OpResult {
             conflict: None,
             deleted: 0,
             refused: None,
+            txn: None,
         }
     }
 }

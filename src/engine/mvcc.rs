@@ -70,6 +70,14 @@ fn read_meta(r: &dyn Reader) -> Result<Meta> {
     }
 }
 
+/// Refuses a read at revision `at` (0: the current one) that this state cannot answer.
+pub(super) fn check_revision_at(meta: &Meta, at: u64) -> std::result::Result<(), RevisionError> {
+    match check_revision(meta, Some(at)) {
+        Err(EngineError::Revision(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses a read at `at` that this state cannot answer; `None` or 0 mean the current revision.
 fn check_revision(meta: &Meta, at: Option<u64>) -> Result<Option<u64>> {
     match at {
@@ -145,9 +153,37 @@ fn range_at(
     Ok(out)
 }
 
+/// Current keys in `[start, end)` as `r` holds them, at most `limit`.
+fn range_latest(
+    r: &dyn Reader,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<KeyValue>> {
+    let (lo, hi) = layout::latest_range(start, end);
+    let mut out = Vec::new();
+    if limit > 0 {
+        r.scan(&lo, &hi, &mut |k, v| {
+            out.push(Record::decode(v)?.into_kv(k[1..].to_vec()));
+            Ok(out.len() < limit)
+        })?;
+    }
+    Ok(out)
+}
+
+/// Current keys in a range as a batch sees them (its own writes included).
+pub(super) fn range_batch(
+    batch: &Batch,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<KeyValue>> {
+    range_latest(batch, start, end, limit)
+}
+
 /// One apply batch's writes, staged over a consistent state of the engine: reads see the
 /// batch's own earlier writes.
-struct Batch<'a> {
+pub(super) struct Batch<'a> {
     base: &'a dyn Reader,
     staged: Changes,
     headers: Option<&'a HeaderCache>,
@@ -175,6 +211,15 @@ impl Batch<'_> {
             .get(&raw)?
             .map(|v| Record::decode_header(&v))
             .transpose()
+    }
+}
+
+impl Reader for Batch<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.staged.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.base.get(key),
+        }
     }
 
     /// Entries in `[start, end)`, the staged changes over the engine's.
@@ -220,7 +265,7 @@ impl Batch<'_> {
 }
 
 /// The writes of one write transaction: they share one revision, the next one.
-struct Txn<'b, 'a> {
+pub(super) struct Txn<'b, 'a> {
     batch: &'b mut Batch<'a>,
     meta: &'b mut Meta,
     rev: u64,
@@ -228,7 +273,7 @@ struct Txn<'b, 'a> {
 }
 
 impl<'b, 'a> Txn<'b, 'a> {
-    fn new(batch: &'b mut Batch<'a>, meta: &'b mut Meta) -> Self {
+    pub(super) fn new(batch: &'b mut Batch<'a>, meta: &'b mut Meta) -> Self {
         let rev = meta.revision + 1;
         Txn {
             batch,
@@ -248,7 +293,11 @@ impl<'b, 'a> Txn<'b, 'a> {
         self.sub += 1;
     }
 
-    fn put(&mut self, key: &[u8], value: &[u8], lease: u64, current: Option<Header>) {
+    pub(super) fn current(&self, key: &[u8]) -> Result<Option<Header>> {
+        self.batch.current(key)
+    }
+
+    pub(super) fn put(&mut self, key: &[u8], value: &[u8], lease: u64, current: Option<Header>) {
         let (create_revision, version) = match current {
             Some(h) => (h.create_revision, h.version + 1),
             None => {
@@ -274,8 +323,36 @@ impl<'b, 'a> Txn<'b, 'a> {
         self.batch.delete(layout::latest_key(key));
     }
 
+    /// Deletes every key in `[start, end)`; returns how many.
+    pub(super) fn delete_range(&mut self, start: &[u8], end: Option<&[u8]>) -> Result<u64> {
+        let (lo, hi) = layout::latest_range(start, end);
+        let mut keys = Vec::new();
+        self.batch.scan(&lo, &hi, &mut |k, _| {
+            keys.push(k[1..].to_vec());
+            Ok(true)
+        })?;
+        for key in &keys {
+            self.delete(key);
+        }
+        Ok(keys.len() as u64)
+    }
+
+    /// Keys in `[start, end)` as of `revision` (0: as this transaction has left them).
+    pub(super) fn get_range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        revision: u64,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>> {
+        match revision {
+            0 => range_latest(self.batch, start, end, limit),
+            at => range_at(self.batch, start, end, at, limit),
+        }
+    }
+
     /// Ends the transaction: the revision rises if anything was written.
-    fn finish(self) -> u64 {
+    pub(super) fn finish(self) -> u64 {
         if self.sub > 0 {
             self.meta.revision = self.rev;
         }
@@ -315,19 +392,20 @@ fn apply_op(batch: &mut Batch, meta: &mut Meta, op: &Op) -> Result<OpResult> {
             })
         }
         Op::DeleteRange { start, end } => {
-            let (lo, hi) = layout::latest_range(start, end.as_deref());
-            let mut keys = Vec::new();
-            batch.scan(&lo, &hi, &mut |k, _| {
-                keys.push(k[1..].to_vec());
-                Ok(true)
-            })?;
             let mut txn = Txn::new(batch, meta);
-            for key in &keys {
-                txn.delete(key);
-            }
+            let deleted = txn.delete_range(start, end.as_deref())?;
             Ok(OpResult {
-                deleted: keys.len() as u64,
-                ..OpResult::done(txn.finish(), !keys.is_empty())
+                deleted,
+                ..OpResult::done(txn.finish(), deleted > 0)
+            })
+        }
+        Op::Txn(t) => {
+            let before = meta.revision;
+            let (result, refused) = super::txn::apply(batch, meta, t)?;
+            Ok(OpResult {
+                refused,
+                txn: Some(Box::new(result)),
+                ..OpResult::done(meta.revision, meta.revision > before)
             })
         }
         Op::Compact { revision } => {
@@ -452,17 +530,7 @@ impl KvStore {
     ) -> Result<ReadAt<Vec<KeyValue>>> {
         self.read(|r, meta| match check_revision(meta, at)? {
             Some(n) => range_at(r, start, end, n, limit),
-            None => {
-                let (lo, hi) = layout::latest_range(start, end);
-                let mut out = Vec::new();
-                if limit > 0 {
-                    r.scan(&lo, &hi, &mut |k, v| {
-                        out.push(Record::decode(v)?.into_kv(k[1..].to_vec()));
-                        Ok(out.len() < limit)
-                    })?;
-                }
-                Ok(out)
-            }
+            None => range_latest(r, start, end, limit),
         })
     }
 

@@ -8,13 +8,16 @@
 //!                 cond 1: mod revision = rev, 2: key exists, 3: key absent)
 //!          0x04 | start_len u32 | start | end? (0x00, or 0x01 | end)   (range delete)
 //!          0x05 | revision u64                 (compaction)
+//!          0x06 | n u32 | compare * n | n u32 | op * n | n u32 | op * n   (transaction:
+//!                 compares, success ops, failure ops; see `encode_txn`)
 //!          0x10 | count u32 | (member id u64 | incarnation u64) * count
 //!                 (members' incarnations, recorded by the leader; not a client write)
 //! context: proposer member id u64 | proposal id u64
 //! ```
-//! Only writes (`0x01`-`0x05`) may be forwarded by a follower; a committed entry that does not
+//! Only writes (`0x01`-`0x06`) may be forwarded by a follower; a committed entry that does not
 //! decode, or whose tag this version does not know, is applied as a no-op on every member.
 
+use crate::engine::txn::{CmpResult, Compare, KeyRange, Target, Txn, TxnOp};
 use crate::engine::{Cond, Op};
 
 const PUT: u8 = 1;
@@ -22,6 +25,7 @@ const DELETE: u8 = 2;
 const CONDITIONAL: u8 = 3;
 const DELETE_RANGE: u8 = 4;
 const COMPACT: u8 = 5;
+const TXN: u8 = 6;
 const INCARNATIONS: u8 = 0x10;
 
 /// What a normal log entry carries.
@@ -60,6 +64,7 @@ pub fn encode(op: &Op) -> Vec<u8> {
             v.extend_from_slice(&revision.to_be_bytes());
             return v;
         }
+        Op::Txn(txn) => return encode_txn(txn),
     };
     let mut v = Vec::with_capacity(14 + key.len() + value.map_or(0, Vec::len));
     if let Some(cond) = cond {
@@ -142,10 +147,11 @@ pub fn write_sizes(data: &[u8]) -> Result<(usize, usize), DecodeError> {
         }
         DELETE => Ok((rest.len(), 0)),
         // Range bounds are keys (within the key limit); neither op needs a non-empty one.
-        DELETE_RANGE | COMPACT => match decode_write(tag, rest, None)? {
+        DELETE_RANGE | COMPACT | TXN => match decode_write(tag, rest, None)? {
             Op::DeleteRange { start, end } => {
                 Ok((start.len().max(end.map_or(0, |e| e.len())).max(1), 0))
             }
+            Op::Txn(txn) => Ok(txn_sizes(&txn)),
             _ => Ok((1, 0)),
         },
         _ => Err(DecodeError("unknown tag")),
@@ -203,7 +209,21 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
             key: rest.to_vec(),
             cond,
         }),
-        DELETE_RANGE | COMPACT if cond.is_some() => Err(DecodeError("a condition on a range op")),
+        DELETE_RANGE | COMPACT | TXN if cond.is_some() => {
+            Err(DecodeError("a condition on a range op"))
+        }
+        TXN => {
+            let mut d = Dec(rest);
+            let txn = Txn {
+                compare: d.list(Dec::compare)?,
+                success: d.list(Dec::txn_op)?,
+                failure: d.list(Dec::txn_op)?,
+            };
+            if !d.0.is_empty() {
+                return Err(DecodeError("bytes after a transaction"));
+            }
+            Ok(Op::Txn(Box::new(txn)))
+        }
         DELETE_RANGE => {
             let (start, end) = split_put(rest)?;
             let end = match end.split_first() {
@@ -225,6 +245,221 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
             })
         }
         _ => Err(DecodeError("unknown tag")),
+    }
+}
+
+/// A transaction's longest key or range bound (at least 1) and longest value.
+fn txn_sizes(txn: &Txn) -> (usize, usize) {
+    let range = |r: &KeyRange| r.start.len().max(r.end.as_ref().map_or(0, Vec::len));
+    let compares = txn.compare.iter().map(|c| {
+        let value = match &c.target {
+            Target::Value(v) => v.len(),
+            _ => 0,
+        };
+        (
+            c.key.len().max(c.range_end.as_ref().map_or(0, Vec::len)),
+            value,
+        )
+    });
+    let ops = txn.success.iter().chain(&txn.failure).map(|op| match op {
+        TxnOp::Put { key, value, .. } => (key.len(), value.len()),
+        TxnOp::Delete(r) | TxnOp::Get { range: r, .. } => (range(r), 0),
+    });
+    compares
+        .chain(ops)
+        .fold((1, 0), |(k, v), (k2, v2)| (k.max(k2), v.max(v2)))
+}
+
+/// ```text
+/// bytes:    len u32 | data            opt:  0x00, or 0x01 | bytes
+/// range:    start bytes | end opt
+/// compare:  key bytes | range_end opt | target u8 | operand | result u8
+///           target 1 value (operand bytes), 2 version, 3 create, 4 mod, 5 lease (u64)
+///           result 1 ==, 2 !=, 3 <, 4 >
+/// op:       0x01 put: key bytes | value bytes | lease u64
+///           0x02 delete: range
+///           0x03 get: range | limit u64 | revision u64
+/// ```
+fn encode_txn(txn: &Txn) -> Vec<u8> {
+    fn bytes(v: &mut Vec<u8>, b: &[u8]) {
+        v.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        v.extend_from_slice(b);
+    }
+    fn opt(v: &mut Vec<u8>, b: Option<&Vec<u8>>) {
+        match b {
+            Some(b) => {
+                v.push(1);
+                bytes(v, b);
+            }
+            None => v.push(0),
+        }
+    }
+    fn range(v: &mut Vec<u8>, r: &KeyRange) {
+        bytes(v, &r.start);
+        opt(v, r.end.as_ref());
+    }
+    fn ops(v: &mut Vec<u8>, ops: &[TxnOp]) {
+        v.extend_from_slice(&(ops.len() as u32).to_be_bytes());
+        for op in ops {
+            match op {
+                TxnOp::Put { key, value, lease } => {
+                    v.push(1);
+                    bytes(v, key);
+                    bytes(v, value);
+                    v.extend_from_slice(&lease.to_be_bytes());
+                }
+                TxnOp::Delete(r) => {
+                    v.push(2);
+                    range(v, r);
+                }
+                TxnOp::Get {
+                    range: r,
+                    limit,
+                    revision,
+                } => {
+                    v.push(3);
+                    range(v, r);
+                    v.extend_from_slice(&limit.to_be_bytes());
+                    v.extend_from_slice(&revision.to_be_bytes());
+                }
+            }
+        }
+    }
+    let mut v = vec![TXN];
+    v.extend_from_slice(&(txn.compare.len() as u32).to_be_bytes());
+    for c in &txn.compare {
+        bytes(&mut v, &c.key);
+        opt(&mut v, c.range_end.as_ref());
+        match &c.target {
+            Target::Value(b) => {
+                v.push(1);
+                bytes(&mut v, b);
+            }
+            Target::Version(n) | Target::Create(n) | Target::Mod(n) | Target::Lease(n) => {
+                v.push(match c.target {
+                    Target::Version(_) => 2,
+                    Target::Create(_) => 3,
+                    Target::Mod(_) => 4,
+                    _ => 5,
+                });
+                v.extend_from_slice(&n.to_be_bytes());
+            }
+        }
+        v.push(match c.result {
+            CmpResult::Equal => 1,
+            CmpResult::NotEqual => 2,
+            CmpResult::Less => 3,
+            CmpResult::Greater => 4,
+        });
+    }
+    ops(&mut v, &txn.success);
+    ops(&mut v, &txn.failure);
+    v
+}
+
+/// A cursor over an encoded transaction; every read checks the length left.
+struct Dec<'a>(&'a [u8]);
+
+impl Dec<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError("transaction truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
+    }
+
+    fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+
+    fn opt(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => self.bytes().map(Some),
+            _ => Err(DecodeError("bad optional field")),
+        }
+    }
+
+    fn range(&mut self) -> Result<KeyRange, DecodeError> {
+        Ok(KeyRange {
+            start: self.bytes()?,
+            end: self.opt()?,
+        })
+    }
+
+    /// A count, then that many items (each at least one byte, so a count cannot claim more
+    /// items than bytes remain).
+    fn list<T>(
+        &mut self,
+        item: fn(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let n = self.u32()? as usize;
+        if n > self.0.len() {
+            return Err(DecodeError("transaction list longer than its data"));
+        }
+        (0..n).map(|_| item(self)).collect()
+    }
+
+    fn compare(&mut self) -> Result<Compare, DecodeError> {
+        let key = self.bytes()?;
+        let range_end = self.opt()?;
+        let target = match self.u8()? {
+            1 => Target::Value(self.bytes()?),
+            2 => Target::Version(self.u64()?),
+            3 => Target::Create(self.u64()?),
+            4 => Target::Mod(self.u64()?),
+            5 => Target::Lease(self.u64()?),
+            _ => return Err(DecodeError("unknown compare target")),
+        };
+        let result = match self.u8()? {
+            1 => CmpResult::Equal,
+            2 => CmpResult::NotEqual,
+            3 => CmpResult::Less,
+            4 => CmpResult::Greater,
+            _ => return Err(DecodeError("unknown compare result")),
+        };
+        Ok(Compare {
+            key,
+            range_end,
+            target,
+            result,
+        })
+    }
+
+    fn txn_op(&mut self) -> Result<TxnOp, DecodeError> {
+        match self.u8()? {
+            1 => Ok(TxnOp::Put {
+                key: self.bytes()?,
+                value: self.bytes()?,
+                lease: self.u64()?,
+            }),
+            2 => Ok(TxnOp::Delete(self.range()?)),
+            3 => Ok(TxnOp::Get {
+                range: self.range()?,
+                limit: self.u64()?,
+                revision: self.u64()?,
+            }),
+            _ => Err(DecodeError("unknown transaction op")),
+        }
     }
 }
 
@@ -288,6 +523,42 @@ mod tests {
                 end: Some(vec![]),
             },
             Op::Compact { revision: 7 },
+            Op::Txn(Box::default()),
+            Op::Txn(Box::new(Txn {
+                compare: vec![
+                    Compare {
+                        key: b"k".to_vec(),
+                        range_end: None,
+                        target: Target::Value(b"v".to_vec()),
+                        result: CmpResult::NotEqual,
+                    },
+                    Compare {
+                        key: vec![],
+                        range_end: Some(vec![]),
+                        target: Target::Mod(u64::MAX),
+                        result: CmpResult::Less,
+                    },
+                ],
+                success: vec![
+                    TxnOp::Put {
+                        key: b"a".to_vec(),
+                        value: vec![0, 255],
+                        lease: 9,
+                    },
+                    TxnOp::Delete(KeyRange {
+                        start: b"p".to_vec(),
+                        end: Some(b"q".to_vec()),
+                    }),
+                ],
+                failure: vec![TxnOp::Get {
+                    range: KeyRange {
+                        start: b"x".to_vec(),
+                        end: None,
+                    },
+                    limit: 3,
+                    revision: 2,
+                }],
+            })),
         ] {
             assert_eq!(decode(&encode(&op)).unwrap(), op);
         }

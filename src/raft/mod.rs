@@ -175,6 +175,8 @@ pub struct NodeStatus {
     pub log_syncs: u64,
     pub engine: &'static str,
     pub revision: u64,
+    /// Reads below this revision are refused (the last compaction; 0: none).
+    pub compact_revision: u64,
     pub keys: u64,
     pub members: Vec<MemberStatus>,
 }

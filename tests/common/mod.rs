@@ -12,6 +12,7 @@
 //! keep this table, and README's, in step when adding a file:
 //!
 //! ```text
+//! 10000-10999  history.rs
 //! 11000-11999  injected.rs         21000-21999  seed_flow.rs     27000-27999  recovery.rs
 //! 12000-12999  lost_data.rs        22000-22999  replication.rs   28000-28999  disk_full.rs
 //! 13000-13999  bench_tool.rs       23000-23999  faults.rs        29000-29999  listing.rs

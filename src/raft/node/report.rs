@@ -141,6 +141,7 @@ impl Node {
             log_syncs: store.syncs(),
             engine: self.engine.kind().name(),
             revision: self.engine.revision(),
+            compact_revision: self.engine.meta().compact_revision,
             keys: self.engine.len(),
             members,
         }
