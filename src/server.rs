@@ -150,6 +150,7 @@ fn start_raft(
         metrics: metrics.clone(),
         incarnations: incarnations.clone(),
         apply_backlog: handle.apply_backlog.clone(),
+        leader: handle.leader.clone(),
     };
     let node = Node::new(
         settings.clone(),

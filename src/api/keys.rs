@@ -72,6 +72,12 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
     if query.revision.is_some() && !matches!(method, Method::GET | Method::HEAD) {
         return Err(ApiError::BadRequest("revision= is for GET only".into()));
     }
+    if query.watch {
+        if method != Method::GET {
+            return Err(ApiError::BadRequest("watch=true is for GET only".into()));
+        }
+        return super::watch::start(state, key, &query, headers);
+    }
     if query.is_range() {
         return match method {
             Method::GET | Method::HEAD => {

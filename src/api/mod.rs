@@ -15,6 +15,7 @@ mod keys;
 mod query;
 mod range;
 mod txn;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -31,6 +31,17 @@ pub struct Query {
     pub min_revision: Option<u64>,
     /// `revision=N`: read the store as of revision N (history, until compacted).
     pub revision: Option<u64>,
+    /// `watch=true`: stream changes instead of reading ([`super::watch`]).
+    pub watch: bool,
+    /// `start_revision=N`: the first revision a watch reports (default: the next one).
+    pub start_revision: Option<u64>,
+    /// `prev_kv=true`: watch events carry the key's previous value.
+    pub prev_kv: bool,
+    /// `progress_ms=N`: a watch sends a progress line every N ms.
+    pub progress_ms: Option<u64>,
+    /// `no_put` / `no_delete`: a watch leaves out those events.
+    pub no_put: bool,
+    pub no_delete: bool,
 }
 
 impl Query {
@@ -47,6 +58,12 @@ impl Query {
             encoding: Encoding::Utf8,
             min_revision: None,
             revision: None,
+            watch: false,
+            start_revision: None,
+            prev_kv: false,
+            progress_ms: None,
+            no_put: false,
+            no_delete: false,
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -73,13 +90,19 @@ impl Query {
                     _ => return Err(bad("linearizable or serializable")),
                 }
             }
-            "prefix" => {
-                self.prefix = match value {
-                    "true" | "1" | "" => true,
-                    "false" | "0" => false,
-                    _ => return Err(bad("true or false")),
-                }
-            }
+            "prefix" => self.prefix = boolean(value).ok_or_else(|| bad("true or false"))?,
+            "watch" => self.watch = boolean(value).ok_or_else(|| bad("true or false"))?,
+            "prev_kv" => self.prev_kv = boolean(value).ok_or_else(|| bad("true or false"))?,
+            "no_put" => self.no_put = boolean(value).ok_or_else(|| bad("true or false"))?,
+            "no_delete" => self.no_delete = boolean(value).ok_or_else(|| bad("true or false"))?,
+            "start_revision" => match value.parse::<u64>() {
+                Ok(n) if n > 0 => self.start_revision = Some(n),
+                _ => return Err(bad("a revision number (1 or more)")),
+            },
+            "progress_ms" => match value.parse::<u64>() {
+                Ok(n) if (10..=3_600_000).contains(&n) => self.progress_ms = Some(n),
+                _ => return Err(bad("a number of milliseconds from 10 to 3600000")),
+            },
             "end" => self.end = Some(percent_decode_str(value).collect()),
             "limit" => match value.parse::<usize>() {
                 Ok(n) if n > 0 => self.limit = Some(n),
@@ -103,6 +126,14 @@ impl Query {
             _ => {}
         }
         Ok(())
+    }
+}
+
+fn boolean(value: &str) -> Option<bool> {
+    match value {
+        "true" | "1" | "" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
     }
 }
 
@@ -153,6 +184,11 @@ mod tests {
             "min_revision=-1",
             "revision=0",
             "revision=x",
+            "watch=maybe",
+            "start_revision=0",
+            "progress_ms=5",
+            "progress_ms=x",
+            "no_put=2",
         ] {
             assert!(Query::parse(Some(bad)).is_err(), "{bad}");
         }

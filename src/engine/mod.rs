@@ -19,6 +19,7 @@ pub mod memory;
 pub mod mvcc;
 pub mod snapshot;
 pub mod txn;
+pub mod watch;
 
 pub use layout::Meta;
 pub use mvcc::{KvStore, ReadAt, RevisionError};

@@ -22,6 +22,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::layout::{self, META, Meta};
 use super::snapshot::{Item, SnapshotReader, SnapshotWriter};
+use super::watch::{Event, EventBatch, EventKind, Hub, Published, WatchRange};
 use super::{
     Applied, Changes, Cond, Engine, EngineError, EngineKind, Header, HeaderCache, KeyValue, Op,
     OpResult, Reader, Record, Result, View, Visit,
@@ -58,6 +59,44 @@ pub struct KvStore {
     /// Current headers of written keys, for engines whose lookups cost (btree, lsm).
     headers: Mutex<HeaderCache>,
     cache_headers: bool,
+    /// Applied changes, fanned out to watchers.
+    hub: Hub,
+}
+
+/// The event a version entry records for `key` at `rev`.
+fn event_of(key: Vec<u8>, rev: u64, version: &[u8]) -> Result<Event> {
+    Ok(match layout::decode_version(version)? {
+        Some(record) => Event {
+            kind: EventKind::Put,
+            kv: record.into_kv(key),
+        },
+        None => Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key,
+                value: Vec::new(),
+                create_revision: 0,
+                mod_revision: rev,
+                version: 0,
+                lease: 0,
+            },
+        },
+    })
+}
+
+/// The events of a batch's staged changes, in revision and change order.
+fn staged_events(staged: &Changes) -> Result<Vec<Event>> {
+    let (lo, hi) = layout::namespace(layout::REVS);
+    let mut events = Vec::new();
+    for (k, key) in staged.range(lo..hi) {
+        let (Some(key), rev) = (key, layout::rev_of(k)?) else {
+            continue; // physical compaction's deletions
+        };
+        if let Some(Some(v)) = staged.get(&layout::history_key(key, rev)) {
+            events.push(event_of(key.clone(), rev, v)?);
+        }
+    }
+    Ok(events)
 }
 
 /// Physical compaction work per [`KvStore::compact_step`]: revision-index entries examined.
@@ -445,7 +484,65 @@ impl KvStore {
             meta: RwLock::new(meta),
             headers: Mutex::new(HeaderCache::default()),
             cache_headers,
+            hub: Hub::default(),
         })
+    }
+
+    /// The watchers' fan-out.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Events from revision `from` on for keys in `range`, read from history: whole
+    /// revisions, stopping after the revision that brings the count to `limit`. Returns them
+    /// with the revision read through (the store's, unless stopped early).
+    pub fn events(
+        &self,
+        from: u64,
+        range: &WatchRange,
+        limit: usize,
+    ) -> Result<ReadAt<(Vec<Event>, u64)>> {
+        self.read(|r, meta| {
+            if from < meta.compact_revision {
+                return Err(RevisionError::Compacted {
+                    requested: from,
+                    compact_revision: meta.compact_revision,
+                }
+                .into());
+            }
+            let mut found: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut scanned = 0usize;
+            let mut last = None;
+            let mut through = meta.revision;
+            let (_, hi) = layout::namespace(layout::REVS);
+            r.scan(&layout::rev_key(from, 0), &hi, &mut |k, key| {
+                let rev = layout::rev_of(k)?;
+                if scanned >= limit && last.is_some_and(|l| l != rev) {
+                    through = rev - 1;
+                    return Ok(false);
+                }
+                scanned += 1;
+                last = Some(rev);
+                if range.contains(key) {
+                    found.push((rev, key.to_vec()));
+                }
+                Ok(true)
+            })?;
+            let mut events = Vec::with_capacity(found.len());
+            for (rev, key) in found {
+                let v = r.get(&layout::history_key(&key, rev))?.ok_or_else(|| {
+                    EngineError::Corrupt(format!("revision {rev} indexes a missing version"))
+                })?;
+                events.push(event_of(key, rev, &v)?);
+            }
+            Ok((events, through))
+        })
+    }
+
+    /// `key` as it was just before revision `rev` (a watch event's previous value).
+    pub fn prev_kv(&self, key: &[u8], rev: u64) -> Result<Option<KeyValue>> {
+        let read = self.read(|r, _| version_at(r, key, rev.saturating_sub(1)))?;
+        Ok(read.value.map(|rec| rec.into_kv(key.to_vec())))
     }
 
     pub fn kind(&self) -> EngineKind {
@@ -538,6 +635,7 @@ impl KvStore {
     /// applied index are skipped (result `None`). Results align with `batch`.
     pub fn apply(&self, batch: &[Applied]) -> Result<Vec<Option<OpResult>>> {
         let mut meta = self.meta();
+        let from = meta.revision + 1;
         if batch.last().is_none_or(|e| e.index <= meta.applied_index) {
             return Ok(vec![None; batch.len()]);
         }
@@ -580,11 +678,24 @@ impl KvStore {
         } else {
             Vec::new()
         };
+        let events = if self.hub.watched() {
+            staged_events(&staged)?
+        } else {
+            Vec::new()
+        };
         self.engine.write(staged, meta.applied_index)?;
         for (k, h) in written {
             headers.update(&k, h);
         }
         *self.meta.write() = meta;
+        if !events.is_empty() {
+            let batch = EventBatch {
+                from,
+                revision: meta.revision,
+                events,
+            };
+            self.hub.publish(Published::Changes(Arc::new(batch)));
+        }
         Ok(results)
     }
 
@@ -673,6 +784,7 @@ impl KvStore {
             Ok(())
         })?;
         *self.meta.write() = meta;
+        self.hub.publish(Published::Reset);
         Ok(())
     }
 }

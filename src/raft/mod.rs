@@ -203,6 +203,8 @@ pub struct NodeHandle {
     pub failed: Arc<OnceLock<String>>,
     /// Committed entries not yet applied, published by the owner after every Ready.
     pub apply_backlog: Arc<AtomicU64>,
+    /// The leader this member knows (0: none), published by the owner when it changes.
+    pub leader: Arc<AtomicU64>,
 }
 
 impl NodeHandle {
@@ -217,6 +219,7 @@ impl NodeHandle {
             revision,
             failed: Arc::new(OnceLock::new()),
             apply_backlog: Arc::new(AtomicU64::new(0)),
+            leader: Arc::new(AtomicU64::new(0)),
         }
     }
 

@@ -135,6 +135,8 @@ pub struct Shared {
     pub incarnations: Arc<RwLock<BTreeMap<u64, u64>>>,
     /// Committed entries not yet applied (see [`super::MAX_APPLY_BACKLOG`]).
     pub apply_backlog: Arc<AtomicU64>,
+    /// The leader this member knows (0: none), for watchers' progress lines.
+    pub leader: Arc<AtomicU64>,
 }
 
 pub struct Node {
@@ -463,6 +465,7 @@ impl Node {
             "leader changed"
         );
         self.leader = leader;
+        self.shared.leader.store(leader, Relaxed);
         if leader != raft::INVALID_ID {
             self.shared.metrics.leader_changes.fetch_add(1, Relaxed);
         }

@@ -12,6 +12,7 @@
 //! keep this table, and README's, in step when adding a file:
 //!
 //! ```text
+//! 9000-9999    watch.rs
 //! 10000-10999  history.rs
 //! 11000-11999  injected.rs         21000-21999  seed_flow.rs     27000-27999  recovery.rs
 //! 12000-12999  lost_data.rs        22000-22999  replication.rs   28000-28999  disk_full.rs
@@ -798,5 +799,84 @@ impl Drop for TestCluster {
             self.dump_logs();
         }
         self.kill_all();
+    }
+}
+
+/// A streaming response (a watch), read line by line as it arrives.
+pub struct Lines {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    reader: Box<dyn io::BufRead + Send>,
+}
+
+impl Lines {
+    /// Opens `path` on 127.0.0.1:`port`; each read waits at most `timeout`.
+    pub fn open(
+        port: u16,
+        path: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> io::Result<Lines> {
+        let mut req = ureq::http::Request::builder()
+            .method("GET")
+            .uri(format!("http://127.0.0.1:{port}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(timeout))
+            .timeout_per_read(Some(timeout))
+            .build()
+            .into();
+        let resp = agent.run(req).map_err(ureq::Error::into_io)?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_string(), v)
+            })
+            .collect();
+        let reader = io::BufReader::new(resp.into_body().into_reader());
+        Ok(Lines {
+            status,
+            headers,
+            reader: Box::new(reader),
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The next line (without its newline); `None` at the end of the stream.
+    pub fn next_line(&mut self) -> io::Result<Option<String>> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(line.trim_end_matches('\n').to_string()))
+    }
+
+    /// The next line as JSON; `None` at the end of the stream.
+    pub fn next_json(&mut self) -> io::Result<Option<Value>> {
+        Ok(self
+            .next_line()?
+            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: line {l:?}"))))
+    }
+
+    /// Everything left, as text.
+    pub fn rest(mut self) -> String {
+        let mut s = String::new();
+        let _ = self.reader.read_to_string(&mut s);
+        s
     }
 }

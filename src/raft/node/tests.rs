@@ -120,6 +120,7 @@ impl Cluster {
             metrics: Arc::new(Metrics::new()),
             incarnations: Arc::new(RwLock::new(BTreeMap::new())),
             apply_backlog: Arc::default(),
+            leader: Arc::default(),
         };
         let outbox = Box::new(Mailbox(sent.clone()));
         let node = Node::new(

@@ -1,0 +1,294 @@
+//! `GET /<key>?watch=true`: a stream of changes, one JSON object per line
+//! (`application/x-ndjson`), or Server-Sent Events with `Accept: text/event-stream`.
+//!
+//! Options: `prefix=true` or `end=` (a range), `start_revision=N` (default: the next
+//! revision), `prev_kv=true`, `progress_ms=N`, `no_put`, `no_delete`, `encoding=base64`.
+//!
+//! Lines:
+//! - first `{"created": true, "revision": R, "start_revision": S}` (R: the store revision here);
+//! - events `{"type": "put"|"delete", "key", "value", "create_revision", "mod_revision",
+//!   "version", "lease"?, "prev_kv"?}` in revision order, the events of one revision in one
+//!   chunk; a delete carries its revision as `mod_revision`;
+//! - `{"progress": {"revision": R, "leader": bool}}`: every event up to R has been sent, and
+//!   whether this member knows a leader (a member without one keeps watchers open; it sends
+//!   no event that is not committed);
+//! - last, if history the watcher still needs is compacted:
+//!   `{"canceled": true, "reason", "compact_revision": C}`.
+//!
+//! Guarantees (as etcd's): ordered by revision, no duplicates, no gaps from the start
+//! revision on; a client that reconnects to any member with `start_revision` = last seen + 1
+//! gets exactly the rest. A start revision below the compacted one answers 410 before any
+//! line. Each watcher follows the one fan-out of applied changes ([`crate::engine::watch`]);
+//! one that falls behind (slow client, missed batches, a restored snapshot) reads history
+//! until it has caught up, with bounded memory.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use super::AppState;
+use super::error::ApiError;
+use super::keys::{REVISION_HEADER, header_value};
+use super::query::{Encoding, Query};
+use super::range::{end_of, to_json};
+use crate::engine::watch::{Event, EventKind, Published, WatchRange};
+use crate::engine::{KvStore, RevisionError};
+
+/// Events read from history per step while catching up.
+const CATCH_UP: usize = 1_000;
+/// Chunks queued for a client before the watcher waits for it (and may fall behind).
+const QUEUE: usize = 64;
+
+/// Starts a watch: checks the start revision, then streams from a task of its own.
+pub fn start(
+    state: &AppState,
+    key: Vec<u8>,
+    query: &Query,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let store = state.engine.clone();
+    // Subscribe before looking at the revision: nothing applied after this is missed.
+    let rx = store.hub().subscribe();
+    let meta = store.meta();
+    let start = query.start_revision.unwrap_or(meta.revision + 1);
+    if start < meta.compact_revision {
+        return Err(ApiError::Revision(RevisionError::Compacted {
+            requested: start,
+            compact_revision: meta.compact_revision,
+        }));
+    }
+    let range = WatchRange {
+        end: query
+            .is_range()
+            .then(|| end_of(&key, query).unwrap_or_default()),
+        start: key,
+    };
+    let sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let (tx, body_rx) = mpsc::channel(QUEUE);
+    let watcher = Watcher {
+        store,
+        leader: state.node.leader.clone(),
+        range,
+        next: start,
+        prev_kv: query.prev_kv,
+        no_put: query.no_put,
+        no_delete: query.no_delete,
+        encoding: query.encoding,
+        sse,
+        tx,
+    };
+    let created = json!({ "created": true, "revision": meta.revision, "start_revision": start });
+    let progress = query.progress_ms.map(Duration::from_millis);
+    tokio::spawn(watcher.run(rx, created, progress));
+    let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<Bytes, Infallible>(b), rx))
+    });
+    let mut resp = (StatusCode::OK, Body::from_stream(stream)).into_response();
+    let h = resp.headers_mut();
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(REVISION_HEADER, header_value(&meta.revision.to_string()));
+    Ok(resp)
+}
+
+struct Watcher {
+    store: Arc<KvStore>,
+    leader: Arc<std::sync::atomic::AtomicU64>,
+    range: WatchRange,
+    /// The next revision to send events of: everything before it has been sent.
+    next: u64,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    encoding: Encoding,
+    sse: bool,
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// Why a watcher stops.
+enum Stop {
+    /// The client went away.
+    Gone,
+    /// History it needs is compacted (the cancel line is sent).
+    Compacted,
+}
+
+impl Watcher {
+    async fn run(
+        mut self,
+        mut rx: broadcast::Receiver<Published>,
+        created: Value,
+        progress: Option<Duration>,
+    ) {
+        if self.send(&[created]).await.is_err() {
+            return;
+        }
+        let mut ticker = progress.map(|p| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            if self.next <= self.store.revision() && self.catch_up().await.is_err() {
+                return;
+            }
+            let progress_due = async {
+                match ticker.as_mut() {
+                    Some(t) => {
+                        t.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let sent = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Ok(Published::Changes(batch)) if batch.from <= self.next => {
+                        let events: Vec<&Event> = batch.events.iter().filter(|e| e.revision() >= self.next).collect();
+                        let sent = self.send_events(&events).await;
+                        self.next = self.next.max(batch.revision + 1);
+                        sent
+                    }
+                    // Missed batches, a lag or a restore: history has what came since.
+                    Ok(Published::Changes(_)) | Ok(Published::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.catch_up().await
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                () = progress_due => {
+                    let leader = self.leader.load(Relaxed) != 0;
+                    let caught_up = (self.next - 1).min(self.store.revision());
+                    let line = json!({ "progress": { "revision": caught_up, "leader": leader } });
+                    self.send(&[line]).await
+                }
+                () = self.tx.closed() => return,
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Reads history from `next` until it reaches the store's revision.
+    async fn catch_up(&mut self) -> Result<(), Stop> {
+        while self.next <= self.store.revision() {
+            let (store, range, from) = (self.store.clone(), self.range.clone(), self.next);
+            let read = tokio::task::spawn_blocking(move || store.events(from, &range, CATCH_UP))
+                .await
+                .map_err(|_| Stop::Gone)?;
+            match read {
+                Ok(read) => {
+                    let (events, through) = read.value;
+                    let events: Vec<&Event> = events.iter().collect();
+                    self.send_events(&events).await?;
+                    self.next = self.next.max(through + 1);
+                }
+                Err(crate::engine::EngineError::Revision(RevisionError::Compacted {
+                    compact_revision,
+                    ..
+                })) => {
+                    let line = json!({
+                        "canceled": true,
+                        "reason": format!("required revision {} has been compacted", self.next),
+                        "compact_revision": compact_revision,
+                    });
+                    let _ = self.send(&[line]).await;
+                    return Err(Stop::Compacted);
+                }
+                Err(e) => {
+                    let line = json!({ "canceled": true, "reason": e.to_string() });
+                    let _ = self.send(&[line]).await;
+                    return Err(Stop::Gone);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the events this watcher wants, one revision per chunk.
+    async fn send_events(&self, events: &[&Event]) -> Result<(), Stop> {
+        let mut lines = Vec::new();
+        let mut revision = None;
+        for e in events {
+            if !self.range.contains(&e.kv.key) {
+                continue;
+            }
+            if revision.is_some_and(|r| r != e.revision()) {
+                self.send(&lines).await?;
+                lines.clear();
+            }
+            revision = Some(e.revision());
+            let wanted = match e.kind {
+                EventKind::Put => !self.no_put,
+                EventKind::Delete => !self.no_delete,
+            };
+            if wanted {
+                lines.push(self.line(e).await);
+            }
+        }
+        self.send(&lines).await
+    }
+
+    async fn line(&self, e: &Event) -> Value {
+        let mut v = match e.kind {
+            EventKind::Put => to_json(e.kv.clone(), self.encoding),
+            EventKind::Delete => {
+                let mut v = to_json(e.kv.clone(), self.encoding);
+                if let Some(o) = v.as_object_mut() {
+                    o.retain(|k, _| k.starts_with("key") || k == "mod_revision");
+                }
+                v
+            }
+        };
+        if let Some(o) = v.as_object_mut() {
+            let kind = if e.kind == EventKind::Put {
+                "put"
+            } else {
+                "delete"
+            };
+            o.insert("type".into(), kind.into());
+            if self.prev_kv {
+                let (store, key, rev) = (self.store.clone(), e.kv.key.clone(), e.revision());
+                let prev = tokio::task::spawn_blocking(move || store.prev_kv(&key, rev)).await;
+                if let Ok(Ok(Some(prev))) = prev {
+                    o.insert("prev_kv".into(), to_json(prev, self.encoding));
+                }
+            }
+        }
+        v
+    }
+
+    /// Sends lines as one chunk; fails once the client has gone.
+    async fn send(&self, lines: &[Value]) -> Result<(), Stop> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut chunk = Vec::new();
+        for line in lines {
+            if self.sse {
+                chunk.extend_from_slice(b"data: ");
+            }
+            chunk.extend_from_slice(line.to_string().as_bytes());
+            chunk.extend_from_slice(if self.sse { b"\n\n" } else { b"\n" });
+        }
+        self.tx
+            .send(Bytes::from(chunk))
+            .await
+            .map_err(|_| Stop::Gone)
+    }
+}
