@@ -841,8 +841,9 @@ pub fn write_digest(view: &dyn View, out: &mut dyn Write) -> Result<Meta> {
     let mut w = SnapshotWriter::new(&mut out, meta.applied_index, meta.revision)?;
     w.entry(META, &logical.encode())?;
     let c = meta.compact_revision;
-    view.scan(&[META[0] + 1], &[0xff], &mut |k, v| {
+    view.scan(b"", &[0xff], &mut |k, v| {
         let keep = match k[0] {
+            _ if k == META => false,
             layout::HISTORY => layout::history_rev(k)? > c,
             layout::REVS => layout::rev_of(k)? > c,
             _ => true,
