@@ -24,11 +24,18 @@ fn op() -> impl Strategy<Value = Op> {
     ];
     let bytes = || proptest::collection::vec(any::<u8>(), 0..64);
     prop_oneof![
-        (bytes(), bytes(), cond.clone()).prop_map(|(key, value, cond)| Op::Put {
-            key,
-            value,
-            cond
+        (bytes(), bytes(), any::<u64>(), cond.clone()).prop_map(|(key, value, lease, cond)| {
+            Op::Put {
+                key,
+                value,
+                lease,
+                cond,
+            }
         }),
+        (any::<u64>(), any::<u64>()).prop_map(|(id, ttl)| Op::LeaseGrant { id, ttl }),
+        any::<u64>().prop_map(|id| Op::LeaseRevoke { id }),
+        any::<u64>().prop_map(|id| Op::LeaseKeepAlive { id }),
+        any::<u64>().prop_map(|elapsed_ms| Op::LeaseTick { elapsed_ms }),
         (bytes(), cond).prop_map(|(key, cond)| Op::Delete { key, cond }),
         (bytes(), proptest::option::of(bytes()))
             .prop_map(|(start, end)| Op::DeleteRange { start, end }),
@@ -112,6 +119,9 @@ proptest! {
             }
             (Ok(Op::Compact { .. }), Ok(sizes)) => prop_assert_eq!(sizes, (1, 0)),
             (Ok(Op::Txn(_)), Ok((key, _))) => prop_assert!(key >= 1),
+            (Ok(Op::LeaseGrant { .. } | Op::LeaseRevoke { .. } | Op::LeaseKeepAlive { .. } | Op::LeaseTick { .. }), Ok(sizes)) => {
+                prop_assert_eq!(sizes, (1, 0))
+            }
             (Err(_), Err(_)) => {}
             (decoded, sizes) => prop_assert!(false, "decode {:?} but sizes {:?}", decoded, sizes),
         }
@@ -150,12 +160,14 @@ proptest! {
         if matches!(kind, MsgPropose | MsgReadIndex) != (term == 0) {
             prop_assert!(matches!(verdict, Err(Refusal::Close(_))));
         } else if kind == MsgPropose {
-            // Accepted exactly when every entry is a client write proposed by the sender;
+            // Accepted exactly when every entry is a client write proposed by the sender (a
+            // lease clock tick is the leader's own);
             // dropped (not closed) when one is outside the limits.
             let write = |e: &raft::eraftpb::Entry| {
                 e.get_entry_type() == raft::eraftpb::EntryType::EntryNormal
                     && e.context.as_ref() == own.as_slice()
                     && command::decode(&e.data).is_ok()
+                    && !command::leader_only(&e.data)
             };
             let within = |e: &raft::eraftpb::Entry| match command::decode(&e.data) {
                 Ok(Op::Put { key, value, .. }) => !key.is_empty() && key.len() <= 16 && value.len() <= 48,
@@ -163,6 +175,8 @@ proptest! {
                 Ok(Op::DeleteRange { start, end }) => start.len().max(end.map_or(0, |e| e.len())) <= 16,
                 Ok(Op::Compact { .. }) => true,
                 Ok(Op::Txn(_)) => command::write_sizes(&e.data).is_ok_and(|(k, v)| k <= 16 && v <= 48),
+                Ok(Op::LeaseGrant { .. } | Op::LeaseRevoke { .. } | Op::LeaseKeepAlive { .. }) => true,
+                Ok(Op::LeaseTick { .. }) => true,
                 Err(_) => false,
             };
             let writes = !ents.is_empty() && ents.iter().all(write);

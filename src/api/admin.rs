@@ -32,7 +32,7 @@ use serde_json::json;
 use super::AppState;
 use super::error::ApiError;
 use crate::config::parse_url;
-use crate::engine::RevisionError;
+use crate::engine::{Refusal, RevisionError};
 use crate::metrics::{Gauges, dir_size};
 use crate::raft::members::MemberChange;
 use crate::raft::peer_client;
@@ -118,8 +118,13 @@ pub async fn compact(State(state): Shared, body: Body) -> Result<Response, ApiEr
         .propose(crate::engine::Op::Compact { revision })
         .await?;
     match result.refused {
-        Some(e @ RevisionError::Compacted { .. }) => Err(ApiError::Conflict(e.to_string())),
-        Some(e @ RevisionError::Future { .. }) => Err(ApiError::BadRequest(e.to_string())),
+        Some(Refusal::Revision(e @ RevisionError::Compacted { .. })) => {
+            Err(ApiError::Conflict(e.to_string()))
+        }
+        Some(Refusal::Revision(e @ RevisionError::Future { .. })) => {
+            Err(ApiError::BadRequest(e.to_string()))
+        }
+        Some(other) => Err(other.into()),
         None => {
             let body = json!({ "compact_revision": revision, "revision": result.revision });
             Ok(Json(body).into_response())

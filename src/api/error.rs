@@ -3,7 +3,7 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::engine::{EngineError, RevisionError};
+use crate::engine::{EngineError, Refusal, RevisionError};
 use crate::raft::RequestError;
 use crate::raft::members::AdminError;
 
@@ -31,6 +31,8 @@ pub enum ApiError {
     /// A read at a compacted (410) or future (400) revision.
     #[error("{0}")]
     Revision(RevisionError),
+    #[error("requested lease not found: {0}")]
+    LeaseNotFound(u64),
     #[error("{0}")]
     Admin(#[from] AdminError),
 }
@@ -39,7 +41,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound | ApiError::NoSuchPath(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoSuchPath(_) | ApiError::LeaseNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
@@ -83,6 +87,16 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         resp
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Revision(e) => ApiError::Revision(e),
+            Refusal::LeaseNotFound(id) => ApiError::LeaseNotFound(id),
+            Refusal::LeaseExists(_) => ApiError::Conflict(r.to_string()),
+        }
     }
 }
 

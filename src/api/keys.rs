@@ -105,7 +105,17 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
     match method {
         Method::PUT => {
             let value = read_value(body, state.settings.max_request_bytes).await?;
-            write(state, Op::Put { key, value, cond }).await
+            let lease = query.lease.unwrap_or(0);
+            write(
+                state,
+                Op::Put {
+                    key,
+                    value,
+                    lease,
+                    cond,
+                },
+            )
+            .await
         }
         Method::DELETE => write(state, Op::Delete { key, cond }).await,
         _ if cond.is_some() => Err(ApiError::BadRequest(
@@ -131,6 +141,9 @@ fn decode_key(raw_key: &str, max_key: usize) -> Result<Vec<u8>, ApiError> {
 async fn write(state: &AppState, op: Op) -> Result<Response, ApiError> {
     let delete = matches!(op, Op::Delete { .. });
     let result = state.node.propose(op).await?;
+    if let Some(refused) = result.refused {
+        return Err(refused.into());
+    }
     checked(&result)?;
     if delete && !result.changed {
         return Err(ApiError::NotFound);

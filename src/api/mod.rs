@@ -12,6 +12,7 @@
 mod admin;
 pub mod error;
 mod keys;
+mod leases;
 mod query;
 mod range;
 mod txn;
@@ -65,6 +66,21 @@ pub fn router(state: Shared) -> Router {
         )
         .row("/_compact", allow("POST", post(admin::compact)))
         .row("/_txn", allow("POST", post(txn::handle)))
+        .row(
+            "/_leases",
+            allow("GET, HEAD, POST", get(leases::list).post(leases::grant)),
+        )
+        .row(
+            "/_leases/{id}",
+            allow(
+                "GET, HEAD, DELETE",
+                get(leases::show).delete(leases::revoke),
+            ),
+        )
+        .row(
+            "/_leases/{id}/keepalive",
+            allow("POST", post(leases::keep_alive)),
+        )
         .row(
             "/_leader",
             allow("GET, POST", get(admin::leader).post(admin::transfer_leader)),

@@ -42,6 +42,8 @@ pub struct Query {
     /// `no_put` / `no_delete`: a watch leaves out those events.
     pub no_put: bool,
     pub no_delete: bool,
+    /// `lease=ID`: a PUT attaches the key to this lease.
+    pub lease: Option<u64>,
 }
 
 impl Query {
@@ -64,6 +66,7 @@ impl Query {
             progress_ms: None,
             no_put: false,
             no_delete: false,
+            lease: None,
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -98,6 +101,10 @@ impl Query {
             "start_revision" => match value.parse::<u64>() {
                 Ok(n) if n > 0 => self.start_revision = Some(n),
                 _ => return Err(bad("a revision number (1 or more)")),
+            },
+            "lease" => match value.parse::<u64>() {
+                Ok(n) if n > 0 => self.lease = Some(n),
+                _ => return Err(bad("a lease id (1 or more)")),
             },
             "progress_ms" => match value.parse::<u64>() {
                 Ok(n) if (10..=3_600_000).contains(&n) => self.progress_ms = Some(n),
@@ -189,6 +196,8 @@ mod tests {
             "progress_ms=5",
             "progress_ms=x",
             "no_put=2",
+            "lease=0",
+            "lease=x",
         ] {
             assert!(Query::parse(Some(bad)).is_err(), "{bad}");
         }

@@ -20,7 +20,7 @@ use crate::engine::KeyValue;
 /// Used when the request gives no `limit`.
 pub const DEFAULT_LIMIT: usize = 10_000;
 
-fn field(item: &mut Map<String, Value>, name: &str, bytes: Vec<u8>, encoding: Encoding) {
+pub fn field(item: &mut Map<String, Value>, name: &str, bytes: Vec<u8>, encoding: Encoding) {
     let b64 = |b: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(b));
     match (encoding, String::from_utf8(bytes)) {
         (Encoding::Utf8, Ok(s)) => {

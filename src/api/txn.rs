@@ -269,7 +269,7 @@ pub async fn handle(
     check_sizes(&txn, state.settings.max_key_bytes)?;
     let result = state.node.propose(Op::Txn(Box::new(txn))).await?;
     if let Some(e) = result.refused {
-        return Err(ApiError::Revision(e));
+        return Err(e.into());
     }
     let revision = result.revision;
     let outcome = result

@@ -58,6 +58,7 @@ fn run_all(make: &dyn Fn() -> KvStore) {
     compaction_boundaries(&make());
     range_delete_is_one_revision(&make());
     transactions(&make());
+    leases(&make());
     preconditions_decide_at_apply(&make());
     snapshot_round_trip(&make(), &make());
     corrupt_snapshot_is_refused(&make(), &make());
@@ -501,10 +502,10 @@ fn transactions(s: &KvStore) {
     );
     assert!(matches!(
         r.refused,
-        Some(RevisionError::Future {
+        Some(Refusal::Revision(RevisionError::Future {
             requested: 99,
             current: 4
-        })
+        }))
     ));
     assert!(!r.changed);
     assert_eq!((s.revision(), s.get(b"z", None).unwrap().value), (4, None));
@@ -543,15 +544,112 @@ fn transactions(s: &KvStore) {
     assert_eq!(deletes.check(), Ok(()));
 }
 
+fn leases(s: &KvStore) {
+    let mut i = 0;
+    let mut apply = |o: Op| {
+        i += 1;
+        s.apply(&[op(i, o)]).unwrap().remove(0).unwrap()
+    };
+    let leased = |k: &str, lease| Op::Put {
+        key: k.into(),
+        value: b"v".to_vec(),
+        lease,
+        cond: None,
+    };
+    assert_eq!(apply(Op::LeaseGrant { id: 7, ttl: 10 }).ttl, 10);
+    assert_eq!(
+        apply(Op::LeaseGrant { id: 7, ttl: 5 }).refused,
+        Some(Refusal::LeaseExists(7))
+    );
+    assert_eq!(s.revision(), 1, "granting writes no key");
+    // An unknown lease refuses the put, alone or in a transaction.
+    assert_eq!(
+        apply(leased("x", 8)).refused,
+        Some(Refusal::LeaseNotFound(8))
+    );
+    let t = super::txn::Txn {
+        success: vec![super::txn::TxnOp::Put {
+            key: b"y".to_vec(),
+            value: vec![],
+            lease: 8,
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        apply(Op::Txn(Box::new(t))).refused,
+        Some(Refusal::LeaseNotFound(8))
+    );
+    assert_eq!(s.revision(), 1);
+    apply(leased("a", 7)); // 2
+    apply(leased("b", 7)); // 3
+    apply(leased("c", 7)); // 4
+    apply(Op::put("c", "no lease now")); // 5: c leaves the lease
+    assert_eq!(get_kv(s, "a").lease, 7);
+    assert_eq!(get_kv(s, "c").lease, 0);
+    let view = s.lease(7).unwrap().value.unwrap();
+    assert_eq!(
+        (view.ttl, view.remaining_ms, keys_of(&view.keys)),
+        (10, 10_000, vec!["a", "b"])
+    );
+    // The clock runs only with the leader's ticks; a keepalive renews from the clock's now.
+    apply(Op::LeaseTick { elapsed_ms: 6_000 });
+    assert_eq!(s.lease(7).unwrap().value.unwrap().remaining_ms, 4_000);
+    assert_eq!(apply(Op::LeaseKeepAlive { id: 7 }).ttl, 10);
+    assert_eq!(s.lease(7).unwrap().value.unwrap().remaining_ms, 10_000);
+    apply(Op::LeaseTick { elapsed_ms: 9_999 });
+    assert!(get(s, "a").is_some(), "1 ms left");
+    // Expiry: the keys go in one revision, on the tick that reaches it.
+    let r = apply(Op::LeaseTick { elapsed_ms: 1 });
+    assert_eq!((r.deleted, r.revision, r.changed), (2, 6, true));
+    assert_eq!((get(s, "a"), get(s, "b")), (None, None));
+    assert!(get(s, "c").is_some());
+    assert_eq!(s.lease(7).unwrap().value, None);
+    assert_eq!(
+        apply(Op::LeaseKeepAlive { id: 7 }).refused,
+        Some(Refusal::LeaseNotFound(7))
+    );
+    // An explicit revoke; a lease without keys writes no revision.
+    apply(Op::LeaseGrant { id: 9, ttl: 60 });
+    apply(Op::LeaseGrant { id: 10, ttl: 60 });
+    apply(leased("d", 9)); // 7
+    let r = apply(Op::LeaseRevoke { id: 9 });
+    assert_eq!((r.deleted, r.revision), (1, 8));
+    let r = apply(Op::LeaseRevoke { id: 10 });
+    assert_eq!((r.deleted, r.revision), (0, 8));
+    assert!(s.leases().unwrap().value.is_empty());
+    assert!(!s.has_leases().unwrap());
+    // Many leases expiring at once go in bounded batches, one revision each.
+    for id in 100..100 + super::lease::REVOKE_PER_TICK as u64 + 5 {
+        apply(Op::LeaseGrant { id, ttl: 1 });
+        apply(leased(&format!("e{id}"), id));
+    }
+    let before = s.revision();
+    let r = apply(Op::LeaseTick { elapsed_ms: 1_000 });
+    assert_eq!(r.deleted, super::lease::REVOKE_PER_TICK as u64);
+    assert_eq!(s.revision(), before + super::lease::REVOKE_PER_TICK as u64);
+    assert_eq!(s.leases().unwrap().value.len(), 5);
+    assert_eq!(apply(Op::LeaseTick { elapsed_ms: 0 }).deleted, 5);
+    assert!(!s.has_leases().unwrap());
+}
+
+fn keys_of(keys: &[Vec<u8>]) -> Vec<&str> {
+    keys.iter()
+        .map(|k| std::str::from_utf8(k).unwrap())
+        .collect()
+}
+
 fn get_kv(s: &KvStore, k: &str) -> KeyValue {
     get(s, k).unwrap_or_else(|| panic!("{k} missing"))
 }
 
 fn with_cond(index: u64, op: Op, c: Cond) -> Applied {
     let op = match op {
-        Op::Put { key, value, .. } => Op::Put {
+        Op::Put {
+            key, value, lease, ..
+        } => Op::Put {
             key,
             value,
+            lease,
             cond: Some(c),
         },
         Op::Delete { key, .. } => Op::Delete { key, cond: Some(c) },
@@ -712,6 +810,17 @@ fn snapshots_restore_across_every_pair_of_engines() {
                 op: None,
             },
             op(3003, Op::Compact { revision: 1500 }),
+            op(3004, Op::LeaseGrant { id: 5, ttl: 30 }),
+            op(
+                3005,
+                Op::Put {
+                    key: b"leased".to_vec(),
+                    value: vec![],
+                    lease: 5,
+                    cond: None,
+                },
+            ),
+            op(3006, Op::LeaseTick { elapsed_ms: 1_000 }),
         ])
         .collect();
     for src_kind in EngineKind::ALL {
@@ -734,9 +843,16 @@ fn snapshots_restore_across_every_pair_of_engines() {
             assert_eq!(all(&dst, Some(1500)), all(&src, Some(1500)), "{what}");
             // The restored store goes on applying from the snapshot's index.
             let r = dst
-                .apply(&[put(3003, "x", "skipped"), put(3004, "k00001", "new")])
+                .apply(&[put(3006, "x", "skipped"), put(3007, "k00001", "new")])
                 .unwrap();
-            assert_eq!(r, vec![None, Some(OpResult::done(3003, true))], "{what}");
+            assert_eq!(r, vec![None, Some(OpResult::done(3004, true))], "{what}");
+            // The lease table and the lease clock came along.
+            let lease = dst.lease(5).unwrap().value.unwrap();
+            assert_eq!(
+                (lease.remaining_ms, keys_of(&lease.keys)),
+                (29_000, vec!["leased"]),
+                "{what}"
+            );
             assert_eq!(get(&dst, "k00001").unwrap().version, 3, "{what}");
         }
     }
@@ -853,6 +969,10 @@ fn history_agrees_with_a_model() {
                     next.insert(key.clone(), (value.clone(), create, rev + 1, version));
                 }
                 Op::Delete { key, .. } => drop(next.remove(key)),
+                Op::LeaseGrant { .. }
+                | Op::LeaseRevoke { .. }
+                | Op::LeaseKeepAlive { .. }
+                | Op::LeaseTick { .. } => unreachable!("not generated"),
                 Op::Txn(t) => {
                     let (TxnOp::Put { key: b, value, .. }, TxnOp::Delete(c)) =
                         (&t.success[0], &t.success[1])

@@ -4,7 +4,11 @@
 //!
 //! ```text
 //! m                          -> meta: applied_index | revision | keys | compact_revision |
-//!                               compacted (physical compaction done through), u64 BE each
+//!                               compacted (physical compaction done through) | lease_clock,
+//!                               u64 BE each
+//! a <lease u64> <key>        -> (empty): the key is attached to the lease
+//! e <expiry u64> <lease u64> -> (empty): the lease expires at this lease-clock time
+//! l <lease u64>              -> the lease: granted TTL (s) | expiry (lease-clock ms)
 //! k <key>                    -> the key's current Record (only keys that exist)
 //! h <esc(key)> <rev u64>     -> the key's version written at rev: 0x01 Record | 0x00 (deleted)
 //! r <rev u64> <sub u32>      -> the key the sub-th change of revision rev wrote
@@ -19,6 +23,75 @@ pub(crate) const META: &[u8] = b"m";
 pub(crate) const LATEST: u8 = b'k';
 pub(crate) const HISTORY: u8 = b'h';
 pub(crate) const REVS: u8 = b'r';
+pub(crate) const ATTACHED: u8 = b'a';
+pub(crate) const EXPIRY: u8 = b'e';
+pub(crate) const LEASES: u8 = b'l';
+
+pub(crate) fn lease_key(id: u64) -> Vec<u8> {
+    let mut v = vec![LEASES];
+    v.extend_from_slice(&id.to_be_bytes());
+    v
+}
+
+/// The `a` prefix of a lease's keys (with `key`: one attachment).
+pub(crate) fn attached_key(id: u64, key: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9 + key.len());
+    v.push(ATTACHED);
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(key);
+    v
+}
+
+/// The `a` bounds of every key attached to lease `id`.
+pub(crate) fn attached_range(id: u64) -> (Vec<u8>, Vec<u8>) {
+    let end = match id.checked_add(1) {
+        Some(next) => attached_key(next, b""),
+        None => vec![ATTACHED + 1],
+    };
+    (attached_key(id, b""), end)
+}
+
+pub(crate) fn expiry_key(expiry: u64, id: u64) -> Vec<u8> {
+    let mut v = vec![EXPIRY];
+    v.extend_from_slice(&expiry.to_be_bytes());
+    v.extend_from_slice(&id.to_be_bytes());
+    v
+}
+
+/// The lease id at the end of an `e` key.
+pub(crate) fn expiry_lease(raw: &[u8]) -> Result<u64> {
+    history_rev(raw)
+}
+
+/// A lease as stored: granted TTL in seconds, expiry on the lease clock (ms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub ttl: u64,
+    pub expiry: u64,
+}
+
+impl LeaseRecord {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        [self.ttl, self.expiry]
+            .iter()
+            .flat_map(|n| n.to_be_bytes())
+            .collect()
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<LeaseRecord> {
+        let n = |i: usize| {
+            bytes
+                .get(i * 8..i * 8 + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| EngineError::Corrupt("malformed lease".into()))
+        };
+        Ok(LeaseRecord {
+            ttl: n(0)?,
+            expiry: n(1)?,
+        })
+    }
+}
 
 const PUT: u8 = 1;
 const DELETED: u8 = 0;
@@ -169,6 +242,8 @@ pub struct Meta {
     pub compact_revision: u64,
     /// Physical compaction (deleting superseded versions) is done through this revision.
     pub compacted: u64,
+    /// The replicated lease clock, in ms: advanced by the leader's ticks through the log.
+    pub lease_clock: u64,
 }
 
 impl Meta {
@@ -179,6 +254,7 @@ impl Meta {
         keys: 0,
         compact_revision: 0,
         compacted: 0,
+        lease_clock: 0,
     };
 
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -188,6 +264,7 @@ impl Meta {
             self.keys,
             self.compact_revision,
             self.compacted,
+            self.lease_clock,
         ]
         .iter()
         .flat_map(|n| n.to_be_bytes())
@@ -195,7 +272,7 @@ impl Meta {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Meta> {
-        if bytes.len() != 40 {
+        if bytes.len() != 48 {
             return Err(EngineError::Corrupt(format!(
                 "meta of {} bytes",
                 bytes.len()
@@ -209,6 +286,7 @@ impl Meta {
             keys: n(2),
             compact_revision: n(3),
             compacted: n(4),
+            lease_clock: n(5),
         })
     }
 }
@@ -247,6 +325,7 @@ mod tests {
             keys: 3,
             compact_revision: 5,
             compacted: 4,
+            lease_clock: 77,
         };
         assert_eq!(Meta::decode(&m.encode()).unwrap(), m);
         assert!(Meta::decode(&[1, 2]).is_err());

@@ -14,6 +14,7 @@ pub mod btree;
 #[cfg(test)]
 pub(crate) mod conformance;
 pub(crate) mod layout;
+pub mod lease;
 pub mod lsm;
 pub mod memory;
 pub mod mvcc;
@@ -22,7 +23,7 @@ pub mod txn;
 pub mod watch;
 
 pub use layout::Meta;
-pub use mvcc::{KvStore, ReadAt, RevisionError};
+pub use mvcc::{KvStore, ReadAt, Refusal, RevisionError};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -289,6 +290,8 @@ pub enum Op {
     Put {
         key: Vec<u8>,
         value: Vec<u8>,
+        /// The lease to attach the key to (0: none; a key put without one loses its lease).
+        lease: u64,
         cond: Option<Cond>,
     },
     Delete {
@@ -306,6 +309,23 @@ pub enum Op {
     },
     /// A transaction ([`txn`]).
     Txn(Box<txn::Txn>),
+    /// Grants lease `id` for `ttl` seconds ([`lease`]).
+    LeaseGrant {
+        id: u64,
+        ttl: u64,
+    },
+    /// Revokes lease `id`, deleting its keys in one revision.
+    LeaseRevoke {
+        id: u64,
+    },
+    /// Renews lease `id` for its granted TTL.
+    LeaseKeepAlive {
+        id: u64,
+    },
+    /// The leader's lease clock advanced by `elapsed_ms`; expired leases are revoked.
+    LeaseTick {
+        elapsed_ms: u64,
+    },
 }
 
 impl Op {
@@ -313,6 +333,7 @@ impl Op {
         Op::Put {
             key: key.into(),
             value: value.into(),
+            lease: 0,
             cond: None,
         }
     }
@@ -367,9 +388,11 @@ pub struct OpResult {
     pub conflict: Option<u64>,
     /// Keys a delete removed.
     pub deleted: u64,
-    /// Set when a compaction, or a transaction's read, was refused (at or below the last
-    /// compaction, or in the future); a refused transaction changes nothing.
-    pub refused: Option<RevisionError>,
+    /// Set when the op was refused and changed nothing: a compaction or a transaction's read
+    /// at a compacted or future revision, an unknown lease, a lease id already granted.
+    pub refused: Option<Refusal>,
+    /// A lease's granted TTL in seconds (grant, keepalive).
+    pub ttl: u64,
     /// A transaction's outcome.
     pub txn: Option<Box<txn::TxnResult>>,
 }
@@ -382,6 +405,7 @@ impl OpResult {
             conflict: None,
             deleted: 0,
             refused: None,
+            ttl: 0,
             txn: None,
         }
     }

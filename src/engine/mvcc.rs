@@ -42,6 +42,17 @@ pub enum RevisionError {
     Future { requested: u64, current: u64 },
 }
 
+/// Why an op was refused (it changed nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Revision(#[from] RevisionError),
+    #[error("requested lease not found: {0}")]
+    LeaseNotFound(u64),
+    #[error("lease {0} already exists")]
+    LeaseExists(u64),
+}
+
 /// What a read saw, with the store's revisions at that state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadAt<T> {
@@ -229,11 +240,11 @@ pub(super) struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+    pub(super) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.staged.insert(key, Some(value));
     }
 
-    fn delete(&mut self, key: Vec<u8>) {
+    pub(super) fn delete(&mut self, key: Vec<u8>) {
         self.staged.insert(key, None);
     }
 
@@ -337,6 +348,16 @@ impl<'b, 'a> Txn<'b, 'a> {
     }
 
     pub(super) fn put(&mut self, key: &[u8], value: &[u8], lease: u64, current: Option<Header>) {
+        // The attachment index follows the key's lease.
+        let old_lease = current.map_or(0, |h| h.lease);
+        if old_lease != lease {
+            if old_lease != 0 {
+                self.batch.delete(layout::attached_key(old_lease, key));
+            }
+            if lease != 0 {
+                self.batch.put(layout::attached_key(lease, key), Vec::new());
+            }
+        }
         let (create_revision, version) = match current {
             Some(h) => (h.create_revision, h.version + 1),
             None => {
@@ -355,8 +376,11 @@ impl<'b, 'a> Txn<'b, 'a> {
         self.batch.put(layout::latest_key(key), record.encode());
     }
 
-    /// Deletes `key`, which exists.
-    fn delete(&mut self, key: &[u8]) {
+    /// Deletes `key`, which exists, attached to `lease` (0: none).
+    pub(super) fn delete(&mut self, key: &[u8], lease: u64) {
+        if lease != 0 {
+            self.batch.delete(layout::attached_key(lease, key));
+        }
         self.meta.keys -= 1;
         self.record_change(key, None);
         self.batch.delete(layout::latest_key(key));
@@ -366,12 +390,12 @@ impl<'b, 'a> Txn<'b, 'a> {
     pub(super) fn delete_range(&mut self, start: &[u8], end: Option<&[u8]>) -> Result<u64> {
         let (lo, hi) = layout::latest_range(start, end);
         let mut keys = Vec::new();
-        self.batch.scan(&lo, &hi, &mut |k, _| {
-            keys.push(k[1..].to_vec());
+        self.batch.scan(&lo, &hi, &mut |k, v| {
+            keys.push((k[1..].to_vec(), Record::decode_header(v)?.lease));
             Ok(true)
         })?;
-        for key in &keys {
-            self.delete(key);
+        for (key, lease) in &keys {
+            self.delete(key, *lease);
         }
         Ok(keys.len() as u64)
     }
@@ -406,13 +430,24 @@ fn apply_op(batch: &mut Batch, meta: &mut Meta, op: &Op) -> Result<OpResult> {
         ..OpResult::done(meta.revision, false)
     };
     match op {
-        Op::Put { key, value, cond } => {
+        Op::Put {
+            key,
+            value,
+            lease,
+            cond,
+        } => {
+            if *lease != 0 && !super::lease::exists(batch, *lease)? {
+                return Ok(OpResult {
+                    refused: Some(Refusal::LeaseNotFound(*lease)),
+                    ..OpResult::done(meta.revision, false)
+                });
+            }
             let current = batch.current(key)?;
             if cond.is_some_and(|c| !c.holds(current)) {
                 return Ok(conflict(meta, current));
             }
             let mut txn = Txn::new(batch, meta);
-            txn.put(key, value, 0, current);
+            txn.put(key, value, *lease, current);
             Ok(OpResult::done(txn.finish(), true))
         }
         Op::Delete { key, cond } => {
@@ -421,8 +456,8 @@ fn apply_op(batch: &mut Batch, meta: &mut Meta, op: &Op) -> Result<OpResult> {
                 return Ok(conflict(meta, current));
             }
             let mut txn = Txn::new(batch, meta);
-            if current.is_some() {
-                txn.delete(key);
+            if let Some(h) = current {
+                txn.delete(key, h.lease);
             }
             let changed = current.is_some();
             Ok(OpResult {
@@ -438,6 +473,10 @@ fn apply_op(batch: &mut Batch, meta: &mut Meta, op: &Op) -> Result<OpResult> {
                 ..OpResult::done(txn.finish(), deleted > 0)
             })
         }
+        Op::LeaseGrant { id, ttl } => super::lease::grant(batch, meta, *id, *ttl),
+        Op::LeaseKeepAlive { id } => super::lease::keep_alive(batch, meta, *id),
+        Op::LeaseRevoke { id } => super::lease::revoke(batch, meta, *id),
+        Op::LeaseTick { elapsed_ms } => super::lease::tick(batch, meta, *elapsed_ms),
         Op::Txn(t) => {
             let before = meta.revision;
             let (result, refused) = super::txn::apply(batch, meta, t)?;
@@ -448,16 +487,22 @@ fn apply_op(batch: &mut Batch, meta: &mut Meta, op: &Op) -> Result<OpResult> {
             })
         }
         Op::Compact { revision } => {
-            let refused = if *revision <= meta.compact_revision {
-                Some(RevisionError::Compacted {
-                    requested: *revision,
-                    compact_revision: meta.compact_revision,
-                })
+            let refused: Option<Refusal> = if *revision <= meta.compact_revision {
+                Some(
+                    RevisionError::Compacted {
+                        requested: *revision,
+                        compact_revision: meta.compact_revision,
+                    }
+                    .into(),
+                )
             } else if *revision > meta.revision {
-                Some(RevisionError::Future {
-                    requested: *revision,
-                    current: meta.revision,
-                })
+                Some(
+                    RevisionError::Future {
+                        requested: *revision,
+                        current: meta.revision,
+                    }
+                    .into(),
+                )
             } else {
                 meta.compact_revision = *revision;
                 None
@@ -537,6 +582,30 @@ impl KvStore {
             }
             Ok((events, through))
         })
+    }
+
+    /// Lease `id` with its attached keys, if granted.
+    pub fn lease(&self, id: u64) -> Result<ReadAt<Option<super::lease::LeaseView>>> {
+        self.read(|r, meta| super::lease::view(r, meta, id))
+    }
+
+    /// Every lease: (id, granted TTL s, remaining ms).
+    pub fn leases(&self) -> Result<ReadAt<Vec<(u64, u64, u64)>>> {
+        self.read(super::lease::list)
+    }
+
+    /// Whether any lease is granted (the leader then ticks the lease clock).
+    pub fn has_leases(&self) -> Result<bool> {
+        let read = self.read(|r, _| {
+            let mut any = false;
+            let (lo, hi) = layout::namespace(layout::LEASES);
+            r.scan(&lo, &hi, &mut |_, _| {
+                any = true;
+                Ok(false)
+            })?;
+            Ok(any)
+        })?;
+        Ok(read.value)
     }
 
     /// `key` as it was just before revision `rev` (a watch event's previous value).
@@ -916,6 +985,7 @@ impl<'r> Entries<'r> {
                         keys: self.keys,
                         compact_revision: revision,
                         compacted: revision,
+                        lease_clock: 0,
                     };
                     self.queued.push_back((META.to_vec(), meta.encode()));
                 } else if !self.meta_seen {

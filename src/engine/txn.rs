@@ -2,7 +2,7 @@
 //! all its writes share one revision, and its reads see its earlier writes. Applied like any
 //! op, in log order, so every member decides the same branch.
 
-use super::mvcc::{Batch, RevisionError, Txn as Writes, check_revision_at, range_batch};
+use super::mvcc::{Batch, Refusal, Txn as Writes, check_revision_at, range_batch};
 use super::{Header, KeyValue, Result};
 use crate::engine::layout::Meta;
 
@@ -186,7 +186,7 @@ pub(super) fn apply(
     batch: &mut Batch,
     meta: &mut Meta,
     txn: &Txn,
-) -> Result<(TxnResult, Option<RevisionError>)> {
+) -> Result<(TxnResult, Option<Refusal>)> {
     // Refused before proposing; a proposal that skipped the check changes nothing.
     if txn.check().is_err() {
         let nothing = TxnResult {
@@ -201,16 +201,24 @@ pub(super) fn apply(
     } else {
         &txn.failure
     };
-    // A read at a revision the store cannot serve refuses the whole transaction first.
+    // A read at a revision the store cannot serve, or a put to an unknown lease, refuses
+    // the whole transaction first.
     for op in ops {
-        if let TxnOp::Get { revision, .. } = op
-            && let Err(e) = check_revision_at(meta, *revision)
-        {
+        let refusal = match op {
+            TxnOp::Get { revision, .. } => {
+                check_revision_at(meta, *revision).err().map(Refusal::from)
+            }
+            TxnOp::Put { lease, .. } if *lease != 0 && !super::lease::exists(batch, *lease)? => {
+                Some(Refusal::LeaseNotFound(*lease))
+            }
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
             let refused = TxnResult {
                 succeeded,
                 responses: Vec::new(),
             };
-            return Ok((refused, Some(e)));
+            return Ok((refused, Some(refusal)));
         }
     }
     let mut writes = Writes::new(batch, meta);

@@ -10,11 +10,15 @@
 //!          0x05 | revision u64                 (compaction)
 //!          0x06 | n u32 | compare * n | n u32 | op * n | n u32 | op * n   (transaction:
 //!                 compares, success ops, failure ops; see `encode_txn`)
+//!          0x07 | lease u64 | key_len u32 | key | value   (put attached to a lease; may
+//!                 follow a condition as 0x01 does)
+//!          0x08 | id u64 | ttl u64 (lease grant)    0x09 | id u64 (lease revoke)
+//!          0x0a | id u64 (lease keepalive)          0x0b | elapsed_ms u64 (lease clock tick)
 //!          0x10 | count u32 | (member id u64 | incarnation u64) * count
 //!                 (members' incarnations, recorded by the leader; not a client write)
 //! context: proposer member id u64 | proposal id u64
 //! ```
-//! Only writes (`0x01`-`0x06`) may be forwarded by a follower; a committed entry that does not
+//! Only writes (`0x01`-`0x0b`) may be forwarded by a follower; a committed entry that does not
 //! decode, or whose tag this version does not know, is applied as a no-op on every member.
 
 use crate::engine::txn::{CmpResult, Compare, KeyRange, Target, Txn, TxnOp};
@@ -26,6 +30,11 @@ const CONDITIONAL: u8 = 3;
 const DELETE_RANGE: u8 = 4;
 const COMPACT: u8 = 5;
 const TXN: u8 = 6;
+const LEASE_PUT: u8 = 7;
+const LEASE_GRANT: u8 = 8;
+const LEASE_REVOKE: u8 = 9;
+const LEASE_KEEPALIVE: u8 = 0x0a;
+const LEASE_TICK: u8 = 0x0b;
 const INCARNATIONS: u8 = 0x10;
 
 /// What a normal log entry carries.
@@ -42,9 +51,25 @@ pub enum Command {
 pub struct DecodeError(&'static str);
 
 pub fn encode(op: &Op) -> Vec<u8> {
-    let (key, value, cond) = match op {
-        Op::Put { key, value, cond } => (key, Some(value), cond),
-        Op::Delete { key, cond } => (key, None, cond),
+    let numbers = |tag: u8, ns: &[u64]| {
+        let mut v = vec![tag];
+        for n in ns {
+            v.extend_from_slice(&n.to_be_bytes());
+        }
+        v
+    };
+    let (key, value, lease, cond) = match op {
+        Op::Put {
+            key,
+            value,
+            lease,
+            cond,
+        } => (key, Some(value), *lease, cond),
+        Op::Delete { key, cond } => (key, None, 0, cond),
+        Op::LeaseGrant { id, ttl } => return numbers(LEASE_GRANT, &[*id, *ttl]),
+        Op::LeaseRevoke { id } => return numbers(LEASE_REVOKE, &[*id]),
+        Op::LeaseKeepAlive { id } => return numbers(LEASE_KEEPALIVE, &[*id]),
+        Op::LeaseTick { elapsed_ms } => return numbers(LEASE_TICK, &[*elapsed_ms]),
         Op::DeleteRange { start, end } => {
             let mut v = Vec::with_capacity(7 + start.len() + end.as_ref().map_or(0, Vec::len));
             v.push(DELETE_RANGE);
@@ -66,7 +91,7 @@ pub fn encode(op: &Op) -> Vec<u8> {
         }
         Op::Txn(txn) => return encode_txn(txn),
     };
-    let mut v = Vec::with_capacity(14 + key.len() + value.map_or(0, Vec::len));
+    let mut v = Vec::with_capacity(22 + key.len() + value.map_or(0, Vec::len));
     if let Some(cond) = cond {
         let (kind, rev) = match *cond {
             Cond::ModRevision(rev) => (1, rev),
@@ -79,7 +104,12 @@ pub fn encode(op: &Op) -> Vec<u8> {
     }
     match value {
         Some(value) => {
-            v.push(PUT);
+            if lease == 0 {
+                v.push(PUT);
+            } else {
+                v.push(LEASE_PUT);
+                v.extend_from_slice(&lease.to_be_bytes());
+            }
             v.extend_from_slice(&(key.len() as u32).to_be_bytes());
             v.extend_from_slice(key);
             v.extend_from_slice(value);
@@ -147,7 +177,12 @@ pub fn write_sizes(data: &[u8]) -> Result<(usize, usize), DecodeError> {
         }
         DELETE => Ok((rest.len(), 0)),
         // Range bounds are keys (within the key limit); neither op needs a non-empty one.
-        DELETE_RANGE | COMPACT | TXN => match decode_write(tag, rest, None)? {
+        LEASE_PUT => {
+            let (key, value) = split_put(rest.get(8..).ok_or(DecodeError("short lease put"))?)?;
+            Ok((key.len(), value.len()))
+        }
+        DELETE_RANGE | COMPACT | TXN | LEASE_GRANT | LEASE_REVOKE | LEASE_KEEPALIVE
+        | LEASE_TICK => match decode_write(tag, rest, None)? {
             Op::DeleteRange { start, end } => {
                 Ok((start.len().max(end.map_or(0, |e| e.len())).max(1), 0))
             }
@@ -197,11 +232,26 @@ fn split_put(rest: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
 
 fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeError> {
     match tag {
-        PUT => {
+        PUT | LEASE_PUT => {
+            let (lease, rest) = if tag == LEASE_PUT {
+                let (lease, rest) = rest
+                    .split_at_checked(8)
+                    .ok_or(DecodeError("short lease put"))?;
+                (
+                    u64::from_be_bytes(lease.try_into().unwrap_or_default()),
+                    rest,
+                )
+            } else {
+                (0, rest)
+            };
+            if tag == LEASE_PUT && lease == 0 {
+                return Err(DecodeError("a lease put without a lease"));
+            }
             let (key, value) = split_put(rest)?;
             Ok(Op::Put {
                 key: key.to_vec(),
                 value: value.to_vec(),
+                lease,
                 cond,
             })
         }
@@ -209,7 +259,24 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
             key: rest.to_vec(),
             cond,
         }),
-        DELETE_RANGE | COMPACT | TXN if cond.is_some() => {
+        LEASE_GRANT | LEASE_REVOKE | LEASE_KEEPALIVE | LEASE_TICK if cond.is_none() => {
+            let mut d = Dec(rest);
+            let id = d.u64()?;
+            let op = match tag {
+                LEASE_GRANT => Op::LeaseGrant { id, ttl: d.u64()? },
+                LEASE_REVOKE => Op::LeaseRevoke { id },
+                LEASE_KEEPALIVE => Op::LeaseKeepAlive { id },
+                _ => Op::LeaseTick { elapsed_ms: id },
+            };
+            if !d.0.is_empty() {
+                return Err(DecodeError("bytes after a lease op"));
+            }
+            Ok(op)
+        }
+        DELETE_RANGE | COMPACT | TXN | LEASE_GRANT | LEASE_REVOKE | LEASE_KEEPALIVE
+        | LEASE_TICK
+            if cond.is_some() =>
+        {
             Err(DecodeError("a condition on a range op"))
         }
         TXN => {
@@ -246,6 +313,12 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
         }
         _ => Err(DecodeError("unknown tag")),
     }
+}
+
+/// Whether `data` is a command only the leader itself may propose (a lease clock tick: a
+/// member that forwarded one could make leases expire early).
+pub fn leader_only(data: &[u8]) -> bool {
+    data.first() == Some(&LEASE_TICK)
 }
 
 /// A transaction's longest key or range bound (at least 1) and longest value.
@@ -499,6 +572,7 @@ mod tests {
             Op::Put {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
+                lease: 0,
                 cond: Some(Cond::ModRevision(u64::MAX)),
             },
             Op::Delete {
@@ -508,6 +582,7 @@ mod tests {
             Op::Put {
                 key: vec![],
                 value: vec![],
+                lease: 0,
                 cond: Some(Cond::Exists),
             },
             Op::DeleteRange {
@@ -523,6 +598,16 @@ mod tests {
                 end: Some(vec![]),
             },
             Op::Compact { revision: 7 },
+            Op::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                lease: 42,
+                cond: Some(Cond::Absent),
+            },
+            Op::LeaseGrant { id: 1, ttl: 60 },
+            Op::LeaseRevoke { id: u64::MAX },
+            Op::LeaseKeepAlive { id: 3 },
+            Op::LeaseTick { elapsed_ms: 100 },
             Op::Txn(Box::default()),
             Op::Txn(Box::new(Txn {
                 compare: vec![
@@ -573,6 +658,9 @@ mod tests {
         assert!(decode(&[DELETE_RANGE, 0, 0, 0, 0, 2]).is_err());
         assert!(decode(&[DELETE_RANGE, 0, 0, 0, 0, 0, 9]).is_err());
         assert!(decode(&[COMPACT, 1]).is_err());
+        assert!(decode(&[LEASE_PUT, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, b'k']).is_err());
+        assert!(decode(&[LEASE_GRANT, 0, 0, 0, 0, 0, 0, 0, 1]).is_err());
+        assert!(decode(&[LEASE_TICK, 0, 0, 0, 0, 0, 0, 0, 1, 0]).is_err());
         assert!(
             decode(&[
                 CONDITIONAL,

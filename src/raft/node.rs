@@ -23,12 +23,13 @@
 //! file in `node/`: `proposals` (client writes becoming proposals, and their answers), `reads`
 //! (ReadIndex), `snapshots` (when to snapshot, the background job), `changes` (membership and
 //! leadership requests), `incarnations` (is a peer the member its id names), `compaction`
-//! (deleting compacted history in steps), `report` (`/_status`, `/_hash`); `tests` runs three
-//! owners in one process.
+//! (deleting compacted history in steps), `leases` (the leader's lease clock), `report`
+//! (`/_status`, `/_hash`); `tests` runs three owners in one process.
 
 mod changes;
 mod compaction;
 mod incarnations;
+mod leases;
 mod proposals;
 mod reads;
 mod report;
@@ -173,6 +174,7 @@ pub struct Node {
     /// The tick of the last physical compaction step.
     compacted_tick: u64,
     auto_compactor: compaction::AutoCompactor,
+    lease_clock: leases::LeaseClock,
 }
 
 impl Node {
@@ -229,6 +231,7 @@ impl Node {
             ticks: 0,
             compacted_tick: 0,
             auto_compactor: Default::default(),
+            lease_clock: Default::default(),
         })
     }
 
@@ -280,6 +283,7 @@ impl Node {
         self.promote_caught_up_learners();
         self.propose_incarnation_records();
         self.auto_compact();
+        self.tick_leases();
     }
 
     /// After the inputs: propose what they queued, handle the Ready if there is one, record a

@@ -168,6 +168,9 @@ fn check_forwarded_writes(msg: &Message, limits: &Limits) -> Result<(), Refusal>
         if ProposalId::decode(&e.context).is_none_or(|id| id.member != msg.from) {
             return close("a forwarded write without the sender's proposal id".into());
         }
+        if command::leader_only(&e.data) {
+            return close("a forwarded lease clock tick: only the leader proposes those".into());
+        }
         let (key, value) = match command::write_sizes(&e.data) {
             Ok(sizes) => sizes,
             Err(err) => return close(format!("a forwarded {err}")),
