@@ -12,6 +12,7 @@
 //! keep this table, and README's, in step when adding a file:
 //!
 //! ```text
+//! 8000-8999    leases.rs
 //! 9000-9999    watch.rs
 //! 10000-10999  history.rs
 //! 11000-11999  injected.rs         21000-21999  seed_flow.rs     27000-27999  recovery.rs
