@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Changes, Ctx, Engine, EngineError, EngineKind, Reader, Result, View, Visit};
+use super::{Changes, Ctx, Engine, EngineError, EngineKind, Reader, Result, View, Visit, layout};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "generation";
@@ -66,11 +66,19 @@ struct Overlay {
     applied_index: u64,
     /// The live table's generation.
     generation: u64,
+    /// The newest meta entry written ([`layout::META`]): every read looks it up, and keeping
+    /// it here spares each a redb lookup once it is flushed.
+    meta: Option<Vec<u8>>,
 }
 
 impl Overlay {
     /// The newest applied change to `key` not yet in redb: `Some(None)` is a deletion.
     fn lookup(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        if key == layout::META
+            && let Some(meta) = &self.meta
+        {
+            return Some(Some(meta));
+        }
         self.active
             .get(key)
             .or_else(|| self.flushing.get(key))
@@ -334,6 +342,7 @@ impl BtreeEngine {
                 flushing: Arc::default(),
                 applied_index,
                 generation,
+                meta: None,
             }),
             flush: Mutex::new(FlushState {
                 last_durable: Instant::now(),
@@ -455,6 +464,9 @@ impl Engine for BtreeEngine {
         }
         let pending = {
             let mut o = self.inner.overlay.write();
+            if let Some(Some(meta)) = changes.get(layout::META) {
+                o.meta = Some(meta.clone());
+            }
             o.active.extend(changes);
             o.applied_index = applied_index;
             o.active.len()
@@ -527,6 +539,7 @@ impl Engine for BtreeEngine {
             flushing: Arc::default(),
             applied_index,
             generation,
+            meta: None,
         };
         *state = FlushState {
             last_durable: Instant::now(),

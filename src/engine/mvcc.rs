@@ -111,7 +111,7 @@ fn staged_events(staged: &Changes) -> Result<Vec<Event>> {
 }
 
 /// Physical compaction work per [`KvStore::compact_step`]: revision-index entries examined.
-pub const COMPACT_STEP: usize = 1_000;
+pub const COMPACT_STEP: usize = 256;
 
 fn read_meta(r: &dyn Reader) -> Result<Meta> {
     match r.get(META)? {
