@@ -15,7 +15,10 @@
 //! The history (invoke, ok / fail / unknown) is checked with a linearizability checker
 //! ([`checker`], one register per key). After healing, every member must reach the same state
 //! digest (`/_hash`) at the same applied index, and final reads of every key on every member
-//! join the history. A failing run saves its history, nemesis log and member logs under
+//! join the history. Meanwhile a watcher per initial member follows every key from revision 1,
+//! reconnecting elsewhere from its last revision + 1 when its member fails it ([`watchers`]):
+//! every watcher's events must be ordered, gap-free and duplicate-free, agree with every other
+//! watcher's, contain every acknowledged write once, and replay to the final state. A failing run saves its history, nemesis log and member logs under
 //! `target/jepsen/` and prints the seed; `METCD_JEPSEN_SEED=<seed>` replays the same schedule
 //! and client choices (timing still varies). `METCD_JEPSEN_SECS` sets the nemesis time per
 //! run (default 30 s); for a soak run: `METCD_JEPSEN_SECS=3600 cargo test --release --test
@@ -26,6 +29,7 @@ mod common;
 
 mod checker;
 mod proxy;
+mod watchers;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -109,6 +113,8 @@ struct World {
     next_value: AtomicU64,
     stop: AtomicBool,
     nemesis_log: Mutex<String>,
+    /// Set once the run is over: the final store revision the watchers must reach.
+    watch_until: AtomicU64,
 }
 
 impl World {
@@ -617,7 +623,11 @@ fn run(engine: &'static str, base: u16) {
         next_value: AtomicU64::new(1),
         stop: AtomicBool::new(false),
         nemesis_log: Mutex::new(String::new()),
+        watch_until: AtomicU64::new(0),
     });
+    let watchers: Vec<_> = (1..=3)
+        .map(|id| watchers::spawn(world.clone(), id))
+        .collect();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
             let world = world.clone();
@@ -717,6 +727,30 @@ fn run(engine: &'static str, base: u16) {
     }
 
     let history = world.history.lock().unwrap().clone();
+    // The watchers: caught up with the final revision, they must agree with everything.
+    let until = members
+        .iter()
+        .filter_map(|&i| c.try_status(i))
+        .map(|s| num(&s, "revision"))
+        .max()
+        .unwrap_or(0);
+    world.watch_until.store(until.max(1), Ordering::Relaxed);
+    let watched: Vec<watchers::Watched> =
+        watchers.into_iter().filter_map(|t| t.join().ok()).collect();
+    let finals: std::collections::HashMap<String, Option<u64>> = history
+        .iter()
+        .filter(|e| e.client >= CLIENTS)
+        .filter_map(|e| match &e.outcome {
+            Outcome::Read(v) => Some((e.key.clone(), *v)),
+            _ => None,
+        })
+        .collect();
+    if outcome.is_ok() {
+        match watchers::check(&watched, &history, &finals, until) {
+            Ok(summary) => eprintln!("jepsen: engine {engine}, seed {seed}: watches: {summary}"),
+            Err(why) => outcome = Err(format!("watch check: {why}")),
+        }
+    }
     let report = checker::check(&history, SEARCH_BUDGET);
     let count = |f: &dyn Fn(&Event) -> bool| history.iter().filter(|e| f(e)).count();
     let ok_writes = count(&|e| !matches!(e.op, Op::Read) && e.outcome == Outcome::Ok);
