@@ -96,6 +96,38 @@ fn read_frames(chunks: Vec<Vec<u8>>) -> Vec<Result<Vec<u8>, String>> {
     }
 }
 
+/// A follower may forward client writes, lease keepalives included, but never a lease clock
+/// tick: only the leader advances the clock (a forwarded tick could expire leases early).
+#[test]
+fn a_forwarded_lease_clock_tick_closes_the_stream() {
+    let limits = Limits {
+        max_key_bytes: 16,
+        max_value_bytes: 48,
+    };
+    let proposal = |op: Op| {
+        let mut msg = raft::eraftpb::Message {
+            to: 1,
+            from: 2,
+            ..Default::default()
+        };
+        msg.set_msg_type(raft::eraftpb::MessageType::MsgPropose);
+        let entry = raft::eraftpb::Entry {
+            data: command::encode(&op).into(),
+            context: crate::raft::command::ProposalId { member: 2, seq: 9 }
+                .encode()
+                .into(),
+            ..Default::default()
+        };
+        msg.set_entries(vec![entry].into());
+        check_peer_message(&msg, 1, 2, &limits)
+    };
+    assert!(proposal(Op::LeaseKeepAlive { id: 7 }).is_ok());
+    assert!(matches!(
+        proposal(Op::LeaseTick { elapsed_ms: 1 }),
+        Err(Refusal::Close(_))
+    ));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 

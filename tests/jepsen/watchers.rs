@@ -85,11 +85,7 @@ fn run(world: &World, id: usize) -> Watched {
                 continue;
             }
         };
-        loop {
-            let v = match lines.next_json() {
-                Ok(Some(v)) => v,
-                _ => break,
-            };
+        while let Ok(Some(v)) = lines.next_json() {
             if v.get("canceled").is_some() {
                 w.error = Some(format!("canceled by member {target}: {v}"));
                 return w;
