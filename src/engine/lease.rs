@@ -31,6 +31,17 @@ pub struct LeaseView {
     pub keys: Vec<Vec<u8>>,
 }
 
+/// The keys attached to lease `id`, in order.
+fn attached(r: &dyn Reader, id: u64) -> Result<Vec<Vec<u8>>> {
+    let (prefix, end) = layout::attached_range(id);
+    let mut keys = Vec::new();
+    r.scan(&prefix, &end, &mut |k, _| {
+        keys.push(k[prefix.len()..].to_vec());
+        Ok(true)
+    })?;
+    Ok(keys)
+}
+
 pub(super) fn get(r: &dyn Reader, id: u64) -> Result<Option<LeaseRecord>> {
     r.get(&layout::lease_key(id))?
         .map(|v| LeaseRecord::decode(&v))
@@ -94,12 +105,7 @@ pub(super) fn revoke(batch: &mut Batch, meta: &mut Meta, id: u64) -> Result<OpRe
     let Some(old) = get(batch, id)? else {
         return Ok(not_found(meta, id));
     };
-    let (prefix, end) = layout::attached_range(id);
-    let mut attached = Vec::new();
-    batch.scan(&prefix, &end, &mut |k, _| {
-        attached.push(k[prefix.len()..].to_vec());
-        Ok(true)
-    })?;
+    let attached = attached(batch, id)?;
     let mut writes = Writes::new(batch, meta);
     let mut deleted = 0;
     for key in &attached {
@@ -148,12 +154,7 @@ pub(super) fn view(r: &dyn Reader, meta: &Meta, id: u64) -> Result<Option<LeaseV
     let Some(lease) = get(r, id)? else {
         return Ok(None);
     };
-    let (prefix, end) = layout::attached_range(id);
-    let mut keys = Vec::new();
-    r.scan(&prefix, &end, &mut |k, _| {
-        keys.push(k[prefix.len()..].to_vec());
-        Ok(true)
-    })?;
+    let keys = attached(r, id)?;
     Ok(Some(LeaseView {
         id,
         ttl: lease.ttl,

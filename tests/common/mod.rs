@@ -135,14 +135,7 @@ pub fn http_request_with_timeout(
         .into();
     let mut resp = agent.run(req).map_err(ureq::Error::into_io)?;
     let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
-            (k.as_str().to_string(), v)
-        })
-        .collect();
+    let headers = header_pairs(resp.headers());
     let body = resp
         .body_mut()
         .with_config()
@@ -154,6 +147,17 @@ pub fn http_request_with_timeout(
         headers,
         body,
     })
+}
+
+/// A response's headers as (name, value) pairs.
+fn header_pairs(headers: &ureq::http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (k.as_str().to_string(), v)
+        })
+        .collect()
 }
 
 /// Asserts `resp` is the error `status` with a non-empty one-line text body.
@@ -835,14 +839,7 @@ impl Lines {
             .into();
         let resp = agent.run(req).map_err(ureq::Error::into_io)?;
         let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
-                (k.as_str().to_string(), v)
-            })
-            .collect();
+        let headers = header_pairs(resp.headers());
         let reader = io::BufReader::new(resp.into_body().into_reader());
         Ok(Lines {
             status,
