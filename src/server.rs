@@ -95,14 +95,21 @@ pub async fn run(
           cluster_id = %format!("{:016x}", settings.cluster_id), incarnation = %format!("{incarnation:016x}"),
           "metcd member started");
 
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState {
         node: node_handle.clone(),
         engine,
         settings: settings.clone(),
         admin,
         metrics,
+        closing,
     });
-    let stop = stop_signal(shutdown, owner.removed.clone(), node_handle.clone());
+    let signal = stop_signal(shutdown, owner.removed.clone(), node_handle.clone());
+    let stop = async move {
+        signal.await;
+        // Watches never end on their own; they must before the port can drain.
+        let _ = closing_tx.send(true);
+    };
     axum::serve(client_listener.tap_io(nodelay), api::router(state))
         .with_graceful_shutdown(stop)
         .await?;

@@ -1,7 +1,8 @@
 //! Watches over HTTP against real clusters: a watcher on a follower sees exactly the writes
 //! made on the leader; one that loses its member resumes on another from its last revision +
 //! 1 and gets exactly the rest; compaction overtaking a lagging watcher cancels it with the
-//! compacted revision; a member without a leader keeps its watchers and says so. Ports
+//! compacted revision; a member without a leader keeps its watchers and says so, and still
+//! stops promptly with a watch open. Ports
 //! 9000-9999.
 
 #[macro_use]
@@ -244,5 +245,9 @@ engine_tests! {
                 leaderless += 1;
             }
         }
+        // An open watch does not hold a stopping member up: the stream ends, the process exits.
+        let status = c.terminate(f, Duration::from_secs(10));
+        assert!(status.success(), "{status:?}");
+        assert!(lines.next_line().map_or(true, |l| l.is_none()), "the stream ended");
     }
 }

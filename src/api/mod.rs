@@ -42,6 +42,9 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub admin: AdminCtx,
     pub metrics: Arc<Metrics>,
+    /// Becomes true when the member stops serving clients: streams (watches) end then, so
+    /// draining the client port does not wait for them forever.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 type Shared = Arc<AppState>;

@@ -87,6 +87,7 @@ pub fn start(
         encoding: query.encoding,
         sse,
         tx,
+        closing: state.closing.clone(),
     };
     let created = json!({ "created": true, "revision": meta.revision, "start_revision": start });
     let progress = query.progress_ms.map(Duration::from_millis);
@@ -119,6 +120,8 @@ struct Watcher {
     encoding: Encoding,
     sse: bool,
     tx: mpsc::Sender<Bytes>,
+    /// The member is stopping: the stream ends.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why a watcher stops.
@@ -139,6 +142,7 @@ impl Watcher {
         if self.send(&[created]).await.is_err() {
             return;
         }
+        let mut closing = self.closing.clone();
         let mut ticker = progress.map(|p| {
             let mut t = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -177,6 +181,7 @@ impl Watcher {
                     self.send(&[line]).await
                 }
                 () = self.tx.closed() => return,
+                () = stopping(&mut closing) => return,
             };
             if sent.is_err() {
                 return;
@@ -286,9 +291,17 @@ impl Watcher {
             chunk.extend_from_slice(line.to_string().as_bytes());
             chunk.extend_from_slice(if self.sse { b"\n\n" } else { b"\n" });
         }
-        self.tx
-            .send(Bytes::from(chunk))
-            .await
-            .map_err(|_| Stop::Gone)
+        let mut closing = self.closing.clone();
+        tokio::select! {
+            sent = self.tx.send(Bytes::from(chunk)) => sent.map_err(|_| Stop::Gone),
+            // A client that does not read must not hold the member's shutdown up.
+            () = stopping(&mut closing) => Err(Stop::Gone),
+        }
     }
+}
+
+/// Resolves once the member stops serving clients.
+async fn stopping(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard wait_for returns is dropped here, before any other await.
+    let _ = closing.wait_for(|c| *c).await;
 }

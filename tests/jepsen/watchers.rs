@@ -86,6 +86,11 @@ fn run(world: &World, id: usize) -> Watched {
             }
         };
         while let Ok(Some(v)) = lines.next_json() {
+            if world.stop.load(Ordering::Relaxed)
+                && stopped_at.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(90)
+            {
+                break; // reported at the top of the outer loop
+            }
             if v.get("canceled").is_some() {
                 w.error = Some(format!("canceled by member {target}: {v}"));
                 return w;
