@@ -203,8 +203,9 @@ fn range_at(
     Ok(out)
 }
 
-/// Current keys in `[start, end)` as `r` holds them, at most `limit`.
-fn range_latest(
+/// Current keys in `[start, end)` as `r` holds them (a batch: its own writes included), at
+/// most `limit`.
+pub(super) fn range_latest(
     r: &dyn Reader,
     start: &[u8],
     end: Option<&[u8]>,
@@ -219,16 +220,6 @@ fn range_latest(
         })?;
     }
     Ok(out)
-}
-
-/// Current keys in a range as a batch sees them (its own writes included).
-pub(super) fn range_batch(
-    batch: &Batch,
-    start: &[u8],
-    end: Option<&[u8]>,
-    limit: usize,
-) -> Result<Vec<KeyValue>> {
-    range_latest(batch, start, end, limit)
 }
 
 /// One apply batch's writes, staged over a consistent state of the engine: reads see the

@@ -2,7 +2,7 @@
 //! all its writes share one revision, and its reads see its earlier writes. Applied like any
 //! op, in log order, so every member decides the same branch.
 
-use super::mvcc::{Batch, Refusal, Txn as Writes, check_revision_at, range_batch};
+use super::mvcc::{Batch, Refusal, Txn as Writes, check_revision_at, range_latest};
 use super::{Header, KeyValue, Result};
 use crate::engine::layout::Meta;
 
@@ -168,7 +168,7 @@ fn holds(batch: &Batch, compares: &[Compare]) -> Result<bool> {
             end: c.range_end.clone(),
         };
         let (start, end) = range.bounds();
-        let kvs = range_batch(batch, &start, end.as_deref(), usize::MAX)?;
+        let kvs = range_latest(batch, &start, end.as_deref(), usize::MAX)?;
         let ok = if kvs.is_empty() {
             compare_one(c, None)
         } else {
