@@ -73,6 +73,45 @@ engine_tests! {
 }
 
 engine_tests! {
+    fn a_renewed_lease_never_expires_before_its_ttl_from_the_request() {
+        // The leader ticks the lease clock every heartbeat; a keepalive lands anywhere between
+        // two ticks. Time measured before the leader received it must not count against the
+        // renewed lease: a key must still be there until TTL after the keepalive was sent.
+        // (70 ms ticks: a TTL is then no whole number of ticks, so the tick counting time from
+        // before a renewal would revoke it early by up to 40 ms.)
+        let c = TestCluster::start(1, 8600, &["--heartbeat-ms", "70", "--election-ms", "1050"]);
+        c.wait_leader(LEADER_TIMEOUT);
+        let ttl = Duration::from_secs(2);
+        let mut sent = Vec::new();
+        for id in 1..=8u64 {
+            post(&c, 1, "/_leases", &format!(r#"{{"ttl": 2, "id": {id}}}"#));
+            assert_eq!(c.request(1, "PUT", &format!("/l{id}?lease={id}"), b"v").unwrap().status, 204);
+        }
+        for id in 1..=8u64 {
+            // Spread the renewals over the tick interval.
+            std::thread::sleep(Duration::from_millis(13 * id));
+            let at = Instant::now();
+            assert_eq!(post(&c, 1, &format!("/_leases/{id}/keepalive"), "").status, 200);
+            sent.push((id, at));
+        }
+        let mut left = sent.clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !left.is_empty() && Instant::now() < deadline {
+            left.retain(|&(id, at)| {
+                let r = c.get_serializable(1, &format!("/l{id}"));
+                let seen = Instant::now();
+                if r.status == 404 {
+                    assert!(seen - at >= ttl, "lease {id} gone {:?} after its keepalive was sent (TTL {ttl:?})", seen - at);
+                }
+                r.status != 404
+            });
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(left.is_empty(), "leases {left:?} did not expire");
+    }
+}
+
+engine_tests! {
     fn a_lease_outlives_a_leader_kill_within_the_bound() {
         let mut c = TestCluster::start(3, 8200, &[]);
         let leader = c.wait_leader(LEADER_TIMEOUT);

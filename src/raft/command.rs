@@ -321,6 +321,12 @@ pub fn leader_only(data: &[u8]) -> bool {
     data.first() == Some(&LEASE_TICK)
 }
 
+/// Whether the entry grants or renews a lease: its expiry is set from the lease clock when it
+/// is applied.
+pub fn renews_lease(data: &[u8]) -> bool {
+    matches!(data.first(), Some(&LEASE_GRANT | &LEASE_KEEPALIVE))
+}
+
 /// A transaction's longest key or range bound (at least 1) and longest value.
 fn txn_sizes(txn: &Txn) -> (usize, usize) {
     let range = |r: &KeyRange| r.start.len().max(r.end.as_ref().map_or(0, Vec::len));

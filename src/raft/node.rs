@@ -373,6 +373,9 @@ impl Node {
             );
             return;
         }
+        if msg.get_msg_type() == MessageType::MsgPropose {
+            self.close_lease_interval(&msg.entries);
+        }
         if let Err(e) = self.raw.step(msg) {
             warn!(error = %e, "dropped a peer message raft refused");
         }

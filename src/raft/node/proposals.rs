@@ -113,6 +113,7 @@ impl Node {
             // A command kind no version knows: tests that committed garbage is a no-op.
             entries[0].data = vec![0x7f, 0xff].into();
         }
+        self.close_lease_interval(&entries);
         m.set_entries(entries.into());
         // What `RawNode::propose` does for one entry.
         match self.raw.raft.step(m) {
