@@ -17,6 +17,19 @@
 //! Prometheus registry; [`local_cluster`] runs a 3-member cluster for trying metcd out.
 //! docs/design.md maps every file to the question it answers.
 
+/// A fault injected for tests: true where the named fail point is configured to `return`
+/// (`--features failpoints`, `FAILPOINTS=<name>=return`, with the `fail` crate's counts);
+/// always false without the feature.
+macro_rules! fault_injected {
+    ($name:literal) => {{
+        #[cfg(feature = "failpoints")]
+        let hit = fail::eval($name, |_| ()).is_some();
+        #[cfg(not(feature = "failpoints"))]
+        let hit = false;
+        hit
+    }};
+}
+
 pub mod api;
 pub mod config;
 pub mod engine;

@@ -1,7 +1,8 @@
 //! Faults injected inside real members built with `--features failpoints`
 //! (`cargo test --features failpoints --test injected`): committed entries the members cannot
-//! apply, a stalled apply loop, a replay of a long log tail. The cluster must not stop, and
-//! writes must be refused at once rather than queued without bound. Ports 11000-11999.
+//! apply, a stalled apply loop, a replay of a long log tail, a lost batch of watch events. The
+//! cluster must not stop, writes must be refused at once rather than queued without bound, and
+//! watchers must not skip events. Ports 11000-11999.
 #![cfg(feature = "failpoints")]
 
 mod common;
@@ -214,4 +215,42 @@ fn writes_whose_clients_gave_up_are_not_proposed() {
         );
     }
     assert!(c.metric(1, "metcd_proposals_abandoned_total") >= 10);
+}
+
+/// A batch of events the fan-out loses (injected) leaves a gap a watcher must notice: the
+/// next batch starts past the revision it waits for, so it reads the missing one from history
+/// instead of skipping it.
+#[test]
+fn a_watcher_reads_history_over_a_batch_the_fan_out_lost() {
+    let mut c = TestCluster::new(1, 11400, &[]);
+    // The first batch with events goes out, the second is lost, the rest go out.
+    c.set_member_env(1, &[("FAILPOINTS", "drop_watch_batch=1*off->1*return")]);
+    c.start_member(1);
+    c.wait_leader(LEADER_TIMEOUT);
+    let mut lines = Lines::open(
+        c.client_port(1),
+        "/w/?prefix=true&watch=true",
+        &[],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(lines.status, 200);
+    let mut keys = Vec::new();
+    let mut next_key = |lines: &mut Lines| loop {
+        let v = lines.next_json().unwrap().expect("the stream ended");
+        if let Some(k) = v["key"].as_str() {
+            break (k.to_string(), v["mod_revision"].as_u64().unwrap());
+        }
+    };
+    c.put_ok(1, "/w/1", "a");
+    keys.push(next_key(&mut lines));
+    // The watcher waits on the fan-out now; the next batch is lost, the one after is not.
+    thread::sleep(Duration::from_millis(100));
+    c.put_ok(1, "/w/2", "b");
+    c.put_ok(1, "/w/3", "c");
+    keys.push(next_key(&mut lines));
+    keys.push(next_key(&mut lines));
+    let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["w/1", "w/2", "w/3"]);
+    assert!(keys.windows(2).all(|w| w[1].1 == w[0].1 + 1), "{keys:?}");
 }

@@ -748,7 +748,8 @@ impl KvStore {
             headers.update(&k, h);
         }
         *self.meta.write() = meta;
-        if !events.is_empty() {
+        // Injected: a batch the fan-out loses; watchers must notice the gap and read history.
+        if !events.is_empty() && !fault_injected!("drop_watch_batch") {
             let batch = EventBatch {
                 from,
                 revision: meta.revision,

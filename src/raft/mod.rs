@@ -16,19 +16,6 @@ macro_rules! crash_point {
     };
 }
 
-/// A fault injected for tests: true where the named fail point is configured to `return`
-/// (`--features failpoints`, `FAILPOINTS=<name>=return`, with the `fail` crate's counts);
-/// always false without the feature.
-macro_rules! fault_injected {
-    ($name:literal) => {{
-        #[cfg(feature = "failpoints")]
-        let hit = fail::eval($name, |_| ()).is_some();
-        #[cfg(not(feature = "failpoints"))]
-        let hit = false;
-        hit
-    }};
-}
-
 pub mod command;
 pub mod logger;
 pub mod members;

@@ -18,7 +18,10 @@
 //! join the history. Meanwhile a watcher per initial member follows every key from revision 1,
 //! reconnecting elsewhere from its last revision + 1 when its member fails it ([`watchers`]):
 //! every watcher's events must be ordered, gap-free and duplicate-free, agree with every other
-//! watcher's, contain every acknowledged write once, and replay to the final state. A failing run saves its history, nemesis log and member logs under
+//! watcher's, contain every acknowledged write once, and replay to the final state. A lease
+//! workload ([`leases`]) grants, renews and lets go of leases with a key each: no key may be
+//! gone before TTL after its last keepalive was sent, and every one must be gone within the
+//! TTL (plus a tick and commit time) once the cluster has healed. A failing run saves its history, nemesis log and member logs under
 //! `target/jepsen/` and prints the seed; `METCD_JEPSEN_SEED=<seed>` replays the same schedule
 //! and client choices (timing still varies). `METCD_JEPSEN_SECS` sets the nemesis time per
 //! run (default 30 s); for a soak run: `METCD_JEPSEN_SECS=3600 cargo test --release --test
@@ -28,6 +31,7 @@
 mod common;
 
 mod checker;
+mod leases;
 mod proxy;
 mod watchers;
 
@@ -628,6 +632,7 @@ fn run(engine: &'static str, base: u16) {
     let watchers: Vec<_> = (1..=3)
         .map(|id| watchers::spawn(world.clone(), id))
         .collect();
+    let lease_workload = leases::spawn(world.clone(), seed);
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
             let world = world.clone();
@@ -687,6 +692,7 @@ fn run(engine: &'static str, base: u16) {
     for t in clients {
         let _ = t.join();
     }
+    let leased = lease_workload.join().unwrap_or_default();
     if outcome.is_ok() && wait_for_leader(&c, &world, Duration::from_secs(30)).is_none() {
         outcome = Err("no leader after the final heal".into());
     }
@@ -695,6 +701,20 @@ fn run(engine: &'static str, base: u16) {
         .and_then(|_| converge(&c, &members, Duration::from_secs(60)));
     if let Err(e) = &digest {
         outcome = Err(e.clone());
+    }
+    // Every lease let go: never gone early, and gone by the bound once the cluster healed.
+    if outcome.is_ok() {
+        let by = leases::gone_by(&leased, world.now());
+        thread::sleep(Duration::from_nanos(by.saturating_sub(world.now())));
+        let ports: Vec<u16> = members.iter().map(|&i| c.client_port(i)).collect();
+        outcome = leases::check_never_early(&leased).and_then(|summary| {
+            leases::check_gone(&leased, &ports)?;
+            eprintln!(
+                "jepsen: engine {engine}, seed {seed}: leases: {summary}, all gone by the bound"
+            );
+            Ok(())
+        });
+        outcome = outcome.map_err(|why| format!("lease check: {why}"));
     }
     for k in 0..KEYS {
         for &i in &members {

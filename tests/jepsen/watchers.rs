@@ -97,7 +97,12 @@ fn run(world: &World, id: usize) -> Watched {
             }
             let until = world.watch_until.load(Ordering::Relaxed);
             if let Some(p) = v.get("progress") {
-                if until > 0 && p["revision"].as_u64().is_some_and(|r| r >= until) && next > until {
+                // Every event through the progress revision has been sent: a reconnect may
+                // start after it (if that skipped an event, the gap check catches it).
+                if let Some(r) = p["revision"].as_u64() {
+                    next = next.max(r + 1);
+                }
+                if until > 0 && next > until {
                     return w;
                 }
                 continue;
