@@ -236,7 +236,7 @@ fn a_watcher_reads_history_over_a_batch_the_fan_out_lost() {
     .unwrap();
     assert_eq!(lines.status, 200);
     let mut keys = Vec::new();
-    let mut next_key = |lines: &mut Lines| loop {
+    let next_key = |lines: &mut Lines| loop {
         let v = lines.next_json().unwrap().expect("the stream ended");
         if let Some(k) = v["key"].as_str() {
             break (k.to_string(), v["mod_revision"].as_u64().unwrap());
