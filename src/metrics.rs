@@ -147,6 +147,22 @@ pub struct Gauges {
     pub engine_bytes: u64,
     pub members: u64,
     pub learners: u64,
+    /// Open watch streams on this member.
+    pub watchers: u64,
+    /// The process's resident memory (0 where `/proc` does not say).
+    pub resident_bytes: u64,
+}
+
+/// This process's resident set size from `/proc/self/status` (Linux); 0 elsewhere.
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        })
+        .unwrap_or(0)
 }
 
 /// The server's counters and histograms, shared as `Arc<Metrics>`.
@@ -402,6 +418,18 @@ fn render_store(out: &mut String, g: &Gauges) {
         "metcd_cluster_learners",
         "Learners in the cluster.",
         g.learners,
+    );
+    gauge(
+        out,
+        "metcd_watchers",
+        "Open watch streams on this member.",
+        g.watchers,
+    );
+    gauge(
+        out,
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes.",
+        g.resident_bytes,
     );
 }
 

@@ -1,6 +1,7 @@
 //! `metcd-bench`, the load generator, against a real 3-member cluster: it writes what it says
-//! it wrote, counts requests and errors, keeps an open-loop rate, writes its JSON report, and
-//! fails cleanly on bad flags or a closed stdout. (Its etcd targets are exercised against a
+//! it wrote, counts requests and errors, keeps an open-loop rate, writes its JSON report, runs
+//! the lease and watch workloads (every PUT reaches every watcher once), and fails cleanly on
+//! bad flags or a closed stdout. (Its etcd targets are exercised against a
 //! real etcd by scripts/compare.sh; the request shapes they send are unit-tested in the tool.)
 //! Ports 13000-13999.
 
@@ -174,4 +175,84 @@ fn closed_stdout_is_not_a_crash() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}
+
+#[test]
+fn lease_and_watch_workloads() {
+    let c = TestCluster::start(3, 13400, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    let leases = |c: &TestCluster| {
+        let v: Value = serde_json::from_slice(&c.get(1, "/_leases").body).expect("JSON");
+        v["leases"].as_array().expect("leases").len()
+    };
+    // Grants: one lease per request.
+    let (r, _) = run(
+        &c,
+        &[
+            "--workload",
+            "lease-grant",
+            "--total",
+            "40",
+            "--clients",
+            "4",
+        ],
+    );
+    assert_eq!(
+        (n(&r, &["requests"]), n(&r, &["errors"])),
+        (40.0, 0.0),
+        "{r}"
+    );
+    assert_eq!(leases(&c), 40);
+    // Keepalives: one lease per client, renewed.
+    let (r, _) = run(
+        &c,
+        &[
+            "--workload",
+            "lease-keepalive",
+            "--total",
+            "60",
+            "--clients",
+            "3",
+        ],
+    );
+    assert_eq!(
+        (n(&r, &["requests"]), n(&r, &["errors"])),
+        (60.0, 0.0),
+        "{r}"
+    );
+    assert_eq!(leases(&c), 43);
+    // Watch fan-out: every PUT reaches every watcher exactly once.
+    let (r, stdout) = run(
+        &c,
+        &[
+            "--workload",
+            "watch",
+            "--watchers",
+            "30",
+            "--total",
+            "100",
+            "--clients",
+            "4",
+        ],
+    );
+    eprintln!("{stdout}");
+    assert_eq!(n(&r, &["requests"]), 100.0, "{r}");
+    assert_eq!(n(&r, &["watch", "expected"]), 3000.0, "{r}");
+    assert_eq!(n(&r, &["watch", "delivered"]), 3000.0, "{r}");
+    let p50 = n(&r, &["watch", "delivery_latency_ms", "p50"]);
+    assert!(
+        p50 > 0.0 && p50 <= n(&r, &["watch", "delivery_latency_ms", "max"]),
+        "{r}"
+    );
+    assert!(
+        n(&r, &["watch", "kib_per_watcher_open"]) >= 0.0,
+        "metcd reports its memory: {r}"
+    );
+    assert!(
+        stdout.contains("watch: 30 watchers; events delivered 3000 of 3000"),
+        "{stdout}"
+    );
+    // Every PUT went under the watched prefix.
+    let listed = c.get(1, "/bw/?prefix=true");
+    assert_eq!(listed.status, 200);
 }

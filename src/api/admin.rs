@@ -214,9 +214,11 @@ pub async fn health(State(state): Shared) -> Response {
 pub async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
     let s = state.node.status().await?;
     let engine_dir = state.settings.data_dir.join("engine");
-    let engine_bytes = tokio::task::spawn_blocking(move || dir_size(&engine_dir))
-        .await
-        .unwrap_or(0);
+    let (engine_bytes, resident_bytes) = tokio::task::spawn_blocking(move || {
+        (dir_size(&engine_dir), crate::metrics::resident_bytes())
+    })
+    .await
+    .unwrap_or((0, 0));
     let learners = s.members.iter().filter(|m| m.role == "learner").count() as u64;
     let g = Gauges {
         term: s.term,
@@ -232,6 +234,8 @@ pub async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
         engine_bytes,
         members: s.members.len() as u64,
         learners,
+        watchers: state.engine.hub().watchers() as u64,
+        resident_bytes,
     };
     let mut text = state.metrics.render(&g);
     crate::metrics::render_default_registry(&mut text);

@@ -9,6 +9,9 @@
 //!
 //! Targets: `metcd` (`PUT/GET /<key>`), `etcd-v2` (`/v2/keys/<key>`, `quorum=true` for
 //! linearizable reads) and `etcd-v3` (the JSON gateway, `/v3/kv/put` and `/v3/kv/range`).
+//! Workloads: key-value (`kv`), lease grants and keepalives, and the watch fan-out
+//! ([`watch`]); the lease and watch ones on metcd and the etcd-v3 gateway
+//! (`/v3/lease/grant`, `/v3/lease/keepalive`, `/v3/watch`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,11 +28,27 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
+mod watch;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Target {
     Metcd,
     EtcdV2,
     EtcdV3,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// PUT and GET (`--read-ratio`).
+    Kv,
+    /// Lease grants (TTL `--lease-ttl`), one per request.
+    LeaseGrant,
+    /// Keepalives: each client grants one lease first (untimed), then renews it.
+    LeaseKeepalive,
+    /// Watch fan-out: `--watchers` streams on one prefix while the clients PUT under it; reports
+    /// events delivered per second, delivery latency (PUT sent to event read) and the members'
+    /// memory per watcher.
+    Watch,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -49,6 +68,18 @@ struct Args {
     endpoints: String,
     #[arg(long, value_enum, default_value = "metcd")]
     target: Target,
+    #[arg(long, value_enum, default_value = "kv")]
+    workload: Workload,
+    /// Watch streams for `--workload watch`, spread over the endpoints.
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
+    /// Server processes on this machine (comma-separated pids) whose resident memory the watch
+    /// workload reads from /proc (default: metcd's `/_metrics`; etcd's is then not measured).
+    #[arg(long)]
+    server_pids: Option<String>,
+    /// TTL in seconds of the leases the lease workloads grant.
+    #[arg(long, default_value_t = 60)]
+    lease_ttl: u64,
     /// HTTP connections per endpoint.
     #[arg(long, default_value_t = 64)]
     conns: usize,
@@ -110,6 +141,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    if args.target == Target::EtcdV2 && args.workload != Workload::Kv {
+        eprintln!("metcd-bench: error: --target etcd-v2 runs --workload kv only");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -133,6 +168,16 @@ async fn run(args: Args) -> Result<(), String> {
     let endpoints = parse_endpoints(&args)?;
     let args = Arc::new(args);
     let counts = Arc::new(Counts::default());
+    // Watch values carry their send time relative to this.
+    let epoch = Instant::now();
+    let mut fan_out = None;
+    if args.workload == Workload::Watch {
+        let before = watch::resident(&args, &endpoints).await;
+        let watchers = watch::open(&args, &endpoints, epoch).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = watch::resident(&args, &endpoints).await;
+        fan_out = Some((watchers, before, after));
+    }
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration);
     let progress = tokio::spawn(report_progress(args.clone(), counts.clone(), started));
@@ -144,7 +189,7 @@ async fn run(args: Args) -> Result<(), String> {
                 args.clone(),
                 endpoint,
                 counts.clone(),
-                started,
+                (epoch, started),
                 deadline,
             ))
         })
@@ -160,12 +205,32 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
     progress.abort();
+    let elapsed = started.elapsed().as_secs_f64();
+    let fan_out = match fan_out {
+        Some((watchers, before, idle)) => {
+            let expected = counts.done.load(Ordering::Relaxed) * args.watchers as u64;
+            let delivered = watchers.delivered.clone();
+            let loaded = watch::resident(&args, &endpoints).await;
+            let latency = watchers.finish(expected, Duration::from_secs(2)).await;
+            Some(watch::Figures {
+                watchers: args.watchers,
+                expected,
+                delivered: delivered.load(Ordering::Relaxed),
+                latency,
+                before,
+                idle,
+                loaded,
+            })
+        }
+        None => None,
+    };
     let out = report(
         &args,
         &counts,
         &hist,
-        started.elapsed().as_secs_f64(),
+        elapsed,
         first_error,
+        fan_out.as_ref(),
     )?;
     print_report(&out)
 }
@@ -196,11 +261,12 @@ fn report(
     hist: &Histogram<u64>,
     elapsed: f64,
     first_error: Option<String>,
+    fan_out: Option<&watch::Figures>,
 ) -> Result<String, String> {
     let done = counts.done.load(Ordering::Relaxed);
     let errors = counts.errors.load(Ordering::Relaxed);
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
-    let report = serde_json::json!({
+    let mut report = serde_json::json!({
         "target": format!("{:?}", args.target),
         "endpoints": args.endpoints,
         "clients": args.clients,
@@ -228,6 +294,10 @@ fn report(
     );
     if let Some(e) = first_error {
         out += &format!("first error: {e}\n");
+    }
+    if let Some(f) = fan_out {
+        out += &f.text(elapsed);
+        report["watch"] = f.json(elapsed);
     }
     if let Some(path) = &args.json {
         let text = report.to_string();
@@ -297,7 +367,7 @@ async fn client(
     args: Arc<Args>,
     endpoint: Arc<Endpoint>,
     counts: Arc<Counts>,
-    started: Instant,
+    (epoch, started): (Instant, Instant),
     deadline: Instant,
 ) -> (Histogram<u64>, Option<String>) {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
@@ -305,6 +375,17 @@ async fn client(
     let value = Bytes::from(vec![b'v'; args.val_size]);
     let conn = endpoint.conns[id % endpoint.conns.len()].clone();
     let mut first_error = None;
+    let lease = if args.workload == Workload::LeaseKeepalive {
+        match grant(&args, &conn, &endpoint.authority).await {
+            Ok(id) => id,
+            Err(e) => {
+                counts.errors.fetch_add(1, Ordering::Relaxed);
+                return (hist, Some(format!("granting the lease to renew: {e}")));
+            }
+        }
+    } else {
+        0
+    };
     let interval =
         (args.rate > 0).then(|| Duration::from_secs_f64(args.clients as f64 / args.rate as f64));
     let mut due = started
@@ -320,14 +401,22 @@ async fn client(
         if interval.is_some() {
             tokio::time::sleep_until(due.into()).await;
         }
-        let req = next_request(&args, &endpoint.authority, n, &mut rng, &value);
+        let req = next_request(
+            &args,
+            &endpoint.authority,
+            n,
+            &mut rng,
+            &value,
+            lease,
+            epoch,
+        );
         let sent = if interval.is_some() {
             due
         } else {
             Instant::now()
         };
         match send(&conn, &endpoint.authority, req).await {
-            Ok(()) => {
+            Ok(_) => {
                 let us = sent.elapsed().as_micros() as u64;
                 let _ = hist.record(us.max(1));
                 counts.done.fetch_add(1, Ordering::Relaxed);
@@ -346,13 +435,24 @@ async fn client(
     (hist, first_error)
 }
 
-/// The `n`th request of a client: its key (sequential or random) and whether it reads.
+/// What one request does.
+#[derive(Clone, Copy, Debug)]
+enum Action<'a> {
+    Put(&'a str, &'a [u8]),
+    Get(&'a str),
+    Grant,
+    KeepAlive(u64),
+}
+
+/// The `n`th request of a client: its key (sequential or random) and what it does.
 fn next_request(
     args: &Args,
     authority: &str,
     n: u64,
     rng: &mut Rng,
     value: &Bytes,
+    lease: u64,
+    epoch: Instant,
 ) -> hyper::Request<Full<Bytes>> {
     let k = if args.sequential_keys {
         n % args.key_space_size
@@ -360,17 +460,23 @@ fn next_request(
         rng.next() % args.key_space_size
     };
     let read = (rng.next() % 1_000_000) as f64 / 1_000_000.0 < args.read_ratio;
-    request(args, authority, &key(k, args.key_size), read, value)
+    let key = key(k, args.key_size);
+    match args.workload {
+        Workload::Kv if read => request(args, authority, Action::Get(&key)),
+        Workload::Kv => request(args, authority, Action::Put(&key, value)),
+        Workload::LeaseGrant => request(args, authority, Action::Grant),
+        Workload::LeaseKeepalive => request(args, authority, Action::KeepAlive(lease)),
+        Workload::Watch => {
+            // The value says when it was sent, for the watchers' delivery latency.
+            let key = format!("{}{key}", watch::PREFIX);
+            let value = watch::stamped(epoch.elapsed(), args.val_size);
+            request(args, authority, Action::Put(&key, &value))
+        }
+    }
 }
 
-fn request(
-    args: &Args,
-    authority: &str,
-    key: &str,
-    read: bool,
-    value: &Bytes,
-) -> hyper::Request<Full<Bytes>> {
-    let (method, path, body, content_type) = shape(args, key, read, value);
+fn request(args: &Args, authority: &str, action: Action) -> hyper::Request<Full<Bytes>> {
+    let (method, path, body, content_type) = shape(args, action);
     let mut builder = hyper::Request::builder()
         .method(method)
         .uri(path)
@@ -383,18 +489,30 @@ fn request(
         .unwrap_or_else(|_| hyper::Request::new(Full::new(Bytes::new())))
 }
 
-/// Method, path, body and content type of one request to the target's API.
-fn shape(
-    args: &Args,
-    key: &str,
-    read: bool,
-    value: &Bytes,
-) -> (&'static str, String, Bytes, Option<&'static str>) {
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Method, path, body and content type of one request to the target's API. Leases on
+/// etcd-v2 (which has none; `run` refuses the combination) fall back to a read of the key "-".
+fn shape(args: &Args, action: Action) -> (&'static str, String, Bytes, Option<&'static str>) {
     let serializable = args.consistency == Consistency::S;
-    match (args.target, read) {
-        (Target::Metcd, false) => ("PUT", format!("/{key}"), value.clone(), None),
-        (Target::Metcd, true) => {
+    let json = |path: &str, body: serde_json::Value| {
+        (
+            "POST",
+            path.to_string(),
+            Bytes::from(body.to_string()),
+            None,
+        )
+    };
+    match (args.target, action) {
+        (Target::Metcd, Action::Put(key, value)) => (
+            "PUT",
+            format!("/{key}"),
+            Bytes::copy_from_slice(value),
+            None,
+        ),
+        (Target::Metcd, Action::Get(key)) => {
             let q = if serializable {
                 "?consistency=serializable"
             } else {
@@ -402,7 +520,16 @@ fn shape(
             };
             ("GET", format!("/{key}{q}"), Bytes::new(), None)
         }
-        (Target::EtcdV2, false) => {
+        (Target::Metcd, Action::Grant) => {
+            json("/_leases", serde_json::json!({ "ttl": args.lease_ttl }))
+        }
+        (Target::Metcd, Action::KeepAlive(id)) => (
+            "POST",
+            format!("/_leases/{id}/keepalive"),
+            Bytes::new(),
+            None,
+        ),
+        (Target::EtcdV2, Action::Put(key, value)) => {
             let form = format!("value={}", String::from_utf8_lossy(value));
             (
                 "PUT",
@@ -411,30 +538,37 @@ fn shape(
                 Some("application/x-www-form-urlencoded"),
             )
         }
-        (Target::EtcdV2, true) => {
+        (Target::EtcdV2, Action::Get(key)) => {
             let q = if serializable { "" } else { "?quorum=true" };
             ("GET", format!("/v2/keys/{key}{q}"), Bytes::new(), None)
         }
-        (Target::EtcdV3, false) => {
-            let body = serde_json::json!({ "key": b64(key.as_bytes()), "value": b64(value) });
-            (
-                "POST",
-                "/v3/kv/put".into(),
-                Bytes::from(body.to_string()),
-                None,
-            )
-        }
-        (Target::EtcdV3, true) => {
-            let body =
-                serde_json::json!({ "key": b64(key.as_bytes()), "serializable": serializable });
-            (
-                "POST",
-                "/v3/kv/range".into(),
-                Bytes::from(body.to_string()),
-                None,
-            )
+        (Target::EtcdV2, _) => ("GET", "/v2/keys/-".into(), Bytes::new(), None),
+        (Target::EtcdV3, Action::Put(key, value)) => json(
+            "/v3/kv/put",
+            serde_json::json!({ "key": b64(key.as_bytes()), "value": b64(value) }),
+        ),
+        (Target::EtcdV3, Action::Get(key)) => json(
+            "/v3/kv/range",
+            serde_json::json!({ "key": b64(key.as_bytes()), "serializable": serializable }),
+        ),
+        (Target::EtcdV3, Action::Grant) => json(
+            "/v3/lease/grant",
+            serde_json::json!({ "TTL": args.lease_ttl }),
+        ),
+        (Target::EtcdV3, Action::KeepAlive(id)) => {
+            json("/v3/lease/keepalive", serde_json::json!({ "ID": id }))
         }
     }
+}
+
+/// Grants a lease for a client to renew; returns its id.
+async fn grant(args: &Args, conn: &Conn, authority: &str) -> Result<u64, String> {
+    let body = send(conn, authority, request(args, authority, Action::Grant)).await?;
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    // metcd answers a number; etcd's gateway a string ("ID": "7587...").
+    let id = v.get("id").or_else(|| v.get("ID"));
+    id.and_then(|id| id.as_u64().or_else(|| id.as_str()?.parse().ok()))
+        .ok_or_else(|| format!("no lease id in {v}"))
 }
 
 /// Sends on the shared connection (reconnecting if needed); 2xx and 404 (a read of a key not
@@ -443,7 +577,7 @@ async fn send(
     conn: &Conn,
     authority: &str,
     req: hyper::Request<Full<Bytes>>,
-) -> Result<(), String> {
+) -> Result<Bytes, String> {
     let mut slot = conn.lock().await;
     if slot.as_ref().is_none_or(|s| s.is_closed()) {
         let tcp = TcpStream::connect(authority)
@@ -473,7 +607,7 @@ async fn send(
         .await
         .map_err(|e| e.to_string())?;
     if status.is_success() || status == hyper::StatusCode::NOT_FOUND {
-        Ok(())
+        Ok(body.to_bytes())
     } else {
         Err(format!(
             "{status}: {}",
@@ -489,7 +623,12 @@ mod tests {
     /// The method, path, content type and body that `request` builds for these flags.
     fn shape(flags: &[&str], read: bool) -> (String, String, Option<String>, String) {
         let args = Args::parse_from(std::iter::once("metcd-bench").chain(flags.iter().copied()));
-        let req = request(&args, "h:1", "k1", read, &Bytes::from_static(b"vv"));
+        let action = if read {
+            Action::Get("k1")
+        } else {
+            Action::Put("k1", b"vv")
+        };
+        let req = request(&args, "h:1", action);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
@@ -543,6 +682,34 @@ mod tests {
         assert_eq!(
             body,
             serde_json::json!({ "key": "azE=", "serializable": true })
+        );
+    }
+
+    #[test]
+    fn lease_requests_for_each_target() {
+        let shape = |flags: &[&str], action| {
+            let args =
+                Args::parse_from(std::iter::once("metcd-bench").chain(flags.iter().copied()));
+            let (method, path, body, _) = super::shape(&args, action);
+            (method, path, String::from_utf8_lossy(&body).into_owned())
+        };
+        let flags = ["--lease-ttl", "9"];
+        assert_eq!(
+            shape(&flags, Action::Grant),
+            ("POST", s("/_leases"), s(r#"{"ttl":9}"#))
+        );
+        assert_eq!(
+            shape(&flags, Action::KeepAlive(7)),
+            ("POST", s("/_leases/7/keepalive"), s(""))
+        );
+        let flags = ["--lease-ttl", "9", "--target", "etcd-v3"];
+        assert_eq!(
+            shape(&flags, Action::Grant),
+            ("POST", s("/v3/lease/grant"), s(r#"{"TTL":9}"#))
+        );
+        assert_eq!(
+            shape(&flags, Action::KeepAlive(7)),
+            ("POST", s("/v3/lease/keepalive"), s(r#"{"ID":7}"#))
         );
     }
 
