@@ -1041,3 +1041,113 @@ fn history_agrees_with_a_model() {
         assert!(compacted > 10, "the run compacted ({compacted})");
     }
 }
+
+/// The keyspace of `s` as layout 2 (the first build with history) stored it: a 48-byte meta
+/// entry, every current record under `k`, versions oldest first.
+fn as_layout_2(s: &KvStore) -> Changes {
+    let mut out = Changes::new();
+    let view = s.view().unwrap();
+    view.scan(b"", &[0xff], &mut |k, v| {
+        let (k, v) = match k[0] {
+            _ if k == layout::META => (k.to_vec(), v[..48].to_vec()),
+            layout::HISTORY => {
+                let (key, rev) = layout::split_history_key(k)?;
+                let mut old = layout::history_prefix(&key);
+                old.extend_from_slice(&rev.to_be_bytes());
+                (old, v.to_vec())
+            }
+            _ => (k.to_vec(), v.to_vec()),
+        };
+        out.insert(k, Some(v));
+        Ok(true)
+    })
+    .unwrap();
+    for kv in all(s, None) {
+        let (key, record) = kv.split();
+        let mut k = vec![layout::LEGACY_LATEST];
+        k.extend_from_slice(&key);
+        out.insert(k, Some(record.encode()));
+    }
+    out
+}
+
+/// A store of layout 2 is converted when opened, and a format 2 snapshot (a member still on
+/// layout 2) when restored: every read at every readable revision, the leases and the digest
+/// come out as they went in, and writes go on from there.
+#[test]
+fn layout_2_stores_and_snapshots_are_converted() {
+    let dirs = Dirs::default();
+    for kind in EngineKind::ALL {
+        let src = open_temp(kind, &dirs);
+        let mut batch: Vec<Applied> = (1..=60)
+            .map(|i| put(i, &format!("k{}", i % 9), &format!("v{i}")))
+            .collect();
+        batch.extend([
+            del(61, "k3"),
+            op(62, Op::LeaseGrant { id: 7, ttl: 60 }),
+            op(
+                63,
+                Op::Put {
+                    key: b"leased".to_vec(),
+                    value: b"x".to_vec(),
+                    lease: 7,
+                    cond: None,
+                },
+            ),
+            op(64, Op::Compact { revision: 20 }),
+        ]);
+        src.apply(&batch).unwrap();
+        src.compact_step(3).unwrap();
+        let reads = |s: &KvStore| {
+            let at: Vec<_> = (20..=s.revision()).map(|r| all(s, Some(r))).collect();
+            (s.meta(), at, all(s, None), s.lease(7).unwrap().value)
+        };
+        let want = reads(&src);
+        let old = as_layout_2(&src);
+
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(kind, dir.path(), &EngineOptions::default()).unwrap();
+        engine.write(old.clone(), src.applied_index()).unwrap();
+        engine.persist().unwrap();
+        let converted = KvStore::open(engine).unwrap();
+        assert_eq!(
+            reads(&converted),
+            want,
+            "{kind:?}: a layout 2 store, opened"
+        );
+        assert_eq!(digest(&converted), digest(&src), "{kind:?}");
+        if kind != EngineKind::Memory {
+            converted.persist().unwrap();
+            drop(converted);
+            let engine = open(kind, dir.path(), &EngineOptions::default()).unwrap();
+            let reopened = KvStore::open(engine).unwrap();
+            assert_eq!(
+                reads(&reopened),
+                want,
+                "{kind:?}: reopened after converting"
+            );
+        }
+
+        let mut buf = Vec::new();
+        let meta = src.meta();
+        let mut w =
+            snapshot::SnapshotWriter::with_version(&mut buf, meta.applied_index, meta.revision, 2)
+                .unwrap();
+        for (k, v) in &old {
+            w.entry(k, v.as_deref().unwrap()).unwrap();
+        }
+        w.finish().unwrap();
+        let dst = open_temp(kind, &dirs);
+        dst.restore(&mut buf.as_slice()).unwrap();
+        assert_eq!(reads(&dst), want, "{kind:?}: a format 2 snapshot, restored");
+        dst.apply(&[put(65, "k1", "after"), del(66, "k2")]).unwrap();
+        let kv = get(&dst, "k1").unwrap();
+        let before = get(&src, "k1").unwrap();
+        assert_eq!(
+            (kv.version, kv.create_revision),
+            (before.version + 1, before.create_revision)
+        );
+        assert_eq!(get(&dst, "k2"), None);
+        assert_eq!(dst.len(), src.len() - 1);
+    }
+}

@@ -4,23 +4,32 @@
 //!
 //! ```text
 //! m                          -> meta: applied_index | revision | keys | compact_revision |
-//!                               compacted (physical compaction done through) | lease_clock,
-//!                               u64 BE each
+//!                               compacted (physical compaction done through) | lease_clock |
+//!                               layout (3), u64 BE each
 //! a <lease u64> <key>        -> (empty): the key is attached to the lease
 //! e <expiry u64> <lease u64> -> (empty): the lease expires at this lease-clock time
 //! l <lease u64>              -> the lease: granted TTL (s) | expiry (lease-clock ms)
-//! k <key>                    -> the key's current Record (only keys that exist)
-//! h <esc(key)> <rev u64>     -> the key's version written at rev: 0x01 Record | 0x00 (deleted)
+//! h <esc(key)> <!rev u64>    -> the key's version written at rev: 0x01 Record | 0x00 (deleted)
 //! r <rev u64> <sub u32>      -> the key the sub-th change of revision rev wrote
 //! ```
 //! `esc` escapes 0x00 as 0x00 0xFF and ends with 0x00 0x01: order-preserving and prefix-free,
-//! so one key's versions are contiguous, in revision order, and key ranges map to ranges of
-//! `h`. Integers are big-endian so byte order is numeric order.
+//! so one key's versions are contiguous and key ranges map to ranges of `h`. A version's
+//! revision is stored complemented (`!rev`), so a key's versions run newest first: its
+//! current version is the first entry of its group, and the version visible at revision N the
+//! first at or after `!N`. A put writes one entry at the key's place (and one appended to `r`).
+//! Integers are big-endian so byte order is numeric order.
+//!
+//! Layout 2 (the first with history) also kept each key's current record under `k <key>` and
+//! stored revisions as they are (oldest first), with a 48-byte meta entry; it is converted
+//! when opened or restored ([`LEGACY_LATEST`]).
 
 use super::{EngineError, Header, Record, Result};
 
 pub(crate) const META: &[u8] = b"m";
-pub(crate) const LATEST: u8 = b'k';
+/// Layout 2's current records; converted away.
+pub(crate) const LEGACY_LATEST: u8 = b'k';
+/// The layout this build writes, in the meta entry.
+pub(crate) const LAYOUT: u64 = 3;
 pub(crate) const HISTORY: u8 = b'h';
 pub(crate) const REVS: u8 = b'r';
 pub(crate) const ATTACHED: u8 = b'a';
@@ -58,9 +67,18 @@ pub(crate) fn expiry_key(expiry: u64, id: u64) -> Vec<u8> {
     v
 }
 
+/// The u64 at the end of a key (an `e` key's lease, an `l` key's id).
+pub(crate) fn trailing_u64(raw: &[u8]) -> Result<u64> {
+    raw.len()
+        .checked_sub(8)
+        .and_then(|at| raw[at..].try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| EngineError::Corrupt("short key".into()))
+}
+
 /// The lease id at the end of an `e` key.
 pub(crate) fn expiry_lease(raw: &[u8]) -> Result<u64> {
-    history_rev(raw)
+    trailing_u64(raw)
 }
 
 /// A lease as stored: granted TTL in seconds, expiry on the lease clock (ms).
@@ -101,22 +119,6 @@ pub(crate) fn namespace(ns: u8) -> (Vec<u8>, Vec<u8>) {
     (vec![ns], vec![ns + 1])
 }
 
-pub(crate) fn latest_key(key: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(1 + key.len());
-    v.push(LATEST);
-    v.extend_from_slice(key);
-    v
-}
-
-/// `k` bounds of the user key range `[start, end)` (`end = None`: to the last key).
-pub(crate) fn latest_range(start: &[u8], end: Option<&[u8]>) -> (Vec<u8>, Vec<u8>) {
-    let end = match end {
-        Some(e) => latest_key(e),
-        None => vec![LATEST + 1],
-    };
-    (latest_key(start), end)
-}
-
 fn escape_into(v: &mut Vec<u8>, key: &[u8]) {
     for &b in key {
         v.push(b);
@@ -137,7 +139,14 @@ pub(crate) fn history_prefix(key: &[u8]) -> Vec<u8> {
 
 pub(crate) fn history_key(key: &[u8], rev: u64) -> Vec<u8> {
     let mut v = history_prefix(key);
-    v.extend_from_slice(&rev.to_be_bytes());
+    v.extend_from_slice(&(!rev).to_be_bytes());
+    v
+}
+
+/// The end of `key`'s group of versions (exclusive), for scans from [`history_key`].
+pub(crate) fn history_end(key: &[u8]) -> Vec<u8> {
+    let mut v = history_key(key, 0);
+    v.push(0);
     v
 }
 
@@ -157,7 +166,7 @@ pub(crate) fn split_history_key(raw: &[u8]) -> Result<(Vec<u8>, u64)> {
     let (esc, rev) = body
         .split_at_checked(body.len().checked_sub(8).ok_or_else(bad)?)
         .ok_or_else(bad)?;
-    let rev = u64::from_be_bytes(rev.try_into().map_err(|_| bad())?);
+    let rev = !u64::from_be_bytes(rev.try_into().map_err(|_| bad())?);
     let mut key = Vec::with_capacity(esc.len());
     let mut i = 0;
     loop {
@@ -176,13 +185,17 @@ pub(crate) fn split_history_key(raw: &[u8]) -> Result<(Vec<u8>, u64)> {
     }
 }
 
-/// The revision of an `h` entry's key (its last 8 bytes).
+/// The revision of an `h` entry's key (its last 8 bytes, complemented).
 pub(crate) fn history_rev(raw: &[u8]) -> Result<u64> {
-    raw.len()
-        .checked_sub(8)
-        .and_then(|at| raw[at..].try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| EngineError::Corrupt("short history key".into()))
+    trailing_u64(raw).map(|n| !n)
+}
+
+/// The key of a layout 2 `h` entry (revision as it is) in this layout.
+pub(crate) fn convert_history_key(raw: &[u8]) -> Result<Vec<u8>> {
+    let rev = trailing_u64(raw)?;
+    let mut v = raw[..raw.len() - 8].to_vec();
+    v.extend_from_slice(&(!rev).to_be_bytes());
+    Ok(v)
 }
 
 pub(crate) fn rev_key(rev: u64, sub: u32) -> Vec<u8> {
@@ -244,6 +257,8 @@ pub struct Meta {
     pub compacted: u64,
     /// The replicated lease clock, in ms: advanced by the leader's ticks through the log.
     pub lease_clock: u64,
+    /// The keyspace layout the store holds ([`LAYOUT`]; 2 for a store to convert).
+    pub layout: u64,
 }
 
 impl Meta {
@@ -255,6 +270,7 @@ impl Meta {
         compact_revision: 0,
         compacted: 0,
         lease_clock: 0,
+        layout: LAYOUT,
     };
 
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -265,21 +281,29 @@ impl Meta {
             self.compact_revision,
             self.compacted,
             self.lease_clock,
+            self.layout,
         ]
         .iter()
         .flat_map(|n| n.to_be_bytes())
         .collect()
     }
 
+    /// Decodes a meta entry of this layout or of layout 2 (48 bytes, no layout field). Builds
+    /// before layout 3 refuse this layout's 56-byte entry rather than misread the keyspace.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Meta> {
-        if bytes.len() != 48 {
-            return Err(EngineError::Corrupt(format!(
-                "meta of {} bytes",
-                bytes.len()
-            )));
-        }
         let n =
             |i: usize| u64::from_be_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        let layout = match bytes.len() {
+            48 => 2,
+            56 if n(6) == LAYOUT => LAYOUT,
+            56 => {
+                return Err(EngineError::Corrupt(format!(
+                    "keyspace layout {} (this build knows {LAYOUT} and converts 2)",
+                    n(6)
+                )));
+            }
+            len => return Err(EngineError::Corrupt(format!("meta of {len} bytes"))),
+        };
         Ok(Meta {
             applied_index: n(0),
             revision: n(1),
@@ -287,6 +311,7 @@ impl Meta {
             compact_revision: n(3),
             compacted: n(4),
             lease_clock: n(5),
+            layout,
         })
     }
 }
@@ -296,20 +321,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn history_keys_keep_key_then_revision_order() {
+    fn history_keys_keep_key_then_newest_first_order() {
         let keys: [&[u8]; 7] = [b"", b"\0", b"\0\0", b"\0\x01", b"a", b"a\0", b"ab"];
         let mut encoded = Vec::new();
         for k in keys {
-            for rev in [1u64, 2, u64::MAX] {
+            for rev in [u64::MAX, 2, 1] {
                 let raw = history_key(k, rev);
                 assert_eq!(split_history_key(&raw).unwrap(), (k.to_vec(), rev));
                 assert_eq!(history_rev(&raw).unwrap(), rev);
+                assert!(raw > history_prefix(k) && raw < history_end(k));
                 encoded.push(raw);
             }
         }
         let mut sorted = encoded.clone();
         sorted.sort();
-        assert_eq!(sorted, encoded, "byte order is (key, revision) order");
+        assert_eq!(
+            sorted, encoded,
+            "byte order is (key, newest revision first) order"
+        );
+        let mut old = history_prefix(b"a");
+        old.extend_from_slice(&5u64.to_be_bytes());
+        assert_eq!(convert_history_key(&old).unwrap(), history_key(b"a", 5));
         let (lo, hi) = history_range(b"a", Some(b"ab"));
         let inside: Vec<_> = encoded.iter().filter(|e| **e >= lo && **e < hi).collect();
         assert_eq!(inside.len(), 6, "a and a\\0, each at three revisions");
@@ -326,8 +358,15 @@ mod tests {
             compact_revision: 5,
             compacted: 4,
             lease_clock: 77,
+            layout: LAYOUT,
         };
         assert_eq!(Meta::decode(&m.encode()).unwrap(), m);
         assert!(Meta::decode(&[1, 2]).is_err());
+        // Layout 2's entry: 48 bytes.
+        let old = Meta::decode(&m.encode()[..48]).unwrap();
+        assert_eq!(old, Meta { layout: 2, ..m });
+        let mut future = m.encode();
+        future[55] = 4;
+        assert!(Meta::decode(&future).is_err());
     }
 }

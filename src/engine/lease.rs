@@ -168,7 +168,7 @@ pub(super) fn list(r: &dyn Reader, meta: &Meta) -> Result<Vec<(u64, u64, u64)>> 
     let (lo, hi) = layout::namespace(layout::LEASES);
     let mut out = Vec::new();
     r.scan(&lo, &hi, &mut |k, v| {
-        let id = layout::history_rev(k)?;
+        let id = layout::trailing_u64(k)?;
         let lease = LeaseRecord::decode(v)?;
         out.push((id, lease.ttl, lease.expiry.saturating_sub(meta.lease_clock)));
         Ok(true)

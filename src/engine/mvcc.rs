@@ -14,7 +14,7 @@
 //!   (physical). Deletions recorded exactly at C are kept so a watch may start at C.
 //! - Reads run on one consistent engine state and report the revision of that state.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{BufReader, Read, Write};
 use std::sync::Arc;
 
@@ -147,21 +147,34 @@ fn check_revision(meta: &Meta, at: Option<u64>) -> Result<Option<u64>> {
     }
 }
 
-/// The version of `key` visible at revision `at`: the newest at or below it.
+/// The raw version of `key` visible at revision `at`: the newest at or below it, the first
+/// of its group from `at` on (versions run newest first).
+fn raw_version_at(r: &dyn Reader, key: &[u8], at: u64) -> Result<Option<Vec<u8>>> {
+    let mut found = None;
+    r.scan(
+        &layout::history_key(key, at),
+        &layout::history_end(key),
+        &mut |_, v| {
+            found = Some(v.to_vec());
+            Ok(false)
+        },
+    )?;
+    Ok(found)
+}
+
+/// The version of `key` visible at revision `at` (`u64::MAX`: the current one).
 fn version_at(r: &dyn Reader, key: &[u8], at: u64) -> Result<Option<Record>> {
-    let mut last: Option<Vec<u8>> = None;
-    let end = layout::history_key(key, at.saturating_add(1));
-    r.scan(&layout::history_key(key, 0), &end, &mut |_, v| {
-        last = Some(v.to_vec());
-        Ok(true)
-    })?;
-    Ok(last
+    Ok(raw_version_at(r, key, at)?
         .map(|v| layout::decode_version(&v))
         .transpose()?
         .flatten())
 }
 
-/// Keys in `[start, end)` as of revision `at`, at most `limit`.
+/// Versions of one key skipped by a range read before it seeks past the rest of them.
+const SKIP_BEFORE_SEEK: usize = 16;
+
+/// Keys in `[start, end)` as of revision `at` (`u64::MAX`: the current state), at most
+/// `limit`: in each key's group of versions (newest first), the first at or below `at`.
 fn range_at(
     r: &dyn Reader,
     start: &[u8],
@@ -169,36 +182,45 @@ fn range_at(
     at: u64,
     limit: usize,
 ) -> Result<Vec<KeyValue>> {
-    let (lo, hi) = layout::history_range(start, end);
+    let (mut from, hi) = layout::history_range(start, end);
     let mut out = Vec::new();
-    // The versions of one key are contiguous; keep the newest at or below `at`.
-    let mut group: Vec<u8> = Vec::new();
-    let mut newest: Option<(Vec<u8>, Vec<u8>)> = None;
-    let emit = |newest: Option<(Vec<u8>, Vec<u8>)>, out: &mut Vec<KeyValue>| -> Result<()> {
-        if let Some((raw, v)) = newest
-            && let Some(record) = layout::decode_version(&v)?
-        {
-            let (key, _) = layout::split_history_key(&raw)?;
-            out.push(record.into_kv(key));
-        }
-        Ok(())
-    };
-    r.scan(&lo, &hi, &mut |raw, v| {
-        let prefix = &raw[..raw.len().saturating_sub(8)];
-        if prefix != group.as_slice() {
-            emit(newest.take(), &mut out)?;
-            if out.len() >= limit {
-                return Ok(false);
+    while out.len() < limit {
+        let mut group: Vec<u8> = Vec::new();
+        let mut decided = false;
+        let mut skipped = 0;
+        let mut resume = None;
+        r.scan(&from, &hi, &mut |raw, v| {
+            let prefix = raw.get(..raw.len().saturating_sub(8)).unwrap_or_default();
+            if prefix != group.as_slice() {
+                group = prefix.to_vec();
+                decided = false;
+                skipped = 0;
             }
-            group = prefix.to_vec();
+            if decided {
+                skipped += 1;
+                if skipped > SKIP_BEFORE_SEEK {
+                    // A key with many versions: seek past them instead of reading them.
+                    let mut next = group.clone();
+                    next.extend_from_slice(&[0xff; 9]);
+                    resume = Some(next);
+                    return Ok(false);
+                }
+                return Ok(true);
+            }
+            if layout::history_rev(raw)? <= at {
+                decided = true;
+                if let Some(record) = layout::decode_version(v)? {
+                    let (key, _) = layout::split_history_key(raw)?;
+                    out.push(record.into_kv(key));
+                    return Ok(out.len() < limit);
+                }
+            }
+            Ok(true)
+        })?;
+        match resume {
+            Some(next) => from = next,
+            None => break,
         }
-        if layout::history_rev(raw)? <= at {
-            newest = Some((raw.to_vec(), v.to_vec()));
-        }
-        Ok(true)
-    })?;
-    if out.len() < limit {
-        emit(newest.take(), &mut out)?;
     }
     Ok(out)
 }
@@ -211,15 +233,7 @@ pub(super) fn range_latest(
     end: Option<&[u8]>,
     limit: usize,
 ) -> Result<Vec<KeyValue>> {
-    let (lo, hi) = layout::latest_range(start, end);
-    let mut out = Vec::new();
-    if limit > 0 {
-        r.scan(&lo, &hi, &mut |k, v| {
-            out.push(Record::decode(v)?.into_kv(k[1..].to_vec()));
-            Ok(out.len() < limit)
-        })?;
-    }
-    Ok(out)
+    range_at(r, start, end, u64::MAX, limit)
 }
 
 /// One apply batch's writes, staged over a consistent state of the engine: reads see the
@@ -228,6 +242,8 @@ pub(super) struct Batch<'a> {
     base: &'a dyn Reader,
     staged: Changes,
     headers: Option<&'a HeaderCache>,
+    /// The current header of each key written in this batch (`None`: deleted).
+    latest: HashMap<Vec<u8>, Option<Header>>,
 }
 
 impl Batch<'_> {
@@ -241,17 +257,16 @@ impl Batch<'_> {
 
     /// The current header of user key `key`.
     fn current(&self, key: &[u8]) -> Result<Option<Header>> {
-        let raw = layout::latest_key(key);
-        if let Some(v) = self.staged.get(&raw) {
-            return v.as_deref().map(Record::decode_header).transpose();
+        if let Some(h) = self.latest.get(key) {
+            return Ok(*h);
         }
         if let Some(h) = self.headers.and_then(|c| c.get(key)) {
             return Ok(Some(h));
         }
-        self.base
-            .get(&raw)?
-            .map(|v| Record::decode_header(&v))
-            .transpose()
+        match raw_version_at(self.base, key, u64::MAX)? {
+            Some(v) => layout::version_header(&v),
+            None => Ok(None),
+        }
     }
 }
 
@@ -364,7 +379,9 @@ impl<'b, 'a> Txn<'b, 'a> {
             lease,
         };
         self.record_change(key, Some(&record));
-        self.batch.put(layout::latest_key(key), record.encode());
+        self.batch
+            .latest
+            .insert(key.to_vec(), Some(record.header()));
     }
 
     /// Deletes `key`, which exists, attached to `lease` (0: none).
@@ -374,19 +391,14 @@ impl<'b, 'a> Txn<'b, 'a> {
         }
         self.meta.keys -= 1;
         self.record_change(key, None);
-        self.batch.delete(layout::latest_key(key));
+        self.batch.latest.insert(key.to_vec(), None);
     }
 
     /// Deletes every key in `[start, end)`; returns how many.
     pub(super) fn delete_range(&mut self, start: &[u8], end: Option<&[u8]>) -> Result<u64> {
-        let (lo, hi) = layout::latest_range(start, end);
-        let mut keys = Vec::new();
-        self.batch.scan(&lo, &hi, &mut |k, v| {
-            keys.push((k[1..].to_vec(), Record::decode_header(v)?.lease));
-            Ok(true)
-        })?;
-        for (key, lease) in &keys {
-            self.delete(key, *lease);
+        let keys = range_latest(self.batch, start, end, usize::MAX)?;
+        for kv in &keys {
+            self.delete(&kv.key, kv.lease);
         }
         Ok(keys.len() as u64)
     }
@@ -515,13 +527,45 @@ impl KvStore {
             Ok(())
         })?;
         let cache_headers = engine.keeps_state();
-        Ok(KvStore {
+        let store = KvStore {
             engine,
             meta: RwLock::new(meta),
             headers: Mutex::new(HeaderCache::default()),
             cache_headers,
             hub: Hub::default(),
-        })
+        };
+        if meta.layout == 2 {
+            store.convert_layout_2()?;
+        }
+        Ok(store)
+    }
+
+    /// Rewrites a layout 2 store (written by the build that introduced history) in this
+    /// layout: streamed as a format 2 snapshot through a pipe into [`KvStore::restore`], which
+    /// converts it and replaces the store in one switch, so a crash leaves either layout whole.
+    fn convert_layout_2(&self) -> Result<()> {
+        let meta = self.meta();
+        tracing::info!(
+            revision = meta.revision,
+            keys = meta.keys,
+            "converting the store from keyspace layout 2 to 3"
+        );
+        let view = self.view()?;
+        let (mut rx, mut tx) = std::io::pipe()?;
+        let writer = std::thread::spawn(move || {
+            let written = write_snapshot(view.as_ref(), &mut tx);
+            drop(tx);
+            written
+        });
+        let restored = self.restore(&mut rx);
+        drop(rx);
+        let written = writer
+            .join()
+            .map_err(|_| EngineError::Backend("layout conversion writer panicked".into()))?;
+        written?;
+        restored?;
+        tracing::info!("store converted to keyspace layout 3");
+        Ok(())
     }
 
     /// The watchers' fan-out.
@@ -668,10 +712,7 @@ impl KvStore {
     /// `key` as of revision `at` (`None` or 0: the current revision).
     pub fn get(&self, key: &[u8], at: Option<u64>) -> Result<ReadAt<Option<KeyValue>>> {
         self.read(|r, meta| match check_revision(meta, at)? {
-            None => r
-                .get(&layout::latest_key(key))?
-                .map(|v| Ok(Record::decode(&v)?.into_kv(key.to_vec())))
-                .transpose(),
+            None => Ok(version_at(r, key, u64::MAX)?.map(|rec| rec.into_kv(key.to_vec()))),
             Some(n) => Ok(version_at(r, key, n)?.map(|rec| rec.into_kv(key.to_vec()))),
         })
     }
@@ -702,11 +743,13 @@ impl KvStore {
         let mut headers = self.headers.lock();
         let mut results = Vec::with_capacity(batch.len());
         let mut staged = Changes::new();
+        let mut latest = HashMap::new();
         self.engine.read(&mut |base| {
             let mut b = Batch {
                 base,
                 staged: Changes::new(),
                 headers: self.cache_headers.then_some(&*headers),
+                latest: HashMap::new(),
             };
             for entry in batch {
                 if entry.index <= meta.applied_index {
@@ -722,21 +765,13 @@ impl KvStore {
             }
             b.put(META.to_vec(), meta.encode());
             staged = std::mem::take(&mut b.staged);
+            latest = std::mem::take(&mut b.latest);
             Ok(())
         })?;
-        let written: Vec<(Vec<u8>, Option<Header>)> = if self.cache_headers {
-            let (lo, hi) = layout::namespace(layout::LATEST);
-            staged
-                .range(lo..hi)
-                .map(|(k, v)| {
-                    Ok((
-                        k[1..].to_vec(),
-                        v.as_deref().map(Record::decode_header).transpose()?,
-                    ))
-                })
-                .collect::<Result<_>>()?
+        let written = if self.cache_headers {
+            latest
         } else {
-            Vec::new()
+            HashMap::new()
         };
         let events = if self.hub.watched() {
             staged_events(&staged)?
@@ -782,6 +817,7 @@ impl KvStore {
                 base,
                 staged: Changes::new(),
                 headers: None,
+                latest: HashMap::new(),
             };
             // Index entries below c go once their keys are compacted; those at c stay, so a
             // watch may start at c.
@@ -853,13 +889,18 @@ impl KvStore {
 /// Deletes the versions of `key` at or below `c` that no read at `c` or later can see: all
 /// but the newest, and the newest too if it is a deletion recorded before `c`.
 fn compact_key(b: &mut Batch, key: &[u8], c: u64) -> Result<()> {
+    // Newest first: the first version at or below c, then the older ones.
     let mut versions: Vec<(Vec<u8>, bool)> = Vec::new();
-    let end = layout::history_key(key, c.saturating_add(1));
-    b.scan(&layout::history_key(key, 0), &end, &mut |k, v| {
-        versions.push((k.to_vec(), layout::version_header(v)?.is_none()));
-        Ok(true)
-    })?;
-    let Some((newest, deleted)) = versions.pop() else {
+    b.scan(
+        &layout::history_key(key, c),
+        &layout::history_end(key),
+        &mut |k, v| {
+            versions.push((k.to_vec(), layout::version_header(v)?.is_none()));
+            Ok(true)
+        },
+    )?;
+    let mut versions = versions.into_iter();
+    let Some((newest, deleted)) = versions.next() else {
         return Ok(());
     };
     if deleted && layout::history_rev(&newest)? < c {
@@ -871,6 +912,19 @@ fn compact_key(b: &mut Batch, key: &[u8], c: u64) -> Result<()> {
     Ok(())
 }
 
+/// A keyspace entry of a snapshot of format `version` in this build's layout: format 2 held
+/// layout 2 (current records under `k`, which the versions repeat; revisions oldest first).
+fn convert_entry(k: Vec<u8>, v: Vec<u8>, version: u8) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    if version != 2 {
+        return Ok(Some((k, v)));
+    }
+    Ok(match k.first() {
+        Some(&layout::LEGACY_LATEST) => None,
+        Some(&layout::HISTORY) => Some((layout::convert_history_key(&k)?, v)),
+        _ => Some((k, v)),
+    })
+}
+
 /// The meta entry of a frozen state.
 pub fn view_meta(view: &dyn View) -> Result<Meta> {
     read_meta(view)
@@ -880,7 +934,9 @@ pub fn view_meta(view: &dyn View) -> Result<Meta> {
 pub fn write_snapshot(view: &dyn View, out: &mut dyn Write) -> Result<Meta> {
     let meta = read_meta(view)?;
     let mut out = std::io::BufWriter::with_capacity(256 << 10, out);
-    let mut w = SnapshotWriter::new(&mut out, meta.applied_index, meta.revision)?;
+    // The format follows the layout the view holds (2 only for a store being converted).
+    let format = if meta.layout == 2 { 2 } else { 3 };
+    let mut w = SnapshotWriter::with_version(&mut out, meta.applied_index, meta.revision, format)?;
     view.scan(b"", &[0xff], &mut |k, v| {
         w.entry(k, v)?;
         Ok(true)
@@ -902,10 +958,29 @@ pub fn write_digest(view: &dyn View, out: &mut dyn Write) -> Result<Meta> {
     let mut w = SnapshotWriter::new(&mut out, meta.applied_index, meta.revision)?;
     w.entry(META, &logical.encode())?;
     let c = meta.compact_revision;
+    // Per key: its versions after c, and the newest at or below c if compaction keeps it (a
+    // record, or a deletion at c), whether or not this member has deleted the others yet.
+    let mut group: Vec<u8> = Vec::new();
+    let mut below = false;
     view.scan(b"", &[0xff], &mut |k, v| {
         let keep = match k[0] {
             _ if k == META => false,
-            layout::HISTORY => layout::history_rev(k)? > c,
+            layout::HISTORY => {
+                let prefix = k.get(..k.len().saturating_sub(8)).unwrap_or_default();
+                if prefix != group.as_slice() {
+                    group = prefix.to_vec();
+                    below = false;
+                }
+                let rev = layout::history_rev(k)?;
+                if rev > c {
+                    true
+                } else if !below {
+                    below = true;
+                    rev == c || layout::version_header(v)?.is_some()
+                } else {
+                    false
+                }
+            }
             layout::REVS => layout::rev_of(k)? > c,
             _ => true,
         };
@@ -954,8 +1029,14 @@ impl<'r> Entries<'r> {
                         ));
                     }
                     self.meta_seen = true;
+                    let m = Meta {
+                        layout: layout::LAYOUT,
+                        ..m
+                    };
+                    self.queued.push_back((k, m.encode()));
+                } else if let Some(entry) = convert_entry(k, v, self.reader.version)? {
+                    self.queued.push_back(entry);
                 }
-                self.queued.push_back((k, v));
             }
             Some(Item::Record(kv)) => {
                 let (key, record) = kv.split();
@@ -964,8 +1045,6 @@ impl<'r> Entries<'r> {
                     layout::history_key(&key, record.mod_revision),
                     layout::encode_version(Some(&record)),
                 ));
-                self.queued
-                    .push_back((layout::latest_key(&key), record.encode()));
             }
             None => {
                 self.finished = true;
@@ -978,6 +1057,7 @@ impl<'r> Entries<'r> {
                         compact_revision: revision,
                         compacted: revision,
                         lease_clock: 0,
+                        layout: layout::LAYOUT,
                     };
                     self.queued.push_back((META.to_vec(), meta.encode()));
                 } else if !self.meta_seen {

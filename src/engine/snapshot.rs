@@ -2,15 +2,17 @@
 //! than memory snapshots with bounded memory.
 //!
 //! ```text
-//! header:  "METCDSN2" | applied_index u64 | revision u64
+//! header:  "METCDSN3" | applied_index u64 | revision u64
 //! entry:   0x02 | key_len u32 | key | value_len u32 | value     (one entry of the layout)
 //! trailer: 0x00 | entry_count u64 | crc32 of every byte before the crc (u32)
 //! ```
 //! The entries are the store's whole keyspace ([`super::layout`]): current records, history
 //! since the compacted revision, the revision index and the meta entry, so the format is the
-//! same whichever engine wrote it. Version 1 (`METCDSN1`, written before history existed)
+//! same whichever engine wrote it. Version 3 holds keyspace layout 3, version 2 (`METCDSN2`)
+//! layout 2, converted as it is read. Version 1 (`METCDSN1`, written before history existed)
 //! carried current records only, `0x01 | key | value | create_rev | mod_rev | version`; it is
-//! still read, as a store compacted at its revision.
+//! still read, as a store compacted at its revision. Builds that know only version 2 refuse
+//! version 3 (bad magic) instead of misreading it.
 //!
 //! All integers are big-endian. A reader reports corruption (bad magic, bad tag, truncation,
 //! checksum or count mismatch) instead of yielding a partial store.
@@ -19,7 +21,8 @@ use std::io::{self, Read, Write};
 
 use super::{EngineError, KeyValue, Result};
 
-const MAGIC: &[u8; 8] = b"METCDSN2";
+const MAGIC: &[u8; 8] = b"METCDSN3";
+const MAGIC_V2: &[u8; 8] = b"METCDSN2";
 const MAGIC_V1: &[u8; 8] = b"METCDSN1";
 const TAG_RECORD: u8 = 1;
 const TAG_ENTRY: u8 = 2;
@@ -36,12 +39,22 @@ pub struct SnapshotWriter<'a> {
 
 impl<'a> SnapshotWriter<'a> {
     pub fn new(out: &'a mut dyn Write, applied_index: u64, revision: u64) -> Result<Self> {
+        Self::with_version(out, applied_index, revision, 3)
+    }
+
+    /// A writer of format `version` (2 or 3: the layout of the entries it is given).
+    pub fn with_version(
+        out: &'a mut dyn Write,
+        applied_index: u64,
+        revision: u64,
+        version: u8,
+    ) -> Result<Self> {
         let mut w = SnapshotWriter {
             out,
             crc: crc32fast::Hasher::new(),
             count: 0,
         };
-        w.put(MAGIC)?;
+        w.put(if version == 2 { MAGIC_V2 } else { MAGIC })?;
         w.put(&applied_index.to_be_bytes())?;
         w.put(&revision.to_be_bytes())?;
         Ok(w)
@@ -77,7 +90,7 @@ impl<'a> SnapshotWriter<'a> {
 /// One item of a snapshot.
 #[derive(Debug)]
 pub enum Item {
-    /// A layout entry (version 2).
+    /// A layout entry (versions 2 and 3).
     Entry(Vec<u8>, Vec<u8>),
     /// A current record (version 1).
     Record(KeyValue),
@@ -91,7 +104,7 @@ pub struct SnapshotReader<'a> {
     count: u64,
     pub applied_index: u64,
     pub revision: u64,
-    /// 1 or 2.
+    /// 1, 2 or 3.
     pub version: u8,
 }
 
@@ -107,12 +120,13 @@ impl<'a> SnapshotReader<'a> {
             count: 0,
             applied_index: 0,
             revision: 0,
-            version: 2,
+            version: 3,
         };
         let mut magic = [0u8; 8];
         r.take(&mut magic)?;
         r.version = match &magic {
-            MAGIC => 2,
+            MAGIC => 3,
+            MAGIC_V2 => 2,
             MAGIC_V1 => 1,
             _ => return Err(corrupt("not a metcd snapshot (bad magic)")),
         };
@@ -153,7 +167,7 @@ impl<'a> SnapshotReader<'a> {
         let mut tag = [0u8; 1];
         self.take(&mut tag)?;
         match tag[0] {
-            TAG_ENTRY if self.version == 2 => {
+            TAG_ENTRY if self.version >= 2 => {
                 let key = self.bytes()?;
                 let value = self.bytes()?;
                 self.count += 1;
