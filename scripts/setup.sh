@@ -5,12 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for cmd in curl wrk etcd; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
+for cmd in curl wrk etcd etcdctl; do command -v "$cmd" >/dev/null || need+=("$cmd"); done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     pkgs=()
     for cmd in "${need[@]}"; do
-      case $cmd in etcd) pkgs+=(etcd-server etcd-client) ;; *) pkgs+=("$cmd") ;; esac
+      case $cmd in etcd | etcdctl) pkgs+=(etcd-server etcd-client) ;; *) pkgs+=("$cmd") ;; esac
     done
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null \
       || echo "setup: could not install ${pkgs[*]} (only benchmarks need them)" >&2

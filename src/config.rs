@@ -86,6 +86,10 @@ pub struct Config {
     /// Raft election timeout; a multiple of --heartbeat-ms.
     #[arg(long, default_value_t = 1_000)]
     pub election_ms: u64,
+    /// How often a gRPC watcher created with progress_notify gets a progress response when
+    /// it has had no events (etcd's --experimental-watch-progress-notify-interval, 10 min).
+    #[arg(long, default_value_t = 600_000)]
+    pub watch_progress_notify_ms: u64,
     /// Log filter, e.g. `info` or `metcd=debug,raft=info`.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -208,6 +212,26 @@ pub struct Settings {
     pub max_key_bytes: usize,
     pub tick: Duration,
     pub election_ticks: usize,
+    pub watch_progress_notify: Duration,
+}
+
+impl Settings {
+    /// The URL clients reach this member at: the client port on the host of its peer URL
+    /// (the address other members already reach it at), or on the listen address.
+    pub fn client_url(&self) -> String {
+        let port = self.client_listen.port();
+        let host = self
+            .members
+            .iter()
+            .find(|m| m.id == self.id)
+            .and_then(|m| m.authority.rsplit_once(':'))
+            .map(|(host, _)| host.to_string())
+            .unwrap_or_else(|| match self.client_listen.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            });
+        format!("http://{host}:{port}")
+    }
 }
 
 /// Checks and normalizes a peer URL: `(http://host:port, host:port)`.
@@ -354,6 +378,7 @@ impl Config {
             max_key_bytes: self.max_key_bytes,
             tick: Duration::from_millis(self.heartbeat_ms),
             election_ticks: (self.election_ms / self.heartbeat_ms) as usize,
+            watch_progress_notify: Duration::from_millis(self.watch_progress_notify_ms.max(1)),
         })
     }
 

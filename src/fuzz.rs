@@ -49,13 +49,9 @@ fn op() -> impl Strategy<Value = Op> {
                     target: Target::Version(n),
                     result: CmpResult::Greater,
                 }],
-                success: vec![TxnOp::Put {
-                    key: key.clone(),
-                    value,
-                    lease: n,
-                }],
+                success: vec![TxnOp::put(key.clone(), value, n)],
                 failure: vec![
-                    TxnOp::Delete(KeyRange {
+                    TxnOp::delete(KeyRange {
                         start: key.clone(),
                         end: None,
                     }),

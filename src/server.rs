@@ -88,6 +88,7 @@ pub async fn run(
             max_key_bytes: settings.max_key_bytes,
             max_value_bytes: settings.max_request_bytes,
         },
+        client_url: settings.client_url(),
     };
     let peer_server = tokio::spawn(serve_peers(peer_listener, peer));
     info!(id = settings.id, client = %settings.client_listen, peer = %settings.peer_listen,
@@ -158,6 +159,7 @@ fn start_raft(
         incarnations: incarnations.clone(),
         apply_backlog: handle.apply_backlog.clone(),
         leader: handle.leader.clone(),
+        term: handle.term.clone(),
     };
     let node = Node::new(
         settings.clone(),

@@ -96,6 +96,7 @@ impl From<Refusal> for ApiError {
             Refusal::Revision(e) => ApiError::Revision(e),
             Refusal::LeaseNotFound(id) => ApiError::LeaseNotFound(id),
             Refusal::LeaseExists(_) => ApiError::Conflict(r.to_string()),
+            Refusal::KeyNotFound => ApiError::NotFound,
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::engine::Op;
 type Shared = State<Arc<AppState>>;
 
 /// etcd's largest TTL (9,000,000,000 s).
-const MAX_TTL: u64 = 9_000_000_000;
+pub(super) const MAX_TTL: u64 = 9_000_000_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,7 +53,7 @@ fn lease_id(text: &str) -> Result<u64, ApiError> {
 }
 
 /// The shortest TTL granted: 1.5 election timeouts, in whole seconds (etcd's minimum).
-fn min_ttl(state: &AppState) -> u64 {
+pub(super) fn min_ttl(state: &AppState) -> u64 {
     let election_ms = state.settings.tick.as_millis() as u64 * state.settings.election_ticks as u64;
     (election_ms * 3 / 2).div_ceil(1000).max(1)
 }
@@ -63,6 +63,13 @@ fn propose_error(result: &crate::engine::OpResult) -> Result<(), ApiError> {
         Some(r) => Err(r.into()),
         None => Ok(()),
     }
+}
+
+/// A lease id drawn at random: a positive int64, as etcd's.
+pub(super) fn new_lease_id() -> Result<u64, ApiError> {
+    let drawn = crate::raft::storage::random_id()
+        .map_err(|e| ApiError::BadRequest(format!("cannot draw a lease id: {e}")))?;
+    Ok((drawn >> 1).max(1))
 }
 
 pub async fn grant(State(state): Shared, body: Body) -> Result<Response, ApiError> {
@@ -81,11 +88,7 @@ pub async fn grant(State(state): Shared, body: Body) -> Result<Response, ApiErro
     }
     let ttl = req.ttl.max(min_ttl(&state));
     let id = match req.id {
-        0 => {
-            crate::raft::storage::random_id()
-                .map_err(|e| ApiError::BadRequest(format!("cannot draw a lease id: {e}")))?
-                >> 1
-        } // etcd's ids are positive int64s
+        0 => new_lease_id()?,
         id if id > i64::MAX as u64 => {
             return Err(ApiError::BadRequest(format!(
                 "lease id {id} exceeds {}",

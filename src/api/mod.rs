@@ -11,6 +11,7 @@
 
 mod admin;
 pub mod error;
+pub mod grpc;
 mod keys;
 mod leases;
 mod query;
@@ -49,8 +50,23 @@ pub struct AppState {
 
 type Shared = Arc<AppState>;
 
-/// The client API: the service endpoints, then keys.
+/// The client port: gRPC requests go to etcd's v3 API ([`grpc`]), the rest to the HTTP API.
 pub fn router(state: Shared) -> Router {
+    use tower::ServiceExt;
+    let grpc = grpc::router(state.clone());
+    let http = http_router(state);
+    Router::new().fallback_service(tower::service_fn(move |req: Request| {
+        let target = if grpc::is_grpc(req.headers()) {
+            grpc.clone()
+        } else {
+            http.clone()
+        };
+        target.oneshot(req)
+    }))
+}
+
+/// The HTTP API: the service endpoints, then keys.
+fn http_router(state: Shared) -> Router {
     let get_only = "GET, HEAD";
     // A bad id is 400 before a wrong method is 405 (Allow: PUT, DELETE), as before the table.
     let member = put(admin::add_member)

@@ -212,13 +212,9 @@ impl OpJson {
                     return Err(ApiError::BadRequest("put: empty key".into()));
                 }
                 let value = bytes("value", value.as_ref(), value_base64.as_ref(), encoding)?;
-                TxnOp::Put {
-                    key,
-                    value: value.unwrap_or_default(),
-                    lease: *lease,
-                }
+                TxnOp::put(key, value.unwrap_or_default(), *lease)
             }
-            OpJson::Delete(range) => TxnOp::Delete(range.parse(encoding)?),
+            OpJson::Delete(range) => TxnOp::delete(range.parse(encoding)?),
             OpJson::Get {
                 range,
                 limit,
@@ -280,9 +276,11 @@ pub async fn handle(
         .responses
         .into_iter()
         .map(|r| match r {
-            TxnResponse::Put => json!({ "put": { "revision": revision } }),
-            TxnResponse::Delete { deleted } => json!({ "delete": { "deleted": deleted } }),
-            TxnResponse::Get { kvs, more } => {
+            TxnResponse::Put { .. } => json!({ "put": { "revision": revision } }),
+            TxnResponse::Delete { deleted, .. } => json!({ "delete": { "deleted": deleted } }),
+            // JSON transactions have no nested form.
+            TxnResponse::Txn(_) => json!({}),
+            TxnResponse::Get { kvs, more, .. } => {
                 let items: Vec<Value> = kvs
                     .into_iter()
                     .map(|kv| to_json(kv, query.encoding))
@@ -302,13 +300,24 @@ pub async fn handle(
 }
 
 /// Keys and range ends within `--max-key-bytes` (the body is within `--max-request-bytes`).
-fn check_sizes(txn: &Txn, max_key: usize) -> Result<(), ApiError> {
+pub(super) fn check_sizes(txn: &Txn, max_key: usize) -> Result<(), ApiError> {
     let ranges = txn.compare.iter().map(|c| (&c.key, c.range_end.as_ref()));
-    let ops = txn.success.iter().chain(&txn.failure).map(|op| match op {
-        TxnOp::Put { key, .. } => (key, None),
-        TxnOp::Delete(r) | TxnOp::Get { range: r, .. } => (&r.start, r.end.as_ref()),
+    let mut nested = Vec::new();
+    let ops = txn.success.iter().chain(&txn.failure).filter_map(|op| match op {
+        TxnOp::Put { key, .. } => Some((key, None)),
+        TxnOp::Delete { range: r, .. } | TxnOp::Get { range: r, .. } => {
+            Some((&r.start, r.end.as_ref()))
+        }
+        TxnOp::Txn(inner) => {
+            nested.push(inner);
+            None
+        }
     });
-    for (key, end) in ranges.chain(ops) {
+    let bounds: Vec<_> = ranges.chain(ops).collect();
+    for inner in nested {
+        check_sizes(inner, max_key)?;
+    }
+    for (key, end) in bounds {
         let longest = key.len().max(end.map_or(0, Vec::len));
         if longest > max_key {
             return Err(ApiError::TooLarge(format!(
@@ -365,7 +374,8 @@ mod tests {
             TxnOp::Put {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
-                lease: 0
+                lease: 0,
+                options: Default::default(),
             }
         );
         for bad in [

@@ -394,13 +394,15 @@ fn transactions(s: &KvStore) {
                     key: b"a".to_vec(),
                     value: b"2".to_vec(),
                     lease: 0,
+                    options: Default::default(),
                 },
                 TxnOp::Put {
                     key: b"c".to_vec(),
                     value: b"3".to_vec(),
                     lease: 0,
+                    options: Default::default(),
                 },
-                TxnOp::Delete(one("b")),
+                TxnOp::delete(one("b")),
                 get("a", 0),
                 get("a", 3),
                 get("b", 0),
@@ -411,7 +413,10 @@ fn transactions(s: &KvStore) {
     let t = r.txn.as_ref().unwrap();
     assert!(t.succeeded && r.changed && r.refused.is_none());
     assert_eq!(r.revision, 4);
-    assert_eq!(t.responses[2], TxnResponse::Delete { deleted: 1 });
+    assert_eq!(t.responses[2], TxnResponse::Delete {
+            deleted: 1,
+            prev: vec![]
+        });
     assert_eq!(
         (
             values(&t.responses[3]),
@@ -436,6 +441,7 @@ fn transactions(s: &KvStore) {
                 key: b"x".to_vec(),
                 value: vec![],
                 lease: 0,
+                options: Default::default(),
             }],
             failure: vec![TxnOp::Get {
                 range: KeyRange {
@@ -451,7 +457,7 @@ fn transactions(s: &KvStore) {
     assert!(!t.succeeded && !r.changed);
     assert_eq!(r.revision, 4);
     match &t.responses[0] {
-        TxnResponse::Get { kvs, more } => {
+        TxnResponse::Get { kvs, more, .. } => {
             assert_eq!((keys(kvs), *more), (vec!["a".to_string()], true))
         }
         other => panic!("{other:?}"),
@@ -494,6 +500,7 @@ fn transactions(s: &KvStore) {
                     key: b"z".to_vec(),
                     value: vec![],
                     lease: 0,
+                    options: Default::default(),
                 },
                 get("a", 99),
             ],
@@ -516,8 +523,9 @@ fn transactions(s: &KvStore) {
                 key: b"k".to_vec(),
                 value: vec![],
                 lease: 0,
+                options: Default::default(),
             },
-            TxnOp::Delete(KeyRange {
+            TxnOp::delete(KeyRange {
                 start: b"j".to_vec(),
                 end: Some(b"l".to_vec()),
             }),
@@ -530,7 +538,8 @@ fn transactions(s: &KvStore) {
             TxnOp::Put {
                 key: b"k".to_vec(),
                 value: vec![],
-                lease: 0
+                lease: 0,
+                options: Default::default(),
             };
             2
         ],
@@ -538,7 +547,7 @@ fn transactions(s: &KvStore) {
     };
     assert_eq!(twice.check(), Err(super::txn::TxnError::DuplicateKey));
     let deletes = Txn {
-        success: vec![TxnOp::Delete(one("k")), TxnOp::Delete(one("k"))],
+        success: vec![TxnOp::delete(one("k")), TxnOp::delete(one("k"))],
         ..Txn::default()
     };
     assert_eq!(deletes.check(), Ok(()));
@@ -572,6 +581,7 @@ fn leases(s: &KvStore) {
             key: b"y".to_vec(),
             value: vec![],
             lease: 8,
+            options: Default::default(),
         }],
         ..Default::default()
     };
@@ -932,8 +942,9 @@ fn history_agrees_with_a_model() {
                                 key: key(b),
                                 value: format!("t{i}").into_bytes(),
                                 lease: 0,
+                                options: Default::default(),
                             },
-                            TxnOp::Delete(KeyRange {
+                            TxnOp::delete(KeyRange {
                                 start: key(c),
                                 end: None,
                             }),
@@ -942,6 +953,7 @@ fn history_agrees_with_a_model() {
                             key: key(a),
                             value: format!("f{i}").into_bytes(),
                             lease: 0,
+                            options: Default::default(),
                         }],
                     }))
                 }
@@ -974,7 +986,7 @@ fn history_agrees_with_a_model() {
                 | Op::LeaseKeepAlive { .. }
                 | Op::LeaseTick { .. } => unreachable!("not generated"),
                 Op::Txn(t) => {
-                    let (TxnOp::Put { key: b, value, .. }, TxnOp::Delete(c)) =
+                    let (TxnOp::Put { key: b, value, .. }, TxnOp::Delete { range: c, .. }) =
                         (&t.success[0], &t.success[1])
                     else {
                         unreachable!()

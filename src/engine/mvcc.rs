@@ -51,6 +51,9 @@ pub enum Refusal {
     LeaseNotFound(u64),
     #[error("lease {0} already exists")]
     LeaseExists(u64),
+    /// A put that keeps the key's value or lease, of a key that does not exist.
+    #[error("key not found")]
+    KeyNotFound,
 }
 
 /// What a read saw, with the store's revisions at that state.
@@ -182,9 +185,23 @@ fn range_at(
     at: u64,
     limit: usize,
 ) -> Result<Vec<KeyValue>> {
+    Ok(range_scan(r, start, end, at, limit, false)?.0)
+}
+
+/// As [`range_at`]; with `count_all`, the scan goes on past `limit` to count every key in
+/// the range (the second value; without it, the number of keys returned).
+fn range_scan(
+    r: &dyn Reader,
+    start: &[u8],
+    end: Option<&[u8]>,
+    at: u64,
+    limit: usize,
+    count_all: bool,
+) -> Result<(Vec<KeyValue>, u64)> {
     let (mut from, hi) = layout::history_range(start, end);
     let mut out = Vec::new();
-    while out.len() < limit {
+    let mut beyond = 0u64;
+    while out.len() < limit || count_all {
         let mut group: Vec<u8> = Vec::new();
         let mut decided = false;
         let mut skipped = 0;
@@ -209,10 +226,17 @@ fn range_at(
             }
             if layout::history_rev(raw)? <= at {
                 decided = true;
+                if out.len() >= limit {
+                    // Counting only: a live version counts, a tombstone does not.
+                    if layout::version_header(v)?.is_some() {
+                        beyond += 1;
+                    }
+                    return Ok(true);
+                }
                 if let Some(record) = layout::decode_version(v)? {
                     let (key, _) = layout::split_history_key(raw)?;
                     out.push(record.into_kv(key));
-                    return Ok(out.len() < limit);
+                    return Ok(out.len() < limit || count_all);
                 }
             }
             Ok(true)
@@ -222,7 +246,8 @@ fn range_at(
             None => break,
         }
     }
-    Ok(out)
+    let count = out.len() as u64 + beyond;
+    Ok((out, count))
 }
 
 /// Current keys in `[start, end)` as `r` holds them (a batch: its own writes included), at
@@ -256,7 +281,7 @@ impl Batch<'_> {
     }
 
     /// The current header of user key `key`.
-    fn current(&self, key: &[u8]) -> Result<Option<Header>> {
+    pub(super) fn current(&self, key: &[u8]) -> Result<Option<Header>> {
         if let Some(h) = self.latest.get(key) {
             return Ok(*h);
         }
@@ -394,27 +419,35 @@ impl<'b, 'a> Txn<'b, 'a> {
         self.batch.latest.insert(key.to_vec(), None);
     }
 
-    /// Deletes every key in `[start, end)`; returns how many.
-    pub(super) fn delete_range(&mut self, start: &[u8], end: Option<&[u8]>) -> Result<u64> {
+    /// Deletes every key in `[start, end)`; returns the deleted versions.
+    pub(super) fn delete_range(
+        &mut self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<Vec<KeyValue>> {
         let keys = range_latest(self.batch, start, end, usize::MAX)?;
         for kv in &keys {
             self.delete(&kv.key, kv.lease);
         }
-        Ok(keys.len() as u64)
+        Ok(keys)
     }
 
-    /// Keys in `[start, end)` as of `revision` (0: as this transaction has left them).
+    /// Keys in `[start, end)` as of `revision` (0: as this transaction has left them), at
+    /// most `limit`, and how many the range holds.
     pub(super) fn get_range(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
         revision: u64,
         limit: usize,
-    ) -> Result<Vec<KeyValue>> {
-        match revision {
-            0 => range_latest(self.batch, start, end, limit),
-            at => range_at(self.batch, start, end, at, limit),
-        }
+    ) -> Result<(Vec<KeyValue>, u64)> {
+        let at = if revision == 0 { u64::MAX } else { revision };
+        range_scan(self.batch, start, end, at, limit, true)
+    }
+
+    /// `key`'s current version, as this transaction has left it.
+    pub(super) fn current_kv(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        Ok(version_at(self.batch, key, u64::MAX)?.map(|rec| rec.into_kv(key.to_vec())))
     }
 
     /// Ends the transaction: the revision rises if anything was written.
@@ -470,7 +503,7 @@ fn apply_op(batch: &mut Batch, meta: &mut Meta, op: &Op) -> Result<OpResult> {
         }
         Op::DeleteRange { start, end } => {
             let mut txn = Txn::new(batch, meta);
-            let deleted = txn.delete_range(start, end.as_deref())?;
+            let deleted = txn.delete_range(start, end.as_deref())?.len() as u64;
             Ok(OpResult {
                 deleted,
                 ..OpResult::done(txn.finish(), deleted > 0)
@@ -714,6 +747,21 @@ impl KvStore {
         self.read(|r, meta| match check_revision(meta, at)? {
             None => Ok(version_at(r, key, u64::MAX)?.map(|rec| rec.into_kv(key.to_vec()))),
             Some(n) => Ok(version_at(r, key, n)?.map(|rec| rec.into_kv(key.to_vec()))),
+        })
+    }
+
+    /// As [`KvStore::range`], with the number of keys in the whole range (etcd's count),
+    /// read from the same state.
+    pub fn range_counted(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        at: Option<u64>,
+    ) -> Result<ReadAt<(Vec<KeyValue>, u64)>> {
+        self.read(|r, meta| {
+            let at = check_revision(meta, at)?.unwrap_or(u64::MAX);
+            range_scan(r, start, end, at, limit, true)
         })
     }
 

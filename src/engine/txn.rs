@@ -61,21 +61,55 @@ impl KeyRange {
     }
 }
 
+/// etcd's put options, decided when the put is applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Answer the key's previous version.
+    pub prev_kv: bool,
+    /// Keep the key's current value (the key must exist).
+    pub ignore_value: bool,
+    /// Keep the key's current lease (the key must exist).
+    pub ignore_lease: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxnOp {
     Put {
         key: Vec<u8>,
         value: Vec<u8>,
         lease: u64,
+        options: PutOptions,
     },
-    Delete(KeyRange),
+    /// Deletes a range; with `prev_kv` the answer lists what was deleted.
+    Delete { range: KeyRange, prev_kv: bool },
     /// Reads a range as of `revision` (0: the transaction's own view), at most `limit` keys
-    /// (0: no limit).
+    /// (0: no limit); the answer counts every key in the range.
     Get {
         range: KeyRange,
         limit: u64,
         revision: u64,
     },
+    /// A transaction inside this one (etcd's nested Txn): its compares see the state the
+    /// outer operations before it left; its writes share the outer revision.
+    Txn(Box<Txn>),
+}
+
+impl TxnOp {
+    pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, lease: u64) -> TxnOp {
+        TxnOp::Put {
+            key: key.into(),
+            value: value.into(),
+            lease,
+            options: PutOptions::default(),
+        }
+    }
+
+    pub fn delete(range: KeyRange) -> TxnOp {
+        TxnOp::Delete {
+            range,
+            prev_kv: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -87,9 +121,22 @@ pub struct Txn {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxnResponse {
-    Put,
-    Delete { deleted: u64 },
-    Get { kvs: Vec<KeyValue>, more: bool },
+    /// `prev`: the key's version before the put, when asked for and it existed.
+    Put {
+        prev: Option<KeyValue>,
+    },
+    /// `prev`: the deleted versions, when asked for.
+    Delete {
+        deleted: u64,
+        prev: Vec<KeyValue>,
+    },
+    /// `count`: keys in the range (at the read revision), however many `kvs` holds.
+    Get {
+        kvs: Vec<KeyValue>,
+        more: bool,
+        count: u64,
+    },
+    Txn(Box<TxnResult>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,39 +152,93 @@ pub enum TxnError {
     DuplicateKey,
     #[error("too many operations in txn request: {0} (at most {MAX_OPS} per list)")]
     TooManyOps(usize),
+    #[error("transactions nested more than {MAX_DEPTH} deep")]
+    TooDeep,
+    #[error("a put with ignore_value must not give a value")]
+    ValueProvided,
+    #[error("a put with ignore_lease must not give a lease")]
+    LeaseProvided,
 }
 
 /// Operations per list (compare, success, failure) at most: etcd's `--max-txn-ops` default.
 pub const MAX_OPS: usize = 128;
 
+/// Nesting depth at most (etcd bounds it only by the request size; a bound keeps decoding and
+/// applying off deep recursion).
+pub const MAX_DEPTH: usize = 16;
+
 impl Txn {
-    /// etcd's checks: list lengths, and no key written twice in one branch (two puts, or a
-    /// put inside a deleted range).
+    /// etcd's checks: list lengths, put options, and no key written twice in one branch
+    /// (two puts, or a put inside a deleted range; a nested transaction's writes count in
+    /// either of its branches).
     pub fn check(&self) -> std::result::Result<(), TxnError> {
+        self.check_at(0).map(|_| ())
+    }
+
+    /// Checks this transaction at nesting `depth`; returns the keys and ranges either branch
+    /// may write.
+    fn check_at(&self, depth: usize) -> std::result::Result<Written<'_>, TxnError> {
+        if depth > MAX_DEPTH {
+            return Err(TxnError::TooDeep);
+        }
         for list in [self.compare.len(), self.success.len(), self.failure.len()] {
             if list > MAX_OPS {
                 return Err(TxnError::TooManyOps(list));
             }
         }
+        let mut either = Written::default();
         for ops in [&self.success, &self.failure] {
-            let mut puts = std::collections::HashSet::new();
+            let mut branch = Written::default();
             for op in ops {
-                if let TxnOp::Put { key, .. } = op
-                    && !puts.insert(key.as_slice())
-                {
-                    return Err(TxnError::DuplicateKey);
+                match op {
+                    TxnOp::Put {
+                        key,
+                        value,
+                        lease,
+                        options,
+                    } => {
+                        if options.ignore_value && !value.is_empty() {
+                            return Err(TxnError::ValueProvided);
+                        }
+                        if options.ignore_lease && *lease != 0 {
+                            return Err(TxnError::LeaseProvided);
+                        }
+                        if !branch.puts.insert(key.as_slice()) {
+                            return Err(TxnError::DuplicateKey);
+                        }
+                    }
+                    TxnOp::Delete { range, .. } => branch.deletes.push(range),
+                    TxnOp::Get { .. } => {}
+                    TxnOp::Txn(inner) => {
+                        let inner = inner.check_at(depth + 1)?;
+                        for key in inner.puts {
+                            if !branch.puts.insert(key) {
+                                return Err(TxnError::DuplicateKey);
+                            }
+                        }
+                        branch.deletes.extend(inner.deletes);
+                    }
                 }
             }
-            for op in ops {
-                if let TxnOp::Delete(range) = op
-                    && puts.iter().any(|k| range.contains(k))
-                {
-                    return Err(TxnError::DuplicateKey);
-                }
+            if branch
+                .deletes
+                .iter()
+                .any(|range| branch.puts.iter().any(|k| range.contains(k)))
+            {
+                return Err(TxnError::DuplicateKey);
             }
+            either.puts.extend(branch.puts);
+            either.deletes.extend(branch.deletes);
         }
-        Ok(())
+        Ok(either)
     }
+}
+
+/// The keys a transaction puts and the ranges it deletes.
+#[derive(Default)]
+struct Written<'t> {
+    puts: std::collections::HashSet<&'t [u8]>,
+    deletes: Vec<&'t KeyRange>,
 }
 
 fn compare_one(c: &Compare, kv: Option<&KeyValue>) -> bool {
@@ -181,59 +282,107 @@ fn holds(batch: &Batch, compares: &[Compare]) -> Result<bool> {
     Ok(true)
 }
 
-/// Applies `txn` to `batch`: the branch its compares choose, all writes at one revision.
-pub(super) fn apply(
-    batch: &mut Batch,
-    meta: &mut Meta,
-    txn: &Txn,
-) -> Result<(TxnResult, Option<Refusal>)> {
-    // Refused before proposing; a proposal that skipped the check changes nothing.
-    if txn.check().is_err() {
-        let nothing = TxnResult {
-            succeeded: false,
-            responses: Vec::new(),
-        };
-        return Ok((nothing, None));
-    }
-    let succeeded = holds(batch, &txn.compare)?;
-    let ops = if succeeded {
+/// The list of operations `txn` runs when its compares came out `succeeded`.
+fn branch(txn: &Txn, succeeded: bool) -> &[TxnOp] {
+    if succeeded {
         &txn.success
     } else {
         &txn.failure
-    };
-    // A read at a revision the store cannot serve, or a put to an unknown lease, refuses
-    // the whole transaction first.
-    for op in ops {
-        let refusal = match op {
+    }
+}
+
+/// Decides the branch of `txn` and of every transaction nested in the branches taken, in
+/// the order they run, all on the state before the transaction writes anything (as etcd
+/// does).
+fn decide(batch: &Batch, txn: &Txn, path: &mut Vec<bool>) -> Result<()> {
+    let succeeded = holds(batch, &txn.compare)?;
+    path.push(succeeded);
+    for op in branch(txn, succeeded) {
+        if let TxnOp::Txn(inner) = op {
+            decide(batch, inner, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Why the operations `path` chooses cannot all run, if they cannot: a read at a revision
+/// the store cannot serve, a put to an unknown lease, or a put that keeps the value or lease
+/// of a key that does not exist.
+fn refusal(
+    batch: &Batch,
+    meta: &Meta,
+    txn: &Txn,
+    path: &mut std::slice::Iter<bool>,
+) -> Result<Option<Refusal>> {
+    let succeeded = path.next().copied().unwrap_or(false);
+    for op in branch(txn, succeeded) {
+        let refused = match op {
             TxnOp::Get { revision, .. } => {
                 check_revision_at(meta, *revision).err().map(Refusal::from)
             }
-            TxnOp::Put { lease, .. } if *lease != 0 && !super::lease::exists(batch, *lease)? => {
-                Some(Refusal::LeaseNotFound(*lease))
+            TxnOp::Put {
+                key,
+                lease,
+                options,
+                ..
+            } => {
+                if (options.ignore_value || options.ignore_lease) && batch.current(key)?.is_none()
+                {
+                    Some(Refusal::KeyNotFound)
+                } else if *lease != 0 && !super::lease::exists(batch, *lease)? {
+                    Some(Refusal::LeaseNotFound(*lease))
+                } else {
+                    None
+                }
             }
-            _ => None,
+            TxnOp::Delete { .. } => None,
+            TxnOp::Txn(inner) => refusal(batch, meta, inner, path)?,
         };
-        if let Some(refusal) = refusal {
-            let refused = TxnResult {
-                succeeded,
-                responses: Vec::new(),
-            };
-            return Ok((refused, Some(refusal)));
+        if refused.is_some() {
+            return Ok(refused);
         }
     }
-    let mut writes = Writes::new(batch, meta);
+    Ok(None)
+}
+
+/// Runs the operations `path` chooses, in order, at the transaction's one revision.
+fn run(writes: &mut Writes, txn: &Txn, path: &mut std::slice::Iter<bool>) -> Result<TxnResult> {
+    let succeeded = path.next().copied().unwrap_or(false);
+    let ops = branch(txn, succeeded);
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         let response = match op {
-            TxnOp::Put { key, value, lease } => {
+            TxnOp::Put {
+                key,
+                value,
+                lease,
+                options,
+            } => {
                 let current: Option<Header> = writes.current(key)?;
-                writes.put(key, value, *lease, current);
-                TxnResponse::Put
+                let prev = if options.prev_kv || options.ignore_value {
+                    writes.current_kv(key)?
+                } else {
+                    None
+                };
+                let value = match (&prev, options.ignore_value) {
+                    (Some(prev), true) => prev.value.as_slice(),
+                    _ => value.as_slice(),
+                };
+                let lease = match (current, options.ignore_lease) {
+                    (Some(h), true) => h.lease,
+                    _ => *lease,
+                };
+                writes.put(key, value, lease, current);
+                TxnResponse::Put {
+                    prev: prev.filter(|_| options.prev_kv),
+                }
             }
-            TxnOp::Delete(range) => {
+            TxnOp::Delete { range, prev_kv } => {
                 let (start, end) = range.bounds();
+                let gone = writes.delete_range(&start, end.as_deref())?;
                 TxnResponse::Delete {
-                    deleted: writes.delete_range(&start, end.as_deref())?,
+                    deleted: gone.len() as u64,
+                    prev: if *prev_kv { gone } else { Vec::new() },
                 }
             }
             TxnOp::Get {
@@ -247,21 +396,49 @@ pub(super) fn apply(
                 } else {
                     *limit as usize
                 };
-                let mut kvs =
+                let (mut kvs, count) =
                     writes.get_range(&start, end.as_deref(), *revision, limit.saturating_add(1))?;
                 let more = kvs.len() > limit;
                 kvs.truncate(limit);
-                TxnResponse::Get { kvs, more }
+                TxnResponse::Get { kvs, more, count }
             }
+            TxnOp::Txn(inner) => TxnResponse::Txn(Box::new(run(writes, inner, path)?)),
         };
         responses.push(response);
     }
-    writes.finish();
-    Ok((
-        TxnResult {
+    Ok(TxnResult {
+        succeeded,
+        responses,
+    })
+}
+
+/// Applies `txn` to `batch`: the branches its compares choose, all writes at one revision.
+/// A refusal (see [`refusal`]) refuses the whole transaction, which then writes nothing.
+pub(super) fn apply(
+    batch: &mut Batch,
+    meta: &mut Meta,
+    txn: &Txn,
+) -> Result<(TxnResult, Option<Refusal>)> {
+    // Refused before proposing; a proposal that skipped the check changes nothing.
+    if txn.check().is_err() {
+        let nothing = TxnResult {
+            succeeded: false,
+            responses: Vec::new(),
+        };
+        return Ok((nothing, None));
+    }
+    let mut path = Vec::new();
+    decide(batch, txn, &mut path)?;
+    let succeeded = path.first().copied().unwrap_or(false);
+    if let Some(refused) = refusal(batch, meta, txn, &mut path.iter())? {
+        let refused_result = TxnResult {
             succeeded,
-            responses,
-        },
-        None,
-    ))
+            responses: Vec::new(),
+        };
+        return Ok((refused_result, Some(refused)));
+    }
+    let mut writes = Writes::new(batch, meta);
+    let result = run(&mut writes, txn, &mut path.iter())?;
+    writes.finish();
+    Ok((result, None))
 }

@@ -21,7 +21,9 @@
 //! Only writes (`0x01`-`0x0b`) may be forwarded by a follower; a committed entry that does not
 //! decode, or whose tag this version does not know, is applied as a no-op on every member.
 
-use crate::engine::txn::{CmpResult, Compare, KeyRange, Target, Txn, TxnOp};
+use crate::engine::txn::{
+    CmpResult, Compare, KeyRange, MAX_DEPTH, PutOptions, Target, Txn, TxnOp,
+};
 use crate::engine::{Cond, Op};
 
 const PUT: u8 = 1;
@@ -260,7 +262,7 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
             cond,
         }),
         LEASE_GRANT | LEASE_REVOKE | LEASE_KEEPALIVE | LEASE_TICK if cond.is_none() => {
-            let mut d = Dec(rest);
+            let mut d = Dec(rest, 0);
             let id = d.u64()?;
             let op = match tag {
                 LEASE_GRANT => Op::LeaseGrant { id, ttl: d.u64()? },
@@ -280,12 +282,8 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
             Err(DecodeError("a condition on a range op"))
         }
         TXN => {
-            let mut d = Dec(rest);
-            let txn = Txn {
-                compare: d.list(Dec::compare)?,
-                success: d.list(Dec::txn_op)?,
-                failure: d.list(Dec::txn_op)?,
-            };
+            let mut d = Dec(rest, 0);
+            let txn = d.txn()?;
             if !d.0.is_empty() {
                 return Err(DecodeError("bytes after a transaction"));
             }
@@ -342,7 +340,8 @@ fn txn_sizes(txn: &Txn) -> (usize, usize) {
     });
     let ops = txn.success.iter().chain(&txn.failure).map(|op| match op {
         TxnOp::Put { key, value, .. } => (key.len(), value.len()),
-        TxnOp::Delete(r) | TxnOp::Get { range: r, .. } => (range(r), 0),
+        TxnOp::Delete { range: r, .. } | TxnOp::Get { range: r, .. } => (range(r), 0),
+        TxnOp::Txn(inner) => txn_sizes(inner),
     });
     compares
         .chain(ops)
@@ -358,8 +357,20 @@ fn txn_sizes(txn: &Txn) -> (usize, usize) {
 /// op:       0x01 put: key bytes | value bytes | lease u64
 ///           0x02 delete: range
 ///           0x03 get: range | limit u64 | revision u64
+///           0x04 put with options: as 0x01 | flags u8 (1 prev_kv, 2 ignore_value,
+///                4 ignore_lease)
+///           0x05 delete answering the deleted versions: range
+///           0x06 nested transaction: compares, success ops, failure ops as at the top
 /// ```
+/// Plain puts and deletes keep tags 1 and 2, so entries that need none of the newer forms
+/// read the same to a build that predates them.
 fn encode_txn(txn: &Txn) -> Vec<u8> {
+    let mut v = vec![TXN];
+    encode_txn_body(&mut v, txn);
+    v
+}
+
+fn encode_txn_body(v: &mut Vec<u8>, txn: &Txn) {
     fn bytes(v: &mut Vec<u8>, b: &[u8]) {
         v.extend_from_slice(&(b.len() as u32).to_be_bytes());
         v.extend_from_slice(b);
@@ -381,15 +392,30 @@ fn encode_txn(txn: &Txn) -> Vec<u8> {
         v.extend_from_slice(&(ops.len() as u32).to_be_bytes());
         for op in ops {
             match op {
-                TxnOp::Put { key, value, lease } => {
-                    v.push(1);
+                TxnOp::Put {
+                    key,
+                    value,
+                    lease,
+                    options,
+                } => {
+                    let flags = u8::from(options.prev_kv)
+                        | (u8::from(options.ignore_value) << 1)
+                        | (u8::from(options.ignore_lease) << 2);
+                    v.push(if flags == 0 { 1 } else { 4 });
                     bytes(v, key);
                     bytes(v, value);
                     v.extend_from_slice(&lease.to_be_bytes());
+                    if flags != 0 {
+                        v.push(flags);
+                    }
                 }
-                TxnOp::Delete(r) => {
-                    v.push(2);
+                TxnOp::Delete { range: r, prev_kv } => {
+                    v.push(if *prev_kv { 5 } else { 2 });
                     range(v, r);
+                }
+                TxnOp::Txn(inner) => {
+                    v.push(6);
+                    encode_txn_body(v, inner);
                 }
                 TxnOp::Get {
                     range: r,
@@ -404,15 +430,14 @@ fn encode_txn(txn: &Txn) -> Vec<u8> {
             }
         }
     }
-    let mut v = vec![TXN];
     v.extend_from_slice(&(txn.compare.len() as u32).to_be_bytes());
     for c in &txn.compare {
-        bytes(&mut v, &c.key);
-        opt(&mut v, c.range_end.as_ref());
+        bytes(v, &c.key);
+        opt(v, c.range_end.as_ref());
         match &c.target {
             Target::Value(b) => {
                 v.push(1);
-                bytes(&mut v, b);
+                bytes(v, b);
             }
             Target::Version(n) | Target::Create(n) | Target::Mod(n) | Target::Lease(n) => {
                 v.push(match c.target {
@@ -431,13 +456,13 @@ fn encode_txn(txn: &Txn) -> Vec<u8> {
             CmpResult::Greater => 4,
         });
     }
-    ops(&mut v, &txn.success);
-    ops(&mut v, &txn.failure);
-    v
+    ops(v, &txn.success);
+    ops(v, &txn.failure);
 }
 
-/// A cursor over an encoded transaction; every read checks the length left.
-struct Dec<'a>(&'a [u8]);
+/// A cursor over an encoded transaction, and the nesting depth it is at; every read checks
+/// the length left.
+struct Dec<'a>(&'a [u8], usize);
 
 impl Dec<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
@@ -526,19 +551,52 @@ impl Dec<'_> {
 
     fn txn_op(&mut self) -> Result<TxnOp, DecodeError> {
         match self.u8()? {
-            1 => Ok(TxnOp::Put {
-                key: self.bytes()?,
-                value: self.bytes()?,
-                lease: self.u64()?,
+            tag @ (1 | 4) => {
+                let (key, value, lease) = (self.bytes()?, self.bytes()?, self.u64()?);
+                let flags = if tag == 4 { self.u8()? } else { 0 };
+                if flags > 7 {
+                    return Err(DecodeError("unknown put flags"));
+                }
+                Ok(TxnOp::Put {
+                    key,
+                    value,
+                    lease,
+                    options: PutOptions {
+                        prev_kv: flags & 1 != 0,
+                        ignore_value: flags & 2 != 0,
+                        ignore_lease: flags & 4 != 0,
+                    },
+                })
+            }
+            tag @ (2 | 5) => Ok(TxnOp::Delete {
+                range: self.range()?,
+                prev_kv: tag == 5,
             }),
-            2 => Ok(TxnOp::Delete(self.range()?)),
             3 => Ok(TxnOp::Get {
                 range: self.range()?,
                 limit: self.u64()?,
                 revision: self.u64()?,
             }),
+            6 => {
+                if self.1 >= MAX_DEPTH {
+                    return Err(DecodeError("transactions nested too deep"));
+                }
+                self.1 += 1;
+                let inner = self.txn()?;
+                self.1 -= 1;
+                Ok(TxnOp::Txn(Box::new(inner)))
+            }
             _ => Err(DecodeError("unknown transaction op")),
         }
+    }
+
+    /// A transaction's compares and branches.
+    fn txn(&mut self) -> Result<Txn, DecodeError> {
+        Ok(Txn {
+            compare: self.list(Dec::compare)?,
+            success: self.list(Dec::txn_op)?,
+            failure: self.list(Dec::txn_op)?,
+        })
     }
 }
 
@@ -635,8 +693,9 @@ mod tests {
                         key: b"a".to_vec(),
                         value: vec![0, 255],
                         lease: 9,
+                        options: Default::default(),
                     },
-                    TxnOp::Delete(KeyRange {
+                    TxnOp::delete(KeyRange {
                         start: b"p".to_vec(),
                         end: Some(b"q".to_vec()),
                     }),

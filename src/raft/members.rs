@@ -344,6 +344,9 @@ pub struct ClusterInfo {
     /// which may be ahead of the replicated ones in `membership`).
     #[serde(default)]
     pub incarnations: BTreeMap<u64, u64>,
+    /// Where the member answering serves clients (empty from builds before it was sent).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_url: String,
 }
 
 impl ClusterInfo {

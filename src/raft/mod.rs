@@ -192,6 +192,8 @@ pub struct NodeHandle {
     pub apply_backlog: Arc<AtomicU64>,
     /// The leader this member knows (0: none), published by the owner when it changes.
     pub leader: Arc<AtomicU64>,
+    /// This member's raft term, published by the owner at every Ready.
+    pub term: Arc<AtomicU64>,
 }
 
 impl NodeHandle {
@@ -207,6 +209,7 @@ impl NodeHandle {
             failed: Arc::new(OnceLock::new()),
             apply_backlog: Arc::new(AtomicU64::new(0)),
             leader: Arc::new(AtomicU64::new(0)),
+            term: Arc::new(AtomicU64::new(0)),
         }
     }
 

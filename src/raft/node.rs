@@ -138,6 +138,8 @@ pub struct Shared {
     pub apply_backlog: Arc<AtomicU64>,
     /// The leader this member knows (0: none), for watchers' progress lines.
     pub leader: Arc<AtomicU64>,
+    /// This member's raft term, for gRPC response headers.
+    pub term: Arc<AtomicU64>,
 }
 
 pub struct Node {
@@ -409,6 +411,7 @@ impl Node {
 
     fn on_ready(&mut self) -> Result<(), NodeError> {
         let mut rd = self.raw.ready();
+        self.shared.term.store(self.raw.raft.term, Relaxed);
         if let Some(ss) = rd.ss() {
             self.on_leader(ss.leader_id);
         }

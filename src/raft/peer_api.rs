@@ -65,6 +65,8 @@ pub struct PeerApi {
     pub metrics: Arc<Metrics>,
     /// A forwarded write is held to the client API's limits.
     pub limits: Limits,
+    /// This member's client URL, for other members' gRPC MemberList.
+    pub client_url: String,
 }
 
 /// The largest key and value a client may write.
@@ -568,6 +570,7 @@ async fn membership(State(api): State<Arc<PeerApi>>) -> Answer {
         member_id: api.id,
         leader: status.leader,
         incarnations,
+        client_url: api.client_url.clone(),
     };
     match serde_json::to_string(&info) {
         Ok(json) => (StatusCode::OK, json),

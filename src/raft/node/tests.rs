@@ -121,6 +121,7 @@ impl Cluster {
             incarnations: Arc::new(RwLock::new(BTreeMap::new())),
             apply_backlog: Arc::default(),
             leader: Arc::default(),
+            term: Arc::default(),
         };
         let outbox = Box::new(Mailbox(sent.clone()));
         let node = Node::new(

@@ -1,0 +1,222 @@
+//! The Cluster service, mapped onto metcd's membership (the same rules and refusals as
+//! `/_members`):
+//! - MemberList: every member with its peer URL, client URL (each member tells it over the
+//!   peer port; one not heard from has none, and no name, so etcdctl shows it "unstarted") and
+//!   learner flag.
+//! - MemberAdd: metcd member ids are small numbers the operator starts the member with
+//!   (`--id`), so the new member gets the next unused one (above every current and removed
+//!   id) and the answer names it; start it with that `--id` and `--join`. One peer URL.
+//! - MemberRemove, MemberPromote: as `/_members/<id>`.
+//! - MemberUpdate: metcd does not move a member to a new peer URL; the current URL is
+//!   accepted, any other refused.
+
+use serde::Deserialize;
+use tonic::{Request, Response, Status};
+
+use super::{Grpc, rpc, status};
+use crate::config::parse_url;
+use crate::raft::members::{AdminError, MemberChange, MemberStatus};
+use crate::raft::peer_client;
+
+#[derive(Deserialize)]
+struct Members {
+    members: Vec<MemberStatus>,
+}
+
+impl Grpc {
+    /// Members as etcd lists them, with client URLs asked of each peer at once.
+    async fn members(&self, list: Vec<MemberStatus>) -> Vec<rpc::Member> {
+        let me = self.state.settings.id;
+        let own = self.state.settings.client_url();
+        let asks = list.iter().map(|m| {
+            let authority = self
+                .state
+                .settings
+                .peer_dial
+                .get(&m.id)
+                .cloned()
+                .unwrap_or_else(|| m.peer_url.trim_start_matches("http://").to_string());
+            let own = own.clone();
+            let id = m.id;
+            async move {
+                if id == me {
+                    return own;
+                }
+                match peer_client::ask(&authority).await {
+                    Ok(info) if info.member_id == id => info.client_url,
+                    _ => String::new(),
+                }
+            }
+        });
+        let client_urls = futures_util::future::join_all(asks).await;
+        list.into_iter()
+            .zip(client_urls)
+            .map(|(m, client_url)| rpc::Member {
+                id: m.id,
+                name: if client_url.is_empty() {
+                    String::new()
+                } else {
+                    format!("metcd-{}", m.id)
+                },
+                peer_ur_ls: vec![m.peer_url],
+                client_ur_ls: if client_url.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![client_url]
+                },
+                is_learner: m.role == "learner",
+            })
+            .collect()
+    }
+
+    /// Makes a membership change (on the leader), answering the members after it.
+    async fn change(
+        &self,
+        change: MemberChange,
+        refused: fn(&str) -> Option<Status>,
+    ) -> Result<Vec<MemberStatus>, Status> {
+        self.state.node.check_running()?;
+        let json = match peer_client::execute(&self.state.admin, change, 0).await {
+            Ok(json) => json,
+            Err(AdminError::Conflict(msg) | AdminError::Relayed(409, msg)) => {
+                return Err(refused(&msg)
+                    .unwrap_or_else(|| Status::failed_precondition(format!("etcdserver: {msg}"))));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let parsed: Members = serde_json::from_str(&json)
+            .map_err(|e| Status::internal(format!("etcdserver: bad member list: {e}")))?;
+        Ok(parsed.members)
+    }
+}
+
+fn not_enough_started(msg: &str) -> Option<Status> {
+    msg.contains("quorum").then(|| {
+        Status::failed_precondition(
+            "etcdserver: re-configuration failed due to not enough started members",
+        )
+    })
+}
+
+fn promote_refused(msg: &str) -> Option<Status> {
+    Some(if msg.contains("already a voter") {
+        status::member_not_learner()
+    } else {
+        status::learner_not_ready()
+    })
+}
+
+fn add_refused(msg: &str) -> Option<Status> {
+    msg.contains("peer URL").then(status::peer_url_exists)
+}
+
+#[tonic::async_trait]
+impl rpc::cluster_server::Cluster for Grpc {
+    async fn member_list(
+        &self,
+        _request: Request<rpc::MemberListRequest>,
+    ) -> Result<Response<rpc::MemberListResponse>, Status> {
+        self.state.node.check_running()?;
+        let s = self.state.node.status().await?;
+        let members = self.members(s.members).await;
+        Ok(Response::new(rpc::MemberListResponse {
+            header: self.current_header(),
+            members,
+        }))
+    }
+
+    async fn member_add(
+        &self,
+        request: Request<rpc::MemberAddRequest>,
+    ) -> Result<Response<rpc::MemberAddResponse>, Status> {
+        let r = request.into_inner();
+        let [url] = r.peer_ur_ls.as_slice() else {
+            return Err(status::member_bad_urls());
+        };
+        let (url, _) = parse_url(url).map_err(|_| status::member_bad_urls())?;
+        let id = {
+            let m = self.state.admin.membership.read();
+            if m.members.values().any(|info| info.url == url) {
+                return Err(status::peer_url_exists());
+            }
+            let highest = m.members.keys().chain(&m.removed).max().copied();
+            highest.unwrap_or(0) + 1
+        };
+        let change = MemberChange::Add {
+            id,
+            url: url.clone(),
+            learner: r.is_learner,
+        };
+        let list = self.change(change, add_refused).await?;
+        let members = self.members(list).await;
+        Ok(Response::new(rpc::MemberAddResponse {
+            header: self.current_header(),
+            member: Some(rpc::Member {
+                id,
+                name: String::new(),
+                peer_ur_ls: vec![url],
+                client_ur_ls: Vec::new(),
+                is_learner: r.is_learner,
+            }),
+            members,
+        }))
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<rpc::MemberRemoveRequest>,
+    ) -> Result<Response<rpc::MemberRemoveResponse>, Status> {
+        let id = request.into_inner().id;
+        let list = self
+            .change(MemberChange::Remove { id }, not_enough_started)
+            .await?;
+        let members = self.members(list).await;
+        Ok(Response::new(rpc::MemberRemoveResponse {
+            header: self.current_header(),
+            members,
+        }))
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<rpc::MemberUpdateRequest>,
+    ) -> Result<Response<rpc::MemberUpdateResponse>, Status> {
+        let r = request.into_inner();
+        let current = self.state.admin.membership.read().url_of(r.id).map(str::to_string);
+        let Some(current) = current else {
+            return Err(status::member_not_found());
+        };
+        let same = match r.peer_ur_ls.as_slice() {
+            [url] => parse_url(url).is_ok_and(|(url, _)| url == current),
+            _ => false,
+        };
+        if !same {
+            return Err(Status::failed_precondition(format!(
+                "etcdserver: metcd does not change a member's peer URL (member {} is at {current}); \
+                 remove the member and add a new one at the new URL",
+                r.id
+            )));
+        }
+        let s = self.state.node.status().await?;
+        let members = self.members(s.members).await;
+        Ok(Response::new(rpc::MemberUpdateResponse {
+            header: self.current_header(),
+            members,
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<rpc::MemberPromoteRequest>,
+    ) -> Result<Response<rpc::MemberPromoteResponse>, Status> {
+        let id = request.into_inner().id;
+        let list = self
+            .change(MemberChange::Promote { id }, promote_refused)
+            .await?;
+        let members = self.members(list).await;
+        Ok(Response::new(rpc::MemberPromoteResponse {
+            header: self.current_header(),
+            members,
+        }))
+    }
+}

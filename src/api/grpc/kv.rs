@@ -1,0 +1,554 @@
+//! The KV service: Range, Put, DeleteRange, Txn and Compact, with etcd's semantics.
+//!
+//! - Range is linearizable (a ReadIndex round) unless `serializable`. Like etcd's, it counts
+//!   every key in the range (`count`) before filters and limit; with a sort or a revision
+//!   filter it reads the whole range, filters, sorts (stable: ties stay in key order), then
+//!   cuts to `limit` and sets `more`.
+//! - Put, DeleteRange and Txn are proposed through the log and answered once applied here.
+//!   A plain put or delete goes in as the HTTP API's; one asking for `prev_kv`,
+//!   `ignore_value` or `ignore_lease` goes in as a one-operation transaction, so the
+//!   previous version is read when the write is applied, in log order.
+//! - Txn: compares on every target, the four results, ranges (`range_end`) in compares, and
+//!   nested transactions; a range inside a transaction takes the same options as Range. All
+//!   of a transaction, reads included, goes through the log.
+//! - Compact: through the log; with `physical`, answered once this member has removed the
+//!   compacted history.
+
+use std::cmp::Ordering;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::pb::mvccpb;
+use super::rpc::{self, compare, range_request, request_op, response_op};
+use super::{Grpc, from_i64, status, to_i64};
+use crate::engine::txn::{
+    CmpResult, Compare, KeyRange, PutOptions, Target, Txn, TxnError, TxnOp, TxnResponse,
+    TxnResult,
+};
+use crate::engine::{KeyValue, Op, OpResult};
+
+pub(super) fn kv(kv: KeyValue) -> mvccpb::KeyValue {
+    mvccpb::KeyValue {
+        key: kv.key,
+        create_revision: to_i64(kv.create_revision),
+        mod_revision: to_i64(kv.mod_revision),
+        version: to_i64(kv.version),
+        value: kv.value,
+        lease: to_i64(kv.lease),
+    }
+}
+
+/// etcd's key and range_end: an empty end is the single key, `"\0"` every key from `key` on.
+pub(super) fn key_range(key: &[u8], range_end: &[u8]) -> KeyRange {
+    let end = match range_end {
+        [] => None,
+        [0] => Some(Vec::new()),
+        end => Some(end.to_vec()),
+    };
+    KeyRange {
+        start: key.to_vec(),
+        end,
+    }
+}
+
+/// What a Range asks for beyond the keys: applied to what the store returns.
+#[derive(Clone, Copy)]
+struct Shape {
+    limit: u64,
+    order: range_request::SortOrder,
+    target: range_request::SortTarget,
+    keys_only: bool,
+    count_only: bool,
+    min_mod: u64,
+    max_mod: u64,
+    min_create: u64,
+    max_create: u64,
+}
+
+impl Shape {
+    fn of(r: &rpc::RangeRequest) -> Result<Shape, Status> {
+        let order =
+            range_request::SortOrder::try_from(r.sort_order).map_err(|_| status::invalid_sort())?;
+        let target = range_request::SortTarget::try_from(r.sort_target)
+            .map_err(|_| status::invalid_sort())?;
+        Ok(Shape {
+            limit: from_i64(r.limit),
+            order,
+            target,
+            keys_only: r.keys_only,
+            count_only: r.count_only,
+            min_mod: from_i64(r.min_mod_revision),
+            max_mod: from_i64(r.max_mod_revision),
+            min_create: from_i64(r.min_create_revision),
+            max_create: from_i64(r.max_create_revision),
+        })
+    }
+
+    fn filtered(&self) -> bool {
+        self.min_mod + self.max_mod + self.min_create + self.max_create > 0
+    }
+
+    /// Sorting is asked for (etcd sorts ascending by default when the target is not the key).
+    fn order(&self) -> range_request::SortOrder {
+        use range_request::{SortOrder, SortTarget};
+        match (self.order, self.target) {
+            (SortOrder::None, SortTarget::Key) => SortOrder::None,
+            (SortOrder::None, _) => SortOrder::Ascend,
+            (order, _) => order,
+        }
+    }
+
+    /// How many keys to read from the store: all of them when filtering or sorting, else one
+    /// past the limit (to know `more`); 0 is no limit.
+    fn read_limit(&self) -> u64 {
+        if self.filtered() || self.order() != range_request::SortOrder::None || self.limit == 0
+        {
+            0
+        } else {
+            self.limit.saturating_add(1)
+        }
+    }
+
+    /// Filters, sorts and cuts `kvs` (read with [`Shape::read_limit`]); `count` is the
+    /// store's count of the whole range.
+    fn answer(&self, mut kvs: Vec<KeyValue>, count: u64) -> (Vec<mvccpb::KeyValue>, bool, i64) {
+        use range_request::{SortOrder, SortTarget};
+        let keep = |kv: &KeyValue| {
+            (self.min_mod == 0 || kv.mod_revision >= self.min_mod)
+                && (self.max_mod == 0 || kv.mod_revision <= self.max_mod)
+                && (self.min_create == 0 || kv.create_revision >= self.min_create)
+                && (self.max_create == 0 || kv.create_revision <= self.max_create)
+        };
+        if self.filtered() {
+            kvs.retain(keep);
+        }
+        let by = |a: &KeyValue, b: &KeyValue| -> Ordering {
+            match self.target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            }
+        };
+        match self.order() {
+            SortOrder::None => {}
+            SortOrder::Ascend => kvs.sort_by(by),
+            SortOrder::Descend => kvs.sort_by(|a, b| by(b, a)),
+        }
+        let mut more = false;
+        if self.limit > 0 && kvs.len() as u64 > self.limit {
+            kvs.truncate(self.limit as usize);
+            more = true;
+        }
+        if self.count_only {
+            return (Vec::new(), false, to_i64(count));
+        }
+        let kvs = kvs
+            .into_iter()
+            .map(|mut item| {
+                if self.keys_only {
+                    item.value = Vec::new();
+                }
+                kv(item)
+            })
+            .collect();
+        (kvs, more, to_i64(count))
+    }
+}
+
+fn txn_error(e: TxnError) -> Status {
+    match e {
+        TxnError::DuplicateKey => status::duplicate_key(),
+        TxnError::TooManyOps(_) => status::too_many_ops(),
+        TxnError::ValueProvided => status::value_provided(),
+        TxnError::LeaseProvided => status::lease_provided(),
+        TxnError::TooDeep => Status::invalid_argument(format!("etcdserver: {e}")),
+    }
+}
+
+fn compare(c: &rpc::Compare) -> Result<Compare, Status> {
+    use compare::{CompareResult, CompareTarget, TargetUnion};
+    let target = CompareTarget::try_from(c.target)
+        .map_err(|_| Status::invalid_argument("etcdserver: unknown compare target"))?;
+    let result = CompareResult::try_from(c.result)
+        .map_err(|_| Status::invalid_argument("etcdserver: unknown compare result"))?;
+    // A missing or mismatched operand compares as zero (or an empty value), as in etcd.
+    let number = |pick: fn(&TargetUnion) -> Option<i64>| {
+        from_i64(c.target_union.as_ref().and_then(pick).unwrap_or(0))
+    };
+    let target = match target {
+        CompareTarget::Version => Target::Version(number(|u| match u {
+            TargetUnion::Version(n) => Some(*n),
+            _ => None,
+        })),
+        CompareTarget::Create => Target::Create(number(|u| match u {
+            TargetUnion::CreateRevision(n) => Some(*n),
+            _ => None,
+        })),
+        CompareTarget::Mod => Target::Mod(number(|u| match u {
+            TargetUnion::ModRevision(n) => Some(*n),
+            _ => None,
+        })),
+        CompareTarget::Lease => Target::Lease(number(|u| match u {
+            TargetUnion::Lease(n) => Some(*n),
+            _ => None,
+        })),
+        CompareTarget::Value => Target::Value(match &c.target_union {
+            Some(TargetUnion::Value(v)) => v.clone(),
+            _ => Vec::new(),
+        }),
+    };
+    let result = match result {
+        CompareResult::Equal => CmpResult::Equal,
+        CompareResult::NotEqual => CmpResult::NotEqual,
+        CompareResult::Less => CmpResult::Less,
+        CompareResult::Greater => CmpResult::Greater,
+    };
+    let range = key_range(&c.key, &c.range_end);
+    Ok(Compare {
+        key: range.start,
+        range_end: range.end,
+        target,
+        result,
+    })
+}
+
+/// How each operation's answer is shaped, in the transaction's own nesting.
+enum OpShape {
+    Range(Shape),
+    Write,
+    Txn(TxnShape),
+}
+
+struct TxnShape {
+    success: Vec<OpShape>,
+    failure: Vec<OpShape>,
+}
+
+fn put_op(p: &rpc::PutRequest) -> Result<TxnOp, Status> {
+    if p.key.is_empty() {
+        return Err(status::empty_key());
+    }
+    Ok(TxnOp::Put {
+        key: p.key.clone(),
+        value: p.value.clone(),
+        lease: from_i64(p.lease),
+        options: PutOptions {
+            prev_kv: p.prev_kv,
+            ignore_value: p.ignore_value,
+            ignore_lease: p.ignore_lease,
+        },
+    })
+}
+
+fn ops(list: &[rpc::RequestOp]) -> Result<(Vec<TxnOp>, Vec<OpShape>), Status> {
+    let mut ops = Vec::with_capacity(list.len());
+    let mut shapes = Vec::with_capacity(list.len());
+    for op in list {
+        let (op, shape) = match &op.request {
+            Some(request_op::Request::RequestRange(r)) => {
+                if r.key.is_empty() {
+                    return Err(status::empty_key());
+                }
+                let shape = Shape::of(r)?;
+                let op = TxnOp::Get {
+                    range: key_range(&r.key, &r.range_end),
+                    limit: shape.read_limit(),
+                    revision: from_i64(r.revision),
+                };
+                (op, OpShape::Range(shape))
+            }
+            Some(request_op::Request::RequestPut(p)) => (put_op(p)?, OpShape::Write),
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                if d.key.is_empty() {
+                    return Err(status::empty_key());
+                }
+                let op = TxnOp::Delete {
+                    range: key_range(&d.key, &d.range_end),
+                    prev_kv: d.prev_kv,
+                };
+                (op, OpShape::Write)
+            }
+            Some(request_op::Request::RequestTxn(t)) => {
+                let (txn, shape) = txn(t)?;
+                (TxnOp::Txn(Box::new(txn)), OpShape::Txn(shape))
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "etcdserver: a transaction operation without a request",
+                ));
+            }
+        };
+        ops.push(op);
+        shapes.push(shape);
+    }
+    Ok((ops, shapes))
+}
+
+fn txn(t: &rpc::TxnRequest) -> Result<(Txn, TxnShape), Status> {
+    let (success, success_shapes) = ops(&t.success)?;
+    let (failure, failure_shapes) = ops(&t.failure)?;
+    let txn = Txn {
+        compare: t.compare.iter().map(compare).collect::<Result<_, _>>()?,
+        success,
+        failure,
+    };
+    let shape = TxnShape {
+        success: success_shapes,
+        failure: failure_shapes,
+    };
+    Ok((txn, shape))
+}
+
+impl Grpc {
+    fn check_key_sizes(&self, txn: &Txn) -> Result<(), Status> {
+        crate::api::txn::check_sizes(txn, self.state.settings.max_key_bytes)
+            .map_err(|_| status::request_too_large())
+    }
+
+    /// Proposes `op` and answers its refusal, if it was refused.
+    async fn write(&self, op: Op) -> Result<OpResult, Status> {
+        self.state.node.check_running()?;
+        let result = self.state.node.propose(op).await?;
+        match result.refused {
+            Some(r) => Err(r.into()),
+            None => Ok(result),
+        }
+    }
+
+    /// Proposes a transaction and answers its outcome with the revision after it.
+    async fn run_txn(&self, txn: Txn) -> Result<(TxnResult, u64), Status> {
+        txn.check().map_err(txn_error)?;
+        self.check_key_sizes(&txn)?;
+        let result = self.write(Op::Txn(Box::new(txn))).await?;
+        let outcome = result
+            .txn
+            .ok_or_else(|| Status::internal("etcdserver: the transaction was not applied as one"))?;
+        Ok((*outcome, result.revision))
+    }
+
+    fn txn_response(
+        &self,
+        result: TxnResult,
+        shape: &TxnShape,
+        revision: u64,
+    ) -> rpc::TxnResponse {
+        let shapes = if result.succeeded {
+            &shape.success
+        } else {
+            &shape.failure
+        };
+        // Answers inside a transaction carry only the revision in their header, as etcd's.
+        let inner = || {
+            Some(rpc::ResponseHeader {
+                revision: to_i64(revision),
+                ..Default::default()
+            })
+        };
+        let responses = result
+            .responses
+            .into_iter()
+            .zip(shapes)
+            .map(|(r, s)| {
+                let response = match (r, s) {
+                    (TxnResponse::Put { prev }, _) => {
+                        response_op::Response::ResponsePut(rpc::PutResponse {
+                            header: inner(),
+                            prev_kv: prev.map(kv),
+                        })
+                    }
+                    (TxnResponse::Delete { deleted, prev }, _) => {
+                        response_op::Response::ResponseDeleteRange(rpc::DeleteRangeResponse {
+                            header: inner(),
+                            deleted: to_i64(deleted),
+                            prev_kvs: prev.into_iter().map(kv).collect(),
+                        })
+                    }
+                    (TxnResponse::Get { kvs, count, .. }, OpShape::Range(shape)) => {
+                        let (kvs, more, count) = shape.answer(kvs, count);
+                        response_op::Response::ResponseRange(rpc::RangeResponse {
+                            header: inner(),
+                            kvs,
+                            more,
+                            count,
+                        })
+                    }
+                    (TxnResponse::Txn(nested), OpShape::Txn(shape)) => {
+                        let mut t = self.txn_response(*nested, shape, revision);
+                        t.header = inner();
+                        response_op::Response::ResponseTxn(t)
+                    }
+                    // Shapes are built from the same request as the operations.
+                    (TxnResponse::Get { .. } | TxnResponse::Txn(_), _) => {
+                        response_op::Response::ResponseRange(rpc::RangeResponse::default())
+                    }
+                };
+                rpc::ResponseOp {
+                    response: Some(response),
+                }
+            })
+            .collect();
+        rpc::TxnResponse {
+            header: self.header(revision),
+            succeeded: result.succeeded,
+            responses,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl rpc::kv_server::Kv for Grpc {
+    async fn range(
+        &self,
+        request: Request<rpc::RangeRequest>,
+    ) -> Result<Response<rpc::RangeResponse>, Status> {
+        let r = request.into_inner();
+        if r.key.is_empty() {
+            return Err(status::empty_key());
+        }
+        let shape = Shape::of(&r)?;
+        let node = &self.state.node;
+        node.check_running()?;
+        if !r.serializable {
+            node.read_index().await?;
+        }
+        let (start, end) = key_range(&r.key, &r.range_end).bounds();
+        let limit = match shape.read_limit() {
+            0 => usize::MAX,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let at = (r.revision > 0).then(|| from_i64(r.revision));
+        let (store, count_only) = (self.state.engine.clone(), shape.count_only);
+        let read = tokio::task::spawn_blocking(move || {
+            // Counting needs no values past the first key.
+            let limit = if count_only { 0 } else { limit };
+            store.range_counted(&start, end.as_deref(), limit, at)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        let (kvs, count) = read.value;
+        let (kvs, more, count) = shape.answer(kvs, count);
+        Ok(Response::new(rpc::RangeResponse {
+            header: self.header(read.revision),
+            kvs,
+            more,
+            count,
+        }))
+    }
+
+    async fn put(
+        &self,
+        request: Request<rpc::PutRequest>,
+    ) -> Result<Response<rpc::PutResponse>, Status> {
+        let p = request.into_inner();
+        let op = put_op(&p)?;
+        if p.key.len() > self.state.settings.max_key_bytes {
+            return Err(status::request_too_large());
+        }
+        if !p.prev_kv && !p.ignore_value && !p.ignore_lease {
+            let TxnOp::Put {
+                key, value, lease, ..
+            } = op
+            else {
+                return Err(Status::internal("etcdserver: put_op made no put"));
+            };
+            let done = self
+                .write(Op::Put {
+                    key,
+                    value,
+                    lease,
+                    cond: None,
+                })
+                .await?;
+            return Ok(Response::new(rpc::PutResponse {
+                header: self.header(done.revision),
+                prev_kv: None,
+            }));
+        }
+        let (result, revision) = self
+            .run_txn(Txn {
+                success: vec![op],
+                ..Txn::default()
+            })
+            .await?;
+        let prev_kv = match result.responses.into_iter().next() {
+            Some(TxnResponse::Put { prev }) => prev.map(kv),
+            _ => None,
+        };
+        Ok(Response::new(rpc::PutResponse {
+            header: self.header(revision),
+            prev_kv,
+        }))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<rpc::DeleteRangeRequest>,
+    ) -> Result<Response<rpc::DeleteRangeResponse>, Status> {
+        let d = request.into_inner();
+        if d.key.is_empty() {
+            return Err(status::empty_key());
+        }
+        let range = key_range(&d.key, &d.range_end);
+        if !d.prev_kv {
+            let (start, end) = range.bounds();
+            let done = self.write(Op::DeleteRange { start, end }).await?;
+            return Ok(Response::new(rpc::DeleteRangeResponse {
+                header: self.header(done.revision),
+                deleted: to_i64(done.deleted),
+                prev_kvs: Vec::new(),
+            }));
+        }
+        let (result, revision) = self
+            .run_txn(Txn {
+                success: vec![TxnOp::Delete {
+                    range,
+                    prev_kv: true,
+                }],
+                ..Txn::default()
+            })
+            .await?;
+        let (deleted, prev) = match result.responses.into_iter().next() {
+            Some(TxnResponse::Delete { deleted, prev }) => (deleted, prev),
+            _ => (0, Vec::new()),
+        };
+        Ok(Response::new(rpc::DeleteRangeResponse {
+            header: self.header(revision),
+            deleted: to_i64(deleted),
+            prev_kvs: prev.into_iter().map(kv).collect(),
+        }))
+    }
+
+    async fn txn(
+        &self,
+        request: Request<rpc::TxnRequest>,
+    ) -> Result<Response<rpc::TxnResponse>, Status> {
+        let (txn, shape) = txn(request.get_ref())?;
+        let (result, revision) = self.run_txn(txn).await?;
+        Ok(Response::new(self.txn_response(result, &shape, revision)))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<rpc::CompactionRequest>,
+    ) -> Result<Response<rpc::CompactionResponse>, Status> {
+        let c = request.into_inner();
+        let revision = from_i64(c.revision);
+        let done = self.write(Op::Compact { revision }).await?;
+        if c.physical {
+            // The compacted history is removed in the background, step by step.
+            let deadline = tokio::time::Instant::now() + self.state.settings.request_timeout;
+            while self.state.engine.compaction_pending() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(status::timeout());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(Response::new(rpc::CompactionResponse {
+            header: self.header(done.revision),
+        }))
+    }
+}

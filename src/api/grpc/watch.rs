@@ -1,0 +1,391 @@
+//! The Watch service: one bidirectional stream carries any number of watchers.
+//!
+//! One task per stream owns its watchers and the stream's one subscription to the fan-out of
+//! applied changes ([`crate::engine::watch`]); a watcher costs a few hundred bytes, not a task
+//! or a connection. Each watcher keeps `next`, the first revision it has not been sent:
+//! - a batch of changes is delivered to every watcher whose `next` it reaches, each event
+//!   once (revisions below `next` are skipped), and moves every such watcher past it;
+//! - a watcher behind the store (it started in the past, the stream lagged, batches were
+//!   missed or a snapshot was restored) reads history from `next` until it has caught up;
+//! - history it needs that was compacted cancels it with `compact_revision` (etcd's answer);
+//!   so does a start revision below the compacted one, right after `created`.
+//!
+//! Progress: a `progress_request` is answered with watch id -1 and a revision R once every
+//! watcher on the stream is synced (every event up to R was sent); watchers created with
+//! `progress_notify` get their own progress response every
+//! `--watch-progress-notify-ms` when they had no events in between. Filters (NOPUT,
+//! NODELETE), `prev_kv` and `fragment` (a response larger than `--max-request-bytes` is
+//! split, each part but the last marked `fragment`) are as etcd's. Watch ids are assigned
+//! from 0 per stream unless the client picks one; a taken id is refused with `canceled`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use prost::Message;
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::pb::mvccpb;
+use super::rpc::{self, watch_create_request::FilterType, watch_request};
+use super::{Grpc, Outbound, from_i64, kv::key_range, outbound, to_i64};
+use crate::engine::watch::{Event, EventKind, Published, WatchRange};
+use crate::engine::{EngineError, KvStore, RevisionError};
+
+/// Events read from history per step while a watcher catches up.
+const CATCH_UP: usize = 1_000;
+/// Responses queued for a client before the stream's task waits for it.
+const QUEUE: usize = 64;
+
+struct Watcher {
+    range: WatchRange,
+    /// The first revision not yet sent: every event before it has been.
+    next: u64,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    fragment: bool,
+    /// Events were sent since the last progress notification.
+    active: bool,
+}
+
+impl Watcher {
+    fn wants(&self, e: &Event) -> bool {
+        e.revision() >= self.next
+            && self.range.contains(&e.kv.key)
+            && match e.kind {
+                EventKind::Put => !self.no_put,
+                EventKind::Delete => !self.no_delete,
+            }
+    }
+}
+
+/// Why a stream's task ends.
+struct Gone;
+
+struct WatchStream {
+    grpc: Grpc,
+    store: Arc<KvStore>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+    /// A progress request waits for every watcher to be synced.
+    progress_wanted: bool,
+    tx: mpsc::Sender<Result<rpc::WatchResponse, Status>>,
+}
+
+impl WatchStream {
+    fn synced(&self, w: &Watcher) -> bool {
+        w.next > self.store.revision()
+    }
+
+    async fn send(&self, resp: rpc::WatchResponse) -> Result<(), Gone> {
+        self.tx.send(Ok(resp)).await.map_err(|_| Gone)
+    }
+
+    fn response(&self, id: i64, revision: u64) -> rpc::WatchResponse {
+        rpc::WatchResponse {
+            header: self.grpc.header(revision),
+            watch_id: id,
+            ..Default::default()
+        }
+    }
+
+    async fn create(&mut self, c: rpc::WatchCreateRequest) -> Result<(), Gone> {
+        let id = if c.watch_id != 0 {
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        let revision = self.store.revision();
+        if self.watchers.contains_key(&id) || id < 0 {
+            let mut refused = self.response(id, revision);
+            refused.created = true;
+            refused.canceled = true;
+            refused.cancel_reason = "mvcc: duplicate watch ID provided on the WatchStream".into();
+            return self.send(refused).await;
+        }
+        if c.watch_id == 0 {
+            self.next_id += 1;
+        }
+        let range = key_range(&c.key, &c.range_end);
+        let next = match from_i64(c.start_revision) {
+            0 => revision + 1,
+            start => start,
+        };
+        let filters: Vec<FilterType> = c
+            .filters
+            .iter()
+            .filter_map(|f| FilterType::try_from(*f).ok())
+            .collect();
+        let watcher = Watcher {
+            range: WatchRange {
+                start: range.start,
+                end: range.end,
+            },
+            next,
+            prev_kv: c.prev_kv,
+            no_put: filters.contains(&FilterType::Noput),
+            no_delete: filters.contains(&FilterType::Nodelete),
+            progress_notify: c.progress_notify,
+            fragment: c.fragment,
+            active: false,
+        };
+        let mut created = self.response(id, revision);
+        created.created = true;
+        self.send(created).await?;
+        self.watchers.insert(id, watcher);
+        Ok(())
+    }
+
+    async fn cancel(&mut self, id: i64) -> Result<(), Gone> {
+        if self.watchers.remove(&id).is_some() {
+            let mut canceled = self.response(id, self.store.revision());
+            canceled.canceled = true;
+            self.send(canceled).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `events` to watcher `id` at header revision `revision`, in parts no larger than
+    /// the request limit if it asked for fragments.
+    async fn send_events(&mut self, id: i64, events: &[&Event], revision: u64) -> Result<(), Gone> {
+        let Some(w) = self.watchers.get(&id) else {
+            return Ok(());
+        };
+        let (prev_kv, fragment) = (w.prev_kv, w.fragment);
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            out.push(self.event(e, prev_kv).await);
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        if let Some(w) = self.watchers.get_mut(&id) {
+            w.active = true;
+        }
+        let limit = self.grpc.state.settings.max_request_bytes;
+        if !fragment {
+            let mut resp = self.response(id, revision);
+            resp.events = out;
+            return self.send(resp).await;
+        }
+        let mut part = Vec::new();
+        let mut size = 0;
+        let total = out.len();
+        for (i, e) in out.into_iter().enumerate() {
+            size += e.encoded_len();
+            part.push(e);
+            let last = i + 1 == total;
+            if size >= limit || last {
+                let mut resp = self.response(id, revision);
+                resp.events = std::mem::take(&mut part);
+                resp.fragment = !last;
+                self.send(resp).await?;
+                size = 0;
+            }
+        }
+        Ok(())
+    }
+
+    async fn event(&self, e: &Event, prev_kv: bool) -> mvccpb::Event {
+        let prev = if prev_kv {
+            let (store, key, rev) = (self.store.clone(), e.kv.key.clone(), e.revision());
+            match tokio::task::spawn_blocking(move || store.prev_kv(&key, rev)).await {
+                Ok(Ok(prev)) => prev.map(super::kv::kv),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let kv = match e.kind {
+            EventKind::Put => super::kv::kv(e.kv.clone()),
+            // A delete's kv is the key and the deletion's revision, as etcd's.
+            EventKind::Delete => mvccpb::KeyValue {
+                key: e.kv.key.clone(),
+                mod_revision: to_i64(e.revision()),
+                ..Default::default()
+            },
+        };
+        mvccpb::Event {
+            r#type: match e.kind {
+                EventKind::Put => mvccpb::event::EventType::Put,
+                EventKind::Delete => mvccpb::event::EventType::Delete,
+            } as i32,
+            kv: Some(kv),
+            prev_kv: prev,
+        }
+    }
+
+    /// Delivers one applied batch to every watcher it reaches.
+    async fn deliver(&mut self, from: u64, revision: u64, events: &[Event]) -> Result<(), Gone> {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            let Some(w) = self.watchers.get(&id) else {
+                continue;
+            };
+            // A watcher this batch does not reach (it is behind) catches up from history.
+            if from > w.next {
+                continue;
+            }
+            let wanted: Vec<&Event> = events.iter().filter(|e| w.wants(e)).collect();
+            self.send_events(id, &wanted, revision).await?;
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.next = w.next.max(revision + 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads history for every watcher behind the store until each has caught up.
+    async fn catch_up(&mut self) -> Result<(), Gone> {
+        let behind: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| !self.synced(w))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in behind {
+            while let Some(w) = self.watchers.get(&id).filter(|w| !self.synced(w)) {
+                let (store, range, from) = (self.store.clone(), w.range.clone(), w.next);
+                let read =
+                    tokio::task::spawn_blocking(move || store.events(from, &range, CATCH_UP))
+                        .await
+                        .map_err(|_| Gone)?;
+                match read {
+                    Ok(read) => {
+                        let (events, through) = read.value;
+                        let wanted: Vec<&Event> = events.iter().filter(|e| w.wants(e)).collect();
+                        self.send_events(id, &wanted, read.revision).await?;
+                        if let Some(w) = self.watchers.get_mut(&id) {
+                            w.next = w.next.max(through + 1);
+                        }
+                    }
+                    Err(EngineError::Revision(RevisionError::Compacted {
+                        compact_revision,
+                        ..
+                    })) => {
+                        self.watchers.remove(&id);
+                        let mut canceled = self.response(id, self.store.revision());
+                        canceled.canceled = true;
+                        canceled.compact_revision = to_i64(compact_revision);
+                        canceled.cancel_reason =
+                            "etcdserver: mvcc: required revision has been compacted".into();
+                        self.send(canceled).await?;
+                    }
+                    Err(e) => {
+                        self.watchers.remove(&id);
+                        let mut canceled = self.response(id, self.store.revision());
+                        canceled.canceled = true;
+                        canceled.cancel_reason = format!("etcdserver: {e}");
+                        self.send(canceled).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a waiting progress request once every watcher is synced: every event up to
+    /// the revision answered has been sent on this stream.
+    async fn answer_progress(&mut self) -> Result<(), Gone> {
+        if !self.progress_wanted || self.watchers.values().any(|w| !self.synced(w)) {
+            return Ok(());
+        }
+        self.progress_wanted = false;
+        let revision = self
+            .watchers
+            .values()
+            .map(|w| w.next - 1)
+            .min()
+            .unwrap_or_else(|| self.store.revision());
+        self.send(self.response(-1, revision)).await
+    }
+
+    /// Progress notifications for quiet, synced watchers that asked for them.
+    async fn notify_progress(&mut self) -> Result<(), Gone> {
+        let due: Vec<(i64, u64)> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.progress_notify && !w.active && self.synced(w))
+            .map(|(id, w)| (*id, w.next - 1))
+            .collect();
+        for w in self.watchers.values_mut() {
+            w.active = false;
+        }
+        for (id, revision) in due {
+            self.send(self.response(id, revision)).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(
+        mut self,
+        mut inbound: Streaming<rpc::WatchRequest>,
+        mut rx: broadcast::Receiver<Published>,
+    ) -> Result<(), Gone> {
+        let every = self.grpc.state.settings.watch_progress_notify;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut closing = self.grpc.state.closing.clone();
+        loop {
+            self.catch_up().await?;
+            self.answer_progress().await?;
+            tokio::select! {
+                req = inbound.next() => match req {
+                    Some(Ok(req)) => match req.request_union {
+                        Some(watch_request::RequestUnion::CreateRequest(c)) => self.create(c).await?,
+                        Some(watch_request::RequestUnion::CancelRequest(c)) => {
+                            self.cancel(c.watch_id).await?;
+                        }
+                        Some(watch_request::RequestUnion::ProgressRequest(_)) => {
+                            self.progress_wanted = true;
+                        }
+                        None => {}
+                    },
+                    Some(Err(_)) | None => return Err(Gone),
+                },
+                msg = rx.recv() => match msg {
+                    Ok(Published::Changes(batch)) => {
+                        self.deliver(batch.from, batch.revision, &batch.events).await?;
+                    }
+                    // A lag, or a restored snapshot: history has what came since.
+                    Ok(Published::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return Err(Gone),
+                },
+                _ = ticker.tick() => self.notify_progress().await?,
+                () = self.tx.closed() => return Err(Gone),
+                () = super::stopping(&mut closing) => return Err(Gone),
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl rpc::watch_server::Watch for Grpc {
+    type WatchStream = Outbound<rpc::WatchResponse>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<rpc::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.state.node.check_running()?;
+        let store = self.state.engine.clone();
+        // Subscribed before any watcher is created: nothing applied after is missed.
+        let rx = store.hub().subscribe();
+        let (tx, out) = mpsc::channel(QUEUE);
+        let stream = WatchStream {
+            grpc: self.clone(),
+            store,
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            progress_wanted: false,
+            tx,
+        };
+        tokio::spawn(stream.run(request.into_inner(), rx));
+        Ok(Response::new(outbound(out)))
+    }
+}
