@@ -303,16 +303,20 @@ pub async fn handle(
 pub(super) fn check_sizes(txn: &Txn, max_key: usize) -> Result<(), ApiError> {
     let ranges = txn.compare.iter().map(|c| (&c.key, c.range_end.as_ref()));
     let mut nested = Vec::new();
-    let ops = txn.success.iter().chain(&txn.failure).filter_map(|op| match op {
-        TxnOp::Put { key, .. } => Some((key, None)),
-        TxnOp::Delete { range: r, .. } | TxnOp::Get { range: r, .. } => {
-            Some((&r.start, r.end.as_ref()))
-        }
-        TxnOp::Txn(inner) => {
-            nested.push(inner);
-            None
-        }
-    });
+    let ops = txn
+        .success
+        .iter()
+        .chain(&txn.failure)
+        .filter_map(|op| match op {
+            TxnOp::Put { key, .. } => Some((key, None)),
+            TxnOp::Delete { range: r, .. } | TxnOp::Get { range: r, .. } => {
+                Some((&r.start, r.end.as_ref()))
+            }
+            TxnOp::Txn(inner) => {
+                nested.push(inner);
+                None
+            }
+        });
     let bounds: Vec<_> = ranges.chain(ops).collect();
     for inner in nested {
         check_sizes(inner, max_key)?;

@@ -413,10 +413,13 @@ fn transactions(s: &KvStore) {
     let t = r.txn.as_ref().unwrap();
     assert!(t.succeeded && r.changed && r.refused.is_none());
     assert_eq!(r.revision, 4);
-    assert_eq!(t.responses[2], TxnResponse::Delete {
+    assert_eq!(
+        t.responses[2],
+        TxnResponse::Delete {
             deleted: 1,
             prev: vec![]
-        });
+        }
+    );
     assert_eq!(
         (
             values(&t.responses[3]),

@@ -326,8 +326,7 @@ fn refusal(
                 options,
                 ..
             } => {
-                if (options.ignore_value || options.ignore_lease) && batch.current(key)?.is_none()
-                {
+                if (options.ignore_value || options.ignore_lease) && batch.current(key)?.is_none() {
                     Some(Refusal::KeyNotFound)
                 } else if *lease != 0 && !super::lease::exists(batch, *lease)? {
                     Some(Refusal::LeaseNotFound(*lease))

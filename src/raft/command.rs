@@ -21,9 +21,7 @@
 //! Only writes (`0x01`-`0x0b`) may be forwarded by a follower; a committed entry that does not
 //! decode, or whose tag this version does not know, is applied as a no-op on every member.
 
-use crate::engine::txn::{
-    CmpResult, Compare, KeyRange, MAX_DEPTH, PutOptions, Target, Txn, TxnOp,
-};
+use crate::engine::txn::{CmpResult, Compare, KeyRange, MAX_DEPTH, PutOptions, Target, Txn, TxnOp};
 use crate::engine::{Cond, Op};
 
 const PUT: u8 = 1;

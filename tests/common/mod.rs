@@ -878,3 +878,158 @@ impl Lines {
         s
     }
 }
+
+// ---------------------------------------------------------------------------
+// etcd and etcdctl (Debian's etcd-server and etcd-client 3.4; scripts/setup.sh installs them)
+// ---------------------------------------------------------------------------
+
+/// What one etcdctl run printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtlOutput {
+    pub ok: bool,
+    pub stdout: String,
+    /// Without the client library's retry warnings (JSON lines with a timestamp).
+    pub stderr: String,
+}
+
+/// Runs `etcdctl` (API v3) against `endpoints` with `args`, feeding `stdin`.
+pub fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> CtlOutput {
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run etcdctl (scripts/setup.sh installs it)");
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.unwrap_or("").as_bytes())
+            .expect("write etcdctl stdin");
+    }
+    let out = child.wait_with_output().expect("wait for etcdctl");
+    let stderr = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("{\"level\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    CtlOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    }
+}
+
+/// `etcdctl` that must succeed; its stdout.
+pub fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
+    let out = etcdctl(endpoints, args, None);
+    assert!(
+        out.ok,
+        "etcdctl {args:?} failed: {}{}",
+        out.stdout, out.stderr
+    );
+    out.stdout
+}
+
+/// A cluster of real etcd 3.4 members (the reference for differential tests), killed on drop.
+/// Member i listens for clients on base+i and for peers on base+10+i.
+pub struct EtcdCluster {
+    n: usize,
+    base_port: u16,
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+}
+
+impl EtcdCluster {
+    pub fn start(n: usize, base_port: u16) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("etcd-test-")
+            .tempdir()
+            .expect("temp dir");
+        let peer = |i: usize| format!("http://127.0.0.1:{}", base_port + 10 + i as u16);
+        let initial: Vec<String> = (1..=n).map(|i| format!("e{i}={}", peer(i))).collect();
+        let mut children = Vec::new();
+        for i in 1..=n {
+            let client = format!("http://127.0.0.1:{}", base_port + i as u16);
+            let log = fs::File::create(dir.path().join(format!("e{i}.log"))).expect("etcd log");
+            let child = Command::new("etcd")
+                .args(["--name", &format!("e{i}")])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("e{i}")))
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer(i)])
+                .args(["--initial-advertise-peer-urls", &peer(i)])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-token", "metcd-diff"])
+                .args(["--log-level", "error"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("run etcd (scripts/setup.sh installs it)");
+            children.push(child);
+        }
+        let cluster = EtcdCluster {
+            n,
+            base_port,
+            dir,
+            children,
+        };
+        let deadline = Instant::now() + LEADER_TIMEOUT;
+        while !etcdctl(&cluster.endpoint(1), &["endpoint", "health"], None).ok {
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            thread::sleep(POLL_INTERVAL);
+        }
+        cluster
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.base_port + i as u16)
+    }
+
+    pub fn endpoints(&self) -> String {
+        (1..=self.n)
+            .map(|i| self.endpoint(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = &self.dir;
+    }
+}
+
+/// Runs `etcdctl` for `how_long` (a watch never ends on its own), then stops it and returns
+/// what it printed.
+pub fn etcdctl_for(endpoints: &str, args: &[&str], how_long: Duration) -> CtlOutput {
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run etcdctl (scripts/setup.sh installs it)");
+    thread::sleep(how_long);
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("wait for etcdctl");
+    CtlOutput {
+        ok: true,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| !l.starts_with("{\"level\""))
+            .map(|l| format!("{l}\n"))
+            .collect(),
+    }
+}

@@ -1,6 +1,7 @@
 //! The Auth service, until metcd has users and roles: auth is off, so `AuthStatus` answers
-//! disabled, `AuthDisable` succeeds, and every other call answers etcd's "authentication is
-//! not enabled" (what etcd answers to `Authenticate` when auth is off).
+//! disabled, `AuthDisable` succeeds, the user and role lists are empty, and every other call
+//! answers etcd's "authentication is not enabled" (what etcd answers to `Authenticate` when
+//! auth is off; etcd would also let users and roles be added before auth is enabled).
 
 use tonic::{Request, Response, Status};
 
@@ -39,6 +40,27 @@ auth_off! {
         }))
     }
 
+    // No user or role can exist yet: the lists are empty, as etcd's before any is added.
+    async fn user_list(
+        &self,
+        _: Request<rpc::AuthUserListRequest>,
+    ) -> Result<Response<rpc::AuthUserListResponse>, Status> {
+        Ok(Response::new(rpc::AuthUserListResponse {
+            header: self.current_header(),
+            users: Vec::new(),
+        }))
+    }
+
+    async fn role_list(
+        &self,
+        _: Request<rpc::AuthRoleListRequest>,
+    ) -> Result<Response<rpc::AuthRoleListResponse>, Status> {
+        Ok(Response::new(rpc::AuthRoleListResponse {
+            header: self.current_header(),
+            roles: Vec::new(),
+        }))
+    }
+
     async fn auth_disable(
         &self,
         _: Request<rpc::AuthDisableRequest>,
@@ -53,14 +75,12 @@ auth_off! {
         authenticate(AuthenticateRequest) -> AuthenticateResponse;
         user_add(AuthUserAddRequest) -> AuthUserAddResponse;
         user_get(AuthUserGetRequest) -> AuthUserGetResponse;
-        user_list(AuthUserListRequest) -> AuthUserListResponse;
         user_delete(AuthUserDeleteRequest) -> AuthUserDeleteResponse;
         user_change_password(AuthUserChangePasswordRequest) -> AuthUserChangePasswordResponse;
         user_grant_role(AuthUserGrantRoleRequest) -> AuthUserGrantRoleResponse;
         user_revoke_role(AuthUserRevokeRoleRequest) -> AuthUserRevokeRoleResponse;
         role_add(AuthRoleAddRequest) -> AuthRoleAddResponse;
         role_get(AuthRoleGetRequest) -> AuthRoleGetResponse;
-        role_list(AuthRoleListRequest) -> AuthRoleListResponse;
         role_delete(AuthRoleDeleteRequest) -> AuthRoleDeleteResponse;
         role_grant_permission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse;
         role_revoke_permission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse;

@@ -182,7 +182,13 @@ impl rpc::cluster_server::Cluster for Grpc {
         request: Request<rpc::MemberUpdateRequest>,
     ) -> Result<Response<rpc::MemberUpdateResponse>, Status> {
         let r = request.into_inner();
-        let current = self.state.admin.membership.read().url_of(r.id).map(str::to_string);
+        let current = self
+            .state
+            .admin
+            .membership
+            .read()
+            .url_of(r.id)
+            .map(str::to_string);
         let Some(current) = current else {
             return Err(status::member_not_found());
         };

@@ -23,8 +23,7 @@ use super::pb::mvccpb;
 use super::rpc::{self, compare, range_request, request_op, response_op};
 use super::{Grpc, from_i64, status, to_i64};
 use crate::engine::txn::{
-    CmpResult, Compare, KeyRange, PutOptions, Target, Txn, TxnError, TxnOp, TxnResponse,
-    TxnResult,
+    CmpResult, Compare, KeyRange, PutOptions, Target, Txn, TxnError, TxnOp, TxnResponse, TxnResult,
 };
 use crate::engine::{KeyValue, Op, OpResult};
 
@@ -102,8 +101,7 @@ impl Shape {
     /// How many keys to read from the store: all of them when filtering or sorting, else one
     /// past the limit (to know `more`); 0 is no limit.
     fn read_limit(&self) -> u64 {
-        if self.filtered() || self.order() != range_request::SortOrder::None || self.limit == 0
-        {
+        if self.filtered() || self.order() != range_request::SortOrder::None || self.limit == 0 {
             0
         } else {
             self.limit.saturating_add(1)
@@ -318,84 +316,104 @@ impl Grpc {
         }
     }
 
-    /// Proposes a transaction and answers its outcome with the revision after it.
-    async fn run_txn(&self, txn: Txn) -> Result<(TxnResult, u64), Status> {
+    /// Proposes a transaction and answers its outcome, the revision after it, and whether
+    /// it wrote anything.
+    async fn run_txn(&self, txn: Txn) -> Result<(TxnResult, u64, bool), Status> {
         txn.check().map_err(txn_error)?;
         self.check_key_sizes(&txn)?;
         let result = self.write(Op::Txn(Box::new(txn))).await?;
-        let outcome = result
-            .txn
-            .ok_or_else(|| Status::internal("etcdserver: the transaction was not applied as one"))?;
-        Ok((*outcome, result.revision))
+        let outcome = result.txn.ok_or_else(|| {
+            Status::internal("etcdserver: the transaction was not applied as one")
+        })?;
+        Ok((*outcome, result.revision, result.changed))
     }
 
+    /// The answer to a transaction that ended at `revision` having started at `begin`.
     fn txn_response(
         &self,
         result: TxnResult,
         shape: &TxnShape,
+        begin: u64,
         revision: u64,
     ) -> rpc::TxnResponse {
-        let shapes = if result.succeeded {
-            &shape.success
-        } else {
-            &shape.failure
-        };
-        // Answers inside a transaction carry only the revision in their header, as etcd's.
-        let inner = || {
-            Some(rpc::ResponseHeader {
-                revision: to_i64(revision),
-                ..Default::default()
-            })
-        };
-        let responses = result
-            .responses
-            .into_iter()
-            .zip(shapes)
-            .map(|(r, s)| {
-                let response = match (r, s) {
-                    (TxnResponse::Put { prev }, _) => {
-                        response_op::Response::ResponsePut(rpc::PutResponse {
-                            header: inner(),
-                            prev_kv: prev.map(kv),
-                        })
-                    }
-                    (TxnResponse::Delete { deleted, prev }, _) => {
-                        response_op::Response::ResponseDeleteRange(rpc::DeleteRangeResponse {
-                            header: inner(),
-                            deleted: to_i64(deleted),
-                            prev_kvs: prev.into_iter().map(kv).collect(),
-                        })
-                    }
-                    (TxnResponse::Get { kvs, count, .. }, OpShape::Range(shape)) => {
-                        let (kvs, more, count) = shape.answer(kvs, count);
-                        response_op::Response::ResponseRange(rpc::RangeResponse {
-                            header: inner(),
-                            kvs,
-                            more,
-                            count,
-                        })
-                    }
-                    (TxnResponse::Txn(nested), OpShape::Txn(shape)) => {
-                        let mut t = self.txn_response(*nested, shape, revision);
-                        t.header = inner();
-                        response_op::Response::ResponseTxn(t)
-                    }
-                    // Shapes are built from the same request as the operations.
-                    (TxnResponse::Get { .. } | TxnResponse::Txn(_), _) => {
-                        response_op::Response::ResponseRange(rpc::RangeResponse::default())
-                    }
-                };
-                rpc::ResponseOp {
-                    response: Some(response),
-                }
-            })
-            .collect();
+        let mut wrote = false;
         rpc::TxnResponse {
             header: self.header(revision),
             succeeded: result.succeeded,
-            responses,
+            responses: inner_responses(result, shape, begin, &mut wrote),
         }
     }
+}
+
+/// The answers of a transaction's operations. Each carries only a revision in its header, as
+/// etcd's: the transaction's revision as that operation left it (`begin` until its first
+/// write, then one more), so a read before any write shows the revision it read.
+fn inner_responses(
+    result: TxnResult,
+    shape: &TxnShape,
+    begin: u64,
+    wrote: &mut bool,
+) -> Vec<rpc::ResponseOp> {
+    let shapes = if result.succeeded {
+        &shape.success
+    } else {
+        &shape.failure
+    };
+    let header = |wrote: bool| {
+        Some(rpc::ResponseHeader {
+            revision: to_i64(begin + u64::from(wrote)),
+            ..Default::default()
+        })
+    };
+    result
+        .responses
+        .into_iter()
+        .zip(shapes)
+        .map(|(r, s)| {
+            let response = match (r, s) {
+                (TxnResponse::Put { prev }, _) => {
+                    *wrote = true;
+                    response_op::Response::ResponsePut(rpc::PutResponse {
+                        header: header(*wrote),
+                        prev_kv: prev.map(kv),
+                    })
+                }
+                (TxnResponse::Delete { deleted, prev }, _) => {
+                    *wrote |= deleted > 0;
+                    response_op::Response::ResponseDeleteRange(rpc::DeleteRangeResponse {
+                        header: header(*wrote),
+                        deleted: to_i64(deleted),
+                        prev_kvs: prev.into_iter().map(kv).collect(),
+                    })
+                }
+                (TxnResponse::Get { kvs, count, .. }, OpShape::Range(shape)) => {
+                    let (kvs, more, count) = shape.answer(kvs, count);
+                    response_op::Response::ResponseRange(rpc::RangeResponse {
+                        header: header(*wrote),
+                        kvs,
+                        more,
+                        count,
+                    })
+                }
+                (TxnResponse::Txn(nested), OpShape::Txn(shape)) => {
+                    let succeeded = nested.succeeded;
+                    let responses = inner_responses(*nested, shape, begin, wrote);
+                    response_op::Response::ResponseTxn(rpc::TxnResponse {
+                        header: header(*wrote),
+                        succeeded,
+                        responses,
+                    })
+                }
+                // Shapes are built from the same request as the operations.
+                (TxnResponse::Get { .. } | TxnResponse::Txn(_), _) => {
+                    response_op::Response::ResponseRange(rpc::RangeResponse::default())
+                }
+            };
+            rpc::ResponseOp {
+                response: Some(response),
+            }
+        })
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -467,7 +485,7 @@ impl rpc::kv_server::Kv for Grpc {
                 prev_kv: None,
             }));
         }
-        let (result, revision) = self
+        let (result, revision, _) = self
             .run_txn(Txn {
                 success: vec![op],
                 ..Txn::default()
@@ -501,7 +519,7 @@ impl rpc::kv_server::Kv for Grpc {
                 prev_kvs: Vec::new(),
             }));
         }
-        let (result, revision) = self
+        let (result, revision, _) = self
             .run_txn(Txn {
                 success: vec![TxnOp::Delete {
                     range,
@@ -526,8 +544,11 @@ impl rpc::kv_server::Kv for Grpc {
         request: Request<rpc::TxnRequest>,
     ) -> Result<Response<rpc::TxnResponse>, Status> {
         let (txn, shape) = txn(request.get_ref())?;
-        let (result, revision) = self.run_txn(txn).await?;
-        Ok(Response::new(self.txn_response(result, &shape, revision)))
+        let (result, revision, changed) = self.run_txn(txn).await?;
+        let begin = revision - u64::from(changed);
+        Ok(Response::new(
+            self.txn_response(result, &shape, begin, revision),
+        ))
     }
 
     async fn compact(

@@ -98,13 +98,13 @@ impl rpc::lease_server::Lease for Grpc {
                 let answer = match next {
                     Some(Ok(req)) => {
                         let id = from_i64(req.id);
-                        this.renew(id).await.map(|(ttl, revision)| {
-                            rpc::LeaseKeepAliveResponse {
+                        this.renew(id)
+                            .await
+                            .map(|(ttl, revision)| rpc::LeaseKeepAliveResponse {
                                 header: this.header(revision),
                                 id: req.id,
                                 ttl: to_i64(ttl),
-                            }
-                        })
+                            })
                     }
                     // The client closed its side, or the stream broke.
                     Some(Err(_)) | None => return,

@@ -47,7 +47,10 @@ impl rpc::maintenance_server::Maintenance for Grpc {
         let db_size = tokio::task::spawn_blocking(move || dir_size(&engine_dir))
             .await
             .unwrap_or(0);
-        let is_learner = s.members.iter().any(|m| m.id == s.id && m.role == "learner");
+        let is_learner = s
+            .members
+            .iter()
+            .any(|m| m.id == s.id && m.role == "learner");
         Ok(Response::new(rpc::StatusResponse {
             header: self.header(s.revision),
             version: super::ETCD_API_VERSION.into(),
@@ -101,7 +104,9 @@ impl rpc::maintenance_server::Maintenance for Grpc {
         &self,
         _request: Request<rpc::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented("etcdserver: snapshot is not served yet"))
+        Err(Status::unimplemented(
+            "etcdserver: snapshot is not served yet",
+        ))
     }
 
     async fn move_leader(

@@ -140,10 +140,16 @@ pub(crate) mod status {
         etcd(Code::InvalidArgument, "invalid sort option")
     }
     pub fn compacted() -> Status {
-        etcd(Code::OutOfRange, "mvcc: required revision has been compacted")
+        etcd(
+            Code::OutOfRange,
+            "mvcc: required revision has been compacted",
+        )
     }
     pub fn future_rev() -> Status {
-        etcd(Code::OutOfRange, "mvcc: required revision is a future revision")
+        etcd(
+            Code::OutOfRange,
+            "mvcc: required revision is a future revision",
+        )
     }
     pub fn lease_not_found() -> Status {
         etcd(Code::NotFound, "requested lease not found")
@@ -182,7 +188,10 @@ pub(crate) mod status {
         etcd(Code::FailedPrecondition, "Peer URLs already exists")
     }
     pub fn member_not_learner() -> Status {
-        etcd(Code::FailedPrecondition, "can only promote a learner member")
+        etcd(
+            Code::FailedPrecondition,
+            "can only promote a learner member",
+        )
     }
     pub fn learner_not_ready() -> Status {
         etcd(
@@ -283,9 +292,7 @@ fn admin_status(e: AdminError) -> Status {
         AdminError::NotLeader { .. } => status::not_leader(),
         AdminError::NotFound(_) => status::member_not_found(),
         AdminError::BadRequest(msg) => Status::invalid_argument(format!("etcdserver: {msg}")),
-        AdminError::Conflict(msg) => {
-            Status::failed_precondition(format!("etcdserver: {msg}"))
-        }
+        AdminError::Conflict(msg) => Status::failed_precondition(format!("etcdserver: {msg}")),
         AdminError::LeaderMustMove => status::leader_changed(),
         AdminError::Relayed(code, msg) => {
             let code = match code {
