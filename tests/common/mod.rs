@@ -1011,7 +1011,14 @@ impl Drop for EtcdCluster {
 /// Runs `etcdctl` for `how_long` (a watch never ends on its own), then stops it and returns
 /// what it printed.
 pub fn etcdctl_for(endpoints: &str, args: &[&str], how_long: Duration) -> CtlOutput {
-    let mut child = Command::new("etcdctl")
+    let child = etcdctl_spawn(endpoints, args);
+    thread::sleep(how_long);
+    etcdctl_stop(child)
+}
+
+/// Starts a long-running `etcdctl` (a watch); [`etcdctl_stop`] ends it.
+pub fn etcdctl_spawn(endpoints: &str, args: &[&str]) -> Child {
+    Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoints}"))
         .args(args)
@@ -1019,8 +1026,11 @@ pub fn etcdctl_for(endpoints: &str, args: &[&str], how_long: Duration) -> CtlOut
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run etcdctl (scripts/setup.sh installs it)");
-    thread::sleep(how_long);
+        .expect("run etcdctl (scripts/setup.sh installs it)")
+}
+
+/// Stops an `etcdctl` started with [`etcdctl_spawn`]; what it printed.
+pub fn etcdctl_stop(mut child: Child) -> CtlOutput {
     let _ = child.kill();
     let out = child.wait_with_output().expect("wait for etcdctl");
     CtlOutput {
