@@ -115,6 +115,23 @@ pub enum ConfigError {
 pub enum Subcommand {
     /// Start a local cluster of 3 members on this machine for trying metcd out.
     LocalCluster(LocalClusterArgs),
+    /// Backups (take one with `etcdctl snapshot save`).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum SnapshotCommand {
+    /// Make a new member's data dir from a backup: `metcd snapshot restore FILE --id N
+    /// --cluster URLS --data-dir DIR` (the flags of the member to start), once per member of
+    /// the new cluster; then start each member with the same flags.
+    Restore {
+        /// The backup file (`etcdctl snapshot save FILE`).
+        file: PathBuf,
+        /// The new member's flags, as it will be started with.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        member_flags: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

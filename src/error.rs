@@ -42,6 +42,9 @@ pub enum Error {
     /// or replaced), or its log lacks entries it acknowledged.
     #[error("{0}")]
     LostData(String),
+    /// A backup that cannot be written or restored.
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -3,7 +3,8 @@
 //! The seed article's architecture, one module per box:
 //!
 //! ```text
-//! api      HTTP/1.x client API (keys, /_members, /_leader, /_status, /_health, /_metrics)
+//! api      HTTP/1.x client API (keys, /_members, /_leader, /_status, /_health, /_metrics),
+//!          and etcd's v3 gRPC API on the same port (api/grpc)
 //!   |  proposals, read barriers (NodeHandle)
 //! raft     node: the one owner of the RawNode and its Ready loop (concerns in node/)
 //!          storage: the durable log (raft-engine); snapshot: snapshot files
@@ -14,7 +15,8 @@
 //! ```
 //! [`startup`] decides what a data dir makes a member (bootstrap, join, restart, recovery);
 //! [`server`] wires the parts together; [`config`] is the only reader of flags; [`metrics`] is the
-//! Prometheus registry; [`local_cluster`] runs a 3-member cluster for trying metcd out.
+//! Prometheus registry; [`local_cluster`] runs a 3-member cluster for trying metcd out;
+//! [`backup`] writes backups and restores them into new clusters.
 //! docs/design.md maps every file to the question it answers.
 
 /// A fault injected for tests: true where the named fail point is configured to `return`
@@ -31,6 +33,7 @@ macro_rules! fault_injected {
 }
 
 pub mod api;
+pub mod backup;
 pub mod config;
 pub mod engine;
 pub mod error;

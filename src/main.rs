@@ -1,10 +1,11 @@
 //! The `metcd` binary: parse flags, set up logging, run one member until SIGINT/SIGTERM
-//! (or `metcd local-cluster`: a local 3-member cluster for trying metcd out).
+//! (or `metcd local-cluster`: a local 3-member cluster for trying metcd out; `metcd snapshot
+//! restore`: a new member's data dir from a backup).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use metcd::config::{Config, Subcommand};
+use metcd::config::{Config, SnapshotCommand, Subcommand};
 
 // jemalloc, as in TiKV: glibc's malloc and free were a visible share of the CPU under write
 // load (docs/benchmarks.md, "What changed on the write path").
@@ -16,8 +17,15 @@ fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let config = Config::parse();
-    if let Some(Subcommand::LocalCluster(args)) = &config.command {
-        return metcd::local_cluster::run(args);
+    match &config.command {
+        Some(Subcommand::LocalCluster(args)) => return metcd::local_cluster::run(args),
+        Some(Subcommand::Snapshot(SnapshotCommand::Restore { file, member_flags })) => {
+            return match metcd::backup::restore(file, member_flags) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            };
+        }
+        None => {}
     }
     let filter = match tracing_subscriber::EnvFilter::try_new(&config.log_level) {
         Ok(f) => f,

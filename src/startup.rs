@@ -222,7 +222,34 @@ pub(crate) fn found_cluster(
 ) -> Result<()> {
     let empty = KvStore::open(Arc::new(engine::memory::MemoryEngine::new()))?;
     empty.apply(&[Applied { index: 1, op: None }])?;
-    snaps.create(&empty, 1, 1)?;
+    found_with(settings, store, snaps, &empty)
+}
+
+/// A new cluster whose first state (applied index 1) is `state`, in a new data dir: the
+/// offline restore of a backup ([`crate::backup`]). No peer is asked anything.
+pub fn found_cluster_from(settings: &Settings, state: &KvStore) -> Result<()> {
+    let snaps = SnapshotStore::open(settings.data_dir.join("snap"))?;
+    let mut store = LogStore::open(&settings.data_dir.join("raftlog"))?;
+    if !store.is_new() {
+        return Err(Error::Backup(format!(
+            "{} already holds a raft log",
+            settings.data_dir.display()
+        )));
+    }
+    let mut settings = settings.clone();
+    if settings.random_cluster_id {
+        settings.cluster_id = random_id()?;
+    }
+    found_with(&settings, &mut store, &snaps, state)
+}
+
+fn found_with(
+    settings: &Settings,
+    store: &mut LogStore,
+    snaps: &SnapshotStore,
+    state: &KvStore,
+) -> Result<()> {
+    snaps.create(state, 1, 1)?;
     let membership = Membership {
         members: settings
             .members

@@ -780,6 +780,18 @@ impl KvStore {
         })
     }
 
+    /// Makes this state the first state of a new cluster: applied index `index`, everything
+    /// else (keys, history, revisions, leases) as it is. For restoring a backup offline.
+    pub fn rebase(&self, index: u64) -> Result<()> {
+        let mut meta = self.meta();
+        meta.applied_index = index;
+        let mut changes = Changes::new();
+        changes.insert(META.to_vec(), Some(meta.encode()));
+        self.engine.write(changes, index)?;
+        *self.meta.write() = meta;
+        Ok(())
+    }
+
     /// Applies a batch of committed entries in one engine write; entries at or below the
     /// applied index are skipped (result `None`). Results align with `batch`.
     pub fn apply(&self, batch: &[Applied]) -> Result<Vec<Option<OpResult>>> {
