@@ -18,4 +18,7 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "setup: missing ${need[*]} (only benchmarks need them); install with apt-get as root" >&2
   fi
 fi
+# The tests' etcd-client crate compiles etcd's protos with `protoc`; protox (pure Rust) stands in
+# for it (.cargo/config.toml sets PROTOC=protox).
+command -v protox >/dev/null || cargo install --locked --quiet protox@0.10.0 --features bin
 cargo fetch --locked

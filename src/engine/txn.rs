@@ -89,8 +89,9 @@ pub enum TxnOp {
         limit: u64,
         revision: u64,
     },
-    /// A transaction inside this one (etcd's nested Txn): its compares see the state the
-    /// outer operations before it left; its writes share the outer revision.
+    /// A transaction inside this one (etcd's nested Txn): as in etcd, its compares are
+    /// decided on the state before the outer transaction wrote anything; its operations run
+    /// in order with the outer ones and its writes share the outer revision.
     Txn(Box<Txn>),
 }
 
