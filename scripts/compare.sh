@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# metcd against etcd on this machine, side by side (issue 6).
+# metcd against etcd on this machine, side by side (issues 6 and 18).
 #
 #   scripts/compare.sh            full run: about 15 minutes, writes docs/comparison.{md,svg}
 #   ROUNDS=1 SECS=2 MEM_KEYS=20000 OUT=/tmp/cmp scripts/compare.sh    a quick smoke run
@@ -9,8 +9,11 @@
 # election 1000 ms, snapshot every 10000 entries, log synced before acknowledging. Both hold
 # PRELOAD keys before the matrix. metcd-bench drives every run, over all three members'
 # endpoints, with one connection per client, 8-byte keys and 256-byte values:
-#   PUT, linearizable GET and serializable GET at 1, 64 and 256 clients, and a 90% GET /
-#   10% PUT mix at 64 clients; each against metcd, etcd's v3 JSON gateway and etcd's v2 API.
+#   PUT, linearizable GET and serializable GET at 1, 64 and 256 clients, a 90% GET / 10% PUT
+#   mix at 64 clients, and the watch fan-out (1,000 watchers while PUTs go on at 100/s);
+#   each against metcd over gRPC and over its HTTP API, and etcd over its native gRPC API
+#   (metcd-bench --target grpc: the same client code for both). SYSTEMS adds etcd's v3 JSON
+#   gateway (etcd-v3) or v2 API (etcd-v2), which the earlier reports used.
 # Runs are interleaved (each round visits every case, the systems in a rotating order) and
 # the report takes the median of ROUNDS rounds. Each run also records the CPU time the
 # system's three servers spent (from /proc), so the report gives CPU per request: unlike
@@ -18,7 +21,8 @@
 # system gets MEM_KEYS keys and the resident memory (VmRSS) of every member is read.
 #
 # Environment: ROUNDS (3), SECS per run (5), ENGINE (btree), PRELOAD (100000),
-# MEM_KEYS (1000000; 0 skips the memory step), CASES (all ten, e.g. "put-64 lget-64"),
+# MEM_KEYS (1000000; 0 skips the memory step), CASES (all eleven, e.g. "put-64 lget-64"),
+# SYSTEMS ("metcd-grpc metcd etcd-grpc"),
 # OUT (docs), NAME (comparison: the report's file names), ETCD_SCRIPT
 # (../shared/bench/etcd-cluster.sh).
 set -euo pipefail
@@ -71,11 +75,17 @@ cpu_ticks() { for p in "$@"; do cut -d' ' -f14,15 "/proc/$p/stat"; done | awk '{
 run() {
   local system=$1 name=$2; shift 2
   local target=$system urls=$etcd_urls servers=$etcd_pids
-  [ "$system" = metcd ] && urls=$metcd_urls && servers="${pids[*]}"
+  case $system in
+    metcd) urls=$metcd_urls servers="${pids[*]}" ;;
+    metcd-grpc) target=grpc urls=$metcd_urls servers="${pids[*]}" ;;
+    etcd-grpc) target=grpc ;;
+  esac
   local before after
   # shellcheck disable=SC2086
   before=$(cpu_ticks $servers)
-  $bench --target "$target" --endpoints "$urls" --json "$work/results/$name.json" "$@" >"$work/results/$name.txt" 2>&1 \
+  # shellcheck disable=SC2086
+  $bench --target "$target" --endpoints "$urls" --server-pids "$(echo $servers | tr ' ' ,)" \
+    --json "$work/results/$name.json" "$@" >"$work/results/$name.txt" 2>&1 \
     || { echo "run $name failed:" >&2; cat "$work/results/$name.txt" >&2; exit 1; }
   # shellcheck disable=SC2086
   after=$(cpu_ticks $servers)
@@ -84,13 +94,14 @@ run() {
 }
 
 echo "== preload $preload keys into each system"
-for system in metcd etcd-v3; do
+for system in metcd-grpc etcd-grpc; do
   run "$system" "preload-$system" --clients 64 --conns 22 --total "$preload" --sequential-keys \
     --key-space-size "$preload"
 done
 
-read -r -a cases <<<"${CASES:-put-1 put-64 put-256 lget-1 lget-64 lget-256 sget-1 sget-64 sget-256 mix-64}"
-systems=(metcd etcd-v3 etcd-v2)
+read -r -a cases <<<"${CASES:-put-1 put-64 put-256 lget-1 lget-64 lget-256 sget-1 sget-64 sget-256 mix-64 watch-1000}"
+read -r -a systems <<<"${SYSTEMS:-metcd-grpc metcd etcd-grpc}"
+nsys=${#systems[@]}
 case_args() { # NAME -> metcd-bench arguments
   local kind=${1%-*} clients=${1#*-}
   local conns=$(( (clients + 2) / 3 ))
@@ -100,14 +111,16 @@ case_args() { # NAME -> metcd-bench arguments
     lget) echo "$common --read-ratio 1 --consistency l" ;;
     sget) echo "$common --read-ratio 1 --consistency s" ;;
     mix) echo "$common --read-ratio 0.9 --consistency l" ;;
+    # 8 writers at 100 PUT/s in all; 1,000 streams, spread over the members.
+    watch) echo "--workload watch --watchers $clients --clients 8 --conns 3 --rate 100 --duration $secs" ;;
   esac
 }
 n=0
 for r in $(seq 1 "$rounds"); do
   for c in "${cases[@]}"; do
     # Rotate which system goes first, so none always runs right after another's load.
-    for k in 0 1 2; do
-      system=${systems[$(( (n + k) % 3 ))]}
+    for k in $(seq 0 $((nsys - 1))); do
+      system=${systems[$(( (n + k) % nsys ))]}
       # shellcheck disable=SC2046
       run "$system" "$c.$system.r$r" $(case_args "$c")
       printf '%-9s %-8s round %d: %s\n' "$c" "$system" "$r" "$(grep -m1 '^requests' "$work/results/$c.$system.r$r.txt")"
@@ -121,8 +134,8 @@ echo "== memory: $mem_keys keys in each system"
 rss() { # PID... -> VmRSS in MiB, space-separated
   for p in "$@"; do awk '/VmRSS/ {printf "%.0f ", $2 / 1024}' "/proc/$p/status"; done
 }
-run metcd mem-load-metcd --clients 256 --conns 86 --total "$mem_keys" --sequential-keys --key-space-size "$mem_keys"
-run etcd-v3 mem-load-etcd --clients 256 --conns 86 --total "$mem_keys" --sequential-keys --key-space-size "$mem_keys"
+run metcd-grpc mem-load-metcd --clients 256 --conns 86 --total "$mem_keys" --sequential-keys --key-space-size "$mem_keys"
+run etcd-grpc mem-load-etcd --clients 256 --conns 86 --total "$mem_keys" --sequential-keys --key-space-size "$mem_keys"
 sleep 5
 # shellcheck disable=SC2086
 {

@@ -8,7 +8,8 @@
 //! request was due, not when it was sent, so a stall counts against every request it delays.
 //!
 //! Targets: `metcd` (`PUT/GET /<key>`), `etcd-v2` (`/v2/keys/<key>`, `quorum=true` for
-//! linearizable reads) and `etcd-v3` (the JSON gateway, `/v3/kv/put` and `/v3/kv/range`).
+//! linearizable reads), `etcd-v3` (the JSON gateway, `/v3/kv/put` and `/v3/kv/range`) and
+//! `grpc` (etcd's v3 gRPC API, the same client code for metcd and etcd: [`grpc`]).
 //! Workloads: key-value (`kv`), lease grants and keepalives, and the watch fan-out
 //! ([`watch`]); the lease and watch ones on metcd and the etcd-v3 gateway
 //! (`/v3/lease/grant`, `/v3/lease/keepalive`, `/v3/watch`).
@@ -28,6 +29,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
+mod grpc;
 mod watch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -35,6 +37,8 @@ enum Target {
     Metcd,
     EtcdV2,
     EtcdV3,
+    /// etcd's v3 gRPC API, on metcd or etcd.
+    Grpc,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -80,7 +84,7 @@ struct Args {
     /// TTL in seconds of the leases the lease workloads grant.
     #[arg(long, default_value_t = 60)]
     lease_ttl: u64,
-    /// HTTP connections per endpoint.
+    /// Connections per endpoint (HTTP/1.1: one request at a time each; gRPC: HTTP/2, many).
     #[arg(long, default_value_t = 64)]
     conns: usize,
     /// Concurrent clients (requests in flight at most).
@@ -124,6 +128,8 @@ type Conn = Arc<Mutex<Option<SendRequest<Full<Bytes>>>>>;
 struct Endpoint {
     authority: String,
     conns: Vec<Conn>,
+    /// The gRPC target's connections.
+    channels: Vec<tonic::transport::Channel>,
 }
 
 #[derive(Default)]
@@ -165,7 +171,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let endpoints = parse_endpoints(&args)?;
+    let mut endpoints = parse_endpoints(&args)?;
+    if args.target == Target::Grpc {
+        for e in &mut endpoints {
+            let channels = grpc::connect(&e.authority, args.conns).await?;
+            if let Some(e) = Arc::get_mut(e) {
+                e.channels = channels;
+            }
+        }
+    }
     let args = Arc::new(args);
     let counts = Arc::new(Counts::default());
     // Watch values carry their send time relative to this.
@@ -249,7 +263,11 @@ fn parse_endpoints(args: &Args) -> Result<Vec<Arc<Endpoint>>, String> {
             let conns = (0..args.conns)
                 .map(|_| Arc::new(Mutex::new(None)))
                 .collect();
-            Ok(Arc::new(Endpoint { authority, conns }))
+            Ok(Arc::new(Endpoint {
+                authority,
+                conns,
+                channels: Vec::new(),
+            }))
         })
         .collect::<Result<_, String>>()
 }
@@ -374,9 +392,17 @@ async fn client(
     let mut rng = Rng(0x5eed ^ id as u64);
     let value = Bytes::from(vec![b'v'; args.val_size]);
     let conn = endpoint.conns[id % endpoint.conns.len()].clone();
+    let channel = endpoint
+        .channels
+        .get(id % endpoint.channels.len().max(1))
+        .cloned();
     let mut first_error = None;
     let lease = if args.workload == Workload::LeaseKeepalive {
-        match grant(&args, &conn, &endpoint.authority).await {
+        let granted = match &channel {
+            Some(ch) => grpc::grant(&args, ch).await,
+            None => grant(&args, &conn, &endpoint.authority).await,
+        };
+        match granted {
             Ok(id) => id,
             Err(e) => {
                 counts.errors.fetch_add(1, Ordering::Relaxed);
@@ -401,22 +427,21 @@ async fn client(
         if interval.is_some() {
             tokio::time::sleep_until(due.into()).await;
         }
-        let req = next_request(
-            &args,
-            &endpoint.authority,
-            n,
-            &mut rng,
-            &value,
-            lease,
-            epoch,
-        );
+        let job = next_job(&args, n, &mut rng, &value, lease, epoch);
         let sent = if interval.is_some() {
             due
         } else {
             Instant::now()
         };
-        match send(&conn, &endpoint.authority, req).await {
-            Ok(_) => {
+        let result = match &channel {
+            Some(ch) => grpc::send(&args, ch, &job).await,
+            None => {
+                let req = request(&args, &endpoint.authority, job.action());
+                send(&conn, &endpoint.authority, req).await.map(|_| ())
+            }
+        };
+        match result {
+            Ok(()) => {
                 let us = sent.elapsed().as_micros() as u64;
                 let _ = hist.record(us.max(1));
                 counts.done.fetch_add(1, Ordering::Relaxed);
@@ -444,16 +469,28 @@ enum Action<'a> {
     KeepAlive(u64),
 }
 
+/// One request, whatever the protocol.
+#[derive(Clone, Debug)]
+enum Job {
+    Put(String, Vec<u8>),
+    Get(String),
+    Grant,
+    KeepAlive(u64),
+}
+
+impl Job {
+    fn action(&self) -> Action<'_> {
+        match self {
+            Job::Put(k, v) => Action::Put(k, v),
+            Job::Get(k) => Action::Get(k),
+            Job::Grant => Action::Grant,
+            Job::KeepAlive(id) => Action::KeepAlive(*id),
+        }
+    }
+}
+
 /// The `n`th request of a client: its key (sequential or random) and what it does.
-fn next_request(
-    args: &Args,
-    authority: &str,
-    n: u64,
-    rng: &mut Rng,
-    value: &Bytes,
-    lease: u64,
-    epoch: Instant,
-) -> hyper::Request<Full<Bytes>> {
+fn next_job(args: &Args, n: u64, rng: &mut Rng, value: &Bytes, lease: u64, epoch: Instant) -> Job {
     let k = if args.sequential_keys {
         n % args.key_space_size
     } else {
@@ -462,15 +499,14 @@ fn next_request(
     let read = (rng.next() % 1_000_000) as f64 / 1_000_000.0 < args.read_ratio;
     let key = key(k, args.key_size);
     match args.workload {
-        Workload::Kv if read => request(args, authority, Action::Get(&key)),
-        Workload::Kv => request(args, authority, Action::Put(&key, value)),
-        Workload::LeaseGrant => request(args, authority, Action::Grant),
-        Workload::LeaseKeepalive => request(args, authority, Action::KeepAlive(lease)),
+        Workload::Kv if read => Job::Get(key),
+        Workload::Kv => Job::Put(key, value.to_vec()),
+        Workload::LeaseGrant => Job::Grant,
+        Workload::LeaseKeepalive => Job::KeepAlive(lease),
         Workload::Watch => {
             // The value says when it was sent, for the watchers' delivery latency.
             let key = format!("{}{key}", watch::PREFIX);
-            let value = watch::stamped(epoch.elapsed(), args.val_size);
-            request(args, authority, Action::Put(&key, &value))
+            Job::Put(key, watch::stamped(epoch.elapsed(), args.val_size))
         }
     }
 }
@@ -506,13 +542,15 @@ fn shape(args: &Args, action: Action) -> (&'static str, String, Bytes, Option<&'
         )
     };
     match (args.target, action) {
-        (Target::Metcd, Action::Put(key, value)) => (
+        // The gRPC target sends no HTTP request (see [`grpc`]); its HTTP calls (metrics) are
+        // metcd's.
+        (Target::Metcd | Target::Grpc, Action::Put(key, value)) => (
             "PUT",
             format!("/{key}"),
             Bytes::copy_from_slice(value),
             None,
         ),
-        (Target::Metcd, Action::Get(key)) => {
+        (Target::Metcd | Target::Grpc, Action::Get(key)) => {
             let q = if serializable {
                 "?consistency=serializable"
             } else {
@@ -520,10 +558,10 @@ fn shape(args: &Args, action: Action) -> (&'static str, String, Bytes, Option<&'
             };
             ("GET", format!("/{key}{q}"), Bytes::new(), None)
         }
-        (Target::Metcd, Action::Grant) => {
+        (Target::Metcd | Target::Grpc, Action::Grant) => {
             json("/_leases", serde_json::json!({ "ttl": args.lease_ttl }))
         }
-        (Target::Metcd, Action::KeepAlive(id)) => (
+        (Target::Metcd | Target::Grpc, Action::KeepAlive(id)) => (
             "POST",
             format!("/_leases/{id}/keepalive"),
             Bytes::new(),

@@ -1,5 +1,6 @@
-//! The watch fan-out workload: `--watchers` streams on [`PREFIX`], one connection each, spread
-//! over the endpoints, while the clients PUT under the prefix. Each value starts with the time
+//! The watch fan-out workload: `--watchers` streams on [`PREFIX`], spread over the endpoints
+//! (over HTTP one connection each; over gRPC sharing `--conns` connections per endpoint),
+//! while the clients PUT under the prefix. Each value starts with the time
 //! it was sent ([`stamped`]), so a watcher measures delivery latency as the time from the PUT
 //! being sent to the event being read. Memory per watcher comes from the members' own
 //! `process_resident_memory_bytes` (metcd's `/_metrics`), before and after the streams open.
@@ -78,7 +79,23 @@ pub async fn open(
     let delivered = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(args.watchers);
     for i in 0..args.watchers {
-        let authority = endpoints[i % endpoints.len()].authority.clone();
+        let endpoint = &endpoints[i % endpoints.len()];
+        if args.target == Target::Grpc {
+            // The streams share the endpoint's HTTP/2 connections, as a gRPC client's do.
+            let channel = &endpoint.channels[(i / endpoints.len()) % endpoint.channels.len()];
+            let (requests, stream) = super::grpc::watch(channel, PREFIX.as_bytes(), &prefix_end())
+                .await
+                .map_err(|e| format!("watcher {i} on {}: {e}", endpoint.authority))?;
+            tasks.push(tokio::spawn(follow_grpc(
+                requests,
+                stream,
+                epoch,
+                delivered.clone(),
+                stopped.clone(),
+            )));
+            continue;
+        }
+        let authority = endpoint.authority.clone();
         let body = subscribe(args.target, &authority)
             .await
             .map_err(|e| format!("watcher {i} on {authority}: {e}"))?;
@@ -95,6 +112,44 @@ pub async fn open(
         stop,
         delivered,
     })
+}
+
+/// The end of the range [PREFIX, PREFIX with its last byte + 1).
+fn prefix_end() -> Vec<u8> {
+    let mut end = PREFIX.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+/// Reads a gRPC watch stream until told to stop; the request side stays open meanwhile.
+async fn follow_grpc(
+    _requests: tokio::sync::mpsc::Sender<metcd::api::grpc::pb::etcdserverpb::WatchRequest>,
+    mut stream: tonic::Streaming<metcd::api::grpc::pb::etcdserverpb::WatchResponse>,
+    epoch: Instant,
+    delivered: Arc<AtomicU64>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Histogram<u64> {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    loop {
+        let msg = tokio::select! {
+            msg = stream.message() => msg,
+            _ = stop.changed() => return hist,
+        };
+        let Ok(Some(resp)) = msg else {
+            return hist;
+        };
+        let now = epoch.elapsed().as_micros() as u64;
+        let mut n = 0;
+        for e in &resp.events {
+            if let Some(sent) = e.kv.as_ref().and_then(|kv| stamp_of(&kv.value)) {
+                let _ = hist.record(now.saturating_sub(sent).max(1));
+                n += 1;
+            }
+        }
+        delivered.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// Starts one watch and reads up to its first line (the created line).
@@ -114,13 +169,8 @@ async fn subscribe(target: Target, authority: &str) -> Result<Lines, String> {
             String::new(),
         ),
         _ => {
-            // The range [PREFIX, PREFIX with its last byte + 1).
-            let mut end = PREFIX.as_bytes().to_vec();
-            if let Some(last) = end.last_mut() {
-                *last += 1;
-            }
             let create = serde_json::json!({
-                "create_request": { "key": b64(PREFIX.as_bytes()), "range_end": b64(&end) }
+                "create_request": { "key": b64(PREFIX.as_bytes()), "range_end": b64(&prefix_end()) }
             });
             ("POST", "/v3/watch".into(), create.to_string())
         }
@@ -236,7 +286,8 @@ pub async fn resident(args: &Args, endpoints: &[Arc<Endpoint>]) -> Option<u64> {
         }
         return Some(sum);
     }
-    if args.target != Target::Metcd {
+    // etcd's own figures come only from --server-pids.
+    if !matches!(args.target, Target::Metcd | Target::Grpc) {
         return None;
     }
     let mut sum = 0;
