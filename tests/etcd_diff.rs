@@ -150,10 +150,10 @@ fn normalise(text: &str, leases: &BTreeMap<String, String>) -> String {
         for (id, name) in leases {
             l = l.replace(id, name);
         }
-        if let Some(i) = l.find("remaining(") {
-            if let Some(j) = l[i..].find("s)") {
-                l.replace_range(i..i + j + 2, "remaining(Ns)");
-            }
+        if let Some(i) = l.find("remaining(")
+            && let Some(j) = l[i..].find("s)")
+        {
+            l.replace_range(i..i + j + 2, "remaining(Ns)");
         }
         out.push_str(&l);
         out.push('\n');
@@ -224,14 +224,14 @@ fn run(endpoint: &str) -> Vec<String> {
             }
         };
         // A granted lease's id, in hex (etcdctl's) and decimal (JSON's), becomes LEASEn.
-        if let Some(rest) = out.stdout.strip_prefix("lease ") {
-            if let Some((hex, _)) = rest.split_once(" granted") {
-                let name = format!("LEASE{}", leases.len() / 2 + 1);
-                if let Ok(n) = u64::from_str_radix(hex, 16) {
-                    leases.insert(n.to_string(), name.clone());
-                }
-                leases.insert(hex.to_string(), name);
+        if let Some(rest) = out.stdout.strip_prefix("lease ")
+            && let Some((hex, _)) = rest.split_once(" granted")
+        {
+            let name = format!("LEASE{}", leases.len() / 2 + 1);
+            if let Ok(n) = u64::from_str_radix(hex, 16) {
+                leases.insert(n.to_string(), name.clone());
             }
+            leases.insert(hex.to_string(), name);
         }
         transcript.push(format!(
             "$ etcdctl {}\n[{}]\n{}{}",

@@ -22,6 +22,26 @@ fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
+/// Waits until every member listed in `all` answers the same `endpoint hashkv`.
+fn wait_hashes_agree(c: &TestCluster, all: &str) {
+    c.wait_for(
+        || {
+            let out = etcdctl_ok(all, &["endpoint", "hashkv", "-w", "json"]);
+            let hashes: Vec<u64> = json(&out)
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|h| h["HashKV"]["hash"].as_u64())
+                        .collect()
+                })
+                .unwrap_or_default();
+            hashes.len() == 3 && hashes.iter().all(|h| *h == hashes[0])
+        },
+        Duration::from_secs(10),
+        "every member's hashkv to agree",
+    );
+}
+
 #[test]
 fn keys_leases_and_watches_through_any_member() {
     let c = TestCluster::start(3, 4000, &[]);
@@ -192,22 +212,7 @@ fn membership_status_and_leadership() {
 
     // Hashes agree once the members have applied the same writes.
     etcdctl_ok(&on_follower, &["put", "h", "1"]);
-    c.wait_for(
-        || {
-            let out = etcdctl_ok(&all, &["endpoint", "hashkv", "-w", "json"]);
-            let hashes: Vec<u64> = json(&out)
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|h| h["HashKV"]["hash"].as_u64())
-                        .collect()
-                })
-                .unwrap_or_default();
-            hashes.len() == 3 && hashes.iter().all(|h| *h == hashes[0])
-        },
-        Duration::from_secs(10),
-        "every member's hashkv to agree",
-    );
+    wait_hashes_agree(&c, &all);
 
     // Leadership moves where it is asked to (ids are printed in hex).
     let target = follower;
@@ -400,22 +405,7 @@ fn snapshot_save_then_restore_into_a_new_cluster() {
         .map(|i| endpoint(&restored, i))
         .collect::<Vec<_>>()
         .join(",");
-    restored.wait_for(
-        || {
-            let out = etcdctl_ok(&all, &["endpoint", "hashkv", "-w", "json"]);
-            let hashes: Vec<u64> = json(&out)
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|h| h["HashKV"]["hash"].as_u64())
-                        .collect()
-                })
-                .unwrap_or_default();
-            hashes.len() == 3 && hashes.iter().all(|h| *h == hashes[0])
-        },
-        Duration::from_secs(10),
-        "the restored members to agree",
-    );
+    wait_hashes_agree(&restored, &all);
 
     // A damaged backup is refused before anything is written.
     let mut bytes = std::fs::read(&file).expect("read backup");

@@ -58,6 +58,7 @@ fn run_all(make: &dyn Fn() -> KvStore) {
     compaction_boundaries(&make());
     range_delete_is_one_revision(&make());
     transactions(&make());
+    transaction_options_and_nesting(&make());
     leases(&make());
     preconditions_decide_at_apply(&make());
     snapshot_round_trip(&make(), &make());
@@ -348,6 +349,159 @@ fn range_delete_is_one_revision(s: &KvStore) {
         .unwrap();
     assert_eq!(r[3].clone().unwrap().deleted, 1);
     assert_eq!(keys(&all(s, None)), ["r/2"]);
+}
+
+/// What etcd's gRPC transactions add: put options, deletes that answer what they deleted,
+/// nested transactions decided on the state before the outer one, counts of whole ranges.
+fn t_of(r: &super::OpResult) -> &super::txn::TxnResult {
+    r.txn.as_ref().expect("a transaction's result")
+}
+
+fn transaction_options_and_nesting(s: &KvStore) {
+    use super::txn::{
+        CmpResult::*, Compare, KeyRange, PutOptions, Target, Txn, TxnOp, TxnResponse,
+    };
+    s.apply(&[
+        op(1, Op::LeaseGrant { id: 7, ttl: 60 }),
+        op(
+            2,
+            Op::Put {
+                key: b"a".to_vec(),
+                value: b"1".to_vec(),
+                lease: 7,
+                cond: None,
+            },
+        ),
+        put(3, "b", "2"),
+        put(4, "c", "3"),
+    ])
+    .unwrap(); // revisions 2, 3, 4
+    let run = |index, t: Txn| {
+        s.apply(&[op(index, Op::Txn(Box::new(t)))]).unwrap()[0]
+            .clone()
+            .unwrap()
+    };
+    let opts = |prev_kv, ignore_value, ignore_lease| PutOptions {
+        prev_kv,
+        ignore_value,
+        ignore_lease,
+    };
+    let put_with = |k: &str, v: &str, lease, o| TxnOp::Put {
+        key: k.into(),
+        value: v.into(),
+        lease,
+        options: o,
+    };
+    // ignore_value keeps the value, ignore_lease the lease; prev_kv answers the version before.
+    let r = run(
+        5,
+        Txn {
+            success: vec![
+                put_with("a", "", 0, opts(true, true, true)),
+                put_with("b", "new", 0, opts(true, false, false)),
+            ],
+            ..Txn::default()
+        },
+    );
+    let t = r.txn.as_ref().unwrap();
+    assert_eq!(r.revision, 5);
+    match (&t.responses[0], &t.responses[1]) {
+        (TxnResponse::Put { prev: Some(a) }, TxnResponse::Put { prev: Some(b) }) => {
+            assert_eq!((a.value.as_slice(), a.mod_revision), (&b"1"[..], 2));
+            assert_eq!(b.value, b"2");
+        }
+        other => panic!("{other:?}"),
+    }
+    let a = get_kv(s, "a");
+    assert_eq!((a.value.as_slice(), a.lease, a.version), (&b"1"[..], 7, 2));
+    // Keeping the value or lease of a key that does not exist refuses the whole transaction.
+    let r = run(
+        6,
+        Txn {
+            success: vec![
+                put_with("c", "x", 0, PutOptions::default()),
+                put_with("missing", "", 0, opts(false, true, false)),
+            ],
+            ..Txn::default()
+        },
+    );
+    assert_eq!(r.refused, Some(super::Refusal::KeyNotFound));
+    assert_eq!((r.revision, get_kv(s, "c").value), (5, b"3".to_vec()));
+    // A delete answers the versions it removed; a nested transaction's compare sees the
+    // state before the outer one wrote (d is absent then), its operations run in order and
+    // share the revision; a get counts the whole range whatever its limit.
+    let r = run(
+        7,
+        Txn {
+            success: vec![
+                put_with("d", "1", 0, PutOptions::default()),
+                TxnOp::Delete {
+                    range: KeyRange {
+                        start: b"b".to_vec(),
+                        end: Some(b"d".to_vec()),
+                    },
+                    prev_kv: true,
+                },
+                TxnOp::Txn(Box::new(Txn {
+                    compare: vec![Compare {
+                        key: b"d".to_vec(),
+                        range_end: None,
+                        target: Target::Version(0),
+                        result: Equal,
+                    }],
+                    success: vec![TxnOp::Get {
+                        range: KeyRange {
+                            start: vec![],
+                            end: Some(vec![]),
+                        },
+                        limit: 1,
+                        revision: 0,
+                    }],
+                    failure: vec![put_with("never", "1", 0, PutOptions::default())],
+                })),
+                TxnOp::Txn(Box::new(Txn {
+                    compare: vec![Compare {
+                        key: b"a".to_vec(),
+                        range_end: None,
+                        target: Target::Value(b"nope".to_vec()),
+                        result: Equal,
+                    }],
+                    success: vec![put_with("never2", "2", 0, PutOptions::default())],
+                    failure: vec![],
+                })),
+            ],
+            ..Txn::default()
+        },
+    );
+    match &t_of(&r).responses[3] {
+        TxnResponse::Txn(inner) => assert!(!inner.succeeded && inner.responses.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let t = r.txn.as_ref().unwrap();
+    assert_eq!(r.revision, 6);
+    match &t.responses[1] {
+        TxnResponse::Delete { deleted, prev } => {
+            assert_eq!(
+                (*deleted, keys(prev)),
+                (2, vec!["b".to_string(), "c".to_string()])
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match &t.responses[2] {
+        TxnResponse::Txn(inner) => {
+            assert!(inner.succeeded);
+            match &inner.responses[0] {
+                TxnResponse::Get { kvs, more, count } => {
+                    assert_eq!((keys(kvs), *more, *count), (vec!["a".to_string()], true, 2));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(keys(&all(s, None)), ["a", "d"]);
+    assert_eq!(get_kv(s, "d").mod_revision, 6);
 }
 
 fn transactions(s: &KvStore) {

@@ -707,9 +707,47 @@ mod tests {
                     revision: 2,
                 }],
             })),
+            // The forms gRPC added: put options, deletes answering prev_kv, nesting.
+            Op::Txn(Box::new(Txn {
+                compare: vec![],
+                success: vec![
+                    TxnOp::Put {
+                        key: b"a".to_vec(),
+                        value: vec![],
+                        lease: 0,
+                        options: PutOptions {
+                            prev_kv: true,
+                            ignore_value: true,
+                            ignore_lease: true,
+                        },
+                    },
+                    TxnOp::Delete {
+                        range: KeyRange {
+                            start: b"p".to_vec(),
+                            end: Some(vec![]),
+                        },
+                        prev_kv: true,
+                    },
+                    TxnOp::Txn(Box::new(Txn {
+                        compare: vec![],
+                        success: vec![TxnOp::put(b"n".to_vec(), b"1".to_vec(), 0)],
+                        failure: vec![TxnOp::Txn(Box::default())],
+                    })),
+                ],
+                failure: vec![],
+            })),
         ] {
             assert_eq!(decode(&encode(&op)).unwrap(), op);
         }
+        // Nesting deeper than MAX_DEPTH is refused when decoded, without deep recursion.
+        let mut deep = Txn::default();
+        for _ in 0..=MAX_DEPTH {
+            deep = Txn {
+                success: vec![TxnOp::Txn(Box::new(deep))],
+                ..Txn::default()
+            };
+        }
+        assert!(decode(&encode(&Op::Txn(Box::new(deep)))).is_err());
         assert!(decode(&[]).is_err());
         assert!(decode(&[PUT, 0, 0]).is_err());
         assert!(decode(&[PUT, 0, 0, 0, 9, b'x']).is_err());

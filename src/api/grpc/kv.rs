@@ -17,6 +17,7 @@
 use std::cmp::Ordering;
 use std::time::Duration;
 
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::pb::mvccpb;
@@ -461,7 +462,8 @@ impl rpc::kv_server::Kv for Grpc {
     ) -> Result<Response<rpc::PutResponse>, Status> {
         let p = request.into_inner();
         let op = put_op(&p)?;
-        if p.key.len() > self.state.settings.max_key_bytes {
+        let limits = &self.state.settings;
+        if p.key.len() > limits.max_key_bytes || p.value.len() > limits.max_request_bytes {
             return Err(status::request_too_large());
         }
         if !p.prev_kv && !p.ignore_value && !p.ignore_lease {
@@ -542,6 +544,10 @@ impl rpc::kv_server::Kv for Grpc {
         &self,
         request: Request<rpc::TxnRequest>,
     ) -> Result<Response<rpc::TxnResponse>, Status> {
+        // A transaction is bounded as a whole, as etcd bounds every request.
+        if request.get_ref().encoded_len() > self.state.settings.max_request_bytes {
+            return Err(status::request_too_large());
+        }
         let (txn, shape) = txn(request.get_ref())?;
         let (result, revision, changed) = self.run_txn(txn).await?;
         let begin = revision - u64::from(changed);

@@ -71,7 +71,7 @@ fn send_backup(
         };
         sent += n as u64;
         let chunk = rpc::SnapshotResponse {
-            header: header.clone(),
+            header,
             remaining_bytes: len - sent,
             blob: buf[..n].to_vec(),
         };
