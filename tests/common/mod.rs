@@ -913,16 +913,21 @@ pub fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> CtlOutput
             .expect("write etcdctl stdin");
     }
     let out = child.wait_with_output().expect("wait for etcdctl");
-    let stderr = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter(|l| !l.starts_with("{\"level\""))
-        .map(|l| format!("{l}\n"))
-        .collect();
     CtlOutput {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
+        stderr: without_warnings(&out.stderr),
     }
+}
+
+/// etcdctl's stderr without the client library's retry warnings (JSON lines that carry a
+/// timestamp, so no two runs print the same).
+fn without_warnings(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| !l.starts_with("{\"level\""))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// `etcdctl` that must succeed; its stdout.
@@ -1039,10 +1044,6 @@ pub fn etcdctl_stop(mut child: Child) -> CtlOutput {
     CtlOutput {
         ok: true,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .filter(|l| !l.starts_with("{\"level\""))
-            .map(|l| format!("{l}\n"))
-            .collect(),
+        stderr: without_warnings(&out.stderr),
     }
 }
