@@ -31,6 +31,7 @@
 mod common;
 
 mod checker;
+mod grpc;
 mod leases;
 mod proxy;
 mod watchers;
@@ -164,7 +165,81 @@ fn parse_value(r: &Response) -> Option<u64> {
     r.text().trim().parse().ok()
 }
 
+/// One client's way to the cluster: the HTTP API ([`Http`]) or etcd's gRPC API
+/// ([`grpc::Grpc`]). `None` from a write means it certainly did not take effect (it is left
+/// out of the history); from a read, that it got no answer.
+trait Api {
+    /// The value (`None`: absent) and the token a compare-and-swap of it needs.
+    fn read(&mut self, port: u16, k: usize) -> Option<(Option<u64>, Option<String>)>;
+    fn write(&mut self, port: u16, k: usize, v: u64) -> Option<Outcome>;
+    fn delete(&mut self, port: u16, k: usize) -> Option<Outcome>;
+    /// Writes `new` only if the key is as `token` (from [`Api::read`]) says.
+    fn cas(&mut self, port: u16, k: usize, token: &str, new: u64) -> Option<Outcome>;
+}
+
+/// The HTTP API: compare-and-swap with `If-Match` on the ETag.
+struct Http;
+
+impl Api for Http {
+    fn read(&mut self, port: u16, k: usize) -> Option<(Option<u64>, Option<String>)> {
+        let r = http_request_with_timeout(port, "GET", &key_path(k), &[], b"", CLIENT_TIMEOUT);
+        match r {
+            Ok(r) if r.status == 200 => {
+                let etag = r.header("etag").map(str::to_string);
+                Some((Some(parse_value(&r)?), etag))
+            }
+            Ok(r) if r.status == 404 => Some((None, None)),
+            _ => None,
+        }
+    }
+
+    fn write(&mut self, port: u16, k: usize, v: u64) -> Option<Outcome> {
+        let body = v.to_string();
+        let r = http_request_with_timeout(
+            port,
+            "PUT",
+            &key_path(k),
+            &[],
+            body.as_bytes(),
+            CLIENT_TIMEOUT,
+        );
+        write_outcome(&r)
+    }
+
+    fn delete(&mut self, port: u16, k: usize) -> Option<Outcome> {
+        let r = http_request_with_timeout(port, "DELETE", &key_path(k), &[], b"", CLIENT_TIMEOUT);
+        match &r {
+            Ok(r) if r.status == 204 => Some(Outcome::Deleted(true)),
+            Ok(r) if r.status == 404 => Some(Outcome::Deleted(false)),
+            _ => write_outcome(&r),
+        }
+    }
+
+    fn cas(&mut self, port: u16, k: usize, token: &str, new: u64) -> Option<Outcome> {
+        let body = new.to_string();
+        let r = http_request_with_timeout(
+            port,
+            "PUT",
+            &key_path(k),
+            &[("If-Match", token)],
+            body.as_bytes(),
+            CLIENT_TIMEOUT,
+        );
+        write_outcome(&r)
+    }
+}
+
+/// Whether client `id` speaks gRPC (one pinned and one round-robin client of the six).
+fn speaks_grpc(id: usize) -> bool {
+    id % 3 == 2
+}
+
 fn client(world: Arc<World>, id: usize, seed: u64) {
+    let mut api: Box<dyn Api> = if speaks_grpc(id) {
+        Box::new(grpc::Grpc::new())
+    } else {
+        Box::new(Http)
+    };
     let mut rng = Rng(seed ^ (id as u64).wrapping_mul(0xa076_1d64_78bd_642f));
     // Half the clients stick to one member, half go round-robin.
     let pinned = id.is_multiple_of(2);
@@ -179,10 +254,9 @@ fn client(world: Arc<World>, id: usize, seed: u64) {
         };
         let port = world.client_port(target);
         let k = rng.below(KEYS);
-        let key = key_path(k);
         let roll = rng.below(100);
         let invoke = world.now();
-        let event = |op, outcome, complete| Event {
+        let event = |op, outcome, invoke, complete| Event {
             key: format!("k{k}"),
             client: id,
             op,
@@ -191,77 +265,41 @@ fn client(world: Arc<World>, id: usize, seed: u64) {
             complete,
         };
         if roll < 40 {
-            let r = http_request_with_timeout(port, "GET", &key, &[], b"", CLIENT_TIMEOUT);
+            let read = api.read(port, k);
             let complete = world.now();
-            match r {
-                Ok(r) if r.status == 200 => {
-                    if let Some(v) = parse_value(&r) {
-                        world.record(event(Op::Read, Outcome::Read(Some(v)), complete));
-                    }
-                }
-                Ok(r) if r.status == 404 => {
-                    world.record(event(Op::Read, Outcome::Read(None), complete))
-                }
-                _ => {} // a read without an answer has no effect
+            // A read without an answer has no effect.
+            if let Some((value, _)) = read {
+                world.record(event(Op::Read, Outcome::Read(value), invoke, complete));
             }
         } else if roll < 70 {
             let v = world.next_value.fetch_add(1, Ordering::Relaxed);
-            let r = http_request_with_timeout(
-                port,
-                "PUT",
-                &key,
-                &[],
-                v.to_string().as_bytes(),
-                CLIENT_TIMEOUT,
-            );
+            let outcome = api.write(port, k, v);
             let complete = world.now();
-            if let Some(outcome) = write_outcome(&r) {
-                world.record(event(Op::Write(v), outcome, complete));
+            if let Some(outcome) = outcome {
+                world.record(event(Op::Write(v), outcome, invoke, complete));
             }
         } else if roll < 80 {
-            let r = http_request_with_timeout(port, "DELETE", &key, &[], b"", CLIENT_TIMEOUT);
+            let outcome = api.delete(port, k);
             let complete = world.now();
-            let outcome = match &r {
-                Ok(r) if r.status == 204 => Some(Outcome::Deleted(true)),
-                Ok(r) if r.status == 404 => Some(Outcome::Deleted(false)),
-                _ => write_outcome(&r),
-            };
             if let Some(outcome) = outcome {
-                world.record(event(Op::Delete, outcome, complete));
+                world.record(event(Op::Delete, outcome, invoke, complete));
             }
         } else {
-            // Compare-and-swap: read the value and its ETag, then write only if unchanged.
-            let r = http_request_with_timeout(port, "GET", &key, &[], b"", CLIENT_TIMEOUT);
-            let complete = world.now();
-            let Ok(r) = r else { continue };
-            if r.status == 404 {
-                world.record(event(Op::Read, Outcome::Read(None), complete));
-                continue;
-            }
-            let (Some(expect), Some(etag)) = (parse_value(&r), r.header("etag")) else {
+            // Compare-and-swap: read the value and its token, then write only if unchanged.
+            let Some((value, token)) = api.read(port, k) else {
                 continue;
             };
-            world.record(event(Op::Read, Outcome::Read(Some(expect)), complete));
+            let complete = world.now();
+            world.record(event(Op::Read, Outcome::Read(value), invoke, complete));
+            let (Some(expect), Some(token)) = (value, token) else {
+                continue;
+            };
             let new = world.next_value.fetch_add(1, Ordering::Relaxed);
             let invoke = world.now();
-            let r = http_request_with_timeout(
-                port,
-                "PUT",
-                &key,
-                &[("If-Match", etag)],
-                new.to_string().as_bytes(),
-                CLIENT_TIMEOUT,
-            );
+            let outcome = api.cas(port, k, &token, new);
             let complete = world.now();
-            if let Some(outcome) = write_outcome(&r) {
-                world.record(Event {
-                    key: format!("k{k}"),
-                    client: id,
-                    op: Op::Cas { expect, new },
-                    outcome,
-                    invoke,
-                    complete,
-                });
+            if let Some(outcome) = outcome {
+                world.record(event(Op::Cas { expect, new }, outcome, invoke, complete));
             }
         }
     }
@@ -689,9 +727,12 @@ fn run(engine: &'static str, base: u16) {
         }
     }
     world.stop.store(true, Ordering::Relaxed);
-    for t in clients {
-        let _ = t.join();
-    }
+    // A client that panicked stopped recording: the run would check less than it claims.
+    let crashed = clients
+        .into_iter()
+        .map(|t| t.join())
+        .filter(Result::is_err)
+        .count();
     let leased = lease_workload.join().unwrap_or_default();
     if outcome.is_ok() && wait_for_leader(&c, &world, Duration::from_secs(30)).is_none() {
         outcome = Err("no leader after the final heal".into());
@@ -775,10 +816,20 @@ fn run(engine: &'static str, base: u16) {
     let count = |f: &dyn Fn(&Event) -> bool| history.iter().filter(|e| f(e)).count();
     let ok_writes = count(&|e| !matches!(e.op, Op::Read) && e.outcome == Outcome::Ok);
     let unknown = count(&|e| e.outcome == Outcome::Unknown);
+    let over_grpc = count(&|e| speaks_grpc(e.client));
     eprintln!(
-        "jepsen: engine {engine}, seed {seed}: {} operations checked ({ok_writes} acknowledged writes, {unknown} unknown), {faults} faults, {} keys; linearizable: {}; undecided keys: {:?}",
+        "jepsen: engine {engine}, seed {seed}: {} operations checked ({ok_writes} acknowledged writes, {unknown} unknown, {over_grpc} over gRPC), {faults} faults, {} keys; linearizable: {}; undecided keys: {:?}",
         report.ops, report.keys, report.linearizable, report.undecided
     );
+    if crashed > 0 && outcome.is_ok() {
+        outcome = Err(format!("{crashed} client thread(s) panicked"));
+    }
+    // Both APIs must have been exercised throughout (a few hundred operations each at least).
+    if over_grpc < 100 && outcome.is_ok() {
+        outcome = Err(format!(
+            "only {over_grpc} operations of the gRPC clients were recorded"
+        ));
+    }
     if let Some((key, why)) = &report.violation {
         outcome = Err(format!("history is not linearizable on key {key}:\n{why}"));
     } else if !report.undecided.is_empty() {

@@ -3,7 +3,8 @@
 //! is cut off or goes silent reconnects to another member with `start_revision` = the last
 //! revision it saw + 1. At the end each must have seen an ordered, gap-free, duplicate-free
 //! sequence that agrees with every other watcher's, with every acknowledged write, and with
-//! the final state.
+//! the final state. The watcher of member 2 speaks etcd's gRPC API (a watch stream, kept
+//! moving with progress requests), the others the HTTP API (NDJSON with progress lines).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -30,40 +31,174 @@ pub struct Watched {
 /// Follows `/jepsen/` from revision 1 until `world.watch_until` is set and reached, or the
 /// deadline after the clients stop passes.
 pub fn spawn(world: Arc<World>, id: usize) -> thread::JoinHandle<Watched> {
-    thread::spawn(move || run(&world, id))
+    if id == 2 {
+        thread::spawn(move || run_grpc(&world, id))
+    } else {
+        thread::spawn(move || run(&world, id))
+    }
+}
+
+/// Where a watcher stands: what it saw, and the first revision it has not.
+struct Follow {
+    w: Watched,
+    next: u64,
+    turn: usize,
+    stopped_at: Option<Instant>,
+}
+
+impl Follow {
+    fn new(id: usize) -> Self {
+        Follow {
+            w: Watched {
+                id,
+                events: Vec::new(),
+                reconnects: 0,
+                error: None,
+            },
+            next: 1,
+            turn: id,
+            stopped_at: None,
+        }
+    }
+
+    /// Whether the watcher is done (it reached the final revision, or gave up: `w.error`).
+    fn done(&mut self, world: &World) -> bool {
+        let until = world.watch_until.load(Ordering::Relaxed);
+        if until > 0 && self.next > until {
+            return true;
+        }
+        if world.stop.load(Ordering::Relaxed) {
+            let since = *self.stopped_at.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(90) {
+                self.w.error = Some(format!(
+                    "did not catch up: next revision {}, until {until}",
+                    self.next
+                ));
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The member to (re)connect to: its own first, then the others in turn.
+    fn target(&mut self, world: &World) -> usize {
+        let members = world.members.lock().unwrap().clone();
+        if self.w.reconnects == 0 && members.contains(&self.w.id) {
+            self.w.id
+        } else {
+            self.turn += 1;
+            members[self.turn % members.len()]
+        }
+    }
+
+    /// Records an event; whether the final revision is reached.
+    fn event(&mut self, world: &World, rev: u64, key: &str, value: Option<u64>) -> bool {
+        let key = key.trim_start_matches("jepsen/").to_string();
+        self.w.events.push((rev, (key, value)));
+        self.next = rev + 1;
+        let until = world.watch_until.load(Ordering::Relaxed);
+        until > 0 && self.next > until
+    }
+
+    /// Every event through `revision` has been sent; whether the final revision is reached.
+    fn progress(&mut self, world: &World, revision: u64) -> bool {
+        // A reconnect may start after it (if that skipped an event, the gap check catches it).
+        self.next = self.next.max(revision + 1);
+        let until = world.watch_until.load(Ordering::Relaxed);
+        until > 0 && self.next > until
+    }
+}
+
+/// The gRPC watcher: a watch stream from `next`, with a progress request every 300 ms (so a
+/// quiet stream still moves `next`, and a silent one is noticed within 2 s).
+fn run_grpc(world: &World, id: usize) -> Watched {
+    use etcd_client::{EventType, WatchOptions};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut f = Follow::new(id);
+    while !f.done(world) {
+        let target = f.target(world);
+        let port = world.client_port(target);
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(f.next as i64);
+        let opened = rt.block_on(async {
+            let mut c = etcd_client::Client::connect([format!("127.0.0.1:{port}")], None).await?;
+            c.watch("jepsen/", Some(options)).await
+        });
+        let Ok(mut stream) = opened else {
+            f.w.reconnects += 1;
+            thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let finished = rt.block_on(async {
+            let mut ask = tokio::time::interval(Duration::from_millis(300));
+            let mut last_heard = Instant::now();
+            loop {
+                if f.done(world) {
+                    return true;
+                }
+                let msg = tokio::select! {
+                    msg = stream.message() => msg,
+                    _ = ask.tick() => {
+                        if last_heard.elapsed() > Duration::from_secs(2)
+                            || stream.request_progress().await.is_err()
+                        {
+                            return false;
+                        }
+                        continue;
+                    }
+                };
+                let Ok(Some(resp)) = msg else {
+                    return false;
+                };
+                last_heard = Instant::now();
+                if resp.canceled() {
+                    f.w.error = Some(format!(
+                        "canceled by member {target}: {} (compact revision {})",
+                        resp.cancel_reason(),
+                        resp.compact_revision()
+                    ));
+                    return true;
+                }
+                if resp.watch_id() == -1 {
+                    let revision = resp.header().map_or(0, |h| h.revision()) as u64;
+                    if f.progress(world, revision) {
+                        return true;
+                    }
+                    continue;
+                }
+                for e in resp.events() {
+                    let Some(kv) = e.kv() else { continue };
+                    let value = match e.event_type() {
+                        EventType::Put => kv.value_str().ok().and_then(|s| s.parse().ok()),
+                        EventType::Delete => None,
+                    };
+                    let key = kv.key_str().unwrap_or_default();
+                    if f.event(world, kv.mod_revision() as u64, key, value) {
+                        return true;
+                    }
+                }
+            }
+        });
+        if finished {
+            return f.w;
+        }
+        f.w.reconnects += 1;
+    }
+    f.w
 }
 
 fn run(world: &World, id: usize) -> Watched {
-    let mut w = Watched {
-        id,
-        events: Vec::new(),
-        reconnects: 0,
-        error: None,
-    };
-    let mut next = 1u64;
-    let mut turn = id;
-    let mut stopped_at: Option<Instant> = None;
+    let mut f = Follow::new(id);
     loop {
-        let until = world.watch_until.load(Ordering::Relaxed);
-        if until > 0 && next > until {
-            return w;
+        if f.done(world) {
+            return f.w;
         }
-        if world.stop.load(Ordering::Relaxed) {
-            let since = *stopped_at.get_or_insert_with(Instant::now);
-            if since.elapsed() > Duration::from_secs(90) {
-                w.error = Some(format!(
-                    "did not catch up: next revision {next}, until {until}"
-                ));
-                return w;
-            }
-        }
-        let members = world.members.lock().unwrap().clone();
-        let target = if w.reconnects == 0 && members.contains(&id) {
-            id
-        } else {
-            turn += 1;
-            members[turn % members.len()]
-        };
+        let target = f.target(world);
+        let next = f.next;
         let path = format!("/jepsen/?prefix=true&watch=true&progress_ms=300&start_revision={next}");
         let mut lines = match Lines::open(
             world.client_port(target),
@@ -73,37 +208,31 @@ fn run(world: &World, id: usize) -> Watched {
         ) {
             Ok(l) if l.status == 200 => l,
             Ok(l) if l.status == 410 => {
-                w.error = Some(format!(
+                f.w.error = Some(format!(
                     "member {target} refused start revision {next}: {}",
                     l.rest()
                 ));
-                return w;
+                return f.w;
             }
             _ => {
-                w.reconnects += 1;
+                f.w.reconnects += 1;
                 thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
         while let Ok(Some(v)) = lines.next_json() {
             if world.stop.load(Ordering::Relaxed)
-                && stopped_at.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(90)
+                && f.stopped_at.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(90)
             {
                 break; // reported at the top of the outer loop
             }
             if v.get("canceled").is_some() {
-                w.error = Some(format!("canceled by member {target}: {v}"));
-                return w;
+                f.w.error = Some(format!("canceled by member {target}: {v}"));
+                return f.w;
             }
-            let until = world.watch_until.load(Ordering::Relaxed);
             if let Some(p) = v.get("progress") {
-                // Every event through the progress revision has been sent: a reconnect may
-                // start after it (if that skipped an event, the gap check catches it).
-                if let Some(r) = p["revision"].as_u64() {
-                    next = next.max(r + 1);
-                }
-                if until > 0 && next > until {
-                    return w;
+                if f.progress(world, p["revision"].as_u64().unwrap_or(0)) {
+                    return f.w;
                 }
                 continue;
             }
@@ -114,18 +243,15 @@ fn run(world: &World, id: usize) -> Watched {
             ) else {
                 continue; // the created line
             };
-            let key = key.trim_start_matches("jepsen/").to_string();
             let value = match kind {
                 "put" => v["value"].as_str().and_then(|s| s.parse().ok()),
                 _ => None,
             };
-            w.events.push((rev, (key, value)));
-            next = rev + 1;
-            if until > 0 && next > until {
-                return w;
+            if f.event(world, rev, key, value) {
+                return f.w;
             }
         }
-        w.reconnects += 1;
+        f.w.reconnects += 1;
     }
 }
 
