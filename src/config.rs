@@ -86,6 +86,11 @@ pub struct Config {
     /// Raft election timeout; a multiple of --heartbeat-ms.
     #[arg(long, default_value_t = 1_000)]
     pub election_ms: u64,
+    /// Space quota of the store's files (engine and snapshots), in bytes; 0: none. A write that
+    /// adds data past it raises a NOSPACE alarm, and the cluster refuses such writes until
+    /// the alarm is disarmed (etcd's --quota-backend-bytes; etcd's default is 2 GiB).
+    #[arg(long, default_value_t = 0)]
+    pub quota_backend_bytes: u64,
     /// How often a gRPC watcher created with progress_notify gets a progress response when
     /// it has had no events (etcd's --experimental-watch-progress-notify-interval, 10 min).
     #[arg(long, default_value_t = 600_000)]
@@ -230,6 +235,7 @@ pub struct Settings {
     pub tick: Duration,
     pub election_ticks: usize,
     pub watch_progress_notify: Duration,
+    pub quota_backend_bytes: u64,
 }
 
 impl Settings {
@@ -396,6 +402,7 @@ impl Config {
             tick: Duration::from_millis(self.heartbeat_ms),
             election_ticks: (self.election_ms / self.heartbeat_ms) as usize,
             watch_progress_notify: Duration::from_millis(self.watch_progress_notify_ms.max(1)),
+            quota_backend_bytes: self.quota_backend_bytes,
         })
     }
 

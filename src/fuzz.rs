@@ -204,7 +204,7 @@ proptest! {
                 Ok(Op::Compact { .. }) => true,
                 Ok(Op::Txn(_)) => command::write_sizes(&e.data).is_ok_and(|(k, v)| k <= 16 && v <= 48),
                 Ok(Op::LeaseGrant { .. } | Op::LeaseRevoke { .. } | Op::LeaseKeepAlive { .. }) => true,
-                Ok(Op::LeaseTick { .. }) => true,
+                Ok(Op::LeaseTick { .. } | Op::Alarm { .. }) => true,
                 Err(_) => false,
             };
             let writes = !ents.is_empty() && ents.iter().all(write);

@@ -97,6 +97,8 @@ pub async fn run(
           "metcd member started");
 
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let backend_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let measuring = tokio::spawn(measure_backend(settings.clone(), backend_bytes.clone()));
     let state = Arc::new(AppState {
         node: node_handle.clone(),
         engine,
@@ -104,6 +106,7 @@ pub async fn run(
         admin,
         metrics,
         closing,
+        backend_bytes,
     });
     let signal = stop_signal(shutdown, owner.removed.clone(), node_handle.clone());
     let stop = async move {
@@ -117,7 +120,32 @@ pub async fn run(
 
     info!("client requests drained; stopping raft");
     peer_server.abort();
+    measuring.abort();
     owner.stop(&node_handle).await
+}
+
+/// Measures the store's files (engine and snapshots; the raft log is preallocated and not
+/// counted) every second, for `--quota-backend-bytes`.
+async fn measure_backend(settings: Arc<Settings>, bytes: Arc<std::sync::atomic::AtomicU64>) {
+    if settings.quota_backend_bytes == 0 {
+        return;
+    }
+    let dirs = [
+        settings.data_dir.join("engine"),
+        settings.data_dir.join("snap"),
+    ];
+    loop {
+        let dirs = dirs.clone();
+        let size = tokio::task::spawn_blocking(move || {
+            dirs.iter()
+                .map(|d| crate::metrics::dir_size(d))
+                .sum::<u64>()
+        })
+        .await
+        .unwrap_or(0);
+        bytes.store(size, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// What the rest of the member holds of the raft side.

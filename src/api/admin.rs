@@ -14,6 +14,9 @@
 //! GET    /_leader                  the leader's id
 //! POST   /_leader                  transfer leadership; body: the new leader's id
 //! POST   /_compact                 compact history through a revision; body: the revision
+//! GET    /_alarms                  {"alarms": [{"member": id, "alarm": "NOSPACE"}]}
+//! DELETE /_alarms                  disarm every alarm (writes are refused again at once if
+//!                                  the store is still past --quota-backend-bytes)
 //! ```
 //! Membership and leadership requests answer once the change has happened (applied, or the
 //! new leader elected), or fail with a clear status: 400 bad input, 404 unknown member, 409
@@ -130,6 +133,32 @@ pub async fn compact(State(state): Shared, body: Body) -> Result<Response, ApiEr
             Ok(Json(body).into_response())
         }
     }
+}
+
+/// `GET /_alarms`
+pub async fn alarms(State(state): Shared) -> Result<Response, ApiError> {
+    state.node.check_running()?;
+    let alarms: Vec<_> = state
+        .engine
+        .alarms()?
+        .into_iter()
+        .map(|m| json!({ "member": m, "alarm": "NOSPACE" }))
+        .collect();
+    Ok(Json(json!({ "alarms": alarms })).into_response())
+}
+
+/// `DELETE /_alarms`
+pub async fn disarm(State(state): Shared) -> Result<Response, ApiError> {
+    state.node.check_running()?;
+    let raised = state.engine.alarms()?;
+    for member in &raised {
+        let op = crate::engine::Op::Alarm {
+            member: *member,
+            active: false,
+        };
+        state.node.propose(op).await?;
+    }
+    Ok(Json(json!({ "disarmed": raised })).into_response())
 }
 
 /// The `<id>` of `/_members/<id>...` as written (not percent-decoded: `%31` is not an id).

@@ -35,6 +35,11 @@ pub enum ApiError {
     LeaseNotFound(u64),
     #[error("{0}")]
     Admin(#[from] AdminError),
+    /// A write that adds data while a space alarm is raised (or that would pass the quota).
+    #[error(
+        "database space exceeded: a NOSPACE alarm is raised; free space (delete, compact) and disarm it (DELETE /_alarms)"
+    )]
+    NoSpace,
 }
 
 impl IntoResponse for ApiError {
@@ -45,6 +50,7 @@ impl IntoResponse for ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -97,6 +103,7 @@ impl From<Refusal> for ApiError {
             Refusal::LeaseNotFound(id) => ApiError::LeaseNotFound(id),
             Refusal::LeaseExists(_) => ApiError::Conflict(r.to_string()),
             Refusal::KeyNotFound => ApiError::NotFound,
+            Refusal::NoSpace => ApiError::NoSpace,
         }
     }
 }

@@ -105,6 +105,7 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
     match method {
         Method::PUT => {
             let value = read_value(body, state.settings.max_request_bytes).await?;
+            state.check_quota().await?;
             let lease = query.lease.unwrap_or(0);
             write(
                 state,

@@ -97,6 +97,7 @@ pub async fn grant(State(state): Shared, body: Body) -> Result<Response, ApiErro
         }
         id => id,
     };
+    state.check_quota().await?;
     let result = state.node.propose(Op::LeaseGrant { id, ttl }).await?;
     propose_error(&result)?;
     Ok(Json(json!({ "id": id, "ttl": ttl })).into_response())

@@ -46,6 +46,38 @@ pub struct AppState {
     /// Becomes true when the member stops serving clients: streams (watches) end then, so
     /// draining the client port does not wait for them forever.
     pub closing: tokio::sync::watch::Receiver<bool>,
+    /// The size of the store's files (engine and snapshots), measured every second, for
+    /// `--quota-backend-bytes`.
+    pub backend_bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl AppState {
+    /// etcd's quota check, before a write that adds data is proposed: past the quota, this
+    /// member raises its NOSPACE alarm (through the log, so every member then refuses such
+    /// writes) and the write is refused.
+    pub async fn check_quota(&self) -> Result<(), ApiError> {
+        let quota = self.settings.quota_backend_bytes;
+        let size = self
+            .backend_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if quota == 0 || size <= quota {
+            return Ok(());
+        }
+        let me = self.settings.id;
+        if !self.engine.alarms()?.contains(&me) {
+            tracing::warn!(
+                size,
+                quota,
+                "store files past --quota-backend-bytes; raising the NOSPACE alarm"
+            );
+            let alarm = crate::engine::Op::Alarm {
+                member: me,
+                active: true,
+            };
+            self.node.propose(alarm).await?;
+        }
+        Err(ApiError::NoSpace)
+    }
 }
 
 type Shared = Arc<AppState>;
@@ -84,6 +116,13 @@ fn http_router(state: Shared) -> Router {
             allow("POST", post(admin::promote)),
         )
         .row("/_compact", allow("POST", post(admin::compact)))
+        .row(
+            "/_alarms",
+            allow(
+                "GET, HEAD, DELETE",
+                get(admin::alarms).delete(admin::disarm),
+            ),
+        )
         .row("/_txn", allow("POST", post(txn::handle)))
         .row(
             "/_leases",

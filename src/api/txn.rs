@@ -262,6 +262,9 @@ pub async fn handle(
     let query = Query::parse(query.as_deref())?;
     let body = keys::read_value(body, state.settings.max_request_bytes).await?;
     let txn = parse(&body, query.encoding)?;
+    if txn.writes() {
+        state.check_quota().await?;
+    }
     check_sizes(&txn, state.settings.max_key_bytes)?;
     let result = state.node.propose(Op::Txn(Box::new(txn))).await?;
     if let Some(e) = result.refused {

@@ -1141,7 +1141,8 @@ fn history_agrees_with_a_model() {
                 Op::LeaseGrant { .. }
                 | Op::LeaseRevoke { .. }
                 | Op::LeaseKeepAlive { .. }
-                | Op::LeaseTick { .. } => unreachable!("not generated"),
+                | Op::LeaseTick { .. }
+                | Op::Alarm { .. } => unreachable!("not generated"),
                 Op::Txn(t) => {
                     let (TxnOp::Put { key: b, value, .. }, TxnOp::Delete { range: c, .. }) =
                         (&t.success[0], &t.success[1])

@@ -35,6 +35,16 @@ pub(crate) const REVS: u8 = b'r';
 pub(crate) const ATTACHED: u8 = b'a';
 pub(crate) const EXPIRY: u8 = b'e';
 pub(crate) const LEASES: u8 = b'l';
+/// `x member` -> alarm type ([`NOSPACE`]): raised for that member until disarmed.
+pub(crate) const ALARMS: u8 = b'x';
+/// The space alarm (etcd's NOSPACE).
+pub const NOSPACE: u8 = 1;
+
+pub(crate) fn alarm_key(member: u64) -> Vec<u8> {
+    let mut v = vec![ALARMS];
+    v.extend_from_slice(&member.to_be_bytes());
+    v
+}
 
 pub(crate) fn lease_key(id: u64) -> Vec<u8> {
     let mut v = vec![LEASES];

@@ -326,6 +326,13 @@ pub enum Op {
     LeaseTick {
         elapsed_ms: u64,
     },
+    /// Raises (`active`) or clears `member`'s space alarm (etcd's NOSPACE). While any is
+    /// raised, writes that add data (puts, transactions with writes, lease grants) are
+    /// refused when applied, on every member alike; deletes and compaction go on.
+    Alarm {
+        member: u64,
+        active: bool,
+    },
 }
 
 impl Op {

@@ -54,6 +54,9 @@ pub enum Refusal {
     /// A put that keeps the key's value or lease, of a key that does not exist.
     #[error("key not found")]
     KeyNotFound,
+    /// A write that adds data while a space alarm is raised.
+    #[error("database space exceeded (a NOSPACE alarm is raised)")]
+    NoSpace,
 }
 
 /// What a read saw, with the store's revisions at that state.
@@ -269,6 +272,8 @@ pub(super) struct Batch<'a> {
     headers: Option<&'a HeaderCache>,
     /// The current header of each key written in this batch (`None`: deleted).
     latest: HashMap<Vec<u8>, Option<Header>>,
+    /// Whether a space alarm is raised, once looked up (an alarm op clears it).
+    alarmed: Option<bool>,
 }
 
 impl Batch<'_> {
@@ -278,6 +283,21 @@ impl Batch<'_> {
 
     pub(super) fn delete(&mut self, key: Vec<u8>) {
         self.staged.insert(key, None);
+    }
+
+    /// Whether any space alarm is raised (as this batch has left them).
+    fn alarmed(&mut self) -> Result<bool> {
+        if let Some(a) = self.alarmed {
+            return Ok(a);
+        }
+        let (lo, hi) = layout::namespace(layout::ALARMS);
+        let mut any = false;
+        self.scan(&lo, &hi, &mut |_, _| {
+            any = true;
+            Ok(false)
+        })?;
+        self.alarmed = Some(any);
+        Ok(any)
     }
 
     /// The current header of user key `key`.
@@ -465,7 +485,28 @@ fn apply_op(batch: &mut Batch, meta: &mut Meta, op: &Op) -> Result<OpResult> {
         conflict: Some(current.map_or(0, |h| h.mod_revision)),
         ..OpResult::done(meta.revision, false)
     };
+    let adds_data = match op {
+        Op::Put { .. } | Op::LeaseGrant { .. } => true,
+        Op::Txn(t) => t.writes(),
+        _ => false,
+    };
+    if adds_data && batch.alarmed()? {
+        return Ok(OpResult {
+            refused: Some(Refusal::NoSpace),
+            ..OpResult::done(meta.revision, false)
+        });
+    }
     match op {
+        Op::Alarm { member, active } => {
+            let key = layout::alarm_key(*member);
+            if *active {
+                batch.put(key, vec![layout::NOSPACE]);
+            } else {
+                batch.delete(key);
+            }
+            batch.alarmed = None;
+            Ok(OpResult::done(meta.revision, false))
+        }
         Op::Put {
             key,
             value,
@@ -657,6 +698,20 @@ impl KvStore {
         self.read(|r, meta| super::lease::view(r, meta, id))
     }
 
+    /// The members whose space alarm is raised, in order.
+    pub fn alarms(&self) -> Result<Vec<u64>> {
+        self.read(|r, _| {
+            let (lo, hi) = layout::namespace(layout::ALARMS);
+            let mut out = Vec::new();
+            r.scan(&lo, &hi, &mut |k, _| {
+                out.push(layout::trailing_u64(k)?);
+                Ok(true)
+            })?;
+            Ok(out)
+        })
+        .map(|read| read.value)
+    }
+
     /// Every lease: (id, granted TTL s, remaining ms).
     pub fn leases(&self) -> Result<ReadAt<Vec<(u64, u64, u64)>>> {
         self.read(super::lease::list)
@@ -810,6 +865,7 @@ impl KvStore {
                 staged: Changes::new(),
                 headers: self.cache_headers.then_some(&*headers),
                 latest: HashMap::new(),
+                alarmed: None,
             };
             for entry in batch {
                 if entry.index <= meta.applied_index {
@@ -878,6 +934,7 @@ impl KvStore {
                 staged: Changes::new(),
                 headers: None,
                 latest: HashMap::new(),
+                alarmed: None,
             };
             // Index entries below c go once their keys are compacted; those at c stay, so a
             // watch may start at c.

@@ -235,6 +235,18 @@ impl Txn {
     }
 }
 
+impl Txn {
+    /// Whether either branch writes (a put or a delete, here or nested): etcd refuses such a
+    /// transaction while a space alarm is raised, whichever branch would run.
+    pub fn writes(&self) -> bool {
+        self.success.iter().chain(&self.failure).any(|op| match op {
+            TxnOp::Put { .. } | TxnOp::Delete { .. } => true,
+            TxnOp::Get { .. } => false,
+            TxnOp::Txn(inner) => inner.writes(),
+        })
+    }
+}
+
 /// The keys a transaction puts and the ranges it deletes.
 #[derive(Default)]
 struct Written<'t> {

@@ -14,11 +14,12 @@
 //!                 follow a condition as 0x01 does)
 //!          0x08 | id u64 | ttl u64 (lease grant)    0x09 | id u64 (lease revoke)
 //!          0x0a | id u64 (lease keepalive)          0x0b | elapsed_ms u64 (lease clock tick)
+//!          0x0c | member u64 | active u8 (raise or clear a member's space alarm)
 //!          0x10 | count u32 | (member id u64 | incarnation u64) * count
 //!                 (members' incarnations, recorded by the leader; not a client write)
 //! context: proposer member id u64 | proposal id u64
 //! ```
-//! Only writes (`0x01`-`0x0b`) may be forwarded by a follower; a committed entry that does not
+//! Only writes (`0x01`-`0x0c`) may be forwarded by a follower; a committed entry that does not
 //! decode, or whose tag this version does not know, is applied as a no-op on every member.
 
 use crate::engine::txn::{CmpResult, Compare, KeyRange, MAX_DEPTH, PutOptions, Target, Txn, TxnOp};
@@ -35,6 +36,7 @@ const LEASE_GRANT: u8 = 8;
 const LEASE_REVOKE: u8 = 9;
 const LEASE_KEEPALIVE: u8 = 0x0a;
 const LEASE_TICK: u8 = 0x0b;
+const ALARM: u8 = 0x0c;
 const INCARNATIONS: u8 = 0x10;
 
 /// What a normal log entry carries.
@@ -70,6 +72,11 @@ pub fn encode(op: &Op) -> Vec<u8> {
         Op::LeaseRevoke { id } => return numbers(LEASE_REVOKE, &[*id]),
         Op::LeaseKeepAlive { id } => return numbers(LEASE_KEEPALIVE, &[*id]),
         Op::LeaseTick { elapsed_ms } => return numbers(LEASE_TICK, &[*elapsed_ms]),
+        Op::Alarm { member, active } => {
+            let mut v = numbers(ALARM, &[*member]);
+            v.push(u8::from(*active));
+            return v;
+        }
         Op::DeleteRange { start, end } => {
             let mut v = Vec::with_capacity(7 + start.len() + end.as_ref().map_or(0, Vec::len));
             v.push(DELETE_RANGE);
@@ -182,7 +189,7 @@ pub fn write_sizes(data: &[u8]) -> Result<(usize, usize), DecodeError> {
             Ok((key.len(), value.len()))
         }
         DELETE_RANGE | COMPACT | TXN | LEASE_GRANT | LEASE_REVOKE | LEASE_KEEPALIVE
-        | LEASE_TICK => match decode_write(tag, rest, None)? {
+        | LEASE_TICK | ALARM => match decode_write(tag, rest, None)? {
             Op::DeleteRange { start, end } => {
                 Ok((start.len().max(end.map_or(0, |e| e.len())).max(1), 0))
             }
@@ -274,10 +281,23 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
             Ok(op)
         }
         DELETE_RANGE | COMPACT | TXN | LEASE_GRANT | LEASE_REVOKE | LEASE_KEEPALIVE
-        | LEASE_TICK
+        | LEASE_TICK | ALARM
             if cond.is_some() =>
         {
             Err(DecodeError("a condition on a range op"))
+        }
+        ALARM => {
+            let mut d = Dec(rest, 0);
+            let member = d.u64()?;
+            let active = match d.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError("bad alarm state")),
+            };
+            if !d.0.is_empty() {
+                return Err(DecodeError("bytes after an alarm"));
+            }
+            Ok(Op::Alarm { member, active })
         }
         TXN => {
             let mut d = Dec(rest, 0);
@@ -670,6 +690,14 @@ mod tests {
             Op::LeaseRevoke { id: u64::MAX },
             Op::LeaseKeepAlive { id: 3 },
             Op::LeaseTick { elapsed_ms: 100 },
+            Op::Alarm {
+                member: 3,
+                active: true,
+            },
+            Op::Alarm {
+                member: u64::MAX,
+                active: false,
+            },
             Op::Txn(Box::default()),
             Op::Txn(Box::new(Txn {
                 compare: vec![

@@ -15,6 +15,7 @@
 //! 4000-4999    etcdctl.rs
 //! 5000-5999    etcd_diff.rs (a real etcd at 5500s)
 //! 6000-6999    grpc_client.rs (a real etcd at 6500s)
+//! 7000-7999    quota.rs
 //! 8000-8999    leases.rs
 //! 9000-9999    watch.rs
 //! 10000-10999  history.rs

@@ -322,6 +322,9 @@ impl Grpc {
     async fn run_txn(&self, txn: Txn) -> Result<(TxnResult, u64, bool), Status> {
         txn.check().map_err(txn_error)?;
         self.check_key_sizes(&txn)?;
+        if txn.writes() {
+            self.state.check_quota().await?;
+        }
         let result = self.write(Op::Txn(Box::new(txn))).await?;
         let outcome = result.txn.ok_or_else(|| {
             Status::internal("etcdserver: the transaction was not applied as one")
@@ -467,6 +470,7 @@ impl rpc::kv_server::Kv for Grpc {
             return Err(status::request_too_large());
         }
         if !p.prev_kv && !p.ignore_value && !p.ignore_lease {
+            self.state.check_quota().await?;
             let TxnOp::Put {
                 key, value, lease, ..
             } = op

@@ -52,6 +52,7 @@ impl rpc::lease_server::Lease for Grpc {
             }
             id => from_i64(id),
         };
+        self.state.check_quota().await?;
         let result = self.state.node.propose(Op::LeaseGrant { id, ttl }).await?;
         if let Some(r) = result.refused {
             return Err(r.into());

@@ -6,7 +6,8 @@
 //!   versions from the compacted revision on, and the newest one at or below it), folded to
 //!   32 bits; members that applied the same entries answer the same number. HashKV's
 //!   revision is not honoured: the digest is of the applied state.
-//! - Alarm: no alarm is raised yet; listing answers none, deactivating succeeds.
+//! - Alarm: the NOSPACE alarms (raised past `--quota-backend-bytes`, replicated through the
+//!   log): list, activate, deactivate (`etcdctl alarm disarm`). Status lists them as errors.
 //! - Defragment: nothing to do on any engine (see the README's etcd compatibility section).
 //! - MoveLeader: as `POST /_leader`.
 
@@ -95,12 +96,56 @@ impl Grpc {
 impl rpc::maintenance_server::Maintenance for Grpc {
     async fn alarm(
         &self,
-        _request: Request<rpc::AlarmRequest>,
+        request: Request<rpc::AlarmRequest>,
     ) -> Result<Response<rpc::AlarmResponse>, Status> {
+        use rpc::alarm_request::AlarmAction;
+        let r = request.into_inner();
         self.state.node.check_running()?;
+        let action = AlarmAction::try_from(r.action)
+            .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm action"))?;
+        let kind = rpc::AlarmType::try_from(r.alarm).unwrap_or(rpc::AlarmType::None);
+        let nospace = |member| rpc::AlarmMember {
+            member_id: member,
+            alarm: rpc::AlarmType::Nospace as i32,
+        };
+        let alarms = match action {
+            // Only NOSPACE exists here; asking for CORRUPT finds none.
+            AlarmAction::Get => {
+                if kind == rpc::AlarmType::Corrupt {
+                    Vec::new()
+                } else {
+                    self.state
+                        .engine
+                        .alarms()?
+                        .into_iter()
+                        .map(nospace)
+                        .collect()
+                }
+            }
+            AlarmAction::Activate | AlarmAction::Deactivate => {
+                if kind != rpc::AlarmType::Nospace {
+                    return Err(Status::invalid_argument(
+                        "etcdserver: metcd raises and clears only NOSPACE alarms",
+                    ));
+                }
+                let active = action == AlarmAction::Activate;
+                let was = self.state.engine.alarms()?.contains(&r.member_id);
+                let op = crate::engine::Op::Alarm {
+                    member: r.member_id,
+                    active,
+                };
+                self.state.node.propose(op).await?;
+                // etcd answers the alarms the call changed.
+                if was != active {
+                    vec![nospace(r.member_id)]
+                } else {
+                    Vec::new()
+                }
+            }
+        };
         Ok(Response::new(rpc::AlarmResponse {
             header: self.current_header(),
-            alarms: Vec::new(),
+            alarms,
         }))
     }
 
@@ -125,7 +170,13 @@ impl rpc::maintenance_server::Maintenance for Grpc {
             raft_index: s.commit_index,
             raft_term: s.term,
             raft_applied_index: s.applied_index,
-            errors: Vec::new(),
+            errors: self
+                .state
+                .engine
+                .alarms()?
+                .into_iter()
+                .map(|m| format!("memberID:{m} alarm:NOSPACE "))
+                .collect(),
             db_size_in_use: to_i64(db_size),
             is_learner,
         }))

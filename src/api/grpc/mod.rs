@@ -151,6 +151,9 @@ pub(crate) mod status {
             "mvcc: required revision is a future revision",
         )
     }
+    pub fn no_space() -> Status {
+        etcd(Code::ResourceExhausted, "mvcc: database space exceeded")
+    }
     pub fn lease_not_found() -> Status {
         etcd(Code::NotFound, "requested lease not found")
     }
@@ -235,6 +238,7 @@ fn refusal_status(r: Refusal) -> Status {
         Refusal::LeaseNotFound(_) => status::lease_not_found(),
         Refusal::LeaseExists(_) => status::lease_exists(),
         Refusal::KeyNotFound => status::key_not_found(),
+        Refusal::NoSpace => status::no_space(),
     }
 }
 
@@ -255,6 +259,7 @@ impl From<ApiError> for Status {
             ApiError::TooLarge(_) => status::request_too_large(),
             ApiError::Admin(e) => admin_status(e),
             ApiError::NotFound => status::key_not_found(),
+            ApiError::NoSpace => status::no_space(),
             other => Status::invalid_argument(other.to_string()),
         }
     }
