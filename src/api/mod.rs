@@ -148,6 +148,13 @@ fn http_router(state: Shared) -> Router {
         .with_state(state)
 }
 
+/// Resolves once the member stops serving clients: streams (HTTP and gRPC watches, lease
+/// keepalive streams) end then.
+pub(crate) async fn stopping(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard wait_for returns is dropped here, before any other await.
+    let _ = closing.wait_for(|c| *c).await;
+}
+
 /// The rows of the route table, each timed under its own path.
 struct Table {
     router: Router<Shared>,

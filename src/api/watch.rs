@@ -34,11 +34,11 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use super::AppState;
 use super::error::ApiError;
 use super::keys::{REVISION_HEADER, header_value};
 use super::query::{Encoding, Query};
 use super::range::{end_of, to_json};
+use super::{AppState, stopping};
 use crate::engine::watch::{Event, EventKind, Published, WatchRange};
 use crate::engine::{KvStore, RevisionError};
 
@@ -298,10 +298,4 @@ impl Watcher {
             () = stopping(&mut closing) => Err(Stop::Gone),
         }
     }
-}
-
-/// Resolves once the member stops serving clients.
-async fn stopping(closing: &mut tokio::sync::watch::Receiver<bool>) {
-    // The guard wait_for returns is dropped here, before any other await.
-    let _ = closing.wait_for(|c| *c).await;
 }

@@ -94,7 +94,7 @@ impl rpc::lease_server::Lease for Grpc {
             loop {
                 let next = tokio::select! {
                     next = inbound.next() => next,
-                    () = super::stopping(&mut closing) => return,
+                    () = crate::api::stopping(&mut closing) => return,
                 };
                 let answer = match next {
                     Some(Ok(req)) => {

@@ -321,9 +321,3 @@ fn outbound<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<Result<T, Status>
         rx.recv().await.map(|item| (item, rx))
     }))
 }
-
-/// Resolves once the member stops serving clients (streams end then).
-async fn stopping(closing: &mut tokio::sync::watch::Receiver<bool>) {
-    // The guard wait_for returns is dropped here, before any other await.
-    let _ = closing.wait_for(|c| *c).await;
-}

@@ -358,7 +358,7 @@ impl WatchStream {
                 },
                 _ = ticker.tick() => self.notify_progress().await?,
                 () = self.tx.closed() => return Err(Gone),
-                () = super::stopping(&mut closing) => return Err(Gone),
+                () = crate::api::stopping(&mut closing) => return Err(Gone),
             }
         }
     }
