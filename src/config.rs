@@ -98,13 +98,46 @@ pub struct Config {
     /// Log filter, e.g. `info` or `metcd=debug,raft=info`.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// TLS on the client port (HTTP and gRPC): this member's certificate (PEM; a chain
+    /// may follow it). With --key-file. Clients then use https://.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that client certificates are verified against; a client
+    /// certificate is then optional unless --client-cert-auth.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require every client to present a certificate from --trusted-ca-file.
+    #[arg(long, help_heading = "Security")]
+    pub client_cert_auth: bool,
+    /// Mutual TLS between members: this member's peer certificate (PEM), used both to serve
+    /// its peer port and to dial its peers. With --peer-key-file and --peer-trusted-ca-file,
+    /// and https:// URLs in --cluster.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// The private key of --peer-cert-file (PEM).
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that peers' certificates must chain to.
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Accept only peers whose certificate's subject CN is exactly this.
+    #[arg(long, value_name = "CN", help_heading = "Security")]
+    pub peer_allowed_cn: Option<String>,
+    /// Accept only peers whose certificate names this host (a DNS or IP alternative name).
+    #[arg(long, value_name = "HOST", help_heading = "Security")]
+    pub peer_allowed_hostname: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("--id {id} is out of range: --cluster lists {n} member(s), ids are 1..={n}")]
     IdOutOfRange { id: u64, n: usize },
-    #[error("malformed peer URL {url:?} in --cluster: {why} (expected http://host:port)")]
+    #[error(
+        "malformed peer URL {url:?} in --cluster: {why} (expected http://host:port, or https://host:port with peer TLS)"
+    )]
     BadUrl { url: String, why: String },
     #[error("peer URL {0} appears twice in --cluster")]
     DuplicateUrl(String),
@@ -197,7 +230,7 @@ impl AutoCompaction {
 #[derive(Clone, Debug)]
 pub struct Member {
     pub id: u64,
-    /// Normalized `http://host:port`.
+    /// Normalized `http://host:port`, or `https://host:port` with peer TLS.
     pub url: String,
     /// `host:port`, for connecting and listening.
     pub authority: String,
@@ -236,6 +269,8 @@ pub struct Settings {
     pub election_ticks: usize,
     pub watch_progress_notify: Duration,
     pub quota_backend_bytes: u64,
+    pub client_tls: Option<crate::tls::ClientPortTls>,
+    pub peer_tls: Option<crate::tls::PeerTls>,
 }
 
 impl Settings {
@@ -253,20 +288,33 @@ impl Settings {
                 std::net::IpAddr::V6(ip) => format!("[{ip}]"),
                 ip => ip.to_string(),
             });
-        format!("http://{host}:{port}")
+        let scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{host}:{port}")
     }
 }
 
-/// Checks and normalizes a peer URL: `(http://host:port, host:port)`.
+/// The `host:port` of a normalized peer URL.
+pub fn authority_of(url: &str) -> &str {
+    url.strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url)
+}
+
+/// Checks and normalizes a peer URL: `(http[s]://host:port, host:port)`.
 pub fn parse_url(url: &str) -> Result<(String, String), ConfigError> {
     let bad = |why: &str| ConfigError::BadUrl {
         url: url.to_string(),
         why: why.to_string(),
     };
-    let rest = url
-        .trim()
-        .strip_prefix("http://")
-        .ok_or_else(|| bad("scheme must be http://"))?;
+    let trimmed = url.trim();
+    let (scheme, rest) = [("https", "https://"), ("http", "http://")]
+        .into_iter()
+        .find_map(|(scheme, prefix)| Some((scheme, trimmed.strip_prefix(prefix)?)))
+        .ok_or_else(|| bad("scheme must be http:// or https://"))?;
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
         return Err(bad("no host:port, or a path"));
@@ -284,7 +332,7 @@ pub fn parse_url(url: &str) -> Result<(String, String), ConfigError> {
         return Err(bad("port 0"));
     }
     let authority = format!("{host}:{port}");
-    Ok((format!("http://{authority}"), authority))
+    Ok((format!("{scheme}://{authority}"), authority))
 }
 
 /// FNV-1a over the sorted member URLs and the token: the same list and token give the same
@@ -371,6 +419,8 @@ impl Config {
                 "--cluster-token must be non-empty and on one line".into(),
             ));
         }
+        let (client_tls, peer_tls) = (self.client_tls()?, self.peer_tls()?);
+        check_schemes(&members, peer_tls.is_some())?;
         Ok(Settings {
             id: self.id,
             cluster_id: cluster_id(&urls, token),
@@ -403,7 +453,72 @@ impl Config {
             election_ticks: (self.election_ms / self.heartbeat_ms) as usize,
             watch_progress_notify: Duration::from_millis(self.watch_progress_notify_ms.max(1)),
             quota_backend_bytes: self.quota_backend_bytes,
+            client_tls,
+            peer_tls,
         })
+    }
+
+    /// The client port's TLS flags, checked for completeness (not yet loaded).
+    fn client_tls(&self) -> Result<Option<crate::tls::ClientPortTls>, ConfigError> {
+        let (cert, key) = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            (None, None) => {
+                if self.trusted_ca_file.is_some() || self.client_cert_auth {
+                    return Err(ConfigError::Invalid(
+                        "--trusted-ca-file and --client-cert-auth need TLS on the client port: give --cert-file and --key-file".into(),
+                    ));
+                }
+                return Ok(None);
+            }
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "--cert-file and --key-file go together".into(),
+                ));
+            }
+        };
+        if self.client_cert_auth && self.trusted_ca_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "--client-cert-auth needs --trusted-ca-file (the CA client certificates must chain to)".into(),
+            ));
+        }
+        Ok(Some(crate::tls::ClientPortTls {
+            files: crate::tls::CertFiles {
+                cert,
+                key,
+                ca: self.trusted_ca_file.clone(),
+            },
+            require_client_cert: self.client_cert_auth,
+        }))
+    }
+
+    /// The peer TLS flags: all three files or none.
+    fn peer_tls(&self) -> Result<Option<crate::tls::PeerTls>, ConfigError> {
+        match (
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+        ) {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(crate::tls::PeerTls {
+                files: crate::tls::CertFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: Some(ca.clone()),
+                },
+                allowed_cn: self.peer_allowed_cn.clone(),
+                allowed_hostname: self.peer_allowed_hostname.clone(),
+            })),
+            (None, None, None) => {
+                if self.peer_allowed_cn.is_some() || self.peer_allowed_hostname.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "--peer-allowed-cn and --peer-allowed-hostname need peer TLS (--peer-cert-file, --peer-key-file, --peer-trusted-ca-file)".into(),
+                    ));
+                }
+                Ok(None)
+            }
+            _ => Err(ConfigError::Invalid(
+                "peer TLS needs all of --peer-cert-file, --peer-key-file and --peer-trusted-ca-file (peers always authenticate each other)".into(),
+            )),
+        }
     }
 
     /// The numeric flags' bounds.
@@ -427,6 +542,35 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Peer URLs must all be https:// with peer TLS and all http:// without: a cluster cannot
+/// mix plaintext and TLS members.
+pub fn check_schemes(members: &[Member], peer_tls: bool) -> Result<(), ConfigError> {
+    let want = if peer_tls { "https://" } else { "http://" };
+    match members.iter().find(|m| !m.url.starts_with(want)) {
+        None => Ok(()),
+        Some(m) if peer_tls => Err(ConfigError::Invalid(format!(
+            "peer TLS is on (--peer-cert-file), so every peer URL must be https://; {} is not (plaintext and TLS members cannot be mixed)",
+            m.url
+        ))),
+        Some(m) => Err(ConfigError::Invalid(format!(
+            "{} is https://, but this member has no peer TLS: give --peer-cert-file, --peer-key-file and --peer-trusted-ca-file",
+            m.url
+        ))),
+    }
+}
+
+/// A new member's peer URL, normalized, with the scheme this cluster's peer TLS requires.
+pub fn parse_member_url(url: &str, peer_tls: bool) -> Result<String, ConfigError> {
+    let (url, authority) = parse_url(url)?;
+    let member = Member {
+        id: 0,
+        url: url.clone(),
+        authority,
+    };
+    check_schemes(std::slice::from_ref(&member), peer_tls)?;
+    Ok(url)
 }
 
 /// `--peer-dial ID=HOST:PORT` entries: where to dial a member instead of its peer URL.
@@ -468,6 +612,56 @@ mod tests {
     }
 
     #[test]
+    fn tls_flags_come_in_sets_and_urls_follow_peer_tls() {
+        let peer = [
+            "--peer-cert-file",
+            "c.pem",
+            "--peer-key-file",
+            "k.pem",
+            "--peer-trusted-ca-file",
+            "ca.pem",
+        ];
+        let with = |extra: &[&str]| cfg(&[&peer[..], extra].concat()).validate();
+        let https = "https://127.0.0.1:1,https://127.0.0.1:2";
+        let s = with(&["--cluster", https]).unwrap();
+        assert!(s.peer_tls.is_some() && s.client_tls.is_none());
+        assert!(s.members.iter().all(|m| m.url.starts_with("https://")));
+        let e = with(&["--cluster", "https://127.0.0.1:1,http://127.0.0.1:2"]).unwrap_err();
+        assert!(e.to_string().contains("cannot be mixed"), "{e}");
+        let e = cfg(&["--cluster", https]).validate().unwrap_err();
+        assert!(e.to_string().contains("no peer TLS"), "{e}");
+        let e = cfg(&["--peer-cert-file", "c.pem", "--cluster", https]).validate();
+        assert!(e.unwrap_err().to_string().contains("all of"));
+        let e = cfg(&["--peer-allowed-cn", "m1"]).validate().unwrap_err();
+        assert!(e.to_string().contains("need peer TLS"), "{e}");
+        assert!(cfg(&["--cert-file", "c.pem"]).validate().is_err());
+        assert!(cfg(&["--client-cert-auth"]).validate().is_err());
+        let client = ["--cert-file", "c.pem", "--key-file", "k.pem"];
+        assert!(
+            cfg(&[&client[..], &["--client-cert-auth"]].concat())
+                .validate()
+                .is_err()
+        );
+        let s = cfg(&client).validate().unwrap();
+        assert_eq!(s.client_url(), "https://127.0.0.1:3379");
+        let both = [
+            &client[..],
+            &["--trusted-ca-file", "ca.pem", "--client-cert-auth"],
+        ]
+        .concat();
+        assert!(
+            cfg(&both)
+                .validate()
+                .unwrap()
+                .client_tls
+                .unwrap()
+                .require_client_cert
+        );
+        assert_eq!(authority_of("https://h:1"), "h:1");
+        assert_eq!(authority_of("http://h:1"), "h:1");
+    }
+
+    #[test]
     fn bad_flags_are_named() {
         let three = "http://127.0.0.1:1,http://127.0.0.1:2,http://127.0.0.1:3";
         let e = cfg(&["--id", "4", "--cluster", three])
@@ -479,7 +673,7 @@ mod tests {
             "notaurl",
             "http://",
             "http://h",
-            "https://h:1",
+            "ftp://h:1",
             "http://h:99999",
             "http://h:1/x",
         ] {

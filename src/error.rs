@@ -26,6 +26,8 @@ pub enum Error {
     Snapshot(#[from] crate::raft::snapshot::SnapshotError),
     #[error("engine: {0}")]
     Engine(#[from] crate::engine::EngineError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Node(#[from] crate::raft::node::NodeError),
     #[error("{0}")]

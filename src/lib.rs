@@ -44,5 +44,6 @@ pub mod metrics;
 pub mod raft;
 pub mod server;
 pub mod startup;
+pub mod tls;
 
 pub use error::{Error, Result};

@@ -10,6 +10,11 @@
 //!                      data   D/member-<i>
 //! ```
 //!
+//! With `--tls` every URL is https://: a throwaway CA and certificates for 127.0.0.1 and
+//! localhost are made on first use under `D/tls` (`ca.pem`, `member-<i>.pem`, `client.pem`
+//! and their `-key.pem`), and each member serves TLS on both ports with mutual TLS between
+//! members; a client certificate is accepted but not required.
+//!
 //! Every line a member prints (stdout or stderr) is re-printed on the parent's stdout as
 //! `member-<i> | <line>`, one whole line per write under the stdout lock, so lines of
 //! different members never interleave.
@@ -57,6 +62,10 @@ pub struct LocalClusterArgs {
     /// Log filter passed to every member, e.g. `info` or `metcd=debug,raft=info`.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// TLS on every port, with certificates from a throwaway CA made under
+    /// `<data-dir>/tls` (kept for later runs).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Where one member listens and keeps its files.
@@ -67,12 +76,43 @@ struct MemberPlan {
     client_port: u16,
     peer_url: String,
     data_dir: PathBuf,
+    /// Certificate and key of the member (both ports), when `--tls`.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl MemberPlan {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
+}
+
+/// Where `--tls` keeps its files.
+fn tls_dir(args: &LocalClusterArgs) -> PathBuf {
+    args.data_dir.join("tls")
+}
+
+/// Makes the CA and the certificates of `--tls` unless a run before made them.
+fn make_certificates(args: &LocalClusterArgs, plans: &[MemberPlan]) -> Result<(), String> {
+    use crate::tls::generate::{Authority, Validity};
+    let dir = tls_dir(args);
+    if dir.join("ca.pem").exists() {
+        return Ok(());
+    }
+    let err =
+        |e: &dyn std::fmt::Display| format!("cannot make certificates in {}: {e}", dir.display());
+    let ca = Authority::new("metcd local-cluster CA").map_err(|e| err(&e))?;
+    // A throwaway CA: its key is never written, so nothing can be signed with it later.
+    let year = Validity::For(Duration::from_secs(365 * 24 * 3600));
+    let hosts = ["127.0.0.1", "localhost"];
+    for plan in plans {
+        let name = format!("member-{}", plan.id);
+        ca.write(&dir, &name, &name, &hosts, year)
+            .map_err(|e| err(&e))?;
+    }
+    ca.write(&dir, "client", "client", &hosts, year)
+        .map_err(|e| err(&e))?;
+    Ok(())
 }
 
 /// The members' ports, peer URLs and data dirs; an error if a port would not fit in a u16.
@@ -94,11 +134,14 @@ fn layout(args: &LocalClusterArgs) -> Result<Vec<MemberPlan>, String> {
     // From here on no port arithmetic can overflow: the highest one is `top`.
     let plans = (1..=n).map(|i| {
         let client_port = args.base_port + (i - 1) * PORT_STRIDE;
+        let scheme = if args.tls { "https" } else { "http" };
+        let files = |name: &str| tls_dir(args).join(format!("member-{i}{name}.pem"));
         MemberPlan {
             id: u64::from(i),
             client_port,
-            peer_url: format!("http://127.0.0.1:{}", client_port + 1),
+            peer_url: format!("{scheme}://127.0.0.1:{}", client_port + 1),
             data_dir: args.data_dir.join(format!("member-{i}")),
+            tls: args.tls.then(|| (files(""), files("-key"))),
         }
     });
     Ok(plans.collect())
@@ -133,6 +176,11 @@ pub fn run(args: &LocalClusterArgs) -> ExitCode {
         Ok(rx) => rx,
         Err(e) => return fail(&e),
     };
+    if args.tls
+        && let Err(e) = make_certificates(args, &plans)
+    {
+        return fail(&e);
+    }
     print_banner(args, &plans);
     let cluster = cluster_flag(&plans);
     let mut members = Members::default();
@@ -175,10 +223,24 @@ fn print_banner(args: &LocalClusterArgs, plans: &[MemberPlan]) {
     }
     if let (Some(first), Some(last)) = (plans.first(), plans.last()) {
         let (w, r) = (first.client_url(), last.client_url());
+        let ca = tls_dir(args).join("ca.pem");
+        let curl = match args.tls {
+            true => format!("curl --cacert {}", ca.display()),
+            false => "curl".to_string(),
+        };
         text.push_str(&format!(
             "Try (any member takes reads and writes; an election takes about a second):\n  \
-             curl -L {w}/hello -XPUT -d world\n  curl -L {r}/hello\n  curl -s {w}/_status\n"
+             {curl} -L {w}/hello -XPUT -d world\n  {curl} -L {r}/hello\n  {curl} -s {w}/_status\n"
         ));
+        if args.tls {
+            let dir = tls_dir(args);
+            text.push_str(&format!(
+                "  etcdctl --endpoints {w} --cacert {} --cert {} --key {} get hello\n",
+                ca.display(),
+                dir.join("client.pem").display(),
+                dir.join("client-key.pem").display()
+            ));
+        }
     }
     text.push_str("Ctrl-C stops all members.\n");
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
@@ -271,8 +333,21 @@ impl Members {
             .arg("--engine")
             .arg(args.engine.name())
             .arg("--log-level")
-            .arg(&args.log_level)
-            .stdin(Stdio::null())
+            .arg(&args.log_level);
+        if let Some((cert, key)) = &plan.tls {
+            let ca = tls_dir(args).join("ca.pem");
+            for (flag, file) in [
+                ("--cert-file", cert),
+                ("--key-file", key),
+                ("--trusted-ca-file", &ca),
+                ("--peer-cert-file", cert),
+                ("--peer-key-file", key),
+                ("--peer-trusted-ca-file", &ca),
+            ] {
+                cmd.arg(flag).arg(file);
+            }
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Own process group: a terminal's Ctrl-C must not reach members directly, or a
@@ -459,6 +534,7 @@ mod tests {
                 client_port: port,
                 peer_url: format!("http://127.0.0.1:{}", port + 1),
                 data_dir: PathBuf::from(format!("metcd-local/member-{id}")),
+                tls: None,
             })
             .collect();
         assert_eq!(plans, expected);
@@ -486,6 +562,16 @@ mod tests {
         assert_eq!((last.id, last.client_port), (9, 20800));
         assert_eq!(last.peer_url, "http://127.0.0.1:20801");
         assert_eq!(last.data_dir, PathBuf::from("/tmp/x/member-9"));
+    }
+
+    #[test]
+    fn tls_makes_every_url_https_and_names_each_members_files() {
+        let plans = layout(&parse(&["--tls"]).expect("parse")).expect("fits");
+        assert_eq!(plans[1].peer_url, "https://127.0.0.1:3480");
+        assert_eq!(plans[1].client_url(), "https://127.0.0.1:3479");
+        let (cert, key) = plans[1].tls.clone().expect("tls files");
+        assert_eq!(cert, PathBuf::from("metcd-local/tls/member-2.pem"));
+        assert_eq!(key, PathBuf::from("metcd-local/tls/member-2-key.pem"));
     }
 
     #[test]

@@ -14,7 +14,6 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, mpsc};
 
-use axum::serve::ListenerExt;
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -32,6 +31,7 @@ use crate::raft::snapshot::SnapshotStore;
 use crate::raft::transport::Transport;
 use crate::raft::{Input, NodeHandle};
 use crate::startup;
+use crate::tls::{Listener, Port};
 
 fn lock_data_dir(dir: &Path) -> Result<File> {
     let dir_err = |source| Error::DataDir {
@@ -58,12 +58,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let _lock = lock_data_dir(&settings.data_dir)?;
+    // Before start-up, which may already ask peers about the cluster.
+    let client_tls = crate::tls::start_client_port(&settings.client_tls)?;
+    let peer_tls = crate::tls::start_peer(&settings.peer_tls)?;
     let snaps = SnapshotStore::open(settings.data_dir.join("snap"))?;
     let mut store = startup::open_log(&mut settings, &snaps).await?;
     let engine = startup::recover_engine(&settings, &mut store, &snaps)?;
     let incarnation = store.incarnation();
-    let client_listener = bind("client requests", settings.client_listen).await?;
-    let peer_listener = bind("peer traffic", settings.peer_listen).await?;
+    let client_listener = Listener::new(
+        bind("client requests", settings.client_listen).await?,
+        client_tls,
+        Port::Client,
+        nodelay,
+    )?;
+    let peer_listener = Listener::new(
+        bind("peer traffic", settings.peer_listen).await?,
+        peer_tls.map(|sides| sides.server),
+        Port::Peer,
+        peer_socket,
+    )?;
     let settings = Arc::new(settings);
     let cluster_id = format!("{:016x}", settings.cluster_id);
     let raft = start_raft(&settings, store, engine.clone(), snaps.clone())?;
@@ -114,7 +127,8 @@ pub async fn run(
         // Watches never end on their own; they must before the port can drain.
         let _ = closing_tx.send(true);
     };
-    axum::serve(client_listener.tap_io(nodelay), api::router(state))
+    let app = api::router(state).into_make_service_with_connect_info::<crate::tls::Remote>();
+    axum::serve(client_listener, app)
         .with_graceful_shutdown(stop)
         .await?;
 
@@ -276,9 +290,9 @@ impl Owner {
     }
 }
 
-async fn serve_peers(listener: TcpListener, peer: PeerApi) {
+async fn serve_peers(listener: Listener, peer: PeerApi) {
     let router = peer_api::router(Arc::new(peer));
-    if let Err(e) = axum::serve(listener.tap_io(peer_socket), router).await {
+    if let Err(e) = axum::serve(listener, router).await {
         tracing::error!(error = %e, "peer server stopped");
     }
 }
@@ -300,7 +314,7 @@ async fn stop_signal(shutdown: impl Future<Output = ()>, removed: Arc<Notify>, n
 }
 
 /// Peer connections also get keep-alive and a user timeout, so a silent peer is noticed.
-fn peer_socket(tcp: &mut tokio::net::TcpStream) {
+fn peer_socket(tcp: &tokio::net::TcpStream) {
     if let Err(e) = crate::raft::transport::tune_peer_socket(tcp) {
         tracing::debug!(error = %e, "could not set peer socket options");
     }
@@ -308,7 +322,7 @@ fn peer_socket(tcp: &mut tokio::net::TcpStream) {
 
 /// Sends small writes (an answer, a raft message) at once instead of waiting for an ack, as
 /// Go (so etcd) does on every TCP connection.
-fn nodelay(tcp: &mut tokio::net::TcpStream) {
+fn nodelay(tcp: &tokio::net::TcpStream) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }

@@ -34,7 +34,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::config::parse_url;
+use crate::config::parse_member_url;
 use crate::engine::{Refusal, RevisionError};
 use crate::metrics::{Gauges, dir_size};
 use crate::raft::members::MemberChange;
@@ -64,7 +64,7 @@ pub async fn members(State(state): Shared) -> Result<Response, ApiError> {
 pub async fn add_member(State(state): Shared, uri: Uri, body: Body) -> Result<Response, ApiError> {
     let id = member_id(id_segment(&uri))?;
     let text = small_body(body).await?;
-    let (url, _) = parse_url(&text).map_err(|e| {
+    let url = parse_member_url(&text, state.settings.peer_tls.is_some()).map_err(|e| {
         ApiError::BadRequest(format!("the body must be the new member's peer URL: {e}"))
     })?;
     let learner = flag(uri.query(), "learner")?;

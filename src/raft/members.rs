@@ -91,10 +91,7 @@ impl Membership {
         self.members
             .iter()
             .filter(|(id, _)| **id != me)
-            .map(|(id, m)| {
-                let authority = m.url.strip_prefix("http://").unwrap_or(&m.url);
-                (*id, authority.to_string())
-            })
+            .map(|(id, m)| (*id, crate::config::authority_of(&m.url).to_string()))
             .collect()
     }
 

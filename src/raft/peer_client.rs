@@ -62,7 +62,7 @@ pub async fn execute(
                 let Some(url) = url else {
                     return Err(RequestError::NoLeader.into());
                 };
-                let authority = url.strip_prefix("http://").unwrap_or(&url).to_string();
+                let authority = crate::config::authority_of(&url).to_string();
                 let (status, body) =
                     forward(&authority, &ctx.cluster_id, ctx.id, hops + 1, &change).await?;
                 return if (200..300).contains(&status) {
@@ -162,7 +162,7 @@ pub async fn fetch_leader_view(
             {
                 let at = dial.get(&info.leader).map(String::as_str).or_else(|| {
                     let url = info.membership.url_of(info.leader)?;
-                    Some(url.strip_prefix("http://").unwrap_or(url))
+                    Some(crate::config::authority_of(url))
                 });
                 answer = match at {
                     Some(authority) => ask(authority).await,

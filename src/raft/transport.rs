@@ -305,7 +305,7 @@ impl Outbox for Transport {
 pub(crate) async fn connect(
     authority: &str,
 ) -> Result<hyper::client::conn::http2::SendRequest<PeerBody>, TransportError> {
-    let tcp = dial(authority).await?;
+    let io = dial(authority).await?;
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(1))
@@ -313,7 +313,7 @@ pub(crate) async fn connect(
         .keep_alive_while_idle(true)
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(8 << 20)
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(io))
         .await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -419,14 +419,18 @@ async fn run_stream(
     }
 }
 
-/// Opens a TCP connection to a peer: no Nagle delay, and a silent peer is noticed within
-/// seconds (keep-alive probes when idle; `TCP_USER_TIMEOUT` when sent data goes unacknowledged).
-async fn dial(authority: &str) -> Result<TcpStream, TransportError> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+/// Opens a connection to a peer: no Nagle delay, a silent peer noticed within seconds
+/// (keep-alive probes when idle; `TCP_USER_TIMEOUT` when sent data goes unacknowledged), and
+/// TLS with the peer's certificate verified when peer TLS is on.
+async fn dial(authority: &str) -> Result<crate::tls::Io, TransportError> {
+    let connect = async {
+        let tcp = TcpStream::connect(authority).await?;
+        tune_peer_socket(&tcp)?;
+        crate::tls::connect(tcp, authority).await
+    };
+    Ok(tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
-        .map_err(|_| TransportError::ConnectTimeout)??;
-    tune_peer_socket(&tcp)?;
-    Ok(tcp)
+        .map_err(|_| TransportError::ConnectTimeout)??)
 }
 
 /// The socket options of both ends of a peer stream.
@@ -453,7 +457,7 @@ async fn stream_once(
     is_up: &AtomicBool,
 ) -> Result<(), TransportError> {
     let parts = open_stream(shared, to, authority).await?;
-    let (mut rx, mut tx) = parts.io.into_inner().into_split();
+    let (mut rx, mut tx) = tokio::io::split(parts.io.into_inner());
     // The receiver writes only when it ends the stream: `<status> <reason>`.
     let mut reply = parts.read_buf.to_vec();
     let mut chunk = [0u8; 512];
@@ -495,7 +499,7 @@ async fn open_stream(
     shared: &Shared,
     to: u64,
     authority: &str,
-) -> Result<hyper::upgrade::Parts<TokioIo<TcpStream>>, TransportError> {
+) -> Result<hyper::upgrade::Parts<TokioIo<crate::tls::Io>>, TransportError> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
         TokioIo::new(dial(authority).await?),
     )
@@ -516,7 +520,7 @@ async fn open_stream(
     check_receiver(shared, to, resp.headers()).await?;
     let upgraded = hyper::upgrade::on(resp).await?;
     upgraded
-        .downcast::<TokioIo<TcpStream>>()
+        .downcast::<TokioIo<crate::tls::Io>>()
         .map_err(|_| TransportError::BadFrame("upgrade lost the connection".into()))
 }
 

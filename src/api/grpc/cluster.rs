@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tonic::{Request, Response, Status};
 
 use super::{Grpc, rpc, status};
-use crate::config::parse_url;
+use crate::config::{parse_member_url, parse_url};
 use crate::raft::members::{AdminError, MemberChange, MemberStatus};
 use crate::raft::peer_client;
 
@@ -35,7 +35,7 @@ impl Grpc {
                 .peer_dial
                 .get(&m.id)
                 .cloned()
-                .unwrap_or_else(|| m.peer_url.trim_start_matches("http://").to_string());
+                .unwrap_or_else(|| crate::config::authority_of(&m.peer_url).to_string());
             let own = own.clone();
             let id = m.id;
             async move {
@@ -133,7 +133,8 @@ impl rpc::cluster_server::Cluster for Grpc {
         let [url] = r.peer_ur_ls.as_slice() else {
             return Err(status::member_bad_urls());
         };
-        let (url, _) = parse_url(url).map_err(|_| status::member_bad_urls())?;
+        let peer_tls = self.state.settings.peer_tls.is_some();
+        let url = parse_member_url(url, peer_tls).map_err(|_| status::member_bad_urls())?;
         let id = {
             let m = self.state.admin.membership.read();
             if m.members.values().any(|info| info.url == url) {

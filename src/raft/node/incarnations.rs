@@ -92,7 +92,14 @@ impl Node {
         let store = self.raw.store();
         match store.membership().url_of(self.settings.id) {
             Some(url) => url.to_string(),
-            None => format!("http://{}", self.settings.peer_listen),
+            None => {
+                let scheme = if self.settings.peer_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}", self.settings.peer_listen)
+            }
         }
     }
 
