@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use rustls::{ClientConfig, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
@@ -233,8 +233,9 @@ async fn admit(
     }
 }
 
-/// Answers a plaintext request on a TLS port with a 400 naming the cause, then closes.
-async fn refuse_plaintext(mut tcp: TcpStream, port: Port) {
+/// Answers every plaintext request on a TLS port (HTTP/1 or HTTP/2, so a peer's or client's
+/// own error path shows it) with a 400 naming the cause, for a few seconds, then closes.
+async fn refuse_plaintext(tcp: TcpStream, port: Port) {
     let why = match port {
         Port::Client => "this port requires TLS: use https://",
         Port::Peer => {
@@ -242,15 +243,17 @@ async fn refuse_plaintext(mut tcp: TcpStream, port: Port) {
         }
     };
     warn!(?port, "plaintext connection refused on a TLS port");
-    let reply = format!(
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{why}\n",
-        why.len() + 1
-    );
-    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let _ = tcp.write_all(reply.as_bytes()).await;
-        let _ = tcp.shutdown().await;
-    })
-    .await;
+    let refuse = hyper::service::service_fn(move |_req| async move {
+        hyper::Response::builder()
+            .status(hyper::StatusCode::BAD_REQUEST)
+            .header(hyper::header::CONTENT_TYPE, "text/plain")
+            .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                "{why}\n"
+            ))))
+    });
+    let server = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let conn = server.serve_connection(hyper_util::rt::TokioIo::new(tcp), refuse);
+    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn).await;
 }
 
 /// The TLS side a member dials its peers with, when peer TLS is on. One member runs per

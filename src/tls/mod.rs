@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::RwLock;
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -197,8 +198,7 @@ pub fn peer_server_config(tls: &PeerTls) -> Result<ServerConfig, TlsError> {
         .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
     let verifier = Arc::new(AllowedPeers {
         inner,
-        cn: tls.allowed_cn.clone(),
-        hostname: tls.allowed_hostname.clone(),
+        allowed: Allowed::of(tls),
     });
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
@@ -211,10 +211,18 @@ pub fn peer_server_config(tls: &PeerTls) -> Result<ServerConfig, TlsError> {
 /// The configuration a member dials its peers with: its own certificate, and the peer CA.
 pub fn peer_client_config(tls: &PeerTls) -> Result<ClientConfig, TlsError> {
     let (certs, key) = load_identity(&tls.files)?;
-    let roots = load_roots(peer_ca(tls)?)?;
+    let ca = peer_ca(tls)?;
+    let inner = WebPkiServerVerifier::builder_with_provider(load_roots(ca)?, provider())
+        .build()
+        .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
+    let verifier = Arc::new(AllowedServers {
+        inner,
+        allowed: Allowed::of(tls),
+    });
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(certs, key)?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(config)
@@ -289,21 +297,60 @@ impl Names {
     }
 }
 
-/// The peer port's client-certificate check: the CA's, then `--peer-allowed-cn` and
-/// `--peer-allowed-hostname` (etcd's rules: the CN must equal the allowed one; the allowed
-/// hostname must be among the certificate's names).
-struct AllowedPeers {
-    inner: Arc<dyn ClientCertVerifier>,
+/// `--peer-allowed-cn` and `--peer-allowed-hostname` (etcd's rules: the CN must equal the
+/// allowed one; the allowed hostname must be among the certificate's names), checked after
+/// the CA's verification, on both the peer port and the connections a member dials: a member
+/// exchanges raft only with peers that pass them.
+#[derive(Debug)]
+struct Allowed {
     cn: Option<String>,
     hostname: Option<String>,
 }
 
+impl Allowed {
+    fn of(tls: &PeerTls) -> Self {
+        Allowed {
+            cn: tls.allowed_cn.clone(),
+            hostname: tls.allowed_hostname.clone(),
+        }
+    }
+
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if self.cn.is_none() && self.hostname.is_none() {
+            return Ok(());
+        }
+        let names = names_of(end_entity)
+            .ok_or_else(|| rustls::Error::General("peer certificate does not parse".into()))?;
+        if let Some(cn) = &self.cn
+            && names.common_name.as_deref() != Some(cn.as_str())
+        {
+            let got = names.common_name.unwrap_or_default();
+            warn!(allowed = %cn, %got, "peer refused: its certificate's CN is not --peer-allowed-cn");
+            return Err(rustls::Error::General(format!(
+                "peer certificate CN {got:?} is not the allowed {cn:?}"
+            )));
+        }
+        if let Some(host) = &self.hostname
+            && !names.has_host(host)
+        {
+            warn!(allowed = %host, "peer refused: its certificate does not name --peer-allowed-hostname");
+            return Err(rustls::Error::General(format!(
+                "peer certificate is not for the allowed hostname {host:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The peer port's client-certificate check: the peer CA's, then [`Allowed`].
+struct AllowedPeers {
+    inner: Arc<dyn ClientCertVerifier>,
+    allowed: Allowed,
+}
+
 impl fmt::Debug for AllowedPeers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AllowedPeers")
-            .field("cn", &self.cn)
-            .field("hostname", &self.hostname)
-            .finish()
+        self.allowed.fmt(f)
     }
 }
 
@@ -321,28 +368,63 @@ impl ClientCertVerifier for AllowedPeers {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        if self.cn.is_none() && self.hostname.is_none() {
-            return Ok(verified);
-        }
-        let names = names_of(end_entity)
-            .ok_or_else(|| rustls::Error::General("peer certificate does not parse".into()))?;
-        if let Some(cn) = &self.cn
-            && names.common_name.as_deref() != Some(cn.as_str())
-        {
-            warn!(allowed = %cn, got = ?names.common_name, "peer refused: its certificate's CN is not --peer-allowed-cn");
-            return Err(rustls::Error::General(format!(
-                "peer certificate CN {:?} is not the allowed {cn:?}",
-                names.common_name.unwrap_or_default()
-            )));
-        }
-        if let Some(host) = &self.hostname
-            && !names.has_host(host)
-        {
-            warn!(allowed = %host, "peer refused: its certificate does not name --peer-allowed-hostname");
-            return Err(rustls::Error::General(format!(
-                "peer certificate is not for the allowed hostname {host:?}"
-            )));
-        }
+        self.allowed.check(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The check of a dialed peer's certificate: the peer CA's for the host dialed, then
+/// [`Allowed`].
+struct AllowedServers {
+    inner: Arc<WebPkiServerVerifier>,
+    allowed: Allowed,
+}
+
+impl fmt::Debug for AllowedServers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.allowed.fmt(f)
+    }
+}
+
+impl ServerCertVerifier for AllowedServers {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        self.allowed.check(end_entity)?;
         Ok(verified)
     }
 

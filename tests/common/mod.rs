@@ -35,11 +35,13 @@
 #![allow(dead_code)]
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -120,7 +122,7 @@ pub fn http_request_with_timeout(
 ) -> io::Result<Response> {
     let mut req = ureq::http::Request::builder()
         .method(method)
-        .uri(format!("http://127.0.0.1:{port}{path}"));
+        .uri(format!("{}://127.0.0.1:{port}{path}", scheme(port)));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -129,6 +131,7 @@ pub fn http_request_with_timeout(
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // An agent per request: no connection outlives it, as a test that kills members expects.
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls_config(port))
         .http_status_as_error(false)
         .max_redirects(0)
         .allow_non_standard_methods(true)
@@ -313,6 +316,119 @@ macro_rules! engine_tests {
 }
 
 // ---------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------
+
+/// Client ports that speak TLS, with the configuration the tests' HTTP client uses for them.
+static TLS_PORTS: Mutex<Option<HashMap<u16, ureq::tls::TlsConfig>>> = Mutex::new(None);
+
+/// From now on, requests to `port` use https:// trusting `ca_pem`, presenting `client` (a
+/// certificate and key, PEM) if given.
+pub fn use_tls(port: u16, ca_pem: &[u8], client: Option<(&[u8], &[u8])>) {
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
+    let ca = Certificate::from_pem(ca_pem).expect("CA PEM").to_owned();
+    let mut config = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .root_certs(RootCerts::new_with_certs(&[ca]));
+    if let Some((cert, key)) = client {
+        let cert = Certificate::from_pem(cert)
+            .expect("client cert PEM")
+            .to_owned();
+        let key = PrivateKey::from_pem(key)
+            .expect("client key PEM")
+            .to_owned();
+        config = config.client_cert(Some(ClientCert::new_with_certs(&[cert], key)));
+    }
+    let mut ports = TLS_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    ports
+        .get_or_insert_with(HashMap::new)
+        .insert(port, config.build());
+}
+
+fn tls_of(port: u16) -> Option<ureq::tls::TlsConfig> {
+    let ports = TLS_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    ports.as_ref()?.get(&port).cloned()
+}
+
+/// `https` for a port registered with [`use_tls`], else `http`.
+pub fn scheme(port: u16) -> &'static str {
+    if tls_of(port).is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+fn tls_config(port: u16) -> ureq::tls::TlsConfig {
+    tls_of(port).unwrap_or_default()
+}
+
+/// A test cluster's certificates: a CA, one certificate per member slot (for both ports;
+/// CN `member-<i>`, valid for 127.0.0.1) and a client certificate (CN `client`).
+pub struct ClusterTls {
+    pub dir: PathBuf,
+    pub ca: metcd::tls::generate::Authority,
+}
+
+impl ClusterTls {
+    pub fn new(dir: PathBuf) -> Self {
+        use metcd::tls::generate::{Authority, Validity};
+        let ca = Authority::new("metcd test CA").expect("CA");
+        let day = Validity::For(Duration::from_secs(24 * 3600));
+        for i in 1..=9 {
+            let name = format!("member-{i}");
+            ca.write(&dir, &name, &name, &["127.0.0.1"], day)
+                .expect("member certificate");
+        }
+        ca.write(&dir, "client", "client", &["127.0.0.1"], day)
+            .expect("client certificate");
+        ClusterTls { dir, ca }
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// `(certificate, key)` of `name` (`member-<i>`, `client`).
+    pub fn files(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}-key.pem")),
+        )
+    }
+
+    /// The TLS flags of member `i`: both ports, client certificates optional.
+    pub fn member_flags(&self, i: usize) -> Vec<String> {
+        let (cert, key) = self.files(&format!("member-{i}"));
+        let ca = self.ca_path();
+        let mut flags = Vec::new();
+        for (flag, file) in [
+            ("--cert-file", &cert),
+            ("--key-file", &key),
+            ("--trusted-ca-file", &ca),
+            ("--peer-cert-file", &cert),
+            ("--peer-key-file", &key),
+            ("--peer-trusted-ca-file", &ca),
+        ] {
+            flags.push(flag.to_string());
+            flags.push(file.to_string_lossy().into_owned());
+        }
+        flags
+    }
+
+    /// etcdctl's flags for this cluster, with the client certificate.
+    pub fn etcdctl_flags(&self) -> Vec<String> {
+        let (cert, key) = self.files("client");
+        vec![
+            format!("--cacert={}", self.ca_path().display()),
+            format!("--cert={}", cert.display()),
+            format!("--key={}", key.display()),
+        ]
+    }
+}
+
+// ---------------------------------------------------------------------------
 // TestCluster
 // ---------------------------------------------------------------------------
 
@@ -334,6 +450,8 @@ pub struct TestCluster {
     dir: tempfile::TempDir,
     children: Vec<Option<Child>>,
     logs_dumped: AtomicBool,
+    /// Set by `enable_tls`: https:// peer URLs and TLS on both ports of every member.
+    tls: Option<ClusterTls>,
 }
 
 impl TestCluster {
@@ -360,7 +478,26 @@ impl TestCluster {
             dir,
             children: (0..n).map(|_| None).collect(),
             logs_dumped: AtomicBool::new(false),
+            tls: None,
         }
+    }
+
+    /// Turns TLS on for every member started from now on (before the first start): mutual
+    /// TLS between members, TLS on client ports, and the tests' clients trusting the CA and
+    /// presenting the client certificate.
+    pub fn enable_tls(&mut self) {
+        let tls = ClusterTls::new(self.dir.path().join("tls"));
+        let ca = fs::read(tls.ca_path()).expect("CA file");
+        let (cert, key) = tls.files("client");
+        let (cert, key) = (fs::read(cert).expect("cert"), fs::read(key).expect("key"));
+        for i in 1..=9 {
+            use_tls(self.client_port(i), &ca, Some((&cert, &key)));
+        }
+        self.tls = Some(tls);
+    }
+
+    pub fn tls(&self) -> Option<&ClusterTls> {
+        self.tls.as_ref()
     }
 
     /// Spawns all `n` members (does not wait for them; see `wait_leader`).
@@ -385,7 +522,8 @@ impl TestCluster {
     }
 
     pub fn peer_url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port(i))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.peer_port(i))
     }
 
     /// Makes room for one more member (id `n + 1`), which will start with `--join`; returns
@@ -431,6 +569,9 @@ impl TestCluster {
         if let Some(engine) = self.engine {
             args.push("--engine".to_string());
             args.push(member_engine(engine, i).to_string());
+        }
+        if let Some(tls) = &self.tls {
+            args.extend(tls.member_flags(i));
         }
         args.extend(self.extra_args.iter().cloned());
         if let Some(extra) = self.member_extra.get(&i) {
@@ -828,7 +969,7 @@ impl Lines {
     ) -> io::Result<Lines> {
         let mut req = ureq::http::Request::builder()
             .method("GET")
-            .uri(format!("http://127.0.0.1:{port}{path}"));
+            .uri(format!("{}://127.0.0.1:{port}{path}", scheme(port)));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -836,6 +977,7 @@ impl Lines {
             .body(())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls_config(port))
             .http_status_as_error(false)
             .timeout_connect(Some(timeout))
             .timeout_per_read(Some(timeout))
