@@ -319,8 +319,16 @@ macro_rules! engine_tests {
 // TLS
 // ---------------------------------------------------------------------------
 
-/// Client ports that speak TLS, with the configuration the tests' HTTP client uses for them.
-static TLS_PORTS: Mutex<Option<HashMap<u16, ureq::tls::TlsConfig>>> = Mutex::new(None);
+/// How the tests' clients reach a TLS client port.
+#[derive(Clone)]
+struct PortTls {
+    http: ureq::tls::TlsConfig,
+    ca_pem: Vec<u8>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Client ports that speak TLS.
+static TLS_PORTS: Mutex<Option<HashMap<u16, PortTls>>> = Mutex::new(None);
 
 /// From now on, requests to `port` use https:// trusting `ca_pem`, presenting `client` (a
 /// certificate and key, PEM) if given.
@@ -340,15 +348,39 @@ pub fn use_tls(port: u16, ca_pem: &[u8], client: Option<(&[u8], &[u8])>) {
             .to_owned();
         config = config.client_cert(Some(ClientCert::new_with_certs(&[cert], key)));
     }
+    let tls = PortTls {
+        http: config.build(),
+        ca_pem: ca_pem.to_vec(),
+        client: client.map(|(c, k)| (c.to_vec(), k.to_vec())),
+    };
     let mut ports = TLS_PORTS.lock().unwrap_or_else(|e| e.into_inner());
-    ports
-        .get_or_insert_with(HashMap::new)
-        .insert(port, config.build());
+    ports.get_or_insert_with(HashMap::new).insert(port, tls);
+}
+
+fn port_tls(port: u16) -> Option<PortTls> {
+    let ports = TLS_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    ports.as_ref()?.get(&port).cloned()
 }
 
 fn tls_of(port: u16) -> Option<ureq::tls::TlsConfig> {
-    let ports = TLS_PORTS.lock().unwrap_or_else(|e| e.into_inner());
-    ports.as_ref()?.get(&port).cloned()
+    port_tls(port).map(|t| t.http)
+}
+
+/// An etcd-client connection to 127.0.0.1:`port`, over TLS if the port was registered with
+/// [`use_tls`].
+pub async fn grpc_connect(port: u16) -> Result<etcd_client::Client, etcd_client::Error> {
+    use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+    let Some(tls) = port_tls(port) else {
+        return etcd_client::Client::connect([format!("127.0.0.1:{port}")], None).await;
+    };
+    let mut options = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+        .domain_name("127.0.0.1");
+    if let Some((cert, key)) = &tls.client {
+        options = options.identity(Identity::from_pem(cert, key));
+    }
+    let endpoint = format!("https://127.0.0.1:{port}");
+    etcd_client::Client::connect([endpoint], Some(ConnectOptions::new().with_tls(options))).await
 }
 
 /// `https` for a port registered with [`use_tls`], else `http`.

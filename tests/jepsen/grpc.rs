@@ -67,8 +67,7 @@ impl Grpc {
         let client = match self.clients.get(&port) {
             Some(c) => c.clone(),
             None => {
-                let endpoint = format!("127.0.0.1:{port}");
-                let connect = Client::connect([endpoint], None);
+                let connect = crate::common::grpc_connect(port);
                 // The timer is made inside the runtime, which it needs.
                 let connected = self.rt.block_on(async {
                     tokio::time::timeout(Duration::from_secs(2), connect).await

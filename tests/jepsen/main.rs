@@ -25,7 +25,9 @@
 //! `target/jepsen/` and prints the seed; `METCD_JEPSEN_SEED=<seed>` replays the same schedule
 //! and client choices (timing still varies). `METCD_JEPSEN_SECS` sets the nemesis time per
 //! run (default 30 s); for a soak run: `METCD_JEPSEN_SECS=3600 cargo test --release --test
-//! jepsen`. Ports 19000-19999.
+//! jepsen`. The btree and mixed runs have TLS on (mutual TLS between members through the link
+//! proxies, HTTP and gRPC clients and watchers over TLS with client certificates); the memory
+//! and lsm runs stay plaintext. Ports 19000-19999.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -620,7 +622,14 @@ fn save_failure(run: &Run, c: &TestCluster, world: &World, why: &str) -> PathBuf
     dir
 }
 
-fn run(engine: &'static str, base: u16) {
+/// Whether a run's members use TLS on both ports (and its clients and watchers TLS).
+#[derive(Clone, Copy, PartialEq)]
+enum Tls {
+    Off,
+    On,
+}
+
+fn run(engine: &'static str, base: u16, tls: Tls) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let seed = std::env::var("METCD_JEPSEN_SEED")
         .ok()
@@ -635,8 +644,9 @@ fn run(engine: &'static str, base: u16) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
     let spec = Run { engine, seed };
+    let with = if tls == Tls::On { ", TLS on" } else { "" };
     eprintln!(
-        "jepsen: engine {engine}, seed {seed} (replay: METCD_JEPSEN_SEED={seed}), {secs} s of faults"
+        "jepsen: engine {engine}{with}, seed {seed} (replay: METCD_JEPSEN_SEED={seed}), {secs} s of faults"
     );
 
     let mut c = TestCluster::new(
@@ -644,6 +654,9 @@ fn run(engine: &'static str, base: u16) {
         base,
         &["--snapshot-count", "200", "--request-timeout-ms", "2000"],
     );
+    if tls == Tls::On {
+        c.enable_tls();
+    }
     for i in 1..=3 {
         c.set_member_extra(i, member_args(engine, i, base));
     }
@@ -850,20 +863,20 @@ fn run(engine: &'static str, base: u16) {
 
 #[test]
 fn memory_engine_under_faults() {
-    run("memory", 19000);
+    run("memory", 19000, Tls::Off);
 }
 
 #[test]
 fn btree_engine_under_faults() {
-    run("btree", 19200);
+    run("btree", 19200, Tls::On);
 }
 
 #[test]
 fn lsm_engine_under_faults() {
-    run("lsm", 19400);
+    run("lsm", 19400, Tls::Off);
 }
 
 #[test]
 fn mixed_engines_under_faults() {
-    run("mixed", 19600);
+    run("mixed", 19600, Tls::On);
 }

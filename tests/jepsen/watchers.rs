@@ -125,7 +125,7 @@ fn run_grpc(world: &World, id: usize) -> Watched {
             .with_prefix()
             .with_start_revision(f.next as i64);
         let opened = rt.block_on(async {
-            let mut c = etcd_client::Client::connect([format!("127.0.0.1:{port}")], None).await?;
+            let mut c = crate::common::grpc_connect(port).await?;
             c.watch("jepsen/", Some(options)).await
         });
         let Ok(mut stream) = opened else {
