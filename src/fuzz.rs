@@ -1,4 +1,5 @@
-//! Property tests over everything that decodes bytes from a client or a peer: whatever the
+//! Property tests over everything that decodes bytes from a client, a peer or a file given by
+//! flag (certificates and keys): whatever the
 //! input, decoding answers `Ok` or `Err` and never panics, and what is encoded decodes back.
 //! (The HTTP layer itself is hyper's; `tests/bad_input.rs` and `tests/peer.rs` send garbage
 //! to real members over sockets.)
@@ -293,6 +294,34 @@ proptest! {
         prop_assert!(dst.restore(&mut snap.as_slice()).is_err());
         prop_assert_eq!(dst.applied_index(), 1);
         prop_assert!(dst.get(b"mine", None).unwrap().value.is_some());
+    }
+
+    #[test]
+    fn certificate_files_load_or_refuse(
+        data in proptest::collection::vec(any::<u8>(), 0..512),
+        armored in any::<bool>(),
+        kind in 0usize..3,
+    ) {
+        use base64::Engine as _;
+        let label = ["CERTIFICATE", "PRIVATE KEY", "EC PRIVATE KEY"][kind];
+        let body = if armored {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+            format!("-----BEGIN {label}-----\n{b64}\n-----END {label}-----\n").into_bytes()
+        } else {
+            data.clone()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.pem");
+        std::fs::write(&file, &body).unwrap();
+        let _ = crate::tls::load_certs(&file);
+        let _ = crate::tls::load_key(&file);
+        let files = crate::tls::CertFiles { cert: file.clone(), key: file.clone(), ca: Some(file) };
+        let client = crate::tls::ClientPortTls { files: files.clone(), require_client_cert: true };
+        prop_assert!(crate::tls::client_port_config(&client).is_err());
+        let peer = crate::tls::PeerTls { files, allowed_cn: Some("x".into()), allowed_hostname: None };
+        prop_assert!(crate::tls::peer_server_config(&peer).is_err());
+        prop_assert!(crate::tls::peer_client_config(&peer).is_err());
+        let _ = crate::tls::names_of(&rustls::pki_types::CertificateDer::from(data));
     }
 }
 
