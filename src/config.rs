@@ -129,6 +129,14 @@ pub struct Config {
     /// Accept only peers whose certificate names this host (a DNS or IP alternative name).
     #[arg(long, value_name = "HOST", help_heading = "Security")]
     pub peer_allowed_hostname: Option<String>,
+    /// With auth enabled: how long a token from Authenticate (or `POST /_auth/authenticate`)
+    /// is valid, in seconds (etcd's --auth-token-ttl).
+    #[arg(long, default_value_t = 300, help_heading = "Security")]
+    pub auth_token_ttl: u64,
+    /// With auth enabled, `/_metrics` and `/_health` need root credentials too (by default
+    /// they stay open, as etcd's /metrics and /health, for monitoring).
+    #[arg(long, help_heading = "Security")]
+    pub auth_protect_metrics: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +279,8 @@ pub struct Settings {
     pub quota_backend_bytes: u64,
     pub client_tls: Option<crate::tls::ClientPortTls>,
     pub peer_tls: Option<crate::tls::PeerTls>,
+    pub auth_token_ttl: Duration,
+    pub auth_protect_metrics: bool,
 }
 
 impl Settings {
@@ -455,6 +465,8 @@ impl Config {
             quota_backend_bytes: self.quota_backend_bytes,
             client_tls,
             peer_tls,
+            auth_token_ttl: Duration::from_secs(self.auth_token_ttl.max(1)),
+            auth_protect_metrics: self.auth_protect_metrics,
         })
     }
 

@@ -67,6 +67,16 @@ fn op() -> impl Strategy<Value = Op> {
                 ],
             }))
         }),
+        (bytes(), bytes(), any::<u8>(), any::<bool>()).prop_map(|(key, range_end, n, grant)| {
+            use crate::engine::auth::{AuthOp, PermKind, Permission};
+            let role = format!("role{n}");
+            Op::Auth(Box::new(if grant {
+                let kind = [PermKind::Read, PermKind::Write, PermKind::ReadWrite][usize::from(n % 3)];
+                AuthOp::RoleGrantPermission { role, perm: Permission { key, range_end, kind } }
+            } else {
+                AuthOp::UserAdd { name: role, password_hash: (n % 2 == 0).then(|| "$argon2id$x".into()) }
+            }))
+        }),
     ]
 }
 
@@ -206,6 +216,7 @@ proptest! {
                 Ok(Op::Txn(_)) => command::write_sizes(&e.data).is_ok_and(|(k, v)| k <= 16 && v <= 48),
                 Ok(Op::LeaseGrant { .. } | Op::LeaseRevoke { .. } | Op::LeaseKeepAlive { .. }) => true,
                 Ok(Op::LeaseTick { .. } | Op::Alarm { .. }) => true,
+                Ok(Op::Auth(a)) => a.key_bytes() <= 16,
                 Err(_) => false,
             };
             let writes = !ents.is_empty() && ents.iter().all(write);

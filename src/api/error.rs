@@ -40,6 +40,12 @@ pub enum ApiError {
         "database space exceeded: a NOSPACE alarm is raised; free space (delete, compact) and disarm it (DELETE /_alarms)"
     )]
     NoSpace,
+    /// Auth refused the request: 401 without (valid) credentials, 403 without permission.
+    #[error("{0}")]
+    Denied(#[from] super::access::Denied),
+    /// An auth change refused when applied (etcd's reasons).
+    #[error("{0}")]
+    AuthRefused(crate::engine::auth::AuthRefusal),
 }
 
 impl IntoResponse for ApiError {
@@ -64,6 +70,28 @@ impl IntoResponse for ApiError {
             ApiError::Admin(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
+            ApiError::Denied(d) => {
+                use super::access::Denied as D;
+                match d {
+                    D::NoCredentials | D::InvalidToken | D::OldRevision | D::AuthFailed => {
+                        StatusCode::UNAUTHORIZED
+                    }
+                    D::PermissionDenied => StatusCode::FORBIDDEN,
+                    D::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+                    D::NotEnabled => StatusCode::CONFLICT,
+                    D::Internal(_) => StatusCode::SERVICE_UNAVAILABLE,
+                }
+            }
+            ApiError::AuthRefused(r) => {
+                use crate::engine::auth::AuthRefusal as R;
+                match r {
+                    R::UserNotFound | R::RoleNotFound => StatusCode::NOT_FOUND,
+                    R::UserEmpty | R::RoleEmpty | R::PermissionNotGiven | R::InvalidAuthMgmt => {
+                        StatusCode::BAD_REQUEST
+                    }
+                    _ => StatusCode::CONFLICT,
+                }
+            }
         };
         let mut resp = (status, format!("{self}\n")).into_response();
         match self {
@@ -71,6 +99,20 @@ impl IntoResponse for ApiError {
                 // Applying 5,000 entries takes well under a second on these engines.
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            ApiError::Denied(super::access::Denied::TooManyAttempts(secs)) => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, super::keys::header_value(&secs.to_string()));
+            }
+            ApiError::Denied(
+                super::access::Denied::NoCredentials
+                | super::access::Denied::InvalidToken
+                | super::access::Denied::OldRevision,
+            ) => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Basic realm=\"metcd\", Bearer"),
+                );
             }
             ApiError::MethodNotAllowed(_, allowed) => {
                 resp.headers_mut()
@@ -104,6 +146,7 @@ impl From<Refusal> for ApiError {
             Refusal::LeaseExists(_) => ApiError::Conflict(r.to_string()),
             Refusal::KeyNotFound => ApiError::NotFound,
             Refusal::NoSpace => ApiError::NoSpace,
+            Refusal::Auth(r) => ApiError::AuthRefused(r),
         }
     }
 }

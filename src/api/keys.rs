@@ -23,7 +23,9 @@ use percent_encoding::percent_decode_str;
 
 use super::error::ApiError;
 use super::query::{Consistency, Query};
+use super::access::Caller;
 use super::{AppState, range};
+use crate::engine::auth::Need;
 use crate::engine::{Cond, Op, OpResult};
 
 pub const REVISION_HEADER: &str = "x-metcd-revision";
@@ -41,6 +43,8 @@ pub struct KeyRequest<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub body: Body,
+    /// Who asks (the auth layer resolved it; anyone while auth is off).
+    pub caller: &'a Caller,
 }
 
 pub async fn handle(state: &AppState, req: KeyRequest<'_>) -> Response {
@@ -56,6 +60,7 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
         query,
         headers,
         body,
+        caller,
     } = req;
     if !matches!(
         method,
@@ -72,6 +77,16 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
     if query.revision.is_some() && !matches!(method, Method::GET | Method::HEAD) {
         return Err(ApiError::BadRequest("revision= is for GET only".into()));
     }
+    // The whole range asked for, in etcd's form, against the caller's permissions.
+    let range_end = match query.is_range() {
+        true => range::end_of(&key, &query).unwrap_or_else(|| vec![0]),
+        false => Vec::new(),
+    };
+    let need = match method {
+        Method::PUT | Method::DELETE => Need::Write,
+        _ => Need::Read,
+    };
+    caller.may(need, &key, &range_end)?;
     if query.watch {
         if method != Method::GET {
             return Err(ApiError::BadRequest("watch=true is for GET only".into()));

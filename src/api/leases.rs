@@ -114,9 +114,14 @@ pub async fn keep_alive(
     Ok(Json(json!({ "id": id, "ttl": result.ttl })).into_response())
 }
 
-pub async fn revoke(State(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn revoke(
+    State(state): Shared,
+    axum::Extension(caller): axum::Extension<super::access::Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     state.node.check_running()?;
     let id = lease_id(&id)?;
+    caller.may_revoke(&state.engine, id)?;
     let result = state.node.propose(Op::LeaseRevoke { id }).await?;
     propose_error(&result)?;
     let mut resp =

@@ -9,6 +9,7 @@
 //! endpoint's route label is its row's path; key requests are "key", or "range" when the
 //! query asks for a listing; unknown `/_` paths are "other".
 
+pub mod access;
 mod admin;
 pub mod error;
 pub mod grpc;
@@ -49,6 +50,8 @@ pub struct AppState {
     /// The size of the store's files (engine and snapshots), measured every second, for
     /// `--quota-backend-bytes`.
     pub backend_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Identity and permissions ([`access`]).
+    pub access: access::Access,
 }
 
 impl AppState {
@@ -143,9 +146,88 @@ fn http_router(state: Shared) -> Router {
             "/_leader",
             allow("GET, POST", get(admin::leader).post(admin::transfer_leader)),
         )
+        .row(
+            "/_auth/authenticate",
+            allow("POST", post(access::authenticate)),
+        )
         .router
         .fallback(keys_or_unknown)
+        .layer(from_fn_with_state(state.clone(), authorize))
         .with_state(state)
+}
+
+/// With auth enabled: resolves who asks (HTTP Basic, Bearer token, or client certificate),
+/// refuses service paths that need root, and hands the caller to the handlers, which check
+/// keys, transactions and lease revocations against it. `/_auth/authenticate` is open, and
+/// so are `/_metrics` and `/_health` unless `--auth-protect-metrics`.
+async fn authorize(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
+    match state.access.view() {
+        // Auth off: credentials are ignored, even malformed ones (as etcd does).
+        Ok(view) if !view.state.enabled => {
+            req.extensions_mut().insert(access::Caller::Anyone);
+            return next.run(req).await;
+        }
+        Ok(_) => {}
+        Err(e) => return ApiError::from(e).into_response(),
+    }
+    let facts = request_facts(&req);
+    let decided = match facts {
+        Ok(facts) => caller_for(&state, facts).await,
+        Err(e) => Err(e),
+    };
+    match decided {
+        Ok(Some(caller)) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Ok(None) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The caller (`None` on an open path), given the request's [`request_facts`] (taken before
+/// any await: a request is not `Sync`).
+async fn caller_for(
+    state: &AppState,
+    (path, reading, creds): (String, bool, access::Credentials),
+) -> Result<Option<access::Caller>, ApiError> {
+    let view = state.access.view()?;
+    if !view.state.enabled {
+        return Ok(Some(access::Caller::Anyone));
+    }
+    let monitoring = matches!(path.as_str(), "/_metrics" | "/_health");
+    if path == "/_auth/authenticate" || (monitoring && !state.settings.auth_protect_metrics) {
+        return Ok(None);
+    }
+    let caller = state.access.caller(&creds).await?;
+    // Membership, leadership, alarms, compaction and the member's own state: root (lists
+    // of members, alarms and the leader: any user).
+    let admin = match path.as_str() {
+        "/_status" | "/_hash" | "/_compact" | "/_metrics" | "/_health" => true,
+        "/_members" | "/_alarms" | "/_leader" => !reading,
+        p => p.starts_with("/_members/"),
+    };
+    if admin {
+        caller.admin()?;
+    }
+    Ok(Some(caller))
+}
+
+/// A request's path (without a trailing slash), whether it only reads, and its credentials.
+fn request_facts(req: &Request) -> Result<(String, bool, access::Credentials), ApiError> {
+    let path = req.uri().path();
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    let remote = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::tls::Remote>>()
+        .map(|c| &c.0);
+    let creds = access::http_credentials(req.headers(), remote)?;
+    let reading = matches!(*req.method(), Method::GET | Method::HEAD);
+    Ok((path.to_string(), reading, creds))
 }
 
 /// Resolves once the member stops serving clients: streams (HTTP and gRPC watches, lease
@@ -215,6 +297,7 @@ async fn timed(State(label): State<RouteLabel>, req: Request, next: Next) -> Res
 /// The fallback: a key (`/<key>` or `/_kv/<key>`), else an unknown service path (404).
 async fn keys_or_unknown(
     State(state): State<Shared>,
+    caller: Option<axum::Extension<access::Caller>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -225,12 +308,15 @@ async fn keys_or_unknown(
     let path = uri.path();
     let (route, resp) = match key_path(path) {
         Some(raw_key) => {
+            // Every key request passed `authorize`, which names the caller.
+            let caller = caller.map_or(access::Caller::Nobody, |c| c.0);
             let req = keys::KeyRequest {
                 method,
                 raw_key,
                 query: uri.query(),
                 headers: &headers,
                 body,
+                caller: &caller,
             };
             (key_label(uri.query()), keys::handle(&state, req).await)
         }

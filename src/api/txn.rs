@@ -255,6 +255,7 @@ fn parse(body: &[u8], encoding: Encoding) -> Result<Txn, ApiError> {
 
 pub async fn handle(
     State(state): State<std::sync::Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<super::access::Caller>,
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -262,6 +263,7 @@ pub async fn handle(
     let query = Query::parse(query.as_deref())?;
     let body = keys::read_value(body, state.settings.max_request_bytes).await?;
     let txn = parse(&body, query.encoding)?;
+    caller.may_txn(&txn)?;
     if txn.writes() {
         state.check_quota().await?;
     }

@@ -10,6 +10,7 @@
 //! - Snapshots dump the layout in one engine-neutral, streamed format ([`snapshot`]), so
 //!   members of one cluster may run different engines.
 
+pub mod auth;
 pub mod btree;
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -333,6 +334,8 @@ pub enum Op {
         member: u64,
         active: bool,
     },
+    /// A change to users, roles, permissions or auth itself ([`auth`]).
+    Auth(Box<auth::AuthOp>),
 }
 
 impl Op {

@@ -57,6 +57,8 @@ pub enum Refusal {
     /// A write that adds data while a space alarm is raised.
     #[error("database space exceeded (a NOSPACE alarm is raised)")]
     NoSpace,
+    #[error("{0}")]
+    Auth(#[from] super::auth::AuthRefusal),
 }
 
 /// What a read saw, with the store's revisions at that state.
@@ -78,6 +80,9 @@ pub struct KvStore {
     cache_headers: bool,
     /// Applied changes, fanned out to watchers.
     hub: Hub,
+    /// The auth state as last read; cleared when an auth change is applied or a snapshot
+    /// restored, so requests need not read it from the engine each time.
+    auth: parking_lot::RwLock<Option<Arc<super::auth::AuthView>>>,
 }
 
 /// The event a version entry records for `key` at `rev`.
@@ -497,6 +502,7 @@ fn apply_op(batch: &mut Batch, meta: &mut Meta, op: &Op) -> Result<OpResult> {
         });
     }
     match op {
+        Op::Auth(a) => super::auth::apply(batch, meta, a),
         Op::Alarm { member, active } => {
             let key = layout::alarm_key(*member);
             if *active {
@@ -607,6 +613,7 @@ impl KvStore {
             headers: Mutex::new(HeaderCache::default()),
             cache_headers,
             hub: Hub::default(),
+            auth: parking_lot::RwLock::new(None),
         };
         if meta.layout == 2 {
             store.convert_layout_2()?;
@@ -899,6 +906,9 @@ impl KvStore {
             headers.update(&k, h);
         }
         *self.meta.write() = meta;
+        if batch.iter().any(|e| matches!(e.op, Some(Op::Auth(_)))) {
+            *self.auth.write() = None;
+        }
         // Injected: a batch the fan-out loses; watchers must notice the gap and read history.
         if !events.is_empty() && !fault_injected!("drop_watch_batch") {
             let batch = EventBatch {
@@ -998,8 +1008,26 @@ impl KvStore {
             Ok(())
         })?;
         *self.meta.write() = meta;
+        *self.auth.write() = None;
         self.hub.publish(Published::Reset);
         Ok(())
+    }
+
+    /// Users, roles and whether auth is on, as of the last applied change.
+    pub fn auth(&self) -> Result<Arc<super::auth::AuthView>> {
+        if let Some(view) = self.auth.read().clone() {
+            return Ok(view);
+        }
+        // Read under the write lock, so an apply that clears the cache meanwhile waits.
+        let mut cached = self.auth.write();
+        let mut view = None;
+        self.engine.read(&mut |r| {
+            view = Some(super::auth::load(r)?);
+            Ok(())
+        })?;
+        let view = Arc::new(view.unwrap_or_default());
+        *cached = Some(view.clone());
+        Ok(view)
     }
 }
 

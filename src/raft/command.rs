@@ -15,11 +15,13 @@
 //!          0x08 | id u64 | ttl u64 (lease grant)    0x09 | id u64 (lease revoke)
 //!          0x0a | id u64 (lease keepalive)          0x0b | elapsed_ms u64 (lease clock tick)
 //!          0x0c | member u64 | active u8 (raise or clear a member's space alarm)
+//!          0x0d | JSON of an `AuthOp` (users, roles, permissions, auth on/off; passwords
+//!                 only as hashes)
 //!          0x10 | count u32 | (member id u64 | incarnation u64) * count
 //!                 (members' incarnations, recorded by the leader; not a client write)
 //! context: proposer member id u64 | proposal id u64
 //! ```
-//! Only writes (`0x01`-`0x0c`) may be forwarded by a follower; a committed entry that does not
+//! Only writes (`0x01`-`0x0d`) may be forwarded by a follower; a committed entry that does not
 //! decode, or whose tag this version does not know, is applied as a no-op on every member.
 
 use crate::engine::txn::{CmpResult, Compare, KeyRange, MAX_DEPTH, PutOptions, Target, Txn, TxnOp};
@@ -37,6 +39,7 @@ const LEASE_REVOKE: u8 = 9;
 const LEASE_KEEPALIVE: u8 = 0x0a;
 const LEASE_TICK: u8 = 0x0b;
 const ALARM: u8 = 0x0c;
+const AUTH: u8 = 0x0d;
 const INCARNATIONS: u8 = 0x10;
 
 /// What a normal log entry carries.
@@ -75,6 +78,12 @@ pub fn encode(op: &Op) -> Vec<u8> {
         Op::Alarm { member, active } => {
             let mut v = numbers(ALARM, &[*member]);
             v.push(u8::from(*active));
+            return v;
+        }
+        Op::Auth(a) => {
+            let mut v = vec![AUTH];
+            // Plain data: serializing cannot fail.
+            v.extend(serde_json::to_vec(a).unwrap_or_default());
             return v;
         }
         Op::DeleteRange { start, end } => {
@@ -189,10 +198,11 @@ pub fn write_sizes(data: &[u8]) -> Result<(usize, usize), DecodeError> {
             Ok((key.len(), value.len()))
         }
         DELETE_RANGE | COMPACT | TXN | LEASE_GRANT | LEASE_REVOKE | LEASE_KEEPALIVE
-        | LEASE_TICK | ALARM => match decode_write(tag, rest, None)? {
+        | LEASE_TICK | ALARM | AUTH => match decode_write(tag, rest, None)? {
             Op::DeleteRange { start, end } => {
                 Ok((start.len().max(end.map_or(0, |e| e.len())).max(1), 0))
             }
+            Op::Auth(a) => Ok((a.key_bytes().max(1), 0)),
             Op::Txn(txn) => Ok(txn_sizes(&txn)),
             _ => Ok((1, 0)),
         },
@@ -281,11 +291,14 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
             Ok(op)
         }
         DELETE_RANGE | COMPACT | TXN | LEASE_GRANT | LEASE_REVOKE | LEASE_KEEPALIVE
-        | LEASE_TICK | ALARM
+        | LEASE_TICK | ALARM | AUTH
             if cond.is_some() =>
         {
             Err(DecodeError("a condition on a range op"))
         }
+        AUTH => serde_json::from_slice(rest)
+            .map(|a| Op::Auth(Box::new(a)))
+            .map_err(|_| DecodeError("bad auth change")),
         ALARM => {
             let mut d = Dec(rest, 0);
             let member = d.u64()?;

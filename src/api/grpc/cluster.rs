@@ -114,8 +114,9 @@ fn add_refused(msg: &str) -> Option<Status> {
 impl rpc::cluster_server::Cluster for Grpc {
     async fn member_list(
         &self,
-        _request: Request<rpc::MemberListRequest>,
+        request: Request<rpc::MemberListRequest>,
     ) -> Result<Response<rpc::MemberListResponse>, Status> {
+        self.caller(&request).await?;
         self.state.node.check_running()?;
         let s = self.state.node.status().await?;
         let members = self.members(s.members).await;
@@ -129,6 +130,7 @@ impl rpc::cluster_server::Cluster for Grpc {
         &self,
         request: Request<rpc::MemberAddRequest>,
     ) -> Result<Response<rpc::MemberAddResponse>, Status> {
+        self.admin(&request).await?;
         let r = request.into_inner();
         let [url] = r.peer_ur_ls.as_slice() else {
             return Err(status::member_bad_urls());
@@ -167,6 +169,7 @@ impl rpc::cluster_server::Cluster for Grpc {
         &self,
         request: Request<rpc::MemberRemoveRequest>,
     ) -> Result<Response<rpc::MemberRemoveResponse>, Status> {
+        self.admin(&request).await?;
         let id = request.into_inner().id;
         let list = self
             .change(MemberChange::Remove { id }, not_enough_started)
@@ -182,6 +185,7 @@ impl rpc::cluster_server::Cluster for Grpc {
         &self,
         request: Request<rpc::MemberUpdateRequest>,
     ) -> Result<Response<rpc::MemberUpdateResponse>, Status> {
+        self.admin(&request).await?;
         let r = request.into_inner();
         let current = self
             .state
@@ -216,6 +220,7 @@ impl rpc::cluster_server::Cluster for Grpc {
         &self,
         request: Request<rpc::MemberPromoteRequest>,
     ) -> Result<Response<rpc::MemberPromoteResponse>, Status> {
+        self.admin(&request).await?;
         let id = request.into_inner().id;
         let list = self
             .change(MemberChange::Promote { id }, promote_refused)

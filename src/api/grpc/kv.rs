@@ -26,6 +26,7 @@ use super::{Grpc, from_i64, status, to_i64};
 use crate::engine::txn::{
     CmpResult, Compare, KeyRange, PutOptions, Target, Txn, TxnError, TxnOp, TxnResponse, TxnResult,
 };
+use crate::engine::auth::Need;
 use crate::engine::{KeyValue, Op, OpResult};
 
 pub(super) fn kv(kv: KeyValue) -> mvccpb::KeyValue {
@@ -426,6 +427,8 @@ impl rpc::kv_server::Kv for Grpc {
         &self,
         request: Request<rpc::RangeRequest>,
     ) -> Result<Response<rpc::RangeResponse>, Status> {
+        let (key, end) = (&request.get_ref().key, &request.get_ref().range_end);
+        self.may(&request, Need::Read, key, end).await?;
         let r = request.into_inner();
         if r.key.is_empty() {
             return Err(status::empty_key());
@@ -463,6 +466,12 @@ impl rpc::kv_server::Kv for Grpc {
         &self,
         request: Request<rpc::PutRequest>,
     ) -> Result<Response<rpc::PutResponse>, Status> {
+        let caller = self.may(&request, Need::Write, &request.get_ref().key, &[]).await?;
+        if request.get_ref().prev_kv {
+            caller
+                .may(Need::Read, &request.get_ref().key, &[])
+                .map_err(status::denied)?;
+        }
         let p = request.into_inner();
         let op = put_op(&p)?;
         let limits = &self.state.settings;
@@ -510,6 +519,11 @@ impl rpc::kv_server::Kv for Grpc {
         &self,
         request: Request<rpc::DeleteRangeRequest>,
     ) -> Result<Response<rpc::DeleteRangeResponse>, Status> {
+        let (key, end) = (&request.get_ref().key, &request.get_ref().range_end);
+        let caller = self.may(&request, Need::Write, key, end).await?;
+        if request.get_ref().prev_kv {
+            caller.may(Need::Read, key, end).map_err(status::denied)?;
+        }
         let d = request.into_inner();
         if d.key.is_empty() {
             return Err(status::empty_key());
@@ -553,6 +567,8 @@ impl rpc::kv_server::Kv for Grpc {
             return Err(status::request_too_large());
         }
         let (txn, shape) = txn(request.get_ref())?;
+        let caller = self.caller(&request).await?;
+        caller.may_txn(&txn).map_err(status::denied)?;
         let (result, revision, changed) = self.run_txn(txn).await?;
         let begin = revision - u64::from(changed);
         Ok(Response::new(
@@ -564,6 +580,8 @@ impl rpc::kv_server::Kv for Grpc {
         &self,
         request: Request<rpc::CompactionRequest>,
     ) -> Result<Response<rpc::CompactionResponse>, Status> {
+        // Compaction drops history every user reads: root only.
+        self.admin(&request).await?;
         let c = request.into_inner();
         let revision = from_i64(c.revision);
         let done = self.write(Op::Compact { revision }).await?;

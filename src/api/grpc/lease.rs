@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::rpc;
 use super::{Grpc, Outbound, from_i64, outbound, status, to_i64};
 use crate::api::leases::{MAX_TTL, min_ttl, new_lease_id};
+use crate::engine::auth::Need;
 use crate::engine::{Op, Refusal};
 
 impl Grpc {
@@ -37,6 +38,7 @@ impl rpc::lease_server::Lease for Grpc {
         &self,
         request: Request<rpc::LeaseGrantRequest>,
     ) -> Result<Response<rpc::LeaseGrantResponse>, Status> {
+        self.caller(&request).await?;
         let r = request.into_inner();
         self.state.node.check_running()?;
         if from_i64(r.ttl) > MAX_TTL {
@@ -69,8 +71,12 @@ impl rpc::lease_server::Lease for Grpc {
         &self,
         request: Request<rpc::LeaseRevokeRequest>,
     ) -> Result<Response<rpc::LeaseRevokeResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let id = from_i64(request.into_inner().id);
         self.state.node.check_running()?;
+        caller
+            .may_revoke(&self.state.engine, id)
+            .map_err(super::status::denied)?;
         let result = self.state.node.propose(Op::LeaseRevoke { id }).await?;
         if let Some(r) = result.refused {
             return Err(r.into());
@@ -86,6 +92,7 @@ impl rpc::lease_server::Lease for Grpc {
         &self,
         request: Request<Streaming<rpc::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.caller(&request).await?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
@@ -122,9 +129,18 @@ impl rpc::lease_server::Lease for Grpc {
         &self,
         request: Request<rpc::LeaseTimeToLiveRequest>,
     ) -> Result<Response<rpc::LeaseTimeToLiveResponse>, Status> {
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         self.lease_barrier().await?;
         let read = self.state.engine.lease(from_i64(r.id))?;
+        // Listing the keys reads them (etcd's rule).
+        if r.keys {
+            for key in read.value.iter().flat_map(|l| &l.keys) {
+                caller
+                    .may(Need::Read, key, &[])
+                    .map_err(super::status::denied)?;
+            }
+        }
         let answer = match read.value {
             Some(lease) => rpc::LeaseTimeToLiveResponse {
                 header: self.header(read.revision),
@@ -146,8 +162,9 @@ impl rpc::lease_server::Lease for Grpc {
 
     async fn lease_leases(
         &self,
-        _request: Request<rpc::LeaseLeasesRequest>,
+        request: Request<rpc::LeaseLeasesRequest>,
     ) -> Result<Response<rpc::LeaseLeasesResponse>, Status> {
+        self.caller(&request).await?;
         self.lease_barrier().await?;
         let read = self.state.engine.leases()?;
         let leases = read

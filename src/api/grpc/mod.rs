@@ -22,7 +22,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use tonic::{Code, Status};
 
 use super::AppState;
+use super::access::{Caller, Credentials, Denied};
 use super::error::ApiError;
+use crate::engine::auth::{AuthRefusal, Need};
 use crate::engine::{EngineError, Refusal, RevisionError};
 use crate::raft::RequestError;
 use crate::raft::members::AdminError;
@@ -68,6 +70,55 @@ impl Grpc {
     /// A header at the store's current revision.
     fn current_header(&self) -> Option<rpc::ResponseHeader> {
         self.header(self.state.engine.revision())
+    }
+
+    /// The client connection a request came on (its address, its certificate's CN).
+    fn remote<T>(request: &tonic::Request<T>) -> Option<&crate::tls::Remote> {
+        request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<crate::tls::Remote>>()
+            .map(|info| &info.0)
+    }
+
+    /// Who a request is from: its `token` metadata (etcd clients send it there), or its
+    /// client certificate's CN. Anyone while auth is off.
+    async fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
+        let remote = Self::remote(request);
+        let creds = Credentials {
+            token: request
+                .metadata()
+                .get("token")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            password: None,
+            cert_cn: remote.and_then(|r| r.common_name.clone()),
+            from: remote.map(|r| r.addr.ip()),
+        };
+        self.state
+            .access
+            .caller(&creds)
+            .await
+            .map_err(status::denied)
+    }
+
+    /// The caller, if it may `need` all of `[key, range_end)` (etcd's range form).
+    async fn may<T>(
+        &self,
+        request: &tonic::Request<T>,
+        need: Need,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<Caller, Status> {
+        let caller = self.caller(request).await?;
+        caller.may(need, key, range_end).map_err(status::denied)?;
+        Ok(caller)
+    }
+
+    /// The caller, if it is root (or auth is off).
+    async fn admin<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
+        let caller = self.caller(request).await?;
+        caller.admin().map_err(status::denied)?;
+        Ok(caller)
     }
 }
 
@@ -211,6 +262,36 @@ pub(crate) mod status {
     pub fn auth_not_enabled() -> Status {
         etcd(Code::FailedPrecondition, "authentication is not enabled")
     }
+
+    /// etcd's error for a request refused by auth.
+    pub fn denied(d: super::Denied) -> Status {
+        use super::Denied as D;
+        match d {
+            D::NoCredentials => etcd(Code::InvalidArgument, "user name is empty"),
+            D::InvalidToken => etcd(Code::Unauthenticated, "invalid auth token"),
+            D::OldRevision => etcd(Code::InvalidArgument, "revision of auth store is old"),
+            D::AuthFailed => etcd(
+                Code::InvalidArgument,
+                "authentication failed, invalid user ID or password",
+            ),
+            D::TooManyAttempts(_) => etcd(Code::ResourceExhausted, &d.to_string()),
+            D::PermissionDenied => etcd(Code::PermissionDenied, "permission denied"),
+            D::NotEnabled => auth_not_enabled(),
+            D::Internal(e) => Status::unavailable(format!("etcdserver: {e}")),
+        }
+    }
+
+    /// etcd's error for an auth change refused at apply.
+    pub fn auth_refusal(r: super::AuthRefusal) -> Status {
+        use super::AuthRefusal as R;
+        let code = match r {
+            R::UserEmpty | R::RoleEmpty | R::InvalidAuthMgmt | R::PermissionNotGiven => {
+                Code::InvalidArgument
+            }
+            _ => Code::FailedPrecondition,
+        };
+        etcd(code, &r.to_string())
+    }
 }
 
 fn request_status(e: &RequestError) -> Status {
@@ -239,6 +320,7 @@ fn refusal_status(r: Refusal) -> Status {
         Refusal::LeaseExists(_) => status::lease_exists(),
         Refusal::KeyNotFound => status::key_not_found(),
         Refusal::NoSpace => status::no_space(),
+        Refusal::Auth(r) => status::auth_refusal(r),
     }
 }
 
@@ -260,6 +342,8 @@ impl From<ApiError> for Status {
             ApiError::Admin(e) => admin_status(e),
             ApiError::NotFound => status::key_not_found(),
             ApiError::NoSpace => status::no_space(),
+            ApiError::Denied(d) => status::denied(d),
+            ApiError::AuthRefused(r) => status::auth_refusal(r),
             other => Status::invalid_argument(other.to_string()),
         }
     }

@@ -72,6 +72,8 @@ struct WatchStream {
     /// A progress request waits for every watcher to be synced.
     progress_wanted: bool,
     tx: mpsc::Sender<Result<rpc::WatchResponse, Status>>,
+    /// Who opened the stream; each watcher's range is checked against it when created.
+    caller: crate::api::access::Caller,
 }
 
 impl WatchStream {
@@ -110,6 +112,15 @@ impl WatchStream {
         }
         if c.watch_id == 0 {
             self.next_id += 1;
+        }
+        let need = crate::engine::auth::Need::Read;
+        if self.caller.may(need, &c.key, &c.range_end).is_err() {
+            // etcd's answer: created and canceled at once (id -1), with the reason.
+            let mut refused = self.response(-1, revision);
+            refused.created = true;
+            refused.canceled = true;
+            refused.cancel_reason = "etcdserver: permission denied".into();
+            return self.send(refused).await;
         }
         let range = key_range(&c.key, &c.range_end);
         let next = match from_i64(c.start_revision) {
@@ -373,6 +384,7 @@ impl rpc::watch_server::Watch for Grpc {
         request: Request<Streaming<rpc::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.state.node.check_running()?;
+        let caller = self.caller(&request).await?;
         let store = self.state.engine.clone();
         // Subscribed before any watcher is created: nothing applied after is missed.
         let rx = store.hub().subscribe();
@@ -384,6 +396,7 @@ impl rpc::watch_server::Watch for Grpc {
             next_id: 0,
             progress_wanted: false,
             tx,
+            caller,
         };
         tokio::spawn(stream.run(request.into_inner(), rx));
         Ok(Response::new(outbound(out)))

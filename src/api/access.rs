@@ -1,0 +1,499 @@
+//! Who is asking, and may they. One place for both APIs:
+//!
+//! - **Identity**: a token (gRPC metadata `token`, HTTP `Authorization: Bearer`), a user name
+//!   and password (HTTP `Authorization: Basic`), or the CN of a verified client certificate
+//!   (used when no token or password is given, as etcd does).
+//! - **Tokens** are signed, not stored: `user.auth_revision.expiry_ms.mac`, an HMAC-SHA256
+//!   under the cluster's secret (replicated when auth is enabled), so every member accepts a
+//!   token any member issued. A token expires after `--auth-token-ttl`, and any later change to
+//!   users or roles makes it stale (etcd's "revision of auth store is old"): clients log in
+//!   again, and a revoked permission cannot outlive its revocation.
+//! - **Passwords** are hashed with Argon2id (a slow, salted hash) by the member that takes the
+//!   request; only the hash enters the log. Failed logins back off per user and client
+//!   address, up to [`MAX_BACKOFF`], so an attacker cannot lock a user out for good.
+//! - **Rules**: etcd's ([`AuthView::permitted`]); root may do anything, and only root may
+//!   manage members, leadership, alarms, backups or auth.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
+use sha2::Sha256;
+
+use super::error::ApiError;
+use crate::engine::KvStore;
+use crate::engine::auth::{AuthView, Need};
+use crate::engine::txn::{KeyRange, Txn, TxnOp};
+
+/// Failures allowed before a login for that user from that address must wait.
+const FREE_FAILURES: u32 = 3;
+/// The longest wait after repeated failures (it doubles from one second).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A Basic login is re-verified at least this often (and after any auth change).
+const BASIC_CACHE: Duration = Duration::from_secs(60);
+
+/// Why a request is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// Auth is on and the request carries no credentials (etcd: "user name is empty").
+    #[error("authentication is enabled: credentials are required")]
+    NoCredentials,
+    #[error("invalid auth token")]
+    InvalidToken,
+    /// The token predates a change to users or roles.
+    #[error("revision of auth store is old")]
+    OldRevision,
+    #[error("authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("too many failed logins for this user; retry in {0} s")]
+    TooManyAttempts(u64),
+    #[error("permission denied")]
+    PermissionDenied,
+    #[error("authentication is not enabled")]
+    NotEnabled,
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What a request brings to prove who it is.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub token: Option<String>,
+    pub password: Option<(String, String)>,
+    /// The CN of a client certificate the client port verified.
+    pub cert_cn: Option<String>,
+    pub from: Option<IpAddr>,
+}
+
+/// The caller of one request, with the auth state its checks use.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// Auth is off: everything is allowed.
+    Anyone,
+    /// No caller was resolved (a path the auth layer leaves open): nothing is allowed.
+    Nobody,
+    User { name: String, view: Arc<AuthView> },
+}
+
+impl Caller {
+    /// Whether the caller may `need` all of `[key, range_end)` (etcd's range form).
+    pub fn may(&self, need: Need, key: &[u8], range_end: &[u8]) -> Result<(), Denied> {
+        match self {
+            Caller::Anyone => Ok(()),
+            Caller::User { name, view } if view.permitted(name, need, key, range_end) => Ok(()),
+            Caller::User { .. } | Caller::Nobody => Err(Denied::PermissionDenied),
+        }
+    }
+
+    /// Root only: membership, leadership, alarms, backups, auth management.
+    pub fn admin(&self) -> Result<(), Denied> {
+        match self {
+            Caller::Anyone => Ok(()),
+            Caller::User { name, view } if view.is_root(name) => Ok(()),
+            Caller::User { .. } | Caller::Nobody => Err(Denied::PermissionDenied),
+        }
+    }
+
+    /// [`Caller::may`] for a store key range (`end`: `None` the key alone, empty to the end).
+    pub fn may_range(&self, need: Need, range: &KeyRange) -> Result<(), Denied> {
+        match &range.end {
+            None => self.may(need, &range.start, &[]),
+            Some(e) if e.is_empty() => self.may(need, &range.start, &[0]),
+            Some(e) => self.may(need, &range.start, e),
+        }
+    }
+
+    /// Every compare and operation of a transaction, nested ones too (etcd's rules): compares
+    /// and gets read, puts and deletes write, and `prev_kv` reads what it returns.
+    pub fn may_txn(&self, txn: &Txn) -> Result<(), Denied> {
+        if matches!(self, Caller::Anyone) {
+            return Ok(());
+        }
+        for c in &txn.compare {
+            let range = KeyRange {
+                start: c.key.clone(),
+                end: c.range_end.clone(),
+            };
+            self.may_range(Need::Read, &range)?;
+        }
+        for op in txn.success.iter().chain(&txn.failure) {
+            match op {
+                TxnOp::Get { range, .. } => self.may_range(Need::Read, range)?,
+                TxnOp::Put { key, options, .. } => {
+                    self.may(Need::Write, key, &[])?;
+                    if options.prev_kv {
+                        self.may(Need::Read, key, &[])?;
+                    }
+                }
+                TxnOp::Delete { range, prev_kv } => {
+                    self.may_range(Need::Write, range)?;
+                    if *prev_kv {
+                        self.may_range(Need::Read, range)?;
+                    }
+                }
+                TxnOp::Txn(inner) => self.may_txn(inner)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Revoking lease `id` deletes its keys: the caller must be allowed to write each.
+    pub fn may_revoke(&self, store: &KvStore, id: u64) -> Result<(), Denied> {
+        if matches!(self, Caller::Anyone) {
+            return Ok(());
+        }
+        let lease = store
+            .lease(id)
+            .map_err(|e| Denied::Internal(e.to_string()))?;
+        for key in lease.value.iter().flat_map(|l| &l.keys) {
+            self.may(Need::Write, key, &[])?;
+        }
+        Ok(())
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Caller::Anyone | Caller::Nobody => None,
+            Caller::User { name, .. } => Some(name),
+        }
+    }
+}
+
+/// A failed-login record for one (user, address).
+struct Failures {
+    count: u32,
+    /// No attempt is checked before then.
+    wait_until: Instant,
+    last: Instant,
+}
+
+/// The member's side of auth: tokens, password checks, login back-off.
+pub struct Access {
+    store: Arc<KvStore>,
+    token_ttl: Duration,
+    failures: Mutex<HashMap<(String, Option<IpAddr>), Failures>>,
+    /// Verified Basic logins: HMAC(secret, user, password) -> (auth revision, when).
+    basic: Mutex<HashMap<[u8; 32], (u64, Instant)>>,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn mac(secret: &[u8]) -> HmacSha256 {
+    // HMAC takes a key of any length.
+    <HmacSha256 as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!())
+}
+
+impl Access {
+    pub fn new(store: Arc<KvStore>, token_ttl: Duration) -> Self {
+        Access {
+            store,
+            token_ttl,
+            failures: Mutex::new(HashMap::new()),
+            basic: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn view(&self) -> Result<Arc<AuthView>, Denied> {
+        self.store
+            .auth()
+            .map_err(|e| Denied::Internal(e.to_string()))
+    }
+
+    /// Who the request is from. With auth off, anyone; with auth on, a token, then a
+    /// password, then a client certificate's CN must name a user.
+    pub async fn caller(&self, creds: &Credentials) -> Result<Caller, Denied> {
+        let view = self.view()?;
+        if !view.state.enabled {
+            return Ok(Caller::Anyone);
+        }
+        let name = if let Some(token) = &creds.token {
+            self.check_token(&view, token)?
+        } else if let Some((user, password)) = &creds.password {
+            self.check_basic(&view, user, password, creds.from).await?;
+            user.clone()
+        } else if let Some(cn) = &creds.cert_cn {
+            cn.clone()
+        } else {
+            return Err(Denied::NoCredentials);
+        };
+        if !view.users.contains_key(&name) {
+            return Err(Denied::PermissionDenied);
+        }
+        Ok(Caller::User { name, view })
+    }
+
+    /// Checks a password and issues a token (etcd's Authenticate).
+    pub async fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+        from: Option<IpAddr>,
+    ) -> Result<String, Denied> {
+        let view = self.view()?;
+        if !view.state.enabled {
+            return Err(Denied::NotEnabled);
+        }
+        self.check_password(&view, user, password, from).await?;
+        Ok(self.token(&view, user))
+    }
+
+    fn token(&self, view: &AuthView, user: &str) -> String {
+        let expiry = now_ms().saturating_add(self.token_ttl.as_millis() as u64);
+        let claims = format!(
+            "{}.{}.{expiry}",
+            hex(user.as_bytes()),
+            view.state.revision
+        );
+        let mut m = mac(&view.state.secret);
+        m.update(claims.as_bytes());
+        format!("{claims}.{}", hex(&m.finalize().into_bytes()))
+    }
+
+    /// The user a token names, if it is genuine, unexpired and current.
+    fn check_token(&self, view: &AuthView, token: &str) -> Result<String, Denied> {
+        let (claims, tag) = token.rsplit_once('.').ok_or(Denied::InvalidToken)?;
+        let tag = unhex(tag).ok_or(Denied::InvalidToken)?;
+        let mut m = mac(&view.state.secret);
+        m.update(claims.as_bytes());
+        // Constant-time comparison.
+        m.verify_slice(&tag).map_err(|_| Denied::InvalidToken)?;
+        let mut parts = claims.split('.');
+        let (Some(user), Some(revision), Some(expiry), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Denied::InvalidToken);
+        };
+        let user = unhex(user)
+            .and_then(|u| String::from_utf8(u).ok())
+            .ok_or(Denied::InvalidToken)?;
+        let revision: u64 = revision.parse().map_err(|_| Denied::InvalidToken)?;
+        let expiry: u64 = expiry.parse().map_err(|_| Denied::InvalidToken)?;
+        if expiry <= now_ms() {
+            return Err(Denied::InvalidToken);
+        }
+        if revision < view.state.revision {
+            return Err(Denied::OldRevision);
+        }
+        if revision > view.state.revision {
+            return Err(Denied::InvalidToken);
+        }
+        Ok(user)
+    }
+
+    /// A Basic login: checked once, then remembered until the auth state changes.
+    async fn check_basic(
+        &self,
+        view: &AuthView,
+        user: &str,
+        password: &str,
+        from: Option<IpAddr>,
+    ) -> Result<(), Denied> {
+        let mut m = mac(&view.state.secret);
+        m.update(user.as_bytes());
+        m.update(&[0]);
+        m.update(password.as_bytes());
+        let key: [u8; 32] = m.finalize().into_bytes().into();
+        let fresh = |entry: Option<&(u64, Instant)>| {
+            entry.is_some_and(|(rev, at)| {
+                *rev == view.state.revision && at.elapsed() < BASIC_CACHE
+            })
+        };
+        if fresh(self.basic.lock().get(&key)) {
+            return Ok(());
+        }
+        self.check_password(view, user, password, from).await?;
+        let mut basic = self.basic.lock();
+        basic.retain(|_, (rev, at)| *rev == view.state.revision && at.elapsed() < BASIC_CACHE);
+        basic.insert(key, (view.state.revision, Instant::now()));
+        Ok(())
+    }
+
+    /// Verifies `password` for `user`, with back-off after repeated failures. An unknown user
+    /// and a wrong password fail alike (and take as long).
+    async fn check_password(
+        &self,
+        view: &AuthView,
+        user: &str,
+        password: &str,
+        from: Option<IpAddr>,
+    ) -> Result<(), Denied> {
+        let who = (user.to_string(), from);
+        if let Some(f) = self.failures.lock().get(&who) {
+            let now = Instant::now();
+            if f.wait_until > now {
+                return Err(Denied::TooManyAttempts(
+                    (f.wait_until - now).as_secs().max(1),
+                ));
+            }
+        }
+        let hash = view.users.get(user).and_then(|u| u.password_hash.clone());
+        let password = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || password::verify(&password, hash.as_deref()))
+            .await
+            .unwrap_or(false);
+        let mut failures = self.failures.lock();
+        if ok {
+            failures.remove(&who);
+            return Ok(());
+        }
+        let now = Instant::now();
+        // Forget old records so the map stays small.
+        failures.retain(|_, f| now.duration_since(f.last) < MAX_BACKOFF * 4);
+        let f = failures.entry(who).or_insert(Failures {
+            count: 0,
+            wait_until: now,
+            last: now,
+        });
+        f.count += 1;
+        f.last = now;
+        if f.count > FREE_FAILURES {
+            let doublings = (f.count - FREE_FAILURES - 1).min(5);
+            f.wait_until = now + Duration::from_secs(1 << doublings).min(MAX_BACKOFF);
+        }
+        Err(Denied::AuthFailed)
+    }
+}
+
+/// The credentials of an HTTP request: `Authorization: Bearer <token>` or `Basic
+/// base64(user:password)`, and the client certificate's CN.
+pub fn http_credentials(
+    headers: &axum::http::HeaderMap,
+    remote: Option<&crate::tls::Remote>,
+) -> Result<Credentials, ApiError> {
+    use base64::Engine as _;
+    let mut creds = Credentials {
+        cert_cn: remote.and_then(|r| r.common_name.clone()),
+        from: remote.map(|r| r.addr.ip()),
+        ..Credentials::default()
+    };
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(creds);
+    };
+    let bad = |why: &str| ApiError::BadRequest(format!("Authorization header: {why}"));
+    let value = value.to_str().map_err(|_| bad("not ASCII"))?.trim();
+    let (scheme, rest) = value.split_once(' ').ok_or_else(|| bad("expected Basic or Bearer"))?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        creds.token = Some(rest.trim().to_string());
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .map_err(|_| bad("Basic credentials are not base64"))?;
+        let text = String::from_utf8(decoded).map_err(|_| bad("Basic credentials are not UTF-8"))?;
+        let (user, password) = text
+            .split_once(':')
+            .ok_or_else(|| bad("Basic credentials must be user:password"))?;
+        creds.password = Some((user.to_string(), password.to_string()));
+    } else {
+        return Err(bad("expected Basic or Bearer"));
+    }
+    Ok(creds)
+}
+
+/// `POST /_auth/authenticate` with `{"name": ..., "password": ...}`: `{"token": ...}` for
+/// `Authorization: Bearer`.
+pub async fn authenticate(
+    axum::extract::State(state): axum::extract::State<Arc<super::AppState>>,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<crate::tls::Remote>>>,
+    body: axum::body::Body,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    #[derive(serde::Deserialize)]
+    struct Login {
+        name: String,
+        password: String,
+    }
+    state.node.check_running()?;
+    let body = super::keys::read_value(body, 64 * 1024).await?;
+    let login: Login = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body must be {{\"name\": ..., \"password\": ...}}: {e}"
+        ))
+    })?;
+    let from = connect.map(|c| c.0.0.addr.ip());
+    let token = state
+        .access
+        .authenticate(&login.name, &login.password, from)
+        .await?;
+    Ok(axum::Json(serde_json::json!({ "token": token })).into_response())
+}
+
+/// Password hashing (Argon2id, a random salt per hash, PHC strings).
+pub mod password {
+    use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+    use argon2::password_hash::rand_core::OsRng;
+    use argon2::Argon2;
+
+    /// Hashes a password for storing; slow on purpose (run it off the async threads).
+    pub fn hash(password: &str) -> Result<String, String> {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| format!("cannot hash the password: {e}"))
+    }
+
+    /// Whether `password` matches `hash` (none: the user has no password, and nothing
+    /// matches). Runs the hash even without a user, so the two cases take as long.
+    pub fn verify(password: &str, stored: Option<&str>) -> bool {
+        // A hash of an unguessable password keeps timing alike for unknown users.
+        static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let decoy = DECOY.get_or_init(|| {
+            let random = crate::raft::storage::random_id().unwrap_or(1);
+            hash(&format!("decoy-{random:016x}")).unwrap_or_default()
+        });
+        let target = stored.unwrap_or(decoy);
+        let Ok(parsed) = PasswordHash::new(target) else {
+            return false;
+        };
+        let ok = Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok();
+        ok && stored.is_some()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_refuses_junk() {
+        assert_eq!(unhex(&hex(b"root\xff")).unwrap(), b"root\xff");
+        assert!(unhex("abc").is_none());
+        assert!(unhex("zz").is_none());
+        assert!(unhex("é1").is_none());
+    }
+
+    #[test]
+    fn passwords_verify_only_against_their_hash() {
+        let h = password::hash("s3cret").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(password::verify("s3cret", Some(&h)));
+        assert!(!password::verify("s3cret!", Some(&h)));
+        assert!(!password::verify("", None));
+        assert!(!password::verify("x", Some("not a hash")));
+    }
+}
