@@ -71,10 +71,21 @@ fn op() -> impl Strategy<Value = Op> {
             use crate::engine::auth::{AuthOp, PermKind, Permission};
             let role = format!("role{n}");
             Op::Auth(Box::new(if grant {
-                let kind = [PermKind::Read, PermKind::Write, PermKind::ReadWrite][usize::from(n % 3)];
-                AuthOp::RoleGrantPermission { role, perm: Permission { key, range_end, kind } }
+                let kind =
+                    [PermKind::Read, PermKind::Write, PermKind::ReadWrite][usize::from(n % 3)];
+                AuthOp::RoleGrantPermission {
+                    role,
+                    perm: Permission {
+                        key,
+                        range_end,
+                        kind,
+                    },
+                }
             } else {
-                AuthOp::UserAdd { name: role, password_hash: (n % 2 == 0).then(|| "$argon2id$x".into()) }
+                AuthOp::UserAdd {
+                    name: role,
+                    password_hash: (n % 2 == 0).then(|| "$argon2id$x".into()),
+                }
             }))
         }),
     ]
@@ -333,6 +344,64 @@ proptest! {
         prop_assert!(crate::tls::peer_server_config(&peer).is_err());
         prop_assert!(crate::tls::peer_client_config(&peer).is_err());
         let _ = crate::tls::names_of(&rustls::pki_types::CertificateDer::from(data));
+    }
+}
+
+/// A store with auth enabled and users `root` and `ann`, and its access layer.
+fn auth_store() -> crate::api::access::Access {
+    use crate::engine::auth::AuthOp;
+    let store = std::sync::Arc::new(memory_store());
+    let changes = [
+        AuthOp::UserAdd {
+            name: "root".into(),
+            password_hash: None,
+        },
+        AuthOp::UserGrantRole {
+            user: "root".into(),
+            role: "root".into(),
+        },
+        AuthOp::UserAdd {
+            name: "ann".into(),
+            password_hash: None,
+        },
+        AuthOp::Enable {
+            secret: vec![3; 32],
+        },
+    ];
+    let batch: Vec<Applied> = changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| Applied {
+            index: i as u64 + 1,
+            op: Some(Op::Auth(Box::new(a))),
+        })
+        .collect();
+    store.apply(&batch).unwrap();
+    crate::api::access::Access::new(store, std::time::Duration::from_secs(60))
+}
+
+proptest! {
+    /// Anything presented as a token is refused unless it is one the cluster issued, and
+    /// nothing panics.
+    #[test]
+    fn tokens_verify_or_refuse(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let access = auth_store();
+        let text = String::from_utf8_lossy(&data);
+        prop_assert!(access.verify_token(&text).is_err());
+    }
+
+    /// Any change to an issued token (one character anywhere) makes it invalid.
+    #[test]
+    fn a_changed_token_is_refused(at in any::<usize>(), to in any::<char>()) {
+        let access = auth_store();
+        let token = access.issue_token("ann").unwrap();
+        prop_assert_eq!(access.verify_token(&token).unwrap(), "ann");
+        let mut chars: Vec<char> = token.chars().collect();
+        let at = at % chars.len();
+        prop_assume!(chars[at] != to);
+        chars[at] = to;
+        let changed: String = chars.into_iter().collect();
+        prop_assert!(access.verify_token(&changed).is_err(), "{changed}");
     }
 }
 

@@ -75,7 +75,10 @@ pub enum Caller {
     Anyone,
     /// No caller was resolved (a path the auth layer leaves open): nothing is allowed.
     Nobody,
-    User { name: String, view: Arc<AuthView> },
+    User {
+        name: String,
+        view: Arc<AuthView>,
+    },
 }
 
 impl Caller {
@@ -248,14 +251,20 @@ impl Access {
 
     fn token(&self, view: &AuthView, user: &str) -> String {
         let expiry = now_ms().saturating_add(self.token_ttl.as_millis() as u64);
-        let claims = format!(
-            "{}.{}.{expiry}",
-            hex(user.as_bytes()),
-            view.state.revision
-        );
+        let claims = format!("{}.{}.{expiry}", hex(user.as_bytes()), view.state.revision);
         let mut m = mac(&view.state.secret);
         m.update(claims.as_bytes());
         format!("{claims}.{}", hex(&m.finalize().into_bytes()))
+    }
+
+    /// The user a token names, if it is genuine, unexpired and current (for tests).
+    pub fn verify_token(&self, token: &str) -> Result<String, Denied> {
+        self.check_token(&*self.view()?, token)
+    }
+
+    /// A token for `user` as Authenticate issues it, without a password (for tests).
+    pub fn issue_token(&self, user: &str) -> Result<String, Denied> {
+        Ok(self.token(&*self.view()?, user))
     }
 
     /// The user a token names, if it is genuine, unexpired and current.
@@ -303,9 +312,7 @@ impl Access {
         m.update(password.as_bytes());
         let key: [u8; 32] = m.finalize().into_bytes().into();
         let fresh = |entry: Option<&(u64, Instant)>| {
-            entry.is_some_and(|(rev, at)| {
-                *rev == view.state.revision && at.elapsed() < BASIC_CACHE
-            })
+            entry.is_some_and(|(rev, at)| *rev == view.state.revision && at.elapsed() < BASIC_CACHE)
         };
         if fresh(self.basic.lock().get(&key)) {
             return Ok(());
@@ -380,14 +387,17 @@ pub fn http_credentials(
     };
     let bad = |why: &str| ApiError::BadRequest(format!("Authorization header: {why}"));
     let value = value.to_str().map_err(|_| bad("not ASCII"))?.trim();
-    let (scheme, rest) = value.split_once(' ').ok_or_else(|| bad("expected Basic or Bearer"))?;
+    let (scheme, rest) = value
+        .split_once(' ')
+        .ok_or_else(|| bad("expected Basic or Bearer"))?;
     if scheme.eq_ignore_ascii_case("bearer") {
         creds.token = Some(rest.trim().to_string());
     } else if scheme.eq_ignore_ascii_case("basic") {
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(rest.trim())
             .map_err(|_| bad("Basic credentials are not base64"))?;
-        let text = String::from_utf8(decoded).map_err(|_| bad("Basic credentials are not UTF-8"))?;
+        let text =
+            String::from_utf8(decoded).map_err(|_| bad("Basic credentials are not UTF-8"))?;
         let (user, password) = text
             .split_once(':')
             .ok_or_else(|| bad("Basic credentials must be user:password"))?;
@@ -428,9 +438,9 @@ pub async fn authenticate(
 
 /// Password hashing (Argon2id, a random salt per hash, PHC strings).
 pub mod password {
-    use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-    use argon2::password_hash::rand_core::OsRng;
     use argon2::Argon2;
+    use argon2::password_hash::rand_core::OsRng;
+    use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 
     /// Hashes a password for storing; slow on purpose (run it off the async threads).
     pub fn hash(password: &str) -> Result<String, String> {
@@ -465,8 +475,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Lowercase hex only: a token has exactly one spelling.
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     (0..s.len())
@@ -484,6 +495,7 @@ mod tests {
         assert_eq!(unhex(&hex(b"root\xff")).unwrap(), b"root\xff");
         assert!(unhex("abc").is_none());
         assert!(unhex("zz").is_none());
+        assert!(unhex("AB").is_none(), "one spelling per token");
         assert!(unhex("é1").is_none());
     }
 

@@ -101,8 +101,10 @@ impl IntoResponse for ApiError {
                     .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             }
             ApiError::Denied(super::access::Denied::TooManyAttempts(secs)) => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, super::keys::header_value(&secs.to_string()));
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    super::keys::header_value(&secs.to_string()),
+                );
             }
             ApiError::Denied(
                 super::access::Denied::NoCredentials

@@ -21,9 +21,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
+use super::access::Caller;
 use super::error::ApiError;
 use super::query::{Consistency, Query};
-use super::access::Caller;
 use super::{AppState, range};
 use crate::engine::auth::Need;
 use crate::engine::{Cond, Op, OpResult};

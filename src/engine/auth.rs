@@ -29,7 +29,9 @@ pub const ROOT: &str = "root";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuthOp {
     /// Turns auth on; `secret` signs this cluster's tokens from now on.
-    Enable { secret: Vec<u8> },
+    Enable {
+        secret: Vec<u8>,
+    },
     Disable,
     /// `password_hash: None`: a user that cannot log in with a password (etcd's no_password;
     /// a client certificate's CN may still name it).
@@ -37,13 +39,31 @@ pub enum AuthOp {
         name: String,
         password_hash: Option<String>,
     },
-    UserDelete { name: String },
-    UserChangePassword { name: String, password_hash: String },
-    UserGrantRole { user: String, role: String },
-    UserRevokeRole { user: String, role: String },
-    RoleAdd { name: String },
-    RoleDelete { name: String },
-    RoleGrantPermission { role: String, perm: Permission },
+    UserDelete {
+        name: String,
+    },
+    UserChangePassword {
+        name: String,
+        password_hash: String,
+    },
+    UserGrantRole {
+        user: String,
+        role: String,
+    },
+    UserRevokeRole {
+        user: String,
+        role: String,
+    },
+    RoleAdd {
+        name: String,
+    },
+    RoleDelete {
+        name: String,
+    },
+    RoleGrantPermission {
+        role: String,
+        perm: Permission,
+    },
     RoleRevokePermission {
         role: String,
         key: Vec<u8>,
@@ -75,7 +95,9 @@ impl PermKind {
     fn allows(self, need: Need) -> bool {
         matches!(
             (self, need),
-            (PermKind::ReadWrite, _) | (PermKind::Read, Need::Read) | (PermKind::Write, Need::Write)
+            (PermKind::ReadWrite, _)
+                | (PermKind::Read, Need::Read)
+                | (PermKind::Write, Need::Write)
         )
     }
 }
@@ -314,7 +336,10 @@ fn decide(view: &AuthView, op: &AuthOp) -> std::result::Result<Change, AuthRefus
             u.password_hash = Some(password_hash.clone());
             Change::User(name.clone(), Some(u))
         }
-        AuthOp::UserGrantRole { user: name, role: r } => {
+        AuthOp::UserGrantRole {
+            user: name,
+            role: r,
+        } => {
             let mut u = user(name)?;
             if r != ROOT {
                 role(r)?;
@@ -327,7 +352,10 @@ fn decide(view: &AuthView, op: &AuthOp) -> std::result::Result<Change, AuthRefus
                 }
             }
         }
-        AuthOp::UserRevokeRole { user: name, role: r } => {
+        AuthOp::UserRevokeRole {
+            user: name,
+            role: r,
+        } => {
             if view.state.enabled && name == ROOT && r == ROOT {
                 return Err(R::InvalidAuthMgmt);
             }
@@ -499,15 +527,24 @@ mod tests {
         use PermKind::*;
         let v = view(&[("a", "c", Read), ("c", "e", ReadWrite), ("k", "", Write)]);
         assert!(v.permitted("u", Need::Read, b"a", b""));
-        assert!(v.permitted("u", Need::Read, b"b", b"d"), "two adjacent ranges cover it");
+        assert!(
+            v.permitted("u", Need::Read, b"b", b"d"),
+            "two adjacent ranges cover it"
+        );
         assert!(v.permitted("u", Need::Read, b"a", b"e"));
         assert!(!v.permitted("u", Need::Read, b"a", b"f"), "crosses [e, f)");
         assert!(!v.permitted("u", Need::Write, b"a", b""));
         assert!(v.permitted("u", Need::Write, b"d", b""));
         assert!(v.permitted("u", Need::Write, b"k", b""));
-        assert!(!v.permitted("u", Need::Write, b"k", b"l"), "more than the key");
+        assert!(
+            !v.permitted("u", Need::Write, b"k", b"l"),
+            "more than the key"
+        );
         assert!(!v.permitted("u", Need::Read, b"k", b""));
-        assert!(!v.permitted("u", Need::Read, b"a", b"\0"), "from a on is more than granted");
+        assert!(
+            !v.permitted("u", Need::Read, b"a", b"\0"),
+            "from a on is more than granted"
+        );
         assert!(!v.permitted("nobody", Need::Read, b"a", b""));
     }
 
@@ -541,7 +578,10 @@ mod tests {
         ));
         assert!(matches!(decide(&v, &add("")), Err(AuthRefusal::UserEmpty)));
         v.users.insert(ROOT.into(), User::default());
-        assert!(matches!(decide(&v, &add(ROOT)), Err(AuthRefusal::UserAlreadyExist)));
+        assert!(matches!(
+            decide(&v, &add(ROOT)),
+            Err(AuthRefusal::UserAlreadyExist)
+        ));
         assert!(matches!(
             decide(&v, &AuthOp::Enable { secret: vec![1] }),
             Err(AuthRefusal::RootRoleNotExist)
@@ -556,11 +596,17 @@ mod tests {
             key: b"k".to_vec(),
             range_end: Vec::new(),
         };
-        assert!(matches!(decide(&v, &revoke), Err(AuthRefusal::RoleNotFound)));
+        assert!(matches!(
+            decide(&v, &revoke),
+            Err(AuthRefusal::RoleNotFound)
+        ));
         v.users.get_mut(ROOT).unwrap().roles = vec![ROOT.into()];
         assert!(decide(&v, &AuthOp::Enable { secret: vec![1] }).is_ok());
         v.state.enabled = true;
         let delete = AuthOp::UserDelete { name: ROOT.into() };
-        assert!(matches!(decide(&v, &delete), Err(AuthRefusal::InvalidAuthMgmt)));
+        assert!(matches!(
+            decide(&v, &delete),
+            Err(AuthRefusal::InvalidAuthMgmt)
+        ));
     }
 }

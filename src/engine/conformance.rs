@@ -77,25 +77,84 @@ fn auth_changes_are_state_and_travel_in_snapshots(s: &KvStore, dst: &KvStore) {
     let results = s
         .apply(&[
             put(1, "app/x", "1"),
-            a(2, AuthOp::Enable { secret: vec![7; 32] }),
-            a(3, AuthOp::UserAdd { name: "root".into(), password_hash: Some("h".into()) }),
-            a(4, AuthOp::UserGrantRole { user: "root".into(), role: "root".into() }),
-            a(5, AuthOp::RoleAdd { name: "reader".into() }),
-            a(6, AuthOp::RoleGrantPermission {
-                role: "reader".into(),
-                perm: Permission { key: b"app/".to_vec(), range_end: b"app0".to_vec(), kind: PermKind::Read },
-            }),
-            a(7, AuthOp::UserAdd { name: "ann".into(), password_hash: None }),
-            a(8, AuthOp::UserGrantRole { user: "ann".into(), role: "reader".into() }),
-            a(9, AuthOp::UserGrantRole { user: "ann".into(), role: "missing".into() }),
-            a(10, AuthOp::Enable { secret: vec![8; 32] }),
+            a(
+                2,
+                AuthOp::Enable {
+                    secret: vec![7; 32],
+                },
+            ),
+            a(
+                3,
+                AuthOp::UserAdd {
+                    name: "root".into(),
+                    password_hash: Some("h".into()),
+                },
+            ),
+            a(
+                4,
+                AuthOp::UserGrantRole {
+                    user: "root".into(),
+                    role: "root".into(),
+                },
+            ),
+            a(
+                5,
+                AuthOp::RoleAdd {
+                    name: "reader".into(),
+                },
+            ),
+            a(
+                6,
+                AuthOp::RoleGrantPermission {
+                    role: "reader".into(),
+                    perm: Permission {
+                        key: b"app/".to_vec(),
+                        range_end: b"app0".to_vec(),
+                        kind: PermKind::Read,
+                    },
+                },
+            ),
+            a(
+                7,
+                AuthOp::UserAdd {
+                    name: "ann".into(),
+                    password_hash: None,
+                },
+            ),
+            a(
+                8,
+                AuthOp::UserGrantRole {
+                    user: "ann".into(),
+                    role: "reader".into(),
+                },
+            ),
+            a(
+                9,
+                AuthOp::UserGrantRole {
+                    user: "ann".into(),
+                    role: "missing".into(),
+                },
+            ),
+            a(
+                10,
+                AuthOp::Enable {
+                    secret: vec![8; 32],
+                },
+            ),
         ])
         .unwrap();
     let refused = |i: usize| results[i].as_ref().and_then(|r| r.refused);
-    assert_eq!(refused(1), Some(Refusal::Auth(AuthRefusal::RootUserNotExist)));
+    assert_eq!(
+        refused(1),
+        Some(Refusal::Auth(AuthRefusal::RootUserNotExist))
+    );
     assert_eq!(refused(8), Some(Refusal::Auth(AuthRefusal::RoleNotFound)));
     assert_eq!(refused(9), None);
-    assert_eq!(s.revision(), 2, "auth changes do not move the store revision");
+    assert_eq!(
+        s.revision(),
+        2,
+        "auth changes do not move the store revision"
+    );
     let view = s.auth().unwrap();
     assert!(view.state.enabled);
     assert_eq!(view.state.secret, vec![8; 32]);
@@ -111,13 +170,31 @@ fn auth_changes_are_state_and_travel_in_snapshots(s: &KvStore, dst: &KvStore) {
     dst.restore(&mut buf.as_slice()).unwrap();
     assert_eq!(*dst.auth().unwrap(), *view);
     assert_eq!(digest(s), digest(dst));
-    s.apply(&[a(11, AuthOp::RoleDelete { name: "reader".into() })]).unwrap();
-    assert!(s.auth().unwrap().users["ann"].roles.is_empty(), "a deleted role leaves its users");
+    s.apply(&[a(
+        11,
+        AuthOp::RoleDelete {
+            name: "reader".into(),
+        },
+    )])
+    .unwrap();
+    assert!(
+        s.auth().unwrap().users["ann"].roles.is_empty(),
+        "a deleted role leaves its users"
+    );
     assert_ne!(digest(s), digest(dst), "the digest covers auth state");
     let before = s.auth().unwrap().state.revision;
-    s.apply(&[a(12, AuthOp::Enable { secret: vec![9; 32] })]).unwrap();
+    s.apply(&[a(
+        12,
+        AuthOp::Enable {
+            secret: vec![9; 32],
+        },
+    )])
+    .unwrap();
     let after = s.auth().unwrap();
-    assert_eq!(after.state.revision, before, "enabling enabled auth changes nothing");
+    assert_eq!(
+        after.state.revision, before,
+        "enabling enabled auth changes nothing"
+    );
     assert_eq!(after.state.secret, vec![8; 32]);
 }
 

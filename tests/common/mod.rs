@@ -127,6 +127,13 @@ pub fn http_request_with_timeout(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        && let Some(auth) = authorization_of(port)
+    {
+        req = req.header("authorization", auth);
+    }
     let req = req
         .body(body)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -326,6 +333,22 @@ struct PortTls {
     http: ureq::tls::TlsConfig,
     ca_pem: Vec<u8>,
     client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// `Authorization` values the harness sends to a port when a request names none.
+static AUTH_PORTS: Mutex<Option<HashMap<u16, String>>> = Mutex::new(None);
+
+/// From now on, requests to `port` without their own `Authorization` header carry `value`.
+pub fn use_authorization(port: u16, value: &str) {
+    let mut ports = AUTH_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    ports
+        .get_or_insert_with(HashMap::new)
+        .insert(port, value.to_string());
+}
+
+fn authorization_of(port: u16) -> Option<String> {
+    let ports = AUTH_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    ports.as_ref()?.get(&port).cloned()
 }
 
 /// Client ports that speak TLS.

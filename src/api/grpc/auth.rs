@@ -75,7 +75,8 @@ impl rpc::auth_server::Auth for Grpc {
         // The secret that signs this cluster's tokens, drawn by the member that enables auth.
         let mut secret = Vec::with_capacity(32);
         for _ in 0..4 {
-            let n = crate::raft::storage::random_id().map_err(|e| Status::internal(e.to_string()))?;
+            let n =
+                crate::raft::storage::random_id().map_err(|e| Status::internal(e.to_string()))?;
             secret.extend_from_slice(&n.to_be_bytes());
         }
         let header = self.auth_change(AuthOp::Enable { secret }).await?;
@@ -198,7 +199,9 @@ impl rpc::auth_server::Auth for Grpc {
                 password_hash,
             })
             .await?;
-        Ok(Response::new(rpc::AuthUserChangePasswordResponse { header }))
+        Ok(Response::new(rpc::AuthUserChangePasswordResponse {
+            header,
+        }))
     }
 
     async fn user_grant_role(
@@ -314,7 +317,9 @@ impl rpc::auth_server::Auth for Grpc {
         let header = self
             .auth_change(AuthOp::RoleGrantPermission { role: r.name, perm })
             .await?;
-        Ok(Response::new(rpc::AuthRoleGrantPermissionResponse { header }))
+        Ok(Response::new(rpc::AuthRoleGrantPermissionResponse {
+            header,
+        }))
     }
 
     async fn role_revoke_permission(
@@ -330,6 +335,8 @@ impl rpc::auth_server::Auth for Grpc {
                 range_end: r.range_end,
             })
             .await?;
-        Ok(Response::new(rpc::AuthRoleRevokePermissionResponse { header }))
+        Ok(Response::new(rpc::AuthRoleRevokePermissionResponse {
+            header,
+        }))
     }
 }

@@ -23,10 +23,10 @@ use tonic::{Request, Response, Status};
 use super::pb::mvccpb;
 use super::rpc::{self, compare, range_request, request_op, response_op};
 use super::{Grpc, from_i64, status, to_i64};
+use crate::engine::auth::Need;
 use crate::engine::txn::{
     CmpResult, Compare, KeyRange, PutOptions, Target, Txn, TxnError, TxnOp, TxnResponse, TxnResult,
 };
-use crate::engine::auth::Need;
 use crate::engine::{KeyValue, Op, OpResult};
 
 pub(super) fn kv(kv: KeyValue) -> mvccpb::KeyValue {
@@ -466,7 +466,9 @@ impl rpc::kv_server::Kv for Grpc {
         &self,
         request: Request<rpc::PutRequest>,
     ) -> Result<Response<rpc::PutResponse>, Status> {
-        let caller = self.may(&request, Need::Write, &request.get_ref().key, &[]).await?;
+        let caller = self
+            .may(&request, Need::Write, &request.get_ref().key, &[])
+            .await?;
         if request.get_ref().prev_kv {
             caller
                 .may(Need::Read, &request.get_ref().key, &[])
