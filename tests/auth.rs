@@ -197,6 +197,11 @@ const MATRIX: &[(&str, [bool; 5])] = &[
     ("txn on app/a/k", [true, false, false, true, false]),
     ("watch app/a/", [true, true, false, true, false]),
     ("lease revoke (app/a/k)", [true, false, true, true, false]),
+    // etcd's rule: attaching a key to a lease needs write on the lease's other keys too.
+    (
+        "put app/a/k on a lease holding other/k",
+        [true, false, false, false, false],
+    ),
     ("compact", [true, false, false, false, false]),
     ("member remove", [true, false, false, false, false]),
 ];
@@ -250,6 +255,15 @@ fn http_op(c: &TestCluster, op: &str, user: &str) -> Outcome {
             let attach = req("PUT", &format!("/app/a/k?lease={id}"), &root, b"leased");
             assert_eq!(attach.status, 204, "{}", attach.text());
             req("DELETE", &format!("/_leases/{id}"), &me, b"")
+        }
+        "put app/a/k on a lease holding other/k" => {
+            let grant = req("POST", "/_leases", &root, br#"{"ttl": 60}"#);
+            let id = serde_json::from_slice::<Value>(&grant.body).expect("lease JSON")["id"]
+                .as_u64()
+                .expect("lease id");
+            let attach = req("PUT", &format!("/other/k?lease={id}"), &root, b"leased");
+            assert_eq!(attach.status, 204, "{}", attach.text());
+            req("PUT", &format!("/app/a/k?lease={id}"), &me, b"mine")
         }
         "compact" => {
             let rev = req("GET", "/app/a/k", &root, b"").revision();
@@ -320,6 +334,12 @@ fn grpc_op(rt: &tokio::runtime::Runtime, c: &TestCluster, op: &str, user: &str) 
                     .await
                     .expect("attach");
                 me.lease_revoke(lease).await.map(drop)
+            }
+            "put app/a/k on a lease holding other/k" => {
+                let lease = root.lease_grant(60, None).await.expect("grant").id();
+                let opts = || Some(PutOptions::new().with_lease(lease));
+                root.put("other/k", "leased", opts()).await.expect("attach");
+                me.put("app/a/k", "mine", opts()).await.map(drop)
             }
             "compact" => {
                 let rev = root

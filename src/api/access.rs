@@ -111,7 +111,7 @@ impl Caller {
 
     /// Every compare and operation of a transaction, nested ones too (etcd's rules): compares
     /// and gets read, puts and deletes write, and `prev_kv` reads what it returns.
-    pub fn may_txn(&self, txn: &Txn) -> Result<(), Denied> {
+    pub fn may_txn(&self, store: &KvStore, txn: &Txn) -> Result<(), Denied> {
         if matches!(self, Caller::Anyone) {
             return Ok(());
         }
@@ -125,8 +125,13 @@ impl Caller {
         for op in txn.success.iter().chain(&txn.failure) {
             match op {
                 TxnOp::Get { range, .. } => self.may_range(Need::Read, range)?,
-                TxnOp::Put { key, options, .. } => {
-                    self.may(Need::Write, key, &[])?;
+                TxnOp::Put {
+                    key,
+                    options,
+                    lease,
+                    ..
+                } => {
+                    self.may_put(store, key, *lease)?;
                     if options.prev_kv {
                         self.may(Need::Read, key, &[])?;
                     }
@@ -137,10 +142,21 @@ impl Caller {
                         self.may_range(Need::Read, range)?;
                     }
                 }
-                TxnOp::Txn(inner) => self.may_txn(inner)?,
+                TxnOp::Txn(inner) => self.may_txn(store, inner)?,
             }
         }
         Ok(())
+    }
+
+    /// A put of `key` attached to `lease` (0: none): write on the key, and unless root, on
+    /// every key already attached to the lease (etcd's rule: attaching to a lease shares its
+    /// fate with those keys).
+    pub fn may_put(&self, store: &KvStore, key: &[u8], lease: u64) -> Result<(), Denied> {
+        self.may(Need::Write, key, &[])?;
+        if lease == 0 || self.admin().is_ok() {
+            return Ok(());
+        }
+        self.may_revoke(store, lease)
     }
 
     /// Revoking lease `id` deletes its keys: the caller must be allowed to write each.

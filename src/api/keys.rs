@@ -122,6 +122,7 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
             let value = read_value(body, state.settings.max_request_bytes).await?;
             state.check_quota().await?;
             let lease = query.lease.unwrap_or(0);
+            caller.may_put(&state.engine, &key, lease)?;
             write(
                 state,
                 Op::Put {

@@ -144,6 +144,7 @@ async fn barrier(state: &AppState, query: Option<&str>) -> Result<Query, ApiErro
 
 pub async fn show(
     State(state): Shared,
+    axum::Extension(caller): axum::Extension<super::access::Caller>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -151,6 +152,11 @@ pub async fn show(
     let query = barrier(&state, query.as_deref()).await?;
     let read = state.engine.lease(id)?;
     let lease = read.value.ok_or(ApiError::LeaseNotFound(id))?;
+    // The answer lists the lease's keys: the caller must be allowed to read each (etcd's
+    // rule for TimeToLive with keys).
+    for key in &lease.keys {
+        caller.may(crate::engine::auth::Need::Read, key, &[])?;
+    }
     let keys: Vec<Value> = lease
         .keys
         .into_iter()

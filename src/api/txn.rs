@@ -263,7 +263,7 @@ pub async fn handle(
     let query = Query::parse(query.as_deref())?;
     let body = keys::read_value(body, state.settings.max_request_bytes).await?;
     let txn = parse(&body, query.encoding)?;
-    caller.may_txn(&txn)?;
+    caller.may_txn(&state.engine, &txn)?;
     if txn.writes() {
         state.check_quota().await?;
     }

@@ -466,9 +466,11 @@ impl rpc::kv_server::Kv for Grpc {
         &self,
         request: Request<rpc::PutRequest>,
     ) -> Result<Response<rpc::PutResponse>, Status> {
-        let caller = self
-            .may(&request, Need::Write, &request.get_ref().key, &[])
-            .await?;
+        let caller = self.caller(&request).await?;
+        let lease = from_i64(request.get_ref().lease);
+        caller
+            .may_put(&self.state.engine, &request.get_ref().key, lease)
+            .map_err(status::denied)?;
         if request.get_ref().prev_kv {
             caller
                 .may(Need::Read, &request.get_ref().key, &[])
@@ -570,7 +572,9 @@ impl rpc::kv_server::Kv for Grpc {
         }
         let (txn, shape) = txn(request.get_ref())?;
         let caller = self.caller(&request).await?;
-        caller.may_txn(&txn).map_err(status::denied)?;
+        caller
+            .may_txn(&self.state.engine, &txn)
+            .map_err(status::denied)?;
         let (result, revision, changed) = self.run_txn(txn).await?;
         let begin = revision - u64::from(changed);
         Ok(Response::new(
