@@ -12,6 +12,7 @@
 //! keep this table, and README's, in step when adding a file:
 //!
 //! ```text
+//! 1000-1499    auth.rs (a real etcd at 1400s)
 //! 1500-1999    tls.rs
 //! 4000-4999    etcdctl.rs
 //! 5000-5999    etcd_diff.rs (a real etcd at 5500s)
