@@ -67,6 +67,10 @@ fn op() -> impl Strategy<Value = Op> {
                 ],
             }))
         }),
+        (bytes(), bytes(), any::<u64>()).prop_map(|(key, value, auth_revision)| Op::Checked {
+            auth_revision,
+            op: Box::new(Op::put(key, value)),
+        }),
         (bytes(), bytes(), any::<u8>(), any::<bool>()).prop_map(|(key, range_end, n, grant)| {
             use crate::engine::auth::{AuthOp, PermKind, Permission};
             let role = format!("role{n}");
@@ -172,6 +176,12 @@ proptest! {
             (Ok(Op::LeaseGrant { .. } | Op::LeaseRevoke { .. } | Op::LeaseKeepAlive { .. } | Op::LeaseTick { .. }), Ok(sizes)) => {
                 prop_assert_eq!(sizes, (1, 0))
             }
+            (Ok(Op::Alarm { .. }), Ok(sizes)) => prop_assert_eq!(sizes, (1, 0)),
+            (Ok(Op::Auth(a)), Ok(sizes)) => prop_assert_eq!(sizes, (a.key_bytes().max(1), 0)),
+            // A checked write's sizes are its inner write's.
+            (Ok(Op::Checked { op, .. }), Ok(sizes)) => {
+                prop_assert_eq!(command::write_sizes(&command::encode(&op)).ok(), Some(sizes))
+            }
             (Err(_), Err(_)) => {}
             (decoded, sizes) => prop_assert!(false, "decode {:?} but sizes {:?}", decoded, sizes),
         }
@@ -228,6 +238,9 @@ proptest! {
                 Ok(Op::LeaseGrant { .. } | Op::LeaseRevoke { .. } | Op::LeaseKeepAlive { .. }) => true,
                 Ok(Op::LeaseTick { .. } | Op::Alarm { .. }) => true,
                 Ok(Op::Auth(a)) => a.key_bytes() <= 16,
+                Ok(Op::Checked { .. }) => {
+                    command::write_sizes(&e.data).is_ok_and(|(k, v)| (1..=16).contains(&k) && v <= 48)
+                }
                 Err(_) => false,
             };
             let writes = !ents.is_empty() && ents.iter().all(write);

@@ -580,3 +580,75 @@ fn auth_survives_restart_and_snapshot() {
         "the new member enforces auth"
     );
 }
+
+#[test]
+fn a_client_certificate_names_the_user() {
+    let mut c = TestCluster::new(1, 1250, &["--client-cert-auth", "--auth-protect-metrics"]);
+    c.enable_tls();
+    c.start_member(1);
+    c.wait_leader(LEADER_TIMEOUT);
+    let tls = c.tls().expect("tls").etcdctl_flags();
+    let endpoint = format!("https://127.0.0.1:{}", c.client_port(1));
+    let ctl = |args: &[&str]| {
+        let args: Vec<&str> = tls
+            .iter()
+            .map(String::as_str)
+            .chain(args.iter().copied())
+            .collect();
+        etcdctl(&endpoint, &args, None)
+    };
+    for step in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        // The harness's client certificate has CN "client": a user without a password.
+        &["user", "add", "client", "--no-password"],
+        &["role", "add", "apps"],
+        &[
+            "role",
+            "grant-permission",
+            "apps",
+            "readwrite",
+            "app/",
+            "--prefix",
+        ],
+        &["user", "grant-role", "client", "apps"],
+        &["auth", "enable"],
+    ] {
+        let out = ctl(step);
+        assert!(out.ok, "etcdctl {step:?}: {}{}", out.stdout, out.stderr);
+    }
+    // No token, no password: the certificate's CN is the user, over gRPC and HTTP.
+    let put = ctl(&["put", "app/x", "1"]);
+    assert!(put.ok, "{}", put.stderr);
+    let other = ctl(&["put", "other", "1"]);
+    assert!(
+        other.stderr.contains("permission denied"),
+        "{}",
+        other.stderr
+    );
+    assert_eq!(c.put(1, "/app/y", "2").status, 204);
+    assert_eq!(c.put(1, "/other", "2").status, 403);
+    assert_eq!(c.get(1, "/app/x").text(), "1");
+    // --auth-protect-metrics: monitoring needs root too.
+    assert_eq!(c.get(1, "/_metrics").status, 403);
+    assert_eq!(c.get(1, "/_health").status, 403);
+    // A no-password user cannot log in with a password.
+    let login = ctl(&["--user", "client:anything", "get", "app/x"]);
+    assert!(
+        !login.ok && login.stderr.contains("authentication failed"),
+        "{}",
+        login.stderr
+    );
+    // Malformed logins over HTTP get a clear 400.
+    let r = http_request(
+        c.client_port(1),
+        "POST",
+        "/_auth/authenticate",
+        &[],
+        b"{not json",
+    )
+    .expect("request");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("\"name\""), "{}", r.text());
+}

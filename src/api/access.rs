@@ -24,9 +24,9 @@ use parking_lot::Mutex;
 use sha2::Sha256;
 
 use super::error::ApiError;
-use crate::engine::KvStore;
 use crate::engine::auth::{AuthView, Need};
 use crate::engine::txn::{KeyRange, Txn, TxnOp};
+use crate::engine::{KvStore, Op};
 
 /// Failures allowed before a login for that user from that address must wait.
 const FREE_FAILURES: u32 = 3;
@@ -146,6 +146,30 @@ impl Caller {
             }
         }
         Ok(())
+    }
+
+    /// The write to propose for `op`: with auth on, bound to the auth revision its checks were
+    /// made at, so it is refused when applied if users or roles changed meanwhile (etcd
+    /// checks again at apply).
+    pub fn guard(&self, op: Op) -> Op {
+        match self {
+            Caller::User { view, .. } => Op::Checked {
+                auth_revision: view.state.revision,
+                op: Box::new(op),
+            },
+            Caller::Anyone | Caller::Nobody => op,
+        }
+    }
+
+    /// After a read: refuses it if users or roles changed since its check (etcd's rule), so a
+    /// read never returns what a permission revoked before it would hide.
+    pub fn still_current(&self, access: &Access) -> Result<(), Denied> {
+        match self {
+            Caller::User { view, .. } if access.view()?.state.revision != view.state.revision => {
+                Err(Denied::OldRevision)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A put of `key` attached to `lease` (0: none): write on the key, and unless root, on

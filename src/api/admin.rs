@@ -108,7 +108,11 @@ pub async fn transfer_leader(State(state): Shared, body: Body) -> Result<Respons
 /// `POST /_compact`, body: a revision. Compacts history through it on every member (through
 /// the log): reads below it answer 410 from then on. 409 at or below the last compaction, 400
 /// in the future.
-pub async fn compact(State(state): Shared, body: Body) -> Result<Response, ApiError> {
+pub async fn compact(
+    State(state): Shared,
+    axum::Extension(caller): axum::Extension<super::access::Caller>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let text = small_body(body).await?;
     let revision = text
         .trim()
@@ -118,7 +122,7 @@ pub async fn compact(State(state): Shared, body: Body) -> Result<Response, ApiEr
         .ok_or_else(|| ApiError::BadRequest(format!("{:?} is not a revision", text.trim())))?;
     let result = state
         .node
-        .propose(crate::engine::Op::Compact { revision })
+        .propose(caller.guard(crate::engine::Op::Compact { revision }))
         .await?;
     match result.refused {
         Some(Refusal::Revision(e @ RevisionError::Compacted { .. })) => {

@@ -97,7 +97,9 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
         return match method {
             Method::GET | Method::HEAD => {
                 read_barrier(state, &query).await?;
-                range::list(state, &key, &query)
+                let listed = range::list(state, &key, &query)?;
+                caller.still_current(&state.access)?;
+                Ok(listed)
             }
             Method::DELETE
                 if headers.contains_key(header::IF_MATCH)
@@ -107,7 +109,7 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
                     "If-Match and If-None-Match are for single keys (use /_txn)".into(),
                 ))
             }
-            Method::DELETE => delete_range(state, key, &query).await,
+            Method::DELETE => delete_range(state, caller, key, &query).await,
             _ => Err(ApiError::BadRequest(
                 "prefix= and end= are for GET and DELETE".into(),
             )),
@@ -123,22 +125,23 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
             state.check_quota().await?;
             let lease = query.lease.unwrap_or(0);
             caller.may_put(&state.engine, &key, lease)?;
-            write(
-                state,
-                Op::Put {
-                    key,
-                    value,
-                    lease,
-                    cond,
-                },
-            )
-            .await
+            let put = Op::Put {
+                key,
+                value,
+                lease,
+                cond,
+            };
+            write(state, caller.guard(put)).await
         }
-        Method::DELETE => write(state, Op::Delete { key, cond }).await,
+        Method::DELETE => write(state, caller.guard(Op::Delete { key, cond })).await,
         _ if cond.is_some() => Err(ApiError::BadRequest(
             "If-Match and If-None-Match are for PUT and DELETE".into(),
         )),
-        _ => read(state, &key, &query).await,
+        _ => {
+            let answer = read(state, &key, &query).await?;
+            caller.still_current(&state.access)?;
+            Ok(answer)
+        }
     }
 }
 
@@ -156,7 +159,10 @@ fn decode_key(raw_key: &str, max_key: usize) -> Result<Vec<u8>, ApiError> {
 
 /// A PUT or DELETE: 204 with the revision once applied; a DELETE of an absent key is 404.
 async fn write(state: &AppState, op: Op) -> Result<Response, ApiError> {
-    let delete = matches!(op, Op::Delete { .. });
+    let delete = match &op {
+        Op::Checked { op, .. } => matches!(**op, Op::Delete { .. }),
+        op => matches!(op, Op::Delete { .. }),
+    };
     let result = state.node.propose(op).await?;
     if let Some(refused) = result.refused {
         return Err(refused.into());
@@ -171,11 +177,16 @@ async fn write(state: &AppState, op: Op) -> Result<Response, ApiError> {
 /// `DELETE /<prefix>?prefix=true`: every key in the range, in one revision.
 async fn delete_range(
     state: &AppState,
+    caller: &Caller,
     start: Vec<u8>,
     query: &Query,
 ) -> Result<Response, ApiError> {
     let end = range::end_of(&start, query);
-    let result = state.node.propose(Op::DeleteRange { start, end }).await?;
+    let op = caller.guard(Op::DeleteRange { start, end });
+    let result = state.node.propose(op).await?;
+    if let Some(refused) = result.refused {
+        return Err(refused.into());
+    }
     let body = serde_json::json!({ "deleted": result.deleted, "revision": result.revision });
     let mut resp = axum::Json(body).into_response();
     resp.headers_mut()

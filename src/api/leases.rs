@@ -122,7 +122,10 @@ pub async fn revoke(
     state.node.check_running()?;
     let id = lease_id(&id)?;
     caller.may_revoke(&state.engine, id)?;
-    let result = state.node.propose(Op::LeaseRevoke { id }).await?;
+    let result = state
+        .node
+        .propose(caller.guard(Op::LeaseRevoke { id }))
+        .await?;
     propose_error(&result)?;
     let mut resp =
         Json(json!({ "id": id, "deleted": result.deleted, "revision": result.revision }))

@@ -268,7 +268,10 @@ pub async fn handle(
         state.check_quota().await?;
     }
     check_sizes(&txn, state.settings.max_key_bytes)?;
-    let result = state.node.propose(Op::Txn(Box::new(txn))).await?;
+    let result = state
+        .node
+        .propose(caller.guard(Op::Txn(Box::new(txn))))
+        .await?;
     if let Some(e) = result.refused {
         return Err(e.into());
     }

@@ -166,6 +166,9 @@ pub enum AuthRefusal {
     /// Found before proposing (a grant without a permission).
     #[error("permission not given")]
     PermissionNotGiven,
+    /// A write checked against older users and roles than those it would be applied under.
+    #[error("revision of auth store is old")]
+    OldRevision,
 }
 
 /// The whole auth state, as read at one moment.
@@ -231,6 +234,14 @@ pub(crate) fn load(r: &dyn Reader) -> Result<AuthView> {
         }
     }
     Ok(view)
+}
+
+/// The auth revision (etcd's: 1 before any change).
+pub(crate) fn revision(r: &dyn Reader) -> Result<u64> {
+    Ok(match r.get(STATE)? {
+        Some(bytes) => decode::<AuthState>("state", &bytes)?.revision,
+        None => 1,
+    })
 }
 
 /// Applies one auth change; a refusal changes nothing. The store revision never moves.

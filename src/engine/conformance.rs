@@ -196,6 +196,28 @@ fn auth_changes_are_state_and_travel_in_snapshots(s: &KvStore, dst: &KvStore) {
         "enabling enabled auth changes nothing"
     );
     assert_eq!(after.state.secret, vec![8; 32]);
+
+    // A write checked at the current auth revision applies; one checked before the last
+    // auth change is refused and changes nothing.
+    let checked = |index, at| {
+        op(
+            index,
+            Op::Checked {
+                auth_revision: at,
+                op: Box::new(Op::put("app/y", "v")),
+            },
+        )
+    };
+    let rev = s.revision();
+    let results = s.apply(&[checked(13, after.state.revision)]).unwrap();
+    assert_eq!(results[0].as_ref().and_then(|r| r.refused), None);
+    assert_eq!(s.revision(), rev + 1);
+    let results = s.apply(&[checked(14, after.state.revision - 1)]).unwrap();
+    assert_eq!(
+        results[0].as_ref().and_then(|r| r.refused),
+        Some(Refusal::Auth(AuthRefusal::OldRevision))
+    );
+    assert_eq!(s.revision(), rev + 1, "the refused write changed nothing");
 }
 
 fn digest(s: &KvStore) -> Vec<u8> {
@@ -1273,7 +1295,8 @@ fn history_agrees_with_a_model() {
                 | Op::LeaseKeepAlive { .. }
                 | Op::LeaseTick { .. }
                 | Op::Alarm { .. }
-                | Op::Auth(_) => unreachable!("not generated"),
+                | Op::Auth(_)
+                | Op::Checked { .. } => unreachable!("not generated"),
                 Op::Txn(t) => {
                     let (TxnOp::Put { key: b, value, .. }, TxnOp::Delete { range: c, .. }) =
                         (&t.success[0], &t.success[1])

@@ -336,6 +336,13 @@ pub enum Op {
     },
     /// A change to users, roles, permissions or auth itself ([`auth`]).
     Auth(Box<auth::AuthOp>),
+    /// A write whose permissions were checked against auth revision `auth_revision`: applied
+    /// only if users and roles are still at that revision, else refused (etcd's "revision of
+    /// auth store is old"), so no write outlives a revocation applied before it.
+    Checked {
+        auth_revision: u64,
+        op: Box<Op>,
+    },
 }
 
 impl Op {

@@ -503,6 +503,15 @@ fn apply_op(batch: &mut Batch, meta: &mut Meta, op: &Op) -> Result<OpResult> {
     }
     match op {
         Op::Auth(a) => super::auth::apply(batch, meta, a),
+        Op::Checked { auth_revision, op } => {
+            if super::auth::revision(batch)? != *auth_revision {
+                return Ok(OpResult {
+                    refused: Some(Refusal::Auth(super::auth::AuthRefusal::OldRevision)),
+                    ..OpResult::done(meta.revision, false)
+                });
+            }
+            apply_op(batch, meta, op)
+        }
         Op::Alarm { member, active } => {
             let key = layout::alarm_key(*member);
             if *active {

@@ -17,11 +17,12 @@
 //!          0x0c | member u64 | active u8 (raise or clear a member's space alarm)
 //!          0x0d | JSON of an `AuthOp` (users, roles, permissions, auth on/off; passwords
 //!                 only as hashes)
+//!          0x0e | auth_revision u64 | a write as above (applied only at that auth revision)
 //!          0x10 | count u32 | (member id u64 | incarnation u64) * count
 //!                 (members' incarnations, recorded by the leader; not a client write)
 //! context: proposer member id u64 | proposal id u64
 //! ```
-//! Only writes (`0x01`-`0x0d`) may be forwarded by a follower; a committed entry that does not
+//! Only writes (`0x01`-`0x0e`) may be forwarded by a follower; a committed entry that does not
 //! decode, or whose tag this version does not know, is applied as a no-op on every member.
 
 use crate::engine::txn::{CmpResult, Compare, KeyRange, MAX_DEPTH, PutOptions, Target, Txn, TxnOp};
@@ -40,6 +41,7 @@ const LEASE_KEEPALIVE: u8 = 0x0a;
 const LEASE_TICK: u8 = 0x0b;
 const ALARM: u8 = 0x0c;
 const AUTH: u8 = 0x0d;
+const CHECKED: u8 = 0x0e;
 const INCARNATIONS: u8 = 0x10;
 
 /// What a normal log entry carries.
@@ -78,6 +80,11 @@ pub fn encode(op: &Op) -> Vec<u8> {
         Op::Alarm { member, active } => {
             let mut v = numbers(ALARM, &[*member]);
             v.push(u8::from(*active));
+            return v;
+        }
+        Op::Checked { auth_revision, op } => {
+            let mut v = numbers(CHECKED, &[*auth_revision]);
+            v.extend(encode(op));
             return v;
         }
         Op::Auth(a) => {
@@ -185,8 +192,13 @@ pub fn decode(data: &[u8]) -> Result<Op, DecodeError> {
 /// copying them (the leader checks every write a follower forwards). For a range delete the
 /// key size is its longer bound's (at least 1); for a compaction, 1.
 pub fn write_sizes(data: &[u8]) -> Result<(usize, usize), DecodeError> {
-    let (tag, rest, _) = split_condition(data)?;
+    let (tag, rest, cond) = split_condition(data)?;
     match tag {
+        CHECKED if cond.is_none() => {
+            // Decoded whole once, for the kinds a checked write may hold.
+            decode_write(CHECKED, rest, None)?;
+            write_sizes(&rest[8..])
+        }
         PUT => {
             let (key, value) = split_put(rest)?;
             Ok((key.len(), value.len()))
@@ -291,10 +303,35 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
             Ok(op)
         }
         DELETE_RANGE | COMPACT | TXN | LEASE_GRANT | LEASE_REVOKE | LEASE_KEEPALIVE
-        | LEASE_TICK | ALARM | AUTH
+        | LEASE_TICK | ALARM | AUTH | CHECKED
             if cond.is_some() =>
         {
             Err(DecodeError("a condition on a range op"))
+        }
+        CHECKED if cond.is_none() => {
+            let (revision, inner) = rest
+                .split_at_checked(8)
+                .ok_or(DecodeError("short checked write"))?;
+            let op = decode(inner)?;
+            // Only the writes a client's permissions decide are checked; a lease tick, grant
+            // or keepalive inside one would slip past the checks made on their own tags.
+            if !matches!(
+                op,
+                Op::Put { .. }
+                    | Op::Delete { .. }
+                    | Op::DeleteRange { .. }
+                    | Op::Txn(_)
+                    | Op::LeaseRevoke { .. }
+                    | Op::Compact { .. }
+            ) {
+                return Err(DecodeError(
+                    "a checked write of a kind that is never checked",
+                ));
+            }
+            Ok(Op::Checked {
+                auth_revision: u64::from_be_bytes(revision.try_into().unwrap_or_default()),
+                op: Box::new(op),
+            })
         }
         AUTH => serde_json::from_slice(rest)
             .map(|a| Op::Auth(Box::new(a)))

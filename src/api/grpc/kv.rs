@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use super::pb::mvccpb;
 use super::rpc::{self, compare, range_request, request_op, response_op};
 use super::{Grpc, from_i64, status, to_i64};
+use crate::api::access::Caller;
 use crate::engine::auth::Need;
 use crate::engine::txn::{
     CmpResult, Compare, KeyRange, PutOptions, Target, Txn, TxnError, TxnOp, TxnResponse, TxnResult,
@@ -308,10 +309,11 @@ impl Grpc {
             .map_err(|_| status::request_too_large())
     }
 
-    /// Proposes `op` and answers its refusal, if it was refused.
-    async fn write(&self, op: Op) -> Result<OpResult, Status> {
+    /// Proposes `op` (bound to the caller's auth revision) and answers its refusal, if it
+    /// was refused.
+    async fn write(&self, caller: &Caller, op: Op) -> Result<OpResult, Status> {
         self.state.node.check_running()?;
-        let result = self.state.node.propose(op).await?;
+        let result = self.state.node.propose(caller.guard(op)).await?;
         match result.refused {
             Some(r) => Err(r.into()),
             None => Ok(result),
@@ -320,13 +322,13 @@ impl Grpc {
 
     /// Proposes a transaction and answers its outcome, the revision after it, and whether
     /// it wrote anything.
-    async fn run_txn(&self, txn: Txn) -> Result<(TxnResult, u64, bool), Status> {
+    async fn run_txn(&self, caller: &Caller, txn: Txn) -> Result<(TxnResult, u64, bool), Status> {
         txn.check().map_err(txn_error)?;
         self.check_key_sizes(&txn)?;
         if txn.writes() {
             self.state.check_quota().await?;
         }
-        let result = self.write(Op::Txn(Box::new(txn))).await?;
+        let result = self.write(caller, Op::Txn(Box::new(txn))).await?;
         let outcome = result.txn.ok_or_else(|| {
             Status::internal("etcdserver: the transaction was not applied as one")
         })?;
@@ -428,7 +430,7 @@ impl rpc::kv_server::Kv for Grpc {
         request: Request<rpc::RangeRequest>,
     ) -> Result<Response<rpc::RangeResponse>, Status> {
         let (key, end) = (&request.get_ref().key, &request.get_ref().range_end);
-        self.may(&request, Need::Read, key, end).await?;
+        let caller = self.may(&request, Need::Read, key, end).await?;
         let r = request.into_inner();
         if r.key.is_empty() {
             return Err(status::empty_key());
@@ -452,6 +454,9 @@ impl rpc::kv_server::Kv for Grpc {
             .state
             .engine
             .range_counted(&start, end.as_deref(), limit, at)?;
+        caller
+            .still_current(&self.state.access)
+            .map_err(status::denied)?;
         let (kvs, count) = read.value;
         let (kvs, more, count) = shape.answer(kvs, count);
         Ok(Response::new(rpc::RangeResponse {
@@ -491,12 +496,15 @@ impl rpc::kv_server::Kv for Grpc {
                 return Err(Status::internal("etcdserver: put_op made no put"));
             };
             let done = self
-                .write(Op::Put {
-                    key,
-                    value,
-                    lease,
-                    cond: None,
-                })
+                .write(
+                    &caller,
+                    Op::Put {
+                        key,
+                        value,
+                        lease,
+                        cond: None,
+                    },
+                )
                 .await?;
             return Ok(Response::new(rpc::PutResponse {
                 header: self.header(done.revision),
@@ -504,10 +512,13 @@ impl rpc::kv_server::Kv for Grpc {
             }));
         }
         let (result, revision, _) = self
-            .run_txn(Txn {
-                success: vec![op],
-                ..Txn::default()
-            })
+            .run_txn(
+                &caller,
+                Txn {
+                    success: vec![op],
+                    ..Txn::default()
+                },
+            )
             .await?;
         let prev_kv = match result.responses.into_iter().next() {
             Some(TxnResponse::Put { prev }) => prev.map(kv),
@@ -535,7 +546,7 @@ impl rpc::kv_server::Kv for Grpc {
         let range = key_range(&d.key, &d.range_end);
         if !d.prev_kv {
             let (start, end) = range.bounds();
-            let done = self.write(Op::DeleteRange { start, end }).await?;
+            let done = self.write(&caller, Op::DeleteRange { start, end }).await?;
             return Ok(Response::new(rpc::DeleteRangeResponse {
                 header: self.header(done.revision),
                 deleted: to_i64(done.deleted),
@@ -543,13 +554,16 @@ impl rpc::kv_server::Kv for Grpc {
             }));
         }
         let (result, revision, _) = self
-            .run_txn(Txn {
-                success: vec![TxnOp::Delete {
-                    range,
-                    prev_kv: true,
-                }],
-                ..Txn::default()
-            })
+            .run_txn(
+                &caller,
+                Txn {
+                    success: vec![TxnOp::Delete {
+                        range,
+                        prev_kv: true,
+                    }],
+                    ..Txn::default()
+                },
+            )
             .await?;
         let (deleted, prev) = match result.responses.into_iter().next() {
             Some(TxnResponse::Delete { deleted, prev }) => (deleted, prev),
@@ -575,7 +589,7 @@ impl rpc::kv_server::Kv for Grpc {
         caller
             .may_txn(&self.state.engine, &txn)
             .map_err(status::denied)?;
-        let (result, revision, changed) = self.run_txn(txn).await?;
+        let (result, revision, changed) = self.run_txn(&caller, txn).await?;
         let begin = revision - u64::from(changed);
         Ok(Response::new(
             self.txn_response(result, &shape, begin, revision),
@@ -587,10 +601,10 @@ impl rpc::kv_server::Kv for Grpc {
         request: Request<rpc::CompactionRequest>,
     ) -> Result<Response<rpc::CompactionResponse>, Status> {
         // Compaction drops history every user reads: root only.
-        self.admin(&request).await?;
+        let caller = self.admin(&request).await?;
         let c = request.into_inner();
         let revision = from_i64(c.revision);
-        let done = self.write(Op::Compact { revision }).await?;
+        let done = self.write(&caller, Op::Compact { revision }).await?;
         if c.physical {
             // The compacted history is removed in the background, step by step.
             let deadline = tokio::time::Instant::now() + self.state.settings.request_timeout;

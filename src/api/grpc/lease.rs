@@ -77,7 +77,11 @@ impl rpc::lease_server::Lease for Grpc {
         caller
             .may_revoke(&self.state.engine, id)
             .map_err(super::status::denied)?;
-        let result = self.state.node.propose(Op::LeaseRevoke { id }).await?;
+        let result = self
+            .state
+            .node
+            .propose(caller.guard(Op::LeaseRevoke { id }))
+            .await?;
         if let Some(r) = result.refused {
             return Err(r.into());
         }

@@ -285,9 +285,11 @@ pub(crate) mod status {
     pub fn auth_refusal(r: super::AuthRefusal) -> Status {
         use super::AuthRefusal as R;
         let code = match r {
-            R::UserEmpty | R::RoleEmpty | R::InvalidAuthMgmt | R::PermissionNotGiven => {
-                Code::InvalidArgument
-            }
+            R::UserEmpty
+            | R::RoleEmpty
+            | R::InvalidAuthMgmt
+            | R::PermissionNotGiven
+            | R::OldRevision => Code::InvalidArgument,
             _ => Code::FailedPrecondition,
         };
         etcd(code, &r.to_string())
