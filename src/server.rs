@@ -114,7 +114,10 @@ pub async fn run(
     let measuring = tokio::spawn(measure_backend(settings.clone(), backend_bytes.clone()));
     let state = Arc::new(AppState {
         node: node_handle.clone(),
-        access: api::access::Access::new(engine.clone(), settings.auth_token_ttl),
+        access: Arc::new(api::access::Access::new(
+            engine.clone(),
+            settings.auth_token_ttl,
+        )),
         engine,
         settings: settings.clone(),
         admin,

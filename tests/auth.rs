@@ -652,3 +652,79 @@ fn a_client_certificate_names_the_user() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("\"name\""), "{}", r.text());
 }
+
+#[test]
+fn revoking_a_permission_ends_open_watches() {
+    let c = TestCluster::start(1, 1270, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    let endpoint = format!("127.0.0.1:{}", c.client_port(1));
+    set_up_users(&endpoint);
+    let root = basic("root", "rootpw");
+    let put = |key: &str| {
+        let r = http_request(
+            c.client_port(1),
+            "PUT",
+            key,
+            &[("authorization", &root)],
+            b"v",
+        )
+        .expect("put");
+        assert_eq!(r.status, 204);
+    };
+    // An HTTP watch and a gRPC watch, both as "ro" on app/.
+    let mut http = Lines::open(
+        c.client_port(1),
+        "/app/?prefix=true&watch=true",
+        &[("authorization", &basic("ro", "ropw"))],
+        Duration::from_secs(10),
+    )
+    .expect("watch");
+    assert_eq!(http.status, 200);
+    assert_eq!(
+        http.next_json().expect("line").expect("created")["created"],
+        true
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut grpc = rt.block_on(async {
+        let options = etcd_client::ConnectOptions::new().with_user("ro", "ropw");
+        let mut client = etcd_client::Client::connect([endpoint.clone()], Some(options))
+            .await
+            .expect("connect");
+        let prefix = etcd_client::WatchOptions::new().with_prefix();
+        let mut stream = client.watch("app/", Some(prefix)).await.expect("watch");
+        let created = stream.message().await.expect("answer").expect("created");
+        assert!(created.created());
+        (client, stream)
+    });
+    put("/app/one");
+    let event = http.next_json().expect("line").expect("event");
+    assert_eq!(event["key"], "app/one", "{event}");
+    rt.block_on(async {
+        let got = grpc.1.message().await.expect("answer").expect("event");
+        assert_eq!(got.events().len(), 1);
+    });
+
+    // Root takes the permission away; the next change ends both watches, unseen.
+    etcdctl_ok(
+        &endpoint,
+        &[
+            "--user",
+            "root:rootpw",
+            "role",
+            "revoke-permission",
+            "ro",
+            "app/",
+            "--prefix",
+        ],
+    );
+    put("/app/two");
+    let last = http.next_json().expect("line").expect("cancel line");
+    assert_eq!(last["canceled"], true, "{last}");
+    assert_eq!(last["reason"], "permission denied", "{last}");
+    rt.block_on(async {
+        let got = grpc.1.message().await.expect("answer").expect("cancel");
+        assert!(got.canceled(), "{got:?}");
+        assert!(got.events().is_empty(), "no event after the revocation");
+        assert!(got.cancel_reason().contains("permission denied"));
+    });
+}

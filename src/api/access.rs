@@ -172,6 +172,25 @@ impl Caller {
         }
     }
 
+    /// The caller under the current users and roles, if they changed since this one was
+    /// resolved: a long-lived stream (a watch) checks its ranges again with it.
+    pub fn refreshed(&self, access: &Access) -> Option<Caller> {
+        let Caller::User { name, view } = self else {
+            return None;
+        };
+        let now = access.view().ok()?;
+        if now.state.revision == view.state.revision {
+            return None;
+        }
+        Some(match now.state.enabled {
+            true => Caller::User {
+                name: name.clone(),
+                view: now,
+            },
+            false => Caller::Anyone,
+        })
+    }
+
     /// A put of `key` attached to `lease` (0: none): write on the key, and unless root, on
     /// every key already attached to the lease (etcd's rule: attaching to a lease shares its
     /// fate with those keys).

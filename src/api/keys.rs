@@ -91,7 +91,7 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
         if method != Method::GET {
             return Err(ApiError::BadRequest("watch=true is for GET only".into()));
         }
-        return super::watch::start(state, key, &query, headers);
+        return super::watch::start(state, caller, key, &query, headers);
     }
     if query.is_range() {
         return match method {

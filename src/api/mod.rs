@@ -51,7 +51,7 @@ pub struct AppState {
     /// `--quota-backend-bytes`.
     pub backend_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// Identity and permissions ([`access`]).
-    pub access: access::Access,
+    pub access: Arc<access::Access>,
 }
 
 impl AppState {

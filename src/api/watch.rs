@@ -34,11 +34,14 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
+use super::access::{Access, Caller};
 use super::error::ApiError;
 use super::keys::{REVISION_HEADER, header_value};
 use super::query::{Encoding, Query};
 use super::range::{end_of, to_json};
 use super::{AppState, stopping};
+use crate::engine::auth::Need;
+use crate::engine::txn::KeyRange;
 use crate::engine::watch::{Event, EventKind, Published, WatchRange};
 use crate::engine::{KvStore, RevisionError};
 
@@ -50,6 +53,7 @@ const QUEUE: usize = 64;
 /// Starts a watch: checks the start revision, then streams from a task of its own.
 pub fn start(
     state: &AppState,
+    caller: &Caller,
     key: Vec<u8>,
     query: &Query,
     headers: &HeaderMap,
@@ -88,6 +92,8 @@ pub fn start(
         sse,
         tx,
         closing: state.closing.clone(),
+        caller: caller.clone(),
+        access: state.access.clone(),
     };
     let created = json!({ "created": true, "revision": meta.revision, "start_revision": start });
     let progress = query.progress_ms.map(Duration::from_millis);
@@ -122,6 +128,9 @@ struct Watcher {
     tx: mpsc::Sender<Bytes>,
     /// The member is stopping: the stream ends.
     closing: tokio::sync::watch::Receiver<bool>,
+    /// Who watches: checked again whenever users or roles change.
+    caller: Caller,
+    access: Arc<Access>,
 }
 
 /// Why a watcher stops.
@@ -130,6 +139,8 @@ enum Stop {
     Gone,
     /// History it needs is compacted (the cancel line is sent).
     Compacted,
+    /// The caller may no longer read the range (the cancel line is sent).
+    Denied,
 }
 
 impl Watcher {
@@ -149,6 +160,9 @@ impl Watcher {
             t
         });
         loop {
+            if self.recheck().await.is_err() {
+                return;
+            }
             if self.next <= self.store.revision() && self.catch_up().await.is_err() {
                 return;
             }
@@ -163,6 +177,9 @@ impl Watcher {
             let sent = tokio::select! {
                 msg = rx.recv() => match msg {
                     Ok(Published::Changes(batch)) if batch.from <= self.next => {
+                        if self.recheck().await.is_err() {
+                            return;
+                        }
                         let events: Vec<&Event> = batch.events.iter().filter(|e| e.revision() >= self.next).collect();
                         let sent = self.send_events(&events).await;
                         self.next = self.next.max(batch.revision + 1);
@@ -187,6 +204,26 @@ impl Watcher {
                 return;
             }
         }
+    }
+
+    /// With auth on: once users or roles change, the range is checked again; a watcher that
+    /// may no longer read it ends with `{"canceled": true, "reason": "permission denied"}`
+    /// (etcd checks only when a watch is created).
+    async fn recheck(&mut self) -> Result<(), Stop> {
+        let Some(caller) = self.caller.refreshed(&self.access) else {
+            return Ok(());
+        };
+        self.caller = caller;
+        let range = KeyRange {
+            start: self.range.start.clone(),
+            end: self.range.end.clone(),
+        };
+        if self.caller.may_range(Need::Read, &range).is_ok() {
+            return Ok(());
+        }
+        let line = json!({ "canceled": true, "reason": "permission denied" });
+        self.send(&[line]).await?;
+        Err(Stop::Denied)
     }
 
     /// Reads history from `next` until it reaches the store's revision.

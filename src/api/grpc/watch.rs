@@ -152,6 +152,37 @@ impl WatchStream {
         Ok(())
     }
 
+    /// With auth on: once users or roles change, every watcher's range is checked again, and
+    /// those the caller may no longer read are canceled with "permission denied" (etcd checks
+    /// only when a watcher is created).
+    async fn recheck(&mut self) -> Result<(), Gone> {
+        let Some(caller) = self.caller.refreshed(&self.grpc.state.access) else {
+            return Ok(());
+        };
+        self.caller = caller;
+        let refused: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| {
+                let range = crate::engine::txn::KeyRange {
+                    start: w.range.start.clone(),
+                    end: w.range.end.clone(),
+                };
+                let need = crate::engine::auth::Need::Read;
+                self.caller.may_range(need, &range).is_err()
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in refused {
+            self.watchers.remove(&id);
+            let mut canceled = self.response(id, self.store.revision());
+            canceled.canceled = true;
+            canceled.cancel_reason = "etcdserver: permission denied".into();
+            self.send(canceled).await?;
+        }
+        Ok(())
+    }
+
     async fn cancel(&mut self, id: i64) -> Result<(), Gone> {
         if self.watchers.remove(&id).is_some() {
             let mut canceled = self.response(id, self.store.revision());
@@ -343,6 +374,7 @@ impl WatchStream {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut closing = self.grpc.state.closing.clone();
         loop {
+            self.recheck().await?;
             self.catch_up().await?;
             self.answer_progress().await?;
             tokio::select! {
@@ -361,6 +393,7 @@ impl WatchStream {
                 },
                 msg = rx.recv() => match msg {
                     Ok(Published::Changes(batch)) => {
+                        self.recheck().await?;
                         self.deliver(batch.from, batch.revision, &batch.events).await?;
                     }
                     // A lag, or a restored snapshot: history has what came since.
