@@ -31,6 +31,19 @@ fn curl(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `curl` trusting `ca` and presenting `cert`/`key`, for `url`.
+fn curl_as(ca: &Path, cert: &Path, key: &Path, url: &str) -> (i32, String, String) {
+    curl(&[
+        "--cacert",
+        path(ca),
+        "--cert",
+        path(cert),
+        "--key",
+        path(key),
+        url,
+    ])
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -326,30 +339,14 @@ fn expired_certificates_are_refused() {
         )
         .expect("cert");
     let (cert, key) = tls.files("old-client");
-    let (code, _, _) = curl(&[
-        "--cacert",
-        path(&ca),
-        "--cert",
-        path(&cert),
-        "--key",
-        path(&key),
-        &url,
-    ]);
+    let (code, _, _) = curl_as(&ca, &cert, &key, &url);
     assert_ne!(code, 0, "an expired client certificate must be refused");
     assert!(
         c.log(1)
             .contains("client connection refused: TLS handshake failed")
     );
     let (cert, key) = tls.files("client");
-    let (code, _, err) = curl(&[
-        "--cacert",
-        path(&ca),
-        "--cert",
-        path(&cert),
-        "--key",
-        path(&key),
-        &url,
-    ]);
+    let (code, _, err) = curl_as(&ca, &cert, &key, &url);
     assert_eq!(code, 0, "a valid one is accepted: {err}");
 
     // The member's own certificate expires (rotated to an expired one): clients refuse it.
@@ -363,15 +360,7 @@ fn expired_certificates_are_refused() {
         )
         .expect("cert");
     wait_until("the expired certificate to be served", CONVERGE, || {
-        let (code, _, err) = curl(&[
-            "--cacert",
-            path(&ca),
-            "--cert",
-            path(&cert),
-            "--key",
-            path(&key),
-            &url,
-        ]);
+        let (code, _, err) = curl_as(&ca, &cert, &key, &url);
         code != 0 && err.to_lowercase().contains("expired")
     });
 }

@@ -107,7 +107,7 @@ fn http_router(state: Shared) -> Router {
     let member = put(admin::add_member)
         .delete(admin::remove_member)
         .fallback(admin::member_method_not_allowed);
-    Table::new(&state.metrics)
+    Table::new(&state)
         .row("/_status", allow(get_only, get(admin::status)))
         .row("/_health", allow(get_only, get(admin::health)))
         .row("/_metrics", allow(get_only, get(admin::metrics)))
@@ -152,14 +152,15 @@ fn http_router(state: Shared) -> Router {
         )
         .router
         .fallback(keys_or_unknown)
-        .layer(from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
 
-/// With auth enabled: resolves who asks (HTTP Basic, Bearer token, or client certificate),
-/// refuses service paths that need root, and hands the caller to the handlers, which check
-/// keys, transactions and lease revocations against it. `/_auth/authenticate` is open, and
-/// so are `/_metrics` and `/_health` unless `--auth-protect-metrics`.
+/// The service paths' auth layer. With auth enabled: resolves who asks (HTTP Basic, Bearer
+/// token, or client certificate), refuses service paths that need root, and hands the caller
+/// to the handlers, which check transactions and lease revocations against it.
+/// `/_auth/authenticate` is open, and so are `/_metrics` and `/_health` unless
+/// `--auth-protect-metrics`. Keys are authorized in [`keys_or_unknown`] instead, without a
+/// layer (a layer on every request costs a tenth of a GET's CPU; docs/benchmarks.md).
 async fn authorize(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
     match state.access.view() {
         // Auth off: credentials are ignored, even malformed ones (as etcd does).
@@ -240,24 +241,26 @@ pub(crate) async fn stopping(closing: &mut tokio::sync::watch::Receiver<bool>) {
 /// The rows of the route table, each timed under its own path.
 struct Table {
     router: Router<Shared>,
-    metrics: Arc<Metrics>,
+    state: Shared,
 }
 
 impl Table {
-    fn new(metrics: &Arc<Metrics>) -> Self {
+    fn new(state: &Shared) -> Self {
         Table {
             router: Router::new(),
-            metrics: metrics.clone(),
+            state: state.clone(),
         }
     }
 
     /// Serves `path`, and `path/` (a trailing slash names the same endpoint), with `methods`.
     fn row(mut self, path: &'static str, methods: MethodRouter<Shared>) -> Self {
         let label = RouteLabel {
-            metrics: self.metrics.clone(),
+            metrics: self.state.metrics.clone(),
             route: path,
         };
-        let methods = methods.layer(from_fn_with_state(label, timed));
+        let methods = methods
+            .layer(from_fn_with_state(self.state.clone(), authorize))
+            .layer(from_fn_with_state(label, timed));
         self.router = self
             .router
             .route(path, methods.clone())
@@ -297,7 +300,7 @@ async fn timed(State(label): State<RouteLabel>, req: Request, next: Next) -> Res
 /// The fallback: a key (`/<key>` or `/_kv/<key>`), else an unknown service path (404).
 async fn keys_or_unknown(
     State(state): State<Shared>,
-    caller: Option<axum::Extension<access::Caller>>,
+    remote: Option<axum::Extension<axum::extract::ConnectInfo<crate::tls::Remote>>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -308,8 +311,10 @@ async fn keys_or_unknown(
     let path = uri.path();
     let (route, resp) = match key_path(path) {
         Some(raw_key) => {
-            // Every key request passed `authorize`, which names the caller.
-            let caller = caller.map_or(access::Caller::Nobody, |c| c.0);
+            let caller = match key_caller(&state, &headers, remote.as_ref().map(|r| &r.0.0)).await {
+                Ok(caller) => caller,
+                Err(e) => return e.into_response(),
+            };
             let req = keys::KeyRequest {
                 method,
                 raw_key,
@@ -328,6 +333,20 @@ async fn keys_or_unknown(
         .metrics
         .observe_request(route, method_label.as_str(), status, elapsed);
     resp
+}
+
+/// Who asks for a key: anyone while auth is off (the common case, decided first and
+/// cheaply), else the user the credentials name.
+async fn key_caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    remote: Option<&crate::tls::Remote>,
+) -> Result<access::Caller, ApiError> {
+    if !state.access.view()?.state.enabled {
+        return Ok(access::Caller::Anyone);
+    }
+    let creds = access::http_credentials(headers, remote)?;
+    Ok(state.access.caller(&creds).await?)
 }
 
 /// The raw (percent-encoded) key a path addresses; `None` for a service path.
