@@ -202,6 +202,11 @@ const MATRIX: &[(&str, [bool; 5])] = &[
         "put app/a/k on a lease holding other/k",
         [true, false, false, false, false],
     ),
+    // A precondition reveals the key's state: it needs read too.
+    (
+        "put app/a/k if it exists",
+        [true, false, false, true, false],
+    ),
     ("compact", [true, false, false, false, false]),
     ("member remove", [true, false, false, false, false]),
 ];
@@ -264,6 +269,10 @@ fn http_op(c: &TestCluster, op: &str, user: &str) -> Outcome {
             let attach = req("PUT", &format!("/other/k?lease={id}"), &root, b"leased");
             assert_eq!(attach.status, 204, "{}", attach.text());
             req("PUT", &format!("/app/a/k?lease={id}"), &me, b"mine")
+        }
+        "put app/a/k if it exists" => {
+            let headers = [("authorization", me.as_str()), ("if-match", "*")];
+            http_request(port, "PUT", "/app/a/k", &headers, b"cas").expect("request")
         }
         "compact" => {
             let rev = req("GET", "/app/a/k", &root, b"").revision();
@@ -340,6 +349,12 @@ fn grpc_op(rt: &tokio::runtime::Runtime, c: &TestCluster, op: &str, user: &str) 
                 let opts = || Some(PutOptions::new().with_lease(lease));
                 root.put("other/k", "leased", opts()).await.expect("attach");
                 me.put("app/a/k", "mine", opts()).await.map(drop)
+            }
+            "put app/a/k if it exists" => {
+                let txn = Txn::new()
+                    .when([Compare::version("app/a/k", CompareOp::Greater, 0)])
+                    .and_then([TxnOp::put("app/a/k", "cas", None)]);
+                me.txn(txn).await.map(drop)
             }
             "compact" => {
                 let rev = root
@@ -727,4 +742,92 @@ fn revoking_a_permission_ends_open_watches() {
         assert!(got.events().is_empty(), "no event after the revocation");
         assert!(got.cancel_reason().contains("permission denied"));
     });
+}
+
+#[test]
+fn streams_opened_before_auth_is_enabled_end_with_it() {
+    let c = TestCluster::start(1, 1290, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    let endpoint = format!("127.0.0.1:{}", c.client_port(1));
+    // Opened with auth off, without credentials.
+    let mut http = Lines::open(
+        c.client_port(1),
+        "/?prefix=true&watch=true",
+        &[],
+        Duration::from_secs(10),
+    )
+    .expect("watch");
+    assert_eq!(
+        http.next_json().expect("line").expect("created")["created"],
+        true
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (mut client, mut stream) = rt.block_on(async {
+        let mut client = etcd_client::Client::connect([endpoint.clone()], None)
+            .await
+            .expect("connect");
+        let mut stream = client.watch("a", None).await.expect("watch");
+        assert!(
+            stream
+                .message()
+                .await
+                .expect("answer")
+                .expect("created")
+                .created()
+        );
+        (client, stream)
+    });
+    set_up_users(&endpoint);
+    let root = basic("root", "rootpw");
+    let r = http_request(
+        c.client_port(1),
+        "PUT",
+        "/app/x",
+        &[("authorization", &root)],
+        b"v",
+    )
+    .expect("put");
+    assert_eq!(r.status, 204);
+    // The HTTP watch ends instead of showing the write.
+    let last = http.next_json().expect("line").expect("cancel line");
+    assert_eq!(last["canceled"], true, "{last}");
+    rt.block_on(async {
+        // The gRPC stream's watcher is canceled; a new watcher on it is refused.
+        let canceled = stream.message().await.expect("answer").expect("cancel");
+        assert!(canceled.canceled(), "{canceled:?}");
+        stream
+            .watch("\0", Some(etcd_client::WatchOptions::new().with_from_key()))
+            .await
+            .expect("send");
+        let refused = stream.message().await.expect("answer").expect("refusal");
+        assert!(refused.canceled() && refused.cancel_reason().contains("permission denied"));
+        drop(client.get("a", None).await.expect_err("no credentials"));
+    });
+    // Concurrent wrong passwords from one address: only the free attempts and the one that
+    // starts the back-off are checked; the rest wait.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    let body = br#"{"name":"ro","password":"wrong"}"#;
+                    http_request(c.client_port(1), "POST", "/_auth/authenticate", &[], body)
+                        .expect("login")
+                        .status
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(
+        checked <= 4,
+        "at most 4 guesses checked at once: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
 }

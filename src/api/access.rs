@@ -174,12 +174,16 @@ impl Caller {
 
     /// The caller under the current users and roles, if they changed since this one was
     /// resolved: a long-lived stream (a watch) checks its ranges again with it.
+    /// A caller resolved while auth was off becomes [`Caller::Nobody`] once it is on, so a
+    /// stream opened without credentials cannot outlive `auth enable`.
     pub fn refreshed(&self, access: &Access) -> Option<Caller> {
-        let Caller::User { name, view } = self else {
-            return None;
-        };
         let now = access.view().ok()?;
-        if now.state.revision == view.state.revision {
+        let (name, view) = match self {
+            Caller::Anyone => return now.state.enabled.then_some(Caller::Nobody),
+            Caller::Nobody => return None,
+            Caller::User { name, view } => (name, view),
+        };
+        if now.state.revision == view.state.revision && now.state.enabled == view.state.enabled {
             return None;
         }
         Some(match now.state.enabled {
@@ -239,6 +243,9 @@ pub struct Access {
     failures: Mutex<HashMap<(String, Option<IpAddr>), Failures>>,
     /// Verified Basic logins: HMAC(secret, user, password) -> (auth revision, when).
     basic: Mutex<HashMap<[u8; 32], (u64, Instant)>>,
+    /// Password hashes computed at once: each takes ~19 MiB and a core for tens of ms, so
+    /// a flood of logins queues here instead of exhausting memory.
+    hashing: tokio::sync::Semaphore,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -261,6 +268,9 @@ impl Access {
             token_ttl,
             failures: Mutex::new(HashMap::new()),
             basic: Mutex::new(HashMap::new()),
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
         }
     }
 
@@ -365,9 +375,10 @@ impl Access {
         password: &str,
         from: Option<IpAddr>,
     ) -> Result<(), Denied> {
+        // Length-prefixed: no other (user, password) pair has the same key.
         let mut m = mac(&view.state.secret);
+        m.update(&(user.len() as u64).to_be_bytes());
         m.update(user.as_bytes());
-        m.update(&[0]);
         m.update(password.as_bytes());
         let key: [u8; 32] = m.finalize().into_bytes().into();
         let fresh = |entry: Option<&(u64, Instant)>| {
@@ -393,37 +404,45 @@ impl Access {
         from: Option<IpAddr>,
     ) -> Result<(), Denied> {
         let who = (user.to_string(), from);
-        if let Some(f) = self.failures.lock().get(&who) {
+        // Each attempt counts as a failure before it is checked (and is forgiven if it
+        // succeeds), so concurrent guesses cannot all pass the back-off at once.
+        {
+            let mut failures = self.failures.lock();
             let now = Instant::now();
+            // Forget old records so the map stays small.
+            failures.retain(|_, f| now.duration_since(f.last) < MAX_BACKOFF * 4);
+            let f = failures.entry(who.clone()).or_insert(Failures {
+                count: 0,
+                wait_until: now,
+                last: now,
+            });
             if f.wait_until > now {
                 return Err(Denied::TooManyAttempts(
                     (f.wait_until - now).as_secs().max(1),
                 ));
             }
+            f.count += 1;
+            f.last = now;
+            if f.count > FREE_FAILURES {
+                let doublings = (f.count - FREE_FAILURES - 1).min(5);
+                f.wait_until = now + Duration::from_secs(1 << doublings).min(MAX_BACKOFF);
+            }
         }
         let hash = view.users.get(user).and_then(|u| u.password_hash.clone());
         let password = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || password::verify(&password, hash.as_deref()))
-            .await
-            .unwrap_or(false);
-        let mut failures = self.failures.lock();
+        let ok = {
+            let _permit = self
+                .hashing
+                .acquire()
+                .await
+                .map_err(|e| Denied::Internal(e.to_string()))?;
+            tokio::task::spawn_blocking(move || password::verify(&password, hash.as_deref()))
+                .await
+                .unwrap_or(false)
+        };
         if ok {
-            failures.remove(&who);
+            self.failures.lock().remove(&who);
             return Ok(());
-        }
-        let now = Instant::now();
-        // Forget old records so the map stays small.
-        failures.retain(|_, f| now.duration_since(f.last) < MAX_BACKOFF * 4);
-        let f = failures.entry(who).or_insert(Failures {
-            count: 0,
-            wait_until: now,
-            last: now,
-        });
-        f.count += 1;
-        f.last = now;
-        if f.count > FREE_FAILURES {
-            let doublings = (f.count - FREE_FAILURES - 1).min(5);
-            f.wait_until = now + Duration::from_secs(1 << doublings).min(MAX_BACKOFF);
         }
         Err(Denied::AuthFailed)
     }

@@ -119,6 +119,11 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
         return Err(ApiError::BadRequest("empty key".into()));
     }
     let cond = precondition(headers)?;
+    // A precondition compares against the key's current state, which answers tell: it needs
+    // read, as a transaction's compare does.
+    if cond.is_some() {
+        caller.may(Need::Read, &key, &[])?;
+    }
     match method {
         Method::PUT => {
             let value = read_value(body, state.settings.max_request_bytes).await?;

@@ -249,10 +249,11 @@ pub struct Names {
 /// does not parse.
 pub fn names_of(cert: &CertificateDer<'_>) -> Option<Names> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    // The last CN, as Go's x509 (so etcd) reads a subject with several.
     let common_name = cert
         .subject()
         .iter_common_name()
-        .next()
+        .last()
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_string);
     let mut names = Names {

@@ -96,7 +96,7 @@ impl rpc::lease_server::Lease for Grpc {
         &self,
         request: Request<Streaming<rpc::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        self.caller(&request).await?;
+        let mut caller = self.caller(&request).await?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
@@ -109,6 +109,15 @@ impl rpc::lease_server::Lease for Grpc {
                 };
                 let answer = match next {
                     Some(Ok(req)) => {
+                        // A stream opened while auth was off ends once it is on.
+                        if let Some(now) = caller.refreshed(&this.state.access) {
+                            caller = now;
+                        }
+                        if matches!(caller, crate::api::access::Caller::Nobody) {
+                            let denied = crate::api::access::Denied::NoCredentials;
+                            let _ = tx.send(Err(super::status::denied(denied))).await;
+                            return;
+                        }
                         let id = from_i64(req.id);
                         this.renew(id)
                             .await

@@ -94,6 +94,8 @@ impl WatchStream {
     }
 
     async fn create(&mut self, c: rpc::WatchCreateRequest) -> Result<(), Gone> {
+        // Checked against the users and roles of now, not of when the stream opened.
+        self.recheck().await?;
         let id = if c.watch_id != 0 {
             c.watch_id
         } else {
