@@ -364,3 +364,39 @@ fn expired_certificates_are_refused() {
         code != 0 && err.to_lowercase().contains("expired")
     });
 }
+
+#[test]
+fn a_rotated_peer_certificate_is_served_without_a_restart() {
+    let mut c = TestCluster::new(3, 1900, &[]);
+    c.enable_tls();
+    for i in 1..=3 {
+        c.start_member(i);
+    }
+    c.wait_leader(LEADER_TIMEOUT);
+    c.kill(3);
+    // Member 1's certificate (both ports) is replaced by one from a CA the others do not trust.
+    let dir = c.tls().expect("tls").dir.clone();
+    let other = Authority::new("another CA").expect("CA");
+    let issued = other.issue("member-1", &["127.0.0.1"], DAY).expect("cert");
+    std::fs::write(dir.join("member-1-key.pem"), &issued.key_pem).unwrap();
+    std::fs::write(dir.join("member-1.pem"), &issued.cert_pem).unwrap();
+    wait_until("member 1 to load it on its peer port", CONVERGE, || {
+        c.log(1)
+            .lines()
+            .any(|l| l.contains("new connections use the new ones") && l.contains("peer port"))
+    });
+    // Member 3 comes back and dials member 1, which now presents the new certificate: member
+    // 3 refuses it, and member 1 sees the handshake fail.
+    let refusals = |c: &TestCluster| c.log(1).matches("TLS handshake failed").count();
+    let before = refusals(&c);
+    c.restart(3);
+    wait_until("member 1's new certificate to be refused", CONVERGE, || {
+        refusals(&c) > before
+    });
+    // Members 2 and 3 still make a quorum.
+    c.wait_for(
+        || c.put(2, "/after", "rotation").status == 204,
+        CONVERGE,
+        "a write through member 2",
+    );
+}
