@@ -230,6 +230,16 @@ fn http_op(c: &TestCluster, op: &str, user: &str) -> Outcome {
     };
     let put = req("PUT", "/app/a/k", &root, b"v");
     assert_eq!(put.status, 204, "setup put: {}", put.text());
+    // A lease root grants, with `key` attached; its id.
+    let leased = |key: &str| {
+        let grant = req("POST", "/_leases", &root, br#"{"ttl": 60}"#);
+        let id = serde_json::from_slice::<Value>(&grant.body).expect("lease JSON")["id"]
+            .as_u64()
+            .expect("lease id");
+        let attach = req("PUT", &format!("{key}?lease={id}"), &root, b"leased");
+        assert_eq!(attach.status, 204, "{}", attach.text());
+        id
+    };
     let r = match op {
         "get app/a/k" => req("GET", "/app/a/k", &me, b""),
         "list app/" => req("GET", "/app/?prefix=true", &me, b""),
@@ -253,21 +263,11 @@ fn http_op(c: &TestCluster, op: &str, user: &str) -> Outcome {
             return http_outcome(lines.status, op, "");
         }
         "lease revoke (app/a/k)" => {
-            let grant = req("POST", "/_leases", &root, br#"{"ttl": 60}"#);
-            let id = serde_json::from_slice::<Value>(&grant.body).expect("lease JSON")["id"]
-                .as_u64()
-                .expect("lease id");
-            let attach = req("PUT", &format!("/app/a/k?lease={id}"), &root, b"leased");
-            assert_eq!(attach.status, 204, "{}", attach.text());
+            let id = leased("/app/a/k");
             req("DELETE", &format!("/_leases/{id}"), &me, b"")
         }
         "put app/a/k on a lease holding other/k" => {
-            let grant = req("POST", "/_leases", &root, br#"{"ttl": 60}"#);
-            let id = serde_json::from_slice::<Value>(&grant.body).expect("lease JSON")["id"]
-                .as_u64()
-                .expect("lease id");
-            let attach = req("PUT", &format!("/other/k?lease={id}"), &root, b"leased");
-            assert_eq!(attach.status, 204, "{}", attach.text());
+            let id = leased("/other/k");
             req("PUT", &format!("/app/a/k?lease={id}"), &me, b"mine")
         }
         "put app/a/k if it exists" => {
