@@ -27,6 +27,7 @@ use crate::raft::members::Membership;
 use crate::raft::node::{self as raft_node, Exit, Node};
 use crate::raft::peer_api::{self, Limits, PeerApi};
 use crate::raft::peer_client::AdminCtx;
+use crate::raft::reset_check::ResetCheck;
 use crate::raft::snapshot::SnapshotStore;
 use crate::raft::transport::Transport;
 use crate::raft::{Input, NodeHandle};
@@ -102,6 +103,7 @@ pub async fn run(
             max_value_bytes: settings.max_request_bytes,
         },
         client_url: settings.client_url(),
+        reset_check: raft.reset_check,
     };
     let peer_server = tokio::spawn(serve_peers(peer_listener, peer));
     info!(id = settings.id, client = %settings.client_listen, peer = %settings.peer_listen,
@@ -173,6 +175,7 @@ struct Raft {
     metrics: Arc<Metrics>,
     membership: Arc<RwLock<Membership>>,
     incarnations: Arc<RwLock<BTreeMap<u64, u64>>>,
+    reset_check: Arc<ResetCheck>,
 }
 
 /// Builds the raft owner over the opened log and engine, with the peer transport, and starts
@@ -190,6 +193,14 @@ fn start_raft(
     let metrics = Arc::new(Metrics::new());
     let membership = Arc::new(RwLock::new(Membership::default()));
     let incarnations = Arc::new(RwLock::new(BTreeMap::new()));
+    let reset_check = ResetCheck::new(
+        settings.id,
+        incarnation,
+        format!("{:016x}", settings.cluster_id),
+        settings.peer_dial.clone(),
+        membership.clone(),
+        inbox_tx.clone(),
+    );
     let transport = Transport::start(
         settings,
         tokio::runtime::Handle::current(),
@@ -197,6 +208,7 @@ fn start_raft(
         inbox_tx,
         incarnation,
         incarnations.clone(),
+        reset_check.clone(),
     );
     let shared = raft_node::Shared {
         membership: membership.clone(),
@@ -222,6 +234,7 @@ fn start_raft(
         metrics,
         membership,
         incarnations,
+        reset_check,
     })
 }
 

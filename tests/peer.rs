@@ -471,3 +471,47 @@ fn relayed_requests_are_accepted_or_dropped_without_harm() {
     assert_still_serving(&c, "after-relayed");
     assert_eq!(c.status(relay)["role"], "follower");
 }
+
+/// A stream expecting another incarnation of the member it reaches (a made-up
+/// `x-metcd-peer-incarnation`, as anyone who can reach the peer port could send) is refused
+/// with 421, logged and counted, and nothing more: the member checks what the cluster
+/// committed, finds its own incarnation, keeps serving, and starts again from its data dir.
+/// (The header alone used to make it stop and refuse its own data dir for good.)
+#[test]
+fn a_made_up_peer_incarnation_costs_the_member_nothing() {
+    let mut c = TestCluster::start(3, 26800, &[]);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    let victim = c.followers(leader)[0];
+    let sender = (1..=3).find(|&i| i != victim).expect("another member");
+    let before = c.metric(victim, "metcd_peer_refusals_total");
+    let mut headers = as_member(&c, sender);
+    headers.push(("X-Metcd-To".into(), victim.to_string()));
+    headers.push(("X-Metcd-Peer-Incarnation".into(), "00000000000000aa".into()));
+    for _ in 0..3 {
+        let r = post_stream_with(&c, victim, &headers, b"");
+        assert_eq!(r.status, 421, "{}", r.text());
+        assert!(r.text().contains("not 00000000000000aa"), "{}", r.text());
+    }
+    c.wait_for(
+        || {
+            c.log(victim)
+                .contains("no member has committed another incarnation")
+        },
+        std::time::Duration::from_secs(20),
+        "the member to check the committed records and go on",
+    );
+    assert!(
+        c.metric(victim, "metcd_peer_refusals_total") >= before + 3,
+        "each refusal is counted"
+    );
+    assert!(c.try_status(victim).is_some(), "member {victim} stopped");
+    assert_still_serving(&c, "after-made-up-incarnation");
+    c.kill(victim);
+    c.restart(victim);
+    c.wait_for(
+        || c.try_status(victim).is_some(),
+        LEADER_TIMEOUT,
+        "the member to start again from its data dir",
+    );
+    assert_still_serving(&c, "after-restart");
+}

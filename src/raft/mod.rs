@@ -22,6 +22,7 @@ pub mod members;
 pub mod node;
 pub mod peer_api;
 pub mod peer_client;
+pub mod reset_check;
 pub mod snapshot;
 pub mod storage;
 pub mod transport;
@@ -81,8 +82,9 @@ pub enum Input {
         incarnation: u64,
         reply: oneshot::Sender<Contact>,
     },
-    /// A peer knows this member id under another incarnation: this data dir is not the one
-    /// the cluster knows (it lost its data). The member records that and stops.
+    /// A member of this cluster answered with a committed record of another incarnation for
+    /// this member id ([`reset_check`]): this data dir is not the one the cluster knows (it lost
+    /// its data). The member records that and stops. Never sent on a peer's word alone.
     Reset(String),
     Shutdown,
 }

@@ -1,16 +1,19 @@
 //! The receiving half of the peer transport: the HTTP server on a member's peer URL.
 //!
-//! Trust model: until peer TLS exists, anyone who can reach a peer port can speak raft to the
-//! member; the checks here stop mistakes and malformed input (another cluster, a member that
-//! lost its data, garbage, messages a peer may not send), not an attacker on the network.
+//! Trust model: with peer TLS, only holders of a certificate from the peer CA (narrowed by
+//! `--peer-allowed-cn`/`--peer-allowed-hostname`) get here, and a member refuses at start-up a
+//! peer CA that would also accept client certificates (docs/security.md). The checks here stop
+//! mistakes and malformed input (another cluster, a member that lost its data, garbage,
+//! messages a peer may not send); no single request can make a member give up its data dir.
 //!
 //! Before a stream or snapshot is accepted: traffic from another cluster (a different
 //! `x-metcd-cluster-id`) gets 412; a request for another member id gets 421; a member removed
 //! from the cluster gets 410 (it stops); one that is not (yet) a member here gets 404; one
-//! whose incarnation differs from the one recorded for it (it lost its data) gets 409 (it
-//! stops); a request expecting another incarnation of *this* member gets 421, and this member
-//! stops: it is the one that lost its data. A first contact's incarnation is recorded durably
-//! by the owner before any frame is read.
+//! whose incarnation differs from the one recorded for it (it lost its data) gets 409; a
+//! request expecting another incarnation of *this* member gets 421, is logged and counted, and
+//! starts a check of the cluster's committed records ([`ResetCheck`]): only those can stop
+//! this member. A first contact's incarnation is recorded durably by the owner before any
+//! frame is read.
 //!
 //! Every frame is then checked before it reaches raft: a frame that does not decode, is
 //! addressed to another member, claims another sender than the stream's, is a kind only a
@@ -19,7 +22,8 @@
 //! with 400. A snapshot file is durable on disk before its message is stepped.
 //!
 //! Also served here: `GET /raft/membership` (the cluster id and members, for a member that is
-//! joining) and `POST /raft/admin` (membership requests forwarded to the leader).
+//! joining or checking a claim) and `POST /raft/admin` (membership requests forwarded to the
+//! leader, with the client who asked when auth is on).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -41,15 +45,16 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio_util::io::StreamReader;
 use tracing::{debug, info, warn};
 
+use super::NodeHandle;
 use super::command::{self, ProposalId};
 use super::members::{ClusterInfo, Contact, MemberChange, Membership};
 use super::peer_client::{self, AdminCtx};
+use super::reset_check::ResetCheck;
 use super::snapshot::{Incoming, SnapshotError, SnapshotStore};
 use super::transport::{
     CLUSTER_HEADER, FROM_HEADER, FrameReader, INCARNATION_HEADER, PEER_INCARNATION_HEADER,
     STREAM_PROTOCOL, TO_HEADER, TransportError, closing_line, decode_message, parse_incarnation,
 };
-use super::{Input, NodeHandle};
 use crate::metrics::Metrics;
 
 pub struct PeerApi {
@@ -67,6 +72,8 @@ pub struct PeerApi {
     pub limits: Limits,
     /// This member's client URL, for other members' gRPC MemberList.
     pub client_url: String,
+    /// Where a claim that this member lost its data is checked.
+    pub reset_check: Arc<ResetCheck>,
 }
 
 /// The largest key and value a client may write.
@@ -243,27 +250,27 @@ impl PeerApi {
         Ok(from)
     }
 
-    /// A peer that recorded another incarnation for this member id: this data dir is not the
-    /// one that voted and acknowledged entries under it. This member stops.
+    /// A stream expecting another incarnation of this member: refused (421), logged and
+    /// counted. The header is the sender's word only; whether this data dir lost its data is
+    /// decided on the cluster's committed record ([`ResetCheck`]), never on the header.
     fn check_own_incarnation(&self, headers: &HeaderMap, from: u64) -> Result<(), Answer> {
         let expected = parse_incarnation(headers.get(PEER_INCARNATION_HEADER));
         if expected == 0 || expected == self.incarnation {
             return Ok(());
         }
-        let reason = super::node::reset_reason(
-            self.id,
-            self.incarnation,
-            expected,
-            &self.url_of(self.id, "<this member's peer URL>"),
-        );
+        self.metrics.peer_refusals.fetch_add(1, Ordering::Relaxed);
         warn!(
             peer = from,
-            "a peer knows this member under another incarnation"
+            expected = %format!("{expected:016x}"),
+            mine = %format!("{:016x}", self.incarnation),
+            "refused a stream expecting another incarnation of this member"
         );
-        let _ = self.node.send(Input::Reset(format!(
-            "member {from} knows this member under another incarnation: {reason}"
-        )));
-        Err(misdirected(reason))
+        self.reset_check.claimed(from);
+        Err(misdirected(format!(
+            "this member is incarnation {:016x}, not {expected:016x}: if member {} lost its data, \
+             the cluster's committed record says so and it stops; else check the sender",
+            self.incarnation, self.id
+        )))
     }
 
     /// The sender's incarnation must be the one recorded for it (a first contact is recorded

@@ -13,9 +13,11 @@
 //! ```
 //! Incarnations (see `members::contact`): each side checks the other's against the one it
 //! recorded on first contact before any frame flows. A receiver that is not the incarnation
-//! the sender recorded answers 421 and stops (it lost its data); a sender whose incarnation is
-//! not the recorded one gets 409 and stops. A sender that finds the receiver's incarnation
-//! changed sends it nothing (no votes, appends or snapshots) and reports it unreachable.
+//! the sender recorded answers 421; a sender whose incarnation is not the recorded one gets
+//! 409. Neither stops on that alone: the one claimed to have lost its data checks the
+//! cluster's committed record (`reset_check`) and stops only if it names another incarnation.
+//! A sender that finds the receiver's incarnation changed sends it nothing (no votes,
+//! appends or snapshots) and reports it unreachable.
 //! The stream is an HTTP/1.1 request upgraded to a raw connection (as a WebSocket is): the
 //! headers are checked once, then frames go out without per-chunk framing. The receiver only
 //! ever writes one line back, `<status> <reason>`, when it ends the stream (410 for a removed
@@ -46,6 +48,7 @@ use tracing::{debug, info, warn};
 use super::Input;
 use super::members::Contact;
 use super::node::Outbox;
+use super::reset_check::ResetCheck;
 use super::snapshot::SnapshotStore;
 use crate::config::Settings;
 use parking_lot::RwLock;
@@ -191,6 +194,7 @@ struct Shared {
     cluster_id: String,
     snaps: SnapshotStore,
     inbox: mpsc::Sender<Input>,
+    reset_check: Arc<ResetCheck>,
 }
 
 struct Peer {
@@ -218,6 +222,7 @@ impl Transport {
         inbox: mpsc::Sender<Input>,
         incarnation: u64,
         incarnations: Arc<RwLock<BTreeMap<u64, u64>>>,
+        reset_check: Arc<ResetCheck>,
     ) -> Self {
         let shared = Arc::new(Shared {
             id: settings.id,
@@ -227,6 +232,7 @@ impl Transport {
             cluster_id: format!("{:016x}", settings.cluster_id),
             snaps,
             inbox,
+            reset_check,
         });
         Transport {
             shared,
@@ -343,18 +349,18 @@ pub fn parse_incarnation(value: Option<&hyper::header::HeaderValue>) -> u64 {
         .unwrap_or(0)
 }
 
-/// What a refusal means for the sender: 410, it was removed; 409, it lost its data (another
-/// incarnation is recorded for its id); 421, the receiver lost its data.
+/// What a refusal means for the sender: 410, it was removed (the peer's committed removal);
+/// 409, the peer recorded another incarnation for this member: the cluster's committed record
+/// is checked ([`ResetCheck`]), and only that can stop this member; 421, the receiver lost its
+/// data.
 fn on_refusal(shared: &Shared, to: u64, error: &TransportError) {
     match error {
         TransportError::Refused(hyper::StatusCode::GONE, _) => {
             let _ = shared.inbox.send(Input::Removed);
         }
         TransportError::Refused(hyper::StatusCode::CONFLICT, reason) => {
-            let _ = shared.inbox.send(Input::Reset(format!(
-                "member {to} refused this member: {}",
-                reason.trim()
-            )));
+            warn!(peer = to, reason = %reason.trim(), "a peer refused this member's stream: it knows this member id under another incarnation");
+            shared.reset_check.claimed(to);
         }
         _ => {}
     }
@@ -385,15 +391,18 @@ async fn run_stream(
             Err(e) => e,
         };
         on_refusal(&shared, to, &error);
-        if let TransportError::Refused(status, _) = &error
-            && (*status == hyper::StatusCode::GONE || *status == hyper::StatusCode::CONFLICT)
-        {
-            return; // this member stops (removed, or it lost its data)
+        if matches!(&error, TransportError::Refused(hyper::StatusCode::GONE, _)) {
+            return; // this member was removed: it stops
         }
+        // Either side knows the other under another incarnation: retried slowly, in case the
+        // claim was wrong (a refused stream carries nothing).
         let peer_reset = matches!(
             error,
             TransportError::PeerReset(_)
-                | TransportError::Refused(hyper::StatusCode::MISDIRECTED_REQUEST, _)
+                | TransportError::Refused(
+                    hyper::StatusCode::MISDIRECTED_REQUEST | hyper::StatusCode::CONFLICT,
+                    _
+                )
         );
         if peer_reset && !is_reset.swap(true, Ordering::Relaxed) {
             warn!(peer = to, %authority, error = %error,
