@@ -129,6 +129,11 @@ pub struct Config {
     /// Accept only peers whose certificate names this host (a DNS or IP alternative name).
     #[arg(long, value_name = "HOST", help_heading = "Security")]
     pub peer_allowed_hostname: Option<String>,
+    /// Start even though --peer-trusted-ca-file is (or signed) the client port's CA and no
+    /// --peer-allowed-cn/--peer-allowed-hostname pins the members: any client certificate
+    /// from that CA is then admitted to the peer port as a member (etcd's behaviour).
+    #[arg(long, help_heading = "Security")]
+    pub insecure_peer_shared_ca: bool,
     /// With auth enabled: how long a token from Authenticate (or `POST /_auth/authenticate`)
     /// is valid, in seconds (etcd's --auth-token-ttl).
     #[arg(long, default_value_t = 300, help_heading = "Security")]
@@ -518,11 +523,16 @@ impl Config {
                 },
                 allowed_cn: self.peer_allowed_cn.clone(),
                 allowed_hostname: self.peer_allowed_hostname.clone(),
+                client_ca: self.trusted_ca_file.clone(),
+                shared_ca_ok: self.insecure_peer_shared_ca,
             })),
             (None, None, None) => {
-                if self.peer_allowed_cn.is_some() || self.peer_allowed_hostname.is_some() {
+                if self.peer_allowed_cn.is_some()
+                    || self.peer_allowed_hostname.is_some()
+                    || self.insecure_peer_shared_ca
+                {
                     return Err(ConfigError::Invalid(
-                        "--peer-allowed-cn and --peer-allowed-hostname need peer TLS (--peer-cert-file, --peer-key-file, --peer-trusted-ca-file)".into(),
+                        "--peer-allowed-cn, --peer-allowed-hostname and --insecure-peer-shared-ca need peer TLS (--peer-cert-file, --peer-key-file, --peer-trusted-ca-file)".into(),
                     ));
                 }
                 Ok(None)

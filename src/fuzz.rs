@@ -350,12 +350,19 @@ proptest! {
         std::fs::write(&file, &body).unwrap();
         let _ = crate::tls::load_certs(&file);
         let _ = crate::tls::load_key(&file);
-        let files = crate::tls::CertFiles { cert: file.clone(), key: file.clone(), ca: Some(file) };
+        let files = crate::tls::CertFiles { cert: file.clone(), key: file.clone(), ca: Some(file.clone()) };
         let client = crate::tls::ClientPortTls { files: files.clone(), require_client_cert: true };
         prop_assert!(crate::tls::client_port_config(&client).is_err());
-        let peer = crate::tls::PeerTls { files, allowed_cn: Some("x".into()), allowed_hostname: None };
+        let peer = crate::tls::PeerTls {
+            files,
+            allowed_cn: Some("x".into()),
+            allowed_hostname: None,
+            client_ca: Some(file.clone()),
+            shared_ca_ok: false,
+        };
         prop_assert!(crate::tls::peer_server_config(&peer).is_err());
         prop_assert!(crate::tls::peer_client_config(&peer).is_err());
+        let _ = crate::tls::shared_ca(&file, &file);
         let _ = crate::tls::names_of(&rustls::pki_types::CertificateDer::from(data));
     }
 }

@@ -10,10 +10,13 @@
 //!                      data   D/member-<i>
 //! ```
 //!
-//! With `--tls` every URL is https://: a throwaway CA and certificates for 127.0.0.1 and
-//! localhost are made on first use under `D/tls` (`ca.pem`, `member-<i>.pem`, `client.pem`
-//! and their `-key.pem`), and each member serves TLS on both ports with mutual TLS between
-//! members; a client certificate is accepted but not required.
+//! With `--tls` every URL is https://: two throwaway CAs and certificates for 127.0.0.1 and
+//! localhost are made on first use under `D/tls`. The client CA (`ca.pem`) signs each
+//! member's client-port certificate (`member-<i>.pem`) and the client certificate
+//! (`client.pem`); the peer CA (`peer-ca.pem`) signs only the members' peer certificates
+//! (`member-<i>-peer.pem`), so no client certificate passes as a member on a peer port. Keys
+//! are `<name>-key.pem`. Each member serves TLS on both ports with mutual TLS between members;
+//! a client certificate is accepted but not required.
 //!
 //! Every line a member prints (stdout or stderr) is re-printed on the parent's stdout as
 //! `member-<i> | <line>`, one whole line per write under the stdout lock, so lines of
@@ -76,8 +79,9 @@ struct MemberPlan {
     client_port: u16,
     peer_url: String,
     data_dir: PathBuf,
-    /// Certificate and key of the member (both ports), when `--tls`.
-    tls: Option<(PathBuf, PathBuf)>,
+    /// The member's certificate files when `--tls`: (certificate, key) for the client port,
+    /// then for the peer port.
+    tls: Option<[(PathBuf, PathBuf); 2]>,
 }
 
 impl MemberPlan {
@@ -92,25 +96,34 @@ fn tls_dir(args: &LocalClusterArgs) -> PathBuf {
     args.data_dir.join("tls")
 }
 
-/// Makes the CA and the certificates of `--tls` unless a run before made them.
+/// Makes the CAs and the certificates of `--tls` unless a run before made them (a run of a
+/// version with one CA for both ports made no `peer-ca.pem`: everything is made anew).
 fn make_certificates(args: &LocalClusterArgs, plans: &[MemberPlan]) -> Result<(), String> {
     use crate::tls::generate::{Authority, Validity};
     let dir = tls_dir(args);
-    if dir.join("ca.pem").exists() {
+    if dir.join("ca.pem").exists() && dir.join("peer-ca.pem").exists() {
         return Ok(());
     }
     let err =
         |e: &dyn std::fmt::Display| format!("cannot make certificates in {}: {e}", dir.display());
-    let ca = Authority::new("metcd local-cluster CA").map_err(|e| err(&e))?;
-    // A throwaway CA: its key is never written, so nothing can be signed with it later.
+    // Throwaway CAs: their keys are never written, so nothing can be signed with them later.
+    let client_ca = Authority::new("metcd local-cluster client CA").map_err(|e| err(&e))?;
+    let peer_ca = Authority::new("metcd local-cluster peer CA")
+        .map_err(|e| err(&e))?
+        .with_file("peer-ca.pem");
     let year = Validity::For(Duration::from_secs(365 * 24 * 3600));
     let hosts = ["127.0.0.1", "localhost"];
     for plan in plans {
         let name = format!("member-{}", plan.id);
-        ca.write(&dir, &name, &name, &hosts, year)
+        client_ca
+            .write(&dir, &name, &name, &hosts, year)
+            .map_err(|e| err(&e))?;
+        peer_ca
+            .write(&dir, &format!("{name}-peer"), &name, &hosts, year)
             .map_err(|e| err(&e))?;
     }
-    ca.write(&dir, "client", "client", &hosts, year)
+    client_ca
+        .write(&dir, "client", "client", &hosts, year)
         .map_err(|e| err(&e))?;
     Ok(())
 }
@@ -141,7 +154,12 @@ fn layout(args: &LocalClusterArgs) -> Result<Vec<MemberPlan>, String> {
             client_port,
             peer_url: format!("{scheme}://127.0.0.1:{}", client_port + 1),
             data_dir: args.data_dir.join(format!("member-{i}")),
-            tls: args.tls.then(|| (files(""), files("-key"))),
+            tls: args.tls.then(|| {
+                [
+                    (files(""), files("-key")),
+                    (files("-peer"), files("-peer-key")),
+                ]
+            }),
         }
     });
     Ok(plans.collect())
@@ -334,15 +352,16 @@ impl Members {
             .arg(args.engine.name())
             .arg("--log-level")
             .arg(&args.log_level);
-        if let Some((cert, key)) = &plan.tls {
+        if let Some([(cert, key), (peer_cert, peer_key)]) = &plan.tls {
             let ca = tls_dir(args).join("ca.pem");
+            let peer_ca = tls_dir(args).join("peer-ca.pem");
             for (flag, file) in [
                 ("--cert-file", cert),
                 ("--key-file", key),
                 ("--trusted-ca-file", &ca),
-                ("--peer-cert-file", cert),
-                ("--peer-key-file", key),
-                ("--peer-trusted-ca-file", &ca),
+                ("--peer-cert-file", peer_cert),
+                ("--peer-key-file", peer_key),
+                ("--peer-trusted-ca-file", &peer_ca),
             ] {
                 cmd.arg(flag).arg(file);
             }
@@ -569,9 +588,17 @@ mod tests {
         let plans = layout(&parse(&["--tls"]).expect("parse")).expect("fits");
         assert_eq!(plans[1].peer_url, "https://127.0.0.1:3480");
         assert_eq!(plans[1].client_url(), "https://127.0.0.1:3479");
-        let (cert, key) = plans[1].tls.clone().expect("tls files");
+        let [(cert, key), (peer_cert, peer_key)] = plans[1].tls.clone().expect("tls files");
         assert_eq!(cert, PathBuf::from("metcd-local/tls/member-2.pem"));
         assert_eq!(key, PathBuf::from("metcd-local/tls/member-2-key.pem"));
+        assert_eq!(
+            peer_cert,
+            PathBuf::from("metcd-local/tls/member-2-peer.pem")
+        );
+        assert_eq!(
+            peer_key,
+            PathBuf::from("metcd-local/tls/member-2-peer-key.pem")
+        );
     }
 
     #[test]

@@ -164,9 +164,9 @@ fn peers_from_another_ca_or_with_another_cn_are_refused() {
     {
         let tls = c.tls().expect("tls");
         for i in 1..=4 {
-            let name = format!("member-{i}");
+            let name = format!("member-{i}-peer");
             let cn = if i == 4 { "intruder" } else { "peer" };
-            tls.ca
+            tls.peer_ca
                 .write(&dir, &name, cn, &["127.0.0.1"], DAY)
                 .expect("cert");
         }
@@ -237,8 +237,16 @@ fn peers_from_another_ca_or_with_another_cn_are_refused() {
     // The right CN from another CA: refused the same way.
     let other = Authority::new("another CA").expect("CA");
     let issued = other.issue("peer", &["127.0.0.1"], DAY).expect("cert");
-    std::fs::write(dir.join(format!("member-{plain}-key.pem")), &issued.key_pem).unwrap();
-    std::fs::write(dir.join(format!("member-{plain}.pem")), &issued.cert_pem).unwrap();
+    std::fs::write(
+        dir.join(format!("member-{plain}-peer-key.pem")),
+        &issued.key_pem,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(format!("member-{plain}-peer.pem")),
+        &issued.cert_pem,
+    )
+    .unwrap();
     let before = (1..=3).map(|i| refusals(&c.log(i))).sum::<usize>();
     c.start_member(plain);
     let exited = c.wait_exit(plain, Duration::from_secs(30));
@@ -251,12 +259,12 @@ fn peers_from_another_ca_or_with_another_cn_are_refused() {
     c.put_ok(leader, "/k", "v3");
     assert!(c.dir().join(format!("member-{plain}")).exists());
 
-    // A certificate from the cluster's CA with the allowed CN: it joins and catches up.
+    // A certificate from the cluster's peer CA with the allowed CN: it joins and catches up.
     let tls = c.tls().expect("tls");
-    tls.ca
+    tls.peer_ca
         .write(
             &dir,
-            &format!("member-{plain}"),
+            &format!("member-{plain}-peer"),
             "peer",
             &["127.0.0.1"],
             DAY,
@@ -374,12 +382,12 @@ fn a_rotated_peer_certificate_is_served_without_a_restart() {
     }
     c.wait_leader(LEADER_TIMEOUT);
     c.kill(3);
-    // Member 1's certificate (both ports) is replaced by one from a CA the others do not trust.
+    // Member 1's peer certificate is replaced by one from a CA the others do not trust.
     let dir = c.tls().expect("tls").dir.clone();
     let other = Authority::new("another CA").expect("CA");
     let issued = other.issue("member-1", &["127.0.0.1"], DAY).expect("cert");
-    std::fs::write(dir.join("member-1-key.pem"), &issued.key_pem).unwrap();
-    std::fs::write(dir.join("member-1.pem"), &issued.cert_pem).unwrap();
+    std::fs::write(dir.join("member-1-peer-key.pem"), &issued.key_pem).unwrap();
+    std::fs::write(dir.join("member-1-peer.pem"), &issued.cert_pem).unwrap();
     wait_until("member 1 to load it on its peer port", CONVERGE, || {
         c.log(1)
             .lines()
@@ -399,4 +407,153 @@ fn a_rotated_peer_certificate_is_served_without_a_restart() {
         CONVERGE,
         "a write through member 2",
     );
+}
+
+/// The setup the README used to show: one CA for clients and members, no pinned CN. A member
+/// refuses to start with it, saying why and how to fix it; `--insecure-peer-shared-ca` accepts
+/// the risk, and then (as etcd does) any client certificate from that CA reaches the peer API.
+/// Pinning the members' CN closes it again. With two CAs (the tests' and local-cluster's
+/// setup) a client certificate never gets past the peer port's handshake.
+#[test]
+fn a_peer_ca_that_also_signs_client_certificates_is_refused() {
+    let mut c = TestCluster::new(1, 1960, &[]);
+    c.enable_tls();
+    let tls = c.tls().expect("tls");
+    let (ca, peer_ca) = (tls.ca_path(), tls.peer_ca_path());
+    let (cert, key) = tls.files("member-1");
+    let (client_cert, client_key) = tls.files("client");
+    let (peer_cert, peer_key) = tls.files("member-2-peer");
+    let mut shared = c.member_args(1);
+    for (flag, file) in [
+        ("--peer-cert-file", &cert),
+        ("--peer-key-file", &key),
+        ("--peer-trusted-ca-file", &ca),
+    ] {
+        common::set_flag(&mut shared, flag, path(file));
+    }
+    let out = run_until_exit(&shared, Duration::from_secs(30));
+    assert!(!out.status.success());
+    for needle in [
+        "the peer CA would accept client certificates",
+        "is in both --peer-trusted-ca-file",
+        "--peer-allowed-cn",
+        "--peer-allowed-hostname",
+        "--insecure-peer-shared-ca",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}: {}", out.stderr);
+    }
+    assert!(!c.data_dir(1).join("engine").exists(), "nothing started");
+
+    let membership_url = format!("https://127.0.0.1:{}/raft/membership", c.peer_port(1));
+    let membership = |cert: &Path, key: &Path| curl_as(&ca, cert, key, &membership_url);
+    // Accepting the risk: a client certificate is a member as far as the peer port can tell.
+    let mut risky = shared.clone();
+    risky.push("--insecure-peer-shared-ca".into());
+    c.start_member_with(1, risky);
+    c.wait_leader(LEADER_TIMEOUT);
+    assert!(c.log(1).contains("--insecure-peer-shared-ca"), "warned");
+    let (code, out, err) = membership(&client_cert, &client_key);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cluster_id"), "{out}");
+    c.kill(1);
+
+    // Pinned: the same files, but only CN member-1 passes.
+    let mut pinned = shared;
+    pinned.extend(["--peer-allowed-cn".into(), "member-1".into()]);
+    c.start_member_with(1, pinned);
+    c.wait_leader(LEADER_TIMEOUT);
+    let (code, out, _) = membership(&client_cert, &client_key);
+    assert_ne!(code, 0, "a client certificate got in: {out}");
+    c.kill(1);
+
+    // Two CAs: the client certificate fails the peer port's handshake.
+    c.restart(1);
+    c.wait_leader(LEADER_TIMEOUT);
+    let (code, out, _) = curl_as(&peer_ca, &client_cert, &client_key, &membership_url);
+    assert_ne!(code, 0, "a client certificate got in: {out}");
+    let (code, out, err) = curl_as(&peer_ca, &peer_cert, &peer_key, &membership_url);
+    assert_eq!(code, 0, "a member's certificate is accepted: {err}");
+    assert!(out.contains("cluster_id"), "{out}");
+}
+
+/// `metcd local-cluster --tls` makes a peer CA apart from the client CA: the commands it
+/// prints work, and the client certificate it makes does not pass as a member.
+#[test]
+fn local_cluster_tls_keeps_client_certificates_off_the_peer_ports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = 1550u16;
+    let mut child = Command::new(common::BIN)
+        .args(["local-cluster", "--tls", "--base-port", &base.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn local-cluster");
+    let tls = dir.path().join("tls");
+    let ca = tls.join("ca.pem");
+    let (cert, key) = (tls.join("client.pem"), tls.join("client-key.pem"));
+    let url = |port: u16, p: &str| format!("https://127.0.0.1:{port}{p}");
+    let put = || {
+        curl(&[
+            "--cacert",
+            path(&ca),
+            "-XPUT",
+            "-d",
+            "world",
+            "-w",
+            "%{http_code}",
+            &url(base, "/hello"),
+        ])
+    };
+    let started = Instant::now();
+    while put().1 != "204" {
+        if started.elapsed() > LEADER_TIMEOUT {
+            let _ = child.kill();
+            panic!("the local TLS cluster took no write");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, out, err) = curl(&["--cacert", path(&ca), &url(base + 200, "/hello")]);
+    assert_eq!((code, out.as_str()), (0, "world"), "{err}");
+    let got = etcdctl(
+        &url(base + 100, ""),
+        &[
+            &format!("--cacert={}", ca.display()),
+            &format!("--cert={}", cert.display()),
+            &format!("--key={}", key.display()),
+            "get",
+            "hello",
+            "--print-value-only",
+        ],
+        None,
+    );
+    assert_eq!(got.stdout.trim(), "world", "{}", got.stderr);
+    for port in [base + 1, base + 101, base + 201] {
+        let (code, out, _) = curl(&[
+            "--cacert",
+            path(&tls.join("peer-ca.pem")),
+            "--cert",
+            path(&cert),
+            "--key",
+            path(&key),
+            &url(port, "/raft/membership"),
+        ]);
+        assert_ne!(
+            code, 0,
+            "the client certificate reached peer port {port}: {out}"
+        );
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -1,5 +1,5 @@
-//! Throwaway certificates (rcgen): `metcd local-cluster --tls` makes a CA and one
-//! certificate per member with them, and the tests make right, wrong and expired ones.
+//! Throwaway certificates (rcgen): `metcd local-cluster --tls` makes a client CA and a peer
+//! CA and certificates from each, and the tests make right, wrong and expired ones.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,6 +16,8 @@ use super::CertFiles;
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
     pem: String,
+    /// The name [`Authority::write`] gives its certificate file (`ca.pem` unless set).
+    file: String,
 }
 
 /// When an issued certificate is valid.
@@ -36,6 +38,15 @@ pub struct Issued {
 impl Authority {
     /// A new CA named `name`, valid for ten years.
     pub fn new(name: &str) -> Result<Self, rcgen::Error> {
+        Self::made(name, None)
+    }
+
+    /// A CA named `name` whose certificate this CA signs (an intermediate).
+    pub fn intermediate(&self, name: &str) -> Result<Self, rcgen::Error> {
+        Self::made(name, Some(self))
+    }
+
+    fn made(name: &str, signer: Option<&Authority>) -> Result<Self, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -48,11 +59,26 @@ impl Authority {
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + time::Duration::days(3650);
         let key = KeyPair::generate()?;
-        let pem = params.self_signed(&key)?.pem();
+        let pem = match signer {
+            Some(signer) => params.signed_by(&key, &signer.issuer)?.pem(),
+            None => params.self_signed(&key)?.pem(),
+        };
         Ok(Authority {
             issuer: Issuer::new(params, key),
             pem,
+            file: "ca.pem".into(),
         })
+    }
+
+    /// The same CA, writing its certificate as `file` (a peer CA beside a client CA).
+    pub fn with_file(mut self, file: &str) -> Self {
+        self.file = file.into();
+        self
+    }
+
+    /// Where [`Authority::write`] puts this CA's certificate in `dir`.
+    pub fn path_in(&self, dir: &Path) -> std::path::PathBuf {
+        dir.join(&self.file)
     }
 
     /// The CA certificate, PEM encoded (what `--trusted-ca-file` names).
@@ -101,7 +127,8 @@ impl Authority {
     }
 
     /// Issues a certificate as [`Authority::issue`] does and writes `<name>.pem`,
-    /// `<name>-key.pem` (mode 0600) and `ca.pem` into `dir`.
+    /// `<name>-key.pem` (mode 0600) and the CA's certificate (`ca.pem` unless
+    /// [`Authority::with_file`] named another) into `dir`.
     pub fn write(
         &self,
         dir: &Path,
@@ -117,7 +144,7 @@ impl Authority {
         let files = CertFiles {
             cert: dir.join(format!("{name}.pem")),
             key: dir.join(format!("{name}-key.pem")),
-            ca: Some(dir.join("ca.pem")),
+            ca: Some(self.path_in(dir)),
         };
         std::fs::write(&files.cert, issued.cert_pem)?;
         write_private(&files.key, issued.key_pem.as_bytes())?;

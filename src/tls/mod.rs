@@ -88,6 +88,11 @@ pub struct PeerTls {
     pub files: CertFiles,
     pub allowed_cn: Option<String>,
     pub allowed_hostname: Option<String>,
+    /// The client port's CA (`--trusted-ca-file`): the peer CA must not also be one
+    /// ([`shared_ca`]) unless the members are pinned or `shared_ca_ok`.
+    pub client_ca: Option<PathBuf>,
+    /// `--insecure-peer-shared-ca`: accept a peer CA that also signs client certificates.
+    pub shared_ca_ok: bool,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -189,10 +194,12 @@ pub fn client_port_config(tls: &ClientPortTls) -> Result<ServerConfig, TlsError>
     Ok(config)
 }
 
-/// The peer port's server configuration: a peer certificate is always required.
+/// The peer port's server configuration: a peer certificate is always required, and a peer
+/// CA that would also admit client certificates is refused ([`check_peer_trust`]).
 pub fn peer_server_config(tls: &PeerTls) -> Result<ServerConfig, TlsError> {
     let (certs, key) = load_identity(&tls.files)?;
     let ca = peer_ca(tls)?;
+    check_peer_trust(tls)?;
     let inner = WebPkiClientVerifier::builder_with_provider(load_roots(ca)?, provider())
         .build()
         .map_err(|e| TlsError::Config(format!("{}: {e}", ca.display())))?;
@@ -226,6 +233,86 @@ pub fn peer_client_config(tls: &PeerTls) -> Result<ClientConfig, TlsError> {
         .with_client_auth_cert(certs, key)?;
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(config)
+}
+
+/// Refuses a peer TLS setup in which a client certificate would pass as a member: the peer
+/// CA is also the client port's CA (or signed it), and neither `--peer-allowed-cn` nor
+/// `--peer-allowed-hostname` tells members apart, unless `--insecure-peer-shared-ca`.
+fn check_peer_trust(tls: &PeerTls) -> Result<(), TlsError> {
+    let pinned = tls.allowed_cn.is_some() || tls.allowed_hostname.is_some();
+    let (Some(client_ca), false) = (&tls.client_ca, pinned) else {
+        return Ok(());
+    };
+    let peer_ca = peer_ca(tls)?;
+    let Some(overlap) = shared_ca(peer_ca, client_ca)? else {
+        return Ok(());
+    };
+    if tls.shared_ca_ok {
+        warn!(%overlap, "--insecure-peer-shared-ca: a client certificate from this CA is admitted to the peer port as a member");
+        return Ok(());
+    }
+    Err(TlsError::Config(format!(
+        "the peer CA would accept client certificates: {overlap}. Any client certificate that CA \
+         signed (a user's, say) would be admitted to the peer port as a member, and could add or \
+         remove members or speak raft. Fix one of: give --peer-trusted-ca-file a CA that signs \
+         only members; or pin the members with --peer-allowed-cn or --peer-allowed-hostname. \
+         To accept the risk (etcd's behaviour), add --insecure-peer-shared-ca"
+    )))
+}
+
+/// How the CA certificates in `peer_ca` overlap those in `client_ca`, if they do: one is in
+/// both (the same certificate, or the same subject and key), or a client CA was issued by a
+/// peer CA (so client certificates chain to the peer CA).
+pub fn shared_ca(peer_ca: &Path, client_ca: &Path) -> Result<Option<String>, TlsError> {
+    let peer = load_certs(peer_ca)?;
+    let client = load_certs(client_ca)?;
+    let parse = |path: &Path, der: &CertificateDer<'static>| -> Result<CaFacts, TlsError> {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| TlsError::Pem {
+                path: path.to_path_buf(),
+                what: format!("a certificate does not parse: {e}"),
+            })?;
+        Ok(CaFacts {
+            subject: cert.subject().as_raw().to_vec(),
+            issuer: cert.issuer().as_raw().to_vec(),
+            key: cert.public_key().raw.to_vec(),
+            name: cert.subject().to_string(),
+        })
+    };
+    let peer: Vec<CaFacts> = peer
+        .iter()
+        .map(|c| parse(peer_ca, c))
+        .collect::<Result<_, _>>()?;
+    let client: Vec<CaFacts> = client
+        .iter()
+        .map(|c| parse(client_ca, c))
+        .collect::<Result<_, _>>()?;
+    let (p, c) = (peer_ca.display(), client_ca.display());
+    for pc in &peer {
+        for cc in &client {
+            if pc.subject == cc.subject && pc.key == cc.key {
+                return Ok(Some(format!(
+                    "CA {:?} is in both --peer-trusted-ca-file {p} and --trusted-ca-file {c}",
+                    pc.name
+                )));
+            }
+            if cc.issuer == pc.subject {
+                return Ok(Some(format!(
+                    "client CA {:?} (--trusted-ca-file {c}) was issued by peer CA {:?} (--peer-trusted-ca-file {p})",
+                    cc.name, pc.name
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// What [`shared_ca`] compares of a CA certificate.
+struct CaFacts {
+    subject: Vec<u8>,
+    issuer: Vec<u8>,
+    key: Vec<u8>,
+    name: String,
 }
 
 fn peer_ca(tls: &PeerTls) -> Result<&Path, TlsError> {
@@ -522,7 +609,8 @@ pub fn start_peer(tls: &Option<PeerTls>) -> Result<Option<PeerSides>, TlsError> 
         io::set_dialer(None);
         return Ok(None);
     };
-    let paths = tls.files.paths();
+    let mut paths = tls.files.paths();
+    paths.extend(tls.client_ca.clone());
     let server_tls = tls.clone();
     let server = Reloading::start("peer port", paths.clone(), move || {
         peer_server_config(&server_tls)
@@ -570,6 +658,70 @@ mod tests {
         assert!(server_name("[::1]:2380").is_ok());
         assert!(server_name("m1.example:2380").is_ok());
         assert!(server_name("bad name:1").is_err());
+    }
+
+    #[test]
+    fn a_peer_ca_that_is_or_signed_the_client_ca_is_found() {
+        use generate::Authority;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, ca: &Authority| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, ca.pem()).unwrap();
+            path
+        };
+        let peer = Authority::new("peer CA").unwrap();
+        let client = Authority::new("client CA").unwrap();
+        let under_peer = peer.intermediate("client CA under the peer CA").unwrap();
+        let (p, c, u) = (
+            write("p.pem", &peer),
+            write("c.pem", &client),
+            write("u.pem", &under_peer),
+        );
+        assert_eq!(shared_ca(&p, &c).unwrap(), None);
+        let same = shared_ca(&p, &p).unwrap().expect("the same CA");
+        assert!(same.contains("is in both"), "{same}");
+        let signed = shared_ca(&p, &u)
+            .unwrap()
+            .expect("a client CA the peer CA signed");
+        assert!(signed.contains("was issued by peer CA"), "{signed}");
+        // A bundle: one shared certificate among others is enough.
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, format!("{}{}", client.pem(), peer.pem())).unwrap();
+        assert!(shared_ca(&p, &bundle).unwrap().is_some());
+    }
+
+    #[test]
+    fn peer_trust_refuses_a_shared_ca_unless_members_are_pinned_or_the_risk_accepted() {
+        use generate::{Authority, Validity};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::new("one CA").unwrap();
+        let day = Validity::For(Duration::from_secs(3600));
+        let files = ca
+            .write(dir.path(), "m1", "m1", &["127.0.0.1"], day)
+            .unwrap();
+        let mut tls = PeerTls {
+            files: files.clone(),
+            allowed_cn: None,
+            allowed_hostname: None,
+            client_ca: files.ca.clone(),
+            shared_ca_ok: false,
+        };
+        let e = check_peer_trust(&tls).unwrap_err().to_string();
+        assert!(
+            e.contains("--peer-allowed-cn") && e.contains("--insecure-peer-shared-ca"),
+            "{e}"
+        );
+        tls.allowed_hostname = Some("127.0.0.1".into());
+        assert!(check_peer_trust(&tls).is_ok());
+        tls.allowed_hostname = None;
+        tls.shared_ca_ok = true;
+        assert!(check_peer_trust(&tls).is_ok());
+        tls.shared_ca_ok = false;
+        tls.client_ca = None;
+        assert!(
+            check_peer_trust(&tls).is_ok(),
+            "no client CA: nothing to compare"
+        );
     }
 
     #[test]

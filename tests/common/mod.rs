@@ -421,33 +421,48 @@ fn tls_config(port: u16) -> ureq::tls::TlsConfig {
     tls_of(port).unwrap_or_default()
 }
 
-/// A test cluster's certificates: a CA, one certificate per member slot (for both ports;
-/// CN `member-<i>`, valid for 127.0.0.1) and a client certificate (CN `client`).
+/// A test cluster's certificates, from two CAs as docs/security.md recommends: the client CA
+/// (`ca.pem`) signs each member slot's client-port certificate (`member-<i>.pem`, CN
+/// `member-<i>`, valid for 127.0.0.1) and the client certificate (CN `client`); the peer CA
+/// (`peer-ca.pem`) signs only the members' peer certificates (`member-<i>-peer.pem`, CN
+/// `member-<i>`).
 pub struct ClusterTls {
     pub dir: PathBuf,
     pub ca: metcd::tls::generate::Authority,
+    pub peer_ca: metcd::tls::generate::Authority,
 }
 
 impl ClusterTls {
     pub fn new(dir: PathBuf) -> Self {
         use metcd::tls::generate::{Authority, Validity};
-        let ca = Authority::new("metcd test CA").expect("CA");
+        let ca = Authority::new("metcd test client CA").expect("CA");
+        let peer_ca = Authority::new("metcd test peer CA")
+            .expect("CA")
+            .with_file("peer-ca.pem");
         let day = Validity::For(Duration::from_secs(24 * 3600));
         for i in 1..=9 {
             let name = format!("member-{i}");
             ca.write(&dir, &name, &name, &["127.0.0.1"], day)
                 .expect("member certificate");
+            peer_ca
+                .write(&dir, &format!("{name}-peer"), &name, &["127.0.0.1"], day)
+                .expect("member peer certificate");
         }
         ca.write(&dir, "client", "client", &["127.0.0.1"], day)
             .expect("client certificate");
-        ClusterTls { dir, ca }
+        ClusterTls { dir, ca, peer_ca }
     }
 
+    /// The client CA.
     pub fn ca_path(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
 
-    /// `(certificate, key)` of `name` (`member-<i>`, `client`).
+    pub fn peer_ca_path(&self) -> PathBuf {
+        self.dir.join("peer-ca.pem")
+    }
+
+    /// `(certificate, key)` of `name` (`member-<i>`, `member-<i>-peer`, `client`).
     pub fn files(&self, name: &str) -> (PathBuf, PathBuf) {
         (
             self.dir.join(format!("{name}.pem")),
@@ -458,15 +473,16 @@ impl ClusterTls {
     /// The TLS flags of member `i`: both ports, client certificates optional.
     pub fn member_flags(&self, i: usize) -> Vec<String> {
         let (cert, key) = self.files(&format!("member-{i}"));
-        let ca = self.ca_path();
+        let (peer_cert, peer_key) = self.files(&format!("member-{i}-peer"));
+        let (ca, peer_ca) = (self.ca_path(), self.peer_ca_path());
         let mut flags = Vec::new();
         for (flag, file) in [
             ("--cert-file", &cert),
             ("--key-file", &key),
             ("--trusted-ca-file", &ca),
-            ("--peer-cert-file", &cert),
-            ("--peer-key-file", &key),
-            ("--peer-trusted-ca-file", &ca),
+            ("--peer-cert-file", &peer_cert),
+            ("--peer-key-file", &peer_key),
+            ("--peer-trusted-ca-file", &peer_ca),
         ] {
             flags.push(flag.to_string());
             flags.push(file.to_string_lossy().into_owned());
