@@ -58,6 +58,17 @@ pub enum Denied {
     Internal(String),
 }
 
+impl From<crate::raft::member_auth::AuthDenial> for Denied {
+    fn from(d: crate::raft::member_auth::AuthDenial) -> Self {
+        use crate::raft::member_auth::AuthDenial as A;
+        match d {
+            A::NoCaller => Denied::NoCredentials,
+            A::NotRoot => Denied::PermissionDenied,
+            A::OldRevision => Denied::OldRevision,
+        }
+    }
+}
+
 /// What a request brings to prove who it is.
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
@@ -218,6 +229,18 @@ impl Caller {
             self.may(Need::Write, key, &[])?;
         }
         Ok(())
+    }
+
+    /// The user and the auth revision its checks were made at, for a membership change to
+    /// carry (`None` while auth is off).
+    pub fn principal(&self) -> Option<crate::raft::member_auth::Principal> {
+        match self {
+            Caller::User { name, view } => Some(crate::raft::member_auth::Principal {
+                user: name.clone(),
+                auth_revision: view.state.revision,
+            }),
+            Caller::Anyone | Caller::Nobody => None,
+        }
     }
 
     pub fn name(&self) -> Option<&str> {

@@ -27,16 +27,18 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
+use super::access::Caller;
 use super::error::ApiError;
 use crate::config::parse_member_url;
 use crate::engine::{Refusal, RevisionError};
 use crate::metrics::{Gauges, dir_size};
+use crate::raft::member_auth::MemberRequest;
 use crate::raft::members::MemberChange;
 use crate::raft::peer_client;
 
@@ -61,20 +63,29 @@ pub async fn members(State(state): Shared) -> Result<Response, ApiError> {
 }
 
 /// `PUT /_members/<id>`, body: the new member's peer URL.
-pub async fn add_member(State(state): Shared, uri: Uri, body: Body) -> Result<Response, ApiError> {
+pub async fn add_member(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    body: Body,
+) -> Result<Response, ApiError> {
     let id = member_id(id_segment(&uri))?;
     let text = small_body(body).await?;
     let url = parse_member_url(&text, state.settings.peer_tls.is_some()).map_err(|e| {
         ApiError::BadRequest(format!("the body must be the new member's peer URL: {e}"))
     })?;
     let learner = flag(uri.query(), "learner")?;
-    change_members(&state, MemberChange::Add { id, url, learner }).await
+    change_members(&state, &caller, MemberChange::Add { id, url, learner }).await
 }
 
 /// `DELETE /_members/<id>`
-pub async fn remove_member(State(state): Shared, uri: Uri) -> Result<Response, ApiError> {
+pub async fn remove_member(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let id = member_id(id_segment(&uri))?;
-    change_members(&state, MemberChange::Remove { id }).await
+    change_members(&state, &caller, MemberChange::Remove { id }).await
 }
 
 /// Any other method on `/_members/<id>`: a bad id is reported first, then the method.
@@ -86,9 +97,13 @@ pub async fn member_method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 /// `POST /_members/<id>/promote`
-pub async fn promote(State(state): Shared, uri: Uri) -> Result<Response, ApiError> {
+pub async fn promote(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let id = member_id(id_segment(&uri))?;
-    change_members(&state, MemberChange::Promote { id }).await
+    change_members(&state, &caller, MemberChange::Promote { id }).await
 }
 
 /// `GET /_leader`
@@ -152,7 +167,10 @@ pub async fn alarms(State(state): Shared) -> Result<Response, ApiError> {
 }
 
 /// `DELETE /_alarms`
-pub async fn disarm(State(state): Shared) -> Result<Response, ApiError> {
+pub async fn disarm(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
     state.node.check_running()?;
     let raised = state.engine.alarms()?;
     for member in &raised {
@@ -160,7 +178,10 @@ pub async fn disarm(State(state): Shared) -> Result<Response, ApiError> {
             member: *member,
             active: false,
         };
-        state.node.propose(op).await?;
+        let result = state.node.propose(caller.guard(op)).await?;
+        if let Some(r) = result.refused {
+            return Err(r.into());
+        }
     }
     Ok(Json(json!({ "disarmed": raised })).into_response())
 }
@@ -202,8 +223,18 @@ async fn small_body(body: Body) -> Result<String, ApiError> {
         .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))
 }
 
-async fn change_members(state: &AppState, change: MemberChange) -> Result<Response, ApiError> {
-    let json = peer_client::execute(&state.admin, change, 0).await?;
+/// Executes a membership change for `caller` (who travels with it to the leader and into the
+/// committed entry, where auth checks it again).
+async fn change_members(
+    state: &AppState,
+    caller: &Caller,
+    change: MemberChange,
+) -> Result<Response, ApiError> {
+    let request = MemberRequest {
+        change,
+        by: caller.principal(),
+    };
+    let json = peer_client::execute(&state.admin, request, 0).await?;
     let mut resp = (StatusCode::OK, json).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

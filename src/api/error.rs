@@ -50,6 +50,10 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A membership change auth refused answers as any request auth refuses.
+        if let ApiError::Admin(AdminError::Denied(d)) = self {
+            return ApiError::Denied(d.into()).into_response();
+        }
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound | ApiError::NoSuchPath(_) | ApiError::LeaseNotFound(_) => {

@@ -164,10 +164,7 @@ fn decode_key(raw_key: &str, max_key: usize) -> Result<Vec<u8>, ApiError> {
 
 /// A PUT or DELETE: 204 with the revision once applied; a DELETE of an absent key is 404.
 async fn write(state: &AppState, op: Op) -> Result<Response, ApiError> {
-    let delete = match &op {
-        Op::Checked { op, .. } => matches!(**op, Op::Delete { .. }),
-        op => matches!(op, Op::Delete { .. }),
-    };
+    let delete = matches!(op.unchecked(), Op::Delete { .. });
     let result = state.node.propose(op).await?;
     if let Some(refused) = result.refused {
         return Err(refused.into());

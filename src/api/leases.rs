@@ -72,7 +72,11 @@ pub(super) fn new_lease_id() -> Result<u64, ApiError> {
     Ok((drawn >> 1).max(1))
 }
 
-pub async fn grant(State(state): Shared, body: Body) -> Result<Response, ApiError> {
+pub async fn grant(
+    State(state): Shared,
+    axum::Extension(caller): axum::Extension<super::access::Caller>,
+    body: Body,
+) -> Result<Response, ApiError> {
     state.node.check_running()?;
     let body = keys::read_value(body, 4096).await?;
     let req: Grant = serde_json::from_slice(&body).map_err(|e| {
@@ -98,18 +102,25 @@ pub async fn grant(State(state): Shared, body: Body) -> Result<Response, ApiErro
         id => id,
     };
     state.check_quota().await?;
-    let result = state.node.propose(Op::LeaseGrant { id, ttl }).await?;
+    let result = state
+        .node
+        .propose(caller.guard(Op::LeaseGrant { id, ttl }))
+        .await?;
     propose_error(&result)?;
     Ok(Json(json!({ "id": id, "ttl": ttl })).into_response())
 }
 
 pub async fn keep_alive(
     State(state): Shared,
+    axum::Extension(caller): axum::Extension<super::access::Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     state.node.check_running()?;
     let id = lease_id(&id)?;
-    let result = state.node.propose(Op::LeaseKeepAlive { id }).await?;
+    let result = state
+        .node
+        .propose(caller.guard(Op::LeaseKeepAlive { id }))
+        .await?;
     propose_error(&result)?;
     Ok(Json(json!({ "id": id, "ttl": result.ttl })).into_response())
 }

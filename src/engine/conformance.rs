@@ -218,6 +218,30 @@ fn auth_changes_are_state_and_travel_in_snapshots(s: &KvStore, dst: &KvStore) {
         Some(Refusal::Auth(AuthRefusal::OldRevision))
     );
     assert_eq!(s.revision(), rev + 1, "the refused write changed nothing");
+
+    // An auth change checked at the current revision applies and is seen at once; one
+    // checked before the last change is refused.
+    let checked_auth = |index, at, role: &str| {
+        op(
+            index,
+            Op::Checked {
+                auth_revision: at,
+                op: Box::new(Op::Auth(Box::new(AuthOp::RoleAdd { name: role.into() }))),
+            },
+        )
+    };
+    let at = s.auth().unwrap().state.revision;
+    let results = s.apply(&[checked_auth(15, at, "checked")]).unwrap();
+    assert_eq!(results[0].as_ref().and_then(|r| r.refused), None);
+    let view = s.auth().unwrap();
+    assert!(view.roles.contains_key("checked"), "the change is seen");
+    assert_eq!(view.state.revision, at + 1);
+    let results = s.apply(&[checked_auth(16, at, "stale")]).unwrap();
+    assert_eq!(
+        results[0].as_ref().and_then(|r| r.refused),
+        Some(Refusal::Auth(AuthRefusal::OldRevision))
+    );
+    assert!(!s.auth().unwrap().roles.contains_key("stale"));
 }
 
 fn digest(s: &KvStore) -> Vec<u8> {

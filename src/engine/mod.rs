@@ -336,9 +336,10 @@ pub enum Op {
     },
     /// A change to users, roles, permissions or auth itself ([`auth`]).
     Auth(Box<auth::AuthOp>),
-    /// A write whose permissions were checked against auth revision `auth_revision`: applied
-    /// only if users and roles are still at that revision, else refused (etcd's "revision of
-    /// auth store is old"), so no write outlives a revocation applied before it.
+    /// A change whose permissions were checked against auth revision `auth_revision` (a key
+    /// write, compaction, lease, alarm or auth change): applied only if users and roles are
+    /// still at that revision, else refused (etcd's "revision of auth store is old"), so no
+    /// change outlives a revocation applied before it.
     Checked {
         auth_revision: u64,
         op: Box<Op>,
@@ -346,6 +347,14 @@ pub enum Op {
 }
 
 impl Op {
+    /// The op itself, out of the auth check it may be wrapped in.
+    pub fn unchecked(&self) -> &Op {
+        match self {
+            Op::Checked { op, .. } => op.unchecked(),
+            op => op,
+        }
+    }
+
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Op {
         Op::Put {
             key: key.into(),

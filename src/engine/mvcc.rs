@@ -915,7 +915,10 @@ impl KvStore {
             headers.update(&k, h);
         }
         *self.meta.write() = meta;
-        if batch.iter().any(|e| matches!(e.op, Some(Op::Auth(_)))) {
+        if batch
+            .iter()
+            .any(|e| matches!(e.op.as_ref().map(Op::unchecked), Some(Op::Auth(_))))
+        {
             *self.auth.write() = None;
         }
         // Injected: a batch the fan-out loses; watchers must notice the gap and read history.

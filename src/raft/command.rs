@@ -17,7 +17,9 @@
 //!          0x0c | member u64 | active u8 (raise or clear a member's space alarm)
 //!          0x0d | JSON of an `AuthOp` (users, roles, permissions, auth on/off; passwords
 //!                 only as hashes)
-//!          0x0e | auth_revision u64 | a write as above (applied only at that auth revision)
+//!          0x0e | auth_revision u64 | a write as above (applied only at that auth revision;
+//!                 any kind but a lease clock tick: key writes, compaction, lease grant,
+//!                 keepalive and revoke, alarms and auth changes)
 //!          0x10 | count u32 | (member id u64 | incarnation u64) * count
 //!                 (members' incarnations, recorded by the leader; not a client write)
 //! context: proposer member id u64 | proposal id u64
@@ -313,17 +315,9 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
                 .split_at_checked(8)
                 .ok_or(DecodeError("short checked write"))?;
             let op = decode(inner)?;
-            // Only the writes a client's permissions decide are checked; a lease tick, grant
-            // or keepalive inside one would slip past the checks made on their own tags.
-            if !matches!(
-                op,
-                Op::Put { .. }
-                    | Op::Delete { .. }
-                    | Op::DeleteRange { .. }
-                    | Op::Txn(_)
-                    | Op::LeaseRevoke { .. }
-                    | Op::Compact { .. }
-            ) {
+            // Only what a client's permissions decide is checked; a lease clock tick (the
+            // leader's own) inside one would slip past the checks made on its own tag.
+            if !is_checked_kind(&op) {
                 return Err(DecodeError(
                     "a checked write of a kind that is never checked",
                 ));
@@ -387,10 +381,32 @@ pub fn leader_only(data: &[u8]) -> bool {
     data.first() == Some(&LEASE_TICK)
 }
 
-/// Whether the entry grants or renews a lease: its expiry is set from the lease clock when it
-/// is applied.
+/// Whether the entry grants or renews a lease (also inside a checked write): its expiry is set
+/// from the lease clock when it is applied.
 pub fn renews_lease(data: &[u8]) -> bool {
-    matches!(data.first(), Some(&LEASE_GRANT | &LEASE_KEEPALIVE))
+    let tag = match data.first() {
+        Some(&CHECKED) => data.get(9),
+        first => first,
+    };
+    matches!(tag, Some(&LEASE_GRANT | &LEASE_KEEPALIVE))
+}
+
+/// The kinds a checked write may hold: everything a client's permissions decide (key writes,
+/// compaction, leases, alarms, auth changes), never the leader's own lease clock tick.
+fn is_checked_kind(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Put { .. }
+            | Op::Delete { .. }
+            | Op::DeleteRange { .. }
+            | Op::Txn(_)
+            | Op::LeaseRevoke { .. }
+            | Op::Compact { .. }
+            | Op::LeaseGrant { .. }
+            | Op::LeaseKeepAlive { .. }
+            | Op::Alarm { .. }
+            | Op::Auth(_)
+    )
 }
 
 /// A transaction's longest key or range bound (at least 1) and longest value.
@@ -881,5 +897,54 @@ mod tests {
         };
         assert_eq!(ProposalId::decode(&id.encode()), Some(id));
         assert_eq!(ProposalId::decode(&[1, 2]), None);
+    }
+}
+
+#[cfg(test)]
+mod checked_tests {
+    use super::*;
+    use crate::engine::auth::AuthOp;
+
+    fn checked(op: Op) -> Op {
+        Op::Checked {
+            auth_revision: 5,
+            op: Box::new(op),
+        }
+    }
+
+    #[test]
+    fn privileged_changes_carry_their_auth_revision() {
+        for op in [
+            Op::LeaseGrant { id: 1, ttl: 60 },
+            Op::LeaseKeepAlive { id: 1 },
+            Op::Alarm {
+                member: 2,
+                active: false,
+            },
+            Op::Auth(Box::new(AuthOp::UserChangePassword {
+                name: "ann".into(),
+                password_hash: "h".into(),
+            })),
+            Op::Compact { revision: 3 },
+        ] {
+            let op = checked(op);
+            assert_eq!(decode(&encode(&op)).ok(), Some(op));
+        }
+        // The leader's own clock tick is never a client's.
+        let tick = encode(&checked(Op::LeaseTick { elapsed_ms: 9 }));
+        assert!(decode(&tick).is_err());
+    }
+
+    #[test]
+    fn a_checked_grant_or_keepalive_renews_a_lease() {
+        for op in [
+            Op::LeaseGrant { id: 1, ttl: 60 },
+            Op::LeaseKeepAlive { id: 1 },
+        ] {
+            assert!(renews_lease(&encode(&op)));
+            assert!(renews_lease(&encode(&checked(op))));
+        }
+        assert!(!renews_lease(&encode(&checked(Op::LeaseRevoke { id: 1 }))));
+        assert!(!renews_lease(&encode(&Op::put(b"k".to_vec(), vec![]))));
     }
 }

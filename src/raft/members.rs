@@ -142,29 +142,19 @@ impl MemberChange {
         }
     }
 
-    /// The raft change proposing it.
-    pub fn to_conf_change(&self) -> ConfChangeV2 {
-        let (change_type, context) = match self {
-            MemberChange::Add { url, learner, .. } => {
-                let info = MemberInfo {
-                    url: url.clone(),
-                    hold_learner: *learner,
-                    incarnation: 0,
-                };
-                (
-                    ConfChangeType::AddLearnerNode,
-                    serde_json::to_vec(&info).unwrap_or_default(),
-                )
-            }
-            MemberChange::Promote { .. } => (ConfChangeType::AddNode, Vec::new()),
-            MemberChange::Remove { .. } => (ConfChangeType::RemoveNode, Vec::new()),
+    /// The raft change proposing it, asked by `by` (see [`super::member_auth`]).
+    pub fn to_conf_change(&self, by: Option<&super::member_auth::Principal>) -> ConfChangeV2 {
+        let change_type = match self {
+            MemberChange::Add { .. } => ConfChangeType::AddLearnerNode,
+            MemberChange::Promote { .. } => ConfChangeType::AddNode,
+            MemberChange::Remove { .. } => ConfChangeType::RemoveNode,
         };
         let mut single = ConfChangeSingle::default();
         single.set_change_type(change_type);
         single.node_id = self.id();
         let mut cc = ConfChangeV2::default();
         cc.set_changes(vec![single].into());
-        cc.context = context.into();
+        cc.context = super::member_auth::context(self, by).into();
         cc
     }
 }
@@ -241,6 +231,9 @@ pub enum AdminError {
     /// An answer relayed from the leader: its status code and body.
     #[error("{1}")]
     Relayed(u16, String),
+    /// Auth refused the client who asked (see [`super::member_auth`]).
+    #[error("{0}")]
+    Denied(#[from] super::member_auth::AuthDenial),
 }
 
 impl AdminError {
@@ -254,6 +247,7 @@ impl AdminError {
             AdminError::Unavailable(RequestError::TooManyRequests(_)) => 429,
             AdminError::Unavailable(_) => 503,
             AdminError::Relayed(status, _) => *status,
+            AdminError::Denied(d) => d.status(),
         }
     }
 }
@@ -591,12 +585,12 @@ mod tests {
             url: "http://d:4".into(),
             learner: true,
         };
-        m.apply(&add.to_conf_change());
+        m.apply(&add.to_conf_change(None));
         assert_eq!(m.url_of(4), Some("http://d:4"));
         assert!(m.members[&4].hold_learner);
-        m.apply(&MemberChange::Promote { id: 4 }.to_conf_change());
+        m.apply(&MemberChange::Promote { id: 4 }.to_conf_change(None));
         assert!(!m.members[&4].hold_learner);
-        m.apply(&MemberChange::Remove { id: 1 }.to_conf_change());
+        m.apply(&MemberChange::Remove { id: 1 }.to_conf_change(None));
         assert_eq!(m.peers(4), vec![]);
         assert!(m.removed.contains(&1));
         assert_eq!(Membership::decode(&m.encode()).unwrap(), m);
@@ -640,7 +634,7 @@ mod tests {
         assert_eq!(contact(Some(8), &m, 2, 8), Contact::Reset { recorded: 9 });
         assert_eq!(contact(Some(9), &m, 2, 8), Contact::Reset { recorded: 9 });
         assert_eq!(contact(None, &m, 4, 1), Contact::NotMember);
-        m.apply(&MemberChange::Remove { id: 3 }.to_conf_change());
+        m.apply(&MemberChange::Remove { id: 3 }.to_conf_change(None));
         assert_eq!(contact(Some(5), &m, 3, 5), Contact::Removed);
         assert!(
             !m.record_incarnation(3, 1),
@@ -652,7 +646,7 @@ mod tests {
     fn changes_the_rules_refuse_take_no_effect() {
         let (mut cs, m) = three();
         let refused = |cs: &ConfState, change: MemberChange| {
-            refusal_at_apply(cs, &m, &change.to_conf_change())
+            refusal_at_apply(cs, &m, &change.to_conf_change(None))
         };
         let add = |id: u64, url: &str| MemberChange::Add {
             id,
@@ -681,16 +675,16 @@ mod tests {
         assert_eq!(refused(&cs, MemberChange::Remove { id: 2 }), None);
         let mut removed = m.clone();
         removed.removed.insert(5);
-        let cc = add(5, "http://h:5").to_conf_change();
+        let cc = add(5, "http://h:5").to_conf_change(None);
         assert!(
             refusal_at_apply(&cs, &removed, &cc)
                 .unwrap()
                 .contains("not reused")
         );
-        let mut no_url = add(4, "http://h:4").to_conf_change();
+        let mut no_url = add(4, "http://h:4").to_conf_change(None);
         no_url.context = b"{".to_vec().into();
         assert!(refusal_at_apply(&cs, &m, &no_url).is_some());
-        let mut two = MemberChange::Remove { id: 2 }.to_conf_change();
+        let mut two = MemberChange::Remove { id: 2 }.to_conf_change(None);
         let more = two.changes[0].clone();
         two.changes.push(more);
         assert!(refusal_at_apply(&cs, &m, &two).is_some());

@@ -18,6 +18,7 @@ macro_rules! crash_point {
 
 pub mod command;
 pub mod logger;
+pub mod member_auth;
 pub mod members;
 pub mod node;
 pub mod peer_api;
@@ -61,6 +62,8 @@ pub enum Input {
     /// Decided on the leader; answered once the change is applied here.
     ChangeMembers {
         change: MemberChange,
+        /// The client who asked, with auth on.
+        by: Option<member_auth::Principal>,
         reply: oneshot::Sender<Result<Vec<MemberStatus>, AdminError>>,
     },
     /// Answered once `to` leads (as seen by this member).
@@ -235,14 +238,15 @@ impl NodeHandle {
         }
     }
 
-    /// Asks the leader (this member, if it leads) to change the membership. `NotLeader`
-    /// names the leader to forward to.
+    /// Asks the leader (this member, if it leads) to change the membership for the client
+    /// `by` (with auth on). `NotLeader` names the leader to forward to.
     pub async fn change_members(
         &self,
         change: MemberChange,
+        by: Option<member_auth::Principal>,
     ) -> Result<Vec<MemberStatus>, AdminError> {
         self.admin_call(
-            |reply| Input::ChangeMembers { change, reply },
+            |reply| Input::ChangeMembers { change, by, reply },
             RequestError::WriteTimeout,
         )
         .await

@@ -323,9 +323,9 @@ impl Node {
     fn handle(&mut self, input: Input) -> Result<(), NodeError> {
         match input {
             Input::Propose { op, reply } => self.queue_write(op, reply),
-            Input::ChangeMembers { change, reply } => {
+            Input::ChangeMembers { change, by, reply } => {
                 self.propose_writes();
-                self.change_members(change, reply)
+                self.change_members(change, by, reply)
             }
             Input::TransferLeader { to, reply } => {
                 self.propose_writes();
@@ -597,8 +597,9 @@ impl Node {
 
     /// Applies a membership change to raft, the replicated attributes and the transport,
     /// durably (conf state and membership in one synced write). A change that does not decode,
-    /// that the rules refuse, or that raft refuses, takes no effect: the reason is returned.
-    fn apply_conf_change(&mut self, e: &Entry) -> Result<Option<String>, NodeError> {
+    /// that the rules or auth refuse, or that raft refuses, takes no effect: the reason is
+    /// returned, for the client waiting on it.
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<Option<AdminError>, NodeError> {
         let decoded = if e.get_entry_type() == EntryType::EntryConfChange {
             ConfChange::parse_from_bytes(&e.data).map(members::v2_of)
         } else {
@@ -622,6 +623,14 @@ impl Node {
             members::refusal_at_apply(self.raw.store().conf_state(), &membership, &cc)
         {
             return Ok(Some(self.refuse_change(e.index, why)));
+        }
+        if let Some(denied) = self.change_denied(&cc)? {
+            self.skip_entry(
+                e.index,
+                None,
+                &format!("membership change refused: {denied}"),
+            );
+            return Ok(Some(denied.into()));
         }
         let cs = match self.raw.apply_conf_change(&cc) {
             Ok(cs) => cs,

@@ -47,7 +47,8 @@ use tracing::{debug, info, warn};
 
 use super::NodeHandle;
 use super::command::{self, ProposalId};
-use super::members::{ClusterInfo, Contact, MemberChange, Membership};
+use super::member_auth::MemberRequest;
+use super::members::{ClusterInfo, Contact, Membership};
 use super::peer_client::{self, AdminCtx};
 use super::reset_check::ResetCheck;
 use super::snapshot::{Incoming, SnapshotError, SnapshotStore};
@@ -595,7 +596,7 @@ async fn admin(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Body) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(peer_client::MAX_HOPS);
-    let change: MemberChange = match axum::body::to_bytes(body, 64 << 10)
+    let request: MemberRequest = match axum::body::to_bytes(body, 64 << 10)
         .await
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -603,7 +604,7 @@ async fn admin(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Body) 
         Ok(c) => c,
         Err(e) => return bad(format!("bad membership request: {e}")),
     };
-    match peer_client::execute(&api.admin, change, hops).await {
+    match peer_client::execute(&api.admin, request, hops).await {
         Ok(json) => (StatusCode::OK, json),
         Err(e) => {
             let status =

@@ -1,6 +1,6 @@
 //! Calls to another member's peer port outside the raft streams: a starting member's probe
 //! (`GET /raft/membership`), a joining member's search for the leader's view, and a membership
-//! request forwarded to the leader (`POST /raft/admin`).
+//! request forwarded to the leader (`POST /raft/admin`) with the client who asked.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use parking_lot::RwLock;
 
-use super::members::{AdminError, ClusterInfo, MemberChange, Membership};
+use super::member_auth::{AuthDenial, MemberRequest};
+use super::members::{AdminError, ClusterInfo, Membership};
 use super::transport::{self, CLUSTER_HEADER, FROM_HEADER, TransportError};
 use super::{NodeHandle, RequestError};
 
@@ -27,14 +28,15 @@ pub struct AdminCtx {
 /// Answers the JSON list of members once the change is applied.
 pub async fn execute(
     ctx: &AdminCtx,
-    change: MemberChange,
+    request: MemberRequest,
     hops: u32,
 ) -> Result<String, AdminError> {
+    let MemberRequest { change, by } = &request;
     // A new leader refuses changes until it has applied its log (raft allows one pending
     // change and counts its unapplied tail as one); that takes a few milliseconds.
     let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
     for _attempt in 0..64 {
-        match ctx.node.change_members(change.clone()).await {
+        match ctx.node.change_members(change.clone(), by.clone()).await {
             Ok(members) => {
                 return Ok(serde_json::json!({ "members": members }).to_string());
             }
@@ -64,9 +66,11 @@ pub async fn execute(
                 };
                 let authority = crate::config::authority_of(&url).to_string();
                 let (status, body) =
-                    forward(&authority, &ctx.cluster_id, ctx.id, hops + 1, &change).await?;
+                    forward(&authority, &ctx.cluster_id, ctx.id, hops + 1, &request).await?;
                 return if (200..300).contains(&status) {
                     Ok(body)
+                } else if let Some(denied) = AuthDenial::from_answer(status, &body) {
+                    Err(denied.into())
                 } else {
                     Err(AdminError::Relayed(status, body.trim_end().to_string()))
                 };
@@ -186,16 +190,16 @@ pub async fn fetch_leader_view(
     last_info.ok_or(last_error)
 }
 
-/// Forwards a membership request to the leader's peer port; the leader's answer (status and
-/// text) is relayed as it is.
+/// Forwards a membership request, with the client who asked, to the leader's peer port; the
+/// leader's answer (status and text) is relayed as it is.
 pub async fn forward(
     leader_authority: &str,
     cluster_id: &str,
     from: u64,
     hops: u32,
-    change: &MemberChange,
+    request: &MemberRequest,
 ) -> Result<(u16, String), AdminError> {
-    let body = serde_json::to_vec(change).unwrap_or_default();
+    let body = serde_json::to_vec(request).unwrap_or_default();
     let headers = [
         (CLUSTER_HEADER, cluster_id.to_string()),
         (FROM_HEADER, from.to_string()),

@@ -12,10 +12,17 @@ use crate::engine::Op;
 use crate::engine::auth::{AuthOp, PermKind, Permission};
 
 impl Grpc {
-    /// Proposes an auth change; etcd's error if it was refused at apply.
-    async fn auth_change(&self, op: AuthOp) -> Result<Option<rpc::ResponseHeader>, Status> {
+    /// Proposes an auth change for `caller`, bound to the auth revision its root check was
+    /// made at (refused when applied if users or roles changed since, as key writes are);
+    /// etcd's error if it was refused at apply.
+    async fn auth_change(
+        &self,
+        caller: &Caller,
+        op: AuthOp,
+    ) -> Result<Option<rpc::ResponseHeader>, Status> {
         self.state.node.check_running()?;
-        let result = self.state.node.propose(Op::Auth(Box::new(op))).await?;
+        let op = caller.guard(Op::Auth(Box::new(op)));
+        let result = self.state.node.propose(op).await?;
         if let Some(r) = result.refused {
             return Err(r.into());
         }
@@ -71,7 +78,7 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthEnableRequest>,
     ) -> Result<Response<rpc::AuthEnableResponse>, Status> {
-        self.auth_admin(&request).await?;
+        let caller = self.auth_admin(&request).await?;
         // The secret that signs this cluster's tokens, drawn by the member that enables auth.
         let mut secret = Vec::with_capacity(32);
         for _ in 0..4 {
@@ -79,7 +86,7 @@ impl rpc::auth_server::Auth for Grpc {
                 crate::raft::storage::random_id().map_err(|e| Status::internal(e.to_string()))?;
             secret.extend_from_slice(&n.to_be_bytes());
         }
-        let header = self.auth_change(AuthOp::Enable { secret }).await?;
+        let header = self.auth_change(&caller, AuthOp::Enable { secret }).await?;
         Ok(Response::new(rpc::AuthEnableResponse { header }))
     }
 
@@ -87,8 +94,8 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthDisableRequest>,
     ) -> Result<Response<rpc::AuthDisableResponse>, Status> {
-        self.auth_admin(&request).await?;
-        let header = self.auth_change(AuthOp::Disable).await?;
+        let caller = self.auth_admin(&request).await?;
+        let header = self.auth_change(&caller, AuthOp::Disable).await?;
         Ok(Response::new(rpc::AuthDisableResponse { header }))
     }
 
@@ -127,7 +134,7 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthUserAddRequest>,
     ) -> Result<Response<rpc::AuthUserAddResponse>, Status> {
-        self.auth_admin(&request).await?;
+        let caller = self.auth_admin(&request).await?;
         let r = request.into_inner();
         let no_password = r.options.is_some_and(|o| o.no_password);
         let password_hash = match no_password {
@@ -135,10 +142,13 @@ impl rpc::auth_server::Auth for Grpc {
             false => Some(hash(r.password).await?),
         };
         let header = self
-            .auth_change(AuthOp::UserAdd {
-                name: r.name,
-                password_hash,
-            })
+            .auth_change(
+                &caller,
+                AuthOp::UserAdd {
+                    name: r.name,
+                    password_hash,
+                },
+            )
             .await?;
         Ok(Response::new(rpc::AuthUserAddResponse { header }))
     }
@@ -168,8 +178,12 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthUserListRequest>,
     ) -> Result<Response<rpc::AuthUserListResponse>, Status> {
-        self.auth_admin(&request).await?;
+        let caller = self.auth_admin(&request).await?;
         let view = self.auth_view().await?;
+        // A read: refused if users or roles changed since its check (etcd's rule).
+        caller
+            .still_current(&self.state.access)
+            .map_err(status::denied)?;
         Ok(Response::new(rpc::AuthUserListResponse {
             header: self.current_header(),
             users: view.users.keys().cloned().collect(),
@@ -180,9 +194,11 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthUserDeleteRequest>,
     ) -> Result<Response<rpc::AuthUserDeleteResponse>, Status> {
-        self.auth_admin(&request).await?;
+        let caller = self.auth_admin(&request).await?;
         let name = request.into_inner().name;
-        let header = self.auth_change(AuthOp::UserDelete { name }).await?;
+        let header = self
+            .auth_change(&caller, AuthOp::UserDelete { name })
+            .await?;
         Ok(Response::new(rpc::AuthUserDeleteResponse { header }))
     }
 
@@ -190,14 +206,17 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthUserChangePasswordRequest>,
     ) -> Result<Response<rpc::AuthUserChangePasswordResponse>, Status> {
-        self.auth_admin(&request).await?;
+        let caller = self.auth_admin(&request).await?;
         let r = request.into_inner();
         let password_hash = hash(r.password).await?;
         let header = self
-            .auth_change(AuthOp::UserChangePassword {
-                name: r.name,
-                password_hash,
-            })
+            .auth_change(
+                &caller,
+                AuthOp::UserChangePassword {
+                    name: r.name,
+                    password_hash,
+                },
+            )
             .await?;
         Ok(Response::new(rpc::AuthUserChangePasswordResponse {
             header,
@@ -208,13 +227,16 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthUserGrantRoleRequest>,
     ) -> Result<Response<rpc::AuthUserGrantRoleResponse>, Status> {
-        self.auth_admin(&request).await?;
+        let caller = self.auth_admin(&request).await?;
         let r = request.into_inner();
         let header = self
-            .auth_change(AuthOp::UserGrantRole {
-                user: r.user,
-                role: r.role,
-            })
+            .auth_change(
+                &caller,
+                AuthOp::UserGrantRole {
+                    user: r.user,
+                    role: r.role,
+                },
+            )
             .await?;
         Ok(Response::new(rpc::AuthUserGrantRoleResponse { header }))
     }
@@ -223,13 +245,16 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthUserRevokeRoleRequest>,
     ) -> Result<Response<rpc::AuthUserRevokeRoleResponse>, Status> {
-        self.auth_admin(&request).await?;
+        let caller = self.auth_admin(&request).await?;
         let r = request.into_inner();
         let header = self
-            .auth_change(AuthOp::UserRevokeRole {
-                user: r.name,
-                role: r.role,
-            })
+            .auth_change(
+                &caller,
+                AuthOp::UserRevokeRole {
+                    user: r.name,
+                    role: r.role,
+                },
+            )
             .await?;
         Ok(Response::new(rpc::AuthUserRevokeRoleResponse { header }))
     }
@@ -238,9 +263,9 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthRoleAddRequest>,
     ) -> Result<Response<rpc::AuthRoleAddResponse>, Status> {
-        self.auth_admin(&request).await?;
+        let caller = self.auth_admin(&request).await?;
         let name = request.into_inner().name;
-        let header = self.auth_change(AuthOp::RoleAdd { name }).await?;
+        let header = self.auth_change(&caller, AuthOp::RoleAdd { name }).await?;
         Ok(Response::new(rpc::AuthRoleAddResponse { header }))
     }
 
@@ -282,8 +307,12 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthRoleListRequest>,
     ) -> Result<Response<rpc::AuthRoleListResponse>, Status> {
-        self.auth_admin(&request).await?;
+        let caller = self.auth_admin(&request).await?;
         let view = self.auth_view().await?;
+        // A read: refused if users or roles changed since its check (etcd's rule).
+        caller
+            .still_current(&self.state.access)
+            .map_err(status::denied)?;
         Ok(Response::new(rpc::AuthRoleListResponse {
             header: self.current_header(),
             roles: view.roles.keys().cloned().collect(),
@@ -294,9 +323,11 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthRoleDeleteRequest>,
     ) -> Result<Response<rpc::AuthRoleDeleteResponse>, Status> {
-        self.auth_admin(&request).await?;
+        let caller = self.auth_admin(&request).await?;
         let name = request.into_inner().role;
-        let header = self.auth_change(AuthOp::RoleDelete { name }).await?;
+        let header = self
+            .auth_change(&caller, AuthOp::RoleDelete { name })
+            .await?;
         Ok(Response::new(rpc::AuthRoleDeleteResponse { header }))
     }
 
@@ -304,7 +335,7 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<rpc::AuthRoleGrantPermissionResponse>, Status> {
-        self.auth_admin(&request).await?;
+        let caller = self.auth_admin(&request).await?;
         let r = request.into_inner();
         let perm = r.perm.ok_or_else(|| {
             status::auth_refusal(crate::engine::auth::AuthRefusal::PermissionNotGiven)
@@ -315,7 +346,7 @@ impl rpc::auth_server::Auth for Grpc {
             range_end: perm.range_end,
         };
         let header = self
-            .auth_change(AuthOp::RoleGrantPermission { role: r.name, perm })
+            .auth_change(&caller, AuthOp::RoleGrantPermission { role: r.name, perm })
             .await?;
         Ok(Response::new(rpc::AuthRoleGrantPermissionResponse {
             header,
@@ -326,14 +357,17 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<rpc::AuthRoleRevokePermissionResponse>, Status> {
-        self.auth_admin(&request).await?;
+        let caller = self.auth_admin(&request).await?;
         let r = request.into_inner();
         let header = self
-            .auth_change(AuthOp::RoleRevokePermission {
-                role: r.role,
-                key: r.key,
-                range_end: r.range_end,
-            })
+            .auth_change(
+                &caller,
+                AuthOp::RoleRevokePermission {
+                    role: r.role,
+                    key: r.key,
+                    range_end: r.range_end,
+                },
+            )
             .await?;
         Ok(Response::new(rpc::AuthRoleRevokePermissionResponse {
             header,

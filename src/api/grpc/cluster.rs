@@ -14,7 +14,9 @@ use serde::Deserialize;
 use tonic::{Request, Response, Status};
 
 use super::{Grpc, rpc, status};
+use crate::api::access::Caller;
 use crate::config::{parse_member_url, parse_url};
+use crate::raft::member_auth::MemberRequest;
 use crate::raft::members::{AdminError, MemberChange, MemberStatus};
 use crate::raft::peer_client;
 
@@ -72,11 +74,16 @@ impl Grpc {
     /// Makes a membership change (on the leader), answering the members after it.
     async fn change(
         &self,
+        caller: &Caller,
         change: MemberChange,
         refused: fn(&str) -> Option<Status>,
     ) -> Result<Vec<MemberStatus>, Status> {
         self.state.node.check_running()?;
-        let json = match peer_client::execute(&self.state.admin, change, 0).await {
+        let request = MemberRequest {
+            change,
+            by: caller.principal(),
+        };
+        let json = match peer_client::execute(&self.state.admin, request, 0).await {
             Ok(json) => json,
             Err(AdminError::Conflict(msg) | AdminError::Relayed(409, msg)) => {
                 return Err(refused(&msg)
@@ -130,7 +137,7 @@ impl rpc::cluster_server::Cluster for Grpc {
         &self,
         request: Request<rpc::MemberAddRequest>,
     ) -> Result<Response<rpc::MemberAddResponse>, Status> {
-        self.admin(&request).await?;
+        let caller = self.admin(&request).await?;
         let r = request.into_inner();
         let [url] = r.peer_ur_ls.as_slice() else {
             return Err(status::member_bad_urls());
@@ -150,7 +157,7 @@ impl rpc::cluster_server::Cluster for Grpc {
             url: url.clone(),
             learner: r.is_learner,
         };
-        let list = self.change(change, add_refused).await?;
+        let list = self.change(&caller, change, add_refused).await?;
         let members = self.members(list).await;
         Ok(Response::new(rpc::MemberAddResponse {
             header: self.current_header(),
@@ -169,10 +176,10 @@ impl rpc::cluster_server::Cluster for Grpc {
         &self,
         request: Request<rpc::MemberRemoveRequest>,
     ) -> Result<Response<rpc::MemberRemoveResponse>, Status> {
-        self.admin(&request).await?;
+        let caller = self.admin(&request).await?;
         let id = request.into_inner().id;
         let list = self
-            .change(MemberChange::Remove { id }, not_enough_started)
+            .change(&caller, MemberChange::Remove { id }, not_enough_started)
             .await?;
         let members = self.members(list).await;
         Ok(Response::new(rpc::MemberRemoveResponse {
@@ -220,10 +227,10 @@ impl rpc::cluster_server::Cluster for Grpc {
         &self,
         request: Request<rpc::MemberPromoteRequest>,
     ) -> Result<Response<rpc::MemberPromoteResponse>, Status> {
-        self.admin(&request).await?;
+        let caller = self.admin(&request).await?;
         let id = request.into_inner().id;
         let list = self
-            .change(MemberChange::Promote { id }, promote_refused)
+            .change(&caller, MemberChange::Promote { id }, promote_refused)
             .await?;
         let members = self.members(list).await;
         Ok(Response::new(rpc::MemberPromoteResponse {

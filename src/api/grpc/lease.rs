@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::rpc;
 use super::{Grpc, Outbound, from_i64, outbound, status, to_i64};
+use crate::api::access::Caller;
 use crate::api::leases::{MAX_TTL, min_ttl, new_lease_id};
 use crate::engine::auth::Need;
 use crate::engine::{Op, Refusal};
@@ -21,9 +22,10 @@ impl Grpc {
         Ok(())
     }
 
-    /// Renews lease `id`: its granted TTL, or 0 if it does not exist.
-    async fn renew(&self, id: u64) -> Result<(u64, u64), Status> {
-        let result = self.state.node.propose(Op::LeaseKeepAlive { id }).await?;
+    /// Renews lease `id` for `caller`: its granted TTL, or 0 if it does not exist.
+    async fn renew(&self, caller: &Caller, id: u64) -> Result<(u64, u64), Status> {
+        let op = caller.guard(Op::LeaseKeepAlive { id });
+        let result = self.state.node.propose(op).await?;
         match result.refused {
             None => Ok((result.ttl, result.revision)),
             Some(Refusal::LeaseNotFound(_)) => Ok((0, result.revision)),
@@ -38,7 +40,7 @@ impl rpc::lease_server::Lease for Grpc {
         &self,
         request: Request<rpc::LeaseGrantRequest>,
     ) -> Result<Response<rpc::LeaseGrantResponse>, Status> {
-        self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         self.state.node.check_running()?;
         if from_i64(r.ttl) > MAX_TTL {
@@ -55,7 +57,11 @@ impl rpc::lease_server::Lease for Grpc {
             id => from_i64(id),
         };
         self.state.check_quota().await?;
-        let result = self.state.node.propose(Op::LeaseGrant { id, ttl }).await?;
+        let result = self
+            .state
+            .node
+            .propose(caller.guard(Op::LeaseGrant { id, ttl }))
+            .await?;
         if let Some(r) = result.refused {
             return Err(r.into());
         }
@@ -119,13 +125,13 @@ impl rpc::lease_server::Lease for Grpc {
                             return;
                         }
                         let id = from_i64(req.id);
-                        this.renew(id)
-                            .await
-                            .map(|(ttl, revision)| rpc::LeaseKeepAliveResponse {
+                        this.renew(&caller, id).await.map(|(ttl, revision)| {
+                            rpc::LeaseKeepAliveResponse {
                                 header: this.header(revision),
                                 id: req.id,
                                 ttl: to_i64(ttl),
-                            })
+                            }
+                        })
                     }
                     // The client closed its side, or the stream broke.
                     Some(Err(_)) | None => return,

@@ -102,10 +102,10 @@ impl rpc::maintenance_server::Maintenance for Grpc {
         let action = AlarmAction::try_from(request.get_ref().action)
             .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm action"))?;
         // Listing needs a user; raising or clearing, root (etcd 3.4.43's rule).
-        match action {
-            AlarmAction::Get => self.caller(&request).await.map(drop)?,
-            _ => self.admin(&request).await.map(drop)?,
-        }
+        let caller = match action {
+            AlarmAction::Get => self.caller(&request).await?,
+            _ => self.admin(&request).await?,
+        };
         let r = request.into_inner();
         self.state.node.check_running()?;
         let kind = rpc::AlarmType::try_from(r.alarm).unwrap_or(rpc::AlarmType::None);
@@ -139,7 +139,10 @@ impl rpc::maintenance_server::Maintenance for Grpc {
                     member: r.member_id,
                     active,
                 };
-                self.state.node.propose(op).await?;
+                let result = self.state.node.propose(caller.guard(op)).await?;
+                if let Some(r) = result.refused {
+                    return Err(r.into());
+                }
                 // etcd answers the alarms the call changed.
                 if was != active {
                     vec![nospace(r.member_id)]

@@ -396,6 +396,7 @@ fn admin_status(e: AdminError) -> Status {
         AdminError::BadRequest(msg) => Status::invalid_argument(format!("etcdserver: {msg}")),
         AdminError::Conflict(msg) => Status::failed_precondition(format!("etcdserver: {msg}")),
         AdminError::LeaderMustMove => status::leader_changed(),
+        AdminError::Denied(d) => status::denied(d.into()),
         AdminError::Relayed(code, msg) => {
             let code = match code {
                 400 => Code::InvalidArgument,

@@ -8,8 +8,9 @@ use raft::eraftpb::EntryType;
 use raft::{StateRole, Storage as _};
 use tracing::info;
 
-use super::{AdminReply, Node, Waiting};
+use super::{AdminReply, Node, NodeError, Waiting};
 use crate::raft::RequestError;
+use crate::raft::member_auth::{self, AuthDenial, Principal};
 use crate::raft::members::{self, AdminError, MemberChange, MemberStatus};
 
 /// A caller waiting for leadership to move: to `target`, or (a hand-off) to anyone else.
@@ -87,20 +88,24 @@ impl Node {
     pub(super) fn change_members(
         &mut self,
         change: MemberChange,
+        by: Option<Principal>,
         reply: AdminReply<Vec<MemberStatus>>,
     ) {
         // A test bypasses the leader's checks to commit a change the rules refuse.
         let checked = if fault_injected!("skip_change_checks") {
             Ok(())
         } else {
-            members::check_change(&self.view(), &change)
+            members::check_change(&self.view(), &change).and_then(|()| self.may_change(&by))
         };
         if let Err(e) = checked {
             let _ = reply.send(Err(e));
             return;
         }
         let (seq, ctx) = self.next_proposal();
-        match self.raw.propose_conf_change(ctx, change.to_conf_change()) {
+        match self
+            .raw
+            .propose_conf_change(ctx, change.to_conf_change(by.as_ref()))
+        {
             Ok(()) => {
                 info!(?change, "proposed membership change");
                 let term = self.raw.raft.term;
@@ -110,6 +115,34 @@ impl Node {
                 let _ = reply.send(Err(self.why_dropped().into()));
             }
         }
+    }
+
+    /// Whether the client `by` may change the membership, by the auth state applied here:
+    /// the leader's check before proposing (a peer cannot do what its client could not).
+    fn may_change(&self, by: &Option<Principal>) -> Result<(), AdminError> {
+        let auth = self
+            .engine
+            .auth()
+            .map_err(|e| AdminError::Unavailable(RequestError::Stopped(e.to_string())))?;
+        match member_auth::auth_refusal(&auth, by.as_ref(), false) {
+            Some(denied) => Err(denied.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Why auth refuses a committed change, checked again at apply against the auth state
+    /// its entry is applied under (the leader's own promotion of a learner needs no caller).
+    pub(super) fn change_denied(
+        &self,
+        cc: &raft::eraftpb::ConfChangeV2,
+    ) -> Result<Option<AuthDenial>, NodeError> {
+        let auth = self.engine.auth()?;
+        let own_promotion = cc
+            .changes
+            .iter()
+            .all(|c| c.get_change_type() == raft::eraftpb::ConfChangeType::AddNode);
+        let by = member_auth::principal_of(cc);
+        Ok(member_auth::auth_refusal(&auth, by.as_ref(), own_promotion))
     }
 
     /// What raft counts as pending (it allows one unapplied change): a real conf change entry
@@ -148,7 +181,7 @@ impl Node {
         let Some(id) = members::learner_to_promote(&self.view()) else {
             return;
         };
-        let cc = MemberChange::Promote { id }.to_conf_change();
+        let cc = MemberChange::Promote { id }.to_conf_change(None);
         match self.raw.propose_conf_change(Vec::new(), cc) {
             Ok(()) => info!(id, "learner caught up; proposed its promotion to voter"),
             Err(e) => tracing::warn!(id, error = %e, "could not propose a learner's promotion"),

@@ -162,16 +162,14 @@ impl Node {
         }
     }
 
-    pub(super) fn answer_member_change(&mut self, owner: ProposalId, refused: Option<String>) {
+    pub(super) fn answer_member_change(&mut self, owner: ProposalId, refused: Option<AdminError>) {
         if owner.member != self.settings.id {
             return;
         }
         if let Some((_, Waiting::Members(reply))) = self.proposals.remove(&owner.seq) {
             let answer = match refused {
                 None => Ok(self.member_statuses()),
-                Some(why) => Err(AdminError::Conflict(format!(
-                    "the change was committed but takes no effect: {why}"
-                ))),
+                Some(e) => Err(e),
             };
             let _ = reply.send(answer);
         }
@@ -192,9 +190,11 @@ impl Node {
     }
 
     /// A committed membership change that takes no effect, on every member alike.
-    pub(super) fn refuse_change(&mut self, index: u64, why: String) -> String {
+    pub(super) fn refuse_change(&mut self, index: u64, why: String) -> AdminError {
         self.skip_entry(index, None, &format!("membership change refused: {why}"));
-        why
+        AdminError::Conflict(format!(
+            "the change was committed but takes no effect: {why}"
+        ))
     }
 
     /// Committed entries not yet applied here.

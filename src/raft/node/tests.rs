@@ -467,7 +467,14 @@ fn a_conf_change_replayed_after_a_restart_is_not_applied_again() {
     c.elect(1);
     let change = |c: &mut Cluster, change: MemberChange| {
         let (reply, mut answer) = oneshot::channel();
-        c.handle(1, Input::ChangeMembers { change, reply });
+        c.handle(
+            1,
+            Input::ChangeMembers {
+                change,
+                by: None,
+                reply,
+            },
+        );
         c.settle();
         let members = answer.try_recv().expect("answered").expect("applied");
         assert!(!members.is_empty());
