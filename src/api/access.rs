@@ -28,7 +28,7 @@ use crate::engine::auth::{AuthView, Need};
 use crate::engine::txn::{KeyRange, Txn, TxnOp};
 use crate::engine::{KvStore, Op};
 
-/// Failures allowed before a login for that user from that address must wait.
+/// Failed logins for a user from one address before the next must wait.
 const FREE_FAILURES: u32 = 3;
 /// The longest wait after repeated failures (it doubles from one second).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -56,6 +56,18 @@ pub enum Denied {
     NotEnabled,
     #[error("{0}")]
     Internal(String),
+}
+
+impl Credential {
+    /// How a stream with this credential is refused once it no longer stands (etcd's errors:
+    /// a token of a deleted user, or of one whose password changed, is invalid).
+    fn revoked(&self) -> Denied {
+        match self.proof {
+            Proof::Token { .. } => Denied::InvalidToken,
+            Proof::Password => Denied::AuthFailed,
+            Proof::Certificate => Denied::PermissionDenied,
+        }
+    }
 }
 
 impl From<crate::raft::member_auth::AuthDenial> for Denied {
@@ -89,7 +101,41 @@ pub enum Caller {
     User {
         name: String,
         view: Arc<AuthView>,
+        /// How it proved who it is: a stream keeps it and checks it again ([`Caller::recheck`]).
+        credential: Credential,
     },
+}
+
+/// The credential a caller was resolved from, as a stream remembers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Credential {
+    pub proof: Proof,
+    /// The user's `since` when it was resolved: who the name stood for (a user deleted and
+    /// added again, or whose password changed, has another).
+    pub since: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proof {
+    /// A token issued at auth revision `revision`, valid until `expiry_ms` (Unix ms).
+    Token { revision: u64, expiry_ms: u64 },
+    /// A user name and password (HTTP Basic).
+    Password,
+    /// A verified client certificate's CN.
+    Certificate,
+}
+
+/// What a stream learns when it checks its caller again (see docs/security.md, "Streams").
+#[derive(Debug)]
+pub enum Recheck {
+    /// Users and roles did not change since the last check.
+    Same,
+    /// They changed and the stream's credential still stands: what its watchers read is
+    /// checked again against this caller.
+    Refreshed(Caller),
+    /// The credential no longer stands (auth was enabled on a stream opened without one; the
+    /// user was deleted, added again or changed its password): every watcher ends.
+    Revoked(Denied),
 }
 
 impl Caller {
@@ -97,7 +143,7 @@ impl Caller {
     pub fn may(&self, need: Need, key: &[u8], range_end: &[u8]) -> Result<(), Denied> {
         match self {
             Caller::Anyone => Ok(()),
-            Caller::User { name, view } if view.permitted(name, need, key, range_end) => Ok(()),
+            Caller::User { name, view, .. } if view.permitted(name, need, key, range_end) => Ok(()),
             Caller::User { .. } | Caller::Nobody => Err(Denied::PermissionDenied),
         }
     }
@@ -106,7 +152,7 @@ impl Caller {
     pub fn admin(&self) -> Result<(), Denied> {
         match self {
             Caller::Anyone => Ok(()),
-            Caller::User { name, view } if view.is_root(name) => Ok(()),
+            Caller::User { name, view, .. } if view.is_root(name) => Ok(()),
             Caller::User { .. } | Caller::Nobody => Err(Denied::PermissionDenied),
         }
     }
@@ -183,27 +229,72 @@ impl Caller {
         }
     }
 
-    /// The caller under the current users and roles, if they changed since this one was
-    /// resolved: a long-lived stream (a watch) checks its ranges again with it.
-    /// A caller resolved while auth was off becomes [`Caller::Nobody`] once it is on, so a
-    /// stream opened without credentials cannot outlive `auth enable`.
-    pub fn refreshed(&self, access: &Access) -> Option<Caller> {
-        let now = access.view().ok()?;
-        let (name, view) = match self {
-            Caller::Anyone => return now.state.enabled.then_some(Caller::Nobody),
-            Caller::Nobody => return None,
-            Caller::User { name, view } => (name, view),
+    /// A stream's check of its caller, made before it serves anything that users or roles
+    /// could have changed (cheap while they did not). The rule (docs/security.md): a stream
+    /// is bound to the credential it was opened with, not to the user's name; it ends when
+    /// that credential no longer stands, and otherwise goes on with the new permissions.
+    pub fn recheck(&self, access: &Access) -> Recheck {
+        let now = match access.view() {
+            Ok(now) => now,
+            Err(e) => return Recheck::Revoked(e),
+        };
+        let (name, view, credential) = match self {
+            Caller::Anyone if now.state.enabled => return Recheck::Revoked(Denied::NoCredentials),
+            Caller::Anyone | Caller::Nobody => return Recheck::Same,
+            Caller::User {
+                name,
+                view,
+                credential,
+            } => (name, view, credential),
         };
         if now.state.revision == view.state.revision && now.state.enabled == view.state.enabled {
-            return None;
+            return Recheck::Same;
         }
-        Some(match now.state.enabled {
-            true => Caller::User {
+        if !now.state.enabled {
+            return Recheck::Refreshed(Caller::Anyone);
+        }
+        match now.users.get(name) {
+            Some(user) if user.since == credential.since => Recheck::Refreshed(Caller::User {
                 name: name.clone(),
                 view: now,
-            },
-            false => Caller::Anyone,
-        })
+                credential: *credential,
+            }),
+            // Deleted, added again, or a new password: the credential is another user's now.
+            _ => Recheck::Revoked(credential.revoked()),
+        }
+    }
+
+    /// Whether a new request on an open stream (a new watcher, a keepalive) is accepted, as
+    /// it would be on a new connection: the stream's credential must still stand, and a
+    /// token must be unexpired and current (etcd's errors otherwise). Refreshes the caller.
+    pub fn admit(&mut self, access: &Access) -> Result<(), Denied> {
+        match self.recheck(access) {
+            Recheck::Same => {}
+            Recheck::Refreshed(now) => *self = now,
+            Recheck::Revoked(denied) => return Err(denied),
+        }
+        if let Caller::User {
+            view,
+            credential:
+                Credential {
+                    proof:
+                        Proof::Token {
+                            revision,
+                            expiry_ms,
+                        },
+                    ..
+                },
+            ..
+        } = self
+        {
+            if *expiry_ms <= now_ms() {
+                return Err(Denied::InvalidToken);
+            }
+            if *revision < view.state.revision {
+                return Err(Denied::OldRevision);
+            }
+        }
+        Ok(())
     }
 
     /// A put of `key` attached to `lease` (0: none): write on the key, and unless root, on
@@ -235,7 +326,7 @@ impl Caller {
     /// carry (`None` while auth is off).
     pub fn principal(&self) -> Option<crate::raft::member_auth::Principal> {
         match self {
-            Caller::User { name, view } => Some(crate::raft::member_auth::Principal {
+            Caller::User { name, view, .. } => Some(crate::raft::member_auth::Principal {
                 user: name.clone(),
                 auth_revision: view.state.revision,
             }),
@@ -310,20 +401,32 @@ impl Access {
         if !view.state.enabled {
             return Ok(Caller::Anyone);
         }
-        let name = if let Some(token) = &creds.token {
-            self.check_token(&view, token)?
+        let (name, proof) = if let Some(token) = &creds.token {
+            let (name, revision, expiry_ms) = self.check_token(&view, token)?;
+            (
+                name,
+                Proof::Token {
+                    revision,
+                    expiry_ms,
+                },
+            )
         } else if let Some((user, password)) = &creds.password {
             self.check_basic(&view, user, password, creds.from).await?;
-            user.clone()
+            (user.clone(), Proof::Password)
         } else if let Some(cn) = &creds.cert_cn {
-            cn.clone()
+            (cn.clone(), Proof::Certificate)
         } else {
             return Err(Denied::NoCredentials);
         };
-        if !view.users.contains_key(&name) {
+        let Some(since) = view.users.get(&name).map(|u| u.since) else {
             return Err(Denied::PermissionDenied);
-        }
-        Ok(Caller::User { name, view })
+        };
+        let credential = Credential { proof, since };
+        Ok(Caller::User {
+            name,
+            view,
+            credential,
+        })
     }
 
     /// Checks a password and issues a token (etcd's Authenticate).
@@ -352,6 +455,7 @@ impl Access {
     /// The user a token names, if it is genuine, unexpired and current (for tests).
     pub fn verify_token(&self, token: &str) -> Result<String, Denied> {
         self.check_token(&*self.view()?, token)
+            .map(|(user, ..)| user)
     }
 
     /// A token for `user` as Authenticate issues it, without a password (for tests).
@@ -359,8 +463,9 @@ impl Access {
         Ok(self.token(&*self.view()?, user))
     }
 
-    /// The user a token names, if it is genuine, unexpired and current.
-    fn check_token(&self, view: &AuthView, token: &str) -> Result<String, Denied> {
+    /// The user a token names, with the auth revision and expiry it was issued with, if it
+    /// is genuine, unexpired and current.
+    fn check_token(&self, view: &AuthView, token: &str) -> Result<(String, u64, u64), Denied> {
         let (claims, tag) = token.rsplit_once('.').ok_or(Denied::InvalidToken)?;
         let tag = unhex(tag).ok_or(Denied::InvalidToken)?;
         let mut m = mac(&view.state.secret);
@@ -387,7 +492,7 @@ impl Access {
         if revision > view.state.revision {
             return Err(Denied::InvalidToken);
         }
-        Ok(user)
+        Ok((user, revision, expiry))
     }
 
     /// A Basic login: checked once, then remembered until the auth state changes.
@@ -446,8 +551,10 @@ impl Access {
             }
             f.count += 1;
             f.last = now;
-            if f.count > FREE_FAILURES {
-                let doublings = (f.count - FREE_FAILURES - 1).min(5);
+            // The attempt that makes FREE_FAILURES failures starts the wait (it is lifted if
+            // this attempt succeeds): the next one, however soon, is not checked.
+            if f.count >= FREE_FAILURES {
+                let doublings = (f.count - FREE_FAILURES).min(5);
                 f.wait_until = now + Duration::from_secs(1 << doublings).min(MAX_BACKOFF);
             }
         }

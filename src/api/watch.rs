@@ -34,7 +34,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use super::access::{Access, Caller};
+use super::access::{Access, Caller, Recheck};
 use super::error::ApiError;
 use super::keys::{REVISION_HEADER, header_value};
 use super::query::{Encoding, Query};
@@ -128,7 +128,8 @@ struct Watcher {
     tx: mpsc::Sender<Bytes>,
     /// The member is stopping: the stream ends.
     closing: tokio::sync::watch::Receiver<bool>,
-    /// Who watches: checked again whenever users or roles change.
+    /// Who watches, bound to the credential it came with: checked again whenever users or
+    /// roles change.
     caller: Caller,
     access: Arc<Access>,
 }
@@ -139,7 +140,8 @@ enum Stop {
     Gone,
     /// History it needs is compacted (the cancel line is sent).
     Compacted,
-    /// The caller may no longer read the range (the cancel line is sent).
+    /// The caller's credential no longer stands, or it may no longer read the range (the
+    /// cancel line is sent).
     Denied,
 }
 
@@ -206,22 +208,28 @@ impl Watcher {
         }
     }
 
-    /// With auth on: once users or roles change, the range is checked again; a watcher that
-    /// may no longer read it ends with `{"canceled": true, "reason": "permission denied"}`
-    /// (etcd checks only when a watch is created).
+    /// With auth on: once users or roles change, the watch's credential is checked again
+    /// ([`Caller::recheck`]); then its range. A watcher whose credential no longer stands, or
+    /// that may no longer read its range, ends with `{"canceled": true, "reason": ...}`
+    /// (etcd's reason: "invalid auth token", "permission denied", ...; etcd checks only when
+    /// a watch is created).
     async fn recheck(&mut self) -> Result<(), Stop> {
-        let Some(caller) = self.caller.refreshed(&self.access) else {
-            return Ok(());
+        let reason = match self.caller.recheck(&self.access) {
+            Recheck::Same => return Ok(()),
+            Recheck::Revoked(denied) => denied.to_string(),
+            Recheck::Refreshed(caller) => {
+                self.caller = caller;
+                let range = KeyRange {
+                    start: self.range.start.clone(),
+                    end: self.range.end.clone(),
+                };
+                match self.caller.may_range(Need::Read, &range) {
+                    Ok(()) => return Ok(()),
+                    Err(denied) => denied.to_string(),
+                }
+            }
         };
-        self.caller = caller;
-        let range = KeyRange {
-            start: self.range.start.clone(),
-            end: self.range.end.clone(),
-        };
-        if self.caller.may_range(Need::Read, &range).is_ok() {
-            return Ok(());
-        }
-        let line = json!({ "canceled": true, "reason": "permission denied" });
+        let line = json!({ "canceled": true, "reason": reason });
         self.send(&[line]).await?;
         Err(Stop::Denied)
     }

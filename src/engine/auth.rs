@@ -123,6 +123,16 @@ pub struct User {
     pub password_hash: Option<String>,
     /// Sorted, without duplicates.
     pub roles: Vec<String>,
+    /// The auth revision at which this user was added or last changed its password: who the
+    /// name stands for since. A stream opened by the user ends when it changes (a user
+    /// deleted and added again under the same name is another user). 0 for users written
+    /// before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub since: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,6 +339,7 @@ fn decide(view: &AuthView, op: &AuthOp) -> std::result::Result<Change, AuthRefus
             let u = User {
                 password_hash: password_hash.clone(),
                 roles: Vec::new(),
+                since: view.state.revision + 1,
             };
             Change::User(name.clone(), Some(u))
         }
@@ -345,6 +356,7 @@ fn decide(view: &AuthView, op: &AuthOp) -> std::result::Result<Change, AuthRefus
         } => {
             let mut u = user(name)?;
             u.password_hash = Some(password_hash.clone());
+            u.since = view.state.revision + 1;
             Change::User(name.clone(), Some(u))
         }
         AuthOp::UserGrantRole {
@@ -451,6 +463,11 @@ impl AuthView {
     /// of that kind, merged, must cover the whole range, so a range that crosses a key the
     /// user may not touch is refused as a whole.
     pub fn permitted(&self, user: &str, need: Need, key: &[u8], range_end: &[u8]) -> bool {
+        // A range that ends before it starts names no key; it is refused rather than passed
+        // as empty, so no engine's reading of it matters.
+        if !range_end.is_empty() && range_end != [0] && range_end < key {
+            return false;
+        }
         let Some(u) = self.users.get(user) else {
             return false;
         };
@@ -517,8 +534,8 @@ mod tests {
         v.users.insert(
             "u".into(),
             User {
-                password_hash: None,
                 roles: vec!["r".into()],
+                ..User::default()
             },
         );
         let perms = perms
@@ -574,6 +591,17 @@ mod tests {
         v.users.get_mut("u").unwrap().roles = vec![ROOT.into()];
         assert!(v.is_root("u"));
         assert!(v.permitted("u", Need::Write, b"", b"\0"));
+    }
+
+    #[test]
+    fn a_range_ending_before_its_key_is_refused() {
+        let v = view(&[("a", "\0", PermKind::ReadWrite)]);
+        assert!(v.permitted("u", Need::Read, b"b", b"c"));
+        assert!(!v.permitted("u", Need::Read, b"c", b"b"));
+        let mut root = v.clone();
+        root.users.get_mut("u").unwrap().roles.push(ROOT.into());
+        assert!(!root.permitted("u", Need::Write, b"c", b"b"));
+        assert!(root.permitted("u", Need::Write, b"c", b"\0"));
     }
 
     #[test]

@@ -99,10 +99,13 @@ impl rpc::auth_server::Auth for Grpc {
         Ok(Response::new(rpc::AuthDisableResponse { header }))
     }
 
+    /// etcd 3.5's rule: with auth enabled, root only (its answer names the cluster, the
+    /// member and the auth revision); anyone while auth is off.
     async fn auth_status(
         &self,
-        _: Request<rpc::AuthStatusRequest>,
+        request: Request<rpc::AuthStatusRequest>,
     ) -> Result<Response<rpc::AuthStatusResponse>, Status> {
+        self.auth_admin(&request).await?;
         let view = self.auth_view().await?;
         Ok(Response::new(rpc::AuthStatusResponse {
             header: self.current_header(),

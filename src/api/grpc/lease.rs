@@ -115,12 +115,10 @@ impl rpc::lease_server::Lease for Grpc {
                 };
                 let answer = match next {
                     Some(Ok(req)) => {
-                        // A stream opened while auth was off ends once it is on.
-                        if let Some(now) = caller.refreshed(&this.state.access) {
-                            caller = now;
-                        }
-                        if matches!(caller, crate::api::access::Caller::Nobody) {
-                            let denied = crate::api::access::Denied::NoCredentials;
+                        // Each keepalive is a new request: the stream's credential must still
+                        // stand (a stream opened while auth was off ends once it is on; a
+                        // stale or expired token, a deleted user, a new password end it).
+                        if let Err(denied) = caller.admit(&this.state.access) {
                             let _ = tx.send(Err(super::status::denied(denied))).await;
                             return;
                         }

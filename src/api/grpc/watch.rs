@@ -28,7 +28,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::mvccpb;
 use super::rpc::{self, watch_create_request::FilterType, watch_request};
-use super::{Grpc, Outbound, from_i64, kv::key_range, outbound, to_i64};
+use super::{Grpc, Outbound, from_i64, kv::key_range, outbound, status, to_i64};
+use crate::api::access::{Caller, Denied, Recheck};
 use crate::engine::watch::{Event, EventKind, Published, WatchRange};
 use crate::engine::{EngineError, KvStore, RevisionError};
 
@@ -72,8 +73,12 @@ struct WatchStream {
     /// A progress request waits for every watcher to be synced.
     progress_wanted: bool,
     tx: mpsc::Sender<Result<rpc::WatchResponse, Status>>,
-    /// Who opened the stream; each watcher's range is checked against it when created.
-    caller: crate::api::access::Caller,
+    /// Who opened the stream, bound to the credential it was opened with; each watcher's
+    /// range is checked against it when created and whenever users or roles change.
+    caller: Caller,
+    /// Why the stream's credential no longer stands, once it does not: every watcher ended,
+    /// and new ones are refused with this.
+    revoked: Option<Denied>,
 }
 
 impl WatchStream {
@@ -96,6 +101,19 @@ impl WatchStream {
     async fn create(&mut self, c: rpc::WatchCreateRequest) -> Result<(), Gone> {
         // Checked against the users and roles of now, not of when the stream opened.
         self.recheck().await?;
+        // A new watcher is a new request: the stream's credential must be one a new request
+        // would be accepted with (etcd's answer otherwise: created and canceled, id -1).
+        let admitted = match &self.revoked {
+            Some(denied) => Err(denied.clone()),
+            None => self.caller.admit(&self.grpc.state.access),
+        };
+        if let Err(denied) = admitted {
+            let mut refused = self.response(-1, self.store.revision());
+            refused.created = true;
+            refused.canceled = true;
+            refused.cancel_reason = status::denied(denied).message().to_string();
+            return self.send(refused).await;
+        }
         let id = if c.watch_id != 0 {
             c.watch_id
         } else {
@@ -154,14 +172,23 @@ impl WatchStream {
         Ok(())
     }
 
-    /// With auth on: once users or roles change, every watcher's range is checked again, and
-    /// those the caller may no longer read are canceled with "permission denied" (etcd checks
-    /// only when a watcher is created).
+    /// With auth on: once users or roles change, the stream's credential is checked again
+    /// ([`Caller::recheck`]). If it no longer stands every watcher is canceled with etcd's
+    /// error for it; else every watcher's range is checked again, and those the caller may no
+    /// longer read are canceled with "permission denied" (etcd checks only at creation).
     async fn recheck(&mut self) -> Result<(), Gone> {
-        let Some(caller) = self.caller.refreshed(&self.grpc.state.access) else {
-            return Ok(());
+        let reason = match self.caller.recheck(&self.grpc.state.access) {
+            Recheck::Same => return Ok(()),
+            Recheck::Refreshed(caller) => {
+                self.caller = caller;
+                None
+            }
+            Recheck::Revoked(denied) => {
+                self.caller = Caller::Nobody;
+                self.revoked = Some(denied.clone());
+                Some(status::denied(denied).message().to_string())
+            }
         };
-        self.caller = caller;
         let refused: Vec<i64> = self
             .watchers
             .iter()
@@ -171,15 +198,16 @@ impl WatchStream {
                     end: w.range.end.clone(),
                 };
                 let need = crate::engine::auth::Need::Read;
-                self.caller.may_range(need, &range).is_err()
+                reason.is_some() || self.caller.may_range(need, &range).is_err()
             })
             .map(|(id, _)| *id)
             .collect();
+        let reason = reason.unwrap_or_else(|| "etcdserver: permission denied".into());
         for id in refused {
             self.watchers.remove(&id);
             let mut canceled = self.response(id, self.store.revision());
             canceled.canceled = true;
-            canceled.cancel_reason = "etcdserver: permission denied".into();
+            canceled.cancel_reason = reason.clone();
             self.send(canceled).await?;
         }
         Ok(())
@@ -432,6 +460,7 @@ impl rpc::watch_server::Watch for Grpc {
             progress_wanted: false,
             tx,
             caller,
+            revoked: None,
         };
         tokio::spawn(stream.run(request.into_inner(), rx));
         Ok(Response::new(outbound(out)))
