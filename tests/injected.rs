@@ -254,3 +254,446 @@ fn a_watcher_reads_history_over_a_batch_the_fan_out_lost() {
     assert_eq!(names, ["w/1", "w/2", "w/3"]);
     assert!(keys.windows(2).all(|w| w[1].1 == w[0].1 + 1), "{keys:?}");
 }
+
+/// Every privileged change races the revocation of its caller's role, and is refused.
+///
+/// Member 3 applies each batch 400 ms late (injected), so its view of users and roles lags the
+/// leader's. For each operation: `boss` (root) gets a token; root revokes boss's root role on
+/// the leader; member 3, still before the revocation (a read with the token shows it), checks
+/// boss's request and lets it through, proposing it bound to the auth revision it checked.
+/// When applied, after the revocation, it is refused with etcd's "revision of auth store is
+/// old", over HTTP and gRPC, forwarded from a follower, and takes no effect. The leaders skip
+/// their own membership checks (injected), so membership changes are refused at apply too.
+#[test]
+fn privileged_changes_racing_a_revocation_are_refused_at_apply() {
+    let mut c = TestCluster::new(3, 11500, &[]);
+    for i in 1..=2 {
+        c.set_member_env(i, &[("FAILPOINTS", "skip_change_checks=return")]);
+        c.start_member(i);
+    }
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    let late = 3;
+    c.set_member_env(late, &[("FAILPOINTS", "before_apply=sleep(400)")]);
+    c.start_member(late);
+    let at_leader = format!("127.0.0.1:{}", c.client_port(leader));
+    for step in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "boss:bosspw"],
+        &["user", "grant-role", "boss", "root"],
+        &["user", "add", "ann:annpw"],
+        &["role", "add", "app"],
+        &["put", "app/old", "v"],
+        &["auth", "enable"],
+    ] {
+        etcdctl_ok(&at_leader, step);
+    }
+    let root = race::basic("root", "rootpw");
+    for i in 1..=3 {
+        use_authorization(c.client_port(i), &root);
+    }
+    // A learner that never starts (to promote and remove) and a lease (to renew and revoke).
+    let r = c.put(leader, "/_members/8?learner=true", "http://127.0.0.1:11598");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c
+        .request(leader, "POST", "/_leases", br#"{"ttl": 600}"#)
+        .unwrap();
+    let lease = serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["id"]
+        .as_u64()
+        .expect("lease id");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut refused = Vec::new();
+    for case in race::HTTP
+        .iter()
+        .map(|c| race::Case::Http(c))
+        .chain(race::GRPC.iter().map(|n| race::Case::Grpc(n)))
+    {
+        race::settle(&c, leader, late);
+        let token = race::login(&c, leader, "boss", "bosspw");
+        etcdctl_ok(
+            &at_leader,
+            &[
+                "--user",
+                "root:rootpw",
+                "user",
+                "revoke-role",
+                "boss",
+                "root",
+            ],
+        );
+        // Member 3 has not applied the revocation: boss is still root there.
+        let probe = http_request(
+            c.client_port(late),
+            "GET",
+            "/_members",
+            &[("authorization", &format!("Bearer {token}"))],
+            b"",
+        )
+        .expect("probe");
+        assert_eq!(
+            probe.status,
+            200,
+            "{case:?}: the race was lost: {}",
+            probe.text()
+        );
+        let answer = match case {
+            race::Case::Http((method, path, body)) => {
+                let path = path.replace("LEASE", &lease.to_string());
+                let r = http_request(
+                    c.client_port(late),
+                    method,
+                    &path,
+                    &[("authorization", &format!("Bearer {token}"))],
+                    body.as_bytes(),
+                )
+                .expect("request");
+                format!("{} {}", r.status, r.text().trim())
+            }
+            race::Case::Grpc(name) => rt.block_on(race::grpc(&c, late, name, &token, lease)),
+        };
+        assert!(
+            answer.contains("revision of auth store is old"),
+            "{case:?} was not refused: {answer}"
+        );
+        refused.push(format!("{case:?}"));
+        etcdctl_ok(
+            &at_leader,
+            &[
+                "--user",
+                "root:rootpw",
+                "user",
+                "grant-role",
+                "boss",
+                "root",
+            ],
+        );
+    }
+    // Nothing took effect.
+    race::settle(&c, leader, late);
+    for i in 1..=3 {
+        for key in ["/app/new", "/app/txn"] {
+            assert_eq!(c.get_serializable(i, key).status, 404, "member {i}: {key}");
+        }
+        assert_eq!(c.get_serializable(i, "/app/old").text(), "v", "member {i}");
+        let members = c.status(i)["members"].as_array().unwrap().clone();
+        assert_eq!(members.len(), 4, "member {i}: {members:?}");
+        assert!(
+            members
+                .iter()
+                .any(|m| m["id"] == 8 && m["role"] == "learner"),
+            "member {i}: {members:?}"
+        );
+        assert_eq!(c.status(i)["compact_revision"], 0, "member {i}");
+        let r = c
+            .request(i, "GET", &format!("/_leases/{lease}"), b"")
+            .unwrap();
+        assert_eq!(r.status, 200, "member {i}: the lease is still there");
+        let alarms = c.request(i, "GET", "/_alarms", b"").unwrap().text();
+        assert!(alarms.contains("NOSPACE"), "member {i}: {alarms}");
+    }
+    let users = etcdctl_ok(&at_leader, &["--user", "root:rootpw", "user", "list"]);
+    assert_eq!(
+        users.split_whitespace().collect::<Vec<_>>(),
+        ["ann", "boss", "root"]
+    );
+    let roles = etcdctl_ok(&at_leader, &["--user", "root:rootpw", "role", "list"]);
+    assert_eq!(
+        roles.split_whitespace().collect::<Vec<_>>(),
+        ["app", "root"]
+    );
+    assert!(refused.len() >= 30, "{refused:?}");
+}
+
+/// The operations of the race above and their plumbing.
+mod race {
+    use super::*;
+    use metcd::api::grpc::pb::etcdserverpb as rpc;
+    use tonic::transport::Channel;
+
+    /// HTTP operations: method, path (`LEASE`: the lease's id), body.
+    pub const HTTP: &[(&str, &str, &str)] = &[
+        ("PUT", "/app/new", "v"),
+        ("DELETE", "/app/old", ""),
+        ("DELETE", "/app/?prefix=true", ""),
+        (
+            "POST",
+            "/_txn",
+            r#"{"success": [{"put": {"key": "app/txn", "value": "v"}}]}"#,
+        ),
+        ("POST", "/_compact", "2"),
+        ("POST", "/_leases", r#"{"ttl": 60}"#),
+        ("POST", "/_leases/LEASE/keepalive", ""),
+        ("DELETE", "/_leases/LEASE", ""),
+        ("DELETE", "/_alarms", ""),
+        ("PUT", "/_members/9?learner=true", "http://127.0.0.1:11599"),
+        ("POST", "/_members/8/promote", ""),
+        ("DELETE", "/_members/8", ""),
+    ];
+
+    /// gRPC operations, by name (see [`grpc`]).
+    pub const GRPC: &[&str] = &[
+        "Put",
+        "DeleteRange",
+        "Txn",
+        "Compact",
+        "LeaseGrant",
+        "LeaseKeepAlive",
+        "LeaseRevoke",
+        "Alarm",
+        "MemberAdd",
+        "MemberPromote",
+        "MemberRemove",
+        "AuthDisable",
+        "UserAdd",
+        "UserDelete",
+        "UserChangePassword",
+        "UserGrantRole",
+        "UserRevokeRole",
+        "RoleAdd",
+        "RoleDelete",
+        "RoleGrantPermission",
+        "RoleRevokePermission",
+    ];
+
+    #[derive(Debug)]
+    pub enum Case {
+        Http(&'static (&'static str, &'static str, &'static str)),
+        Grpc(&'static str),
+    }
+
+    pub fn basic(user: &str, password: &str) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Basic {b64}")
+    }
+
+    pub fn login(c: &TestCluster, at: usize, user: &str, password: &str) -> String {
+        let body = format!(r#"{{"name":"{user}","password":"{password}"}}"#);
+        let r = http_request(
+            c.client_port(at),
+            "POST",
+            "/_auth/authenticate",
+            &[],
+            body.as_bytes(),
+        )
+        .expect("login");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+        v["token"].as_str().expect("token").to_string()
+    }
+
+    /// Waits until the late member has applied all the leader had (and raises the NOSPACE
+    /// alarm the disarm cases need, if it is not).
+    pub fn settle(c: &TestCluster, leader: usize, late: usize) {
+        let alarms = c.request(leader, "GET", "/_alarms", b"").unwrap().text();
+        if !alarms.contains("NOSPACE") {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            let token = login(c, leader, "root", "rootpw");
+            rt.block_on(async {
+                let req = rpc::AlarmRequest {
+                    action: rpc::alarm_request::AlarmAction::Activate as i32,
+                    member_id: 2,
+                    alarm: rpc::AlarmType::Nospace as i32,
+                };
+                rpc::maintenance_client::MaintenanceClient::new(channel(c, leader).await)
+                    .alarm(with_token(req, &token))
+                    .await
+                    .expect("raise an alarm");
+            });
+        }
+        // The leader's log keeps growing (lease clock ticks): what it had applied by now.
+        let target = c.status(leader)["applied_index"].as_u64();
+        c.wait_for(
+            || c.status(late)["applied_index"].as_u64() >= target,
+            CONVERGE_TIMEOUT,
+            "the late member to catch up",
+        );
+    }
+
+    async fn channel(c: &TestCluster, at: usize) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", c.client_port(at)))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut()
+            .insert("token", token.parse().expect("metadata"));
+        req
+    }
+
+    /// Runs gRPC operation `name` at member `at` with `token`; its error message, or "ok".
+    pub async fn grpc(c: &TestCluster, at: usize, name: &str, token: &str, lease: u64) -> String {
+        use rpc::auth_client::AuthClient;
+        use rpc::cluster_client::ClusterClient;
+        use rpc::kv_client::KvClient;
+        use rpc::lease_client::LeaseClient;
+        use rpc::maintenance_client::MaintenanceClient;
+        let ch = channel(c, at).await;
+        macro_rules! t {
+            ($m:expr) => {
+                with_token($m, token)
+            };
+        }
+        let (kv, leases) = (KvClient::new(ch.clone()), LeaseClient::new(ch.clone()));
+        let (mut kv, mut leases) = (kv, leases);
+        let mut cluster = ClusterClient::new(ch.clone());
+        let mut auth = AuthClient::new(ch.clone());
+        let lease = lease as i64;
+        let key = |k: &str| k.as_bytes().to_vec();
+        let outcome: Result<(), tonic::Status> = match name {
+            "Put" => kv
+                .put(t!(rpc::PutRequest {
+                    key: key("app/new"),
+                    value: key("v"),
+                    ..Default::default()
+                }))
+                .await
+                .map(drop),
+            "DeleteRange" => kv
+                .delete_range(t!(rpc::DeleteRangeRequest {
+                    key: key("app/old"),
+                    ..Default::default()
+                }))
+                .await
+                .map(drop),
+            "Txn" => {
+                let put = rpc::RequestOp {
+                    request: Some(rpc::request_op::Request::RequestPut(rpc::PutRequest {
+                        key: key("app/txn"),
+                        value: key("v"),
+                        ..Default::default()
+                    })),
+                };
+                kv.txn(t!(rpc::TxnRequest {
+                    success: vec![put],
+                    ..Default::default()
+                }))
+                .await
+                .map(drop)
+            }
+            "Compact" => kv
+                .compact(t!(rpc::CompactionRequest {
+                    revision: 2,
+                    ..Default::default()
+                }))
+                .await
+                .map(drop),
+            "LeaseGrant" => leases
+                .lease_grant(t!(rpc::LeaseGrantRequest {
+                    ttl: 60,
+                    ..Default::default()
+                }))
+                .await
+                .map(drop),
+            "LeaseKeepAlive" => {
+                let once = futures_util::stream::iter([rpc::LeaseKeepAliveRequest { id: lease }]);
+                match leases.lease_keep_alive(t!(once)).await {
+                    Ok(resp) => resp.into_inner().message().await.map(drop),
+                    Err(e) => Err(e),
+                }
+            }
+            "LeaseRevoke" => leases
+                .lease_revoke(t!(rpc::LeaseRevokeRequest { id: lease }))
+                .await
+                .map(drop),
+            "Alarm" => MaintenanceClient::new(ch.clone())
+                .alarm(t!(rpc::AlarmRequest {
+                    action: rpc::alarm_request::AlarmAction::Deactivate as i32,
+                    member_id: 2,
+                    alarm: rpc::AlarmType::Nospace as i32,
+                }))
+                .await
+                .map(drop),
+            "MemberAdd" => cluster
+                .member_add(t!(rpc::MemberAddRequest {
+                    peer_ur_ls: vec!["http://127.0.0.1:11599".into()],
+                    is_learner: true,
+                }))
+                .await
+                .map(drop),
+            "MemberPromote" => cluster
+                .member_promote(t!(rpc::MemberPromoteRequest { id: 8 }))
+                .await
+                .map(drop),
+            "MemberRemove" => cluster
+                .member_remove(t!(rpc::MemberRemoveRequest { id: 8 }))
+                .await
+                .map(drop),
+            "AuthDisable" => auth
+                .auth_disable(t!(rpc::AuthDisableRequest {}))
+                .await
+                .map(drop),
+            "UserAdd" => auth
+                .user_add(t!(rpc::AuthUserAddRequest {
+                    name: "eve".into(),
+                    password: "evepw".into(),
+                    ..Default::default()
+                }))
+                .await
+                .map(drop),
+            "UserDelete" => auth
+                .user_delete(t!(rpc::AuthUserDeleteRequest { name: "ann".into() }))
+                .await
+                .map(drop),
+            "UserChangePassword" => auth
+                .user_change_password(t!(rpc::AuthUserChangePasswordRequest {
+                    name: "root".into(),
+                    password: "taken".into(),
+                    ..Default::default()
+                }))
+                .await
+                .map(drop),
+            "UserGrantRole" => auth
+                .user_grant_role(t!(rpc::AuthUserGrantRoleRequest {
+                    user: "ann".into(),
+                    role: "root".into(),
+                }))
+                .await
+                .map(drop),
+            "UserRevokeRole" => auth
+                .user_revoke_role(t!(rpc::AuthUserRevokeRoleRequest {
+                    name: "root".into(),
+                    role: "app".into(),
+                }))
+                .await
+                .map(drop),
+            "RoleAdd" => auth
+                .role_add(t!(rpc::AuthRoleAddRequest { name: "new".into() }))
+                .await
+                .map(drop),
+            "RoleDelete" => auth
+                .role_delete(t!(rpc::AuthRoleDeleteRequest { role: "app".into() }))
+                .await
+                .map(drop),
+            "RoleGrantPermission" => auth
+                .role_grant_permission(t!(rpc::AuthRoleGrantPermissionRequest {
+                    name: "app".into(),
+                    perm: Some(metcd::api::grpc::pb::authpb::Permission {
+                        perm_type: 2,
+                        key: key("app/"),
+                        range_end: key("app0"),
+                    }),
+                }))
+                .await
+                .map(drop),
+            "RoleRevokePermission" => auth
+                .role_revoke_permission(t!(rpc::AuthRoleRevokePermissionRequest {
+                    role: "app".into(),
+                    key: key("app/"),
+                    range_end: key("app0"),
+                }))
+                .await
+                .map(drop),
+            other => panic!("no gRPC case {other}"),
+        };
+        match outcome {
+            Ok(()) => "ok".into(),
+            Err(e) => e.message().to_string(),
+        }
+    }
+}
