@@ -306,8 +306,8 @@ fn privileged_changes_racing_a_revocation_are_refused_at_apply() {
     let mut refused = Vec::new();
     for case in race::HTTP
         .iter()
-        .map(|c| race::Case::Http(c))
-        .chain(race::GRPC.iter().map(|n| race::Case::Grpc(n)))
+        .map(race::Case::Http)
+        .chain(race::GRPC.iter().copied().map(race::Case::Grpc))
     {
         race::settle(&c, leader, late);
         let token = race::login(&c, leader, "boss", "bosspw");
@@ -644,7 +644,6 @@ mod race {
                 .user_change_password(t!(rpc::AuthUserChangePasswordRequest {
                     name: "root".into(),
                     password: "taken".into(),
-                    ..Default::default()
                 }))
                 .await
                 .map(drop),
