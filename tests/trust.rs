@@ -4,7 +4,7 @@
 //! route by route and RPC by RPC. (Races between a privileged change and a revocation of its
 //! caller's role are in tests/injected.rs, which can hold a member's apply.)
 //!
-//! Ports: 14000-14999.
+//! Ports: 2000-2999.
 
 mod common;
 
@@ -158,7 +158,7 @@ fn put(c: &TestCluster, key: &str, value: &str) {
 /// (Before, it created watchers, with full history, for as long as it stayed open.)
 #[test]
 fn an_expired_token_opens_no_new_watcher_on_an_open_stream() {
-    let c = TestCluster::start(1, 14000, &["--auth-token-ttl", "2"]);
+    let c = TestCluster::start(1, 2000, &["--auth-token-ttl", "2"]);
     c.wait_leader(LEADER_TIMEOUT);
     set_up_users(&c);
     let ann = token(&c, "ann", "annpw");
@@ -186,7 +186,7 @@ fn an_expired_token_opens_no_new_watcher_on_an_open_stream() {
 /// too. (Before, they went on under the new user's permissions.)
 #[test]
 fn streams_end_when_their_user_changes_password_or_is_replaced() {
-    let c = TestCluster::start(1, 14100, &[]);
+    let c = TestCluster::start(1, 2100, &[]);
     c.wait_leader(LEADER_TIMEOUT);
     set_up_users(&c);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -321,6 +321,8 @@ const HTTP: &[(&str, &str, NoCredentials)] = &[
     ("DELETE", "/app/?prefix=true", Refused),
     ("GET", "/_kv/_k", Refused),
     ("PUT", "/_kv/_k", Refused),
+    // An unknown service path: 404, which says only that it does not exist.
+    ("GET", "/_nope", Open),
 ];
 
 /// A raw gRPC codec: any RPC called with a given body (empty: the default message).
@@ -424,7 +426,7 @@ async fn call_without_credentials(
 /// declares and every RPC in the protos, so a new one must be added here to pass.
 #[test]
 fn without_credentials_only_the_documented_calls_are_open() {
-    let c = TestCluster::start(1, 14200, &[]);
+    let c = TestCluster::start(1, 2200, &[]);
     c.wait_leader(LEADER_TIMEOUT);
     set_up_users(&c);
 
@@ -475,7 +477,7 @@ fn without_credentials_only_the_documented_calls_are_open() {
 /// can still change the membership.
 #[test]
 fn forwarded_membership_changes_are_checked_against_their_client() {
-    let c = TestCluster::start(3, 14300, &[]);
+    let c = TestCluster::start(3, 2300, &[]);
     let leader = c.wait_leader(LEADER_TIMEOUT);
     let e = format!("127.0.0.1:{}", c.client_port(leader));
     let cluster_id = c.status(leader)["cluster_id"]
@@ -511,7 +513,7 @@ fn forwarded_membership_changes_are_checked_against_their_client() {
     });
     let admin = |by: Option<(&str, u64)>| {
         let mut body = serde_json::json!({
-            "op": "add", "id": 9, "url": "http://127.0.0.1:14309", "learner": true
+            "op": "add", "id": 9, "url": "http://127.0.0.1:2309", "learner": true
         });
         if let Some((user, rev)) = by {
             body["by"] = serde_json::json!({ "user": user, "auth_revision": rev });
@@ -547,7 +549,7 @@ fn forwarded_membership_changes_are_checked_against_their_client() {
         "PUT",
         "/_members/9?learner=true",
         &[("authorization", &basic("root", "rootpw"))],
-        b"http://127.0.0.1:14309",
+        b"http://127.0.0.1:2309",
     )
     .expect("add");
     assert_eq!(r.status, 200, "{}", r.text());
