@@ -67,9 +67,24 @@ fn op() -> impl Strategy<Value = Op> {
                 ],
             }))
         }),
-        (bytes(), bytes(), any::<u64>()).prop_map(|(key, value, auth_revision)| Op::Checked {
-            auth_revision,
-            op: Box::new(Op::put(key, value)),
+        (bytes(), bytes(), any::<u64>(), 0u8..5).prop_map(|(key, value, n, kind)| {
+            // Every kind a client's permissions decide may be checked.
+            let op = match kind {
+                0 => Op::put(key, value),
+                1 => Op::LeaseGrant { id: n, ttl: n },
+                2 => Op::LeaseKeepAlive { id: n },
+                3 => Op::Alarm {
+                    member: n,
+                    active: n % 2 == 0,
+                },
+                _ => Op::Auth(Box::new(crate::engine::auth::AuthOp::UserDelete {
+                    name: String::from_utf8_lossy(&key).into_owned(),
+                })),
+            };
+            Op::Checked {
+                auth_revision: n,
+                op: Box::new(op),
+            }
         }),
         (bytes(), bytes(), any::<u8>(), any::<bool>()).prop_map(|(key, range_end, n, grant)| {
             use crate::engine::auth::{AuthOp, PermKind, Permission};
