@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine as _;
-use common::{EtcdCluster, LEADER_TIMEOUT, Lines, TestCluster, etcdctl, etcdctl_ok, http_request};
+use common::{
+    EtcdCluster, LEADER_TIMEOUT, Lines, TestCluster, basic, etcdctl, etcdctl_ok, http_request,
+};
 use serde_json::Value;
 
 /// The etcdctl steps both systems run, in order; each line is one command's arguments.
@@ -129,14 +130,6 @@ fn etcdctl_auth_flow_matches_etcd() {
         SCRIPT.len(),
         differing.join("\n")
     );
-}
-
-fn basic(user: &str, password: &str) -> String {
-    let pair = format!("{user}:{password}");
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    )
 }
 
 /// Sets up auth on member 1 over etcdctl: root, and the users of the matrix.

@@ -289,7 +289,7 @@ fn privileged_changes_racing_a_revocation_are_refused_at_apply() {
     ] {
         etcdctl_ok(&at_leader, step);
     }
-    let root = race::basic("root", "rootpw");
+    let root = basic("root", "rootpw");
     for i in 1..=3 {
         use_authorization(c.client_port(i), &root);
     }
@@ -310,7 +310,7 @@ fn privileged_changes_racing_a_revocation_are_refused_at_apply() {
         .chain(race::GRPC.iter().copied().map(race::Case::Grpc))
     {
         race::settle(&c, leader, late);
-        let token = race::login(&c, leader, "boss", "bosspw");
+        let token = login(c.client_port(leader), "boss", "bosspw");
         etcdctl_ok(
             &at_leader,
             &[
@@ -462,34 +462,13 @@ mod race {
         Grpc(&'static str),
     }
 
-    pub fn basic(user: &str, password: &str) -> String {
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        format!("Basic {b64}")
-    }
-
-    pub fn login(c: &TestCluster, at: usize, user: &str, password: &str) -> String {
-        let body = format!(r#"{{"name":"{user}","password":"{password}"}}"#);
-        let r = http_request(
-            c.client_port(at),
-            "POST",
-            "/_auth/authenticate",
-            &[],
-            body.as_bytes(),
-        )
-        .expect("login");
-        assert_eq!(r.status, 200, "{}", r.text());
-        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
-        v["token"].as_str().expect("token").to_string()
-    }
-
     /// Waits until the late member has applied all the leader had (and raises the NOSPACE
     /// alarm the disarm cases need, if it is not).
     pub fn settle(c: &TestCluster, leader: usize, late: usize) {
         let alarms = c.request(leader, "GET", "/_alarms", b"").unwrap().text();
         if !alarms.contains("NOSPACE") {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
-            let token = login(c, leader, "root", "rootpw");
+            let token = login(c.client_port(leader), "root", "rootpw");
             rt.block_on(async {
                 let req = rpc::AlarmRequest {
                     action: rpc::alarm_request::AlarmAction::Activate as i32,
@@ -517,13 +496,6 @@ mod race {
             .connect()
             .await
             .expect("connect")
-    }
-
-    fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(msg);
-        req.metadata_mut()
-            .insert("token", token.parse().expect("metadata"));
-        req
     }
 
     /// Runs gRPC operation `name` at member `at` with `token`; its error message, or "ok".

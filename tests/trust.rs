@@ -10,10 +10,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{LEADER_TIMEOUT, Lines, TestCluster, etcdctl_ok, http_request};
+use common::{LEADER_TIMEOUT, Lines, TestCluster, basic, etcdctl_ok, http_request, with_token};
 use metcd::api::grpc::pb::etcdserverpb as rpc;
-use serde_json::Value;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 /// Users: root; ann, who reads and writes `app/`; bob, who reads `app/`. Then auth on.
@@ -52,26 +50,9 @@ fn root(c: &TestCluster, args: &[&str]) {
     etcdctl_ok(&endpoint(c), &all);
 }
 
-fn basic(user: &str, password: &str) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    format!("Basic {b64}")
-}
-
-/// A token from `POST /_auth/authenticate`.
+/// A token from `POST /_auth/authenticate` on member 1.
 fn token(c: &TestCluster, user: &str, password: &str) -> String {
-    let body = format!(r#"{{"name":"{user}","password":"{password}"}}"#);
-    let r = http_request(
-        c.client_port(1),
-        "POST",
-        "/_auth/authenticate",
-        &[],
-        body.as_bytes(),
-    )
-    .expect("authenticate");
-    assert_eq!(r.status, 200, "{}", r.text());
-    let v: Value = serde_json::from_slice(&r.body).expect("JSON");
-    v["token"].as_str().expect("token").to_string()
+    common::login(c.client_port(1), user, password)
 }
 
 async fn channel(c: &TestCluster) -> Channel {
@@ -80,13 +61,6 @@ async fn channel(c: &TestCluster) -> Channel {
         .connect()
         .await
         .expect("connect")
-}
-
-fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    let value: MetadataValue<_> = token.parse().expect("metadata");
-    req.metadata_mut().insert("token", value);
-    req
 }
 
 /// A gRPC watch stream opened with `token`: send create requests, read answers.

@@ -340,6 +340,31 @@ struct PortTls {
 /// `Authorization` values the harness sends to a port when a request names none.
 static AUTH_PORTS: Mutex<Option<HashMap<u16, String>>> = Mutex::new(None);
 
+/// The `Authorization` value of HTTP Basic for `user` and `password`.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {b64}")
+}
+
+/// A token for `user` from `POST /_auth/authenticate` on the client port `port`.
+pub fn login(port: u16, user: &str, password: &str) -> String {
+    let body = serde_json::json!({ "name": user, "password": password }).to_string();
+    let r = http_request(port, "POST", "/_auth/authenticate", &[], body.as_bytes())
+        .expect("authenticate");
+    assert_eq!(r.status, 200, "login as {user}: {}", r.text());
+    let v: Value = serde_json::from_slice(&r.body).expect("JSON");
+    v["token"].as_str().expect("token").to_string()
+}
+
+/// A gRPC request carrying `token` as etcd's clients send it (metadata `token`).
+pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("token", token.parse().expect("a token is ASCII"));
+    req
+}
+
 /// From now on, requests to `port` without their own `Authorization` header carry `value`.
 pub fn use_authorization(port: u16, value: &str) {
     let mut ports = AUTH_PORTS.lock().unwrap_or_else(|e| e.into_inner());
