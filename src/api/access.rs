@@ -58,18 +58,6 @@ pub enum Denied {
     Internal(String),
 }
 
-impl Credential {
-    /// How a stream with this credential is refused once it no longer stands (etcd's errors:
-    /// a token of a deleted user, or of one whose password changed, is invalid).
-    fn revoked(&self) -> Denied {
-        match self.proof {
-            Proof::Token { .. } => Denied::InvalidToken,
-            Proof::Password => Denied::AuthFailed,
-            Proof::Certificate => Denied::PermissionDenied,
-        }
-    }
-}
-
 impl From<crate::raft::member_auth::AuthDenial> for Denied {
     fn from(d: crate::raft::member_auth::AuthDenial) -> Self {
         use crate::raft::member_auth::AuthDenial as A;
@@ -123,6 +111,18 @@ pub enum Proof {
     Password,
     /// A verified client certificate's CN.
     Certificate,
+}
+
+impl Credential {
+    /// How a stream with this credential is refused once it no longer stands (etcd's errors:
+    /// a token of a deleted user, or of one whose password changed, is invalid).
+    fn revoked(&self) -> Denied {
+        match self.proof {
+            Proof::Token { .. } => Denied::InvalidToken,
+            Proof::Password => Denied::AuthFailed,
+            Proof::Certificate => Denied::PermissionDenied,
+        }
+    }
 }
 
 /// What a stream learns when it checks its caller again (see docs/security.md, "Streams").
