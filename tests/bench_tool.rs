@@ -1,7 +1,7 @@
 //! `metcd-bench`, the load generator, against a real 3-member cluster: it writes what it says
 //! it wrote, counts requests and errors, keeps an open-loop rate, writes its JSON report, runs
 //! the lease and watch workloads (every PUT reaches every watcher once), and fails cleanly on
-//! bad flags or a closed stdout. (Its etcd targets are exercised against a
+//! bad flags or a closed stdout, over TLS as over plain HTTP. (Its etcd targets are exercised against a
 //! real etcd by scripts/compare.sh; the request shapes they send are unit-tested in the tool.)
 //! Ports 13000-13999.
 
@@ -15,8 +15,9 @@ use serde_json::Value;
 const BENCH: &str = env!("CARGO_BIN_EXE_metcd-bench");
 
 fn endpoints(c: &TestCluster) -> String {
+    let scheme = if c.tls().is_some() { "https" } else { "http" };
     (1..=c.size())
-        .map(|i| format!("http://127.0.0.1:{}", c.client_port(i)))
+        .map(|i| format!("{scheme}://127.0.0.1:{}", c.client_port(i)))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -255,4 +256,59 @@ fn lease_and_watch_workloads() {
     // Every PUT went under the watched prefix.
     let listed = c.get(1, "/bw/?prefix=true");
     assert_eq!(listed.status, 200);
+}
+
+/// Over TLS (`https://`, `--cacert`, and a client certificate for `--client-cert-auth`), the
+/// HTTP and gRPC targets and the watch workload run as over plain HTTP; a wrong CA is refused
+/// before the run, with one clear line and status 1.
+#[test]
+fn tls_endpoints_with_a_ca_and_a_client_certificate() {
+    let mut c = TestCluster::new(3, 13500, &["--client-cert-auth"]);
+    c.enable_tls();
+    for i in 1..=3 {
+        c.start_member(i);
+    }
+    c.wait_leader(LEADER_TIMEOUT);
+    let tls = c.tls().expect("tls");
+    let (cert, key) = tls.files("client");
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let (ca, cert, key) = (path(&tls.ca_path()), path(&cert), path(&key));
+    let with = ["--cacert", &ca, "--cert", &cert, "--key", &key];
+    for target in ["metcd", "grpc"] {
+        let args = [
+            &with[..],
+            &["--target", target, "--total", "300", "--clients", "8"],
+        ]
+        .concat();
+        let (r, _) = run(&c, &args);
+        assert_eq!(n(&r, &["requests"]), 300.0, "{target}: {r}");
+        assert_eq!(n(&r, &["errors"]), 0.0, "{target}: {r}");
+    }
+    let watch = [
+        &with[..],
+        &[
+            "--workload",
+            "watch",
+            "--watchers",
+            "6",
+            "--duration",
+            "2",
+            "--clients",
+            "2",
+        ],
+    ]
+    .concat();
+    let (r, _) = run(&c, &watch);
+    assert_eq!(n(&r, &["errors"]), 0.0, "{r}");
+
+    let wrong_ca = path(&tls.peer_ca_path());
+    let out = Command::new(BENCH)
+        .args(["--endpoints", &endpoints(&c), "--total", "10"])
+        .args(["--cacert", &wrong_ca, "--cert", &cert, "--key", &key])
+        .output()
+        .expect("run metcd-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("TLS handshake with 127.0.0.1"), "{stderr}");
+    assert!(stderr.contains("--cacert"), "{stderr}");
 }

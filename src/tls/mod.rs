@@ -621,7 +621,7 @@ pub fn start_peer(tls: &Option<PeerTls>) -> Result<Option<PeerSides>, TlsError> 
 }
 
 /// The TLS name of `host:port` (a DNS name or an IP address, brackets removed).
-fn server_name(authority: &str) -> Result<ServerName<'static>, TlsError> {
+pub fn server_name(authority: &str) -> Result<ServerName<'static>, TlsError> {
     let host = authority
         .rsplit_once(':')
         .map_or(authority, |(host, _)| host)

@@ -1,6 +1,7 @@
 //! The `grpc` target: etcd's v3 gRPC API, spoken the same way to metcd and to etcd (the client
 //! code is generated from metcd's copy of etcd's protos). `--conns` HTTP/2 connections per
 //! endpoint; the clients share them, many requests in flight on each, as etcd's own clients do.
+//! An https:// endpoint's connections are dialled by [`tls::Dialer`] (ALPN `h2`).
 
 use std::time::Instant;
 
@@ -8,28 +9,62 @@ use metcd::api::grpc::pb::etcdserverpb as rpc;
 use rpc::kv_client::KvClient;
 use rpc::lease_client::LeaseClient;
 use rpc::watch_client::WatchClient;
-use tonic::transport::Channel;
+use tonic::codegen::http::Uri;
+use tonic::transport::{Channel, Endpoint};
 
-use super::{Args, Consistency, Job};
+use super::{Args, Consistency, Job, error_text, tls, with_causes};
 
-/// Opens `conns` connections to `authority`.
-pub async fn connect(authority: &str, conns: usize) -> Result<Vec<Channel>, String> {
+/// Opens `conns` connections to `authority`, over TLS when `tls` is given.
+pub async fn connect(
+    authority: &str,
+    tls: Option<&tls::Dialer>,
+    conns: usize,
+) -> Result<Vec<Channel>, String> {
+    // Always an http:// URI: were it https://, a tonic built with a TLS feature (as under
+    // `cargo test`) would add its own TLS on top of ours. The origin says https to the server.
+    let mut endpoint = Channel::from_shared(format!("http://{authority}"))
+        .map_err(|e| e.to_string())?
+        .tcp_nodelay(true);
+    if tls.is_some() {
+        let origin: Uri = format!("https://{authority}")
+            .parse()
+            .map_err(|e| format!("endpoint {authority:?}: {e}"))?;
+        endpoint = endpoint.origin(origin);
+    }
     let mut out = Vec::with_capacity(conns);
     for _ in 0..conns.max(1) {
-        let channel = Channel::from_shared(format!("http://{authority}"))
-            .map_err(|e| e.to_string())?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| format!("connect {authority}: {e}"))?;
-        out.push(channel);
+        let channel = match tls {
+            None => endpoint.connect().await,
+            Some(tls) => connect_tls(&endpoint, authority, tls.clone()).await,
+        };
+        out.push(channel.map_err(|e| format!("connect {authority}: {}", error_text(&e)))?);
     }
     Ok(out)
 }
 
+/// One channel whose connections (and reconnections) `tls` dials.
+async fn connect_tls(
+    endpoint: &Endpoint,
+    authority: &str,
+    tls: tls::Dialer,
+) -> Result<Channel, tonic::transport::Error> {
+    let authority = authority.to_string();
+    let connector = tower::service_fn(move |_: Uri| {
+        let (tls, authority) = (tls.clone(), authority.clone());
+        async move { tls.h2(&authority).await }
+    });
+    endpoint.connect_with_connector(connector).await
+}
+
+/// A failed call: its code and message, and what caused it (tonic's "transport error" alone
+/// hides a refused client certificate, say).
+fn status(e: tonic::Status) -> String {
+    let text = format!("{:?}: {}", e.code(), e.message());
+    with_causes(text, std::error::Error::source(&e))
+}
+
 /// Does one job over `channel`.
 pub async fn send(args: &Args, channel: &Channel, job: &Job) -> Result<(), String> {
-    let status = |e: tonic::Status| format!("{:?}: {}", e.code(), e.message());
     match job {
         Job::Put(key, value) => {
             let req = rpc::PutRequest {
@@ -82,7 +117,7 @@ pub async fn grant(args: &Args, channel: &Channel) -> Result<u64, String> {
     let resp = LeaseClient::new(channel.clone())
         .lease_grant(req)
         .await
-        .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?;
+        .map_err(status)?;
     Ok(resp.into_inner().id as u64)
 }
 
@@ -115,7 +150,7 @@ pub async fn watch(
     let mut stream = WatchClient::new(channel.clone())
         .watch(requests)
         .await
-        .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?
+        .map_err(status)?
         .into_inner();
     let started = Instant::now();
     loop {
@@ -123,14 +158,7 @@ pub async fn watch(
             Ok(Some(r)) if r.created => return Ok((tx, stream)),
             Ok(Some(_)) => {}
             Ok(None) => return Err("the stream ended before it was created".into()),
-            Err(e) => {
-                return Err(format!(
-                    "{:?}: {} after {:?}",
-                    e.code(),
-                    e.message(),
-                    started.elapsed()
-                ));
-            }
+            Err(e) => return Err(format!("{} after {:?}", status(e), started.elapsed())),
         }
     }
 }

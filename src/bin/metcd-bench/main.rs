@@ -13,7 +13,9 @@
 //! Workloads: key-value (`kv`), lease grants and keepalives, and the watch fan-out
 //! ([`watch`]); the lease and watch ones on metcd and the etcd-v3 gateway
 //! (`/v3/lease/grant`, `/v3/lease/keepalive`, `/v3/watch`).
+//! Every target speaks TLS to `https://` endpoints ([`tls`]).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 mod grpc;
+mod tls;
 mod watch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -67,7 +70,8 @@ enum Consistency {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "metcd-bench", version)]
 struct Args {
-    /// Comma-separated base URLs (http://host:port); clients spread over them.
+    /// Comma-separated base URLs (http://host:port, or https:// with --cacert); clients
+    /// spread over them.
     #[arg(long, default_value = "http://127.0.0.1:3379")]
     endpoints: String,
     #[arg(long, value_enum, default_value = "metcd")]
@@ -121,12 +125,23 @@ struct Args {
     /// Seconds between progress lines on stderr (0: none).
     #[arg(long, default_value_t = 5)]
     progress: u64,
+    /// PEM CA certificates that the servers' certificates of https:// endpoints must chain to.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// PEM client certificate (chain) to present to https:// endpoints; needs --key.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long)]
+    key: Option<PathBuf>,
 }
 
 type Conn = Arc<Mutex<Option<SendRequest<Full<Bytes>>>>>;
 
 struct Endpoint {
     authority: String,
+    /// `Some` exactly for an https:// endpoint.
+    tls: Option<tls::Dialer>,
     conns: Vec<Conn>,
     /// The gRPC target's connections.
     channels: Vec<tonic::transport::Channel>,
@@ -174,10 +189,16 @@ async fn run(args: Args) -> Result<(), String> {
     let mut endpoints = parse_endpoints(&args)?;
     if args.target == Target::Grpc {
         for e in &mut endpoints {
-            let channels = grpc::connect(&e.authority, args.conns).await?;
+            let channels = grpc::connect(&e.authority, e.tls.as_ref(), args.conns).await?;
             if let Some(e) = Arc::get_mut(e) {
                 e.channels = channels;
             }
+        }
+    } else {
+        // A certificate problem stops the run here with one error line, as a failed gRPC
+        // connect does, instead of failing every request.
+        for e in endpoints.iter().filter(|e| e.tls.is_some()) {
+            dial(e).await?;
         }
     }
     let args = Arc::new(args);
@@ -249,27 +270,50 @@ async fn run(args: Args) -> Result<(), String> {
     print_report(&out)
 }
 
-/// `--endpoints`: one connection pool per endpoint.
+/// `--endpoints`: one connection pool per endpoint. The TLS flags are refused when no
+/// endpoint is https://, so a run meant to measure TLS cannot silently run without it.
 fn parse_endpoints(args: &Args) -> Result<Vec<Arc<Endpoint>>, String> {
-    args.endpoints
+    let configs = tls::Configs::from_args(args)?;
+    let endpoints = args
+        .endpoints
         .split(',')
-        .map(|u| {
-            let authority = u
-                .trim()
-                .strip_prefix("http://")
-                .ok_or_else(|| format!("endpoint {u:?}: expected http://host:port"))?
-                .trim_end_matches('/')
-                .to_string();
-            let conns = (0..args.conns)
-                .map(|_| Arc::new(Mutex::new(None)))
-                .collect();
-            Ok(Arc::new(Endpoint {
-                authority,
-                conns,
-                channels: Vec::new(),
-            }))
-        })
-        .collect::<Result<_, String>>()
+        .map(|u| endpoint(args, u.trim(), configs.as_ref()))
+        .collect::<Result<Vec<_>, String>>()?;
+    if configs.is_some() && endpoints.iter().all(|e| e.tls.is_none()) {
+        return Err("--cacert, --cert and --key are for https:// endpoints".into());
+    }
+    Ok(endpoints)
+}
+
+/// One endpoint, `http://host:port` or `https://host:port` (which needs `--cacert`).
+fn endpoint(
+    args: &Args,
+    url: &str,
+    configs: Option<&tls::Configs>,
+) -> Result<Arc<Endpoint>, String> {
+    let (authority, tls) = match url.strip_prefix("https://") {
+        Some(rest) => {
+            let configs =
+                configs.ok_or_else(|| format!("endpoint {url:?}: https:// needs --cacert"))?;
+            let authority = rest.trim_end_matches('/');
+            (authority, Some(configs.dialer(authority)?))
+        }
+        None => {
+            let rest = url.strip_prefix("http://").ok_or_else(|| {
+                format!("endpoint {url:?}: expected http://host:port or https://host:port")
+            })?;
+            (rest.trim_end_matches('/'), None)
+        }
+    };
+    let conns = (0..args.conns)
+        .map(|_| Arc::new(Mutex::new(None)))
+        .collect();
+    Ok(Arc::new(Endpoint {
+        authority: authority.to_string(),
+        tls,
+        conns,
+        channels: Vec::new(),
+    }))
 }
 
 /// The run's figures: a summary for people, and JSON (`--json`) for scripts.
@@ -400,7 +444,7 @@ async fn client(
     let lease = if args.workload == Workload::LeaseKeepalive {
         let granted = match &channel {
             Some(ch) => grpc::grant(&args, ch).await,
-            None => grant(&args, &conn, &endpoint.authority).await,
+            None => grant(&args, &conn, &endpoint).await,
         };
         match granted {
             Ok(id) => id,
@@ -437,7 +481,7 @@ async fn client(
             Some(ch) => grpc::send(&args, ch, &job).await,
             None => {
                 let req = request(&args, &endpoint.authority, job.action());
-                send(&conn, &endpoint.authority, req).await.map(|_| ())
+                send(&conn, &endpoint, req).await.map(|_| ())
             }
         };
         match result {
@@ -600,8 +644,9 @@ fn shape(args: &Args, action: Action) -> (&'static str, String, Bytes, Option<&'
 }
 
 /// Grants a lease for a client to renew; returns its id.
-async fn grant(args: &Args, conn: &Conn, authority: &str) -> Result<u64, String> {
-    let body = send(conn, authority, request(args, authority, Action::Grant)).await?;
+async fn grant(args: &Args, conn: &Conn, endpoint: &Endpoint) -> Result<u64, String> {
+    let req = request(args, &endpoint.authority, Action::Grant);
+    let body = send(conn, endpoint, req).await?;
     let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
     // metcd answers a number; etcd's gateway a string ("ID": "7587...").
     let id = v.get("id").or_else(|| v.get("ID"));
@@ -609,28 +654,68 @@ async fn grant(args: &Args, conn: &Conn, authority: &str) -> Result<u64, String>
         .ok_or_else(|| format!("no lease id in {v}"))
 }
 
+/// A new HTTP/1.1 connection to `endpoint`: TCP (no delay), then TLS for https://.
+async fn dial(endpoint: &Endpoint) -> Result<SendRequest<Full<Bytes>>, String> {
+    let authority = &endpoint.authority;
+    let tcp = TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("connect {authority}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    // Two instances of `http1`, so the plain path has no TLS layer at all.
+    match &endpoint.tls {
+        None => http1(TokioIo::new(tcp)).await,
+        Some(tls) => {
+            let stream = tls.http1(tcp, authority).await.map_err(|e| e.to_string())?;
+            http1(TokioIo::new(stream)).await
+        }
+    }
+}
+
+/// hyper's HTTP/1.1 handshake over `io`; the connection runs in its own task.
+async fn http1<T>(io: T) -> Result<SendRequest<Full<Bytes>>, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// `e` and its causes: hyper's and tonic's own messages ("connection error") hide what
+/// failed, such as a TLS alert.
+fn error_text(e: &dyn std::error::Error) -> String {
+    with_causes(e.to_string(), e.source())
+}
+
+/// `text`, then each cause `: `-separated; a cause that repeats the end of the text so far is
+/// left out.
+fn with_causes(mut text: String, mut cause: Option<&(dyn std::error::Error + 'static)>) -> String {
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.ends_with(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Sends on the shared connection (reconnecting if needed); 2xx and 404 (a read of a key not
 /// written yet) count as answered, anything else as an error.
 async fn send(
     conn: &Conn,
-    authority: &str,
+    endpoint: &Endpoint,
     req: hyper::Request<Full<Bytes>>,
 ) -> Result<Bytes, String> {
     let mut slot = conn.lock().await;
     if slot.as_ref().is_none_or(|s| s.is_closed()) {
-        let tcp = TcpStream::connect(authority)
-            .await
-            .map_err(|e| format!("connect {authority}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
-        *slot = Some(sender);
+        *slot = Some(dial(endpoint).await?);
     }
     let sender = slot.as_mut().ok_or("no connection")?;
-    sender.ready().await.map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string());
+    sender.ready().await.map_err(|e| error_text(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| error_text(&e));
     let resp = match resp {
         Ok(r) => r,
         Err(e) => {

@@ -13,8 +13,6 @@ use base64::Engine as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::{Args, Endpoint, Target, b64};
@@ -95,10 +93,9 @@ pub async fn open(
             )));
             continue;
         }
-        let authority = endpoint.authority.clone();
-        let body = subscribe(args.target, &authority)
+        let body = subscribe(args.target, endpoint)
             .await
-            .map_err(|e| format!("watcher {i} on {authority}: {e}"))?;
+            .map_err(|e| format!("watcher {i} on {}: {e}", endpoint.authority))?;
         tasks.push(tokio::spawn(follow(
             body,
             args.target,
@@ -153,15 +150,9 @@ async fn follow_grpc(
 }
 
 /// Starts one watch and reads up to its first line (the created line).
-async fn subscribe(target: Target, authority: &str) -> Result<Lines, String> {
-    let tcp = TcpStream::connect(authority)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
+async fn subscribe(target: Target, endpoint: &Endpoint) -> Result<Lines, String> {
+    let authority = &endpoint.authority;
+    let mut sender = super::dial(endpoint).await?;
     let (method, path, body) = match target {
         Target::Metcd => (
             "GET",
@@ -181,7 +172,10 @@ async fn subscribe(target: Target, authority: &str) -> Result<Lines, String> {
         .header(hyper::header::HOST, authority)
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| super::error_text(&e))?;
     if !resp.status().is_success() {
         return Err(format!("status {}", resp.status()));
     }
@@ -297,7 +291,7 @@ pub async fn resident(args: &Args, endpoints: &[Arc<Endpoint>]) -> Option<u64> {
             .header(hyper::header::HOST, &e.authority)
             .body(Full::new(Bytes::new()))
             .ok()?;
-        let body = super::send(&e.conns[0], &e.authority, req).await.ok()?;
+        let body = super::send(&e.conns[0], e, req).await.ok()?;
         let text = String::from_utf8_lossy(&body);
         let line = text
             .lines()
