@@ -86,6 +86,20 @@ fn past_the_quota_writes_are_refused_until_the_alarm_is_disarmed() {
         "{txn:?}"
     );
     assert_eq!(c.put(2, "/k", "v").status, 507);
+    // A member raises its own alarm at a write that reaches it once it has measured its files
+    // past the quota; it measures once a second, so a write right after the fill may find the
+    // last measure below it.
+    for i in 2..=3 {
+        c.wait_for(
+            || {
+                c.put(i, "/k", "v").status == 507
+                    && etcdctl_ok(&endpoint(&c, 1), &["alarm", "list"])
+                        .contains(&format!("memberID:{i} alarm:NOSPACE"))
+            },
+            Duration::from_secs(10),
+            "the member to raise its own alarm",
+        );
+    }
     let status = etcdctl_ok(&endpoint(&c, 2), &["endpoint", "status", "-w", "json"]);
     assert!(status.contains("memberID:1 alarm:NOSPACE"), "{status}");
     // Reads, deletes and compaction go on.
