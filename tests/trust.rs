@@ -537,3 +537,49 @@ fn forwarded_membership_changes_are_checked_against_their_client() {
     .expect("remove");
     assert_eq!(r.status, 403, "{}", r.text());
 }
+
+/// A range whose end sorts before its key names no key; it is refused at the permission
+/// check (it used to pass as empty), over HTTP and gRPC, for any user, root included.
+#[test]
+fn a_range_ending_before_its_key_is_refused_at_the_check() {
+    let c = TestCluster::start(1, 2400, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    set_up_users(&c);
+    for user in ["ann", "root"] {
+        let pw = format!("{user}pw");
+        let r = http_request(
+            c.client_port(1),
+            "GET",
+            "/app/z?end=app%2Fa",
+            &[("authorization", &basic(user, &pw))],
+            b"",
+        )
+        .expect("range");
+        assert_eq!(r.status, 403, "{user}: {}", r.text());
+        let r = http_request(
+            c.client_port(1),
+            "GET",
+            "/app/a?end=app%2Fz",
+            &[("authorization", &basic(user, &pw))],
+            b"",
+        )
+        .expect("range");
+        assert_eq!(r.status, 200, "{user}: {}", r.text());
+        let tok = token(&c, user, &pw);
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let refused = rt.block_on(async {
+            rpc::kv_client::KvClient::new(channel(&c).await)
+                .range(with_token(
+                    rpc::RangeRequest {
+                        key: b"app/z".to_vec(),
+                        range_end: b"app/a".to_vec(),
+                        ..Default::default()
+                    },
+                    &tok,
+                ))
+                .await
+                .expect_err("refused")
+        });
+        assert_eq!(refused.message(), "etcdserver: permission denied", "{user}");
+    }
+}
