@@ -10,8 +10,10 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, Entry, EntryType, Message, MessageType};
 
 const CLUSTER_HEADER: &str = "X-Metcd-Cluster-Id";
+const PROTOCOL_HEADER: &str = "X-Metcd-Protocol";
 
-/// The headers member `from` sends on its streams: its cluster, id and incarnation.
+/// The headers member `from` sends on its streams: its cluster, id and incarnation (in that
+/// order), and the peer protocol it speaks.
 fn as_member(c: &TestCluster, from: usize) -> Vec<(String, String)> {
     let incarnation = c.status(from)["incarnation"]
         .as_str()
@@ -21,6 +23,7 @@ fn as_member(c: &TestCluster, from: usize) -> Vec<(String, String)> {
         (CLUSTER_HEADER.to_string(), cluster_id(c)),
         ("X-Metcd-From".to_string(), from.to_string()),
         ("X-Metcd-Incarnation".to_string(), incarnation),
+        (PROTOCOL_HEADER.to_string(), "2".to_string()),
     ]
 }
 
@@ -136,7 +139,7 @@ fn streams_must_come_from_a_known_incarnation() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("x-metcd-from"), "{}", r.text());
     let mut headers = as_member(&c, 2);
-    headers.pop();
+    headers.retain(|(k, _)| k != "X-Metcd-Incarnation");
     let r = post_stream_with(&c, 1, &headers, b"");
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("incarnation"), "{}", r.text());
@@ -328,8 +331,9 @@ fn upgraded_stream_refuses_garbage_with_a_closing_line() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let head = format!(
             "POST /raft/stream HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\
-             Upgrade: metcd-raft/1\r\n{CLUSTER_HEADER}: {cluster}\r\nX-Metcd-From: {from}\r\n\
-             X-Metcd-Incarnation: {incarnation}\r\nContent-Length: 0\r\n\r\n"
+             Upgrade: metcd-raft/2\r\n{CLUSTER_HEADER}: {cluster}\r\nX-Metcd-From: {from}\r\n\
+             X-Metcd-Incarnation: {incarnation}\r\n{PROTOCOL_HEADER}: 2\r\n\
+             Content-Length: 0\r\n\r\n"
         );
         s.write_all(head.as_bytes())
             .expect("send the upgrade request");
@@ -514,4 +518,34 @@ fn a_made_up_peer_incarnation_costs_the_member_nothing() {
         "the member to start again from its data dir",
     );
     assert_still_serving(&c, "after-restart");
+}
+
+/// A member of the previous release (peer protocol 1: no `x-metcd-protocol`, `Upgrade:
+/// metcd-raft/1`) is refused with 426 and a reason, logged and counted: the log forms this
+/// version writes would be no-ops there, so the two exchange no raft message. The cluster goes
+/// on.
+#[test]
+fn a_member_of_the_previous_peer_protocol_is_refused() {
+    let c = TestCluster::start(3, 26900, &[]);
+    c.wait_leader(LEADER_TIMEOUT);
+    let before = c.metric(1, "metcd_peer_refusals_total");
+    let mut old = as_member(&c, 2);
+    old.retain(|(k, _)| k != PROTOCOL_HEADER);
+    for path in ["/raft/stream", "/raft/snapshot"] {
+        let headers: Vec<(&str, &str)> =
+            old.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let r = http_request(c.peer_port(1), "POST", path, &headers, b"").expect("peer port");
+        assert_eq!(r.status, 426, "{path}: {}", r.text());
+        assert!(
+            r.text().contains("upgrade every member together"),
+            "{path}: {}",
+            r.text()
+        );
+    }
+    assert!(c.metric(1, "metcd_peer_refusals_total") >= before + 2);
+    assert!(
+        c.log(1)
+            .contains("refused a peer of another peer protocol version")
+    );
+    assert_still_serving(&c, "after-old-protocol");
 }

@@ -54,7 +54,8 @@ use super::reset_check::ResetCheck;
 use super::snapshot::{Incoming, SnapshotError, SnapshotStore};
 use super::transport::{
     CLUSTER_HEADER, FROM_HEADER, FrameReader, INCARNATION_HEADER, PEER_INCARNATION_HEADER,
-    STREAM_PROTOCOL, TO_HEADER, TransportError, closing_line, decode_message, parse_incarnation,
+    PROTOCOL, PROTOCOL_HEADER, STREAM_PROTOCOL, TO_HEADER, TransportError, closing_line,
+    decode_message, parse_incarnation,
 };
 use crate::metrics::Metrics;
 
@@ -227,6 +228,35 @@ impl PeerApi {
         Ok(())
     }
 
+    /// A member of another peer protocol (v0.1.0 sends none) gets 426: the log forms this
+    /// version writes would be no-ops there, so the two must not exchange raft messages.
+    fn check_protocol(&self, headers: &HeaderMap, from: u64) -> Result<(), Answer> {
+        let theirs = headers
+            .get(PROTOCOL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(1);
+        if theirs == PROTOCOL {
+            return Ok(());
+        }
+        self.metrics.peer_refusals.fetch_add(1, Ordering::Relaxed);
+        warn!(
+            peer = from,
+            theirs,
+            ours = PROTOCOL,
+            "refused a peer of another peer protocol version"
+        );
+        Err((
+            StatusCode::UPGRADE_REQUIRED,
+            format!(
+                "member {} speaks peer protocol {PROTOCOL}, member {from} speaks {theirs}: \
+                 members of the two versions do not mix; upgrade every member together \
+                 (README \"Upgrading\")\n",
+                self.id
+            ),
+        ))
+    }
+
     /// Admits a stream or snapshot request from a peer (see the module doc); the peer's id.
     async fn admit(&self, headers: &HeaderMap) -> Result<u64, Answer> {
         self.check_cluster(headers)?;
@@ -234,6 +264,7 @@ impl PeerApi {
         if from == 0 {
             return Err(bad("missing x-metcd-from"));
         }
+        self.check_protocol(headers, from)?;
         self.check_removed(from)?;
         let to = headers
             .get(TO_HEADER)
@@ -365,7 +396,7 @@ fn from_header(headers: &HeaderMap) -> u64 {
         .unwrap_or(0)
 }
 
-/// `POST /raft/stream`: with `Upgrade: metcd-raft/1` the connection switches to raw frames
+/// `POST /raft/stream`: with `Upgrade: metcd-raft/2` the connection switches to raw frames
 /// (and ends with a `<status> <reason>` line when this side closes it); without, the request
 /// body carries the frames and the answer is an HTTP status.
 async fn stream(State(api): State<Arc<PeerApi>>, mut req: Request) -> Response {

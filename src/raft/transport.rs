@@ -3,11 +3,12 @@
 //! HTTP/2 request per snapshot so a snapshot is never held whole in one message.
 //!
 //! ```text
-//! POST /raft/stream    Upgrade: metcd-raft/1  -> 101, then raw frames on the connection
+//! POST /raft/stream    Upgrade: metcd-raft/2  -> 101, then raw frames on the connection
 //! POST /raft/snapshot  body: frame(MsgSnapshot) | snapshot file bytes
 //! headers: x-metcd-cluster-id (hex), x-metcd-from (member id), x-metcd-to (member id),
 //!          x-metcd-incarnation (the sender's, hex),
-//!          x-metcd-peer-incarnation (the one the sender recorded for the receiver, hex; 0: none)
+//!          x-metcd-peer-incarnation (the one the sender recorded for the receiver, hex; 0: none),
+//!          x-metcd-protocol (2; a member of another protocol version gets 426)
 //! 101 answer headers: x-metcd-from, x-metcd-incarnation (the receiver's)
 //! frame = len u32 (big-endian) | Message
 //! ```
@@ -66,8 +67,15 @@ const SNAPSHOT_CHUNK: usize = 256 << 10;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The `Upgrade` protocol of a peer stream.
-pub const STREAM_PROTOCOL: &str = "metcd-raft/1";
+/// The `Upgrade` protocol of a peer stream. Version 2 (issue 27) carries log forms version 1
+/// (v0.1.0) cannot apply (checked lease, alarm and auth changes): a v0.1.0 receiver does not
+/// switch to it, and a sender without [`PROTOCOL_HEADER`] is refused, so members of the two
+/// versions exchange no raft message and a mixed cluster cannot diverge (README "Upgrading").
+pub const STREAM_PROTOCOL: &str = "metcd-raft/2";
+/// The peer protocol version a member speaks, on every stream and snapshot request.
+pub const PROTOCOL_HEADER: &str = "x-metcd-protocol";
+/// This version's peer protocol.
+pub const PROTOCOL: u32 = 2;
 /// Idle time before a keep-alive probe, and between probes (3 unanswered end the stream).
 const KEEPALIVE: Duration = Duration::from_secs(1);
 /// How long sent data may go unacknowledged before the connection is dropped.
@@ -339,6 +347,7 @@ fn request(shared: &Shared, to: u64, authority: &str, path: &str) -> hyper::http
         .header(TO_HEADER, to.to_string())
         .header(INCARNATION_HEADER, format!("{:016x}", shared.incarnation))
         .header(PEER_INCARNATION_HEADER, format!("{expected:016x}"))
+        .header(PROTOCOL_HEADER, PROTOCOL.to_string())
 }
 
 /// Parses an incarnation header value (hex); 0 when absent or malformed.
@@ -521,6 +530,16 @@ async fn open_stream(
     let resp = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(req))
         .await
         .map_err(|_| TransportError::AnswerTimeout)??;
+    if resp.status().is_success() {
+        conn.abort();
+        return Err(TransportError::Refused(
+            resp.status(),
+            format!(
+                "member {to} did not switch to {STREAM_PROTOCOL}: it runs an older metcd; \
+                 upgrade every member together (README \"Upgrading\")"
+            ),
+        ));
+    }
     if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
         let refused = refusal(resp).await;
         conn.abort();
