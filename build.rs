@@ -3,6 +3,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    commit();
     let files = [
         "proto/mvccpb/kv.proto",
         "proto/authpb/auth.proto",
@@ -16,4 +17,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         .compile_fds(descriptors)?;
     Ok(())
+}
+
+/// `METCD_COMMIT`: the commit being built, for `metcd --version` ("unknown" outside a git
+/// checkout, as in a source archive).
+fn commit() {
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/refs/heads");
+    println!("cargo:rerun-if-env-changed=METCD_COMMIT");
+    let commit = std::env::var("METCD_COMMIT").ok().or_else(|| {
+        let out = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    });
+    println!(
+        "cargo:rustc-env=METCD_COMMIT={}",
+        commit.unwrap_or_else(|| "unknown".into())
+    );
 }

@@ -11,7 +11,13 @@ use crate::local_cluster::LocalClusterArgs;
 
 /// metcd: a Raft-replicated key-value store with a curl-friendly HTTP API.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "metcd", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "metcd",
+    version,
+    long_version = crate::version::long_text(),
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Config {
     #[command(subcommand)]
     pub command: Option<Subcommand>,

@@ -45,5 +45,6 @@ pub mod raft;
 pub mod server;
 pub mod startup;
 pub mod tls;
+pub mod version;
 
 pub use error::{Error, Result};

@@ -29,7 +29,7 @@ use crate::raft::peer_api::{self, Limits, PeerApi};
 use crate::raft::peer_client::AdminCtx;
 use crate::raft::reset_check::ResetCheck;
 use crate::raft::snapshot::SnapshotStore;
-use crate::raft::transport::Transport;
+use crate::raft::transport::{PeerChecks, Transport};
 use crate::raft::{Input, NodeHandle};
 use crate::startup;
 use crate::tls::{Listener, Port};
@@ -104,6 +104,7 @@ pub async fn run(
         },
         client_url: settings.client_url(),
         reset_check: raft.reset_check,
+        versions: raft.versions,
     };
     let peer_server = tokio::spawn(serve_peers(peer_listener, peer));
     info!(id = settings.id, client = %settings.client_listen, peer = %settings.peer_listen,
@@ -176,6 +177,7 @@ struct Raft {
     membership: Arc<RwLock<Membership>>,
     incarnations: Arc<RwLock<BTreeMap<u64, u64>>>,
     reset_check: Arc<ResetCheck>,
+    versions: Arc<crate::version::Known>,
 }
 
 /// Builds the raft owner over the opened log and engine, with the peer transport, and starts
@@ -193,6 +195,9 @@ fn start_raft(
     let metrics = Arc::new(Metrics::new());
     let membership = Arc::new(RwLock::new(Membership::default()));
     let incarnations = Arc::new(RwLock::new(BTreeMap::new()));
+    let versions = Arc::new(crate::version::Known::new(
+        store.membership().cluster_version(),
+    ));
     let reset_check = ResetCheck::new(
         settings.id,
         incarnation,
@@ -206,9 +211,12 @@ fn start_raft(
         tokio::runtime::Handle::current(),
         snaps.clone(),
         inbox_tx,
-        incarnation,
-        incarnations.clone(),
-        reset_check.clone(),
+        PeerChecks {
+            incarnation,
+            incarnations: incarnations.clone(),
+            reset_check: reset_check.clone(),
+            versions: versions.clone(),
+        },
     );
     let shared = raft_node::Shared {
         membership: membership.clone(),
@@ -218,6 +226,7 @@ fn start_raft(
         apply_backlog: handle.apply_backlog.clone(),
         leader: handle.leader.clone(),
         term: handle.term.clone(),
+        versions: versions.clone(),
     };
     let node = Node::new(
         settings.clone(),
@@ -235,6 +244,7 @@ fn start_raft(
         membership,
         incarnations,
         reset_check,
+        versions,
     })
 }
 

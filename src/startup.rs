@@ -86,6 +86,14 @@ fn restart(settings: &Settings, store: &mut LogStore) -> Result<()> {
     if current.removed.contains(&settings.id) {
         return Err(Error::Removed(settings.id));
     }
+    let cluster = current.cluster_version();
+    if cluster > crate::version::THIS {
+        return Err(Error::Log(crate::raft::storage::LogError::Format(format!(
+            "this data dir's cluster is at version {cluster}, newer than this build ({}): start \
+             metcd {cluster} or newer on it (README \"Upgrading\")",
+            crate::version::FULL
+        ))));
+    }
     let recorded = current.incarnation_of(settings.id);
     if recorded != 0 && recorded != store.incarnation() {
         return Err(Error::LostData(reset_reason(
@@ -265,6 +273,8 @@ fn found_with(
             .collect(),
         removed: Default::default(),
         conf_index: 1,
+        // Every member bootstrapping this cluster writes the same starting version.
+        cluster_version: crate::version::BOOTSTRAP.to_string(),
     };
     store.check_identity(identity(settings, settings.cluster_id))?;
     store.bootstrap(membership)?;

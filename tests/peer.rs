@@ -10,10 +10,10 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, Entry, EntryType, Message, MessageType};
 
 const CLUSTER_HEADER: &str = "X-Metcd-Cluster-Id";
-const PROTOCOL_HEADER: &str = "X-Metcd-Protocol";
+const VERSION_HEADER: &str = "X-Metcd-Version";
 
 /// The headers member `from` sends on its streams: its cluster, id and incarnation (in that
-/// order), and the peer protocol it speaks.
+/// order), and the release it runs.
 fn as_member(c: &TestCluster, from: usize) -> Vec<(String, String)> {
     let incarnation = c.status(from)["incarnation"]
         .as_str()
@@ -23,7 +23,10 @@ fn as_member(c: &TestCluster, from: usize) -> Vec<(String, String)> {
         (CLUSTER_HEADER.to_string(), cluster_id(c)),
         ("X-Metcd-From".to_string(), from.to_string()),
         ("X-Metcd-Incarnation".to_string(), incarnation),
-        (PROTOCOL_HEADER.to_string(), "2".to_string()),
+        (
+            VERSION_HEADER.to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
     ]
 }
 
@@ -331,8 +334,8 @@ fn upgraded_stream_refuses_garbage_with_a_closing_line() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let head = format!(
             "POST /raft/stream HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\
-             Upgrade: metcd-raft/2\r\n{CLUSTER_HEADER}: {cluster}\r\nX-Metcd-From: {from}\r\n\
-             X-Metcd-Incarnation: {incarnation}\r\n{PROTOCOL_HEADER}: 2\r\n\
+             Upgrade: metcd-raft/1\r\n{CLUSTER_HEADER}: {cluster}\r\nX-Metcd-From: {from}\r\n\
+             X-Metcd-Incarnation: {incarnation}\r\n{VERSION_HEADER}: 0.2.0\r\n\
              Content-Length: 0\r\n\r\n"
         );
         s.write_all(head.as_bytes())
@@ -520,32 +523,43 @@ fn a_made_up_peer_incarnation_costs_the_member_nothing() {
     assert_still_serving(&c, "after-restart");
 }
 
-/// A member of the previous release (peer protocol 1: no `x-metcd-protocol`, `Upgrade:
-/// metcd-raft/1`) is refused with 426 and a reason, logged and counted: the log forms this
-/// version writes would be no-ops there, so the two exchange no raft message. The cluster goes
-/// on.
+/// A cluster this release bootstrapped is at cluster version 0.2.0: a member of 0.1.0 (it
+/// announces no `x-metcd-version`) is refused with 426 and a reason naming its release, logged
+/// and counted, since it would apply this version's checked forms as no-ops; a malformed
+/// announcement gets 400. The cluster goes on.
 #[test]
-fn a_member_of_the_previous_peer_protocol_is_refused() {
+fn a_member_below_the_cluster_version_is_refused() {
     let c = TestCluster::start(3, 26900, &[]);
     c.wait_leader(LEADER_TIMEOUT);
+    assert_eq!(c.status(1)["cluster_version"], "0.2.0");
     let before = c.metric(1, "metcd_peer_refusals_total");
     let mut old = as_member(&c, 2);
-    old.retain(|(k, _)| k != PROTOCOL_HEADER);
+    old.retain(|(k, _)| k != VERSION_HEADER);
     for path in ["/raft/stream", "/raft/snapshot"] {
         let headers: Vec<(&str, &str)> =
             old.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let r = http_request(c.peer_port(1), "POST", path, &headers, b"").expect("peer port");
         assert_eq!(r.status, 426, "{path}: {}", r.text());
         assert!(
-            r.text().contains("upgrade every member together"),
+            r.text()
+                .contains("runs metcd 0.1.0, below the cluster version 0.2.0"),
             "{path}: {}",
             r.text()
         );
     }
+    let mut garbled = as_member(&c, 2);
+    garbled.retain(|(k, _)| k != VERSION_HEADER);
+    garbled.push((VERSION_HEADER.to_string(), "two".to_string()));
+    let headers: Vec<(&str, &str)> = garbled
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let r = http_request(c.peer_port(1), "POST", "/raft/stream", &headers, b"").expect("peer port");
+    assert_eq!(r.status, 400, "{}", r.text());
     assert!(c.metric(1, "metcd_peer_refusals_total") >= before + 2);
     assert!(
         c.log(1)
-            .contains("refused a peer of another peer protocol version")
+            .contains("refused a peer below the cluster version")
     );
-    assert_still_serving(&c, "after-old-protocol");
+    assert_still_serving(&c, "after-old-release");
 }

@@ -70,6 +70,7 @@ impl IntoResponse for ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::Unavailable(RequestError::Skipped(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(RequestError::ClusterVersion(_)) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) | ApiError::Engine(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Admin(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)

@@ -22,13 +22,17 @@
 //!                 keepalive and revoke, alarms and auth changes)
 //!          0x10 | count u32 | (member id u64 | incarnation u64) * count
 //!                 (members' incarnations, recorded by the leader; not a client write)
+//!          0x11 | major u32 | minor u32  (the cluster version, proposed by the leader; 0.2.0)
 //! context: proposer member id u64 | proposal id u64
 //! ```
 //! Only writes (`0x01`-`0x0e`) may be forwarded by a follower; a committed entry that does not
 //! decode, or whose tag this version does not know, is applied as a no-op on every member.
+//! A form added after 0.1.0 is written only once the cluster version allows it ([`needs`],
+//! `crate::version`), so a 0.1.0 member never receives one it would apply as a no-op.
 
 use crate::engine::txn::{CmpResult, Compare, KeyRange, MAX_DEPTH, PutOptions, Target, Txn, TxnOp};
 use crate::engine::{Cond, Op};
+use crate::version::{V0_1, Version};
 
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
@@ -45,6 +49,7 @@ const ALARM: u8 = 0x0c;
 const AUTH: u8 = 0x0d;
 const CHECKED: u8 = 0x0e;
 const INCARNATIONS: u8 = 0x10;
+const CLUSTER_VERSION: u8 = 0x11;
 
 /// What a normal log entry carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +58,8 @@ pub enum Command {
     Write(Op),
     /// Members' incarnations (member id, incarnation), applied to the replicated membership.
     Incarnations(Vec<(u64, u64)>),
+    /// The cluster version, applied to the replicated membership.
+    ClusterVersion(Version),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,8 +166,48 @@ pub fn encode_incarnations(records: &[(u64, u64)]) -> Vec<u8> {
     v
 }
 
+/// Encodes the cluster version entry.
+pub fn encode_cluster_version(v: Version) -> Vec<u8> {
+    let mut data = vec![CLUSTER_VERSION];
+    data.extend_from_slice(&v.major.to_be_bytes());
+    data.extend_from_slice(&v.minor.to_be_bytes());
+    data
+}
+
+/// Whether entry data is a cluster version entry (a 0.1.0 member must never receive one).
+pub fn is_cluster_version(data: &[u8]) -> bool {
+    data.first() == Some(&CLUSTER_VERSION)
+}
+
+/// The lowest cluster version at which `data` may be written to the log: 0.1.0 for every
+/// form 0.1.0 applies, 0.2.0 for the cluster version entry and for checked lease grants,
+/// keepalives, alarms and auth changes (0.1.0 applies those as no-ops).
+pub fn needs(data: &[u8]) -> Version {
+    match data {
+        [CLUSTER_VERSION, ..] => Version::new(0, 2),
+        [CHECKED, rest @ ..] => match rest.get(8) {
+            Some(&(LEASE_GRANT | LEASE_KEEPALIVE | ALARM | AUTH)) => Version::new(0, 2),
+            _ => V0_1,
+        },
+        _ => V0_1,
+    }
+}
+
 /// Decodes any command a committed entry may carry.
 pub fn decode_command(data: &[u8]) -> Result<Command, DecodeError> {
+    if data.first() == Some(&CLUSTER_VERSION) {
+        let n = |at: usize| {
+            data.get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+        };
+        return match (n(1), n(5), data.len()) {
+            (Some(major), Some(minor), 9) => {
+                Ok(Command::ClusterVersion(Version::new(major, minor)))
+            }
+            _ => Err(DecodeError("malformed cluster version")),
+        };
+    }
     if data.first() != Some(&INCARNATIONS) {
         return decode(data).map(Command::Write);
     }
@@ -891,6 +938,13 @@ mod tests {
         assert!(decode_command(&one[..one.len() - 1]).is_err());
         assert!(decode_command(&[INCARNATIONS, 0, 0]).is_err());
         assert!(decode(&one).is_err(), "a record is not a write");
+        let v = encode_cluster_version(Version::new(0, 2));
+        assert_eq!(
+            decode_command(&v).unwrap(),
+            Command::ClusterVersion(Version::new(0, 2))
+        );
+        assert!(decode_command(&v[..8]).is_err());
+        assert!(decode(&v).is_err(), "the cluster version is not a write");
         let id = ProposalId {
             member: 3,
             seq: u64::MAX,
@@ -946,5 +1000,47 @@ mod checked_tests {
         }
         assert!(!renews_lease(&encode(&checked(Op::LeaseRevoke { id: 1 }))));
         assert!(!renews_lease(&encode(&Op::put(b"k".to_vec(), vec![]))));
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+    use crate::engine::auth::AuthOp;
+
+    /// Which forms a 0.1.0 member applies: every form it knew, and none of those added since.
+    #[test]
+    fn forms_added_after_0_1_need_cluster_version_0_2() {
+        let checked = |op: Op| {
+            encode(&Op::Checked {
+                auth_revision: 5,
+                op: Box::new(op),
+            })
+        };
+        let v0_2 = Version::new(0, 2);
+        for old in [
+            encode(&Op::put(b"k".to_vec(), b"v".to_vec())),
+            encode(&Op::LeaseGrant { id: 1, ttl: 5 }),
+            encode(&Op::LeaseKeepAlive { id: 1 }),
+            encode(&Op::Auth(Box::new(AuthOp::Disable))),
+            checked(Op::put(b"k".to_vec(), b"v".to_vec())),
+            checked(Op::LeaseRevoke { id: 1 }),
+            checked(Op::Compact { revision: 3 }),
+            encode_incarnations(&[(1, 2)]),
+        ] {
+            assert_eq!(needs(&old), V0_1, "{old:?}");
+        }
+        for new in [
+            checked(Op::LeaseGrant { id: 1, ttl: 5 }),
+            checked(Op::LeaseKeepAlive { id: 1 }),
+            checked(Op::Alarm {
+                member: 1,
+                active: true,
+            }),
+            checked(Op::Auth(Box::new(AuthOp::Disable))),
+            encode_cluster_version(v0_2),
+        ] {
+            assert_eq!(needs(&new), v0_2, "{new:?}");
+        }
     }
 }

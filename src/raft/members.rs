@@ -49,6 +49,10 @@ pub struct Membership {
     /// a restart, because the saved conf state already includes them.
     #[serde(default)]
     pub conf_index: u64,
+    /// The cluster version (`major.minor.0`), set by applying a cluster version entry; empty
+    /// for a cluster 0.1.0 bootstrapped that has not moved (0.1.0 ignores the field).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster_version: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,20 @@ impl Membership {
 
     pub fn decode(bytes: &[u8]) -> Result<Membership, DecodeError> {
         Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// The cluster version: 0.1.0 until a cluster version entry is applied.
+    pub fn cluster_version(&self) -> crate::version::Version {
+        crate::version::Version::parse(&self.cluster_version).unwrap_or(crate::version::V0_1)
+    }
+
+    /// Raises the cluster version (it never goes down). True if it changed.
+    pub fn raise_cluster_version(&mut self, to: crate::version::Version) -> bool {
+        if to <= self.cluster_version() {
+            return false;
+        }
+        self.cluster_version = to.to_string();
+        true
     }
 
     pub fn url_of(&self, id: u64) -> Option<&str> {
@@ -257,6 +275,10 @@ impl AdminError {
 pub struct MemberStatus {
     pub id: u64,
     pub peer_url: String,
+    /// The release it runs: announced on its latest peer connection with this member (this
+    /// member's own for itself); none until heard from.
+    #[serde(default)]
+    pub version: Option<String>,
     /// The incarnation (hex) recorded for it here, or replicated; none until first heard from.
     #[serde(default)]
     pub incarnation: Option<String>,

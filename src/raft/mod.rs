@@ -135,6 +135,9 @@ pub enum RequestError {
     /// member); every member applied it as a no-op.
     #[error("the write was committed but could not be applied ({0}); it had no effect")]
     Skipped(String),
+    /// The cluster version does not allow the request yet (`crate::version::Feature`).
+    #[error("{0}")]
+    ClusterVersion(String),
 }
 
 /// Committed entries this member may have waiting to be applied before it refuses new
@@ -152,6 +155,12 @@ pub fn backlog_error(backlog: u64) -> RequestError {
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeStatus {
     pub id: u64,
+    /// This member's metcd release.
+    pub version: &'static str,
+    /// The cluster version applied here (what every member may rely on).
+    pub cluster_version: String,
+    /// This data dir's format (1: readable by 0.1.0).
+    pub data_dir_format: u32,
     pub cluster_id: String,
     /// This data dir's incarnation (hex): a random id drawn when it was created.
     pub incarnation: String,

@@ -36,6 +36,7 @@ mod report;
 mod snapshots;
 #[cfg(test)]
 mod tests;
+mod versions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -140,6 +141,8 @@ pub struct Shared {
     pub leader: Arc<AtomicU64>,
     /// This member's raft term, for gRPC response headers.
     pub term: Arc<AtomicU64>,
+    /// The cluster version applied here, and the releases peers announced.
+    pub versions: Arc<crate::version::Known>,
 }
 
 pub struct Node {
@@ -168,6 +171,11 @@ pub struct Node {
     /// The tick at which this member, as leader, last proposed to record members'
     /// incarnations.
     records_proposed: Option<u64>,
+    /// The tick of the leader's last look at the members' releases.
+    version_checked: u64,
+    /// The cluster version that look found the members could move to (proposed when the
+    /// next look finds it again).
+    version_seen: Option<crate::version::Version>,
     /// Set while a `/_hash` is being computed.
     hashing: Arc<std::sync::atomic::AtomicBool>,
     /// Ticks since start: the clock of the re-asks and periodic proposals below (a test
@@ -195,6 +203,9 @@ impl Node {
         let single_voter = store.conf_state().voters == [settings.id];
         transport.set_peers(&store.membership().peers(settings.id));
         *shared.membership.write() = store.membership().clone();
+        shared
+            .versions
+            .set_cluster(store.membership().cluster_version());
         *shared.incarnations.write() = agreed_incarnations(&store);
         shared.revision.send_replace(engine.revision());
         let backlog = store
@@ -229,6 +240,8 @@ impl Node {
             writes_bytes: 0,
             stop: None,
             records_proposed: None,
+            version_checked: 0,
+            version_seen: None,
             hashing: Arc::default(),
             ticks: 0,
             compacted_tick: 0,
@@ -284,6 +297,7 @@ impl Node {
         self.sweep();
         self.promote_caught_up_learners();
         self.propose_incarnation_records();
+        self.propose_cluster_version();
         self.auto_compact();
         self.tick_leases();
     }
@@ -550,6 +564,15 @@ impl Node {
                     }
                     None
                 }
+                Some(Command::ClusterVersion(v)) => {
+                    // In log order: the writes after it may use what it allows.
+                    self.apply_batch(&mut batch, &mut owners)?;
+                    self.apply_cluster_version(e.index, v)?;
+                    if self.stop.is_some() {
+                        return Ok(());
+                    }
+                    None
+                }
                 None => None,
             };
             batch.push(Applied { index: e.index, op });
@@ -624,7 +647,10 @@ impl Node {
         {
             return Ok(Some(self.refuse_change(e.index, why)));
         }
-        if let Some(denied) = self.change_denied(&cc)? {
+        // A 0.1.0 member does not check a change's client at apply: below 0.2.0 neither does
+        // this one, or the two would disagree on the membership.
+        let checked = crate::version::checks_member_changes_at_apply(membership.cluster_version());
+        if let Some(denied) = self.change_denied(&cc)?.filter(|_| checked) {
             self.skip_entry(
                 e.index,
                 None,
@@ -657,6 +683,9 @@ impl Node {
         if membership.removed.contains(&self.settings.id) {
             self.removed = true;
         }
+        self.shared
+            .versions
+            .set_cluster(membership.cluster_version());
         *self.shared.membership.write() = membership;
     }
 }

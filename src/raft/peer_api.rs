@@ -54,10 +54,10 @@ use super::reset_check::ResetCheck;
 use super::snapshot::{Incoming, SnapshotError, SnapshotStore};
 use super::transport::{
     CLUSTER_HEADER, FROM_HEADER, FrameReader, INCARNATION_HEADER, PEER_INCARNATION_HEADER,
-    PROTOCOL, PROTOCOL_HEADER, STREAM_PROTOCOL, TO_HEADER, TransportError, closing_line,
-    decode_message, parse_incarnation,
+    STREAM_PROTOCOL, TO_HEADER, TransportError, closing_line, decode_message, parse_incarnation,
 };
 use crate::metrics::Metrics;
+use crate::version::{self, Known, Version};
 
 pub struct PeerApi {
     pub id: u64,
@@ -76,6 +76,8 @@ pub struct PeerApi {
     pub client_url: String,
     /// Where a claim that this member lost its data is checked.
     pub reset_check: Arc<ResetCheck>,
+    /// The cluster version applied here, and the releases peers announced.
+    pub versions: Arc<Known>,
 }
 
 /// The largest key and value a client may write.
@@ -228,33 +230,22 @@ impl PeerApi {
         Ok(())
     }
 
-    /// A member of another peer protocol (v0.1.0 sends none) gets 426: the log forms this
-    /// version writes would be no-ops there, so the two must not exchange raft messages.
-    fn check_protocol(&self, headers: &HeaderMap, from: u64) -> Result<(), Answer> {
-        let theirs = headers
-            .get(PROTOCOL_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(1);
-        if theirs == PROTOCOL {
-            return Ok(());
-        }
-        self.metrics.peer_refusals.fetch_add(1, Ordering::Relaxed);
-        warn!(
-            peer = from,
-            theirs,
-            ours = PROTOCOL,
-            "refused a peer of another peer protocol version"
-        );
-        Err((
-            StatusCode::UPGRADE_REQUIRED,
-            format!(
-                "member {} speaks peer protocol {PROTOCOL}, member {from} speaks {theirs}: \
-                 members of the two versions do not mix; upgrade every member together \
-                 (README \"Upgrading\")\n",
-                self.id
-            ),
-        ))
+    /// The sender's release (`x-metcd-version`; none: 0.1.0), recorded for the leader's
+    /// cluster version decision. One below the cluster version gets 426: it would misread
+    /// what is written at the cluster version.
+    fn check_version(&self, headers: &HeaderMap, from: u64) -> Result<(), Answer> {
+        let header = headers
+            .get(version::HEADER)
+            .map(|v| v.to_str().unwrap_or(""));
+        let Some(theirs) = Version::announced(header) else {
+            return Err(bad(format!("malformed {}", version::HEADER)));
+        };
+        self.versions.announce(from, theirs);
+        self.versions.admits(from, theirs).map_err(|why| {
+            self.metrics.peer_refusals.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = from, %theirs, "refused a peer below the cluster version");
+            (StatusCode::UPGRADE_REQUIRED, format!("{why}\n"))
+        })
     }
 
     /// Admits a stream or snapshot request from a peer (see the module doc); the peer's id.
@@ -264,7 +255,7 @@ impl PeerApi {
         if from == 0 {
             return Err(bad("missing x-metcd-from"));
         }
-        self.check_protocol(headers, from)?;
+        self.check_version(headers, from)?;
         self.check_removed(from)?;
         let to = headers
             .get(TO_HEADER)
@@ -364,6 +355,21 @@ impl PeerApi {
                 return Ok(None);
             }
         }
+        if msg.get_msg_type() == MessageType::MsgPropose {
+            // Only the forms the cluster version allows (a sender at a newer cluster version
+            // than this member has applied waits until it catches up).
+            let cluster = self.versions.cluster();
+            if let Some(e) = msg
+                .entries
+                .iter()
+                .find(|e| command::needs(&e.data) > cluster)
+            {
+                self.metrics.peer_refusals.fetch_add(1, Ordering::Relaxed);
+                warn!(peer = from, needs = %command::needs(&e.data), %cluster,
+                      "dropped a forwarded write in a form the cluster version does not allow");
+                return Ok(None);
+            }
+        }
         if (msg.get_msg_type() == MessageType::MsgSnapshot) != snapshot {
             return Err(TransportError::BadFrame(format!(
                 "{:?} on the wrong endpoint",
@@ -437,6 +443,10 @@ async fn stream(State(api): State<Arc<PeerApi>>, mut req: Request) -> Response {
             (
                 header::HeaderName::from_static(INCARNATION_HEADER),
                 format!("{incarnation:016x}"),
+            ),
+            (
+                header::HeaderName::from_static(version::HEADER),
+                version::FULL.to_string(),
             ),
         ],
     )

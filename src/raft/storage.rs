@@ -43,6 +43,22 @@ const KEY_INCARNATION: &[u8] = b"incarnation";
 const KEY_PEER_INCARNATIONS: &[u8] = b"peer_incarnations";
 const KEY_STARTS: &[u8] = b"starts";
 const KEY_RESET: &[u8] = b"reset";
+const KEY_FORMAT: &[u8] = b"format";
+/// How the record a 0.1.0 member refuses a format-2 data dir with begins. 0.1.0 reads
+/// [`KEY_RESET`] at start and exits printing it; this build knows the record by this prefix.
+const FORMAT_GUARD: &str = "data dir format 2";
+
+/// The data dir format record ([`KEY_FORMAT`]; none: format 1, as v0.1.0 wrote).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataDirFormat {
+    pub format: u32,
+    /// The metcd version that moved the data dir to this format.
+    pub written_by: String,
+    /// The format it had before.
+    pub from: u32,
+    /// What the data dir first held that needs this format (a log index, or a snapshot's).
+    pub at_index: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -56,6 +72,8 @@ pub enum LogError {
     Membership(#[from] members::DecodeError),
     #[error("cannot draw a random id: {0}")]
     Random(std::io::Error),
+    #[error("{0}")]
+    Format(String),
 }
 
 /// A random, nonzero id from the operating system's generator (incarnations, cluster ids).
@@ -110,6 +128,8 @@ pub struct LogStore {
     snapshot_wanted: AtomicBool,
     /// Synced appends since start: with group commit, far fewer than entries appended.
     syncs: u64,
+    /// The data dir format record; none: format 1.
+    format: Option<DataDirFormat>,
     /// Terms of the entries appended since open, as runs: raft asks `term()` on every
     /// append and commit check, and a lookup in raft-engine decodes the entry.
     terms: TermRuns,
@@ -285,6 +305,37 @@ fn record_start(engine: &raft_engine::Engine) -> Result<(u64, u64), LogError> {
     Ok((incarnation, starts))
 }
 
+/// The data dir's format record; refuses one newer than this build reads, saying which
+/// version wrote it, before anything else is read or written.
+fn read_format(engine: &raft_engine::Engine) -> Result<Option<DataDirFormat>, LogError> {
+    let Some(bytes) = engine.get(META, KEY_FORMAT) else {
+        return Ok(None);
+    };
+    let record: DataDirFormat = serde_json::from_slice(&bytes).map_err(|e| {
+        LogError::Format(format!(
+            "the data dir's format record is unreadable ({e}): it was written by a newer or \
+             damaged metcd; this build ({}) reads data dir formats {}-{}",
+            crate::version::FULL,
+            crate::version::OLDEST_DATA_DIR_FORMAT,
+            crate::version::DATA_DIR_FORMAT
+        ))
+    })?;
+    if record.format > crate::version::DATA_DIR_FORMAT {
+        return Err(LogError::Format(format!(
+            "this data dir is format {}, written by metcd {}; this build ({}) reads formats {}-{}. \
+             Run metcd {} or newer on it (nothing was changed), or restore a backup made at a \
+             cluster version this build runs at into a new cluster (README \"Upgrading\")",
+            record.format,
+            record.written_by,
+            crate::version::FULL,
+            crate::version::OLDEST_DATA_DIR_FORMAT,
+            crate::version::DATA_DIR_FORMAT,
+            record.written_by
+        )));
+    }
+    Ok(Some(record))
+}
+
 fn storage_err(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
@@ -314,6 +365,7 @@ impl LogStore {
             ..Default::default()
         };
         let engine = raft_engine::Engine::open(cfg)?;
+        let format = read_format(&engine)?;
         let hard_state = engine
             .get_message(META, KEY_HARD_STATE)?
             .unwrap_or_default();
@@ -348,7 +400,56 @@ impl LogStore {
             syncs: 0,
             terms: TermRuns::starting_at(u64::MAX),
             recent: EntryCache::new(ENTRY_CACHE_BYTES),
+            format,
         })
+    }
+
+    /// The data dir's format: 1 (v0.1.0's) until it first holds something 0.2.0 needs.
+    pub fn format(&self) -> u32 {
+        self.format.as_ref().map_or(1, |f| f.format)
+    }
+
+    /// Adds to `batch` the move to format 2, unless the data dir has it: the record, and the
+    /// one 0.1.0 refuses to start on. It lands with (and only with) the write that first
+    /// stores what needs it, so a data dir 0.1.0 starts on never holds such a thing.
+    fn upgrade_format(
+        &self,
+        batch: &mut LogBatch,
+        at_index: u64,
+    ) -> Result<Option<DataDirFormat>, LogError> {
+        if self.format() >= crate::version::DATA_DIR_FORMAT {
+            return Ok(None);
+        }
+        let record = DataDirFormat {
+            format: crate::version::DATA_DIR_FORMAT,
+            written_by: crate::version::FULL.to_string(),
+            from: self.format(),
+            at_index,
+        };
+        let json = serde_json::to_vec(&record).unwrap_or_default();
+        batch.put(META, KEY_FORMAT.to_vec(), json)?;
+        let guard = format!(
+            "{FORMAT_GUARD} (moved from format {} by metcd {} at log index {at_index}, when the \
+             cluster version reached 0.2.0): this metcd is older and cannot read it. Start metcd {} or \
+             newer on this data dir. To go back to an older release once the cluster version has \
+             moved, restore a backup into a new cluster (README \"Upgrading\")",
+            record.from, record.written_by, record.written_by
+        );
+        batch.put(META, KEY_RESET.to_vec(), guard.into_bytes())?;
+        Ok(Some(record))
+    }
+
+    /// After the write that carried an [`Self::upgrade_format`]: recorded, and logged.
+    fn upgraded(&mut self, record: Option<DataDirFormat>) {
+        if let Some(record) = record {
+            tracing::info!(
+                from = record.from,
+                to = record.format,
+                at_index = record.at_index,
+                "data dir moved to a new format (metcd 0.1.0 now refuses it)"
+            );
+            self.format = Some(record);
+        }
     }
 
     /// The identity recorded on first start, if any.
@@ -404,9 +505,10 @@ impl LogStore {
     /// Why this data dir must not serve again, if it learned that the cluster knows its
     /// member id under another incarnation (see [`LogStore::record_reset`]).
     pub fn reset_reason(&self) -> Option<String> {
-        self.engine
-            .get(META, KEY_RESET)
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
+        let reason = String::from_utf8_lossy(&self.engine.get(META, KEY_RESET)?).into_owned();
+        // The record that keeps 0.1.0 off a format-2 data dir is not a reset.
+        let guard = self.format() >= 2 && reason.starts_with(FORMAT_GUARD);
+        (!guard).then_some(reason)
     }
 
     /// Records (synced) that the cluster knows this member id under another incarnation:
@@ -470,7 +572,9 @@ impl LogStore {
         batch.put_message(META, KEY_SNAPSHOT.to_vec(), &meta)?;
         batch.put(META, KEY_SNAPSHOT_MEMBERSHIP.to_vec(), membership.encode())?;
         batch.put_message(META, KEY_HARD_STATE.to_vec(), &hs)?;
+        let upgraded = self.format_for(&membership, &mut batch, 1)?;
         self.engine.write(&mut batch, true)?;
+        self.upgraded(upgraded);
         self.conf_state = conf_state;
         // The caller wrote this snapshot's (empty) file first.
         self.sendable = Some((meta.clone(), membership.clone()));
@@ -543,8 +647,17 @@ impl LogStore {
         if batch.is_empty() {
             return Ok(false);
         }
+        let mut upgraded = None;
+        if self.format() < crate::version::DATA_DIR_FORMAT
+            && let Some(e) = entries
+                .iter()
+                .find(|e| crate::raft::command::is_cluster_version(&e.data))
+        {
+            upgraded = self.upgrade_format(&mut batch, e.index)?;
+        }
         let sync = sync || !entries.is_empty();
         self.engine.write(&mut batch, sync)?;
+        self.upgraded(upgraded);
         self.terms.append(entries);
         self.recent.append(entries);
         if sync {
@@ -591,10 +704,26 @@ impl LogStore {
         let mut batch = LogBatch::default();
         batch.put_message(META, KEY_CONF_STATE.to_vec(), &conf_state)?;
         batch.put(META, KEY_MEMBERSHIP.to_vec(), membership.encode())?;
+        let upgraded = self.format_for(&membership, &mut batch, membership.conf_index)?;
         self.engine.write(&mut batch, true)?;
+        self.upgraded(upgraded);
         self.conf_state = conf_state;
         self.membership = membership;
         Ok(())
+    }
+
+    /// [`Self::upgrade_format`] when `membership` is at a cluster version that needs it.
+    fn format_for(
+        &self,
+        membership: &Membership,
+        batch: &mut LogBatch,
+        at_index: u64,
+    ) -> Result<Option<DataDirFormat>, LogError> {
+        if membership.cluster_version() >= crate::version::Version::new(0, 2) {
+            self.upgrade_format(batch, at_index)
+        } else {
+            Ok(None)
+        }
     }
 
     /// Records a snapshot taken locally at an applied index, with the membership as of it.
@@ -647,7 +776,9 @@ impl LogStore {
         batch.put_message(META, KEY_HARD_STATE.to_vec(), &hs)?;
         batch.put(META, KEY_MEMBERSHIP.to_vec(), membership.encode())?;
         batch.put(META, KEY_SNAPSHOT_MEMBERSHIP.to_vec(), membership.encode())?;
+        let upgraded = self.format_for(&membership, &mut batch, meta.index)?;
         self.engine.write(&mut batch, true)?;
+        self.upgraded(upgraded);
         self.terms = TermRuns::starting_at(meta.index + 1);
         self.recent.clear();
         let meta_sent = meta.clone();
@@ -1065,5 +1196,84 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    /// A data dir moves to format 2 in the write that first stores a cluster version entry
+    /// (with the record 0.1.0 refuses to start on, which this build does not take for a
+    /// reset), keeps it across reopening, and a format this build does not know is refused.
+    #[test]
+    fn data_dir_format_moves_with_the_first_cluster_version_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(s.format(), 1);
+        s.append(&[entry(1, 1), entry(2, 1)], None, true).unwrap();
+        assert_eq!(s.format(), 1, "entries 0.1.0 reads leave it alone");
+        let mut cv = entry(3, 1);
+        cv.data =
+            crate::raft::command::encode_cluster_version(crate::version::Version::new(0, 2)).into();
+        s.append(&[cv], None, true).unwrap();
+        assert_eq!(s.format(), 2);
+        assert_eq!(s.reset_reason(), None, "the guard is not a reset");
+        let guard = s
+            .engine
+            .get(META, KEY_RESET)
+            .expect("the record 0.1.0 reads");
+        let guard = String::from_utf8(guard).unwrap();
+        assert!(
+            guard.starts_with("data dir format 2") && guard.contains("log index 3"),
+            "{guard}"
+        );
+        // A real reset still counts.
+        s.record_reset("lost").unwrap();
+        assert_eq!(s.reset_reason().as_deref(), Some("lost"));
+        drop(s);
+        let mut s = LogStore::open(dir.path()).unwrap();
+        assert_eq!(s.format(), 2);
+        assert_eq!(s.format.as_ref().map(|f| f.at_index), Some(3));
+
+        // A format from a later release: refused, naming who wrote it, before anything else.
+        let mut batch = LogBatch::default();
+        let later = DataDirFormat {
+            format: 3,
+            written_by: "0.3.0".into(),
+            from: 2,
+            at_index: 9,
+        };
+        batch
+            .put(
+                META,
+                KEY_FORMAT.to_vec(),
+                serde_json::to_vec(&later).unwrap(),
+            )
+            .unwrap();
+        s.engine.write(&mut batch, true).unwrap();
+        drop(s);
+        let e = LogStore::open(dir.path()).err().expect("refused");
+        assert!(
+            e.to_string().contains("format 3, written by metcd 0.3.0"),
+            "{e}"
+        );
+    }
+
+    /// A snapshot or membership at cluster version 0.2.0 moves the format too (a member that
+    /// joins, or one bootstrapped by this build); one at 0.1.0 does not.
+    #[test]
+    fn a_membership_at_0_2_moves_the_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LogStore::open(dir.path()).unwrap();
+        let mut m = Membership::default();
+        s.install_snapshot(
+            SnapshotMetadata {
+                index: 5,
+                term: 1,
+                ..Default::default()
+            },
+            m.clone(),
+        )
+        .unwrap();
+        assert_eq!(s.format(), 1);
+        assert!(m.raise_cluster_version(crate::version::Version::new(0, 2)));
+        s.set_conf_state(ConfState::default(), m).unwrap();
+        assert_eq!(s.format(), 2);
     }
 }

@@ -3,13 +3,13 @@
 //! HTTP/2 request per snapshot so a snapshot is never held whole in one message.
 //!
 //! ```text
-//! POST /raft/stream    Upgrade: metcd-raft/2  -> 101, then raw frames on the connection
+//! POST /raft/stream    Upgrade: metcd-raft/1  -> 101, then raw frames on the connection
 //! POST /raft/snapshot  body: frame(MsgSnapshot) | snapshot file bytes
 //! headers: x-metcd-cluster-id (hex), x-metcd-from (member id), x-metcd-to (member id),
 //!          x-metcd-incarnation (the sender's, hex),
 //!          x-metcd-peer-incarnation (the one the sender recorded for the receiver, hex; 0: none),
-//!          x-metcd-protocol (2; a member of another protocol version gets 426)
-//! 101 answer headers: x-metcd-from, x-metcd-incarnation (the receiver's)
+//!          x-metcd-version (the sender's release; none from 0.1.0, which counts as 0.1.0)
+//! 101 answer headers: x-metcd-from, x-metcd-incarnation, x-metcd-version (the receiver's)
 //! frame = len u32 (big-endian) | Message
 //! ```
 //! Incarnations (see `members::contact`): each side checks the other's against the one it
@@ -52,6 +52,7 @@ use super::node::Outbox;
 use super::reset_check::ResetCheck;
 use super::snapshot::SnapshotStore;
 use crate::config::Settings;
+use crate::version::{Known, Version};
 use parking_lot::RwLock;
 
 pub const CLUSTER_HEADER: &str = "x-metcd-cluster-id";
@@ -67,15 +68,12 @@ const SNAPSHOT_CHUNK: usize = 256 << 10;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The `Upgrade` protocol of a peer stream. Version 2 (issue 27) carries log forms version 1
-/// (v0.1.0) cannot apply (checked lease, alarm and auth changes): a v0.1.0 receiver does not
-/// switch to it, and a sender without [`PROTOCOL_HEADER`] is refused, so members of the two
-/// versions exchange no raft message and a mixed cluster cannot diverge (README "Upgrading").
-pub const STREAM_PROTOCOL: &str = "metcd-raft/2";
-/// The peer protocol version a member speaks, on every stream and snapshot request.
-pub const PROTOCOL_HEADER: &str = "x-metcd-protocol";
-/// This version's peer protocol.
-pub const PROTOCOL: u32 = 2;
+/// The `Upgrade` protocol of a peer stream: v0.1.0's, which every release since speaks. What
+/// a member may send is decided by the cluster version and the release each side announces
+/// ([`crate::version::HEADER`]): a member below the cluster version is refused both ways, and
+/// one that runs a release below 0.2.0 is never sent an entry or snapshot that needs more
+/// ([`compatible`]), so a mixed cluster cannot diverge (README "Upgrading").
+pub const STREAM_PROTOCOL: &str = "metcd-raft/1";
 /// Idle time before a keep-alive probe, and between probes (3 unanswered end the stream).
 const KEEPALIVE: Duration = Duration::from_secs(1);
 /// How long sent data may go unacknowledged before the connection is dropped.
@@ -102,6 +100,9 @@ pub enum TransportError {
     Closed,
     #[error("bad frame: {0}")]
     BadFrame(String),
+    /// The peer runs a release that must not receive what would be sent.
+    #[error("{0}")]
+    TooOld(String),
 }
 
 type PeerBody = UnsyncBoxBody<Bytes, io::Error>;
@@ -203,6 +204,7 @@ struct Shared {
     snaps: SnapshotStore,
     inbox: mpsc::Sender<Input>,
     reset_check: Arc<ResetCheck>,
+    versions: Arc<Known>,
 }
 
 struct Peer {
@@ -221,6 +223,18 @@ pub struct Transport {
     rt: tokio::runtime::Handle,
 }
 
+/// What the transport checks peers against, shared with the owner and the peer server.
+pub struct PeerChecks {
+    /// This data dir's incarnation.
+    pub incarnation: u64,
+    /// The peers' incarnations recorded here.
+    pub incarnations: Arc<RwLock<BTreeMap<u64, u64>>>,
+    /// Where a claim that this member lost its data is checked.
+    pub reset_check: Arc<ResetCheck>,
+    /// The cluster version, and the releases peers announced.
+    pub versions: Arc<Known>,
+}
+
 impl Transport {
     /// A transport with no peers yet; see [`Outbox::set_peers`].
     pub fn start(
@@ -228,10 +242,14 @@ impl Transport {
         rt: tokio::runtime::Handle,
         snaps: SnapshotStore,
         inbox: mpsc::Sender<Input>,
-        incarnation: u64,
-        incarnations: Arc<RwLock<BTreeMap<u64, u64>>>,
-        reset_check: Arc<ResetCheck>,
+        checks: PeerChecks,
     ) -> Self {
+        let PeerChecks {
+            incarnation,
+            incarnations,
+            reset_check,
+            versions,
+        } = checks;
         let shared = Arc::new(Shared {
             id: settings.id,
             incarnation,
@@ -241,6 +259,7 @@ impl Transport {
             snaps,
             inbox,
             reset_check,
+            versions,
         });
         Transport {
             shared,
@@ -347,7 +366,7 @@ fn request(shared: &Shared, to: u64, authority: &str, path: &str) -> hyper::http
         .header(TO_HEADER, to.to_string())
         .header(INCARNATION_HEADER, format!("{:016x}", shared.incarnation))
         .header(PEER_INCARNATION_HEADER, format!("{expected:016x}"))
-        .header(PROTOCOL_HEADER, PROTOCOL.to_string())
+        .header(crate::version::HEADER, crate::version::FULL)
 }
 
 /// Parses an incarnation header value (hex); 0 when absent or malformed.
@@ -387,6 +406,7 @@ async fn run_stream(
 ) {
     let mut backoff = MIN_BACKOFF;
     let mut up = true;
+    let mut told_old = false;
     loop {
         if queue.is_closed() {
             return;
@@ -413,10 +433,25 @@ async fn run_stream(
                     _
                 )
         );
+        // A peer on a release the cluster has moved past (or that refuses this one): retried
+        // slowly too, until one side is upgraded.
+        let too_old = matches!(
+            error,
+            TransportError::TooOld(_)
+                | TransportError::Refused(hyper::StatusCode::UPGRADE_REQUIRED, _)
+        );
+        if too_old {
+            if !told_old {
+                warn!(peer = to, %authority, error = %error, "peer stream refused: release and cluster version do not match");
+            }
+            told_old = true;
+        } else if connected {
+            told_old = false;
+        }
         if peer_reset && !is_reset.swap(true, Ordering::Relaxed) {
             warn!(peer = to, %authority, error = %error,
                   "this peer is not the member the cluster knows; sending it nothing until it is removed");
-        } else if !peer_reset {
+        } else if !peer_reset && !too_old {
             is_reset.store(false, Ordering::Relaxed);
             if up || connected {
                 warn!(peer = to, %authority, error = %error, "peer stream down; reconnecting");
@@ -429,7 +464,12 @@ async fn run_stream(
         let _ = shared.inbox.send(Input::Unreachable(to));
         // What queued while down is stale; raft resends what matters.
         while queue.try_recv().is_ok() {}
-        tokio::time::sleep(if peer_reset { MAX_BACKOFF } else { backoff }).await;
+        tokio::time::sleep(if peer_reset || too_old {
+            MAX_BACKOFF
+        } else {
+            backoff
+        })
+        .await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
         if connected {
             up = true;
@@ -474,7 +514,9 @@ async fn stream_once(
     connected: &mut bool,
     is_up: &AtomicBool,
 ) -> Result<(), TransportError> {
-    let parts = open_stream(shared, to, authority).await?;
+    let (parts, theirs) = open_stream(shared, to, authority).await?;
+    // Below this release, each message is checked against what the receiver can read.
+    let older = theirs < crate::version::THIS;
     let (mut rx, mut tx) = tokio::io::split(parts.io.into_inner());
     // The receiver writes only when it ends the stream: `<status> <reason>`.
     let mut reply = parts.read_buf.to_vec();
@@ -488,10 +530,18 @@ async fn stream_once(
             msg = queue.recv() => {
                 let Some(msg) = msg else { return Ok(()) };
                 buf.clear();
+                if older {
+                    compatible(&msg, theirs)?;
+                }
                 encode_frame(&msg, &mut buf)?;
                 while buf.len() < BATCH_BYTES {
                     match queue.try_recv() {
-                        Ok(m) => encode_frame(&m, &mut buf)?,
+                        Ok(m) => {
+                            if older {
+                                compatible(&m, theirs)?;
+                            }
+                            encode_frame(&m, &mut buf)?
+                        }
                         Err(_) => break,
                     }
                 }
@@ -511,13 +561,42 @@ async fn stream_once(
     }
 }
 
+/// Whether a receiver running release `theirs` can read `msg`: no entry in a form, and no
+/// snapshot at a cluster version, above its release. Raft resends what is not sent; the
+/// stream ends and is retried, slowly, until the receiver is upgraded or the message is gone.
+fn compatible(msg: &Message, theirs: Version) -> Result<(), TransportError> {
+    let too_new = |needs: Version| {
+        TransportError::TooOld(format!(
+            "member {} runs metcd {theirs}, and the cluster has moved to what needs {needs}: it is \
+             sent nothing until it runs metcd {needs} or newer (README \"Upgrading\")",
+            msg.to
+        ))
+    };
+    if let Some(e) = msg
+        .entries
+        .iter()
+        .find(|e| super::command::needs(&e.data) > theirs)
+    {
+        return Err(too_new(super::command::needs(&e.data)));
+    }
+    if msg.get_msg_type() == MessageType::MsgSnapshot {
+        let cluster = super::members::Membership::decode(&msg.get_snapshot().data)
+            .map_or(crate::version::THIS, |m| m.cluster_version());
+        if cluster > theirs {
+            return Err(too_new(cluster));
+        }
+    }
+    Ok(())
+}
+
 /// Opens the stream to peer `to`: an HTTP/1.1 upgrade that the peer answers 101 (after its
-/// checks of this member) with its own incarnation, which is checked here in turn.
+/// checks of this member) with its own incarnation, which is checked here in turn, and the
+/// release it runs.
 async fn open_stream(
     shared: &Shared,
     to: u64,
     authority: &str,
-) -> Result<hyper::upgrade::Parts<TokioIo<crate::tls::Io>>, TransportError> {
+) -> Result<(hyper::upgrade::Parts<TokioIo<crate::tls::Io>>, Version), TransportError> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
         TokioIo::new(dial(authority).await?),
     )
@@ -534,10 +613,7 @@ async fn open_stream(
         conn.abort();
         return Err(TransportError::Refused(
             resp.status(),
-            format!(
-                "member {to} did not switch to {STREAM_PROTOCOL}: it runs an older metcd; \
-                 upgrade every member together (README \"Upgrading\")"
-            ),
+            format!("member {to} did not switch to {STREAM_PROTOCOL}: it is not a metcd peer port"),
         ));
     }
     if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
@@ -546,10 +622,22 @@ async fn open_stream(
         return Err(refused);
     }
     check_receiver(shared, to, resp.headers()).await?;
+    let header = resp
+        .headers()
+        .get(crate::version::HEADER)
+        .map(|v| v.to_str().unwrap_or(""));
+    let theirs = Version::announced(header)
+        .ok_or_else(|| TransportError::BadFrame(format!("malformed {}", crate::version::HEADER)))?;
+    shared.versions.announce(to, theirs);
+    shared
+        .versions
+        .admits(to, theirs)
+        .map_err(TransportError::TooOld)?;
     let upgraded = hyper::upgrade::on(resp).await?;
-    upgraded
+    let parts = upgraded
         .downcast::<TokioIo<crate::tls::Io>>()
-        .map_err(|_| TransportError::BadFrame("upgrade lost the connection".into()))
+        .map_err(|_| TransportError::BadFrame("upgrade lost the connection".into()))?;
+    Ok((parts, theirs))
 }
 
 /// A peer's refusal: its status and the one-line reason in its body.
@@ -637,6 +725,11 @@ async fn send_snapshot(shared: Arc<Shared>, authority: String, msg: Message) {
         msg.get_snapshot().get_metadata().index,
     );
     let result = async {
+        // The release `to` announced on its latest connection (none yet: not sent).
+        let theirs = shared.versions.of(to).ok_or_else(|| {
+            TransportError::TooOld(format!("member {to} has not announced its release yet"))
+        })?;
+        compatible(&msg, theirs)?;
         let file = tokio::fs::File::open(shared.snaps.path(term, index)).await?;
         let bytes = file.metadata().await?.len();
         let mut head = Vec::new();

@@ -216,8 +216,13 @@ pub struct Exited {
 /// Runs the server binary with `args` and waits at most `timeout` for it to
 /// exit; panics (after killing it) when it is still running then.
 pub fn run_until_exit(args: &[String], timeout: Duration) -> Exited {
+    run_bin_until_exit(std::path::Path::new(BIN), args, timeout)
+}
+
+/// [`run_until_exit`] with another metcd binary (an older release).
+pub fn run_bin_until_exit(bin: &std::path::Path, args: &[String], timeout: Duration) -> Exited {
     let start = Instant::now();
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -544,6 +549,8 @@ pub struct TestCluster {
     member_extra: std::collections::HashMap<usize, Vec<String>>,
     /// Environment variables for one member's next start.
     member_env: std::collections::HashMap<usize, Vec<(String, String)>>,
+    /// Another metcd binary for one member (an older release), instead of [`BIN`].
+    member_bin: std::collections::HashMap<usize, PathBuf>,
     /// The command line each member was first started with.
     first_args: std::collections::HashMap<usize, Vec<String>>,
     dir: tempfile::TempDir,
@@ -573,6 +580,7 @@ impl TestCluster {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             member_extra: Default::default(),
             member_env: Default::default(),
+            member_bin: Default::default(),
             first_args: Default::default(),
             dir,
             children: (0..n).map(|_| None).collect(),
@@ -679,6 +687,14 @@ impl TestCluster {
         args
     }
 
+    /// The binary member `i` runs from its next start on (`None`: this build's).
+    pub fn set_member_bin(&mut self, i: usize, bin: Option<PathBuf>) {
+        match bin {
+            Some(b) => self.member_bin.insert(i, b),
+            None => self.member_bin.remove(&i),
+        };
+    }
+
     /// Arguments member `i` gets on top of the cluster's, from its next start on.
     pub fn set_member_extra(&mut self, i: usize, args: Vec<String>) {
         self.member_extra.insert(i, args);
@@ -729,14 +745,22 @@ impl TestCluster {
             .expect("open member log");
         writeln!(
             log,
-            "=== test harness: starting member {i}: {BIN} {}",
+            "=== test harness: starting member {i}: {} {}",
+            self.member_bin
+                .get(&i)
+                .map_or(BIN.to_string(), |b| b.display().to_string()),
             args.join(" ")
         )
         .unwrap();
         let log_err = log.try_clone().expect("clone log handle");
         self.first_args.entry(i).or_insert_with(|| args.clone());
         let env = self.member_env.get(&i).cloned().unwrap_or_default();
-        let child = Command::new(BIN)
+        let bin = self
+            .member_bin
+            .get(&i)
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(BIN));
+        let child = Command::new(&bin)
             .args(&args)
             .envs(env)
             .stdin(Stdio::null())

@@ -1,7 +1,8 @@
 //! The Maintenance service:
-//! - Status: the etcd API version metcd implements ([`super::ETCD_API_VERSION`]; metcd's own
-//!   version is in its log and `/_status`), the engine's size on disk, leader, raft commit
-//!   and applied index, term, learner flag.
+//! - Status: the etcd API version metcd implements ([`super::ETCD_API_VERSION`]), the
+//!   engine's size on disk, leader, raft commit and applied index, term, learner flag; and in
+//!   fields of metcd's own (1000-1002), this member's release, the cluster version and each
+//!   member's release.
 //! - Hash and HashKV: the digest of the state machine that `/_hash` gives (every key's
 //!   versions from the compacted revision on, and the newest one at or below it), folded to
 //!   32 bits; members that applied the same entries answer the same number. HashKV's
@@ -188,6 +189,16 @@ impl rpc::maintenance_server::Maintenance for Grpc {
                 .collect(),
             db_size_in_use: to_i64(db_size),
             is_learner,
+            metcd_version: s.version.into(),
+            metcd_cluster_version: s.cluster_version.clone(),
+            metcd_member_versions: s
+                .members
+                .iter()
+                .map(|m| rpc::MetcdMemberVersion {
+                    id: m.id,
+                    version: m.version.clone().unwrap_or_default(),
+                })
+                .collect(),
         }))
     }
 

@@ -323,6 +323,7 @@ fn request_status(e: &RequestError) -> Status {
         RequestError::TooManyRequests(_) => status::too_many_requests(),
         RequestError::Forward(msg) => Status::unavailable(msg.clone()),
         RequestError::Skipped(msg) => Status::internal(msg.clone()),
+        RequestError::ClusterVersion(msg) => Status::failed_precondition(msg.clone()),
     }
 }
 

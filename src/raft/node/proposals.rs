@@ -63,6 +63,13 @@ impl Node {
             let _ = reply.send(Err(crate::raft::backlog_error(backlog)));
             return;
         }
+        let op = match self.gate(op) {
+            Ok(op) => op,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
         let (seq, ctx) = self.next_proposal();
         let entry = Entry {
             data: command::encode(&op).into(),

@@ -99,9 +99,15 @@ impl Node {
                     .peer_incarnation(*id)
                     .or((info.incarnation != 0).then_some(info.incarnation))
                     .or(me.then_some(store.incarnation()));
+                let version = if me {
+                    Some(crate::version::FULL.to_string())
+                } else {
+                    self.shared.versions.of(*id).map(|v| v.to_string())
+                };
                 Some(MemberStatus {
                     id: *id,
                     peer_url: info.url.clone(),
+                    version,
                     incarnation: incarnation.map(|i| format!("{i:016x}")),
                     role: role.to_string(),
                     reachable: me || self.transport.is_up(*id),
@@ -128,6 +134,9 @@ impl Node {
         let members = self.member_statuses();
         NodeStatus {
             id: self.settings.id,
+            version: crate::version::FULL,
+            cluster_version: store.membership().cluster_version().to_string(),
+            data_dir_format: store.format(),
             cluster_id: format!("{:016x}", self.settings.cluster_id),
             incarnation: format!("{:016x}", store.incarnation()),
             role,

@@ -122,6 +122,7 @@ impl Cluster {
             apply_backlog: Arc::default(),
             leader: Arc::default(),
             term: Arc::default(),
+            versions: Arc::new(crate::version::Known::new(crate::version::BOOTSTRAP)),
         };
         let outbox = Box::new(Mailbox(sent.clone()));
         let node = Node::new(
