@@ -275,6 +275,7 @@ fn found_with(
         conf_index: 1,
         // Every member bootstrapping this cluster writes the same starting version.
         cluster_version: crate::version::BOOTSTRAP.to_string(),
+        cluster_version_index: 0,
     };
     store.check_identity(identity(settings, settings.cluster_id))?;
     store.bootstrap(membership)?;

@@ -357,6 +357,10 @@ pub struct Access {
     failures: Mutex<HashMap<(String, Option<IpAddr>), Failures>>,
     /// Verified Basic logins: HMAC(secret, user, password) -> (auth revision, when).
     basic: Mutex<HashMap<[u8; 32], (u64, Instant)>>,
+    /// One check at a time per Basic credential: requests with the same credential wait for
+    /// the one being checked and share its outcome, so a burst of them (after an auth change
+    /// emptied the cache) is one login, not a burst of logins that trips the back-off.
+    basic_checks: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
     /// Password hashes computed at once: each takes ~19 MiB and a core for tens of ms, so
     /// a flood of logins queues here instead of exhausting memory.
     hashing: tokio::sync::Semaphore,
@@ -382,6 +386,7 @@ impl Access {
             token_ttl,
             failures: Mutex::new(HashMap::new()),
             basic: Mutex::new(HashMap::new()),
+            basic_checks: Mutex::new(HashMap::new()),
             hashing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             ),
@@ -512,6 +517,16 @@ impl Access {
         let fresh = |entry: Option<&(u64, Instant)>| {
             entry.is_some_and(|(rev, at)| *rev == view.state.revision && at.elapsed() < BASIC_CACHE)
         };
+        if fresh(self.basic.lock().get(&key)) {
+            return Ok(());
+        }
+        let check = {
+            let mut checks = self.basic_checks.lock();
+            // Forget the credentials nobody is checking (a flood of guesses stays bounded).
+            checks.retain(|_, c| Arc::strong_count(c) > 1);
+            checks.entry(key).or_default().clone()
+        };
+        let _one_at_a_time = check.lock().await;
         if fresh(self.basic.lock().get(&key)) {
             return Ok(());
         }

@@ -264,7 +264,7 @@ pub(super) fn apply(batch: &mut Batch, meta: &Meta, op: &AuthOp) -> Result<OpRes
         })
     };
     let mut state = view.state.clone();
-    match decide(&view, op) {
+    match decide(&view, op, batch.stamps_since) {
         Err(r) => return refused(r),
         Ok(Change::Nothing) => return Ok(OpResult::done(meta.revision, false)),
         Ok(Change::State(enabled, secret)) => {
@@ -309,7 +309,9 @@ enum Change {
 }
 
 /// etcd's rules for each change, as a pure function of the state before it.
-fn decide(view: &AuthView, op: &AuthOp) -> std::result::Result<Change, AuthRefusal> {
+/// `stamp`: whether a user's `since` is set to this change's revision (not below cluster
+/// version 0.2.0, where v0.1.0 members do not keep it).
+fn decide(view: &AuthView, op: &AuthOp, stamp: bool) -> std::result::Result<Change, AuthRefusal> {
     use AuthRefusal as R;
     let user = |name: &str| view.users.get(name).cloned().ok_or(R::UserNotFound);
     let role = |name: &str| view.roles.get(name).cloned().ok_or(R::RoleNotFound);
@@ -339,7 +341,7 @@ fn decide(view: &AuthView, op: &AuthOp) -> std::result::Result<Change, AuthRefus
             let u = User {
                 password_hash: password_hash.clone(),
                 roles: Vec::new(),
-                since: view.state.revision + 1,
+                since: if stamp { view.state.revision + 1 } else { 0 },
             };
             Change::User(name.clone(), Some(u))
         }
@@ -356,7 +358,9 @@ fn decide(view: &AuthView, op: &AuthOp) -> std::result::Result<Change, AuthRefus
         } => {
             let mut u = user(name)?;
             u.password_hash = Some(password_hash.clone());
-            u.since = view.state.revision + 1;
+            if stamp {
+                u.since = view.state.revision + 1;
+            }
             Change::User(name.clone(), Some(u))
         }
         AuthOp::UserGrantRole {
@@ -529,6 +533,28 @@ impl Bound {
 mod tests {
     use super::*;
 
+    /// As this build decides at cluster version 0.2.0.
+    fn decide_now(v: &AuthView, op: &AuthOp) -> std::result::Result<Change, AuthRefusal> {
+        decide(v, op, true)
+    }
+
+    /// Below 0.2.0 a user's `since` is not recorded (v0.1.0 members do not keep it, and the
+    /// records must be the same on every member); from 0.2.0 on it is.
+    #[test]
+    fn since_is_recorded_only_when_stamping() {
+        let v = AuthView::default();
+        let add = AuthOp::UserAdd {
+            name: "ann".into(),
+            password_hash: None,
+        };
+        for (stamp, since) in [(false, 0), (true, v.state.revision + 1)] {
+            match decide(&v, &add, stamp) {
+                Ok(Change::User(_, Some(u))) => assert_eq!(u.since, since, "stamp {stamp}"),
+                _ => panic!("user add refused"),
+            }
+        }
+    }
+
     fn view(perms: &[(&str, &str, PermKind)]) -> AuthView {
         let mut v = AuthView::default();
         v.users.insert(
@@ -612,39 +638,45 @@ mod tests {
             password_hash: None,
         };
         assert!(matches!(
-            decide(&v, &AuthOp::Enable { secret: vec![1] }),
+            decide_now(&v, &AuthOp::Enable { secret: vec![1] }),
             Err(AuthRefusal::RootUserNotExist)
         ));
-        assert!(matches!(decide(&v, &add("")), Err(AuthRefusal::UserEmpty)));
+        assert!(matches!(
+            decide_now(&v, &add("")),
+            Err(AuthRefusal::UserEmpty)
+        ));
         v.users.insert(ROOT.into(), User::default());
         assert!(matches!(
-            decide(&v, &add(ROOT)),
+            decide_now(&v, &add(ROOT)),
             Err(AuthRefusal::UserAlreadyExist)
         ));
         assert!(matches!(
-            decide(&v, &AuthOp::Enable { secret: vec![1] }),
+            decide_now(&v, &AuthOp::Enable { secret: vec![1] }),
             Err(AuthRefusal::RootRoleNotExist)
         ));
         let grant = AuthOp::UserGrantRole {
             user: ROOT.into(),
             role: "nope".into(),
         };
-        assert!(matches!(decide(&v, &grant), Err(AuthRefusal::RoleNotFound)));
+        assert!(matches!(
+            decide_now(&v, &grant),
+            Err(AuthRefusal::RoleNotFound)
+        ));
         let revoke = AuthOp::RoleRevokePermission {
             role: "nope".into(),
             key: b"k".to_vec(),
             range_end: Vec::new(),
         };
         assert!(matches!(
-            decide(&v, &revoke),
+            decide_now(&v, &revoke),
             Err(AuthRefusal::RoleNotFound)
         ));
         v.users.get_mut(ROOT).unwrap().roles = vec![ROOT.into()];
-        assert!(decide(&v, &AuthOp::Enable { secret: vec![1] }).is_ok());
+        assert!(decide_now(&v, &AuthOp::Enable { secret: vec![1] }).is_ok());
         v.state.enabled = true;
         let delete = AuthOp::UserDelete { name: ROOT.into() };
         assert!(matches!(
-            decide(&v, &delete),
+            decide_now(&v, &delete),
             Err(AuthRefusal::InvalidAuthMgmt)
         ));
     }

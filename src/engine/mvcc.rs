@@ -83,6 +83,11 @@ pub struct KvStore {
     /// The auth state as last read; cleared when an auth change is applied or a snapshot
     /// restored, so requests need not read it from the engine each time.
     auth: parking_lot::RwLock<Option<Arc<super::auth::AuthView>>>,
+    /// Entries above this log index record, in the user records an auth change writes, the
+    /// auth revision the user's credential dates from (`since`); those at or below it do not,
+    /// as v0.1.0 members do not. Set by the owner from the cluster version (0.2.0 and the
+    /// index it was raised at), so every member writes the same records.
+    stamps_since_after: std::sync::atomic::AtomicU64,
 }
 
 /// The event a version entry records for `key` at `rev`.
@@ -279,6 +284,8 @@ pub(super) struct Batch<'a> {
     latest: HashMap<Vec<u8>, Option<Header>>,
     /// Whether a space alarm is raised, once looked up (an alarm op clears it).
     alarmed: Option<bool>,
+    /// Whether the entry being applied records users' `since` (see `KvStore`).
+    pub(super) stamps_since: bool,
 }
 
 impl Batch<'_> {
@@ -623,6 +630,7 @@ impl KvStore {
             cache_headers,
             hub: Hub::default(),
             auth: parking_lot::RwLock::new(None),
+            stamps_since_after: std::sync::atomic::AtomicU64::new(0),
         };
         if meta.layout == 2 {
             store.convert_layout_2()?;
@@ -863,6 +871,12 @@ impl KvStore {
         Ok(())
     }
 
+    /// From which log index on auth changes record users' `since` (see the field).
+    pub fn stamp_since_after(&self, index: u64) {
+        self.stamps_since_after
+            .store(index, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Applies a batch of committed entries in one engine write; entries at or below the
     /// applied index are skipped (result `None`). Results align with `batch`.
     pub fn apply(&self, batch: &[Applied]) -> Result<Vec<Option<OpResult>>> {
@@ -882,12 +896,17 @@ impl KvStore {
                 headers: self.cache_headers.then_some(&*headers),
                 latest: HashMap::new(),
                 alarmed: None,
+                stamps_since: true,
             };
+            let stamps_after = self
+                .stamps_since_after
+                .load(std::sync::atomic::Ordering::Relaxed);
             for entry in batch {
                 if entry.index <= meta.applied_index {
                     results.push(None);
                     continue;
                 }
+                b.stamps_since = entry.index > stamps_after;
                 let result = match &entry.op {
                     None => None,
                     Some(op) => Some(apply_op(&mut b, &mut meta, op)?),
@@ -957,6 +976,7 @@ impl KvStore {
                 headers: None,
                 latest: HashMap::new(),
                 alarmed: None,
+                stamps_since: true,
             };
             // Index entries below c go once their keys are compacted; those at c stay, so a
             // watch may start at c.

@@ -53,6 +53,11 @@ pub struct Membership {
     /// for a cluster 0.1.0 bootstrapped that has not moved (0.1.0 ignores the field).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cluster_version: String,
+    /// The log index of the entry that raised the cluster version to `cluster_version` (0:
+    /// it started there). Entries at or below it are applied as at the version before, also
+    /// when replayed after a restart.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cluster_version_index: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,13 +79,25 @@ impl Membership {
         crate::version::Version::parse(&self.cluster_version).unwrap_or(crate::version::V0_1)
     }
 
-    /// Raises the cluster version (it never goes down). True if it changed.
-    pub fn raise_cluster_version(&mut self, to: crate::version::Version) -> bool {
+    /// Raises the cluster version at log index `index` (it never goes down). True if it
+    /// changed.
+    pub fn raise_cluster_version(&mut self, to: crate::version::Version, index: u64) -> bool {
         if to <= self.cluster_version() {
             return false;
         }
         self.cluster_version = to.to_string();
+        self.cluster_version_index = index;
         true
+    }
+
+    /// The cluster version an entry at `index` is applied under. This build knows one step
+    /// (0.1.0 to 0.2.0): an entry at or below the raise is applied as at 0.1.0.
+    pub fn cluster_version_at(&self, index: u64) -> crate::version::Version {
+        if index > self.cluster_version_index {
+            self.cluster_version()
+        } else {
+            crate::version::V0_1
+        }
     }
 
     pub fn url_of(&self, id: u64) -> Option<&str> {

@@ -65,6 +65,7 @@ use super::{Input, RequestError};
 use crate::config::Settings;
 use crate::engine::{Applied, EngineError, KvStore, OpResult};
 use crate::metrics::Metrics;
+use crate::version;
 
 pub use self::incarnations::reset_reason;
 
@@ -206,6 +207,7 @@ impl Node {
         shared
             .versions
             .set_cluster(store.membership().cluster_version());
+        engine.stamp_since_after(stamps_since_after(store.membership()));
         *shared.incarnations.write() = agreed_incarnations(&store);
         shared.revision.send_replace(engine.revision());
         let backlog = store
@@ -649,7 +651,8 @@ impl Node {
         }
         // A 0.1.0 member does not check a change's client at apply: below 0.2.0 neither does
         // this one, or the two would disagree on the membership.
-        let checked = crate::version::checks_member_changes_at_apply(membership.cluster_version());
+        let checked =
+            crate::version::checks_member_changes_at_apply(membership.cluster_version_at(e.index));
         if let Some(denied) = self.change_denied(&cc)?.filter(|_| checked) {
             self.skip_entry(
                 e.index,
@@ -686,7 +689,19 @@ impl Node {
         self.shared
             .versions
             .set_cluster(membership.cluster_version());
+        self.engine
+            .stamp_since_after(stamps_since_after(&membership));
         *self.shared.membership.write() = membership;
+    }
+}
+
+/// The log index after which auth changes record users' `since`: from the raise to 0.2.0 on
+/// (v0.1.0 members do not keep it, so below 0.2.0 no member does).
+fn stamps_since_after(membership: &Membership) -> u64 {
+    if version::checks_privileged_writes(membership.cluster_version()) {
+        membership.cluster_version_index
+    } else {
+        u64::MAX
     }
 }
 

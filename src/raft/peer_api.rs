@@ -402,7 +402,7 @@ fn from_header(headers: &HeaderMap) -> u64 {
         .unwrap_or(0)
 }
 
-/// `POST /raft/stream`: with `Upgrade: metcd-raft/2` the connection switches to raw frames
+/// `POST /raft/stream`: with `Upgrade: metcd-raft/1` the connection switches to raw frames
 /// (and ends with a `<status> <reason>` line when this side closes it); without, the request
 /// body carries the frames and the answer is an HTTP status.
 async fn stream(State(api): State<Arc<PeerApi>>, mut req: Request) -> Response {

@@ -1227,7 +1227,7 @@ mod tests {
         s.record_reset("lost").unwrap();
         assert_eq!(s.reset_reason().as_deref(), Some("lost"));
         drop(s);
-        let mut s = LogStore::open(dir.path()).unwrap();
+        let s = LogStore::open(dir.path()).unwrap();
         assert_eq!(s.format(), 2);
         assert_eq!(s.format.as_ref().map(|f| f.at_index), Some(3));
 
@@ -1272,7 +1272,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.format(), 1);
-        assert!(m.raise_cluster_version(crate::version::Version::new(0, 2)));
+        assert!(m.raise_cluster_version(crate::version::Version::new(0, 2), 6));
         s.set_conf_state(ConfState::default(), m).unwrap();
         assert_eq!(s.format(), 2);
     }

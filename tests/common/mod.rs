@@ -15,6 +15,7 @@
 //! 1000-1499    auth.rs (a real etcd at 1400s)
 //! 1500-1999    tls.rs (local-cluster --tls at 1550)
 //! 2000-2999    trust.rs
+//! 3400-3799    upgrade.rs (v0.1.0 and this build)
 //! 4000-4999    etcdctl.rs
 //! 5000-5999    etcd_diff.rs (a real etcd at 5500s)
 //! 6000-6999    grpc_client.rs (a real etcd at 6500s)

@@ -89,7 +89,7 @@ impl Node {
             return Ok(());
         }
         let mut membership = self.raw.store().membership().clone();
-        if membership.raise_cluster_version(v) {
+        if membership.raise_cluster_version(v, index) {
             let cs = self.raw.store().conf_state().clone();
             self.raw.mut_store().set_conf_state(cs, membership)?;
             info!(index, version = %v, "cluster version raised");
