@@ -102,7 +102,8 @@ impl Node {
     /// grant, keepalive or alarm goes unchecked below 0.2.0 (the form 0.1.0 members apply),
     /// and a feature the cluster version does not allow is refused, naming who holds it back.
     pub(super) fn gate(&self, op: Op) -> Result<Op, RequestError> {
-        let cluster = self.cluster_version();
+        // The published copy of the membership's: no parsing on the write path.
+        let cluster = self.shared.versions.cluster();
         let feature = match op.unchecked() {
             Op::Auth(_) => Some(Feature::AuthChanges),
             _ => None,
