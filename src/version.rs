@@ -233,6 +233,11 @@ pub fn long_text() -> &'static str {
     TEXT.as_str()
 }
 
+/// Whether an auth change records the user's `since` (v0.1.0 members do not keep it).
+pub fn records_user_since(cluster: Version) -> bool {
+    cluster >= Version::new(0, 2)
+}
+
 /// `metcd --version`: the version, the commit and the formats this build reads and writes.
 pub fn long() -> String {
     format!(

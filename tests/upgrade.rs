@@ -181,13 +181,7 @@ impl Load {
 
         let (s, st) = (seen.clone(), stop.clone());
         threads.push(thread::spawn(move || {
-            let mut at = 0;
-            for n in 0.. {
-                if st.load(Ordering::Relaxed) {
-                    break;
-                }
-                let (key, value) = (format!("up/h/{n:06}"), format!("h{n}"));
-                let started = Instant::now();
+            write_until_stopped("up/h", "h", 0, &s, &st, |at, key, value| {
                 let r = http_request_with_timeout(
                     ports[at],
                     "PUT",
@@ -196,60 +190,28 @@ impl Load {
                     value.as_bytes(),
                     Duration::from_secs(5),
                 );
-                let revision = match &r {
+                match r {
                     Ok(r) if r.status / 100 == 2 => Some(r.revision()),
                     _ => None,
-                };
-                if revision.is_none() {
-                    at = (at + 1) % 3;
                 }
-                s.writes.lock().unwrap().push(Write {
-                    key,
-                    value,
-                    started,
-                    took: started.elapsed(),
-                    revision,
-                });
-                thread::sleep(Duration::from_millis(20));
-            }
+            });
         }));
 
         let (s, st) = (seen.clone(), stop.clone());
         threads.push(thread::spawn(move || {
             let rt = runtime();
-            let mut at = 1;
-            let mut client = None;
-            for n in 0.. {
-                if st.load(Ordering::Relaxed) {
-                    break;
-                }
-                let (key, value) = (format!("up/g/{n:06}"), format!("g{n}"));
-                let started = Instant::now();
-                let revision = rt.block_on(async {
-                    if client.is_none() {
-                        client = connect(ports[at]).await;
+            let mut client: Option<(usize, etcd_client::Client)> = None;
+            write_until_stopped("up/g", "g", 1, &s, &st, |at, key, value| {
+                rt.block_on(async {
+                    if client.as_ref().is_none_or(|(on, _)| *on != at) {
+                        client = connect(ports[at]).await.map(|c| (at, c));
                     }
-                    let c = client.as_mut()?;
-                    let put = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        c.put(key.as_str(), value.as_str(), None),
-                    );
+                    let (_, c) = client.as_mut()?;
+                    let put = tokio::time::timeout(Duration::from_secs(5), c.put(key, value, None));
                     let r = put.await.ok()?.ok()?;
                     Some(r.header()?.revision() as u64)
-                });
-                if revision.is_none() {
-                    client = None;
-                    at = (at + 1) % 3;
-                }
-                s.writes.lock().unwrap().push(Write {
-                    key,
-                    value,
-                    started,
-                    took: started.elapsed(),
-                    revision,
-                });
-                thread::sleep(Duration::from_millis(20));
-            }
+                })
+            });
         }));
 
         let (s, st, until) = (seen.clone(), stop.clone(), watch_until.clone());
@@ -324,6 +286,39 @@ impl Load {
             t.join().expect("load thread");
         }
         self.seen
+    }
+}
+
+/// Writes `<prefix>/<n>` = `<tag><n>` for n = 0, 1, ... every 20 ms until `stop`, through
+/// `put(member index, key, value)` (the revision it was acknowledged at, or `None`), moving
+/// to the next member after a failure; records every write in `seen`.
+fn write_until_stopped(
+    prefix: &str,
+    tag: &str,
+    first: usize,
+    seen: &Seen,
+    stop: &AtomicBool,
+    mut put: impl FnMut(usize, &str, &str) -> Option<u64>,
+) {
+    let mut at = first;
+    for n in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let (key, value) = (format!("{prefix}/{n:06}"), format!("{tag}{n}"));
+        let started = Instant::now();
+        let revision = put(at, &key, &value);
+        if revision.is_none() {
+            at = (at + 1) % 3;
+        }
+        seen.writes.lock().unwrap().push(Write {
+            key,
+            value,
+            started,
+            took: started.elapsed(),
+            revision,
+        });
+        thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -698,7 +698,7 @@ impl Node {
 /// The log index after which auth changes record users' `since`: from the raise to 0.2.0 on
 /// (v0.1.0 members do not keep it, so below 0.2.0 no member does).
 fn stamps_since_after(membership: &Membership) -> u64 {
-    if version::checks_privileged_writes(membership.cluster_version()) {
+    if version::records_user_since(membership.cluster_version()) {
         membership.cluster_version_index
     } else {
         u64::MAX
