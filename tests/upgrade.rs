@@ -98,6 +98,10 @@ fn build_old_release() -> PathBuf {
             build.env_remove(&k);
         }
     }
+    // Only the binary is wanted: no debug info or incremental state (disk is CI's limit).
+    build
+        .env("CARGO_INCREMENTAL", "0")
+        .env("CARGO_PROFILE_DEV_DEBUG", "0");
     let status = build.status().expect("run cargo build for v0.1.0");
     assert!(status.success(), "building v0.1.0 failed");
     std::fs::write(&stamp, OLD_COMMIT).expect("stamp");
