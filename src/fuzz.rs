@@ -1,7 +1,7 @@
 //! Property tests over everything that decodes bytes from a client, a peer or a file given by
 //! flag (certificates and keys): whatever the
 //! input, decoding answers `Ok` or `Err` and never panics, and what is encoded decodes back.
-//! (The HTTP layer itself is hyper's; `tests/bad_input.rs` and `tests/peer.rs` send garbage
+//! (The HTTP layer itself is hyper's; `tests/it/bad_input.rs` and `tests/it/peer.rs` send garbage
 //! to real members over sockets.)
 
 use futures_util::FutureExt;

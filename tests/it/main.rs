@@ -1,0 +1,42 @@
+//! metcd's integration tests: one binary, one module per area, every test against real
+//! `metcd` processes on ports the harness hands out (`common::port_block`).
+//!
+//! `cargo test` runs them all; `cargo test --test it <area>::` runs one area (`tls::`,
+//! `jepsen::`). The fault suite needs crash points compiled in:
+//! `cargo test --features failpoints --test it -- crash:: injected::`.
+
+#[macro_use]
+mod common;
+
+mod auth;
+mod bad_input;
+mod bench_tool;
+mod consistency;
+#[cfg(feature = "failpoints")]
+mod crash;
+mod disk_full;
+mod docs;
+mod etcd_diff;
+mod etcdctl;
+mod faults;
+mod grpc_client;
+mod history;
+#[cfg(feature = "failpoints")]
+mod injected;
+mod jepsen;
+mod leadership;
+mod leases;
+mod listing;
+mod lost_data;
+mod membership;
+mod observability;
+mod peer;
+mod quota;
+mod recovery;
+mod replication;
+mod seed_flow;
+mod snapshot;
+mod tls;
+mod trust;
+mod upgrade;
+mod watch;
