@@ -90,7 +90,7 @@ fn restart(settings: &Settings, store: &mut LogStore) -> Result<()> {
     if cluster > crate::version::THIS {
         return Err(Error::Log(crate::raft::storage::LogError::Format(format!(
             "this data dir's cluster is at version {cluster}, newer than this build ({}): start \
-             metcd {cluster} or newer on it (README \"Upgrading\")",
+             metcd {cluster} or newer on it (docs/upgrading.md)",
             crate::version::FULL
         ))));
     }

@@ -89,7 +89,7 @@ pub const V0_1: Version = Version::new(0, 1);
 /// This build's release line (checked against Cargo.toml's version by a unit test).
 pub const THIS: Version = Version::new(0, 2);
 /// The lowest cluster version this build runs in: a member of 0.N works in a cluster at
-/// 0.(N-1) or 0.N (the compatibility window, README "Upgrading").
+/// 0.(N-1) or 0.N (the compatibility window, docs/upgrading.md).
 pub const OLDEST_CLUSTER: Version = V0_1;
 /// The cluster version a cluster bootstrapped by this build starts at. Later releases keep
 /// it (members of different releases bootstrapping one cluster must agree on it) until they
@@ -194,7 +194,7 @@ impl Known {
         }
         Err(format!(
             "member {peer} runs metcd {theirs}, below the cluster version {cluster}: it would misread \
-             entries written at {cluster}. Start metcd {cluster} or newer on its data dir (README \"Upgrading\")"
+             entries written at {cluster}. Start metcd {cluster} or newer on its data dir (docs/upgrading.md)"
         ))
     }
 
@@ -220,7 +220,7 @@ impl Known {
         };
         format!(
             "{} need cluster version {}; the cluster is at {cluster} ({why}). Upgrade every \
-             member first (README \"Upgrading\")",
+             member first (docs/upgrading.md)",
             feature.name(),
             feature.needs()
         )

@@ -8,7 +8,7 @@
 //! never expires sooner than its TTL after the last keepalive, whatever the leader changes.
 //! It runs behind real time while there is no leader, and by the time between the old
 //! leader's last tick and its death; that is the only way a lease outlives its TTL (the bound
-//! is written down in the README). Applying a tick revokes the leases whose expiry it reached,
+//! is written down in docs/api-http.md, "Leases"). Applying a tick revokes the leases whose expiry it reached,
 //! at most [`REVOKE_PER_TICK`] per tick, each in a revision of its own.
 //!
 //! [`Op::LeaseTick`]: super::Op::LeaseTick

@@ -45,7 +45,7 @@ pub enum EngineError {
     #[error(
         "{0} holds a store in the layout of an older metcd (before history was kept), which \
          this version cannot open in place: replace the member (remove it from the cluster, \
-         wipe its data dir, add it back; see the README)"
+         wipe its data dir, add it back; see docs/upgrading.md)"
     )]
     LegacyLayout(String),
 }

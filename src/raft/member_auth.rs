@@ -9,7 +9,7 @@
 //! ```
 //! `by` is absent when auth was off where the request was taken. Earlier versions ignore it
 //! (they read the change alone), which is why the rule below is applied by this version only:
-//! README "Upgrading".
+//! docs/upgrading.md.
 //!
 //! The rule ([`auth_refusal`]), decided from replicated auth state only, so every member
 //! decides alike: with auth off, anyone; with auth on, the caller must be root under the very

@@ -324,7 +324,7 @@ fn read_format(engine: &raft_engine::Engine) -> Result<Option<DataDirFormat>, Lo
         return Err(LogError::Format(format!(
             "this data dir is format {}, written by metcd {}; this build ({}) reads formats {}-{}. \
              Run metcd {} or newer on it (nothing was changed), or restore a backup made at a \
-             cluster version this build runs at into a new cluster (README \"Upgrading\")",
+             cluster version this build runs at into a new cluster (docs/upgrading.md)",
             record.format,
             record.written_by,
             crate::version::FULL,
@@ -432,7 +432,7 @@ impl LogStore {
             "{FORMAT_GUARD} (moved from format {} by metcd {} at log index {at_index}, when the \
              cluster version reached 0.2.0): this metcd is older and cannot read it. Start metcd {} or \
              newer on this data dir. To go back to an older release once the cluster version has \
-             moved, restore a backup into a new cluster (README \"Upgrading\")",
+             moved, restore a backup into a new cluster (docs/upgrading.md)",
             record.from, record.written_by, record.written_by
         );
         batch.put(META, KEY_RESET.to_vec(), guard.into_bytes())?;

@@ -72,7 +72,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// a member may send is decided by the cluster version and the release each side announces
 /// ([`crate::version::HEADER`]): a member below the cluster version is refused both ways, and
 /// one that runs a release below 0.2.0 is never sent an entry or snapshot that needs more
-/// ([`compatible`]), so a mixed cluster cannot diverge (README "Upgrading").
+/// ([`compatible`]), so a mixed cluster cannot diverge (docs/upgrading.md).
 pub const STREAM_PROTOCOL: &str = "metcd-raft/1";
 /// Idle time before a keep-alive probe, and between probes (3 unanswered end the stream).
 const KEEPALIVE: Duration = Duration::from_secs(1);
@@ -568,7 +568,7 @@ fn compatible(msg: &Message, theirs: Version) -> Result<(), TransportError> {
     let too_new = |needs: Version| {
         TransportError::TooOld(format!(
             "member {} runs metcd {theirs}, and the cluster has moved to what needs {needs}: it is \
-             sent nothing until it runs metcd {needs} or newer (README \"Upgrading\")",
+             sent nothing until it runs metcd {needs} or newer (docs/upgrading.md)",
             msg.to
         ))
     };

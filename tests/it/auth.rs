@@ -474,7 +474,7 @@ fn curl_with_basic_and_bearer_tokens_expiry_and_backoff() {
     assert_eq!(code, 401, "an expired token: {body}");
     assert!(body.contains("invalid auth token"), "{body}");
 
-    // After 3 failures (README) that user's logins from this address wait (429 with
+    // After 3 failures (docs/security.md) that user's logins from this address wait (429 with
     // Retry-After), without locking the user out: after the wait the right password works.
     for attempt in 1..=3 {
         let (code, _) = curl(&["-u", "wo:wrong", &url("/app/a/k")]);

@@ -1,7 +1,7 @@
 //! Differential test: one etcdctl script against a real etcd 3.4 cluster and against metcd,
 //! outputs compared after normalising what differs by nature (cluster and member ids, raft
 //! terms, lease ids, a lease's remaining seconds). Every step must print the same, or be listed
-//! in [`DELIBERATE`] with the reason (the README's etcd compatibility section lists the same).
+//! in [`DELIBERATE`] with the reason (docs/api-grpc.md's "Differences from etcd" lists the same).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -187,7 +187,7 @@ fn membership_status_and_leadership() {
     }
 
     // Status of every member. (etcdctl 3.4's --cluster dials each member's client URL with
-    // the scheme in the HTTP/2 authority, which metcd's HTTP/2 server refuses; the README
+    // the scheme in the HTTP/2 authority, which metcd's HTTP/2 server refuses; docs/api-grpc.md
     // says so. The endpoints are listed instead; health --cluster does work.)
     let all = (1..=3)
         .map(|i| endpoint(&c, i))

@@ -128,7 +128,7 @@ engine_tests! {
         let gone = gone_at(&c, f, "/lock", Duration::from_secs(20));
         let after = gone - last;
         // Never before the TTL; at most the TTL plus the time without a leader plus two ticks
-        // (the README's bound), with half a second for this machine's scheduling.
+        // (the bound in docs/api-http.md), with half a second for this machine's scheduling.
         eprintln!("expired {after:?} after the last keepalive; {leaderless:?} without a leader that could commit");
         assert!(after >= Duration::from_secs(ttl), "expired early: {after:?}");
         let bound = Duration::from_secs(ttl) + leaderless + Duration::from_millis(200 + 500);

@@ -71,7 +71,7 @@ fn replace(c: &mut TestCluster, lost: usize, keys: usize) {
     assert_keys(c, new, keys);
 }
 
-/// The recovery exactly as the README gives it: the new member takes the lost member's peer
+/// The recovery exactly as docs/operations.md gives it: the new member takes the lost member's peer
 /// URL and (emptied) data dir, with explicit ids in --cluster.
 fn replace_at_same_url(c: &mut TestCluster, lost: usize, keys: usize) {
     let leader = c.wait_leader(LEADER_TIMEOUT);

@@ -9,7 +9,7 @@
 //!   revision is not honoured: the digest is of the applied state.
 //! - Alarm: the NOSPACE alarms (raised past `--quota-backend-bytes`, replicated through the
 //!   log): list, activate, deactivate (`etcdctl alarm disarm`). Status lists them as errors.
-//! - Defragment: nothing to do on any engine (see the README's etcd compatibility section).
+//! - Defragment: nothing to do on any engine (docs/api-grpc.md, "Differences from etcd").
 //! - MoveLeader: as `POST /_leader`.
 
 use std::io::{Read, Seek, Write};

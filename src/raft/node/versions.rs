@@ -81,7 +81,7 @@ impl Node {
         if v > version::THIS {
             let reason = format!(
                 "the cluster version is {v} (log index {index}), newer than this member's release \
-                 {}: start metcd {v} or newer on this data dir (README \"Upgrading\")",
+                 {}: start metcd {v} or newer on this data dir (docs/upgrading.md)",
                 version::FULL
             );
             tracing::error!(%reason, "stopping");

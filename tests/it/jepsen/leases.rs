@@ -7,7 +7,7 @@
 //!   or lease gone: that would be a lock held twice;
 //! - gone by the bound: after the cluster has healed and converged, every key and lease is gone
 //!   within TTL + one tick + commit time (faults may have stopped the lease clock before the
-//!   heal, as the README's bound allows: it runs only while a leader can commit).
+//!   heal, as the bound in docs/api-http.md allows: it runs only while a leader can commit).
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread;

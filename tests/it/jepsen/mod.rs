@@ -10,7 +10,7 @@
 //! - remove a member and add a new one under load;
 //! - wipe a member's data dir and restart it with its original command: it must refuse to
 //!   start (the cluster knows its id from its lost data dir); it is then removed and a new
-//!   member added under a new id, as the README says.
+//!   member added under a new id, as docs/operations.md says.
 //!
 //! The history (invoke, ok / fail / unknown) is checked with a linearizability checker
 //! ([`checker`], one register per key). After healing, every member must reach the same state
