@@ -1,22 +1,20 @@
-//! Prometheus metrics, rendered by hand in text exposition format 0.0.4, followed on
-//! `/_metrics` by what libraries record in the `prometheus` crate's default registry
-//! ([`render_default_registry`]: raft-engine's `raft_engine_*`).
+//! Prometheus metrics. metcd's own are declared once each, in the [`metrics!`] list below
+//! (field, family name, help, and for gauges where the value comes from), and registered in a
+//! `prometheus::Registry` of their own; `/_metrics` renders them with the prometheus crate's
+//! text encoder (format 0.0.4), followed by what libraries record in the crate's default
+//! registry (raft-engine's `raft_engine_*`).
 //!
-//! Exports [`Metrics`] (counters and histograms, shared as `Arc<Metrics>`), [`Histogram`] with
-//! the bucket sets [`LATENCY_BUCKETS`] and [`SLOW_BUCKETS`], [`Gauges`] (a snapshot of node state
-//! the caller passes to [`Metrics::render`]; gauges are never stored here) and [`dir_size`].
-//!
-//! Everything is lock-free atomics except the per-label map of HTTP request histograms, a
-//! `parking_lot::RwLock`: shared to find a label set, exclusive only to create one. Recording never allocates
-//! after a label set's first use, and never fails.
+//! Counters and histograms are recorded where things happen; gauges are not stored: the caller
+//! reads node state into a [`Gauges`] snapshot at scrape time ([`Metrics::render`]). Recording
+//! never allocates after a label set's first use, and never fails.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use parking_lot::RwLock;
+use prometheus::core::Collector;
+use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntGauge, Registry};
 
 /// Upper bounds (seconds) for request and log-sync latency: 100 µs to 10 s in 1-2.5-5 steps.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -29,104 +27,9 @@ pub const SLOW_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// A fixed-bucket histogram of seconds.
-///
-/// Invariants: `bounds` is strictly ascending and finite; `buckets` has one slot per bound plus
-/// an overflow slot (`+Inf`), each counting observations that fell in that slot only (not
-/// cumulative); `count` is bumped after the bucket, so a concurrent reader may see `count`
-/// lag the buckets by in-flight observations, never lead them.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    buckets: Box<[AtomicU64]>,
-    count: AtomicU64,
-    /// The sum of observations, as `f64::to_bits`.
-    sum_bits: AtomicU64,
-}
-
-impl Histogram {
-    /// A histogram with the given upper bounds (seconds, strictly ascending, finite).
-    pub fn new(bounds: &'static [f64]) -> Self {
-        debug_assert!(bounds.iter().all(|b| b.is_finite()));
-        debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]));
-        Histogram {
-            bounds,
-            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_bits: AtomicU64::new(0f64.to_bits()),
-        }
-    }
-
-    /// Records one observation. Non-finite values are dropped: one would poison `_sum` forever.
-    pub fn observe(&self, secs: f64) {
-        if !secs.is_finite() {
-            return;
-        }
-        // `le` is inclusive: the first bound >= secs, or the overflow slot.
-        let slot = self.bounds.partition_point(|&b| b < secs);
-        self.buckets[slot].fetch_add(1, Relaxed);
-        // The closure always returns Some, so fetch_update cannot fail.
-        let _ = self.sum_bits.fetch_update(Relaxed, Relaxed, |bits| {
-            Some((f64::from_bits(bits) + secs).to_bits())
-        });
-        self.count.fetch_add(1, Relaxed);
-    }
-
-    /// Records one observation of `d`.
-    pub fn observe_duration(&self, d: Duration) {
-        self.observe(d.as_secs_f64());
-    }
-
-    /// The upper bounds, without `+Inf`.
-    pub fn bounds(&self) -> &'static [f64] {
-        self.bounds
-    }
-
-    /// Number of observations.
-    pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
-    }
-
-    /// Sum of observations, in seconds.
-    pub fn sum(&self) -> f64 {
-        f64::from_bits(self.sum_bits.load(Relaxed))
-    }
-
-    /// Cumulative counts per bound, then a final `+Inf` entry (`bounds().len() + 1` entries).
-    pub fn cumulative_counts(&self) -> Vec<u64> {
-        let mut total = 0;
-        self.buckets
-            .iter()
-            .map(|b| {
-                total += b.load(Relaxed);
-                total
-            })
-            .collect()
-    }
-
-    /// Writes `_bucket`, `_sum` and `_count` lines. `labels` is already rendered
-    /// (`k="v",...`, escaped) or empty.
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let cumulative = self.cumulative_counts();
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, n) in cumulative.iter().enumerate() {
-            let le = self
-                .bounds
-                .get(i)
-                .map_or("+Inf".to_string(), |b| fmt_f64(*b));
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {n}");
-        }
-        // `_count` must equal the `+Inf` bucket, so both come from one read of the buckets.
-        let count = cumulative.last().copied().unwrap_or(0);
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", fmt_f64(self.sum()));
-        let _ = writeln!(out, "{name}_count{braces} {count}");
-    }
-}
+/// The HTTP request histogram's family; its labels are `REQUEST_LABELS`.
+const REQUESTS: &str = "metcd_http_request_duration_seconds";
+const REQUEST_LABELS: [&str; 3] = ["route", "method", "status"];
 
 /// Label set of one HTTP request histogram: (route, method, status).
 type RequestKey = (&'static str, &'static str, u16);
@@ -165,31 +68,128 @@ pub fn resident_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// The server's counters and histograms, shared as `Arc<Metrics>`.
-///
-/// Counters are plain atomics: bump them with `fetch_add(1, Relaxed)`; they never decrease.
-#[derive(Debug)]
-pub struct Metrics {
-    pub leader_changes: AtomicU64,
-    pub proposals_committed: AtomicU64,
-    pub proposals_failed: AtomicU64,
-    pub snapshots_saved: AtomicU64,
-    pub snapshots_installed: AtomicU64,
-    pub snapshots_sent: AtomicU64,
-    pub snapshot_send_failures: AtomicU64,
-    /// Committed entries applied as no-ops: undecodable, of an unknown kind, or membership
-    /// changes the rules refuse.
-    pub entries_skipped: AtomicU64,
-    /// Writes not proposed because their client had gone away.
-    pub proposals_abandoned: AtomicU64,
-    /// Peer traffic refused: malformed or forbidden messages, members that lost their data.
-    pub peer_refusals: AtomicU64,
-    /// Raft log fsync latency.
-    pub log_sync: Histogram,
-    /// Seconds to save a snapshot.
-    pub snapshot_save: Histogram,
-    /// Request latency per label set, created on first use; the method label is bounded.
-    requests: RwLock<BTreeMap<RequestKey, Histogram>>,
+/// Declares [`Metrics`]: every counter, gauge and histogram once, with its family name and
+/// help; a gauge also names how its value is read from a [`Gauges`] snapshot.
+macro_rules! metrics {
+    (
+        counters { $($(#[$cdoc:meta])* $c:ident: $cname:literal, $chelp:literal;)* }
+        gauges { $($g:ident: $gname:literal, $ghelp:literal, |$gs:ident| $gv:expr;)* }
+        histograms { $($(#[$hdoc:meta])* $h:ident: $hname:literal, $hhelp:literal, $hb:expr;)* }
+    ) => {
+        /// The server's counters and histograms, shared as `Arc<Metrics>`. Bump a counter with
+        /// `inc()`, record a histogram with `observe(seconds)`.
+        pub struct Metrics {
+            registry: Registry,
+            $($(#[$cdoc])* pub $c: IntCounter,)*
+            $($g: IntGauge,)*
+            $($(#[$hdoc])* pub $h: prometheus::Histogram,)*
+            requests: HistogramVec,
+            /// The request histograms by label set, so recording is one map lookup under a
+            /// shared lock (the write lock is taken once per new label set).
+            request_children: RwLock<BTreeMap<RequestKey, prometheus::Histogram>>,
+        }
+
+        impl Metrics {
+            pub fn new() -> Self {
+                let registry = Registry::new();
+                Metrics {
+                    $($c: register(&registry, IntCounter::new($cname, $chelp)),)*
+                    $($g: register(&registry, IntGauge::new($gname, $ghelp)),)*
+                    $($h: register(
+                        &registry,
+                        prometheus::Histogram::with_opts(
+                            HistogramOpts::new($hname, $hhelp).buckets($hb.to_vec()),
+                        ),
+                    ),)*
+                    requests: register(
+                        &registry,
+                        HistogramVec::new(
+                            HistogramOpts::new(REQUESTS, "HTTP request latency in seconds.")
+                                .buckets(LATENCY_BUCKETS.to_vec()),
+                            &REQUEST_LABELS,
+                        ),
+                    ),
+                    request_children: RwLock::new(BTreeMap::new()),
+                    registry,
+                }
+            }
+
+            /// Sets every gauge from `g`.
+            fn set_gauges(&self, g: &Gauges) {
+                $({
+                    let $gs = g;
+                    self.$g.set(i64::try_from($gv).unwrap_or(i64::MAX));
+                })*
+            }
+        }
+    };
+}
+
+metrics! {
+    counters {
+        leader_changes: "metcd_raft_leader_changes_total", "Leader changes seen by this member.";
+        proposals_committed: "metcd_proposals_committed_total",
+            "Proposals from this member that were applied.";
+        proposals_failed: "metcd_proposals_failed_total",
+            "Proposals from this member that were dropped or failed.";
+        /// Writes not proposed because their client had gone away.
+        proposals_abandoned: "metcd_proposals_abandoned_total",
+            "Writes not proposed because their client had gone away.";
+        /// Committed entries applied as no-ops: undecodable, of an unknown kind, or membership
+        /// changes the rules refuse.
+        entries_skipped: "metcd_entries_skipped_total",
+            "Committed entries applied as no-ops: undecodable, of an unknown kind, or membership changes the rules refuse.";
+        /// Peer traffic refused: malformed or forbidden messages, members that lost their data.
+        peer_refusals: "metcd_peer_refusals_total",
+            "Peer traffic refused: malformed or forbidden messages, members that lost their data.";
+        snapshots_saved: "metcd_snapshots_saved_total", "Snapshots saved by this member.";
+        snapshots_installed: "metcd_snapshots_installed_total", "Snapshots received and installed.";
+        snapshots_sent: "metcd_snapshots_sent_total", "Snapshots sent to followers.";
+        snapshot_send_failures: "metcd_snapshot_send_failures_total", "Snapshot sends that failed.";
+    }
+    gauges {
+        term: "metcd_raft_term", "Current Raft term.", |g| g.term;
+        is_leader: "metcd_raft_is_leader", "1 if this member is the leader.", |g| u64::from(g.is_leader);
+        has_leader: "metcd_raft_has_leader", "1 if this member knows a leader.", |g| u64::from(g.has_leader);
+        commit_index: "metcd_raft_commit_index", "Highest log index known committed.", |g| g.commit_index;
+        applied_index: "metcd_raft_applied_index", "Highest log index applied to the engine.",
+            |g| g.applied_index;
+        apply_lag: "metcd_apply_lag_entries", "Committed entries not yet applied.",
+            |g| g.commit_index.saturating_sub(g.applied_index);
+        first_log_index: "metcd_raft_first_log_index", "First index in the Raft log.",
+            |g| g.first_log_index;
+        last_log_index: "metcd_raft_last_log_index", "Last index in the Raft log.", |g| g.last_log_index;
+        snapshot_index: "metcd_snapshot_index", "Log index of the latest snapshot.", |g| g.snapshot_index;
+        revision: "metcd_store_revision", "Current store revision.", |g| g.revision;
+        keys: "metcd_engine_keys", "Live keys in the engine.", |g| g.keys;
+        engine_bytes: "metcd_engine_size_bytes", "Engine files on disk, in bytes.", |g| g.engine_bytes;
+        members: "metcd_cluster_members", "Voting members in the cluster.", |g| g.members;
+        learners: "metcd_cluster_learners", "Learners in the cluster.", |g| g.learners;
+        watchers: "metcd_watchers", "Open watch streams on this member.", |g| g.watchers;
+        resident_bytes: "process_resident_memory_bytes", "Resident memory size in bytes.",
+            |g| g.resident_bytes;
+    }
+    histograms {
+        /// Raft log fsync latency.
+        log_sync: "metcd_log_sync_duration_seconds", "Raft log fsync latency in seconds.",
+            LATENCY_BUCKETS;
+        /// Seconds to save a snapshot.
+        snapshot_save: "metcd_snapshot_save_duration_seconds", "Seconds to save a snapshot.",
+            SLOW_BUCKETS;
+    }
+}
+
+/// Registers `metric` in `registry`. The families above are fixed at compile time with valid,
+/// distinct names, so neither step can fail at run time (`Metrics::new` runs in every test).
+fn register<T: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<T>,
+) -> T {
+    let metric = metric.expect("a metric family declared in metrics! is valid");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric families declared in metrics! have distinct names");
+    metric
 }
 
 impl Default for Metrics {
@@ -198,251 +198,53 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
-    pub fn new() -> Self {
-        Metrics {
-            leader_changes: AtomicU64::new(0),
-            proposals_committed: AtomicU64::new(0),
-            proposals_failed: AtomicU64::new(0),
-            snapshots_saved: AtomicU64::new(0),
-            snapshots_installed: AtomicU64::new(0),
-            snapshots_sent: AtomicU64::new(0),
-            snapshot_send_failures: AtomicU64::new(0),
-            entries_skipped: AtomicU64::new(0),
-            proposals_abandoned: AtomicU64::new(0),
-            peer_refusals: AtomicU64::new(0),
-            log_sync: Histogram::new(LATENCY_BUCKETS),
-            snapshot_save: Histogram::new(SLOW_BUCKETS),
-            requests: RwLock::new(BTreeMap::new()),
-        }
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
     }
+}
 
+impl Metrics {
     /// Records one HTTP request. `route` is the matched route pattern (never the raw path, which
     /// is unbounded); methods other than GET/HEAD/PUT/POST/DELETE are recorded as "other".
     pub fn observe_request(&self, route: &'static str, method: &str, status: u16, d: Duration) {
         let key = (route, method_label(method), status);
-        // Readers share the lock; the write lock is taken once per new label set.
-        if let Some(h) = self.requests.read().get(&key) {
-            h.observe_duration(d);
+        if let Some(h) = self.request_children.read().get(&key) {
+            h.observe(d.as_secs_f64());
             return;
         }
-        self.requests
+        self.request_children
             .write()
             .entry(key)
-            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
-            .observe_duration(d);
+            .or_insert_with(|| {
+                let status = status.to_string();
+                self.requests
+                    .with_label_values(&[key.0, key.1, status.as_str()])
+            })
+            .observe(d.as_secs_f64());
     }
 
-    /// The full exposition text (format 0.0.4): counters, `g`'s gauges, then histograms.
+    /// The full exposition text (format 0.0.4): metcd's families with `g`'s gauges, then the
+    /// default registry's (raft-engine's). A family that cannot be encoded is left out; the
+    /// rest still is.
     pub fn render(&self, g: &Gauges) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-        self.render_raft(&mut out, g);
-        self.render_writes(&mut out);
-        self.render_snapshots(&mut out, g);
-        render_store(&mut out, g);
-        self.render_http(&mut out);
+        self.set_gauges(g);
+        let mut out = String::with_capacity(16 * 1024);
+        let encoder = prometheus::TextEncoder::new();
+        for family in self
+            .registry
+            .gather()
+            .into_iter()
+            .chain(prometheus::gather())
+        {
+            let mut text = Vec::new();
+            if encoder.encode(&[family], &mut text).is_ok()
+                && let Ok(text) = String::from_utf8(text)
+            {
+                out.push_str(&text);
+            }
+        }
         out
-    }
-
-    /// Term, leadership, and the log's commit, apply and retention indexes.
-    fn render_raft(&self, out: &mut String, g: &Gauges) {
-        gauge(out, "metcd_raft_term", "Current Raft term.", g.term);
-        let is_leader = u64::from(g.is_leader);
-        gauge(
-            out,
-            "metcd_raft_is_leader",
-            "1 if this member is the leader.",
-            is_leader,
-        );
-        let has_leader = u64::from(g.has_leader);
-        gauge(
-            out,
-            "metcd_raft_has_leader",
-            "1 if this member knows a leader.",
-            has_leader,
-        );
-        counter(
-            out,
-            "metcd_raft_leader_changes_total",
-            "Leader changes seen by this member.",
-            &self.leader_changes,
-        );
-        gauge(
-            out,
-            "metcd_raft_commit_index",
-            "Highest log index known committed.",
-            g.commit_index,
-        );
-        gauge(
-            out,
-            "metcd_raft_applied_index",
-            "Highest log index applied to the engine.",
-            g.applied_index,
-        );
-        let lag = g.commit_index.saturating_sub(g.applied_index);
-        gauge(
-            out,
-            "metcd_apply_lag_entries",
-            "Committed entries not yet applied.",
-            lag,
-        );
-        gauge(
-            out,
-            "metcd_raft_first_log_index",
-            "First index in the Raft log.",
-            g.first_log_index,
-        );
-        gauge(
-            out,
-            "metcd_raft_last_log_index",
-            "Last index in the Raft log.",
-            g.last_log_index,
-        );
-    }
-
-    /// Proposals and their fate, refused peer traffic, the log's fsync latency.
-    fn render_writes(&self, out: &mut String) {
-        counter(
-            out,
-            "metcd_proposals_committed_total",
-            "Proposals from this member that were applied.",
-            &self.proposals_committed,
-        );
-        counter(
-            out,
-            "metcd_proposals_failed_total",
-            "Proposals from this member that were dropped or failed.",
-            &self.proposals_failed,
-        );
-        counter(
-            out,
-            "metcd_proposals_abandoned_total",
-            "Writes not proposed because their client had gone away.",
-            &self.proposals_abandoned,
-        );
-        counter(
-            out,
-            "metcd_entries_skipped_total",
-            "Committed entries applied as no-ops: undecodable, of an unknown kind, or membership changes the rules refuse.",
-            &self.entries_skipped,
-        );
-        counter(
-            out,
-            "metcd_peer_refusals_total",
-            "Peer traffic refused: malformed or forbidden messages, members that lost their data.",
-            &self.peer_refusals,
-        );
-        histogram(
-            out,
-            "metcd_log_sync_duration_seconds",
-            "Raft log fsync latency in seconds.",
-            &self.log_sync,
-        );
-    }
-
-    fn render_snapshots(&self, out: &mut String, g: &Gauges) {
-        gauge(
-            out,
-            "metcd_snapshot_index",
-            "Log index of the latest snapshot.",
-            g.snapshot_index,
-        );
-        histogram(
-            out,
-            "metcd_snapshot_save_duration_seconds",
-            "Seconds to save a snapshot.",
-            &self.snapshot_save,
-        );
-        counter(
-            out,
-            "metcd_snapshots_saved_total",
-            "Snapshots saved by this member.",
-            &self.snapshots_saved,
-        );
-        counter(
-            out,
-            "metcd_snapshots_installed_total",
-            "Snapshots received and installed.",
-            &self.snapshots_installed,
-        );
-        counter(
-            out,
-            "metcd_snapshots_sent_total",
-            "Snapshots sent to followers.",
-            &self.snapshots_sent,
-        );
-        counter(
-            out,
-            "metcd_snapshot_send_failures_total",
-            "Snapshot sends that failed.",
-            &self.snapshot_send_failures,
-        );
-    }
-
-    fn render_http(&self, out: &mut String) {
-        let name = "metcd_http_request_duration_seconds";
-        header(out, name, "HTTP request latency in seconds.", "histogram");
-        for ((route, method, status), h) in self.requests.read().iter() {
-            let labels = format!(
-                "route=\"{}\",method=\"{}\",status=\"{status}\"",
-                escape_label(route),
-                escape_label(method)
-            );
-            h.render(out, name, &labels);
-        }
-    }
-}
-
-fn render_store(out: &mut String, g: &Gauges) {
-    gauge(
-        out,
-        "metcd_store_revision",
-        "Current store revision.",
-        g.revision,
-    );
-    gauge(out, "metcd_engine_keys", "Live keys in the engine.", g.keys);
-    gauge(
-        out,
-        "metcd_engine_size_bytes",
-        "Engine files on disk, in bytes.",
-        g.engine_bytes,
-    );
-    gauge(
-        out,
-        "metcd_cluster_members",
-        "Voting members in the cluster.",
-        g.members,
-    );
-    gauge(
-        out,
-        "metcd_cluster_learners",
-        "Learners in the cluster.",
-        g.learners,
-    );
-    gauge(
-        out,
-        "metcd_watchers",
-        "Open watch streams on this member.",
-        g.watchers,
-    );
-    gauge(
-        out,
-        "process_resident_memory_bytes",
-        "Resident memory size in bytes.",
-        g.resident_bytes,
-    );
-}
-
-/// Appends the metrics that libraries record in the `prometheus` crate's default registry (today
-/// raft-engine's: `raft_engine_*`, the log's write, sync and read latencies, file and entry
-/// counts, memory). A family that cannot be encoded is left out; the rest still is.
-pub fn render_default_registry(out: &mut String) {
-    let encoder = prometheus::TextEncoder::new();
-    for family in prometheus::gather() {
-        let mut text = String::new();
-        if encoder.encode_utf8(&[family], &mut text).is_ok() {
-            out.push_str(&text);
-        }
     }
 }
 
@@ -456,58 +258,6 @@ fn method_label(method: &str) -> &'static str {
         "DELETE" => "DELETE",
         _ => "other",
     }
-}
-
-// Writing to a String never fails, so the fmt::Result of writeln! is ignored below.
-
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
-    header(out, name, help, "gauge");
-    let _ = writeln!(out, "{name} {value}");
-}
-
-fn counter(out: &mut String, name: &str, help: &str, value: &AtomicU64) {
-    header(out, name, help, "counter");
-    let _ = writeln!(out, "{name} {}", value.load(Relaxed));
-}
-
-fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
-    header(out, name, help, "histogram");
-    h.render(out, name, "");
-}
-
-/// Prometheus float syntax: `+Inf`, `-Inf`, `NaN`, else Rust's shortest round-trip form.
-fn fmt_f64(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_string()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.to_string()
-    } else {
-        v.to_string()
-    }
-}
-
-/// Label values escape backslash, double quote and newline.
-fn escape_label(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
-}
-
-/// HELP text escapes backslash and newline only.
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
 /// Total size in bytes of the regular files under `path`, recursively. Unreadable entries are
@@ -625,45 +375,38 @@ mod tests {
             .2
     }
 
-    #[test]
-    fn histogram_buckets_are_cumulative_with_inclusive_bounds() {
-        static BOUNDS: &[f64] = &[0.1, 1.0, 10.0];
-        let h = Histogram::new(BOUNDS);
-        for v in [0.05, 0.1, 0.5, 1.0, 5.0, 20.0, f64::NAN, f64::INFINITY] {
-            h.observe(v);
-        }
-        assert_eq!(h.cumulative_counts(), vec![2, 4, 5, 6]);
-        assert_eq!(h.count(), 6);
-        assert!((h.sum() - 26.65).abs() < 1e-9, "sum {}", h.sum());
-
-        let mut out = String::new();
-        h.render(&mut out, "t", "");
-        let s = samples(&out);
-        assert_eq!(value_of(&s, "t_bucket", &[("le", "0.1")]), 2.0);
-        assert_eq!(value_of(&s, "t_bucket", &[("le", "10")]), 5.0);
-        assert_eq!(value_of(&s, "t_bucket", &[("le", "+Inf")]), 6.0);
-        assert_eq!(value_of(&s, "t_count", &[]), 6.0);
-        assert!((value_of(&s, "t_sum", &[]) - 26.65).abs() < 1e-9);
+    fn render(m: &Metrics, g: &Gauges) -> Vec<Sample> {
+        samples(&m.render(g))
     }
 
     #[test]
-    fn observe_duration_records_seconds() {
-        let h = Histogram::new(LATENCY_BUCKETS);
-        h.observe_duration(Duration::from_micros(300));
-        h.observe_duration(Duration::from_millis(30));
-        let c = h.cumulative_counts();
-        assert_eq!(c[1], 0); // le=0.00025
-        assert_eq!(c[2], 1); // le=0.0005
-        assert_eq!(c[7], 1); // le=0.025 excludes 30ms
-        assert_eq!(c[8], 2); // le=0.05
-        assert!((h.sum() - 0.0303).abs() < 1e-12);
+    fn histogram_buckets_are_cumulative_with_inclusive_bounds() {
+        let m = Metrics::new();
+        // LATENCY_BUCKETS: ... 0.001, 0.0025 ... 1.0, 2.5 ... 10.0.
+        for v in [0.0005, 0.001, 0.002, 1.0, 5.0, 20.0] {
+            m.log_sync.observe(v);
+        }
+        let s = render(&m, &Gauges::default());
+        let bucket = |le| value_of(&s, "metcd_log_sync_duration_seconds_bucket", &[("le", le)]);
+        assert_eq!(bucket("0.0005"), 1.0);
+        assert_eq!(bucket("0.001"), 2.0, "le is inclusive");
+        assert_eq!(bucket("0.0025"), 3.0);
+        assert_eq!(bucket("1"), 4.0);
+        assert_eq!(bucket("10"), 5.0);
+        assert_eq!(bucket("+Inf"), 6.0);
+        assert_eq!(
+            value_of(&s, "metcd_log_sync_duration_seconds_count", &[]),
+            6.0
+        );
+        let sum = value_of(&s, "metcd_log_sync_duration_seconds_sum", &[]);
+        assert!((sum - 26.0035).abs() < 1e-9, "sum {sum}");
     }
 
     #[test]
     fn render_output_parses_and_carries_values() {
         let m = Metrics::new();
-        m.leader_changes.fetch_add(3, Relaxed);
-        m.proposals_committed.fetch_add(7, Relaxed);
+        m.leader_changes.inc_by(3);
+        m.proposals_committed.inc_by(7);
         m.log_sync.observe(0.002);
         m.snapshot_save.observe(1.5);
         m.observe_request("/v1/keys/*key", "PUT", 200, Duration::from_millis(4));
@@ -677,8 +420,7 @@ mod tests {
             applied_index: 7,
             ..Gauges::default()
         };
-        let text = m.render(&g);
-        let s = samples(&text);
+        let s = render(&m, &g);
 
         assert_eq!(value_of(&s, "metcd_raft_term", &[]), 5.0);
         assert_eq!(value_of(&s, "metcd_raft_is_leader", &[]), 1.0);
@@ -714,6 +456,49 @@ mod tests {
         );
     }
 
+    /// Every family metcd served before the registry (names, types and labels are a contract
+    /// with dashboards and alerts).
+    #[test]
+    fn every_family_keeps_its_name_and_type() {
+        let m = Metrics::new();
+        m.observe_request("key", "GET", 200, Duration::from_millis(1));
+        let text = m.render(&Gauges::default());
+        for (name, kind) in [
+            ("metcd_raft_term", "gauge"),
+            ("metcd_raft_is_leader", "gauge"),
+            ("metcd_raft_has_leader", "gauge"),
+            ("metcd_raft_leader_changes_total", "counter"),
+            ("metcd_raft_commit_index", "gauge"),
+            ("metcd_raft_applied_index", "gauge"),
+            ("metcd_apply_lag_entries", "gauge"),
+            ("metcd_raft_first_log_index", "gauge"),
+            ("metcd_raft_last_log_index", "gauge"),
+            ("metcd_proposals_committed_total", "counter"),
+            ("metcd_proposals_failed_total", "counter"),
+            ("metcd_proposals_abandoned_total", "counter"),
+            ("metcd_entries_skipped_total", "counter"),
+            ("metcd_peer_refusals_total", "counter"),
+            ("metcd_log_sync_duration_seconds", "histogram"),
+            ("metcd_snapshot_index", "gauge"),
+            ("metcd_snapshot_save_duration_seconds", "histogram"),
+            ("metcd_snapshots_saved_total", "counter"),
+            ("metcd_snapshots_installed_total", "counter"),
+            ("metcd_snapshots_sent_total", "counter"),
+            ("metcd_snapshot_send_failures_total", "counter"),
+            ("metcd_store_revision", "gauge"),
+            ("metcd_engine_keys", "gauge"),
+            ("metcd_engine_size_bytes", "gauge"),
+            ("metcd_cluster_members", "gauge"),
+            ("metcd_cluster_learners", "gauge"),
+            ("metcd_watchers", "gauge"),
+            ("process_resident_memory_bytes", "gauge"),
+            ("metcd_http_request_duration_seconds", "histogram"),
+        ] {
+            let line = format!("# TYPE {name} {kind}\n");
+            assert_eq!(text.matches(&line).count(), 1, "{line}");
+        }
+    }
+
     #[test]
     fn every_sample_has_one_type_line() {
         let m = Metrics::new();
@@ -727,11 +512,6 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .collect();
         for (name, _, _) in &s {
-            // metcd's own, and the process's resident memory under Prometheus' standard name.
-            assert!(
-                name.starts_with("metcd_") || name == "process_resident_memory_bytes",
-                "{name}"
-            );
             let declared = types.iter().filter(|t| {
                 let family = t.split(' ').next().unwrap_or("");
                 name == family
@@ -743,7 +523,9 @@ mod tests {
         }
         for t in &types {
             let (name, kind) = t.split_once(' ').unwrap_or_default();
-            assert_eq!(kind == "counter", name.ends_with("_total"), "{t}");
+            if name.starts_with("metcd_") {
+                assert_eq!(kind == "counter", name.ends_with("_total"), "{t}");
+            }
         }
     }
 
@@ -753,11 +535,10 @@ mod tests {
             .expect("counter");
         prometheus::register(Box::new(c.clone())).expect("register");
         c.inc_by(3);
-        let mut out = String::from("metcd_first 1\n");
-        render_default_registry(&mut out);
-        assert!(out.starts_with("metcd_first 1\n"), "{out}");
-        let s = samples(&out);
+        let text = Metrics::new().render(&Gauges::default());
+        let s = samples(&text);
         assert_eq!(value_of(&s, "test_default_registry_total", &[]), 3.0);
+        assert_eq!(value_of(&s, "metcd_raft_term", &[]), 0.0);
     }
 
     #[test]
@@ -767,13 +548,12 @@ mod tests {
             applied_index: 9,
             ..Gauges::default()
         };
-        let s = samples(&Metrics::new().render(&g));
+        let s = render(&Metrics::new(), &g);
         assert_eq!(value_of(&s, "metcd_apply_lag_entries", &[]), 0.0);
     }
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         let m = Metrics::new();
         m.observe_request("/odd\"route\\\n", "GET", 404, Duration::from_millis(2));
         let text = m.render(&Gauges::default());

@@ -301,8 +301,7 @@ pub async fn metrics(State(state): Shared) -> Result<Response, ApiError> {
         watchers: state.engine.hub().watchers() as u64,
         resident_bytes,
     };
-    let mut text = state.metrics.render(&g);
-    crate::metrics::render_default_registry(&mut text);
+    let text = state.metrics.render(&g);
     let mut resp = (StatusCode::OK, text).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -403,10 +403,10 @@ impl Node {
     fn snapshot_sent(&mut self, to: u64, ok: bool) {
         let metrics = &self.shared.metrics;
         let status = if ok {
-            metrics.snapshots_sent.fetch_add(1, Relaxed);
+            metrics.snapshots_sent.inc();
             SnapshotStatus::Finish
         } else {
-            metrics.snapshot_send_failures.fetch_add(1, Relaxed);
+            metrics.snapshot_send_failures.inc();
             SnapshotStatus::Failure
         };
         self.raw.report_snapshot(to, status);
@@ -449,7 +449,7 @@ impl Node {
             self.shared
                 .metrics
                 .log_sync
-                .observe_duration(started.elapsed());
+                .observe(started.elapsed().as_secs_f64());
         }
         crash_point!("after_log_sync");
         // 4. messages that must follow the sync
@@ -493,11 +493,11 @@ impl Node {
         self.leader = leader;
         self.shared.leader.store(leader, Relaxed);
         if leader != raft::INVALID_ID {
-            self.shared.metrics.leader_changes.fetch_add(1, Relaxed);
+            self.shared.metrics.leader_changes.inc();
         }
         let term = self.raw.raft.term;
         for (_, (_, waiting)) in self.proposals.extract_if(|_, (t, _)| *t < term) {
-            self.shared.metrics.proposals_failed.fetch_add(1, Relaxed);
+            self.shared.metrics.proposals_failed.inc();
             waiting.fail(RequestError::LeaderChanged);
         }
         self.transfers_done(leader);
@@ -520,10 +520,7 @@ impl Node {
         self.incarnations_changed()?;
         self.membership_changed();
         self.shared.revision.send_replace(self.engine.revision());
-        self.shared
-            .metrics
-            .snapshots_installed
-            .fetch_add(1, Relaxed);
+        self.shared.metrics.snapshots_installed.inc();
         info!(index, term, "installed snapshot from leader");
         Ok(())
     }
@@ -612,10 +609,7 @@ impl Node {
                 let _ = reply.send(Ok(result));
             }
         }
-        self.shared
-            .metrics
-            .proposals_committed
-            .fetch_add(committed, Relaxed);
+        self.shared.metrics.proposals_committed.inc_by(committed);
         batch.clear();
         Ok(())
     }

@@ -242,7 +242,7 @@ impl PeerApi {
         };
         self.versions.announce(from, theirs);
         self.versions.admits(from, theirs).map_err(|why| {
-            self.metrics.peer_refusals.fetch_add(1, Ordering::Relaxed);
+            self.metrics.peer_refusals.inc();
             warn!(peer = from, %theirs, "refused a peer below the cluster version");
             (StatusCode::UPGRADE_REQUIRED, format!("{why}\n"))
         })
@@ -281,7 +281,7 @@ impl PeerApi {
         if expected == 0 || expected == self.incarnation {
             return Ok(());
         }
-        self.metrics.peer_refusals.fetch_add(1, Ordering::Relaxed);
+        self.metrics.peer_refusals.inc();
         warn!(
             peer = from,
             expected = %format!("{expected:016x}"),
@@ -317,7 +317,7 @@ impl PeerApi {
         match contact {
             Contact::Known | Contact::Record => Ok(()),
             Contact::Reset { recorded } => {
-                self.metrics.peer_refusals.fetch_add(1, Ordering::Relaxed);
+                self.metrics.peer_refusals.inc();
                 let url = self.url_of(from, "<its peer URL>");
                 let why = super::node::reset_reason(from, incarnation, recorded, &url);
                 refused(StatusCode::CONFLICT, why)
@@ -350,7 +350,7 @@ impl PeerApi {
             Ok(()) => {}
             Err(Refusal::Close(why)) => return Err(TransportError::BadFrame(why)),
             Err(Refusal::Drop(why)) => {
-                self.metrics.peer_refusals.fetch_add(1, Ordering::Relaxed);
+                self.metrics.peer_refusals.inc();
                 warn!(peer = from, error = %why, "dropped a peer message");
                 return Ok(None);
             }
@@ -364,7 +364,7 @@ impl PeerApi {
                 .iter()
                 .find(|e| command::needs(&e.data) > cluster)
             {
-                self.metrics.peer_refusals.fetch_add(1, Ordering::Relaxed);
+                self.metrics.peer_refusals.inc();
                 warn!(peer = from, needs = %command::needs(&e.data), %cluster,
                       "dropped a forwarded write in a form the cluster version does not allow");
                 return Ok(None);
@@ -485,7 +485,7 @@ async fn receive<R: AsyncRead + Unpin>(
                     }
                 }
                 Err(e) => {
-                    api.metrics.peer_refusals.fetch_add(1, Ordering::Relaxed);
+                    api.metrics.peer_refusals.inc();
                     warn!(peer = from, error = %e, "refused a peer message; closing the stream");
                     return bad(e);
                 }

@@ -927,6 +927,18 @@ fn check(c: &TestCluster, seen: &Seen, restarts: &[Restart], engine: &str) {
     }
 }
 
+/// v0.1.0 builds from this repository's history and runs. CI runs this alone first, so the
+/// build (minutes, both cores) does not run beside other tests' clusters.
+#[test]
+fn v0_1_0_builds_from_history() {
+    let out = Command::new(old_release())
+        .arg("--help")
+        .output()
+        .expect("run v0.1.0");
+    assert!(out.status.success(), "v0.1.0 --help failed");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: metcd"));
+}
+
 #[test]
 fn rolling_upgrade_from_v0_1_0_on_btree() {
     rolling_upgrade("btree");

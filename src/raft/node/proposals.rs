@@ -2,8 +2,6 @@
 //! one message; each caller waits under its proposal id (carried in the entry context) until
 //! the entry is applied, skipped, or its term ends without it (see `Node::on_leader`).
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use raft::StateRole;
 use raft::eraftpb::{Entry, Message, MessageType};
 use tracing::warn;
@@ -52,10 +50,7 @@ impl Node {
         if reply.is_closed() {
             // The client has gone away (it timed out while this waited in the inbox):
             // a write nobody waits for is not proposed.
-            self.shared
-                .metrics
-                .proposals_abandoned
-                .fetch_add(1, Relaxed);
+            self.shared.metrics.proposals_abandoned.inc();
             return;
         }
         let backlog = self.apply_backlog();
@@ -97,10 +92,7 @@ impl Node {
         let before = writes.len();
         writes.retain(|(_, _, reply)| !reply.is_closed());
         let abandoned = (before - writes.len()) as u64;
-        self.shared
-            .metrics
-            .proposals_abandoned
-            .fetch_add(abandoned, Relaxed);
+        self.shared.metrics.proposals_abandoned.inc_by(abandoned);
         if writes.is_empty() {
             return;
         }
@@ -134,7 +126,7 @@ impl Node {
                 let why = self.why_dropped();
                 let metrics = &self.shared.metrics;
                 for (_, reply) in replies {
-                    metrics.proposals_failed.fetch_add(1, Relaxed);
+                    metrics.proposals_failed.inc();
                     let _ = reply.send(Err(why.clone()));
                 }
             }
@@ -187,7 +179,7 @@ impl Node {
     /// member restart into the same failure.
     pub(super) fn skip_entry(&mut self, index: u64, owner: Option<ProposalId>, why: &str) {
         warn!(index, error = why, "committed entry applied as a no-op");
-        self.shared.metrics.entries_skipped.fetch_add(1, Relaxed);
+        self.shared.metrics.entries_skipped.inc();
         let Some(owner) = owner.filter(|o| o.member == self.settings.id) else {
             return;
         };

@@ -2,7 +2,6 @@
 //! durable (and writes a file when one is needed), and recording the snapshot once it is done.
 //! `snapshot.rs` (beside `node/`) is the file store these use.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
@@ -240,8 +239,10 @@ impl Node {
             self.snaps.gc();
         }
         let metrics = &self.shared.metrics;
-        metrics.snapshots_saved.fetch_add(1, Relaxed);
-        metrics.snapshot_save.observe_duration(started.elapsed());
+        metrics.snapshots_saved.inc();
+        metrics
+            .snapshot_save
+            .observe(started.elapsed().as_secs_f64());
         let ms = started.elapsed().as_millis() as u64;
         info!(
             index,
