@@ -11,10 +11,10 @@ use protobuf::ProtobufEnum as _;
 use crate::engine::KvStore;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{Applied, Cond, Op};
+use crate::peer::api::{Limits, Refusal, check_peer_message};
+use crate::peer::transport::{FrameReader, decode_message, encode_frame};
 use crate::raft::command;
 use crate::raft::members::{MemberChange, Membership};
-use crate::raft::peer_api::{Limits, Refusal, check_peer_message};
-use crate::raft::transport::{FrameReader, decode_message, encode_frame};
 
 fn op() -> impl Strategy<Value = Op> {
     let cond = prop_oneof![

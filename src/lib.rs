@@ -8,8 +8,9 @@
 //!   |  proposals, read barriers (NodeHandle)
 //! raft     node: the one owner of the RawNode and its Ready loop (concerns in node/)
 //!          storage: the durable log (raft-engine); snapshot: snapshot files
-//!          transport + peer_api: streams between members; peer_client: other peer calls
 //!          members: replicated membership, and the rules for changing it
+//!   |  messages and snapshots to and from other members
+//! peer     transport + api: streams between members; client: other peer calls
 //!   |  committed entries, in order, one batch per Ready
 //! engine   the state machine's storage engines behind one object-safe trait
 //! ```
@@ -41,6 +42,7 @@ pub mod error;
 mod fuzz;
 pub mod local_cluster;
 pub mod metrics;
+pub mod peer;
 pub mod raft;
 pub mod server;
 pub mod startup;

@@ -23,13 +23,13 @@ use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::peer::api::{self as peer_api, Limits, PeerApi};
+use crate::peer::client::AdminCtx;
+use crate::peer::transport::{PeerChecks, Transport};
 use crate::raft::members::Membership;
 use crate::raft::node::{self as raft_node, Exit, Node};
-use crate::raft::peer_api::{self, Limits, PeerApi};
-use crate::raft::peer_client::AdminCtx;
 use crate::raft::reset_check::ResetCheck;
 use crate::raft::snapshot::SnapshotStore;
-use crate::raft::transport::{PeerChecks, Transport};
 use crate::raft::{Input, NodeHandle};
 use crate::startup;
 use crate::tls::{Listener, Port};
@@ -342,7 +342,7 @@ async fn stop_signal(shutdown: impl Future<Output = ()>, removed: Arc<Notify>, n
 
 /// Peer connections also get keep-alive and a user timeout, so a silent peer is noticed.
 fn peer_socket(tcp: &tokio::net::TcpStream) {
-    if let Err(e) = crate::raft::transport::tune_peer_socket(tcp) {
+    if let Err(e) = crate::peer::transport::tune_peer_socket(tcp) {
         tracing::debug!(error = %e, "could not set peer socket options");
     }
 }

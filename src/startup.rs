@@ -24,9 +24,9 @@ use tracing::{info, warn};
 use crate::config::Settings;
 use crate::engine::{self, Applied, KvStore};
 use crate::error::{Error, Result};
+use crate::peer::client as peer_client;
 use crate::raft::members::{self, ClusterInfo, MemberInfo, Membership};
 use crate::raft::node::reset_reason;
-use crate::raft::peer_client;
 use crate::raft::snapshot::SnapshotStore;
 use crate::raft::storage::{Identity, LogStore, random_id};
 

@@ -38,9 +38,9 @@ use super::error::ApiError;
 use crate::config::parse_member_url;
 use crate::engine::{Refusal, RevisionError};
 use crate::metrics::{Gauges, dir_size};
+use crate::peer::client as peer_client;
 use crate::raft::member_auth::MemberRequest;
 use crate::raft::members::MemberChange;
-use crate::raft::peer_client;
 
 const SMALL_BODY: usize = 4096;
 

@@ -34,8 +34,8 @@ use axum::routing::{MethodRouter, get, post, put};
 use crate::config::Settings;
 use crate::engine::KvStore;
 use crate::metrics::Metrics;
+use crate::peer::client::AdminCtx;
 use crate::raft::NodeHandle;
-use crate::raft::peer_client::AdminCtx;
 use error::ApiError;
 
 pub struct AppState {

@@ -9,7 +9,7 @@
 //! Membership requests are decided by the leader (it alone knows whether a change is pending
 //! and how far behind a learner is), by the pure functions here ([`check_change`],
 //! [`learner_to_promote`], ...) over a [`View`] of its state. Any member accepts them from a
-//! client and, when it is not the leader, forwards them to the leader ([`super::peer_client`]).
+//! client and, when it is not the leader, forwards them to the leader ([`crate::peer::client`]).
 //! Every member applies a committed change only if [`refusal_at_apply`] finds nothing wrong.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,4 +1,5 @@
-//! Consensus: the Raft node's owner loop, its durable log, snapshots and the peer transport.
+//! Consensus: the Raft node's owner loop, its durable log and snapshots (the peer transport
+//! that carries its messages is [`crate::peer`]).
 //!
 //! Everything outside this module talks to the node through a [`NodeHandle`]: requests go into
 //! the owner's inbox and are answered on a oneshot channel, always within the request timeout.
@@ -21,12 +22,9 @@ pub mod logger;
 pub mod member_auth;
 pub mod members;
 pub mod node;
-pub mod peer_api;
-pub mod peer_client;
 pub mod reset_check;
 pub mod snapshot;
 pub mod storage;
-pub mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;

@@ -69,7 +69,7 @@ use crate::version;
 
 pub use self::incarnations::reset_reason;
 
-/// Where the owner's messages go: the peer transport ([`super::transport::Transport`]), or a
+/// Where the owner's messages go: the peer transport ([`crate::peer::transport::Transport`]), or a
 /// test's mailbox. Sending never blocks the owner; a message that cannot be queued is dropped
 /// (raft resends) and its receiver reported unreachable.
 pub trait Outbox: Send {

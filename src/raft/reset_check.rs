@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use super::Input;
 use super::members::Membership;
-use super::peer_client;
+use crate::peer::client as peer_client;
 
 /// The shortest time between two checks.
 const MIN_INTERVAL: Duration = Duration::from_secs(2);

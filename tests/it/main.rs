@@ -1,6 +1,10 @@
 //! metcd's integration tests: one binary, one module per area, every test against real
 //! `metcd` processes on ports the harness hands out (`common::port_block`).
 //!
+//! Tests run on the default engine unless the engines differ in what they check (durability,
+//! recovery, snapshots, crashes, full disks: `engine_tests!` runs those once per engine); the
+//! data model is checked on every engine below the faces, by the engine conformance suite.
+//!
 //! `cargo test` runs them all; `cargo test --test it <area>::` runs one area (`tls::`,
 //! `jepsen::`). The fault suite needs crash points compiled in:
 //! `cargo test --features failpoints --test it -- crash:: injected::`.

@@ -16,9 +16,9 @@ use tonic::{Request, Response, Status};
 use super::{Grpc, rpc, status};
 use crate::api::access::Caller;
 use crate::config::{parse_member_url, parse_url};
+use crate::peer::client as peer_client;
 use crate::raft::member_auth::MemberRequest;
 use crate::raft::members::{AdminError, MemberChange, MemberStatus};
-use crate::raft::peer_client;
 
 #[derive(Deserialize)]
 struct Members {

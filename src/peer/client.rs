@@ -9,10 +9,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use parking_lot::RwLock;
 
-use super::member_auth::{AuthDenial, MemberRequest};
-use super::members::{AdminError, ClusterInfo, Membership};
 use super::transport::{self, CLUSTER_HEADER, FROM_HEADER, TransportError};
-use super::{NodeHandle, RequestError};
+use crate::raft::member_auth::{AuthDenial, MemberRequest};
+use crate::raft::members::{AdminError, ClusterInfo, Membership};
+use crate::raft::{NodeHandle, RequestError};
 
 /// What executing a membership request needs, on the client and the peer port alike.
 #[derive(Clone)]

@@ -45,18 +45,18 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio_util::io::StreamReader;
 use tracing::{debug, info, warn};
 
-use super::NodeHandle;
-use super::command::{self, ProposalId};
-use super::member_auth::MemberRequest;
-use super::members::{ClusterInfo, Contact, Membership};
-use super::peer_client::{self, AdminCtx};
-use super::reset_check::ResetCheck;
-use super::snapshot::{Incoming, SnapshotError, SnapshotStore};
+use super::client::{self as peer_client, AdminCtx};
 use super::transport::{
     CLUSTER_HEADER, FROM_HEADER, FrameReader, INCARNATION_HEADER, PEER_INCARNATION_HEADER,
     STREAM_PROTOCOL, TO_HEADER, TransportError, closing_line, decode_message, parse_incarnation,
 };
 use crate::metrics::Metrics;
+use crate::raft::NodeHandle;
+use crate::raft::command::{self, ProposalId};
+use crate::raft::member_auth::MemberRequest;
+use crate::raft::members::{ClusterInfo, Contact, Membership};
+use crate::raft::reset_check::ResetCheck;
+use crate::raft::snapshot::{Incoming, SnapshotError, SnapshotStore};
 use crate::version::{self, Known, Version};
 
 pub struct PeerApi {
@@ -319,7 +319,7 @@ impl PeerApi {
             Contact::Reset { recorded } => {
                 self.metrics.peer_refusals.inc();
                 let url = self.url_of(from, "<its peer URL>");
-                let why = super::node::reset_reason(from, incarnation, recorded, &url);
+                let why = crate::raft::node::reset_reason(from, incarnation, recorded, &url);
                 refused(StatusCode::CONFLICT, why)
             }
             Contact::NotMember => refused(

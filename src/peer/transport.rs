@@ -46,12 +46,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use super::Input;
-use super::members::Contact;
-use super::node::Outbox;
-use super::reset_check::ResetCheck;
-use super::snapshot::SnapshotStore;
 use crate::config::Settings;
+use crate::raft::Input;
+use crate::raft::members::Contact;
+use crate::raft::node::Outbox;
+use crate::raft::reset_check::ResetCheck;
+use crate::raft::snapshot::SnapshotStore;
 use crate::version::{Known, Version};
 use parking_lot::RwLock;
 
@@ -575,12 +575,12 @@ fn compatible(msg: &Message, theirs: Version) -> Result<(), TransportError> {
     if let Some(e) = msg
         .entries
         .iter()
-        .find(|e| super::command::needs(&e.data) > theirs)
+        .find(|e| crate::raft::command::needs(&e.data) > theirs)
     {
-        return Err(too_new(super::command::needs(&e.data)));
+        return Err(too_new(crate::raft::command::needs(&e.data)));
     }
     if msg.get_msg_type() == MessageType::MsgSnapshot {
-        let cluster = super::members::Membership::decode(&msg.get_snapshot().data)
+        let cluster = crate::raft::members::Membership::decode(&msg.get_snapshot().data)
             .map_or(crate::version::THIS, |m| m.cluster_version());
         if cluster > theirs {
             return Err(too_new(cluster));
