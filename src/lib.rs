@@ -40,6 +40,8 @@ pub mod engine;
 pub mod error;
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod golden;
 pub mod local_cluster;
 pub mod metrics;
 pub mod peer;

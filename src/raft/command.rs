@@ -1044,3 +1044,292 @@ mod version_tests {
         }
     }
 }
+
+/// Entries written by this release, frozen in tests/fixtures/formats/entries-0.2.txt (see
+/// [`crate::golden`]): every form must keep decoding to the same command, and encoding it must
+/// give the same bytes (a replay on another member or release applies exactly these).
+#[cfg(test)]
+mod golden_tests {
+    use super::*;
+    use crate::engine::auth::{AuthOp, PermKind, Permission};
+
+    fn write(op: Op) -> Command {
+        Command::Write(op)
+    }
+
+    fn auth(op: AuthOp) -> Command {
+        write(Op::Auth(Box::new(op)))
+    }
+
+    fn checked(op: Op) -> Command {
+        write(Op::Checked {
+            auth_revision: 5,
+            op: Box::new(op),
+        })
+    }
+
+    fn encode_command(c: &Command) -> Vec<u8> {
+        match c {
+            Command::Write(op) => encode(op),
+            Command::Incarnations(records) => encode_incarnations(records),
+            Command::ClusterVersion(v) => encode_cluster_version(*v),
+        }
+    }
+
+    fn range(start: &[u8], end: Option<&[u8]>) -> KeyRange {
+        KeyRange {
+            start: start.to_vec(),
+            end: end.map(<[u8]>::to_vec),
+        }
+    }
+
+    /// One of every form, by name (a name is never reused for another form).
+    fn forms() -> Vec<(&'static str, Command)> {
+        let txn = Txn {
+            compare: vec![
+                Compare {
+                    key: b"k".to_vec(),
+                    range_end: None,
+                    target: Target::Value(b"v".to_vec()),
+                    result: CmpResult::NotEqual,
+                },
+                Compare {
+                    key: b"a".to_vec(),
+                    range_end: Some(vec![]),
+                    target: Target::Mod(7),
+                    result: CmpResult::Less,
+                },
+            ],
+            success: vec![
+                TxnOp::Put {
+                    key: b"a".to_vec(),
+                    value: vec![0, 255],
+                    lease: 9,
+                    options: Default::default(),
+                },
+                TxnOp::delete(range(b"p", Some(b"q"))),
+            ],
+            failure: vec![TxnOp::Get {
+                range: range(b"x", None),
+                limit: 3,
+                revision: 2,
+            }],
+        };
+        let grpc_txn = Txn {
+            compare: vec![],
+            success: vec![
+                TxnOp::Put {
+                    key: b"a".to_vec(),
+                    value: vec![],
+                    lease: 0,
+                    options: PutOptions {
+                        prev_kv: true,
+                        ignore_value: true,
+                        ignore_lease: true,
+                    },
+                },
+                TxnOp::Delete {
+                    range: range(b"p", Some(b"")),
+                    prev_kv: true,
+                },
+                TxnOp::Txn(Box::new(Txn {
+                    compare: vec![],
+                    success: vec![TxnOp::put(b"n".to_vec(), b"1".to_vec(), 0)],
+                    failure: vec![TxnOp::Txn(Box::default())],
+                })),
+            ],
+            failure: vec![],
+        };
+        let perm = Permission {
+            key: b"app/".to_vec(),
+            range_end: b"app0".to_vec(),
+            kind: PermKind::ReadWrite,
+        };
+        vec![
+            ("put", write(Op::put(b"a/b".to_vec(), vec![0, 1, 255]))),
+            ("put-empty", write(Op::put(vec![], vec![]))),
+            ("delete", write(Op::delete(b"k".to_vec()))),
+            (
+                "put-if-mod-revision",
+                write(Op::Put {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    lease: 0,
+                    cond: Some(Cond::ModRevision(u64::MAX)),
+                }),
+            ),
+            (
+                "put-if-exists",
+                write(Op::Put {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    lease: 0,
+                    cond: Some(Cond::Exists),
+                }),
+            ),
+            (
+                "delete-if-absent",
+                write(Op::Delete {
+                    key: b"k".to_vec(),
+                    cond: Some(Cond::Absent),
+                }),
+            ),
+            (
+                "delete-range",
+                write(Op::DeleteRange {
+                    start: b"a".to_vec(),
+                    end: Some(b"b".to_vec()),
+                }),
+            ),
+            (
+                "delete-range-from-key",
+                write(Op::DeleteRange {
+                    start: vec![0],
+                    end: Some(vec![]),
+                }),
+            ),
+            ("compact", write(Op::Compact { revision: 7 })),
+            (
+                "put-with-lease-if-absent",
+                write(Op::Put {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    lease: 42,
+                    cond: Some(Cond::Absent),
+                }),
+            ),
+            ("lease-grant", write(Op::LeaseGrant { id: 1, ttl: 60 })),
+            ("lease-revoke", write(Op::LeaseRevoke { id: u64::MAX })),
+            ("lease-keepalive", write(Op::LeaseKeepAlive { id: 3 })),
+            ("lease-tick", write(Op::LeaseTick { elapsed_ms: 100 })),
+            (
+                "alarm-on",
+                write(Op::Alarm {
+                    member: 3,
+                    active: true,
+                }),
+            ),
+            ("txn-empty", write(Op::Txn(Box::default()))),
+            ("txn", write(Op::Txn(Box::new(txn)))),
+            ("txn-grpc-forms", write(Op::Txn(Box::new(grpc_txn)))),
+            (
+                "auth-enable",
+                auth(AuthOp::Enable {
+                    secret: vec![1, 2, 3],
+                }),
+            ),
+            ("auth-disable", auth(AuthOp::Disable)),
+            (
+                "user-add",
+                auth(AuthOp::UserAdd {
+                    name: "ann".into(),
+                    password_hash: Some("$argon2id$h".into()),
+                }),
+            ),
+            (
+                "user-add-no-password",
+                auth(AuthOp::UserAdd {
+                    name: "cn".into(),
+                    password_hash: None,
+                }),
+            ),
+            (
+                "user-delete",
+                auth(AuthOp::UserDelete { name: "ann".into() }),
+            ),
+            (
+                "user-change-password",
+                auth(AuthOp::UserChangePassword {
+                    name: "ann".into(),
+                    password_hash: "h".into(),
+                }),
+            ),
+            (
+                "user-grant-role",
+                auth(AuthOp::UserGrantRole {
+                    user: "ann".into(),
+                    role: "r".into(),
+                }),
+            ),
+            (
+                "user-revoke-role",
+                auth(AuthOp::UserRevokeRole {
+                    user: "ann".into(),
+                    role: "r".into(),
+                }),
+            ),
+            ("role-add", auth(AuthOp::RoleAdd { name: "r".into() })),
+            ("role-delete", auth(AuthOp::RoleDelete { name: "r".into() })),
+            (
+                "role-grant-permission",
+                auth(AuthOp::RoleGrantPermission {
+                    role: "r".into(),
+                    perm,
+                }),
+            ),
+            (
+                "role-revoke-permission",
+                auth(AuthOp::RoleRevokePermission {
+                    role: "r".into(),
+                    key: b"app/".to_vec(),
+                    range_end: b"app0".to_vec(),
+                }),
+            ),
+            (
+                "checked-lease-grant",
+                checked(Op::LeaseGrant { id: 1, ttl: 60 }),
+            ),
+            ("checked-keepalive", checked(Op::LeaseKeepAlive { id: 1 })),
+            (
+                "checked-alarm-off",
+                checked(Op::Alarm {
+                    member: 2,
+                    active: false,
+                }),
+            ),
+            ("checked-compact", checked(Op::Compact { revision: 3 })),
+            (
+                "checked-put",
+                checked(Op::put(b"k".to_vec(), b"v".to_vec())),
+            ),
+            (
+                "incarnations",
+                Command::Incarnations(vec![(1, u64::MAX), (7, 42)]),
+            ),
+            (
+                "cluster-version",
+                Command::ClusterVersion(Version::new(0, 2)),
+            ),
+        ]
+    }
+
+    #[test]
+    fn entries_written_by_0_2_still_decode() {
+        let forms = forms();
+        let fixture = crate::golden::named("entries-0.2.txt", || {
+            forms
+                .iter()
+                .map(|(n, c)| (n.to_string(), encode_command(c)))
+                .collect()
+        });
+        for (name, bytes) in &fixture {
+            let (_, want) = forms.iter().find(|(n, _)| n == name).unwrap_or_else(|| {
+                panic!("fixture entry {name} has no form here: keep every form")
+            });
+            let got = decode_command(bytes)
+                .unwrap_or_else(|e| panic!("{name}, as 0.2 wrote it, no longer decodes: {e}"));
+            assert_eq!(&got, want, "{name}, as 0.2 wrote it, decodes differently");
+            assert_eq!(
+                &encode_command(want),
+                bytes,
+                "{name} is encoded differently now: a new form needs a new tag, not new bytes"
+            );
+        }
+        for (name, _) in &forms {
+            assert!(
+                fixture.iter().any(|(n, _)| n == name),
+                "{name} has no fixture (METCD_NEW_FIXTURES=1 writes it; commit it)"
+            );
+        }
+    }
+}

@@ -23,6 +23,7 @@ mod docs;
 mod etcd_diff;
 mod etcdctl;
 mod faults;
+mod formats;
 mod grpc_client;
 mod history;
 #[cfg(feature = "failpoints")]
