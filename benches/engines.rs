@@ -12,7 +12,8 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::time::{Duration, Instant};
 
-use metcd::engine::{self, Applied, EngineKind, EngineOptions, KvStore, Op};
+use metcd::storage::{self, EngineKind, EngineOptions};
+use metcd::store::{Applied, KvStore, Op};
 
 const BATCH: usize = 128;
 const READS: usize = 200_000;
@@ -91,7 +92,7 @@ fn run(kind: EngineKind, n: u64) -> Row {
     let engine_dir = dir.path().join("engine");
     let (rss0, _) = rss_mib();
     let open = |dir: &std::path::Path| {
-        let e = engine::open(kind, dir, &EngineOptions::default()).expect("open");
+        let e = storage::open(kind, dir, &EngineOptions::default()).expect("open");
         KvStore::open(e).expect("store")
     };
     let e = open(&engine_dir);

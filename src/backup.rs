@@ -23,8 +23,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::engine::{self, KvStore};
 use crate::error::{Error, Result};
+use crate::store::KvStore;
 
 const MAGIC: &[u8; 8] = b"METCDBK1";
 const HASH: usize = 32;
@@ -130,7 +130,7 @@ pub fn restore(file: &Path, member_args: &[String]) -> Result<()> {
         )));
     }
     let mut body = open(file)?;
-    let kv = KvStore::open(Arc::new(engine::memory::MemoryEngine::new()))?;
+    let kv = KvStore::open(Arc::new(crate::storage::memory::MemoryEngine::new()))?;
     kv.restore(&mut body)?;
     let (revision, keys) = (kv.revision(), kv.len());
     // The new cluster's log starts over; the state is its first snapshot.

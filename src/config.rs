@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::engine::{EngineKind, EngineOptions};
 use crate::local_cluster::LocalClusterArgs;
+use crate::storage::{EngineKind, EngineOptions};
 
 /// metcd: a Raft-replicated key-value store with a curl-friendly HTTP API.
 #[derive(Parser, Debug, Clone)]

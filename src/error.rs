@@ -25,7 +25,7 @@ pub enum Error {
     #[error("{0}")]
     Snapshot(#[from] crate::raft::snapshot::SnapshotError),
     #[error("engine: {0}")]
-    Engine(#[from] crate::engine::EngineError),
+    Engine(#[from] crate::store::StoreError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]

@@ -8,13 +8,13 @@ use futures_util::FutureExt;
 use proptest::prelude::*;
 use protobuf::ProtobufEnum as _;
 
-use crate::engine::KvStore;
-use crate::engine::memory::MemoryEngine;
-use crate::engine::{Applied, Cond, Op};
 use crate::peer::api::{Limits, Refusal, check_peer_message};
 use crate::peer::transport::{FrameReader, decode_message, encode_frame};
 use crate::raft::command;
 use crate::raft::members::{MemberChange, Membership};
+use crate::storage::memory::MemoryEngine;
+use crate::store::KvStore;
+use crate::store::{Applied, Cond, Op};
 
 fn op() -> impl Strategy<Value = Op> {
     let cond = prop_oneof![
@@ -42,7 +42,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(start, end)| Op::DeleteRange { start, end }),
         any::<u64>().prop_map(|revision| Op::Compact { revision }),
         (bytes(), bytes(), bytes(), any::<u64>()).prop_map(|(key, value, end, n)| {
-            use crate::engine::txn::{CmpResult, Compare, KeyRange, Target, Txn, TxnOp};
+            use crate::store::txn::{CmpResult, Compare, KeyRange, Target, Txn, TxnOp};
             Op::Txn(Box::new(Txn {
                 compare: vec![Compare {
                     key: key.clone(),
@@ -77,7 +77,7 @@ fn op() -> impl Strategy<Value = Op> {
                     member: n,
                     active: n % 2 == 0,
                 },
-                _ => Op::Auth(Box::new(crate::engine::auth::AuthOp::UserDelete {
+                _ => Op::Auth(Box::new(crate::store::auth::AuthOp::UserDelete {
                     name: String::from_utf8_lossy(&key).into_owned(),
                 })),
             };
@@ -87,7 +87,7 @@ fn op() -> impl Strategy<Value = Op> {
             }
         }),
         (bytes(), bytes(), any::<u8>(), any::<bool>()).prop_map(|(key, range_end, n, grant)| {
-            use crate::engine::auth::{AuthOp, PermKind, Permission};
+            use crate::store::auth::{AuthOp, PermKind, Permission};
             let role = format!("role{n}");
             Op::Auth(Box::new(if grant {
                 let kind =
@@ -384,7 +384,7 @@ proptest! {
 
 /// A store with auth enabled and users `root` and `ann`, and its access layer.
 fn auth_store() -> crate::api::access::Access {
-    use crate::engine::auth::AuthOp;
+    use crate::store::auth::AuthOp;
     let store = std::sync::Arc::new(memory_store());
     let changes = [
         AuthOp::UserAdd {

@@ -12,7 +12,9 @@
 //!   |  messages and snapshots to and from other members
 //! peer     transport + api: streams between members; client: other peer calls
 //!   |  committed entries, in order, one batch per Ready
-//! engine   the state machine's storage engines behind one object-safe trait
+//! store    the state machine: etcd's data model (revisions, history, txn, lease, auth, watch)
+//!   |  ordered byte maps
+//! storage  the engines behind one object-safe trait (memory, btree, lsm)
 //! ```
 //! [`startup`] decides what a data dir makes a member (bootstrap, join, restart, recovery);
 //! [`server`] wires the parts together; [`config`] is the only reader of flags; [`metrics`] is the
@@ -36,7 +38,6 @@ macro_rules! fault_injected {
 pub mod api;
 pub mod backup;
 pub mod config;
-pub mod engine;
 pub mod error;
 #[cfg(test)]
 mod fuzz;
@@ -48,6 +49,8 @@ pub mod peer;
 pub mod raft;
 pub mod server;
 pub mod startup;
+pub mod storage;
+pub mod store;
 pub mod tls;
 pub mod version;
 

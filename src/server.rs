@@ -185,7 +185,7 @@ struct Raft {
 fn start_raft(
     settings: &Arc<Settings>,
     store: crate::raft::storage::LogStore,
-    engine: Arc<crate::engine::KvStore>,
+    engine: Arc<crate::store::KvStore>,
     snaps: SnapshotStore,
 ) -> Result<Raft> {
     let incarnation = store.incarnation();

@@ -22,13 +22,13 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::config::Settings;
-use crate::engine::{self, Applied, KvStore};
 use crate::error::{Error, Result};
 use crate::peer::client as peer_client;
 use crate::raft::members::{self, ClusterInfo, MemberInfo, Membership};
 use crate::raft::node::reset_reason;
 use crate::raft::snapshot::SnapshotStore;
 use crate::raft::storage::{Identity, LogStore, random_id};
+use crate::store::{Applied, KvStore};
 
 /// Opens the log and decides what this member is (see the module doc). Sets
 /// `settings.cluster_id` to the cluster's id.
@@ -228,7 +228,7 @@ pub(crate) fn found_cluster(
     store: &mut LogStore,
     snaps: &SnapshotStore,
 ) -> Result<()> {
-    let empty = KvStore::open(Arc::new(engine::memory::MemoryEngine::new()))?;
+    let empty = KvStore::open(Arc::new(crate::storage::memory::MemoryEngine::new()))?;
     empty.apply(&[Applied { index: 1, op: None }])?;
     found_with(settings, store, snaps, &empty)
 }
@@ -293,11 +293,14 @@ pub fn recover_engine(
     store: &mut LogStore,
     snaps: &SnapshotStore,
 ) -> Result<Arc<KvStore>> {
-    let engine = Arc::new(KvStore::open(engine::open(
-        settings.engine,
-        &settings.data_dir.join("engine"),
-        &settings.engine_options,
-    )?)?);
+    let engine = Arc::new(KvStore::open(
+        crate::storage::open(
+            settings.engine,
+            &settings.data_dir.join("engine"),
+            &settings.engine_options,
+        )
+        .map_err(crate::store::StoreError::from)?,
+    )?);
     let meta = store.snapshot_metadata().clone();
     if meta.index > engine.applied_index() {
         match snaps.restore(engine.as_ref(), meta.term, meta.index) {

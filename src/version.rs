@@ -249,7 +249,7 @@ data dir:          format {DATA_DIR_FORMAT} (reads {OLDEST_DATA_DIR_FORMAT}-{DAT
 keyspace layout:   {} (converts 2)
 snapshot format:   METCDSN3 (reads METCDSN2)
 peer protocol:     metcd-raft/1, announcing the version in {HEADER}",
-        crate::engine::layout::LAYOUT
+        crate::store::layout::LAYOUT
     )
 }
 

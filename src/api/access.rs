@@ -24,9 +24,9 @@ use parking_lot::Mutex;
 use sha2::Sha256;
 
 use super::error::ApiError;
-use crate::engine::auth::{AuthView, Need};
-use crate::engine::txn::{KeyRange, Txn, TxnOp};
-use crate::engine::{KvStore, Op};
+use crate::store::auth::{AuthView, Need};
+use crate::store::txn::{KeyRange, Txn, TxnOp};
+use crate::store::{KvStore, Op};
 
 /// Failed logins for a user from one address before the next must wait.
 const FREE_FAILURES: u32 = 3;

@@ -36,11 +36,11 @@ use super::AppState;
 use super::access::Caller;
 use super::error::ApiError;
 use crate::config::parse_member_url;
-use crate::engine::{Refusal, RevisionError};
 use crate::metrics::{Gauges, dir_size};
 use crate::peer::client as peer_client;
 use crate::raft::member_auth::MemberRequest;
 use crate::raft::members::MemberChange;
+use crate::store::{Refusal, RevisionError};
 
 const SMALL_BODY: usize = 4096;
 
@@ -137,7 +137,7 @@ pub async fn compact(
         .ok_or_else(|| ApiError::BadRequest(format!("{:?} is not a revision", text.trim())))?;
     let result = state
         .node
-        .propose(caller.guard(crate::engine::Op::Compact { revision }))
+        .propose(caller.guard(crate::store::Op::Compact { revision }))
         .await?;
     match result.refused {
         Some(Refusal::Revision(e @ RevisionError::Compacted { .. })) => {
@@ -174,7 +174,7 @@ pub async fn disarm(
     state.node.check_running()?;
     let raised = state.engine.alarms()?;
     for member in &raised {
-        let op = crate::engine::Op::Alarm {
+        let op = crate::store::Op::Alarm {
             member: *member,
             active: false,
         };

@@ -3,9 +3,9 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::engine::{EngineError, Refusal, RevisionError};
 use crate::raft::RequestError;
 use crate::raft::members::AdminError;
+use crate::store::{Refusal, RevisionError, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -27,7 +27,7 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(#[from] RequestError),
     #[error("engine failure: {0}")]
-    Engine(EngineError),
+    Engine(StoreError),
     /// A read at a compacted (410) or future (400) revision.
     #[error("{0}")]
     Revision(RevisionError),
@@ -45,7 +45,7 @@ pub enum ApiError {
     Denied(#[from] super::access::Denied),
     /// An auth change refused when applied (etcd's reasons).
     #[error("{0}")]
-    AuthRefused(crate::engine::auth::AuthRefusal),
+    AuthRefused(crate::store::auth::AuthRefusal),
 }
 
 impl IntoResponse for ApiError {
@@ -88,7 +88,7 @@ impl IntoResponse for ApiError {
                 }
             }
             ApiError::AuthRefused(r) => {
-                use crate::engine::auth::AuthRefusal as R;
+                use crate::store::auth::AuthRefusal as R;
                 match r {
                     R::UserNotFound | R::RoleNotFound => StatusCode::NOT_FOUND,
                     R::UserEmpty | R::RoleEmpty | R::PermissionNotGiven | R::InvalidAuthMgmt => {
@@ -158,10 +158,10 @@ impl From<Refusal> for ApiError {
     }
 }
 
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> Self {
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
         match e {
-            EngineError::Revision(r) => ApiError::Revision(r),
+            StoreError::Revision(r) => ApiError::Revision(r),
             e => ApiError::Engine(e),
         }
     }

@@ -25,8 +25,8 @@ use super::access::Caller;
 use super::error::ApiError;
 use super::query::{Consistency, Query};
 use super::{AppState, range};
-use crate::engine::auth::Need;
-use crate::engine::{Cond, Op, OpResult};
+use crate::store::auth::Need;
+use crate::store::{Cond, Op, OpResult};
 
 pub const REVISION_HEADER: &str = "x-metcd-revision";
 pub const COMPACT_REVISION_HEADER: &str = "x-metcd-compact-revision";

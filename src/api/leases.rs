@@ -30,7 +30,7 @@ use super::error::ApiError;
 use super::keys::{self, REVISION_HEADER, header_value};
 use super::query::{Consistency, Query};
 use super::range::field;
-use crate::engine::Op;
+use crate::store::Op;
 
 type Shared = State<Arc<AppState>>;
 
@@ -58,7 +58,7 @@ pub(super) fn min_ttl(state: &AppState) -> u64 {
     (election_ms * 3 / 2).div_ceil(1000).max(1)
 }
 
-fn propose_error(result: &crate::engine::OpResult) -> Result<(), ApiError> {
+fn propose_error(result: &crate::store::OpResult) -> Result<(), ApiError> {
     match result.refused {
         Some(r) => Err(r.into()),
         None => Ok(()),
@@ -169,7 +169,7 @@ pub async fn show(
     // The answer lists the lease's keys: the caller must be allowed to read each (etcd's
     // rule for TimeToLive with keys).
     for key in &lease.keys {
-        caller.may(crate::engine::auth::Need::Read, key, &[])?;
+        caller.may(crate::store::auth::Need::Read, key, &[])?;
     }
     let keys: Vec<Value> = lease
         .keys

@@ -32,10 +32,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post, put};
 
 use crate::config::Settings;
-use crate::engine::KvStore;
 use crate::metrics::Metrics;
 use crate::peer::client::AdminCtx;
 use crate::raft::NodeHandle;
+use crate::store::KvStore;
 use error::ApiError;
 
 pub struct AppState {
@@ -73,7 +73,7 @@ impl AppState {
                 quota,
                 "store files past --quota-backend-bytes; raising the NOSPACE alarm"
             );
-            let alarm = crate::engine::Op::Alarm {
+            let alarm = crate::store::Op::Alarm {
                 member: me,
                 active: true,
             };

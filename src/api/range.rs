@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::query::{Encoding, Query, prefix_end};
-use crate::engine::KeyValue;
+use crate::store::KeyValue;
 
 /// Used when the request gives no `limit`.
 pub const DEFAULT_LIMIT: usize = 10_000;

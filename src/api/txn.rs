@@ -34,8 +34,8 @@ use super::error::ApiError;
 use super::query::{Encoding, Query, prefix_end};
 use super::range::{DEFAULT_LIMIT, to_json};
 use super::{AppState, keys};
-use crate::engine::Op;
-use crate::engine::txn::{CmpResult, Compare, KeyRange, Target, Txn, TxnOp, TxnResponse};
+use crate::store::Op;
+use crate::store::txn::{CmpResult, Compare, KeyRange, Target, Txn, TxnOp, TxnResponse};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

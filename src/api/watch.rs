@@ -18,7 +18,7 @@
 //! Guarantees (as etcd's): ordered by revision, no duplicates, no gaps from the start
 //! revision on; a client that reconnects to any member with `start_revision` = last seen + 1
 //! gets exactly the rest. A start revision below the compacted one answers 410 before any
-//! line. Each watcher follows the one fan-out of applied changes ([`crate::engine::watch`]);
+//! line. Each watcher follows the one fan-out of applied changes ([`crate::store::watch`]);
 //! one that falls behind (slow client, missed batches, a restored snapshot) reads history
 //! until it has caught up, with bounded memory.
 
@@ -40,10 +40,10 @@ use super::keys::{REVISION_HEADER, header_value};
 use super::query::{Encoding, Query};
 use super::range::{end_of, to_json};
 use super::{AppState, stopping};
-use crate::engine::auth::Need;
-use crate::engine::txn::KeyRange;
-use crate::engine::watch::{Event, EventKind, Published, WatchRange};
-use crate::engine::{KvStore, RevisionError};
+use crate::store::auth::Need;
+use crate::store::txn::KeyRange;
+use crate::store::watch::{Event, EventKind, Published, WatchRange};
+use crate::store::{KvStore, RevisionError};
 
 /// Events read from history per step while catching up.
 const CATCH_UP: usize = 1_000;
@@ -248,7 +248,7 @@ impl Watcher {
                     self.send_events(&events).await?;
                     self.next = self.next.max(through + 1);
                 }
-                Err(crate::engine::EngineError::Revision(RevisionError::Compacted {
+                Err(crate::store::StoreError::Revision(RevisionError::Compacted {
                     compact_revision,
                     ..
                 })) => {

@@ -30,8 +30,8 @@
 //! A form added after 0.1.0 is written only once the cluster version allows it ([`needs`],
 //! `crate::version`), so a 0.1.0 member never receives one it would apply as a no-op.
 
-use crate::engine::txn::{CmpResult, Compare, KeyRange, MAX_DEPTH, PutOptions, Target, Txn, TxnOp};
-use crate::engine::{Cond, Op};
+use crate::store::txn::{CmpResult, Compare, KeyRange, MAX_DEPTH, PutOptions, Target, Txn, TxnOp};
+use crate::store::{Cond, Op};
 use crate::version::{V0_1, Version};
 
 const PUT: u8 = 1;
@@ -957,7 +957,7 @@ mod tests {
 #[cfg(test)]
 mod checked_tests {
     use super::*;
-    use crate::engine::auth::AuthOp;
+    use crate::store::auth::AuthOp;
 
     fn checked(op: Op) -> Op {
         Op::Checked {
@@ -1006,7 +1006,7 @@ mod checked_tests {
 #[cfg(test)]
 mod version_tests {
     use super::*;
-    use crate::engine::auth::AuthOp;
+    use crate::store::auth::AuthOp;
 
     /// Which forms a 0.1.0 member applies: every form it knew, and none of those added since.
     #[test]
@@ -1051,7 +1051,7 @@ mod version_tests {
 #[cfg(test)]
 mod golden_tests {
     use super::*;
-    use crate::engine::auth::{AuthOp, PermKind, Permission};
+    use crate::store::auth::{AuthOp, PermKind, Permission};
 
     fn write(op: Op) -> Command {
         Command::Write(op)

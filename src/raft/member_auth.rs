@@ -21,7 +21,7 @@ use raft::eraftpb::ConfChangeV2;
 use serde::{Deserialize, Serialize};
 
 use super::members::{MemberChange, MemberInfo};
-use crate::engine::auth::AuthView;
+use crate::store::auth::AuthView;
 
 /// The client behind a membership change: its user and the auth revision its permission was
 /// checked at.
@@ -136,7 +136,7 @@ pub fn principal_of(cc: &ConfChangeV2) -> Option<Principal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::auth::{AuthState, User};
+    use crate::store::auth::{AuthState, User};
 
     fn view(enabled: bool) -> AuthView {
         let mut v = AuthView {

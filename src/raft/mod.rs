@@ -36,7 +36,7 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
 use self::members::{AdminError, Contact, MemberChange, MemberStatus};
-use crate::engine::{Op, OpResult};
+use crate::store::{Op, OpResult};
 
 /// What the owner loop reads from its one inbox.
 pub enum Input {

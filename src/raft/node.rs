@@ -63,8 +63,8 @@ use super::snapshot::{SnapshotError, SnapshotStore};
 use super::storage::{LogError, LogStore};
 use super::{Input, RequestError};
 use crate::config::Settings;
-use crate::engine::{Applied, EngineError, KvStore, OpResult};
 use crate::metrics::Metrics;
+use crate::store::{Applied, KvStore, OpResult, StoreError};
 use crate::version;
 
 pub use self::incarnations::reset_reason;
@@ -101,7 +101,7 @@ pub enum NodeError {
     #[error("{0}")]
     Snapshot(#[from] SnapshotError),
     #[error("apply: {0}")]
-    Engine(#[from] EngineError),
+    Engine(#[from] StoreError),
     #[error("apply: {0}")]
     Decode(#[from] command::DecodeError),
     #[error("apply: undecodable conf change: {0}")]

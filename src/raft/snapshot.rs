@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::engine::{EngineError, KvStore, View, mvcc};
+use crate::storage::View;
+use crate::store::{KvStore, StoreError, mvcc};
 
 const KEEP: usize = 2;
 const KEEP_CORRUPT: usize = 1;
@@ -24,7 +25,7 @@ pub enum SnapshotError {
     #[error("snapshot file {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("snapshot: {0}")]
-    Engine(#[from] EngineError),
+    Engine(#[from] StoreError),
     #[error(
         "snapshot at index {index} covers index {applied}: the engine moved while it was taken"
     )]
@@ -136,7 +137,7 @@ impl SnapshotStore {
         let path = self.path(term, index);
         let file = File::open(&path).map_err(io_err(&path))?;
         let mut input = std::io::BufReader::with_capacity(256 << 10, file);
-        let mut reader = crate::engine::snapshot::SnapshotReader::new(&mut input)?;
+        let mut reader = crate::store::snapshot::SnapshotReader::new(&mut input)?;
         while reader.next_item()?.is_some() {}
         if reader.applied_index != index {
             return Err(SnapshotError::Mismatch {

@@ -1,5 +1,5 @@
 //! The Auth service: users, roles and permissions with etcd's semantics and errors. Changes go
-//! through the log ([`crate::engine::auth`]), decided when applied; passwords are hashed here
+//! through the log ([`crate::store::auth`]), decided when applied; passwords are hashed here
 //! first. Authenticate answers a token any member accepts ([`crate::api::access`]). With auth
 //! enabled, every call but Authenticate needs root, as in etcd.
 
@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 use super::pb::authpb;
 use super::{Grpc, rpc, status};
 use crate::api::access::{Caller, password};
-use crate::engine::Op;
-use crate::engine::auth::{AuthOp, PermKind, Permission};
+use crate::store::Op;
+use crate::store::auth::{AuthOp, PermKind, Permission};
 
 impl Grpc {
     /// Proposes an auth change for `caller`, bound to the auth revision its root check was
@@ -38,7 +38,7 @@ impl Grpc {
 
     /// A view of the auth state after a read barrier, so lists and gets see every change
     /// acknowledged before the call.
-    async fn auth_view(&self) -> Result<std::sync::Arc<crate::engine::auth::AuthView>, Status> {
+    async fn auth_view(&self) -> Result<std::sync::Arc<crate::store::auth::AuthView>, Status> {
         self.state.node.check_running()?;
         self.state.node.read_index().await?;
         self.state.access.view().map_err(status::denied)
@@ -170,7 +170,7 @@ impl rpc::auth_server::Auth for Grpc {
         let user = view
             .users
             .get(&name)
-            .ok_or_else(|| status::auth_refusal(crate::engine::auth::AuthRefusal::UserNotFound))?;
+            .ok_or_else(|| status::auth_refusal(crate::store::auth::AuthRefusal::UserNotFound))?;
         Ok(Response::new(rpc::AuthUserGetResponse {
             header: self.current_header(),
             roles: user.roles.clone(),
@@ -290,7 +290,7 @@ impl rpc::auth_server::Auth for Grpc {
         let role = view
             .roles
             .get(&name)
-            .ok_or_else(|| status::auth_refusal(crate::engine::auth::AuthRefusal::RoleNotFound))?;
+            .ok_or_else(|| status::auth_refusal(crate::store::auth::AuthRefusal::RoleNotFound))?;
         let perm = role
             .perms
             .iter()
@@ -341,7 +341,7 @@ impl rpc::auth_server::Auth for Grpc {
         let caller = self.auth_admin(&request).await?;
         let r = request.into_inner();
         let perm = r.perm.ok_or_else(|| {
-            status::auth_refusal(crate::engine::auth::AuthRefusal::PermissionNotGiven)
+            status::auth_refusal(crate::store::auth::AuthRefusal::PermissionNotGiven)
         })?;
         let perm = Permission {
             kind: perm_kind(perm.perm_type)?,

@@ -24,11 +24,11 @@ use super::pb::mvccpb;
 use super::rpc::{self, compare, range_request, request_op, response_op};
 use super::{Grpc, from_i64, status, to_i64};
 use crate::api::access::Caller;
-use crate::engine::auth::Need;
-use crate::engine::txn::{
+use crate::store::auth::Need;
+use crate::store::txn::{
     CmpResult, Compare, KeyRange, PutOptions, Target, Txn, TxnError, TxnOp, TxnResponse, TxnResult,
 };
-use crate::engine::{KeyValue, Op, OpResult};
+use crate::store::{KeyValue, Op, OpResult};
 
 pub(super) fn kv(kv: KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {

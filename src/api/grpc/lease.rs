@@ -11,8 +11,8 @@ use super::rpc;
 use super::{Grpc, Outbound, from_i64, outbound, status, to_i64};
 use crate::api::access::Caller;
 use crate::api::leases::{MAX_TTL, min_ttl, new_lease_id};
-use crate::engine::auth::Need;
-use crate::engine::{Op, Refusal};
+use crate::store::auth::Need;
+use crate::store::{Op, Refusal};
 
 impl Grpc {
     /// A linearizable read barrier (leases are read from the applied state).

@@ -18,8 +18,8 @@ use std::path::Path;
 use tonic::{Request, Response, Status};
 
 use super::{Grpc, Outbound, rpc, status, to_i64};
-use crate::engine::KvStore;
 use crate::metrics::dir_size;
+use crate::store::KvStore;
 
 /// Bytes per Snapshot message.
 const CHUNK: usize = 1 << 20;
@@ -136,7 +136,7 @@ impl rpc::maintenance_server::Maintenance for Grpc {
                 }
                 let active = action == AlarmAction::Activate;
                 let was = self.state.engine.alarms()?.contains(&r.member_id);
-                let op = crate::engine::Op::Alarm {
+                let op = crate::store::Op::Alarm {
                     member: r.member_id,
                     active,
                 };

@@ -24,10 +24,10 @@ use tonic::{Code, Status};
 use super::AppState;
 use super::access::{Caller, Credentials, Denied};
 use super::error::ApiError;
-use crate::engine::auth::{AuthRefusal, Need};
-use crate::engine::{EngineError, Refusal, RevisionError};
 use crate::raft::RequestError;
 use crate::raft::members::AdminError;
+use crate::store::auth::{AuthRefusal, Need};
+use crate::store::{Refusal, RevisionError, StoreError};
 
 /// The code generated from `proto/` (etcd's package names, so the paths match its protos).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -363,8 +363,8 @@ impl From<ApiError> for Status {
     }
 }
 
-impl From<EngineError> for Status {
-    fn from(e: EngineError) -> Status {
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
         ApiError::from(e).into()
     }
 }

@@ -1,7 +1,7 @@
 //! The Watch service: one bidirectional stream carries any number of watchers.
 //!
 //! One task per stream owns its watchers and the stream's one subscription to the fan-out of
-//! applied changes ([`crate::engine::watch`]); a watcher costs a few hundred bytes, not a task
+//! applied changes ([`crate::store::watch`]); a watcher costs a few hundred bytes, not a task
 //! or a connection. Each watcher keeps `next`, the first revision it has not been sent:
 //! - a batch of changes is delivered to every watcher whose `next` it reaches, each event
 //!   once (revisions below `next` are skipped), and moves every such watcher past it;
@@ -30,8 +30,8 @@ use super::pb::mvccpb;
 use super::rpc::{self, watch_create_request::FilterType, watch_request};
 use super::{Grpc, Outbound, from_i64, kv::key_range, outbound, status, to_i64};
 use crate::api::access::{Caller, Denied, Recheck};
-use crate::engine::watch::{Event, EventKind, Published, WatchRange};
-use crate::engine::{EngineError, KvStore, RevisionError};
+use crate::store::watch::{Event, EventKind, Published, WatchRange};
+use crate::store::{KvStore, RevisionError, StoreError};
 
 /// Events read from history per step while a watcher catches up.
 const CATCH_UP: usize = 1_000;
@@ -133,7 +133,7 @@ impl WatchStream {
         if c.watch_id == 0 {
             self.next_id += 1;
         }
-        let need = crate::engine::auth::Need::Read;
+        let need = crate::store::auth::Need::Read;
         if self.caller.may(need, &c.key, &c.range_end).is_err() {
             // etcd's answer: created and canceled at once (id -1), with the reason.
             let mut refused = self.response(-1, revision);
@@ -193,11 +193,11 @@ impl WatchStream {
             .watchers
             .iter()
             .filter(|(_, w)| {
-                let range = crate::engine::txn::KeyRange {
+                let range = crate::store::txn::KeyRange {
                     start: w.range.start.clone(),
                     end: w.range.end.clone(),
                 };
-                let need = crate::engine::auth::Need::Read;
+                let need = crate::store::auth::Need::Read;
                 reason.is_some() || self.caller.may_range(need, &range).is_err()
             })
             .map(|(id, _)| *id)
@@ -336,7 +336,7 @@ impl WatchStream {
                             w.next = w.next.max(through + 1);
                         }
                     }
-                    Err(EngineError::Revision(RevisionError::Compacted {
+                    Err(StoreError::Revision(RevisionError::Compacted {
                         compact_revision,
                         ..
                     })) => {

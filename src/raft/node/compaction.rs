@@ -19,9 +19,9 @@ use tracing::{info, warn};
 
 use super::{Node, NodeError};
 use crate::config::AutoCompaction;
-use crate::engine::Op;
-use crate::engine::mvcc::COMPACT_STEP;
 use crate::raft::command;
+use crate::store::Op;
+use crate::store::mvcc::COMPACT_STEP;
 
 /// Owner time per tick given to physical compaction at most (a twentieth of the default
 /// tick): a client write waits at most about this long behind it.

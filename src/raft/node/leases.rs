@@ -1,6 +1,6 @@
 //! The leader's side of leases: it alone advances the replicated lease clock, proposing the
 //! time it measured since its previous tick ([`Op::LeaseTick`]) once per raft tick while any
-//! lease is granted. Applying a tick revokes what expired ([`crate::engine::lease`]).
+//! lease is granted. Applying a tick revokes what expired ([`crate::store::lease`]).
 //!
 //! A new leader measures from the moment it can commit in its term: the time the cluster had
 //! no leader, and the old leader's time after its last tick, are not counted. Leases may
@@ -18,8 +18,8 @@ use raft::eraftpb::Entry;
 use tracing::warn;
 
 use super::Node;
-use crate::engine::Op;
 use crate::raft::command;
+use crate::store::Op;
 
 /// The leader's clock: the term it measures in and when it last proposed a tick.
 #[derive(Default)]

@@ -7,10 +7,10 @@ use raft::eraftpb::{Entry, Message, MessageType};
 use tracing::warn;
 
 use super::{AdminReply, MAX_UNCOMMITTED_BYTES, Node, Reply};
-use crate::engine::OpResult;
 use crate::raft::command::{self, ProposalId};
 use crate::raft::members::{AdminError, MemberStatus};
 use crate::raft::{MAX_APPLY_BACKLOG, RequestError};
+use crate::store::OpResult;
 
 /// Client writes proposed in one raft message at most, by count and by size (a message must
 /// stay well inside the transport's frame limit; one write alone may reach the request limit).
@@ -46,7 +46,7 @@ impl Waiting {
 impl Node {
     /// Queues a client write for this round's proposal, unless its caller has gone away or
     /// too many committed entries wait to be applied here.
-    pub(super) fn queue_write(&mut self, op: crate::engine::Op, reply: Reply<OpResult>) {
+    pub(super) fn queue_write(&mut self, op: crate::store::Op, reply: Reply<OpResult>) {
         if reply.is_closed() {
             // The client has gone away (it timed out while this waited in the inbox):
             // a write nobody waits for is not proposed.

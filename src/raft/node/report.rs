@@ -21,11 +21,11 @@ impl Drop for Busy {
 }
 
 /// `/_hash`: FNV-1a over what every member must agree on at an applied index
-/// ([`crate::engine::mvcc::write_digest`]: current records, history after the compact
+/// ([`crate::store::mvcc::write_digest`]: current records, history after the compact
 /// revision, the revisions).
-fn digest(view: &dyn crate::engine::View) -> Result<StateHash, RequestError> {
+fn digest(view: &dyn crate::storage::View) -> Result<StateHash, RequestError> {
     let mut digest = Fnv1a(0xcbf2_9ce4_8422_2325);
-    let counters = crate::engine::mvcc::write_digest(view, &mut digest)
+    let counters = crate::store::mvcc::write_digest(view, &mut digest)
         .map_err(|e| RequestError::Stopped(e.to_string()))?;
     Ok(StateHash {
         applied_index: counters.applied_index,

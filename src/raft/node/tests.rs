@@ -17,12 +17,12 @@ use tokio::sync::{oneshot, watch};
 
 use super::{Exit, Node, Outbox, Shared};
 use crate::config::{Config, Settings};
-use crate::engine::{Op, OpResult};
 use crate::metrics::Metrics;
 use crate::raft::members::MemberChange;
 use crate::raft::snapshot::SnapshotStore;
 use crate::raft::storage::LogStore;
 use crate::raft::{Input, RequestError};
+use crate::store::{Op, OpResult};
 
 /// The owner's messages, kept for the test to deliver.
 struct Mailbox(Arc<Mutex<Vec<Message>>>);

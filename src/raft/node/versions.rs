@@ -6,9 +6,9 @@ use raft::StateRole;
 use tracing::{info, warn};
 
 use super::{Node, NodeError};
-use crate::engine::Op;
 use crate::raft::RequestError;
 use crate::raft::command;
+use crate::store::Op;
 use crate::version::{self, Feature, Version};
 
 impl Node {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::storage::{Changes, EngineKind, EngineOptions, open};
 
 pub(crate) fn put(index: u64, k: &str, v: &str) -> Applied {
     Applied {
@@ -402,7 +403,7 @@ fn reads_at_past_revisions(s: &KvStore) {
     // The revision a read reports is the store's, not the one asked for.
     assert_eq!(s.get(b"a", Some(3)).unwrap().revision, 7);
     match s.get(b"a", Some(8)) {
-        Err(EngineError::Revision(RevisionError::Future {
+        Err(StoreError::Revision(RevisionError::Future {
             requested: 8,
             current: 7,
         })) => {}
@@ -441,7 +442,7 @@ fn compaction_boundaries(s: &KvStore) {
     let compacted = |r| {
         matches!(
             s.get(b"a", Some(r)),
-            Err(EngineError::Revision(RevisionError::Compacted {
+            Err(StoreError::Revision(RevisionError::Compacted {
                 compact_revision: 8,
                 ..
             }))

@@ -15,7 +15,8 @@
 
 use super::layout::{self, LeaseRecord, Meta};
 use super::mvcc::{Batch, Txn as Writes};
-use super::{OpResult, Reader, Refusal, Result};
+use super::{OpResult, Refusal, Result};
+use crate::storage::Reader;
 
 /// Leases revoked by one tick at most: expiring many at once does not stall applying.
 pub const REVOKE_PER_TICK: usize = 1_000;

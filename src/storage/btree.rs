@@ -1,7 +1,7 @@
 //! The B+tree engine on redb, a copy-on-write B+tree file like etcd's bbolt: reads walk a
 //! tree that is mostly in the page cache; writes copy the pages they touch.
 //!
-//! Layout: table `mvcc-<generation>` holds the store's keyspace ([`super::layout`], its own
+//! Layout: table `mvcc-<generation>` holds the store's keyspace ([`crate::store::layout`], its own
 //! meta entry included); table `meta` holds the current generation and the applied index of
 //! the data, written in the same transaction as the data.
 //!
@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Changes, Ctx, Engine, EngineError, EngineKind, Reader, Result, View, Visit, layout};
+use super::{Changes, Ctx, Engine, EngineError, EngineKind, HOT_KEY, Reader, Result, View, Visit};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "generation";
@@ -66,7 +66,7 @@ struct Overlay {
     applied_index: u64,
     /// The live table's generation.
     generation: u64,
-    /// The newest meta entry written ([`layout::META`]): every read looks it up, and keeping
+    /// The newest meta entry written ([`HOT_KEY`]): every read looks it up, and keeping
     /// it here spares each a redb lookup once it is flushed.
     meta: Option<Vec<u8>>,
 }
@@ -74,7 +74,7 @@ struct Overlay {
 impl Overlay {
     /// The newest applied change to `key` not yet in redb: `Some(None)` is a deletion.
     fn lookup(&self, key: &[u8]) -> Option<Option<&[u8]>> {
-        if key == layout::META
+        if key == HOT_KEY
             && let Some(meta) = &self.meta
         {
             return Some(Some(meta));
@@ -464,7 +464,7 @@ impl Engine for BtreeEngine {
         }
         let pending = {
             let mut o = self.inner.overlay.write();
-            if let Some(Some(meta)) = changes.get(layout::META) {
+            if let Some(Some(meta)) = changes.get(HOT_KEY) {
                 o.meta = Some(meta.clone());
             }
             o.active.extend(changes);
@@ -553,8 +553,8 @@ impl Engine for BtreeEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::conformance::put;
-    use crate::engine::{Applied, KvStore, Op};
+    use crate::store::conformance::put;
+    use crate::store::{Applied, KvStore, Op};
     use std::collections::BTreeMap;
 
     /// Small, so the tests also read pages back from the file.

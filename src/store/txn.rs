@@ -4,7 +4,7 @@
 
 use super::mvcc::{Batch, Refusal, Txn as Writes, check_revision_at, range_latest};
 use super::{Header, KeyValue, Result};
-use crate::engine::layout::Meta;
+use crate::store::layout::Meta;
 
 /// What a compare looks at, with its operand.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -24,9 +24,9 @@ use super::layout::{self, META, Meta};
 use super::snapshot::{Item, SnapshotReader, SnapshotWriter};
 use super::watch::{Event, EventBatch, EventKind, Hub, Published, WatchRange};
 use super::{
-    Applied, Changes, Cond, Engine, EngineError, EngineKind, Header, HeaderCache, KeyValue, Op,
-    OpResult, Reader, Record, Result, View, Visit,
+    Applied, Cond, Header, HeaderCache, KeyValue, Op, OpResult, Record, Result, StoreError,
 };
+use crate::storage::{Changes, Engine, EngineError, EngineKind, Reader, View, Visit};
 
 /// A read at a revision that the store cannot serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -139,7 +139,7 @@ fn read_meta(r: &dyn Reader) -> Result<Meta> {
 /// Refuses a read at revision `at` (0: the current one) that this state cannot answer.
 pub(super) fn check_revision_at(meta: &Meta, at: u64) -> std::result::Result<(), RevisionError> {
     match check_revision(meta, Some(at)) {
-        Err(EngineError::Revision(e)) => Err(e),
+        Err(StoreError::Revision(e)) => Err(e),
         _ => Ok(()),
     }
 }
@@ -328,7 +328,7 @@ impl Batch<'_> {
 }
 
 impl Reader for Batch<'_> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn get(&self, key: &[u8]) -> crate::storage::Result<Option<Vec<u8>>> {
         match self.staged.get(key) {
             Some(v) => Ok(v.clone()),
             None => self.base.get(key),
@@ -336,7 +336,7 @@ impl Reader for Batch<'_> {
     }
 
     /// Entries in `[start, end)`, the staged changes over the engine's.
-    fn scan(&self, start: &[u8], end: &[u8], visit: &mut Visit) -> Result<()> {
+    fn scan(&self, start: &[u8], end: &[u8], visit: &mut Visit) -> crate::storage::Result<()> {
         use std::ops::Bound::{Excluded, Included};
         let staged: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = if end > start {
             self.staged
@@ -709,7 +709,7 @@ impl KvStore {
             let mut events = Vec::with_capacity(found.len());
             for (rev, key) in found {
                 let v = r.get(&layout::history_key(&key, rev))?.ok_or_else(|| {
-                    EngineError::Corrupt(format!("revision {rev} indexes a missing version"))
+                    StoreError::Corrupt(format!("revision {rev} indexes a missing version"))
                 })?;
                 events.push(event_of(key, rev, &v)?);
             }
@@ -796,12 +796,12 @@ impl KvStore {
     }
 
     pub fn persist(&self) -> Result<()> {
-        self.engine.persist()
+        Ok(self.engine.persist()?)
     }
 
     /// A frozen state for a snapshot ([`write_snapshot`]) or a digest ([`write_digest`]).
     pub fn view(&self) -> Result<Box<dyn View>> {
-        self.engine.view()
+        Ok(self.engine.view()?)
     }
 
     fn read<T>(&self, f: impl FnOnce(&dyn Reader, &Meta) -> Result<T>) -> Result<ReadAt<T>> {
@@ -818,7 +818,7 @@ impl KvStore {
             }
             Ok(())
         })?;
-        out.ok_or_else(|| EngineError::Backend("engine read did not run".into()))
+        out.ok_or_else(|| EngineError::Backend("engine read did not run".into()).into())
     }
 
     /// `key` as of revision `at` (`None` or 0: the current revision).
@@ -1201,7 +1201,7 @@ impl<'r> Entries<'r> {
                     if (m.applied_index, m.revision)
                         != (self.reader.applied_index, self.reader.revision)
                     {
-                        return Err(EngineError::CorruptSnapshot(
+                        return Err(StoreError::CorruptSnapshot(
                             "meta entry disagrees with the header".into(),
                         ));
                     }
@@ -1238,7 +1238,7 @@ impl<'r> Entries<'r> {
                     };
                     self.queued.push_back((META.to_vec(), meta.encode()));
                 } else if !self.meta_seen {
-                    return Err(EngineError::CorruptSnapshot("no meta entry".into()));
+                    return Err(StoreError::CorruptSnapshot("no meta entry".into()));
                 }
             }
         }
@@ -1246,14 +1246,16 @@ impl<'r> Entries<'r> {
     }
 }
 
+/// Yields storage's result type: the engine's restore reads it (a store error inside, a
+/// corrupt snapshot, comes back out of the restore as itself).
 impl Iterator for Entries<'_> {
-    type Item = Result<(Vec<u8>, Vec<u8>)>;
+    type Item = crate::storage::Result<(Vec<u8>, Vec<u8>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         while self.queued.is_empty() && !self.finished {
             if let Err(e) = self.advance() {
                 self.finished = true;
-                return Some(Err(e));
+                return Some(Err(e.into()));
             }
         }
         self.queued.pop_front().map(Ok)

@@ -23,9 +23,10 @@
 //! stored revisions as they are (oldest first), with a 48-byte meta entry; it is converted
 //! when opened or restored ([`LEGACY_LATEST`]).
 
-use super::{EngineError, Header, Record, Result};
+use super::{Header, Record, Result, StoreError};
 
-pub(crate) const META: &[u8] = b"m";
+/// The meta entry: storage's hot key, which the btree keeps in memory.
+pub(crate) const META: &[u8] = crate::storage::HOT_KEY;
 /// Layout 2's current records; converted away.
 pub(crate) const LEGACY_LATEST: u8 = b'k';
 /// The layout this build writes, in the meta entry.
@@ -83,7 +84,7 @@ pub(crate) fn trailing_u64(raw: &[u8]) -> Result<u64> {
         .checked_sub(8)
         .and_then(|at| raw[at..].try_into().ok())
         .map(u64::from_be_bytes)
-        .ok_or_else(|| EngineError::Corrupt("short key".into()))
+        .ok_or_else(|| StoreError::Corrupt("short key".into()))
 }
 
 /// The lease id at the end of an `e` key.
@@ -112,7 +113,7 @@ impl LeaseRecord {
                 .get(i * 8..i * 8 + 8)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes)
-                .ok_or_else(|| EngineError::Corrupt("malformed lease".into()))
+                .ok_or_else(|| StoreError::Corrupt("malformed lease".into()))
         };
         Ok(LeaseRecord {
             ttl: n(0)?,
@@ -171,7 +172,7 @@ pub(crate) fn history_range(start: &[u8], end: Option<&[u8]>) -> (Vec<u8>, Vec<u
 
 /// The user key and revision of an `h` entry's key.
 pub(crate) fn split_history_key(raw: &[u8]) -> Result<(Vec<u8>, u64)> {
-    let bad = || EngineError::Corrupt("malformed history key".into());
+    let bad = || StoreError::Corrupt("malformed history key".into());
     let body = raw.strip_prefix(&[HISTORY]).ok_or_else(bad)?;
     let (esc, rev) = body
         .split_at_checked(body.len().checked_sub(8).ok_or_else(bad)?)
@@ -221,7 +222,7 @@ pub(crate) fn rev_of(raw: &[u8]) -> Result<u64> {
     raw.get(1..9)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)
-        .ok_or_else(|| EngineError::Corrupt("short revision key".into()))
+        .ok_or_else(|| StoreError::Corrupt("short revision key".into()))
 }
 
 /// One `h` entry's value: the record written, or `None` for a deletion.
@@ -241,7 +242,7 @@ pub(crate) fn decode_version(bytes: &[u8]) -> Result<Option<Record>> {
     match bytes.split_first() {
         Some((&PUT, rest)) => Record::decode(rest).map(Some),
         Some((&DELETED, [])) => Ok(None),
-        _ => Err(EngineError::Corrupt("malformed history entry".into())),
+        _ => Err(StoreError::Corrupt("malformed history entry".into())),
     }
 }
 
@@ -249,7 +250,7 @@ pub(crate) fn version_header(bytes: &[u8]) -> Result<Option<Header>> {
     match bytes.split_first() {
         Some((&PUT, rest)) => Record::decode_header(rest).map(Some),
         Some((&DELETED, [])) => Ok(None),
-        _ => Err(EngineError::Corrupt("malformed history entry".into())),
+        _ => Err(StoreError::Corrupt("malformed history entry".into())),
     }
 }
 
@@ -307,12 +308,12 @@ impl Meta {
             48 => 2,
             56 if n(6) == LAYOUT => LAYOUT,
             56 => {
-                return Err(EngineError::Corrupt(format!(
+                return Err(StoreError::Corrupt(format!(
                     "keyspace layout {} (this build knows {LAYOUT} and converts 2)",
                     n(6)
                 )));
             }
-            len => return Err(EngineError::Corrupt(format!("meta of {len} bytes"))),
+            len => return Err(StoreError::Corrupt(format!("meta of {len} bytes"))),
         };
         Ok(Meta {
             applied_index: n(0),

@@ -1,7 +1,7 @@
 //! The LSM engine on fjall, a log-structured merge tree like leveldb: writes go to a journal
 //! and a memtable, flushed to sorted tables and compacted in the background.
 //!
-//! Layout: keyspace `mvcc_<generation>` holds the store's keyspace ([`super::layout`], its
+//! Layout: keyspace `mvcc_<generation>` holds the store's keyspace ([`crate::store::layout`], its
 //! own meta entry included); keyspace `meta` holds the current generation. Each write is one
 //! fjall write batch, so after a crash fjall's journal recovery yields a prefix of whole
 //! batches and the store's applied index is never ahead of its data.

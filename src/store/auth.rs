@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::layout::Meta;
 use super::mvcc::Batch;
-use super::{EngineError, OpResult, Reader, Refusal, Result};
+use super::{OpResult, Refusal, Result, StoreError};
+use crate::storage::Reader;
 
 pub(crate) const STATE: &[u8] = b"w";
 pub(crate) const USERS: u8 = b'u';
@@ -197,7 +198,7 @@ fn named(ns: u8, name: &str) -> Vec<u8> {
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
-        .map_err(|e| EngineError::Corrupt(format!("auth {what} record: {e}")))
+        .map_err(|e| StoreError::Corrupt(format!("auth {what} record: {e}")))
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -19,7 +19,8 @@
 
 use std::io::{self, Read, Write};
 
-use super::{EngineError, KeyValue, Result};
+use super::{KeyValue, Result, StoreError};
+use crate::storage::EngineError;
 
 const MAGIC: &[u8; 8] = b"METCDSN3";
 const MAGIC_V2: &[u8; 8] = b"METCDSN2";
@@ -108,8 +109,8 @@ pub struct SnapshotReader<'a> {
     pub version: u8,
 }
 
-fn corrupt(what: impl Into<String>) -> EngineError {
-    EngineError::CorruptSnapshot(what.into())
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::CorruptSnapshot(what.into())
 }
 
 impl<'a> SnapshotReader<'a> {
@@ -138,7 +139,7 @@ impl<'a> SnapshotReader<'a> {
     fn take(&mut self, buf: &mut [u8]) -> Result<()> {
         self.input.read_exact(buf).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => corrupt("snapshot is truncated"),
-            _ => EngineError::Io(e),
+            _ => StoreError::Engine(EngineError::Io(e)),
         })?;
         self.crc.update(buf);
         Ok(())
