@@ -214,7 +214,7 @@ fn start_raft(
         PeerChecks {
             incarnation,
             incarnations: incarnations.clone(),
-            reset_check: reset_check.clone(),
+            reset_check: Arc::new(reset_check.clone()),
             versions: versions.clone(),
         },
     );

@@ -50,7 +50,6 @@ use crate::config::Settings;
 use crate::raft::Input;
 use crate::raft::members::Contact;
 use crate::raft::node::Outbox;
-use crate::raft::reset_check::ResetCheck;
 use crate::raft::snapshot::SnapshotStore;
 use crate::version::{Known, Version};
 use parking_lot::RwLock;
@@ -203,8 +202,16 @@ struct Shared {
     cluster_id: String,
     snaps: SnapshotStore,
     inbox: mpsc::Sender<Input>,
-    reset_check: Arc<ResetCheck>,
+    reset_check: Arc<dyn ResetClaims>,
     versions: Arc<Known>,
+}
+
+/// Where a peer's claim that this member lost its data goes (the raft side's `ResetCheck`,
+/// which decides on the committed records). A seam, so the transport does not reach up into
+/// raft/ for it.
+pub trait ResetClaims: Send + Sync {
+    /// Member `by` refused this member's stream as another incarnation (a 409).
+    fn claimed(&self, by: u64);
 }
 
 struct Peer {
@@ -230,7 +237,7 @@ pub struct PeerChecks {
     /// The peers' incarnations recorded here.
     pub incarnations: Arc<RwLock<BTreeMap<u64, u64>>>,
     /// Where a claim that this member lost its data is checked.
-    pub reset_check: Arc<ResetCheck>,
+    pub reset_check: Arc<dyn ResetClaims>,
     /// The cluster version, and the releases peers announced.
     pub versions: Arc<Known>,
 }

@@ -17,9 +17,10 @@
 //! change without a caller is refused, except the leader's own promotion of a caught-up
 //! learner at apply.
 
-use raft::eraftpb::ConfChangeV2;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use serde::{Deserialize, Serialize};
 
+pub use super::members::AuthDenial;
 use super::members::{MemberChange, MemberInfo};
 use crate::store::auth::AuthView;
 
@@ -40,40 +41,6 @@ pub struct MemberRequest {
     pub by: Option<Principal>,
 }
 
-/// Why auth refuses a membership change (etcd's errors).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AuthDenial {
-    #[error("user name is empty")]
-    NoCaller,
-    #[error("permission denied")]
-    NotRoot,
-    #[error("revision of auth store is old")]
-    OldRevision,
-}
-
-impl AuthDenial {
-    const ALL: [AuthDenial; 3] = [
-        AuthDenial::NoCaller,
-        AuthDenial::NotRoot,
-        AuthDenial::OldRevision,
-    ];
-
-    /// The HTTP status a client gets for it (as for any request auth refuses).
-    pub fn status(&self) -> u16 {
-        match self {
-            AuthDenial::NoCaller | AuthDenial::OldRevision => 401,
-            AuthDenial::NotRoot => 403,
-        }
-    }
-
-    /// The denial a leader answered a forwarded request with (its status and text).
-    pub fn from_answer(status: u16, text: &str) -> Option<AuthDenial> {
-        Self::ALL
-            .into_iter()
-            .find(|d| d.status() == status && d.to_string() == text.trim())
-    }
-}
-
 /// Whether auth refuses a change asked by `by`; `own_promotion`: a promotion without a caller
 /// is the leader's own (allowed at apply, never from a request).
 pub fn auth_refusal(
@@ -90,6 +57,25 @@ pub fn auth_refusal(
         Some(p) if p.auth_revision != auth.state.revision => Some(AuthDenial::OldRevision),
         Some(p) if !auth.is_root(&p.user) => Some(AuthDenial::NotRoot),
         Some(_) => None,
+    }
+}
+
+/// Membership changes travel with their client (defined here, beside the context it writes).
+impl MemberChange {
+    /// The raft change proposing it, asked by `by` (see this module).
+    pub fn to_conf_change(&self, by: Option<&Principal>) -> ConfChangeV2 {
+        let change_type = match self {
+            MemberChange::Add { .. } => ConfChangeType::AddLearnerNode,
+            MemberChange::Promote { .. } => ConfChangeType::AddNode,
+            MemberChange::Remove { .. } => ConfChangeType::RemoveNode,
+        };
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change_type);
+        single.node_id = self.id();
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        cc.context = context(self, by).into();
+        cc
     }
 }
 

@@ -176,21 +176,39 @@ impl MemberChange {
             | MemberChange::Remove { id } => *id,
         }
     }
+}
 
-    /// The raft change proposing it, asked by `by` (see [`super::member_auth`]).
-    pub fn to_conf_change(&self, by: Option<&super::member_auth::Principal>) -> ConfChangeV2 {
-        let change_type = match self {
-            MemberChange::Add { .. } => ConfChangeType::AddLearnerNode,
-            MemberChange::Promote { .. } => ConfChangeType::AddNode,
-            MemberChange::Remove { .. } => ConfChangeType::RemoveNode,
-        };
-        let mut single = ConfChangeSingle::default();
-        single.set_change_type(change_type);
-        single.node_id = self.id();
-        let mut cc = ConfChangeV2::default();
-        cc.set_changes(vec![single].into());
-        cc.context = super::member_auth::context(self, by).into();
-        cc
+/// Why auth refuses a membership change (etcd's errors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthDenial {
+    #[error("user name is empty")]
+    NoCaller,
+    #[error("permission denied")]
+    NotRoot,
+    #[error("revision of auth store is old")]
+    OldRevision,
+}
+
+impl AuthDenial {
+    pub(crate) const ALL: [AuthDenial; 3] = [
+        AuthDenial::NoCaller,
+        AuthDenial::NotRoot,
+        AuthDenial::OldRevision,
+    ];
+
+    /// The HTTP status a client gets for it (as for any request auth refuses).
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthDenial::NoCaller | AuthDenial::OldRevision => 401,
+            AuthDenial::NotRoot => 403,
+        }
+    }
+
+    /// The denial a leader answered a forwarded request with (its status and text).
+    pub fn from_answer(status: u16, text: &str) -> Option<AuthDenial> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.status() == status && d.to_string() == text.trim())
     }
 }
 
@@ -268,7 +286,7 @@ pub enum AdminError {
     Relayed(u16, String),
     /// Auth refused the client who asked (see [`super::member_auth`]).
     #[error("{0}")]
-    Denied(#[from] super::member_auth::AuthDenial),
+    Denied(#[from] AuthDenial),
 }
 
 impl AdminError {

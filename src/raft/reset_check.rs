@@ -154,6 +154,12 @@ impl ResetCheck {
     }
 }
 
+impl crate::peer::transport::ResetClaims for Arc<ResetCheck> {
+    fn claimed(&self, by: u64) {
+        ResetCheck::claimed(self, by);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
