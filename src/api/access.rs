@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use sha2::Sha256;
 
 use super::error::ApiError;
+pub use super::error::Denied;
 use crate::store::auth::{AuthView, Need};
 use crate::store::txn::{KeyRange, Txn, TxnOp};
 use crate::store::{KvStore, Op};
@@ -34,40 +35,6 @@ const FREE_FAILURES: u32 = 3;
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A Basic login is re-verified at least this often (and after any auth change).
 const BASIC_CACHE: Duration = Duration::from_secs(60);
-
-/// Why a request is refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Denied {
-    /// Auth is on and the request carries no credentials (etcd: "user name is empty").
-    #[error("authentication is enabled: credentials are required")]
-    NoCredentials,
-    #[error("invalid auth token")]
-    InvalidToken,
-    /// The token predates a change to users or roles.
-    #[error("revision of auth store is old")]
-    OldRevision,
-    #[error("authentication failed, invalid user ID or password")]
-    AuthFailed,
-    #[error("too many failed logins for this user; retry in {0} s")]
-    TooManyAttempts(u64),
-    #[error("permission denied")]
-    PermissionDenied,
-    #[error("authentication is not enabled")]
-    NotEnabled,
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<crate::raft::member_auth::AuthDenial> for Denied {
-    fn from(d: crate::raft::member_auth::AuthDenial) -> Self {
-        use crate::raft::member_auth::AuthDenial as A;
-        match d {
-            A::NoCaller => Denied::NoCredentials,
-            A::NotRoot => Denied::PermissionDenied,
-            A::OldRevision => Denied::OldRevision,
-        }
-    }
-}
 
 /// What a request brings to prove who it is.
 #[derive(Clone, Debug, Default)]
@@ -645,7 +612,7 @@ pub async fn authenticate(
         password: String,
     }
     state.node.check_running()?;
-    let body = super::keys::read_value(body, 64 * 1024).await?;
+    let body = super::body::read_value(body, 64 * 1024).await?;
     let login: Login = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
             "the body must be {{\"name\": ..., \"password\": ...}}: {e}"

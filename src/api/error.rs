@@ -7,6 +7,40 @@ use crate::raft::RequestError;
 use crate::raft::members::AdminError;
 use crate::store::{Refusal, RevisionError, StoreError};
 
+/// Why a request is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// Auth is on and the request carries no credentials (etcd: "user name is empty").
+    #[error("authentication is enabled: credentials are required")]
+    NoCredentials,
+    #[error("invalid auth token")]
+    InvalidToken,
+    /// The token predates a change to users or roles.
+    #[error("revision of auth store is old")]
+    OldRevision,
+    #[error("authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("too many failed logins for this user; retry in {0} s")]
+    TooManyAttempts(u64),
+    #[error("permission denied")]
+    PermissionDenied,
+    #[error("authentication is not enabled")]
+    NotEnabled,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<crate::raft::member_auth::AuthDenial> for Denied {
+    fn from(d: crate::raft::member_auth::AuthDenial) -> Self {
+        use crate::raft::member_auth::AuthDenial as A;
+        match d {
+            A::NoCaller => Denied::NoCredentials,
+            A::NotRoot => Denied::PermissionDenied,
+            A::OldRevision => Denied::OldRevision,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -42,7 +76,7 @@ pub enum ApiError {
     NoSpace,
     /// Auth refused the request: 401 without (valid) credentials, 403 without permission.
     #[error("{0}")]
-    Denied(#[from] super::access::Denied),
+    Denied(#[from] Denied),
     /// An auth change refused when applied (etcd's reasons).
     #[error("{0}")]
     AuthRefused(crate::store::auth::AuthRefusal),
@@ -76,7 +110,7 @@ impl IntoResponse for ApiError {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
             }
             ApiError::Denied(d) => {
-                use super::access::Denied as D;
+                use Denied as D;
                 match d {
                     D::NoCredentials | D::InvalidToken | D::OldRevision | D::AuthFailed => {
                         StatusCode::UNAUTHORIZED
@@ -105,16 +139,14 @@ impl IntoResponse for ApiError {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             }
-            ApiError::Denied(super::access::Denied::TooManyAttempts(secs)) => {
+            ApiError::Denied(Denied::TooManyAttempts(secs)) => {
                 resp.headers_mut().insert(
                     header::RETRY_AFTER,
-                    super::keys::header_value(&secs.to_string()),
+                    super::headers::header_value(&secs.to_string()),
                 );
             }
             ApiError::Denied(
-                super::access::Denied::NoCredentials
-                | super::access::Denied::InvalidToken
-                | super::access::Denied::OldRevision,
+                Denied::NoCredentials | Denied::InvalidToken | Denied::OldRevision,
             ) => {
                 resp.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
@@ -129,14 +161,14 @@ impl IntoResponse for ApiError {
                 compact_revision, ..
             }) => {
                 resp.headers_mut().insert(
-                    super::keys::COMPACT_REVISION_HEADER,
-                    super::keys::header_value(&compact_revision.to_string()),
+                    super::headers::COMPACT_REVISION_HEADER,
+                    super::headers::header_value(&compact_revision.to_string()),
                 );
             }
             ApiError::PreconditionFailed(rev) if rev > 0 => {
                 resp.headers_mut().insert(
                     header::ETAG,
-                    super::keys::header_value(&format!("\"{rev}\"")),
+                    super::headers::header_value(&format!("\"{rev}\"")),
                 );
             }
             _ => {}

@@ -22,14 +22,14 @@ use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
 use super::access::Caller;
+use super::body::read_value;
 use super::error::ApiError;
+use super::headers::{REVISION_HEADER, header_value};
 use super::query::{Consistency, Query};
 use super::{AppState, range};
 use crate::store::auth::Need;
 use crate::store::{Cond, Op, OpResult};
 
-pub const REVISION_HEADER: &str = "x-metcd-revision";
-pub const COMPACT_REVISION_HEADER: &str = "x-metcd-compact-revision";
 const CREATE_REVISION_HEADER: &str = "x-metcd-create-revision";
 const MOD_REVISION_HEADER: &str = "x-metcd-mod-revision";
 const VERSION_HEADER: &str = "x-metcd-version";
@@ -290,29 +290,6 @@ fn checked(result: &OpResult) -> Result<(), ApiError> {
         Some(current) => Err(ApiError::PreconditionFailed(current)),
         None => Ok(()),
     }
-}
-
-pub(super) async fn read_value(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
-    match axum::body::to_bytes(body, limit).await {
-        Ok(b) => Ok(b.to_vec()),
-        Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                Err(ApiError::TooLarge(format!(
-                    "value exceeds --max-request-bytes {limit}"
-                )))
-            } else {
-                Err(ApiError::BadRequest(format!(
-                    "could not read the request body: {e}"
-                )))
-            }
-        }
-    }
-}
-
-pub(crate) fn header_value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn written(revision: u64) -> Response {

@@ -26,8 +26,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::AppState;
+use super::body::read_value;
 use super::error::ApiError;
-use super::keys::{self, REVISION_HEADER, header_value};
+use super::headers::{REVISION_HEADER, header_value};
 use super::query::{Consistency, Query};
 use super::range::field;
 use crate::store::Op;
@@ -78,7 +79,7 @@ pub async fn grant(
     body: Body,
 ) -> Result<Response, ApiError> {
     state.node.check_running()?;
-    let body = keys::read_value(body, 4096).await?;
+    let body = read_value(body, 4096).await?;
     let req: Grant = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
             "expected {{\"ttl\": seconds, \"id\": optional}}: {e}"

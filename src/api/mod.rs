@@ -11,8 +11,10 @@
 
 pub mod access;
 mod admin;
+mod body;
 pub mod error;
 pub mod grpc;
+mod headers;
 mod keys;
 mod leases;
 mod query;

@@ -76,8 +76,8 @@ pub fn list(state: &AppState, start: &[u8], q: &Query) -> Result<Response, ApiEr
         json!({ "revision": read.revision, "count": items.len(), "more": more, "kvs": items });
     let mut resp = Json(body).into_response();
     resp.headers_mut().insert(
-        super::keys::REVISION_HEADER,
-        super::keys::header_value(&read.revision.to_string()),
+        super::headers::REVISION_HEADER,
+        super::headers::header_value(&read.revision.to_string()),
     );
     Ok(resp)
 }

@@ -30,10 +30,10 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::AppState;
 use super::error::ApiError;
 use super::query::{Encoding, Query, prefix_end};
 use super::range::{DEFAULT_LIMIT, to_json};
-use super::{AppState, keys};
 use crate::store::Op;
 use crate::store::txn::{CmpResult, Compare, KeyRange, Target, Txn, TxnOp, TxnResponse};
 
@@ -261,7 +261,7 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     state.node.check_running()?;
     let query = Query::parse(query.as_deref())?;
-    let body = keys::read_value(body, state.settings.max_request_bytes).await?;
+    let body = super::body::read_value(body, state.settings.max_request_bytes).await?;
     let txn = parse(&body, query.encoding)?;
     caller.may_txn(&state.engine, &txn)?;
     if txn.writes() {
@@ -301,8 +301,8 @@ pub async fn handle(
         json!({ "succeeded": outcome.succeeded, "revision": revision, "responses": responses });
     let mut resp = Json(body).into_response();
     resp.headers_mut().insert(
-        keys::REVISION_HEADER,
-        keys::header_value(&revision.to_string()),
+        super::headers::REVISION_HEADER,
+        super::headers::header_value(&revision.to_string()),
     );
     Ok(resp)
 }

@@ -36,7 +36,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::access::{Access, Caller, Recheck};
 use super::error::ApiError;
-use super::keys::{REVISION_HEADER, header_value};
+use super::headers::{REVISION_HEADER, header_value};
 use super::query::{Encoding, Query};
 use super::range::{end_of, to_json};
 use super::{AppState, stopping};
