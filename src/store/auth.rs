@@ -14,8 +14,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::AuthRefusal;
+use super::batch::Batch;
 use super::layout::Meta;
-use super::mvcc::Batch;
 use super::{OpResult, Refusal, Result, StoreError};
 use crate::storage::Reader;
 
@@ -147,39 +148,6 @@ pub struct AuthState {
     pub enabled: bool,
     pub revision: u64,
     pub secret: Vec<u8>,
-}
-
-/// Why an auth change was refused, with etcd's error for each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AuthRefusal {
-    #[error("root user does not exist")]
-    RootUserNotExist,
-    #[error("root user does not have root role")]
-    RootRoleNotExist,
-    #[error("user name already exists")]
-    UserAlreadyExist,
-    #[error("user name is empty")]
-    UserEmpty,
-    #[error("user name not found")]
-    UserNotFound,
-    #[error("role name already exists")]
-    RoleAlreadyExist,
-    #[error("role name not found")]
-    RoleNotFound,
-    #[error("role name is empty")]
-    RoleEmpty,
-    #[error("role is not granted to the user")]
-    RoleNotGranted,
-    #[error("permission is not granted to the role")]
-    PermissionNotGranted,
-    #[error("invalid auth management")]
-    InvalidAuthMgmt,
-    /// Found before proposing (a grant without a permission).
-    #[error("permission not given")]
-    PermissionNotGiven,
-    /// A write checked against older users and roles than those it would be applied under.
-    #[error("revision of auth store is old")]
-    OldRevision,
 }
 
 /// The whole auth state, as read at one moment.

@@ -13,8 +13,8 @@
 //!
 //! [`Op::LeaseTick`]: super::Op::LeaseTick
 
+use super::batch::{Batch, Writes};
 use super::layout::{self, LeaseRecord, Meta};
-use super::mvcc::{Batch, Txn as Writes};
 use super::{OpResult, Refusal, Result};
 use crate::storage::Reader;
 

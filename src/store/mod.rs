@@ -8,20 +8,91 @@
 //! - Snapshots dump the layout in one engine-neutral, streamed format ([`snapshot`]), so
 //!   members of one cluster may run different engines.
 
+mod apply;
 pub mod auth;
+mod batch;
 #[cfg(test)]
 pub(crate) mod conformance;
+mod dump;
 pub(crate) mod layout;
 pub mod lease;
 pub mod mvcc;
+mod read;
 pub mod snapshot;
 pub mod txn;
 pub mod watch;
 
 pub use layout::Meta;
-pub use mvcc::{KvStore, ReadAt, Refusal, RevisionError};
+pub use mvcc::KvStore;
+pub use read::ReadAt;
 
 use crate::storage::EngineError;
+
+/// A read at a revision that the store cannot serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RevisionError {
+    #[error(
+        "required revision {requested} has been compacted (compact revision {compact_revision})"
+    )]
+    Compacted {
+        requested: u64,
+        compact_revision: u64,
+    },
+    #[error("required revision {requested} is a future revision (current revision {current})")]
+    Future { requested: u64, current: u64 },
+}
+
+/// Why an op was refused (it changed nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Revision(#[from] RevisionError),
+    #[error("requested lease not found: {0}")]
+    LeaseNotFound(u64),
+    #[error("lease {0} already exists")]
+    LeaseExists(u64),
+    /// A put that keeps the key's value or lease, of a key that does not exist.
+    #[error("key not found")]
+    KeyNotFound,
+    /// A write that adds data while a space alarm is raised.
+    #[error("database space exceeded (a NOSPACE alarm is raised)")]
+    NoSpace,
+    #[error("{0}")]
+    Auth(#[from] AuthRefusal),
+}
+
+/// Why an auth change was refused, with etcd's error for each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthRefusal {
+    #[error("root user does not exist")]
+    RootUserNotExist,
+    #[error("root user does not have root role")]
+    RootRoleNotExist,
+    #[error("user name already exists")]
+    UserAlreadyExist,
+    #[error("user name is empty")]
+    UserEmpty,
+    #[error("user name not found")]
+    UserNotFound,
+    #[error("role name already exists")]
+    RoleAlreadyExist,
+    #[error("role name not found")]
+    RoleNotFound,
+    #[error("role name is empty")]
+    RoleEmpty,
+    #[error("role is not granted to the user")]
+    RoleNotGranted,
+    #[error("permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("invalid auth management")]
+    InvalidAuthMgmt,
+    /// Found before proposing (a grant without a permission).
+    #[error("permission not given")]
+    PermissionNotGiven,
+    /// A write checked against older users and roles than those it would be applied under.
+    #[error("revision of auth store is old")]
+    OldRevision,
+}
 
 /// What the data model can fail with: the engine under it, or a revision a read cannot have.
 #[derive(Debug, thiserror::Error)]

@@ -2,8 +2,9 @@
 //! all its writes share one revision, and its reads see its earlier writes. Applied like any
 //! op, in log order, so every member decides the same branch.
 
-use super::mvcc::{Batch, Refusal, Txn as Writes, check_revision_at, range_latest};
-use super::{Header, KeyValue, Result};
+use super::batch::{Batch, Writes};
+use super::read::{check_revision_at, range_latest};
+use super::{Header, KeyValue, Refusal, Result};
 use crate::store::layout::Meta;
 
 /// What a compare looks at, with its operand.
