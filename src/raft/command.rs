@@ -67,40 +67,33 @@ pub enum Command {
 pub struct DecodeError(&'static str);
 
 pub fn encode(op: &Op) -> Vec<u8> {
-    let numbers = |tag: u8, ns: &[u64]| {
-        let mut v = vec![tag];
-        for n in ns {
-            v.extend_from_slice(&n.to_be_bytes());
-        }
-        v
-    };
-    let (key, value, lease, cond) = match op {
+    match op {
         Op::Put {
             key,
             value,
             lease,
             cond,
-        } => (key, Some(value), *lease, cond),
-        Op::Delete { key, cond } => (key, None, 0, cond),
-        Op::LeaseGrant { id, ttl } => return numbers(LEASE_GRANT, &[*id, *ttl]),
-        Op::LeaseRevoke { id } => return numbers(LEASE_REVOKE, &[*id]),
-        Op::LeaseKeepAlive { id } => return numbers(LEASE_KEEPALIVE, &[*id]),
-        Op::LeaseTick { elapsed_ms } => return numbers(LEASE_TICK, &[*elapsed_ms]),
+        } => encode_key_write(key, Some(value), *lease, cond),
+        Op::Delete { key, cond } => encode_key_write(key, None, 0, cond),
+        Op::LeaseGrant { id, ttl } => numbers(LEASE_GRANT, &[*id, *ttl]),
+        Op::LeaseRevoke { id } => numbers(LEASE_REVOKE, &[*id]),
+        Op::LeaseKeepAlive { id } => numbers(LEASE_KEEPALIVE, &[*id]),
+        Op::LeaseTick { elapsed_ms } => numbers(LEASE_TICK, &[*elapsed_ms]),
         Op::Alarm { member, active } => {
             let mut v = numbers(ALARM, &[*member]);
             v.push(u8::from(*active));
-            return v;
+            v
         }
         Op::Checked { auth_revision, op } => {
             let mut v = numbers(CHECKED, &[*auth_revision]);
             v.extend(encode(op));
-            return v;
+            v
         }
         Op::Auth(a) => {
             let mut v = vec![AUTH];
             // Plain data: serializing cannot fail.
             v.extend(serde_json::to_vec(a).unwrap_or_default());
-            return v;
+            v
         }
         Op::DeleteRange { start, end } => {
             let mut v = Vec::with_capacity(7 + start.len() + end.as_ref().map_or(0, Vec::len));
@@ -114,15 +107,30 @@ pub fn encode(op: &Op) -> Vec<u8> {
                 }
                 None => v.push(0),
             }
-            return v;
+            v
         }
-        Op::Compact { revision } => {
-            let mut v = vec![COMPACT];
-            v.extend_from_slice(&revision.to_be_bytes());
-            return v;
-        }
-        Op::Txn(txn) => return encode_txn(txn),
-    };
+        Op::Compact { revision } => numbers(COMPACT, &[*revision]),
+        Op::Txn(txn) => encode_txn(txn),
+    }
+}
+
+/// `tag`, then each number (u64, big-endian).
+fn numbers(tag: u8, ns: &[u64]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + 8 * ns.len());
+    v.push(tag);
+    for n in ns {
+        v.extend_from_slice(&n.to_be_bytes());
+    }
+    v
+}
+
+/// A put (`value`) or delete of one key, behind its condition if it has one.
+fn encode_key_write(
+    key: &[u8],
+    value: Option<&Vec<u8>>,
+    lease: u64,
+    cond: &Option<Cond>,
+) -> Vec<u8> {
     let mut v = Vec::with_capacity(22 + key.len() + value.map_or(0, Vec::len));
     if let Some(cond) = cond {
         let (kind, rev) = match *cond {
@@ -308,31 +316,67 @@ fn split_put(rest: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
     Ok(body.split_at(key_len))
 }
 
+/// A put (`PUT`), or one on a lease (`LEASE_PUT`: the lease id first, never 0).
+fn decode_put(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeError> {
+    let (lease, rest) = if tag == LEASE_PUT {
+        let (lease, rest) = rest
+            .split_at_checked(8)
+            .ok_or(DecodeError("short lease put"))?;
+        (
+            u64::from_be_bytes(lease.try_into().unwrap_or_default()),
+            rest,
+        )
+    } else {
+        (0, rest)
+    };
+    if tag == LEASE_PUT && lease == 0 {
+        return Err(DecodeError("a lease put without a lease"));
+    }
+    let (key, value) = split_put(rest)?;
+    Ok(Op::Put {
+        key: key.to_vec(),
+        value: value.to_vec(),
+        lease,
+        cond,
+    })
+}
+
+/// A write checked against the auth revision it names (its own encoding follows).
+fn decode_checked(rest: &[u8]) -> Result<Op, DecodeError> {
+    let (revision, inner) = rest
+        .split_at_checked(8)
+        .ok_or(DecodeError("short checked write"))?;
+    let op = decode(inner)?;
+    // Only what a client's permissions decide is checked; a lease clock tick (the
+    // leader's own) inside one would slip past the checks made on its own tag.
+    if !is_checked_kind(&op) {
+        return Err(DecodeError(
+            "a checked write of a kind that is never checked",
+        ));
+    }
+    Ok(Op::Checked {
+        auth_revision: u64::from_be_bytes(revision.try_into().unwrap_or_default()),
+        op: Box::new(op),
+    })
+}
+
+fn decode_alarm(rest: &[u8]) -> Result<Op, DecodeError> {
+    let mut d = Dec(rest, 0);
+    let member = d.u64()?;
+    let active = match d.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(DecodeError("bad alarm state")),
+    };
+    if !d.0.is_empty() {
+        return Err(DecodeError("bytes after an alarm"));
+    }
+    Ok(Op::Alarm { member, active })
+}
+
 fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeError> {
     match tag {
-        PUT | LEASE_PUT => {
-            let (lease, rest) = if tag == LEASE_PUT {
-                let (lease, rest) = rest
-                    .split_at_checked(8)
-                    .ok_or(DecodeError("short lease put"))?;
-                (
-                    u64::from_be_bytes(lease.try_into().unwrap_or_default()),
-                    rest,
-                )
-            } else {
-                (0, rest)
-            };
-            if tag == LEASE_PUT && lease == 0 {
-                return Err(DecodeError("a lease put without a lease"));
-            }
-            let (key, value) = split_put(rest)?;
-            Ok(Op::Put {
-                key: key.to_vec(),
-                value: value.to_vec(),
-                lease,
-                cond,
-            })
-        }
+        PUT | LEASE_PUT => decode_put(tag, rest, cond),
         DELETE => Ok(Op::Delete {
             key: rest.to_vec(),
             cond,
@@ -357,39 +401,11 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
         {
             Err(DecodeError("a condition on a range op"))
         }
-        CHECKED if cond.is_none() => {
-            let (revision, inner) = rest
-                .split_at_checked(8)
-                .ok_or(DecodeError("short checked write"))?;
-            let op = decode(inner)?;
-            // Only what a client's permissions decide is checked; a lease clock tick (the
-            // leader's own) inside one would slip past the checks made on its own tag.
-            if !is_checked_kind(&op) {
-                return Err(DecodeError(
-                    "a checked write of a kind that is never checked",
-                ));
-            }
-            Ok(Op::Checked {
-                auth_revision: u64::from_be_bytes(revision.try_into().unwrap_or_default()),
-                op: Box::new(op),
-            })
-        }
+        CHECKED if cond.is_none() => decode_checked(rest),
         AUTH => serde_json::from_slice(rest)
             .map(|a| Op::Auth(Box::new(a)))
             .map_err(|_| DecodeError("bad auth change")),
-        ALARM => {
-            let mut d = Dec(rest, 0);
-            let member = d.u64()?;
-            let active = match d.u8()? {
-                0 => false,
-                1 => true,
-                _ => return Err(DecodeError("bad alarm state")),
-            };
-            if !d.0.is_empty() {
-                return Err(DecodeError("bytes after an alarm"));
-            }
-            Ok(Op::Alarm { member, active })
-        }
+        ALARM => decode_alarm(rest),
         TXN => {
             let mut d = Dec(rest, 0);
             let txn = d.txn()?;
@@ -502,93 +518,105 @@ fn encode_txn(txn: &Txn) -> Vec<u8> {
 }
 
 fn encode_txn_body(v: &mut Vec<u8>, txn: &Txn) {
-    fn bytes(v: &mut Vec<u8>, b: &[u8]) {
-        v.extend_from_slice(&(b.len() as u32).to_be_bytes());
-        v.extend_from_slice(b);
-    }
-    fn opt(v: &mut Vec<u8>, b: Option<&Vec<u8>>) {
-        match b {
-            Some(b) => {
-                v.push(1);
-                bytes(v, b);
-            }
-            None => v.push(0),
-        }
-    }
-    fn range(v: &mut Vec<u8>, r: &KeyRange) {
-        bytes(v, &r.start);
-        opt(v, r.end.as_ref());
-    }
-    fn ops(v: &mut Vec<u8>, ops: &[TxnOp]) {
-        v.extend_from_slice(&(ops.len() as u32).to_be_bytes());
-        for op in ops {
-            match op {
-                TxnOp::Put {
-                    key,
-                    value,
-                    lease,
-                    options,
-                } => {
-                    let flags = u8::from(options.prev_kv)
-                        | (u8::from(options.ignore_value) << 1)
-                        | (u8::from(options.ignore_lease) << 2);
-                    v.push(if flags == 0 { 1 } else { 4 });
-                    bytes(v, key);
-                    bytes(v, value);
-                    v.extend_from_slice(&lease.to_be_bytes());
-                    if flags != 0 {
-                        v.push(flags);
-                    }
-                }
-                TxnOp::Delete { range: r, prev_kv } => {
-                    v.push(if *prev_kv { 5 } else { 2 });
-                    range(v, r);
-                }
-                TxnOp::Txn(inner) => {
-                    v.push(6);
-                    encode_txn_body(v, inner);
-                }
-                TxnOp::Get {
-                    range: r,
-                    limit,
-                    revision,
-                } => {
-                    v.push(3);
-                    range(v, r);
-                    v.extend_from_slice(&limit.to_be_bytes());
-                    v.extend_from_slice(&revision.to_be_bytes());
-                }
-            }
-        }
-    }
     v.extend_from_slice(&(txn.compare.len() as u32).to_be_bytes());
     for c in &txn.compare {
-        bytes(v, &c.key);
-        opt(v, c.range_end.as_ref());
-        match &c.target {
-            Target::Value(b) => {
-                v.push(1);
-                bytes(v, b);
+        encode_compare(v, c);
+    }
+    encode_txn_ops(v, &txn.success);
+    encode_txn_ops(v, &txn.failure);
+}
+
+/// Length-prefixed bytes (u32, big-endian).
+fn put_bytes(v: &mut Vec<u8>, b: &[u8]) {
+    v.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    v.extend_from_slice(b);
+}
+
+/// 0, or 1 and length-prefixed bytes.
+fn put_opt(v: &mut Vec<u8>, b: Option<&Vec<u8>>) {
+    match b {
+        Some(b) => {
+            v.push(1);
+            put_bytes(v, b);
+        }
+        None => v.push(0),
+    }
+}
+
+fn put_range(v: &mut Vec<u8>, r: &KeyRange) {
+    put_bytes(v, &r.start);
+    put_opt(v, r.end.as_ref());
+}
+
+fn encode_compare(v: &mut Vec<u8>, c: &Compare) {
+    put_bytes(v, &c.key);
+    put_opt(v, c.range_end.as_ref());
+    match &c.target {
+        Target::Value(b) => {
+            v.push(1);
+            put_bytes(v, b);
+        }
+        Target::Version(n) | Target::Create(n) | Target::Mod(n) | Target::Lease(n) => {
+            v.push(match c.target {
+                Target::Version(_) => 2,
+                Target::Create(_) => 3,
+                Target::Mod(_) => 4,
+                _ => 5,
+            });
+            v.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+    v.push(match c.result {
+        CmpResult::Equal => 1,
+        CmpResult::NotEqual => 2,
+        CmpResult::Less => 3,
+        CmpResult::Greater => 4,
+    });
+}
+
+/// A count, then each op: 1 put, 4 put with options, 2 delete, 5 delete with prev_kv, 3 get,
+/// 6 nested txn.
+fn encode_txn_ops(v: &mut Vec<u8>, ops: &[TxnOp]) {
+    v.extend_from_slice(&(ops.len() as u32).to_be_bytes());
+    for op in ops {
+        match op {
+            TxnOp::Put {
+                key,
+                value,
+                lease,
+                options,
+            } => {
+                let flags = u8::from(options.prev_kv)
+                    | (u8::from(options.ignore_value) << 1)
+                    | (u8::from(options.ignore_lease) << 2);
+                v.push(if flags == 0 { 1 } else { 4 });
+                put_bytes(v, key);
+                put_bytes(v, value);
+                v.extend_from_slice(&lease.to_be_bytes());
+                if flags != 0 {
+                    v.push(flags);
+                }
             }
-            Target::Version(n) | Target::Create(n) | Target::Mod(n) | Target::Lease(n) => {
-                v.push(match c.target {
-                    Target::Version(_) => 2,
-                    Target::Create(_) => 3,
-                    Target::Mod(_) => 4,
-                    _ => 5,
-                });
-                v.extend_from_slice(&n.to_be_bytes());
+            TxnOp::Delete { range, prev_kv } => {
+                v.push(if *prev_kv { 5 } else { 2 });
+                put_range(v, range);
+            }
+            TxnOp::Txn(inner) => {
+                v.push(6);
+                encode_txn_body(v, inner);
+            }
+            TxnOp::Get {
+                range,
+                limit,
+                revision,
+            } => {
+                v.push(3);
+                put_range(v, range);
+                v.extend_from_slice(&limit.to_be_bytes());
+                v.extend_from_slice(&revision.to_be_bytes());
             }
         }
-        v.push(match c.result {
-            CmpResult::Equal => 1,
-            CmpResult::NotEqual => 2,
-            CmpResult::Less => 3,
-            CmpResult::Greater => 4,
-        });
     }
-    ops(v, &txn.success);
-    ops(v, &txn.failure);
 }
 
 /// A cursor over an encoded transaction, and the nesting depth it is at; every read checks

@@ -8,29 +8,20 @@ use crate::storage::Reader;
 
 /// Applies one op to `batch`, advancing `meta`.
 pub(super) fn apply_op(batch: &mut Batch, meta: &mut Meta, op: &Op) -> Result<OpResult> {
-    let conflict = |meta: &Meta, current: Option<Header>| OpResult {
-        conflict: Some(current.map_or(0, |h| h.mod_revision)),
-        ..OpResult::done(meta.revision, false)
-    };
     let adds_data = match op {
         Op::Put { .. } | Op::LeaseGrant { .. } => true,
         Op::Txn(t) => t.writes(),
         _ => false,
     };
     if adds_data && batch.alarmed()? {
-        return Ok(OpResult {
-            refused: Some(Refusal::NoSpace),
-            ..OpResult::done(meta.revision, false)
-        });
+        return Ok(refused(meta, Refusal::NoSpace));
     }
     match op {
         Op::Auth(a) => super::auth::apply(batch, meta, a),
         Op::Checked { auth_revision, op } => {
             if super::auth::revision(batch)? != *auth_revision {
-                return Ok(OpResult {
-                    refused: Some(Refusal::Auth(super::auth::AuthRefusal::OldRevision)),
-                    ..OpResult::done(meta.revision, false)
-                });
+                let old = Refusal::Auth(super::auth::AuthRefusal::OldRevision);
+                return Ok(refused(meta, old));
             }
             apply_op(batch, meta, op)
         }
@@ -49,36 +40,8 @@ pub(super) fn apply_op(batch: &mut Batch, meta: &mut Meta, op: &Op) -> Result<Op
             value,
             lease,
             cond,
-        } => {
-            if *lease != 0 && !super::lease::exists(batch, *lease)? {
-                return Ok(OpResult {
-                    refused: Some(Refusal::LeaseNotFound(*lease)),
-                    ..OpResult::done(meta.revision, false)
-                });
-            }
-            let current = batch.current(key)?;
-            if cond.is_some_and(|c| !c.holds(current)) {
-                return Ok(conflict(meta, current));
-            }
-            let mut txn = Writes::new(batch, meta);
-            txn.put(key, value, *lease, current);
-            Ok(OpResult::done(txn.finish(), true))
-        }
-        Op::Delete { key, cond } => {
-            let current = batch.current(key)?;
-            if cond.is_some_and(|c: Cond| !c.holds(current)) {
-                return Ok(conflict(meta, current));
-            }
-            let mut txn = Writes::new(batch, meta);
-            if let Some(h) = current {
-                txn.delete(key, h.lease);
-            }
-            let changed = current.is_some();
-            Ok(OpResult {
-                deleted: u64::from(changed),
-                ..OpResult::done(txn.finish(), changed)
-            })
-        }
+        } => put(batch, meta, key, value, *lease, *cond),
+        Op::Delete { key, cond } => delete(batch, meta, key, *cond),
         Op::DeleteRange { start, end } => {
             let mut txn = Writes::new(batch, meta);
             let deleted = txn.delete_range(start, end.as_deref())?.len() as u64;
@@ -100,32 +63,87 @@ pub(super) fn apply_op(batch: &mut Batch, meta: &mut Meta, op: &Op) -> Result<Op
                 ..OpResult::done(meta.revision, meta.revision > before)
             })
         }
-        Op::Compact { revision } => {
-            let refused: Option<Refusal> = if *revision <= meta.compact_revision {
-                Some(
-                    RevisionError::Compacted {
-                        requested: *revision,
-                        compact_revision: meta.compact_revision,
-                    }
-                    .into(),
-                )
-            } else if *revision > meta.revision {
-                Some(
-                    RevisionError::Future {
-                        requested: *revision,
-                        current: meta.revision,
-                    }
-                    .into(),
-                )
-            } else {
-                meta.compact_revision = *revision;
-                None
-            };
-            Ok(OpResult {
-                refused,
-                ..OpResult::done(meta.revision, refused.is_none())
-            })
-        }
+        Op::Compact { revision } => Ok(compact(meta, *revision)),
+    }
+}
+
+/// An op refused: nothing changed.
+fn refused(meta: &Meta, why: Refusal) -> OpResult {
+    OpResult {
+        refused: Some(why),
+        ..OpResult::done(meta.revision, false)
+    }
+}
+
+/// A condition that did not hold: the key's current mod revision (0: absent).
+fn conflict(meta: &Meta, current: Option<Header>) -> OpResult {
+    OpResult {
+        conflict: Some(current.map_or(0, |h| h.mod_revision)),
+        ..OpResult::done(meta.revision, false)
+    }
+}
+
+fn put(
+    batch: &mut Batch,
+    meta: &mut Meta,
+    key: &[u8],
+    value: &[u8],
+    lease: u64,
+    cond: Option<Cond>,
+) -> Result<OpResult> {
+    if lease != 0 && !super::lease::exists(batch, lease)? {
+        return Ok(refused(meta, Refusal::LeaseNotFound(lease)));
+    }
+    let current = batch.current(key)?;
+    if cond.is_some_and(|c| !c.holds(current)) {
+        return Ok(conflict(meta, current));
+    }
+    let mut txn = Writes::new(batch, meta);
+    txn.put(key, value, lease, current);
+    Ok(OpResult::done(txn.finish(), true))
+}
+
+fn delete(batch: &mut Batch, meta: &mut Meta, key: &[u8], cond: Option<Cond>) -> Result<OpResult> {
+    let current = batch.current(key)?;
+    if cond.is_some_and(|c| !c.holds(current)) {
+        return Ok(conflict(meta, current));
+    }
+    let mut txn = Writes::new(batch, meta);
+    if let Some(h) = current {
+        txn.delete(key, h.lease);
+    }
+    let changed = current.is_some();
+    Ok(OpResult {
+        deleted: u64::from(changed),
+        ..OpResult::done(txn.finish(), changed)
+    })
+}
+
+/// Logical compaction through `revision` (the physical deletions follow in steps).
+fn compact(meta: &mut Meta, revision: u64) -> OpResult {
+    let refused: Option<Refusal> = if revision <= meta.compact_revision {
+        Some(
+            RevisionError::Compacted {
+                requested: revision,
+                compact_revision: meta.compact_revision,
+            }
+            .into(),
+        )
+    } else if revision > meta.revision {
+        Some(
+            RevisionError::Future {
+                requested: revision,
+                current: meta.revision,
+            }
+            .into(),
+        )
+    } else {
+        meta.compact_revision = revision;
+        None
+    };
+    OpResult {
+        refused,
+        ..OpResult::done(meta.revision, refused.is_none())
     }
 }
 

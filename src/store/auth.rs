@@ -282,19 +282,8 @@ enum Change {
 /// version 0.2.0, where v0.1.0 members do not keep it).
 fn decide(view: &AuthView, op: &AuthOp, stamp: bool) -> std::result::Result<Change, AuthRefusal> {
     use AuthRefusal as R;
-    let user = |name: &str| view.users.get(name).cloned().ok_or(R::UserNotFound);
-    let role = |name: &str| view.roles.get(name).cloned().ok_or(R::RoleNotFound);
     Ok(match op {
-        AuthOp::Enable { secret } => {
-            let root = view.users.get(ROOT).ok_or(R::RootUserNotExist)?;
-            if !root.roles.iter().any(|r| r == ROOT) {
-                return Err(R::RootRoleNotExist);
-            }
-            if view.state.enabled {
-                return Ok(Change::Nothing);
-            }
-            Change::State(true, Some(secret.clone()))
-        }
+        AuthOp::Enable { secret } => enable(view, secret)?,
         AuthOp::Disable if !view.state.enabled => Change::Nothing,
         AuthOp::Disable => Change::State(false, None),
         AuthOp::UserAdd {
@@ -318,47 +307,29 @@ fn decide(view: &AuthView, op: &AuthOp, stamp: bool) -> std::result::Result<Chan
             if view.state.enabled && name == ROOT {
                 return Err(R::InvalidAuthMgmt);
             }
-            user(name)?;
+            user_of(view, name)?;
             Change::User(name.clone(), None)
         }
         AuthOp::UserChangePassword {
             name,
             password_hash,
         } => {
-            let mut u = user(name)?;
+            let mut u = user_of(view, name)?;
             u.password_hash = Some(password_hash.clone());
             if stamp {
                 u.since = view.state.revision + 1;
             }
             Change::User(name.clone(), Some(u))
         }
-        AuthOp::UserGrantRole {
-            user: name,
-            role: r,
-        } => {
-            let mut u = user(name)?;
-            if r != ROOT {
-                role(r)?;
-            }
-            match u.roles.binary_search(r) {
-                Ok(_) => Change::Nothing,
-                Err(at) => {
-                    u.roles.insert(at, r.clone());
-                    Change::User(name.clone(), Some(u))
-                }
-            }
-        }
-        AuthOp::UserRevokeRole {
-            user: name,
-            role: r,
-        } => {
-            if view.state.enabled && name == ROOT && r == ROOT {
+        AuthOp::UserGrantRole { user, role } => grant_role(view, user, role)?,
+        AuthOp::UserRevokeRole { user, role } => {
+            if view.state.enabled && user == ROOT && role == ROOT {
                 return Err(R::InvalidAuthMgmt);
             }
-            let mut u = user(name)?;
-            let at = u.roles.binary_search(r).map_err(|_| R::RoleNotGranted)?;
+            let mut u = user_of(view, user)?;
+            let at = u.roles.binary_search(role).map_err(|_| R::RoleNotGranted)?;
             u.roles.remove(at);
-            Change::User(name.clone(), Some(u))
+            Change::User(user.clone(), Some(u))
         }
         AuthOp::RoleAdd { name } => {
             if name.is_empty() {
@@ -369,58 +340,102 @@ fn decide(view: &AuthView, op: &AuthOp, stamp: bool) -> std::result::Result<Chan
             }
             Change::Role(name.clone(), Some(Role::default()), Vec::new())
         }
-        AuthOp::RoleDelete { name } => {
-            if view.state.enabled && name == ROOT {
-                return Err(R::InvalidAuthMgmt);
-            }
-            role(name)?;
-            // The role leaves every user that had it.
-            let users = view
-                .users
-                .iter()
-                .filter_map(|(n, u)| {
-                    let at = u.roles.binary_search(name).ok()?;
-                    let mut u = u.clone();
-                    u.roles.remove(at);
-                    Some((n.clone(), u))
-                })
-                .collect();
-            Change::Role(name.clone(), None, users)
-        }
-        AuthOp::RoleGrantPermission { role: name, perm } => {
-            // A key, then nothing (the key alone), an end after it, or "\0" (from the key on).
-            let valid = !perm.key.is_empty()
-                && (perm.range_end.is_empty()
-                    || perm.range_end == [0]
-                    || perm.key < perm.range_end);
-            if !valid {
-                return Err(R::InvalidAuthMgmt);
-            }
-            let mut r = role(name)?;
-            // One entry per range: granting a range again replaces its kind.
-            let same = |p: &Permission| p.key == perm.key && p.range_end == perm.range_end;
-            match r.perms.iter_mut().find(|p| same(p)) {
-                Some(p) => p.kind = perm.kind,
-                None => r.perms.push(perm.clone()),
-            }
-            r.perms.sort();
-            Change::Role(name.clone(), Some(r), Vec::new())
-        }
+        AuthOp::RoleDelete { name } => delete_role(view, name)?,
+        AuthOp::RoleGrantPermission { role, perm } => grant_permission(view, role, perm)?,
         AuthOp::RoleRevokePermission {
-            role: name,
+            role,
             key,
             range_end,
         } => {
-            let mut r = role(name)?;
+            let mut r = role_of(view, role)?;
             let at = r
                 .perms
                 .iter()
                 .position(|p| p.key == *key && p.range_end == *range_end)
                 .ok_or(R::PermissionNotGranted)?;
             r.perms.remove(at);
-            Change::Role(name.clone(), Some(r), Vec::new())
+            Change::Role(role.clone(), Some(r), Vec::new())
         }
     })
+}
+
+type Decided = std::result::Result<Change, AuthRefusal>;
+
+fn user_of(view: &AuthView, name: &str) -> std::result::Result<User, AuthRefusal> {
+    view.users
+        .get(name)
+        .cloned()
+        .ok_or(AuthRefusal::UserNotFound)
+}
+
+fn role_of(view: &AuthView, name: &str) -> std::result::Result<Role, AuthRefusal> {
+    view.roles
+        .get(name)
+        .cloned()
+        .ok_or(AuthRefusal::RoleNotFound)
+}
+
+/// Auth on: root must exist and hold the root role.
+fn enable(view: &AuthView, secret: &[u8]) -> Decided {
+    let root = view.users.get(ROOT).ok_or(AuthRefusal::RootUserNotExist)?;
+    if !root.roles.iter().any(|r| r == ROOT) {
+        return Err(AuthRefusal::RootRoleNotExist);
+    }
+    if view.state.enabled {
+        return Ok(Change::Nothing);
+    }
+    Ok(Change::State(true, Some(secret.to_vec())))
+}
+
+fn grant_role(view: &AuthView, name: &str, role: &str) -> Decided {
+    let mut u = user_of(view, name)?;
+    if role != ROOT {
+        role_of(view, role)?;
+    }
+    Ok(match u.roles.binary_search_by(|r| r.as_str().cmp(role)) {
+        Ok(_) => Change::Nothing,
+        Err(at) => {
+            u.roles.insert(at, role.to_string());
+            Change::User(name.to_string(), Some(u))
+        }
+    })
+}
+
+fn delete_role(view: &AuthView, name: &str) -> Decided {
+    if view.state.enabled && name == ROOT {
+        return Err(AuthRefusal::InvalidAuthMgmt);
+    }
+    role_of(view, name)?;
+    // The role leaves every user that had it.
+    let users = view
+        .users
+        .iter()
+        .filter_map(|(n, u)| {
+            let at = u.roles.binary_search_by(|r| r.as_str().cmp(name)).ok()?;
+            let mut u = u.clone();
+            u.roles.remove(at);
+            Some((n.clone(), u))
+        })
+        .collect();
+    Ok(Change::Role(name.to_string(), None, users))
+}
+
+fn grant_permission(view: &AuthView, name: &str, perm: &Permission) -> Decided {
+    // A key, then nothing (the key alone), an end after it, or "\0" (from the key on).
+    let valid = !perm.key.is_empty()
+        && (perm.range_end.is_empty() || perm.range_end == [0] || perm.key < perm.range_end);
+    if !valid {
+        return Err(AuthRefusal::InvalidAuthMgmt);
+    }
+    let mut r = role_of(view, name)?;
+    // One entry per range: granting a range again replaces its kind.
+    let same = |p: &Permission| p.key == perm.key && p.range_end == perm.range_end;
+    match r.perms.iter_mut().find(|p| same(p)) {
+        Some(p) => p.kind = perm.kind,
+        None => r.perms.push(perm.clone()),
+    }
+    r.perms.sort();
+    Ok(Change::Role(name.to_string(), Some(r), Vec::new()))
 }
 
 impl AuthView {
