@@ -52,20 +52,26 @@ async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListe
         .map_err(|source| Error::Bind { what, addr, source })
 }
 
-/// Runs a member until `shutdown` resolves. Errors here are start-up errors; a fatal raft
-/// error later leaves the member up but refusing client traffic with 503.
-pub async fn run(
-    mut settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+/// What a member holds once its data dir is open and its ports are bound.
+struct Opened {
+    _lock: File,
+    store: crate::raft::storage::LogStore,
+    engine: Arc<crate::store::KvStore>,
+    snaps: SnapshotStore,
+    client_listener: Listener,
+    peer_listener: Listener,
+}
+
+/// Locks the data dir, opens the log and the engine (start-up decides what the data dir
+/// makes this member), and binds both ports. TLS is set up first: start-up may already ask
+/// peers about the cluster.
+async fn open(settings: &mut Settings) -> Result<Opened> {
     let _lock = lock_data_dir(&settings.data_dir)?;
-    // Before start-up, which may already ask peers about the cluster.
     let client_tls = crate::tls::start_client_port(&settings.client_tls)?;
     let peer_tls = crate::tls::start_peer(&settings.peer_tls)?;
     let snaps = SnapshotStore::open(settings.data_dir.join("snap"))?;
-    let mut store = startup::open_log(&mut settings, &snaps).await?;
-    let engine = startup::recover_engine(&settings, &mut store, &snaps)?;
-    let incarnation = store.incarnation();
+    let mut store = startup::open_log(settings, &snaps).await?;
+    let engine = startup::recover_engine(settings, &mut store, &snaps)?;
     let client_listener = Listener::new(
         bind("client requests", settings.client_listen).await?,
         client_tls,
@@ -78,6 +84,31 @@ pub async fn run(
         Port::Peer,
         peer_socket,
     )?;
+    Ok(Opened {
+        _lock,
+        store,
+        engine,
+        snaps,
+        client_listener,
+        peer_listener,
+    })
+}
+
+/// Runs a member until `shutdown` resolves. Errors here are start-up errors; a fatal raft
+/// error later leaves the member up but refusing client traffic with 503.
+pub async fn run(
+    mut settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let Opened {
+        _lock,
+        store,
+        engine,
+        snaps,
+        client_listener,
+        peer_listener,
+    } = open(&mut settings).await?;
+    let incarnation = store.incarnation();
     let settings = Arc::new(settings);
     let cluster_id = format!("{:016x}", settings.cluster_id);
     let raft = start_raft(&settings, store, engine.clone(), snaps.clone())?;
