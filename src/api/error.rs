@@ -88,7 +88,16 @@ impl IntoResponse for ApiError {
         if let ApiError::Admin(AdminError::Denied(d)) = self {
             return ApiError::Denied(d.into()).into_response();
         }
-        let status = match &self {
+        let mut resp = (self.status(), format!("{self}\n")).into_response();
+        self.add_headers(resp.headers_mut());
+        resp
+    }
+}
+
+impl ApiError {
+    /// The HTTP status this error answers with.
+    fn status(&self) -> StatusCode {
+        match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound | ApiError::NoSuchPath(_) | ApiError::LeaseNotFound(_) => {
                 StatusCode::NOT_FOUND
@@ -131,16 +140,19 @@ impl IntoResponse for ApiError {
                     _ => StatusCode::CONFLICT,
                 }
             }
-        };
-        let mut resp = (status, format!("{self}\n")).into_response();
-        match self {
+        }
+    }
+
+    /// The headers that come with this error: when to retry, how to log in, what is allowed,
+    /// the compacted revision, the current ETag.
+    fn add_headers(&self, headers: &mut header::HeaderMap) {
+        match *self {
             ApiError::Unavailable(RequestError::TooManyRequests(_)) => {
                 // Applying 5,000 entries takes well under a second on these engines.
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             }
             ApiError::Denied(Denied::TooManyAttempts(secs)) => {
-                resp.headers_mut().insert(
+                headers.insert(
                     header::RETRY_AFTER,
                     super::headers::header_value(&secs.to_string()),
                 );
@@ -148,32 +160,30 @@ impl IntoResponse for ApiError {
             ApiError::Denied(
                 Denied::NoCredentials | Denied::InvalidToken | Denied::OldRevision,
             ) => {
-                resp.headers_mut().insert(
+                headers.insert(
                     header::WWW_AUTHENTICATE,
                     header::HeaderValue::from_static("Basic realm=\"metcd\", Bearer"),
                 );
             }
             ApiError::MethodNotAllowed(_, allowed) => {
-                resp.headers_mut()
-                    .insert(header::ALLOW, header::HeaderValue::from_static(allowed));
+                headers.insert(header::ALLOW, header::HeaderValue::from_static(allowed));
             }
             ApiError::Revision(RevisionError::Compacted {
                 compact_revision, ..
             }) => {
-                resp.headers_mut().insert(
+                headers.insert(
                     super::headers::COMPACT_REVISION_HEADER,
                     super::headers::header_value(&compact_revision.to_string()),
                 );
             }
             ApiError::PreconditionFailed(rev) if rev > 0 => {
-                resp.headers_mut().insert(
+                headers.insert(
                     header::ETAG,
                     super::headers::header_value(&format!("\"{rev}\"")),
                 );
             }
             _ => {}
         }
-        resp
     }
 }
 

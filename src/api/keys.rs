@@ -94,26 +94,7 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
         return super::watch::start(state, caller, key, &query, headers);
     }
     if query.is_range() {
-        return match method {
-            Method::GET | Method::HEAD => {
-                read_barrier(state, &query).await?;
-                let listed = range::list(state, &key, &query)?;
-                caller.still_current(&state.access)?;
-                Ok(listed)
-            }
-            Method::DELETE
-                if headers.contains_key(header::IF_MATCH)
-                    || headers.contains_key(header::IF_NONE_MATCH) =>
-            {
-                Err(ApiError::BadRequest(
-                    "If-Match and If-None-Match are for single keys (use /_txn)".into(),
-                ))
-            }
-            Method::DELETE => delete_range(state, caller, key, &query).await,
-            _ => Err(ApiError::BadRequest(
-                "prefix= and end= are for GET and DELETE".into(),
-            )),
-        };
+        return on_range(state, caller, key, &query, &method, headers).await;
     }
     if key.is_empty() {
         return Err(ApiError::BadRequest("empty key".into()));
@@ -147,6 +128,37 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
             caller.still_current(&state.access)?;
             Ok(answer)
         }
+    }
+}
+
+/// A request for a range of keys (`prefix=` or `end=`): a listing, or a range delete.
+async fn on_range(
+    state: &AppState,
+    caller: &Caller,
+    key: Vec<u8>,
+    query: &Query,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    match *method {
+        Method::GET | Method::HEAD => {
+            read_barrier(state, query).await?;
+            let listed = range::list(state, &key, query)?;
+            caller.still_current(&state.access)?;
+            Ok(listed)
+        }
+        Method::DELETE
+            if headers.contains_key(header::IF_MATCH)
+                || headers.contains_key(header::IF_NONE_MATCH) =>
+        {
+            Err(ApiError::BadRequest(
+                "If-Match and If-None-Match are for single keys (use /_txn)".into(),
+            ))
+        }
+        Method::DELETE => delete_range(state, caller, key, query).await,
+        _ => Err(ApiError::BadRequest(
+            "prefix= and end= are for GET and DELETE".into(),
+        )),
     }
 }
 

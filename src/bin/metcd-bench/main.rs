@@ -185,8 +185,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), String> {
-    let mut endpoints = parse_endpoints(&args)?;
+/// The endpoints, connected: gRPC channels opened, or each TLS endpoint dialed once (a
+/// certificate problem then stops the run with one error line, as a failed gRPC connect does,
+/// instead of failing every request).
+async fn connect(args: &Args) -> Result<Vec<Arc<Endpoint>>, String> {
+    let mut endpoints = parse_endpoints(args)?;
     if args.target == Target::Grpc {
         for e in &mut endpoints {
             let channels = grpc::connect(&e.authority, e.tls.as_ref(), args.conns).await?;
@@ -195,12 +198,15 @@ async fn run(args: Args) -> Result<(), String> {
             }
         }
     } else {
-        // A certificate problem stops the run here with one error line, as a failed gRPC
-        // connect does, instead of failing every request.
         for e in endpoints.iter().filter(|e| e.tls.is_some()) {
             dial(e).await?;
         }
     }
+    Ok(endpoints)
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let endpoints = connect(&args).await?;
     let args = Arc::new(args);
     let counts = Arc::new(Counts::default());
     // Watch values carry their send time relative to this.
