@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
 use serde::{Deserialize, Serialize};
 
-use super::RequestError;
+use super::error::RequestError;
 
 /// One member's replicated attributes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

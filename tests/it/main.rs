@@ -29,6 +29,7 @@ mod history;
 #[cfg(feature = "failpoints")]
 mod injected;
 mod jepsen;
+mod layout;
 mod leadership;
 mod leases;
 mod listing;
