@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A/B of metcd builds under random PUTs, alternating the builds in each round:
-#   scripts/ab-put.sh ROUNDS BINARY...      (ENGINE=btree, SECS=8, READ_RATIO=0)
+#   scripts/ab-put.sh ROUNDS BINARY...      (ENGINE=btree, SECS=8, READ_RATIO=0, TARGET=metcd)
 # READ_RATIO=1 measures linearizable GETs of the preloaded keys instead; 0.9 a 90/10 mix.
+# TARGET=grpc drives etcd's gRPC API on the same port instead of the HTTP API.
 # For each round and binary: a fresh 3-member cluster (ports 17001-17013), 100k keys preloaded,
 # then metcd-bench PUT with 64 clients over all three endpoints, random keys from the 100k.
 # Prints each run's throughput and latency, and the members' CPU time per request.
@@ -28,7 +29,7 @@ for _ in $(seq 1 "$rounds"); do
     for p in "${pids[@]}"; do kill -0 "$p" || { echo "a member of $bin did not start; see $dir" >&2; exit 1; }; done
     $bench --endpoints $urls --total 100000 --sequential-keys --key-space-size 100000 --clients 64 >/dev/null
     cpu0=$(cpu_ticks "${pids[@]}")
-    out=$($bench --endpoints $urls --duration "${SECS:-8}" --clients 64 --read-ratio "${READ_RATIO:-0}" | grep -E '^(requests|latency)' | tr '\n' ' ')
+    out=$($bench --endpoints $urls --target "${TARGET:-metcd}" --duration "${SECS:-8}" --clients 64 --read-ratio "${READ_RATIO:-0}" | grep -E '^(requests|latency)' | tr '\n' ' ')
     cpu1=$(cpu_ticks "${pids[@]}")
     n=$(sed -n 's/^requests \([0-9]*\) .*/\1/p' <<<"$out")
     # The members' CPU (all three, user + system) per request: steadier than throughput on a
