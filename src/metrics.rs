@@ -29,6 +29,7 @@ pub const SLOW_BUCKETS: &[f64] = &[
 
 /// The HTTP request histogram's family; its labels are `REQUEST_LABELS`.
 const REQUESTS: &str = "metcd_http_request_duration_seconds";
+const REQUESTS_HELP: &str = "HTTP request latency in seconds.";
 const REQUEST_LABELS: [&str; 3] = ["route", "method", "status"];
 
 /// Label set of one HTTP request histogram: (route, method, status).
@@ -87,6 +88,9 @@ macro_rules! metrics {
             /// The request histograms by label set, so recording is one map lookup under a
             /// shared lock (the write lock is taken once per new label set).
             request_children: RwLock<BTreeMap<RequestKey, prometheus::Histogram>>,
+            /// One scrape at a time sets the gauges and gathers, so no answer mixes two
+            /// scrapes' snapshots.
+            scrape: parking_lot::Mutex<()>,
         }
 
         impl Metrics {
@@ -104,12 +108,13 @@ macro_rules! metrics {
                     requests: register(
                         &registry,
                         HistogramVec::new(
-                            HistogramOpts::new(REQUESTS, "HTTP request latency in seconds.")
+                            HistogramOpts::new(REQUESTS, REQUESTS_HELP)
                                 .buckets(LATENCY_BUCKETS.to_vec()),
                             &REQUEST_LABELS,
                         ),
                     ),
                     request_children: RwLock::new(BTreeMap::new()),
+                    scrape: parking_lot::Mutex::new(()),
                     registry,
                 }
             }
@@ -228,17 +233,24 @@ impl Metrics {
     /// default registry's (raft-engine's). A family that cannot be encoded is left out; the
     /// rest still is.
     pub fn render(&self, g: &Gauges) -> String {
-        self.set_gauges(g);
+        let families = {
+            let _one_scrape = self.scrape.lock();
+            self.set_gauges(g);
+            self.registry.gather()
+        };
         let mut out = String::with_capacity(16 * 1024);
-        let encoder = prometheus::TextEncoder::new();
-        for family in self
-            .registry
-            .gather()
-            .into_iter()
-            .chain(prometheus::gather())
-        {
+        // The encoder leaves out a family with no samples; the request histogram was always
+        // declared, requests or not, so a scraper sees it from the first scrape on.
+        if !families.iter().any(|f| f.get_name() == REQUESTS) {
+            out.push_str(&format!(
+                "# HELP {REQUESTS} {REQUESTS_HELP}\n# TYPE {REQUESTS} histogram\n"
+            ));
+        }
+        for family in families.into_iter().chain(prometheus::gather()) {
             let mut text = Vec::new();
-            if encoder.encode(&[family], &mut text).is_ok()
+            if prometheus::TextEncoder::new()
+                .encode(&[family], &mut text)
+                .is_ok()
                 && let Ok(text) = String::from_utf8(text)
             {
                 out.push_str(&text);
@@ -539,6 +551,26 @@ mod tests {
         let s = samples(&text);
         assert_eq!(value_of(&s, "test_default_registry_total", &[]), 3.0);
         assert_eq!(value_of(&s, "metcd_raft_term", &[]), 0.0);
+    }
+
+    /// As before the registry: the request histogram is declared before the first request.
+    #[test]
+    fn the_request_histogram_is_declared_before_any_request() {
+        let text = Metrics::new().render(&Gauges::default());
+        assert_eq!(
+            text.matches("# TYPE metcd_http_request_duration_seconds histogram\n")
+                .count(),
+            1,
+            "{text}"
+        );
+        let m = Metrics::new();
+        m.observe_request("key", "GET", 200, Duration::from_millis(1));
+        let text = m.render(&Gauges::default());
+        assert_eq!(
+            text.matches("# TYPE metcd_http_request_duration_seconds histogram\n")
+                .count(),
+            1
+        );
     }
 
     #[test]

@@ -31,17 +31,7 @@ fn sources() -> Vec<(String, Vec<String>, String)> {
         .filter(|p| !p.starts_with(root.join("bin")))
         .map(|p| {
             let rel = p.strip_prefix(&root).expect("under src/");
-            let mut module: Vec<String> = rel
-                .with_extension("")
-                .iter()
-                .map(|s| s.to_string_lossy().into_owned())
-                .collect();
-            if matches!(
-                module.last().map(String::as_str),
-                Some("mod" | "lib" | "main")
-            ) {
-                module.pop();
-            }
+            let module = module_path(rel);
             let text = std::fs::read_to_string(&p).expect("read a source file");
             let code = match text.find("#[cfg(test)]\nmod ") {
                 Some(at) => &text[..at],
@@ -59,22 +49,28 @@ fn sources() -> Vec<(String, Vec<String>, String)> {
         .collect()
 }
 
+/// The module a file under src/ holds: `a/b.rs` is `a::b`, `a/mod.rs` is `a`, lib.rs the root.
+fn module_path(rel: &Path) -> Vec<String> {
+    let mut module: Vec<String> = rel
+        .with_extension("")
+        .iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+    if matches!(
+        module.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
+        module.pop();
+    }
+    module
+}
+
 /// Modules compiled for tests only (`#[cfg(test)] mod name;`), by module path.
 fn test_only_modules(root: &Path, files: &[PathBuf]) -> BTreeSet<Vec<String>> {
     let mut out = BTreeSet::new();
     for p in files {
         let text = std::fs::read_to_string(p).expect("read a source file");
-        let rel = p.strip_prefix(root).expect("under src/").with_extension("");
-        let mut module: Vec<String> = rel
-            .iter()
-            .map(|s| s.to_string_lossy().into_owned())
-            .collect();
-        if matches!(
-            module.last().map(String::as_str),
-            Some("mod" | "lib" | "main")
-        ) {
-            module.pop();
-        }
+        let module = module_path(p.strip_prefix(root).expect("under src/"));
         let mut rest = text.as_str();
         while let Some(at) = rest.find("#[cfg(test)]\n") {
             rest = &rest[at + "#[cfg(test)]\n".len()..];

@@ -99,8 +99,20 @@ static CLAIMS: Mutex<Option<HashMap<u16, Vec<std::net::TcpListener>>>> = Mutex::
 /// is handed out again only after every other block has been, so ports in TIME_WAIT age out.
 pub fn release_block(base: u16) {
     let mut claims = CLAIMS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(claims) = claims.as_mut() {
-        claims.remove(&base);
+    if let Some(blocks) = claims.as_mut().and_then(|c| c.remove(&base)) {
+        // What clients were told about these ports (TLS, credentials) goes with them, so a
+        // later cluster on the same ports starts plain.
+        let ports = base..base + BLOCK * blocks.len() as u16;
+        if let Some(m) = AUTH_PORTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            m.retain(|p, _| !ports.contains(p));
+        }
+        if let Some(m) = TLS_PORTS.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            m.retain(|p, _| !ports.contains(p));
+        }
     }
 }
 
