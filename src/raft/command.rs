@@ -788,19 +788,17 @@ mod tests {
 
     #[test]
     fn round_trip_and_rejects_garbage() {
-        for op in [
-            Op::put(b"a/b".to_vec(), vec![0, 1, 255]),
-            Op::put(vec![], vec![]),
-            Op::delete(b"k".to_vec()),
-            Op::Put {
-                key: b"k".to_vec(),
-                value: b"v".to_vec(),
-                lease: 0,
-                cond: Some(Cond::ModRevision(u64::MAX)),
-            },
-            Op::Delete {
-                key: b"k".to_vec(),
-                cond: Some(Cond::Absent),
+        // Every form the golden fixture names, and edge values beside them.
+        let golden = super::golden_tests::forms()
+            .into_iter()
+            .filter_map(|(_, c)| match c {
+                Command::Write(op) => Some(op),
+                _ => None,
+            });
+        let edges = [
+            Op::DeleteRange {
+                start: vec![],
+                end: None,
             },
             Op::Put {
                 key: vec![],
@@ -808,104 +806,21 @@ mod tests {
                 lease: 0,
                 cond: Some(Cond::Exists),
             },
-            Op::DeleteRange {
-                start: b"a".to_vec(),
-                end: Some(b"b".to_vec()),
-            },
-            Op::DeleteRange {
-                start: vec![],
-                end: None,
-            },
-            Op::DeleteRange {
-                start: vec![0],
-                end: Some(vec![]),
-            },
-            Op::Compact { revision: 7 },
-            Op::Put {
-                key: b"k".to_vec(),
-                value: b"v".to_vec(),
-                lease: 42,
-                cond: Some(Cond::Absent),
-            },
-            Op::LeaseGrant { id: 1, ttl: 60 },
-            Op::LeaseRevoke { id: u64::MAX },
-            Op::LeaseKeepAlive { id: 3 },
-            Op::LeaseTick { elapsed_ms: 100 },
-            Op::Alarm {
-                member: 3,
-                active: true,
-            },
             Op::Alarm {
                 member: u64::MAX,
                 active: false,
             },
-            Op::Txn(Box::default()),
             Op::Txn(Box::new(Txn {
-                compare: vec![
-                    Compare {
-                        key: b"k".to_vec(),
-                        range_end: None,
-                        target: Target::Value(b"v".to_vec()),
-                        result: CmpResult::NotEqual,
-                    },
-                    Compare {
-                        key: vec![],
-                        range_end: Some(vec![]),
-                        target: Target::Mod(u64::MAX),
-                        result: CmpResult::Less,
-                    },
-                ],
-                success: vec![
-                    TxnOp::Put {
-                        key: b"a".to_vec(),
-                        value: vec![0, 255],
-                        lease: 9,
-                        options: Default::default(),
-                    },
-                    TxnOp::delete(KeyRange {
-                        start: b"p".to_vec(),
-                        end: Some(b"q".to_vec()),
-                    }),
-                ],
-                failure: vec![TxnOp::Get {
-                    range: KeyRange {
-                        start: b"x".to_vec(),
-                        end: None,
-                    },
-                    limit: 3,
-                    revision: 2,
+                compare: vec![Compare {
+                    key: vec![],
+                    range_end: Some(vec![]),
+                    target: Target::Mod(u64::MAX),
+                    result: CmpResult::Less,
                 }],
+                ..Txn::default()
             })),
-            // The forms gRPC added: put options, deletes answering prev_kv, nesting.
-            Op::Txn(Box::new(Txn {
-                compare: vec![],
-                success: vec![
-                    TxnOp::Put {
-                        key: b"a".to_vec(),
-                        value: vec![],
-                        lease: 0,
-                        options: PutOptions {
-                            prev_kv: true,
-                            ignore_value: true,
-                            ignore_lease: true,
-                        },
-                    },
-                    TxnOp::Delete {
-                        range: KeyRange {
-                            start: b"p".to_vec(),
-                            end: Some(vec![]),
-                        },
-                        prev_kv: true,
-                    },
-                    TxnOp::Txn(Box::new(Txn {
-                        compare: vec![],
-                        success: vec![TxnOp::put(b"n".to_vec(), b"1".to_vec(), 0)],
-                        failure: vec![TxnOp::Txn(Box::default())],
-                    })),
-                ],
-                failure: vec![],
-            })),
-        ] {
+        ];
+        for op in golden.chain(edges) {
             assert_eq!(decode(&encode(&op)).unwrap(), op);
         }
         // Nesting deeper than MAX_DEPTH is refused when decoded, without deep recursion.
@@ -1112,7 +1027,7 @@ mod golden_tests {
     }
 
     /// One of every form, by name (a name is never reused for another form).
-    fn forms() -> Vec<(&'static str, Command)> {
+    pub(super) fn forms() -> Vec<(&'static str, Command)> {
         let txn = Txn {
             compare: vec![
                 Compare {
