@@ -383,7 +383,7 @@ proptest! {
 }
 
 /// A store with auth enabled and users `root` and `ann`, and its access layer.
-fn auth_store() -> crate::api::access::Access {
+fn auth_store() -> crate::service::access::Access {
     use crate::store::auth::AuthOp;
     let store = std::sync::Arc::new(memory_store());
     let changes = [
@@ -412,7 +412,7 @@ fn auth_store() -> crate::api::access::Access {
         })
         .collect();
     store.apply(&batch).unwrap();
-    crate::api::access::Access::new(store, std::time::Duration::from_secs(60))
+    crate::service::access::Access::new(store, std::time::Duration::from_secs(60))
 }
 
 proptest! {

@@ -48,6 +48,7 @@ pub mod metrics;
 pub mod peer;
 pub mod raft;
 pub mod server;
+pub mod service;
 pub mod startup;
 pub mod storage;
 pub mod store;

@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
-use crate::api::{self, AppState};
+use crate::api;
+use crate::service::Service;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -146,9 +147,9 @@ pub async fn run(
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let backend_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let measuring = tokio::spawn(measure_backend(settings.clone(), backend_bytes.clone()));
-    let state = Arc::new(AppState {
+    let state = Arc::new(Service {
         node: node_handle.clone(),
-        access: Arc::new(api::access::Access::new(
+        access: Arc::new(crate::service::access::Access::new(
             engine.clone(),
             settings.auth_token_ttl,
         )),

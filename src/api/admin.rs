@@ -32,8 +32,8 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::AppState;
-use super::access::Caller;
+use super::Service;
+use crate::service::access::Caller;
 use super::error::ApiError;
 use crate::config::parse_member_url;
 use crate::metrics::{Gauges, dir_size};
@@ -44,7 +44,7 @@ use crate::store::{Refusal, RevisionError};
 
 const SMALL_BODY: usize = 4096;
 
-type Shared = State<Arc<AppState>>;
+type Shared = State<Arc<Service>>;
 
 /// `GET /_status`
 pub async fn status(State(state): Shared) -> Result<Response, ApiError> {
@@ -125,7 +125,7 @@ pub async fn transfer_leader(State(state): Shared, body: Body) -> Result<Respons
 /// in the future.
 pub async fn compact(
     State(state): Shared,
-    axum::Extension(caller): axum::Extension<super::access::Caller>,
+    axum::Extension(caller): axum::Extension<crate::service::access::Caller>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let text = small_body(body).await?;
@@ -226,7 +226,7 @@ async fn small_body(body: Body) -> Result<String, ApiError> {
 /// Executes a membership change for `caller` (who travels with it to the leader and into the
 /// committed entry, where auth checks it again).
 async fn change_members(
-    state: &AppState,
+    state: &Service,
     caller: &Caller,
     change: MemberChange,
 ) -> Result<Response, ApiError> {

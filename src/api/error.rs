@@ -1,86 +1,13 @@
-//! Client-facing errors: each maps to one status code and a one-line text body.
+//! The HTTP face of the service's refusals: each maps to one status code, a one-line text
+//! body and the headers that help a client act on it.
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::raft::RequestError;
 use crate::raft::members::AdminError;
-use crate::store::{Refusal, RevisionError, StoreError};
-
-/// Why a request is refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Denied {
-    /// Auth is on and the request carries no credentials (etcd: "user name is empty").
-    #[error("authentication is enabled: credentials are required")]
-    NoCredentials,
-    #[error("invalid auth token")]
-    InvalidToken,
-    /// The token predates a change to users or roles.
-    #[error("revision of auth store is old")]
-    OldRevision,
-    #[error("authentication failed, invalid user ID or password")]
-    AuthFailed,
-    #[error("too many failed logins for this user; retry in {0} s")]
-    TooManyAttempts(u64),
-    #[error("permission denied")]
-    PermissionDenied,
-    #[error("authentication is not enabled")]
-    NotEnabled,
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<crate::raft::member_auth::AuthDenial> for Denied {
-    fn from(d: crate::raft::member_auth::AuthDenial) -> Self {
-        use crate::raft::member_auth::AuthDenial as A;
-        match d {
-            A::NoCaller => Denied::NoCredentials,
-            A::NotRoot => Denied::PermissionDenied,
-            A::OldRevision => Denied::OldRevision,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("key not found")]
-    NotFound,
-    #[error("{0}")]
-    NoSuchPath(String),
-    #[error("{0}")]
-    TooLarge(String),
-    #[error("method {0} not allowed; allowed: {1}")]
-    MethodNotAllowed(String, &'static str),
-    /// The write's precondition did not hold; the key's mod revision then (0: absent).
-    #[error("precondition failed: {}", describe_current(*.0))]
-    PreconditionFailed(u64),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Unavailable(#[from] RequestError),
-    #[error("engine failure: {0}")]
-    Engine(StoreError),
-    /// A read at a compacted (410) or future (400) revision.
-    #[error("{0}")]
-    Revision(RevisionError),
-    #[error("requested lease not found: {0}")]
-    LeaseNotFound(u64),
-    #[error("{0}")]
-    Admin(#[from] AdminError),
-    /// A write that adds data while a space alarm is raised (or that would pass the quota).
-    #[error(
-        "database space exceeded: a NOSPACE alarm is raised; free space (delete, compact) and disarm it (DELETE /_alarms)"
-    )]
-    NoSpace,
-    /// Auth refused the request: 401 without (valid) credentials, 403 without permission.
-    #[error("{0}")]
-    Denied(#[from] Denied),
-    /// An auth change refused when applied (etcd's reasons).
-    #[error("{0}")]
-    AuthRefused(crate::store::auth::AuthRefusal),
-}
+use crate::store::RevisionError;
+pub use crate::service::error::{Denied, Error as ApiError};
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -187,31 +114,3 @@ impl ApiError {
     }
 }
 
-impl From<Refusal> for ApiError {
-    fn from(r: Refusal) -> Self {
-        match r {
-            Refusal::Revision(e) => ApiError::Revision(e),
-            Refusal::LeaseNotFound(id) => ApiError::LeaseNotFound(id),
-            Refusal::LeaseExists(_) => ApiError::Conflict(r.to_string()),
-            Refusal::KeyNotFound => ApiError::NotFound,
-            Refusal::NoSpace => ApiError::NoSpace,
-            Refusal::Auth(r) => ApiError::AuthRefused(r),
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Revision(r) => ApiError::Revision(r),
-            e => ApiError::Engine(e),
-        }
-    }
-}
-
-fn describe_current(mod_revision: u64) -> String {
-    match mod_revision {
-        0 => "the key does not exist".into(),
-        rev => format!("the key's mod revision is {rev} (ETag \"{rev}\")"),
-    }
-}

@@ -21,12 +21,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
-use super::access::Caller;
+use crate::service::access::Caller;
 use super::body::read_value;
 use super::error::ApiError;
 use super::headers::{REVISION_HEADER, header_value};
 use super::query::{Consistency, Query};
-use super::{AppState, range};
+use super::{Service, range};
 use crate::store::auth::Need;
 use crate::store::{Cond, Op, OpResult};
 
@@ -47,13 +47,13 @@ pub struct KeyRequest<'a> {
     pub caller: &'a Caller,
 }
 
-pub async fn handle(state: &AppState, req: KeyRequest<'_>) -> Response {
+pub async fn handle(state: &Service, req: KeyRequest<'_>) -> Response {
     run(state, req)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError> {
+async fn run(state: &Service, req: KeyRequest<'_>) -> Result<Response, ApiError> {
     let KeyRequest {
         method,
         raw_key,
@@ -133,7 +133,7 @@ async fn run(state: &AppState, req: KeyRequest<'_>) -> Result<Response, ApiError
 
 /// A request for a range of keys (`prefix=` or `end=`): a listing, or a range delete.
 async fn on_range(
-    state: &AppState,
+    state: &Service,
     caller: &Caller,
     key: Vec<u8>,
     query: &Query,
@@ -175,7 +175,7 @@ fn decode_key(raw_key: &str, max_key: usize) -> Result<Vec<u8>, ApiError> {
 }
 
 /// A PUT or DELETE: 204 with the revision once applied; a DELETE of an absent key is 404.
-async fn write(state: &AppState, op: Op) -> Result<Response, ApiError> {
+async fn write(state: &Service, op: Op) -> Result<Response, ApiError> {
     let delete = matches!(op.unchecked(), Op::Delete { .. });
     let result = state.node.propose(op).await?;
     if let Some(refused) = result.refused {
@@ -190,7 +190,7 @@ async fn write(state: &AppState, op: Op) -> Result<Response, ApiError> {
 
 /// `DELETE /<prefix>?prefix=true`: every key in the range, in one revision.
 async fn delete_range(
-    state: &AppState,
+    state: &Service,
     caller: &Caller,
     start: Vec<u8>,
     query: &Query,
@@ -209,7 +209,7 @@ async fn delete_range(
 }
 
 /// A GET or HEAD of one key: its value, ETag and revisions.
-async fn read(state: &AppState, key: &[u8], query: &Query) -> Result<Response, ApiError> {
+async fn read(state: &Service, key: &[u8], query: &Query) -> Result<Response, ApiError> {
     read_barrier(state, query).await?;
     let read = state.engine.get(key, query.revision)?;
     let revision = header_value(&read.revision.to_string());
@@ -244,7 +244,7 @@ async fn read(state: &AppState, key: &[u8], query: &Query) -> Result<Response, A
 
 /// Waits until local state may be read for `query`: a ReadIndex round (linearizable), the
 /// requested revision applied here (`min_revision`), or nothing (serializable).
-async fn read_barrier(state: &AppState, query: &Query) -> Result<(), ApiError> {
+async fn read_barrier(state: &Service, query: &Query) -> Result<(), ApiError> {
     if let Some(rev) = query.min_revision {
         state.node.wait_revision(rev).await?;
     } else if query.consistency == Consistency::Linearizable {

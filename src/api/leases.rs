@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::AppState;
+use super::Service;
 use super::body::read_value;
 use super::error::ApiError;
 use super::headers::{REVISION_HEADER, header_value};
@@ -33,7 +33,7 @@ use super::query::{Consistency, Query};
 use super::range::field;
 use crate::store::Op;
 
-type Shared = State<Arc<AppState>>;
+type Shared = State<Arc<Service>>;
 
 /// etcd's largest TTL (9,000,000,000 s).
 pub(super) const MAX_TTL: u64 = 9_000_000_000;
@@ -54,7 +54,7 @@ fn lease_id(text: &str) -> Result<u64, ApiError> {
 }
 
 /// The shortest TTL granted: 1.5 election timeouts, in whole seconds (etcd's minimum).
-pub(super) fn min_ttl(state: &AppState) -> u64 {
+pub(super) fn min_ttl(state: &Service) -> u64 {
     let election_ms = state.settings.tick.as_millis() as u64 * state.settings.election_ticks as u64;
     (election_ms * 3 / 2).div_ceil(1000).max(1)
 }
@@ -75,7 +75,7 @@ pub(super) fn new_lease_id() -> Result<u64, ApiError> {
 
 pub async fn grant(
     State(state): Shared,
-    axum::Extension(caller): axum::Extension<super::access::Caller>,
+    axum::Extension(caller): axum::Extension<crate::service::access::Caller>,
     body: Body,
 ) -> Result<Response, ApiError> {
     state.node.check_running()?;
@@ -113,7 +113,7 @@ pub async fn grant(
 
 pub async fn keep_alive(
     State(state): Shared,
-    axum::Extension(caller): axum::Extension<super::access::Caller>,
+    axum::Extension(caller): axum::Extension<crate::service::access::Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     state.node.check_running()?;
@@ -128,7 +128,7 @@ pub async fn keep_alive(
 
 pub async fn revoke(
     State(state): Shared,
-    axum::Extension(caller): axum::Extension<super::access::Caller>,
+    axum::Extension(caller): axum::Extension<crate::service::access::Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     state.node.check_running()?;
@@ -148,7 +148,7 @@ pub async fn revoke(
 }
 
 /// Waits for a ReadIndex round unless the query asks for local state.
-async fn barrier(state: &AppState, query: Option<&str>) -> Result<Query, ApiError> {
+async fn barrier(state: &Service, query: Option<&str>) -> Result<Query, ApiError> {
     state.node.check_running()?;
     let query = Query::parse(query)?;
     if query.consistency == Consistency::Linearizable {
@@ -159,7 +159,7 @@ async fn barrier(state: &AppState, query: Option<&str>) -> Result<Query, ApiErro
 
 pub async fn show(
     State(state): Shared,
-    axum::Extension(caller): axum::Extension<super::access::Caller>,
+    axum::Extension(caller): axum::Extension<crate::service::access::Caller>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {

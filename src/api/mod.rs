@@ -9,7 +9,7 @@
 //! endpoint's route label is its row's path; key requests are "key", or "range" when the
 //! query asks for a listing; unknown `/_` paths are "other".
 
-pub mod access;
+mod access;
 mod admin;
 mod body;
 pub mod error;
@@ -33,59 +33,12 @@ use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post, put};
 
-use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::peer::client::AdminCtx;
-use crate::raft::NodeHandle;
-use crate::store::KvStore;
+use crate::service::Service;
+use crate::service::access::{Caller, Credentials};
 use error::ApiError;
 
-pub struct AppState {
-    pub node: NodeHandle,
-    pub engine: Arc<KvStore>,
-    pub settings: Arc<Settings>,
-    pub admin: AdminCtx,
-    pub metrics: Arc<Metrics>,
-    /// Becomes true when the member stops serving clients: streams (watches) end then, so
-    /// draining the client port does not wait for them forever.
-    pub closing: tokio::sync::watch::Receiver<bool>,
-    /// The size of the store's files (engine and snapshots), measured every second, for
-    /// `--quota-backend-bytes`.
-    pub backend_bytes: Arc<std::sync::atomic::AtomicU64>,
-    /// Identity and permissions ([`access`]).
-    pub access: Arc<access::Access>,
-}
-
-impl AppState {
-    /// etcd's quota check, before a write that adds data is proposed: past the quota, this
-    /// member raises its NOSPACE alarm (through the log, so every member then refuses such
-    /// writes) and the write is refused.
-    pub async fn check_quota(&self) -> Result<(), ApiError> {
-        let quota = self.settings.quota_backend_bytes;
-        let size = self
-            .backend_bytes
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if quota == 0 || size <= quota {
-            return Ok(());
-        }
-        let me = self.settings.id;
-        if !self.engine.alarms()?.contains(&me) {
-            tracing::warn!(
-                size,
-                quota,
-                "store files past --quota-backend-bytes; raising the NOSPACE alarm"
-            );
-            let alarm = crate::store::Op::Alarm {
-                member: me,
-                active: true,
-            };
-            self.node.propose(alarm).await?;
-        }
-        Err(ApiError::NoSpace)
-    }
-}
-
-type Shared = Arc<AppState>;
+type Shared = Arc<Service>;
 
 /// The client port: gRPC requests go to etcd's v3 API ([`grpc`]), the rest to the HTTP API.
 pub fn router(state: Shared) -> Router {
@@ -167,7 +120,7 @@ async fn authorize(State(state): State<Shared>, mut req: Request, next: Next) ->
     match state.access.view() {
         // Auth off: credentials are ignored, even malformed ones (as etcd does).
         Ok(view) if !view.state.enabled => {
-            req.extensions_mut().insert(access::Caller::Anyone);
+            req.extensions_mut().insert(Caller::Anyone);
             return next.run(req).await;
         }
         Ok(_) => {}
@@ -191,12 +144,12 @@ async fn authorize(State(state): State<Shared>, mut req: Request, next: Next) ->
 /// The caller (`None` on an open path), given the request's [`request_facts`] (taken before
 /// any await: a request is not `Sync`).
 async fn caller_for(
-    state: &AppState,
-    (path, reading, creds): (String, bool, access::Credentials),
-) -> Result<Option<access::Caller>, ApiError> {
+    state: &Service,
+    (path, reading, creds): (String, bool, Credentials),
+) -> Result<Option<Caller>, ApiError> {
     let view = state.access.view()?;
     if !view.state.enabled {
-        return Ok(Some(access::Caller::Anyone));
+        return Ok(Some(Caller::Anyone));
     }
     let monitoring = matches!(path.as_str(), "/_metrics" | "/_health");
     if path == "/_auth/authenticate" || (monitoring && !state.settings.auth_protect_metrics) {
@@ -217,7 +170,7 @@ async fn caller_for(
 }
 
 /// A request's path (without a trailing slash), whether it only reads, and its credentials.
-fn request_facts(req: &Request) -> Result<(String, bool, access::Credentials), ApiError> {
+fn request_facts(req: &Request) -> Result<(String, bool, Credentials), ApiError> {
     let path = req.uri().path();
     let path = if path.len() > 1 {
         path.trim_end_matches('/')
@@ -340,12 +293,12 @@ async fn keys_or_unknown(
 /// Who asks for a key: anyone while auth is off (the common case, decided first and
 /// cheaply), else the user the credentials name.
 async fn key_caller(
-    state: &AppState,
+    state: &Service,
     headers: &HeaderMap,
     remote: Option<&crate::tls::Remote>,
-) -> Result<access::Caller, ApiError> {
+) -> Result<Caller, ApiError> {
     if !state.access.view()?.state.enabled {
-        return Ok(access::Caller::Anyone);
+        return Ok(Caller::Anyone);
     }
     let creds = access::http_credentials(headers, remote)?;
     Ok(state.access.caller(&creds).await?)

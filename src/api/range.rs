@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use super::AppState;
+use super::Service;
 use super::error::ApiError;
 use super::query::{Encoding, Query, prefix_end};
 use crate::store::KeyValue;
@@ -62,7 +62,7 @@ pub fn end_of(start: &[u8], q: &Query) -> Option<Vec<u8>> {
 }
 
 /// Lists keys from the store; the caller has already passed the read barrier if one is due.
-pub fn list(state: &AppState, start: &[u8], q: &Query) -> Result<Response, ApiError> {
+pub fn list(state: &Service, start: &[u8], q: &Query) -> Result<Response, ApiError> {
     let end = end_of(start, q);
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     let read = state

@@ -30,7 +30,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::Service;
 use super::error::ApiError;
 use super::query::{Encoding, Query, prefix_end};
 use super::range::{DEFAULT_LIMIT, to_json};
@@ -254,8 +254,8 @@ fn parse(body: &[u8], encoding: Encoding) -> Result<Txn, ApiError> {
 }
 
 pub async fn handle(
-    State(state): State<std::sync::Arc<AppState>>,
-    axum::Extension(caller): axum::Extension<super::access::Caller>,
+    State(state): State<std::sync::Arc<Service>>,
+    axum::Extension(caller): axum::Extension<crate::service::access::Caller>,
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Response, ApiError> {

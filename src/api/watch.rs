@@ -34,12 +34,12 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use super::access::{Access, Caller, Recheck};
+use crate::service::access::{Access, Caller, Recheck};
 use super::error::ApiError;
 use super::headers::{REVISION_HEADER, header_value};
 use super::query::{Encoding, Query};
 use super::range::{end_of, to_json};
-use super::{AppState, stopping};
+use super::{Service, stopping};
 use crate::store::auth::Need;
 use crate::store::txn::KeyRange;
 use crate::store::watch::{Event, EventKind, Published, WatchRange};
@@ -52,7 +52,7 @@ const QUEUE: usize = 64;
 
 /// Starts a watch: checks the start revision, then streams from a task of its own.
 pub fn start(
-    state: &AppState,
+    state: &Service,
     caller: &Caller,
     key: Vec<u8>,
     query: &Query,

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::pb::authpb;
 use super::{Grpc, rpc, status};
-use crate::api::access::{Caller, password};
+use crate::service::access::{Caller, password};
 use crate::store::Op;
 use crate::store::auth::{AuthOp, PermKind, Permission};
 

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tonic::{Request, Response, Status};
 
 use super::{Grpc, rpc, status};
-use crate::api::access::Caller;
+use crate::service::access::Caller;
 use crate::config::{parse_member_url, parse_url};
 use crate::peer::client as peer_client;
 use crate::raft::member_auth::MemberRequest;

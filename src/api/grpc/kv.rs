@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 use super::pb::mvccpb;
 use super::rpc::{self, compare, range_request, request_op, response_op};
 use super::{Grpc, from_i64, status, to_i64};
-use crate::api::access::Caller;
+use crate::service::access::Caller;
 use crate::store::auth::Need;
 use crate::store::txn::{
     CmpResult, Compare, KeyRange, PutOptions, Target, Txn, TxnError, TxnOp, TxnResponse, TxnResult,

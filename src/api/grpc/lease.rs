@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::rpc;
 use super::{Grpc, Outbound, from_i64, outbound, status, to_i64};
-use crate::api::access::Caller;
+use crate::service::access::Caller;
 use crate::api::leases::{MAX_TTL, min_ttl, new_lease_id};
 use crate::store::auth::Need;
 use crate::store::{Op, Refusal};

@@ -21,8 +21,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tonic::{Code, Status};
 
-use super::AppState;
-use super::access::{Caller, Credentials, Denied};
+use super::Service;
+use crate::service::access::{Caller, Credentials, Denied};
 use super::error::ApiError;
 use crate::raft::RequestError;
 use crate::raft::members::AdminError;
@@ -53,7 +53,7 @@ pub const ETCD_API_VERSION: &str = "3.4.31";
 /// What every service holds: the member's shared state.
 #[derive(Clone)]
 pub struct Grpc {
-    state: Arc<AppState>,
+    state: Arc<Service>,
 }
 
 impl Grpc {
@@ -134,7 +134,7 @@ impl Grpc {
 }
 
 /// The gRPC services as one router, for the client port to hand gRPC requests to.
-pub fn router(state: Arc<AppState>) -> axum::Router {
+pub fn router(state: Arc<Service>) -> axum::Router {
     // Requests are bounded as the HTTP API's (etcd: --max-request-bytes, plus framing);
     // answers are not (etcd sends a range of any size).
     let max_in = state.settings.max_request_bytes.saturating_add(64 * 1024);

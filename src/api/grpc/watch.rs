@@ -29,7 +29,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::pb::mvccpb;
 use super::rpc::{self, watch_create_request::FilterType, watch_request};
 use super::{Grpc, Outbound, from_i64, kv::key_range, outbound, status, to_i64};
-use crate::api::access::{Caller, Denied, Recheck};
+use crate::service::access::{Caller, Denied, Recheck};
 use crate::store::watch::{Event, EventKind, Published, WatchRange};
 use crate::store::{KvStore, RevisionError, StoreError};
 
