@@ -42,7 +42,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(start, end)| Op::DeleteRange { start, end }),
         any::<u64>().prop_map(|revision| Op::Compact { revision }),
         (bytes(), bytes(), bytes(), any::<u64>()).prop_map(|(key, value, end, n)| {
-            use crate::store::txn::{CmpResult, Compare, KeyRange, Target, Txn, TxnOp};
+            use crate::store::range::KeyRange;
+            use crate::store::txn::{CmpResult, Compare, Target, Txn, TxnOp};
             Op::Txn(Box::new(Txn {
                 compare: vec![Compare {
                     key: key.clone(),

@@ -20,7 +20,6 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::api;
-use crate::service::Service;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -32,6 +31,7 @@ use crate::raft::node::{self as raft_node, Exit, Node};
 use crate::raft::reset_check::ResetCheck;
 use crate::raft::snapshot::SnapshotStore;
 use crate::raft::{Input, NodeHandle};
+use crate::service::Service;
 use crate::startup;
 use crate::tls::{Listener, Port};
 

@@ -72,4 +72,3 @@ pub async fn authenticate(
         .await?;
     Ok(axum::Json(serde_json::json!({ "token": token })).into_response())
 }
-

@@ -33,14 +33,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Service;
-use crate::service::access::Caller;
 use super::error::ApiError;
 use crate::config::parse_member_url;
 use crate::metrics::{Gauges, dir_size};
 use crate::peer::client as peer_client;
 use crate::raft::member_auth::MemberRequest;
 use crate::raft::members::MemberChange;
-use crate::store::{Refusal, RevisionError};
+use crate::service::access::Caller;
+use crate::store::RevisionError;
 
 const SMALL_BODY: usize = 4096;
 
@@ -135,20 +135,16 @@ pub async fn compact(
         .ok()
         .filter(|r| *r > 0)
         .ok_or_else(|| ApiError::BadRequest(format!("{:?} is not a revision", text.trim())))?;
-    let result = state
-        .node
-        .propose(caller.guard(crate::store::Op::Compact { revision }))
-        .await?;
-    match result.refused {
-        Some(Refusal::Revision(e @ RevisionError::Compacted { .. })) => {
+    match state.compact(&caller, revision, false).await {
+        Err(ApiError::Revision(e @ RevisionError::Compacted { .. })) => {
             Err(ApiError::Conflict(e.to_string()))
         }
-        Some(Refusal::Revision(e @ RevisionError::Future { .. })) => {
+        Err(ApiError::Revision(e @ RevisionError::Future { .. })) => {
             Err(ApiError::BadRequest(e.to_string()))
         }
-        Some(other) => Err(other.into()),
-        None => {
-            let body = json!({ "compact_revision": revision, "revision": result.revision });
+        Err(e) => Err(e),
+        Ok(after) => {
+            let body = json!({ "compact_revision": revision, "revision": after });
             Ok(Json(body).into_response())
         }
     }

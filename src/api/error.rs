@@ -6,8 +6,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::raft::RequestError;
 use crate::raft::members::AdminError;
-use crate::store::RevisionError;
 pub use crate::service::error::{Denied, Error as ApiError};
+use crate::store::RevisionError;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -25,7 +25,8 @@ impl ApiError {
     /// The HTTP status this error answers with.
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotFound | ApiError::NoSuchPath(_) | ApiError::LeaseNotFound(_) => {
                 StatusCode::NOT_FOUND
             }
@@ -113,4 +114,3 @@ impl ApiError {
         }
     }
 }
-

@@ -21,14 +21,20 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
-use crate::service::access::Caller;
 use super::body::read_value;
 use super::error::ApiError;
 use super::headers::{REVISION_HEADER, header_value};
 use super::query::{Consistency, Query};
-use super::{Service, range};
+use super::range;
+use crate::service::Service;
+use crate::service::access::Caller;
+use crate::service::error::Invalid;
+use crate::service::kv::{
+    Barrier, DeleteOutcome, DeleteRequest, PutOutcome, PutRequest, RangeRequest,
+};
+use crate::store::Cond;
 use crate::store::auth::Need;
-use crate::store::{Cond, Op, OpResult};
+use crate::store::range::KeyRange;
 
 const CREATE_REVISION_HEADER: &str = "x-metcd-create-revision";
 const MOD_REVISION_HEADER: &str = "x-metcd-mod-revision";
@@ -77,57 +83,75 @@ async fn run(state: &Service, req: KeyRequest<'_>) -> Result<Response, ApiError>
     if query.revision.is_some() && !matches!(method, Method::GET | Method::HEAD) {
         return Err(ApiError::BadRequest("revision= is for GET only".into()));
     }
-    // The whole range asked for, in etcd's form, against the caller's permissions.
-    let range_end = match query.is_range() {
-        true => range::end_of(&key, &query).unwrap_or_else(|| vec![0]),
-        false => Vec::new(),
-    };
-    let need = match method {
-        Method::PUT | Method::DELETE => Need::Write,
-        _ => Need::Read,
-    };
-    caller.may(need, &key, &range_end)?;
     if query.watch {
         if method != Method::GET {
             return Err(ApiError::BadRequest("watch=true is for GET only".into()));
         }
-        return super::watch::start(state, caller, key, &query, headers);
+        let range = key_range(key, &query);
+        caller.may_range(Need::Read, &range)?;
+        return super::watch::start(state, caller, range, &query, headers);
     }
     if query.is_range() {
-        return on_range(state, caller, key, &query, &method, headers).await;
+        return on_range(
+            state,
+            caller,
+            key_range(key, &query),
+            &query,
+            &method,
+            headers,
+        )
+        .await;
     }
     if key.is_empty() {
-        return Err(ApiError::BadRequest("empty key".into()));
+        return Err(ApiError::Invalid(Invalid::EmptyKey));
     }
     let cond = precondition(headers)?;
-    // A precondition compares against the key's current state, which answers tell: it needs
-    // read, as a transaction's compare does.
-    if cond.is_some() {
-        caller.may(Need::Read, &key, &[])?;
-    }
     match method {
         Method::PUT => {
             let value = read_value(body, state.settings.max_request_bytes).await?;
-            state.check_quota().await?;
-            let lease = query.lease.unwrap_or(0);
-            caller.may_put(&state.engine, &key, lease)?;
-            let put = Op::Put {
+            let put = PutRequest {
                 key,
                 value,
-                lease,
+                lease: query.lease.unwrap_or(0),
+                cond,
+                ..PutRequest::default()
+            };
+            match state.put(caller, put).await? {
+                PutOutcome::Put { revision, .. } => Ok(written(revision)),
+                PutOutcome::PreconditionFailed { current } => {
+                    Err(ApiError::PreconditionFailed(current))
+                }
+            }
+        }
+        Method::DELETE => {
+            let delete = DeleteRequest {
+                range: KeyRange::key(key),
+                prev_kv: false,
                 cond,
             };
-            write(state, caller.guard(put)).await
+            match state.delete(caller, delete).await? {
+                DeleteOutcome::Deleted { deleted: 0, .. } => Err(ApiError::NotFound),
+                DeleteOutcome::Deleted { revision, .. } => Ok(written(revision)),
+                DeleteOutcome::PreconditionFailed { current } => {
+                    Err(ApiError::PreconditionFailed(current))
+                }
+            }
         }
-        Method::DELETE => write(state, caller.guard(Op::Delete { key, cond })).await,
         _ if cond.is_some() => Err(ApiError::BadRequest(
             "If-Match and If-None-Match are for PUT and DELETE".into(),
         )),
-        _ => {
-            let answer = read(state, &key, &query).await?;
-            caller.still_current(&state.access)?;
-            Ok(answer)
+        _ => read(state, caller, key, &query).await,
+    }
+}
+
+/// The range a listing's query names from `key` (`prefix=` or `end=`; else the key alone).
+fn key_range(key: Vec<u8>, query: &Query) -> KeyRange {
+    match query.is_range() {
+        true => {
+            let end = range::end_of(&key, query);
+            KeyRange::between(key, end)
         }
+        false => KeyRange::key(key),
     }
 }
 
@@ -135,18 +159,13 @@ async fn run(state: &Service, req: KeyRequest<'_>) -> Result<Response, ApiError>
 async fn on_range(
     state: &Service,
     caller: &Caller,
-    key: Vec<u8>,
+    range: KeyRange,
     query: &Query,
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     match *method {
-        Method::GET | Method::HEAD => {
-            read_barrier(state, query).await?;
-            let listed = range::list(state, &key, query)?;
-            caller.still_current(&state.access)?;
-            Ok(listed)
-        }
+        Method::GET | Method::HEAD => range::list(state, caller, range, query).await,
         Method::DELETE
             if headers.contains_key(header::IF_MATCH)
                 || headers.contains_key(header::IF_NONE_MATCH) =>
@@ -155,7 +174,7 @@ async fn on_range(
                 "If-Match and If-None-Match are for single keys (use /_txn)".into(),
             ))
         }
-        Method::DELETE => delete_range(state, caller, key, query).await,
+        Method::DELETE => delete_range(state, caller, range).await,
         _ => Err(ApiError::BadRequest(
             "prefix= and end= are for GET and DELETE".into(),
         )),
@@ -174,46 +193,51 @@ fn decode_key(raw_key: &str, max_key: usize) -> Result<Vec<u8>, ApiError> {
     Ok(key)
 }
 
-/// A PUT or DELETE: 204 with the revision once applied; a DELETE of an absent key is 404.
-async fn write(state: &Service, op: Op) -> Result<Response, ApiError> {
-    let delete = matches!(op.unchecked(), Op::Delete { .. });
-    let result = state.node.propose(op).await?;
-    if let Some(refused) = result.refused {
-        return Err(refused.into());
-    }
-    checked(&result)?;
-    if delete && !result.changed {
-        return Err(ApiError::NotFound);
-    }
-    Ok(written(result.revision))
-}
-
 /// `DELETE /<prefix>?prefix=true`: every key in the range, in one revision.
 async fn delete_range(
     state: &Service,
     caller: &Caller,
-    start: Vec<u8>,
-    query: &Query,
+    range: KeyRange,
 ) -> Result<Response, ApiError> {
-    let end = range::end_of(&start, query);
-    let op = caller.guard(Op::DeleteRange { start, end });
-    let result = state.node.propose(op).await?;
-    if let Some(refused) = result.refused {
-        return Err(refused.into());
-    }
-    let body = serde_json::json!({ "deleted": result.deleted, "revision": result.revision });
+    let delete = DeleteRequest {
+        range,
+        prev_kv: false,
+        cond: None,
+    };
+    let (revision, deleted) = match state.delete(caller, delete).await? {
+        DeleteOutcome::Deleted {
+            revision, deleted, ..
+        } => (revision, deleted),
+        DeleteOutcome::PreconditionFailed { .. } => {
+            return Err(ApiError::Internal(
+                "a delete without a precondition failed one".into(),
+            ));
+        }
+    };
+    let body = serde_json::json!({ "deleted": deleted, "revision": revision });
     let mut resp = axum::Json(body).into_response();
     resp.headers_mut()
-        .insert(REVISION_HEADER, header_value(&result.revision.to_string()));
+        .insert(REVISION_HEADER, header_value(&revision.to_string()));
     Ok(resp)
 }
 
 /// A GET or HEAD of one key: its value, ETag and revisions.
-async fn read(state: &Service, key: &[u8], query: &Query) -> Result<Response, ApiError> {
-    read_barrier(state, query).await?;
-    let read = state.engine.get(key, query.revision)?;
+async fn read(
+    state: &Service,
+    caller: &Caller,
+    key: Vec<u8>,
+    query: &Query,
+) -> Result<Response, ApiError> {
+    let get = RangeRequest {
+        range: KeyRange::key(key),
+        revision: query.revision,
+        limit: None,
+        count_all: false,
+        barrier: barrier(query),
+    };
+    let read = state.range(caller, get).await?;
     let revision = header_value(&read.revision.to_string());
-    let Some(kv) = read.value else {
+    let Some(kv) = read.kvs.into_iter().next() else {
         let mut resp = ApiError::NotFound.into_response();
         resp.headers_mut().insert(REVISION_HEADER, revision);
         return Ok(resp);
@@ -242,15 +266,13 @@ async fn read(state: &Service, key: &[u8], query: &Query) -> Result<Response, Ap
     Ok(resp)
 }
 
-/// Waits until local state may be read for `query`: a ReadIndex round (linearizable), the
-/// requested revision applied here (`min_revision`), or nothing (serializable).
-async fn read_barrier(state: &Service, query: &Query) -> Result<(), ApiError> {
-    if let Some(rev) = query.min_revision {
-        state.node.wait_revision(rev).await?;
-    } else if query.consistency == Consistency::Linearizable {
-        state.node.read_index().await?;
+/// The read barrier a query asks for: `min_revision=`, else its consistency.
+pub(super) fn barrier(query: &Query) -> Barrier {
+    match (query.min_revision, query.consistency) {
+        (Some(rev), _) => Barrier::MinRevision(rev),
+        (None, Consistency::Linearizable) => Barrier::Linearizable,
+        (None, Consistency::Serializable) => Barrier::Serializable,
     }
-    Ok(())
 }
 
 /// The write's precondition from `If-Match` / `If-None-Match`, if any.
@@ -293,14 +315,6 @@ fn precondition(headers: &HeaderMap) -> Result<Option<Cond>, ApiError> {
             "If-None-Match {tag}: only * (create if absent) is supported"
         ))),
         (None, None) => Ok(None),
-    }
-}
-
-/// A write whose precondition failed at apply time: 412, with the key's ETag then.
-fn checked(result: &OpResult) -> Result<(), ApiError> {
-    match result.conflict {
-        Some(current) => Err(ApiError::PreconditionFailed(current)),
-        None => Ok(()),
     }
 }
 

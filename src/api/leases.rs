@@ -29,14 +29,12 @@ use super::Service;
 use super::body::read_value;
 use super::error::ApiError;
 use super::headers::{REVISION_HEADER, header_value};
-use super::query::{Consistency, Query};
+use super::query::Query;
 use super::range::field;
-use crate::store::Op;
+use crate::service::access::Caller;
+use crate::service::lease::KeepAlive;
 
 type Shared = State<Arc<Service>>;
-
-/// etcd's largest TTL (9,000,000,000 s).
-pub(super) const MAX_TTL: u64 = 9_000_000_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,29 +51,9 @@ fn lease_id(text: &str) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::BadRequest(format!("{text:?} is not a lease id")))
 }
 
-/// The shortest TTL granted: 1.5 election timeouts, in whole seconds (etcd's minimum).
-pub(super) fn min_ttl(state: &Service) -> u64 {
-    let election_ms = state.settings.tick.as_millis() as u64 * state.settings.election_ticks as u64;
-    (election_ms * 3 / 2).div_ceil(1000).max(1)
-}
-
-fn propose_error(result: &crate::store::OpResult) -> Result<(), ApiError> {
-    match result.refused {
-        Some(r) => Err(r.into()),
-        None => Ok(()),
-    }
-}
-
-/// A lease id drawn at random: a positive int64, as etcd's.
-pub(super) fn new_lease_id() -> Result<u64, ApiError> {
-    let drawn = crate::raft::storage::random_id()
-        .map_err(|e| ApiError::BadRequest(format!("cannot draw a lease id: {e}")))?;
-    Ok((drawn >> 1).max(1))
-}
-
 pub async fn grant(
     State(state): Shared,
-    axum::Extension(caller): axum::Extension<crate::service::access::Caller>,
+    axum::Extension(caller): axum::Extension<Caller>,
     body: Body,
 ) -> Result<Response, ApiError> {
     state.node.check_running()?;
@@ -85,93 +63,51 @@ pub async fn grant(
             "expected {{\"ttl\": seconds, \"id\": optional}}: {e}"
         ))
     })?;
-    if req.ttl > MAX_TTL {
-        return Err(ApiError::BadRequest(format!(
-            "ttl {} exceeds {MAX_TTL} seconds",
-            req.ttl
-        )));
-    }
-    let ttl = req.ttl.max(min_ttl(&state));
-    let id = match req.id {
-        0 => new_lease_id()?,
-        id if id > i64::MAX as u64 => {
-            return Err(ApiError::BadRequest(format!(
-                "lease id {id} exceeds {}",
-                i64::MAX
-            )));
-        }
-        id => id,
-    };
-    state.check_quota().await?;
-    let result = state
-        .node
-        .propose(caller.guard(Op::LeaseGrant { id, ttl }))
-        .await?;
-    propose_error(&result)?;
-    Ok(Json(json!({ "id": id, "ttl": ttl })).into_response())
+    let granted = state.lease_grant(&caller, req.ttl, req.id).await?;
+    Ok(Json(json!({ "id": granted.id, "ttl": granted.ttl })).into_response())
 }
 
 pub async fn keep_alive(
     State(state): Shared,
-    axum::Extension(caller): axum::Extension<crate::service::access::Caller>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     state.node.check_running()?;
     let id = lease_id(&id)?;
-    let result = state
-        .node
-        .propose(caller.guard(Op::LeaseKeepAlive { id }))
-        .await?;
-    propose_error(&result)?;
-    Ok(Json(json!({ "id": id, "ttl": result.ttl })).into_response())
+    match state.lease_keep_alive(&caller, id).await? {
+        KeepAlive::Renewed { ttl, .. } => Ok(Json(json!({ "id": id, "ttl": ttl })).into_response()),
+        KeepAlive::NotFound { .. } => Err(ApiError::LeaseNotFound(id)),
+    }
 }
 
 pub async fn revoke(
     State(state): Shared,
-    axum::Extension(caller): axum::Extension<crate::service::access::Caller>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     state.node.check_running()?;
     let id = lease_id(&id)?;
-    caller.may_revoke(&state.engine, id)?;
-    let result = state
-        .node
-        .propose(caller.guard(Op::LeaseRevoke { id }))
-        .await?;
-    propose_error(&result)?;
-    let mut resp =
-        Json(json!({ "id": id, "deleted": result.deleted, "revision": result.revision }))
-            .into_response();
+    let done = state.lease_revoke(&caller, id).await?;
+    let mut resp = Json(json!({ "id": id, "deleted": done.deleted, "revision": done.revision }))
+        .into_response();
     resp.headers_mut()
-        .insert(REVISION_HEADER, header_value(&result.revision.to_string()));
+        .insert(REVISION_HEADER, header_value(&done.revision.to_string()));
     Ok(resp)
-}
-
-/// Waits for a ReadIndex round unless the query asks for local state.
-async fn barrier(state: &Service, query: Option<&str>) -> Result<Query, ApiError> {
-    state.node.check_running()?;
-    let query = Query::parse(query)?;
-    if query.consistency == Consistency::Linearizable {
-        state.node.read_index().await?;
-    }
-    Ok(query)
 }
 
 pub async fn show(
     State(state): Shared,
-    axum::Extension(caller): axum::Extension<crate::service::access::Caller>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    state.node.check_running()?;
     let id = lease_id(&id)?;
-    let query = barrier(&state, query.as_deref()).await?;
-    let read = state.engine.lease(id)?;
-    let lease = read.value.ok_or(ApiError::LeaseNotFound(id))?;
-    // The answer lists the lease's keys: the caller must be allowed to read each (etcd's
-    // rule for TimeToLive with keys).
-    for key in &lease.keys {
-        caller.may(crate::store::auth::Need::Read, key, &[])?;
-    }
+    let query = Query::parse(query.as_deref())?;
+    let read = state
+        .lease_time_to_live(&caller, id, true, super::keys::barrier(&query))
+        .await?;
+    let lease = read.lease.ok_or(ApiError::LeaseNotFound(id))?;
     let keys: Vec<Value> = lease
         .keys
         .into_iter()
@@ -195,10 +131,10 @@ pub async fn show(
 }
 
 pub async fn list(State(state): Shared, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
-    barrier(&state, query.as_deref()).await?;
-    let read = state.engine.leases()?;
-    let leases: Vec<Value> = read
-        .value
+    state.node.check_running()?;
+    let query = Query::parse(query.as_deref())?;
+    let (revision, leases) = state.lease_list(super::keys::barrier(&query)).await?;
+    let leases: Vec<Value> = leases
         .into_iter()
         .map(|(id, ttl, remaining_ms)| {
             json!({ "id": id, "ttl": ttl, "remaining": remaining_ms.div_ceil(1000) })
@@ -206,6 +142,6 @@ pub async fn list(State(state): Shared, RawQuery(query): RawQuery) -> Result<Res
         .collect();
     let mut resp = Json(json!({ "leases": leases })).into_response();
     resp.headers_mut()
-        .insert(REVISION_HEADER, header_value(&read.revision.to_string()));
+        .insert(REVISION_HEADER, header_value(&revision.to_string()));
     Ok(resp)
 }

@@ -144,18 +144,6 @@ fn boolean(value: &str) -> Option<bool> {
     }
 }
 
-/// The first key after every key that starts with `prefix`; `None` when there is none.
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,13 +196,5 @@ mod tests {
         fn any_query_string_parses_or_is_refused(q in ".{0,80}") {
             let _ = Query::parse(Some(&q));
         }
-    }
-
-    #[test]
-    fn prefix_end_skips_ff() {
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(&[b'a', 0xff]), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(&[0xff, 0xff]), None);
-        assert_eq!(prefix_end(b""), None);
     }
 }

@@ -12,10 +12,14 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use super::Service;
 use super::error::ApiError;
-use super::query::{Encoding, Query, prefix_end};
+use super::query::{Encoding, Query};
+use crate::service::Service;
+use crate::service::access::Caller;
+use crate::service::kv::RangeRequest;
 use crate::store::KeyValue;
+use crate::store::range::KeyRange;
+use crate::store::range::prefix_end;
 
 /// Used when the request gives no `limit`.
 pub const DEFAULT_LIMIT: usize = 10_000;
@@ -61,14 +65,23 @@ pub fn end_of(start: &[u8], q: &Query) -> Option<Vec<u8>> {
     }
 }
 
-/// Lists keys from the store; the caller has already passed the read barrier if one is due.
-pub fn list(state: &Service, start: &[u8], q: &Query) -> Result<Response, ApiError> {
-    let end = end_of(start, q);
+/// Lists the keys of `range`, after the query's read barrier.
+pub async fn list(
+    state: &Service,
+    caller: &Caller,
+    range: KeyRange,
+    q: &Query,
+) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    let read = state
-        .engine
-        .range(start, end.as_deref(), limit.saturating_add(1), q.revision)?;
-    let mut kvs = read.value;
+    let req = RangeRequest {
+        range,
+        revision: q.revision,
+        limit: Some(limit.saturating_add(1)),
+        count_all: false,
+        barrier: super::keys::barrier(q),
+    };
+    let read = state.range(caller, req).await?;
+    let mut kvs = read.kvs;
     let more = kvs.len() > limit;
     kvs.truncate(limit);
     let items: Vec<Value> = kvs.into_iter().map(|kv| to_json(kv, q.encoding)).collect();

@@ -32,10 +32,11 @@ use serde_json::{Value, json};
 
 use super::Service;
 use super::error::ApiError;
-use super::query::{Encoding, Query, prefix_end};
+use super::query::{Encoding, Query};
 use super::range::{DEFAULT_LIMIT, to_json};
-use crate::store::Op;
-use crate::store::txn::{CmpResult, Compare, KeyRange, Target, Txn, TxnOp, TxnResponse};
+use crate::store::range::KeyRange;
+use crate::store::range::prefix_end;
+use crate::store::txn::{CmpResult, Compare, Target, Txn, TxnOp, TxnResponse};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,8 +249,6 @@ fn parse(body: &[u8], encoding: Encoding) -> Result<Txn, ApiError> {
             .map(|o| o.parse(encoding))
             .collect::<Result<_, _>>()?,
     };
-    txn.check()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(txn)
 }
 
@@ -263,24 +262,10 @@ pub async fn handle(
     let query = Query::parse(query.as_deref())?;
     let body = super::body::read_value(body, state.settings.max_request_bytes).await?;
     let txn = parse(&body, query.encoding)?;
-    caller.may_txn(&state.engine, &txn)?;
-    if txn.writes() {
-        state.check_quota().await?;
-    }
-    check_sizes(&txn, state.settings.max_key_bytes)?;
-    let result = state
-        .node
-        .propose(caller.guard(Op::Txn(Box::new(txn))))
-        .await?;
-    if let Some(e) = result.refused {
-        return Err(e.into());
-    }
-    let revision = result.revision;
-    let outcome = result
-        .txn
-        .map(|t| *t)
-        .ok_or_else(|| ApiError::BadRequest("the transaction was not applied as one".into()))?;
-    let responses: Vec<Value> = outcome
+    let done = state.txn(&caller, txn).await?;
+    let revision = done.revision;
+    let responses: Vec<Value> = done
+        .result
         .responses
         .into_iter()
         .map(|r| match r {
@@ -298,46 +283,13 @@ pub async fn handle(
         })
         .collect();
     let body =
-        json!({ "succeeded": outcome.succeeded, "revision": revision, "responses": responses });
+        json!({ "succeeded": done.result.succeeded, "revision": revision, "responses": responses });
     let mut resp = Json(body).into_response();
     resp.headers_mut().insert(
         super::headers::REVISION_HEADER,
         super::headers::header_value(&revision.to_string()),
     );
     Ok(resp)
-}
-
-/// Keys and range ends within `--max-key-bytes` (the body is within `--max-request-bytes`).
-pub(super) fn check_sizes(txn: &Txn, max_key: usize) -> Result<(), ApiError> {
-    let ranges = txn.compare.iter().map(|c| (&c.key, c.range_end.as_ref()));
-    let mut nested = Vec::new();
-    let ops = txn
-        .success
-        .iter()
-        .chain(&txn.failure)
-        .filter_map(|op| match op {
-            TxnOp::Put { key, .. } => Some((key, None)),
-            TxnOp::Delete { range: r, .. } | TxnOp::Get { range: r, .. } => {
-                Some((&r.start, r.end.as_ref()))
-            }
-            TxnOp::Txn(inner) => {
-                nested.push(inner);
-                None
-            }
-        });
-    let bounds: Vec<_> = ranges.chain(ops).collect();
-    for inner in nested {
-        check_sizes(inner, max_key)?;
-    }
-    for (key, end) in bounds {
-        let longest = key.len().max(end.map_or(0, Vec::len));
-        if longest > max_key {
-            return Err(ApiError::TooLarge(format!(
-                "key of {longest} bytes exceeds --max-key-bytes {max_key}"
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -399,8 +351,6 @@ mod tests {
             br#"{"success":[{"put":{"key":"k","key_base64":"aw=="}}]}"#,
             br#"{"success":[{"put":{"key_base64":"!"}}]}"#,
             br#"{"success":[{"delete":{"key":"k","prefix":true,"range_end":"z"}}]}"#,
-            br#"{"success":[{"put":{"key":"k"}},{"put":{"key":"k"}}]}"#,
-            br#"{"success":[{"put":{"key":"p/1"}},{"delete":{"key":"p/","prefix":true}}]}"#,
             br#"{"success":[{"watch":{"key":"k"}}]}"#,
             br#"{"succes":[]}"#,
             b"[1,2]",

@@ -34,15 +34,15 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::service::access::{Access, Caller, Recheck};
 use super::error::ApiError;
 use super::headers::{REVISION_HEADER, header_value};
 use super::query::{Encoding, Query};
-use super::range::{end_of, to_json};
+use super::range::to_json;
 use super::{Service, stopping};
+use crate::service::access::{Access, Caller, Recheck};
 use crate::store::auth::Need;
-use crate::store::txn::KeyRange;
-use crate::store::watch::{Event, EventKind, Published, WatchRange};
+use crate::store::range::KeyRange;
+use crate::store::watch::{Event, EventKind, Published};
 use crate::store::{KvStore, RevisionError};
 
 /// Events read from history per step while catching up.
@@ -54,7 +54,7 @@ const QUEUE: usize = 64;
 pub fn start(
     state: &Service,
     caller: &Caller,
-    key: Vec<u8>,
+    range: KeyRange,
     query: &Query,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -69,12 +69,6 @@ pub fn start(
             compact_revision: meta.compact_revision,
         }));
     }
-    let range = WatchRange {
-        end: query
-            .is_range()
-            .then(|| end_of(&key, query).unwrap_or_default()),
-        start: key,
-    };
     let sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -117,7 +111,7 @@ pub fn start(
 struct Watcher {
     store: Arc<KvStore>,
     leader: Arc<std::sync::atomic::AtomicU64>,
-    range: WatchRange,
+    range: KeyRange,
     /// The next revision to send events of: everything before it has been sent.
     next: u64,
     prev_kv: bool,

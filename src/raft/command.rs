@@ -30,7 +30,8 @@
 //! A form added after 0.1.0 is written only once the cluster version allows it ([`needs`],
 //! `crate::version`), so a 0.1.0 member never receives one it would apply as a no-op.
 
-use crate::store::txn::{CmpResult, Compare, KeyRange, MAX_DEPTH, PutOptions, Target, Txn, TxnOp};
+use crate::store::range::KeyRange;
+use crate::store::txn::{CmpResult, Compare, MAX_DEPTH, PutOptions, Target, Txn, TxnOp};
 use crate::store::{Cond, Op};
 use crate::version::{V0_1, Version};
 

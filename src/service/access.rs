@@ -25,7 +25,8 @@ use sha2::Sha256;
 
 pub use super::error::Denied;
 use crate::store::auth::{AuthView, Need};
-use crate::store::txn::{KeyRange, Txn, TxnOp};
+use crate::store::range::KeyRange;
+use crate::store::txn::{Txn, TxnOp};
 use crate::store::{KvStore, Op};
 
 /// Failed logins for a user from one address before the next must wait.

@@ -40,8 +40,28 @@ impl From<crate::raft::member_auth::AuthDenial> for Denied {
     }
 }
 
+/// A request refused as malformed, before anything is proposed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// etcd: "key is not provided".
+    #[error("empty key")]
+    EmptyKey,
+    /// etcd's transaction rules.
+    #[error("{0}")]
+    Txn(#[from] crate::store::txn::TxnError),
+    #[error("ttl {0} exceeds {max} seconds", max = super::lease::MAX_TTL)]
+    LeaseTtl(u64),
+    #[error("{0}")]
+    Other(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    /// A state that should not occur (a bug, not the caller's fault).
+    #[error("{0}")]
+    Internal(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("key not found")]

@@ -14,10 +14,13 @@
 //!    ([`access::Caller::guard`]), and refused when applied if users or roles changed;
 //! 6. a read waits for its barrier ([`kv::Barrier`]) and is refused afterwards if users or
 //!    roles changed meanwhile ([`access::Caller::still_current`]).
+//!
 //! Overload (too many entries waiting to be applied) is refused by the node itself.
 
 pub mod access;
 pub mod error;
+pub mod kv;
+pub mod lease;
 
 use std::sync::Arc;
 
@@ -73,4 +76,3 @@ impl Service {
         Err(Error::NoSpace)
     }
 }
-

@@ -559,9 +559,8 @@ fn t_of(r: &super::OpResult) -> &super::txn::TxnResult {
 }
 
 fn transaction_options_and_nesting(s: &KvStore) {
-    use super::txn::{
-        CmpResult::*, Compare, KeyRange, PutOptions, Target, Txn, TxnOp, TxnResponse,
-    };
+    use super::range::KeyRange;
+    use super::txn::{CmpResult::*, Compare, PutOptions, Target, Txn, TxnOp, TxnResponse};
     s.apply(&[
         op(1, Op::LeaseGrant { id: 7, ttl: 60 }),
         op(
@@ -706,7 +705,8 @@ fn transaction_options_and_nesting(s: &KvStore) {
 }
 
 fn transactions(s: &KvStore) {
-    use super::txn::{CmpResult::*, Compare, KeyRange, Target, Txn, TxnOp, TxnResponse};
+    use super::range::KeyRange;
+    use super::txn::{CmpResult::*, Compare, Target, Txn, TxnOp, TxnResponse};
     s.apply(&[put(1, "a", "1"), put(2, "b", "1")]).unwrap(); // 2, 3
     let cmp = |key: &str, target, result| Compare {
         key: key.into(),
@@ -1263,7 +1263,8 @@ fn persistent_engines_keep_state_across_reopen() {
 /// with physical compaction run in small steps in between.
 #[test]
 fn history_agrees_with_a_model() {
-    use super::txn::{CmpResult, Compare, KeyRange, Target, Txn, TxnOp};
+    use super::range::KeyRange;
+    use super::txn::{CmpResult, Compare, Target, Txn, TxnOp};
     let dirs = Dirs::default();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut rand = move |n: u64| {

@@ -17,6 +17,7 @@ mod dump;
 pub(crate) mod layout;
 pub mod lease;
 pub mod mvcc;
+pub mod range;
 mod read;
 pub mod snapshot;
 pub mod txn;

@@ -25,11 +25,12 @@ use super::batch::Batch;
 use super::dump::Entries;
 pub use super::dump::{view_meta, write_digest, write_snapshot};
 use super::layout::{self, META, Meta};
+use super::range::KeyRange;
 use super::read::{
     ReadAt, check_revision, range_at, range_latest, range_scan, read_meta, version_at,
 };
 use super::snapshot::SnapshotReader;
-use super::watch::{Event, EventBatch, EventKind, Hub, Published, WatchRange};
+use super::watch::{Event, EventBatch, EventKind, Hub, Published};
 use super::{Applied, HeaderCache, KeyValue, Op, OpResult, Result, RevisionError, StoreError};
 use crate::storage::{Changes, Engine, EngineError, EngineKind, Reader, View};
 
@@ -155,7 +156,7 @@ impl KvStore {
     pub fn events(
         &self,
         from: u64,
-        range: &WatchRange,
+        range: &KeyRange,
         limit: usize,
     ) -> Result<ReadAt<(Vec<Event>, u64)>> {
         self.read(|r, meta| {

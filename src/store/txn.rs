@@ -3,6 +3,7 @@
 //! op, in log order, so every member decides the same branch.
 
 use super::batch::{Batch, Writes};
+use super::range::KeyRange;
 use super::read::{check_revision_at, range_latest};
 use super::{Header, KeyValue, Refusal, Result};
 use crate::store::layout::Meta;
@@ -33,33 +34,6 @@ pub struct Compare {
     pub range_end: Option<Vec<u8>>,
     pub target: Target,
     pub result: CmpResult,
-}
-
-/// A key range: `end = None` is the single key `start`; `Some(empty)` is to the last key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyRange {
-    pub start: Vec<u8>,
-    pub end: Option<Vec<u8>>,
-}
-
-impl KeyRange {
-    /// `[start, end)` as the store takes it (`None` end: to the last key).
-    pub fn bounds(&self) -> (Vec<u8>, Option<Vec<u8>>) {
-        match &self.end {
-            None => {
-                let mut end = self.start.clone();
-                end.push(0);
-                (self.start.clone(), Some(end))
-            }
-            Some(e) if e.is_empty() => (self.start.clone(), None),
-            Some(e) => (self.start.clone(), Some(e.clone())),
-        }
-    }
-
-    pub fn contains(&self, key: &[u8]) -> bool {
-        let (start, end) = self.bounds();
-        key >= start.as_slice() && end.is_none_or(|e| key < e.as_slice())
-    }
 }
 
 /// etcd's put options, decided when the put is applied.
@@ -170,6 +144,14 @@ pub const MAX_OPS: usize = 128;
 pub const MAX_DEPTH: usize = 16;
 
 impl Txn {
+    /// A transaction of one operation, with no compare (so it always runs).
+    pub fn of(op: TxnOp) -> Txn {
+        Txn {
+            success: vec![op],
+            ..Txn::default()
+        }
+    }
+
     /// etcd's checks: list lengths, put options, and no key written twice in one branch
     /// (two puts, or a put inside a deleted range; a nested transaction's writes count in
     /// either of its branches).

@@ -89,20 +89,3 @@ impl Hub {
         self.tx.receiver_count()
     }
 }
-
-/// A key range a watcher follows: `[start, end)`, `end = None` for the single key `start`,
-/// `Some(empty)` for every key from `start` on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WatchRange {
-    pub start: Vec<u8>,
-    pub end: Option<Vec<u8>>,
-}
-
-impl WatchRange {
-    pub fn contains(&self, key: &[u8]) -> bool {
-        match &self.end {
-            None => key == self.start.as_slice(),
-            Some(e) => key >= self.start.as_slice() && (e.is_empty() || key < e.as_slice()),
-        }
-    }
-}

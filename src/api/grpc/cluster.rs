@@ -14,11 +14,11 @@ use serde::Deserialize;
 use tonic::{Request, Response, Status};
 
 use super::{Grpc, rpc, status};
-use crate::service::access::Caller;
 use crate::config::{parse_member_url, parse_url};
 use crate::peer::client as peer_client;
 use crate::raft::member_auth::MemberRequest;
 use crate::raft::members::{AdminError, MemberChange, MemberStatus};
+use crate::service::access::Caller;
 
 #[derive(Deserialize)]
 struct Members {

@@ -14,21 +14,21 @@
 //! - Compact: through the log; with `physical`, answered once this member has removed the
 //!   compacted history.
 
-use std::cmp::Ordering;
-use std::time::Duration;
-
 use prost::Message;
+use std::cmp::Ordering;
 use tonic::{Request, Response, Status};
 
 use super::pb::mvccpb;
 use super::rpc::{self, compare, range_request, request_op, response_op};
 use super::{Grpc, from_i64, status, to_i64};
-use crate::service::access::Caller;
-use crate::store::auth::Need;
-use crate::store::txn::{
-    CmpResult, Compare, KeyRange, PutOptions, Target, Txn, TxnError, TxnOp, TxnResponse, TxnResult,
+use crate::service::kv::{
+    Barrier, DeleteOutcome, DeleteRequest, PutOutcome, PutRequest, RangeRequest,
 };
-use crate::store::{KeyValue, Op, OpResult};
+use crate::store::KeyValue;
+use crate::store::range::KeyRange;
+use crate::store::txn::{
+    CmpResult, Compare, PutOptions, Target, Txn, TxnOp, TxnResponse, TxnResult,
+};
 
 pub(super) fn kv(kv: KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
@@ -38,19 +38,6 @@ pub(super) fn kv(kv: KeyValue) -> mvccpb::KeyValue {
         version: to_i64(kv.version),
         value: kv.value,
         lease: to_i64(kv.lease),
-    }
-}
-
-/// etcd's key and range_end: an empty end is the single key, `"\0"` every key from `key` on.
-pub(super) fn key_range(key: &[u8], range_end: &[u8]) -> KeyRange {
-    let end = match range_end {
-        [] => None,
-        [0] => Some(Vec::new()),
-        end => Some(end.to_vec()),
-    };
-    KeyRange {
-        start: key.to_vec(),
-        end,
     }
 }
 
@@ -159,16 +146,6 @@ impl Shape {
     }
 }
 
-fn txn_error(e: TxnError) -> Status {
-    match e {
-        TxnError::DuplicateKey => status::duplicate_key(),
-        TxnError::TooManyOps(_) => status::too_many_ops(),
-        TxnError::ValueProvided => status::value_provided(),
-        TxnError::LeaseProvided => status::lease_provided(),
-        TxnError::TooDeep => Status::invalid_argument(format!("etcdserver: {e}")),
-    }
-}
-
 fn compare(c: &rpc::Compare) -> Result<Compare, Status> {
     use compare::{CompareResult, CompareTarget, TargetUnion};
     let target = CompareTarget::try_from(c.target)
@@ -207,7 +184,7 @@ fn compare(c: &rpc::Compare) -> Result<Compare, Status> {
         CompareResult::Less => CmpResult::Less,
         CompareResult::Greater => CmpResult::Greater,
     };
-    let range = key_range(&c.key, &c.range_end);
+    let range = KeyRange::etcd(&c.key, &c.range_end);
     Ok(Compare {
         key: range.start,
         range_end: range.end,
@@ -255,7 +232,7 @@ fn ops(list: &[rpc::RequestOp]) -> Result<(Vec<TxnOp>, Vec<OpShape>), Status> {
                 }
                 let shape = Shape::of(r)?;
                 let op = TxnOp::Get {
-                    range: key_range(&r.key, &r.range_end),
+                    range: KeyRange::etcd(&r.key, &r.range_end),
                     limit: shape.read_limit(),
                     revision: from_i64(r.revision),
                 };
@@ -267,7 +244,7 @@ fn ops(list: &[rpc::RequestOp]) -> Result<(Vec<TxnOp>, Vec<OpShape>), Status> {
                     return Err(status::empty_key());
                 }
                 let op = TxnOp::Delete {
-                    range: key_range(&d.key, &d.range_end),
+                    range: KeyRange::etcd(&d.key, &d.range_end),
                     prev_kv: d.prev_kv,
                 };
                 (op, OpShape::Write)
@@ -304,37 +281,6 @@ fn txn(t: &rpc::TxnRequest) -> Result<(Txn, TxnShape), Status> {
 }
 
 impl Grpc {
-    fn check_key_sizes(&self, txn: &Txn) -> Result<(), Status> {
-        crate::api::txn::check_sizes(txn, self.state.settings.max_key_bytes)
-            .map_err(|_| status::request_too_large())
-    }
-
-    /// Proposes `op` (bound to the caller's auth revision) and answers its refusal, if it
-    /// was refused.
-    async fn write(&self, caller: &Caller, op: Op) -> Result<OpResult, Status> {
-        self.state.node.check_running()?;
-        let result = self.state.node.propose(caller.guard(op)).await?;
-        match result.refused {
-            Some(r) => Err(r.into()),
-            None => Ok(result),
-        }
-    }
-
-    /// Proposes a transaction and answers its outcome, the revision after it, and whether
-    /// it wrote anything.
-    async fn run_txn(&self, caller: &Caller, txn: Txn) -> Result<(TxnResult, u64, bool), Status> {
-        txn.check().map_err(txn_error)?;
-        self.check_key_sizes(&txn)?;
-        if txn.writes() {
-            self.state.check_quota().await?;
-        }
-        let result = self.write(caller, Op::Txn(Box::new(txn))).await?;
-        let outcome = result.txn.ok_or_else(|| {
-            Status::internal("etcdserver: the transaction was not applied as one")
-        })?;
-        Ok((*outcome, result.revision, result.changed))
-    }
-
     /// The answer to a transaction that ended at `revision` having started at `begin`.
     fn txn_response(
         &self,
@@ -429,36 +375,29 @@ impl rpc::kv_server::Kv for Grpc {
         &self,
         request: Request<rpc::RangeRequest>,
     ) -> Result<Response<rpc::RangeResponse>, Status> {
-        let (key, end) = (&request.get_ref().key, &request.get_ref().range_end);
-        let caller = self.may(&request, Need::Read, key, end).await?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         if r.key.is_empty() {
             return Err(status::empty_key());
         }
         let shape = Shape::of(&r)?;
-        let node = &self.state.node;
-        node.check_running()?;
-        if !r.serializable {
-            node.read_index().await?;
-        }
-        let (start, end) = key_range(&r.key, &r.range_end).bounds();
         let limit = match shape.read_limit() {
-            0 => usize::MAX,
-            n => usize::try_from(n).unwrap_or(usize::MAX),
+            _ if shape.count_only => Some(0),
+            0 => None,
+            n => Some(usize::try_from(n).unwrap_or(usize::MAX)),
         };
-        let at = (r.revision > 0).then(|| from_i64(r.revision));
-        // Read in place, as the HTTP API does: a hop to the blocking pool costs more than a
-        // point read.
-        let limit = if shape.count_only { 0 } else { limit };
-        let read = self
-            .state
-            .engine
-            .range_counted(&start, end.as_deref(), limit, at)?;
-        caller
-            .still_current(&self.state.access)
-            .map_err(status::denied)?;
-        let (kvs, count) = read.value;
-        let (kvs, more, count) = shape.answer(kvs, count);
+        let req = RangeRequest {
+            range: KeyRange::etcd(&r.key, &r.range_end),
+            revision: (r.revision > 0).then(|| from_i64(r.revision)),
+            limit,
+            count_all: true,
+            barrier: match r.serializable {
+                true => Barrier::Serializable,
+                false => Barrier::Linearizable,
+            },
+        };
+        let read = self.state.range(&caller, req).await?;
+        let (kvs, more, count) = shape.answer(read.kvs, read.count);
         Ok(Response::new(rpc::RangeResponse {
             header: self.header(read.revision),
             kvs,
@@ -472,108 +411,55 @@ impl rpc::kv_server::Kv for Grpc {
         request: Request<rpc::PutRequest>,
     ) -> Result<Response<rpc::PutResponse>, Status> {
         let caller = self.caller(&request).await?;
-        let lease = from_i64(request.get_ref().lease);
-        caller
-            .may_put(&self.state.engine, &request.get_ref().key, lease)
-            .map_err(status::denied)?;
-        if request.get_ref().prev_kv {
-            caller
-                .may(Need::Read, &request.get_ref().key, &[])
-                .map_err(status::denied)?;
-        }
         let p = request.into_inner();
-        let op = put_op(&p)?;
-        let limits = &self.state.settings;
-        if p.key.len() > limits.max_key_bytes || p.value.len() > limits.max_request_bytes {
-            return Err(status::request_too_large());
-        }
-        if !p.prev_kv && !p.ignore_value && !p.ignore_lease {
-            self.state.check_quota().await?;
-            let TxnOp::Put {
-                key, value, lease, ..
-            } = op
-            else {
-                return Err(Status::internal("etcdserver: put_op made no put"));
-            };
-            let done = self
-                .write(
-                    &caller,
-                    Op::Put {
-                        key,
-                        value,
-                        lease,
-                        cond: None,
-                    },
-                )
-                .await?;
-            return Ok(Response::new(rpc::PutResponse {
-                header: self.header(done.revision),
-                prev_kv: None,
-            }));
-        }
-        let (result, revision, _) = self
-            .run_txn(
-                &caller,
-                Txn {
-                    success: vec![op],
-                    ..Txn::default()
-                },
-            )
-            .await?;
-        let prev_kv = match result.responses.into_iter().next() {
-            Some(TxnResponse::Put { prev }) => prev.map(kv),
-            _ => None,
+        let req = PutRequest {
+            key: p.key,
+            value: p.value,
+            lease: from_i64(p.lease),
+            prev_kv: p.prev_kv,
+            ignore_value: p.ignore_value,
+            ignore_lease: p.ignore_lease,
+            cond: None,
         };
-        Ok(Response::new(rpc::PutResponse {
-            header: self.header(revision),
-            prev_kv,
-        }))
+        match self.state.put(&caller, req).await? {
+            PutOutcome::Put { revision, prev } => Ok(Response::new(rpc::PutResponse {
+                header: self.header(revision),
+                prev_kv: prev.map(kv),
+            })),
+            PutOutcome::PreconditionFailed { .. } => Err(Status::internal(
+                "etcdserver: a put without a precondition failed one",
+            )),
+        }
     }
 
     async fn delete_range(
         &self,
         request: Request<rpc::DeleteRangeRequest>,
     ) -> Result<Response<rpc::DeleteRangeResponse>, Status> {
-        let (key, end) = (&request.get_ref().key, &request.get_ref().range_end);
-        let caller = self.may(&request, Need::Write, key, end).await?;
-        if request.get_ref().prev_kv {
-            caller.may(Need::Read, key, end).map_err(status::denied)?;
-        }
+        let caller = self.caller(&request).await?;
         let d = request.into_inner();
         if d.key.is_empty() {
             return Err(status::empty_key());
         }
-        let range = key_range(&d.key, &d.range_end);
-        if !d.prev_kv {
-            let (start, end) = range.bounds();
-            let done = self.write(&caller, Op::DeleteRange { start, end }).await?;
-            return Ok(Response::new(rpc::DeleteRangeResponse {
-                header: self.header(done.revision),
-                deleted: to_i64(done.deleted),
-                prev_kvs: Vec::new(),
-            }));
-        }
-        let (result, revision, _) = self
-            .run_txn(
-                &caller,
-                Txn {
-                    success: vec![TxnOp::Delete {
-                        range,
-                        prev_kv: true,
-                    }],
-                    ..Txn::default()
-                },
-            )
-            .await?;
-        let (deleted, prev) = match result.responses.into_iter().next() {
-            Some(TxnResponse::Delete { deleted, prev }) => (deleted, prev),
-            _ => (0, Vec::new()),
+        let req = DeleteRequest {
+            range: KeyRange::etcd(&d.key, &d.range_end),
+            prev_kv: d.prev_kv,
+            cond: None,
         };
-        Ok(Response::new(rpc::DeleteRangeResponse {
-            header: self.header(revision),
-            deleted: to_i64(deleted),
-            prev_kvs: prev.into_iter().map(kv).collect(),
-        }))
+        match self.state.delete(&caller, req).await? {
+            DeleteOutcome::Deleted {
+                revision,
+                deleted,
+                prev,
+            } => Ok(Response::new(rpc::DeleteRangeResponse {
+                header: self.header(revision),
+                deleted: to_i64(deleted),
+                prev_kvs: prev.into_iter().map(kv).collect(),
+            })),
+            DeleteOutcome::PreconditionFailed { .. } => Err(Status::internal(
+                "etcdserver: a delete without a precondition failed one",
+            )),
+        }
     }
 
     async fn txn(
@@ -586,37 +472,28 @@ impl rpc::kv_server::Kv for Grpc {
         }
         let (txn, shape) = txn(request.get_ref())?;
         let caller = self.caller(&request).await?;
-        caller
-            .may_txn(&self.state.engine, &txn)
-            .map_err(status::denied)?;
-        let (result, revision, changed) = self.run_txn(&caller, txn).await?;
-        let begin = revision - u64::from(changed);
-        Ok(Response::new(
-            self.txn_response(result, &shape, begin, revision),
-        ))
+        let done = self.state.txn(&caller, txn).await?;
+        let begin = done.revision - u64::from(done.changed);
+        Ok(Response::new(self.txn_response(
+            done.result,
+            &shape,
+            begin,
+            done.revision,
+        )))
     }
 
     async fn compact(
         &self,
         request: Request<rpc::CompactionRequest>,
     ) -> Result<Response<rpc::CompactionResponse>, Status> {
-        // Compaction drops history every user reads: root only.
-        let caller = self.admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let c = request.into_inner();
-        let revision = from_i64(c.revision);
-        let done = self.write(&caller, Op::Compact { revision }).await?;
-        if c.physical {
-            // The compacted history is removed in the background, step by step.
-            let deadline = tokio::time::Instant::now() + self.state.settings.request_timeout;
-            while self.state.engine.compaction_pending() {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(status::timeout());
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        let revision = self
+            .state
+            .compact(&caller, from_i64(c.revision), c.physical)
+            .await?;
         Ok(Response::new(rpc::CompactionResponse {
-            header: self.header(done.revision),
+            header: self.header(revision),
         }))
     }
 }

@@ -8,31 +8,9 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::rpc;
-use super::{Grpc, Outbound, from_i64, outbound, status, to_i64};
-use crate::service::access::Caller;
-use crate::api::leases::{MAX_TTL, min_ttl, new_lease_id};
-use crate::store::auth::Need;
-use crate::store::{Op, Refusal};
-
-impl Grpc {
-    /// A linearizable read barrier (leases are read from the applied state).
-    async fn lease_barrier(&self) -> Result<(), Status> {
-        self.state.node.check_running()?;
-        self.state.node.read_index().await?;
-        Ok(())
-    }
-
-    /// Renews lease `id` for `caller`: its granted TTL, or 0 if it does not exist.
-    async fn renew(&self, caller: &Caller, id: u64) -> Result<(u64, u64), Status> {
-        let op = caller.guard(Op::LeaseKeepAlive { id });
-        let result = self.state.node.propose(op).await?;
-        match result.refused {
-            None => Ok((result.ttl, result.revision)),
-            Some(Refusal::LeaseNotFound(_)) => Ok((0, result.revision)),
-            Some(r) => Err(r.into()),
-        }
-    }
-}
+use super::{Grpc, Outbound, from_i64, outbound, to_i64};
+use crate::service::kv::Barrier;
+use crate::service::lease::KeepAlive;
 
 #[tonic::async_trait]
 impl rpc::lease_server::Lease for Grpc {
@@ -42,33 +20,19 @@ impl rpc::lease_server::Lease for Grpc {
     ) -> Result<Response<rpc::LeaseGrantResponse>, Status> {
         let caller = self.caller(&request).await?;
         let r = request.into_inner();
-        self.state.node.check_running()?;
-        if from_i64(r.ttl) > MAX_TTL {
-            return Err(status::lease_ttl_too_large());
+        if r.id < 0 {
+            return Err(Status::invalid_argument(
+                "etcdserver: a lease id must be positive",
+            ));
         }
-        let ttl = from_i64(r.ttl).max(min_ttl(&self.state));
-        let id = match r.id {
-            0 => new_lease_id()?,
-            id if id < 0 => {
-                return Err(Status::invalid_argument(
-                    "etcdserver: a lease id must be positive",
-                ));
-            }
-            id => from_i64(id),
-        };
-        self.state.check_quota().await?;
-        let result = self
+        let granted = self
             .state
-            .node
-            .propose(caller.guard(Op::LeaseGrant { id, ttl }))
+            .lease_grant(&caller, from_i64(r.ttl), from_i64(r.id))
             .await?;
-        if let Some(r) = result.refused {
-            return Err(r.into());
-        }
         Ok(Response::new(rpc::LeaseGrantResponse {
-            header: self.header(result.revision),
-            id: to_i64(id),
-            ttl: to_i64(ttl),
+            header: self.header(granted.revision),
+            id: to_i64(granted.id),
+            ttl: to_i64(granted.ttl),
             error: String::new(),
         }))
     }
@@ -79,20 +43,9 @@ impl rpc::lease_server::Lease for Grpc {
     ) -> Result<Response<rpc::LeaseRevokeResponse>, Status> {
         let caller = self.caller(&request).await?;
         let id = from_i64(request.into_inner().id);
-        self.state.node.check_running()?;
-        caller
-            .may_revoke(&self.state.engine, id)
-            .map_err(super::status::denied)?;
-        let result = self
-            .state
-            .node
-            .propose(caller.guard(Op::LeaseRevoke { id }))
-            .await?;
-        if let Some(r) = result.refused {
-            return Err(r.into());
-        }
+        let done = self.state.lease_revoke(&caller, id).await?;
         Ok(Response::new(rpc::LeaseRevokeResponse {
-            header: self.header(result.revision),
+            header: self.header(done.revision),
         }))
     }
 
@@ -123,7 +76,12 @@ impl rpc::lease_server::Lease for Grpc {
                             return;
                         }
                         let id = from_i64(req.id);
-                        this.renew(&caller, id).await.map(|(ttl, revision)| {
+                        let renewed = this.state.lease_keep_alive(&caller, id).await;
+                        renewed.map_err(Status::from).map(|kept| {
+                            let (ttl, revision) = match kept {
+                                KeepAlive::Renewed { ttl, revision } => (ttl, revision),
+                                KeepAlive::NotFound { revision } => (0, revision),
+                            };
                             rpc::LeaseKeepAliveResponse {
                                 header: this.header(revision),
                                 id: req.id,
@@ -148,23 +106,17 @@ impl rpc::lease_server::Lease for Grpc {
     ) -> Result<Response<rpc::LeaseTimeToLiveResponse>, Status> {
         let caller = self.caller(&request).await?;
         let r = request.into_inner();
-        self.lease_barrier().await?;
-        let read = self.state.engine.lease(from_i64(r.id))?;
-        // Listing the keys reads them (etcd's rule).
-        if r.keys {
-            for key in read.value.iter().flat_map(|l| &l.keys) {
-                caller
-                    .may(Need::Read, key, &[])
-                    .map_err(super::status::denied)?;
-            }
-        }
-        let answer = match read.value {
+        let read = self
+            .state
+            .lease_time_to_live(&caller, from_i64(r.id), r.keys, Barrier::Linearizable)
+            .await?;
+        let answer = match read.lease {
             Some(lease) => rpc::LeaseTimeToLiveResponse {
                 header: self.header(read.revision),
                 id: r.id,
                 ttl: to_i64(lease.remaining_ms / 1000),
                 granted_ttl: to_i64(lease.ttl),
-                keys: if r.keys { lease.keys } else { Vec::new() },
+                keys: lease.keys,
             },
             None => rpc::LeaseTimeToLiveResponse {
                 header: self.header(read.revision),
@@ -182,15 +134,13 @@ impl rpc::lease_server::Lease for Grpc {
         request: Request<rpc::LeaseLeasesRequest>,
     ) -> Result<Response<rpc::LeaseLeasesResponse>, Status> {
         self.caller(&request).await?;
-        self.lease_barrier().await?;
-        let read = self.state.engine.leases()?;
-        let leases = read
-            .value
+        let (revision, leases) = self.state.lease_list(Barrier::Linearizable).await?;
+        let leases = leases
             .into_iter()
             .map(|(id, _, _)| rpc::LeaseStatus { id: to_i64(id) })
             .collect();
         Ok(Response::new(rpc::LeaseLeasesResponse {
-            header: self.header(read.revision),
+            header: self.header(revision),
             leases,
         }))
     }

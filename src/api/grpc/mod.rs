@@ -22,11 +22,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use tonic::{Code, Status};
 
 use super::Service;
-use crate::service::access::{Caller, Credentials, Denied};
 use super::error::ApiError;
 use crate::raft::RequestError;
 use crate::raft::members::AdminError;
-use crate::store::auth::{AuthRefusal, Need};
+use crate::service::access::{Caller, Credentials, Denied};
+use crate::service::error::Invalid;
+use crate::store::auth::AuthRefusal;
 use crate::store::{Refusal, RevisionError, StoreError};
 
 /// The code generated from `proto/` (etcd's package names, so the paths match its protos).
@@ -110,19 +111,6 @@ impl Grpc {
             .caller(&creds)
             .await
             .map_err(status::denied)
-    }
-
-    /// The caller, if it may `need` all of `[key, range_end)` (etcd's range form).
-    async fn may<T>(
-        &self,
-        request: &tonic::Request<T>,
-        need: Need,
-        key: &[u8],
-        range_end: &[u8],
-    ) -> Result<Caller, Status> {
-        let caller = self.caller(request).await?;
-        caller.may(need, key, range_end).map_err(status::denied)?;
-        Ok(caller)
     }
 
     /// The caller, if it is root (or auth is off).
@@ -274,6 +262,18 @@ pub(crate) mod status {
         etcd(Code::FailedPrecondition, "authentication is not enabled")
     }
 
+    /// etcd's error for a transaction its rules refuse.
+    pub fn txn(e: crate::store::txn::TxnError) -> Status {
+        use crate::store::txn::TxnError as E;
+        match e {
+            E::DuplicateKey => duplicate_key(),
+            E::TooManyOps(_) => too_many_ops(),
+            E::ValueProvided => value_provided(),
+            E::LeaseProvided => lease_provided(),
+            E::TooDeep => Status::invalid_argument(format!("etcdserver: {e}")),
+        }
+    }
+
     /// etcd's error for a request refused by auth.
     pub fn denied(d: super::Denied) -> Status {
         use super::Denied as D;
@@ -358,6 +358,10 @@ impl From<ApiError> for Status {
             ApiError::NoSpace => status::no_space(),
             ApiError::Denied(d) => status::denied(d),
             ApiError::AuthRefused(r) => status::auth_refusal(r),
+            ApiError::Invalid(Invalid::EmptyKey) => status::empty_key(),
+            ApiError::Invalid(Invalid::Txn(e)) => status::txn(e),
+            ApiError::Invalid(Invalid::LeaseTtl(_)) => status::lease_ttl_too_large(),
+            ApiError::Internal(e) => Status::internal(format!("etcdserver: {e}")),
             other => Status::invalid_argument(other.to_string()),
         }
     }

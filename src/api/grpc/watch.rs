@@ -28,9 +28,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::mvccpb;
 use super::rpc::{self, watch_create_request::FilterType, watch_request};
-use super::{Grpc, Outbound, from_i64, kv::key_range, outbound, status, to_i64};
+use super::{Grpc, Outbound, from_i64, outbound, status, to_i64};
 use crate::service::access::{Caller, Denied, Recheck};
-use crate::store::watch::{Event, EventKind, Published, WatchRange};
+use crate::store::range::KeyRange;
+use crate::store::watch::{Event, EventKind, Published};
 use crate::store::{KvStore, RevisionError, StoreError};
 
 /// Events read from history per step while a watcher catches up.
@@ -39,7 +40,7 @@ const CATCH_UP: usize = 1_000;
 const QUEUE: usize = 64;
 
 struct Watcher {
-    range: WatchRange,
+    range: KeyRange,
     /// The first revision not yet sent: every event before it has been.
     next: u64,
     prev_kv: bool,
@@ -142,7 +143,7 @@ impl WatchStream {
             refused.cancel_reason = "etcdserver: permission denied".into();
             return self.send(refused).await;
         }
-        let range = key_range(&c.key, &c.range_end);
+        let range = KeyRange::etcd(&c.key, &c.range_end);
         let next = match from_i64(c.start_revision) {
             0 => revision + 1,
             start => start,
@@ -153,7 +154,7 @@ impl WatchStream {
             .filter_map(|f| FilterType::try_from(*f).ok())
             .collect();
         let watcher = Watcher {
-            range: WatchRange {
+            range: KeyRange {
                 start: range.start,
                 end: range.end,
             },
@@ -193,7 +194,7 @@ impl WatchStream {
             .watchers
             .iter()
             .filter(|(_, w)| {
-                let range = crate::store::txn::KeyRange {
+                let range = crate::store::range::KeyRange {
                     start: w.range.start.clone(),
                     end: w.range.end.clone(),
                 };
