@@ -24,14 +24,12 @@ use percent_encoding::percent_decode_str;
 use super::body::read_value;
 use super::error::ApiError;
 use super::headers::{REVISION_HEADER, header_value};
-use super::query::{Consistency, Query};
+use super::query::Query;
 use super::range;
 use crate::service::Service;
 use crate::service::access::Caller;
 use crate::service::error::Invalid;
-use crate::service::kv::{
-    Barrier, DeleteOutcome, DeleteRequest, PutOutcome, PutRequest, RangeRequest,
-};
+use crate::service::kv::{DeleteOutcome, DeleteRequest, PutOutcome, PutRequest, RangeRequest};
 use crate::store::Cond;
 use crate::store::auth::Need;
 use crate::store::range::KeyRange;
@@ -109,38 +107,55 @@ async fn run(state: &Service, req: KeyRequest<'_>) -> Result<Response, ApiError>
     match method {
         Method::PUT => {
             let value = read_value(body, state.settings.max_request_bytes).await?;
-            let put = PutRequest {
-                key,
-                value,
-                lease: query.lease.unwrap_or(0),
-                cond,
-                ..PutRequest::default()
-            };
-            match state.put(caller, put).await? {
-                PutOutcome::Put { revision, .. } => Ok(written(revision)),
-                PutOutcome::PreconditionFailed { current } => {
-                    Err(ApiError::PreconditionFailed(current))
-                }
-            }
+            put(state, caller, key, value, query.lease.unwrap_or(0), cond).await
         }
-        Method::DELETE => {
-            let delete = DeleteRequest {
-                range: KeyRange::key(key),
-                prev_kv: false,
-                cond,
-            };
-            match state.delete(caller, delete).await? {
-                DeleteOutcome::Deleted { deleted: 0, .. } => Err(ApiError::NotFound),
-                DeleteOutcome::Deleted { revision, .. } => Ok(written(revision)),
-                DeleteOutcome::PreconditionFailed { current } => {
-                    Err(ApiError::PreconditionFailed(current))
-                }
-            }
-        }
+        Method::DELETE => delete(state, caller, key, cond).await,
         _ if cond.is_some() => Err(ApiError::BadRequest(
             "If-Match and If-None-Match are for PUT and DELETE".into(),
         )),
         _ => read(state, caller, key, &query).await,
+    }
+}
+
+/// `PUT /<key>`: 204 with the revision, or 412 if the precondition failed.
+async fn put(
+    state: &Service,
+    caller: &Caller,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    lease: u64,
+    cond: Option<Cond>,
+) -> Result<Response, ApiError> {
+    let put = PutRequest {
+        key,
+        value,
+        lease,
+        cond,
+        ..PutRequest::default()
+    };
+    match state.put(caller, put).await? {
+        PutOutcome::Put { revision, .. } => Ok(written(revision)),
+        PutOutcome::PreconditionFailed { current } => Err(ApiError::PreconditionFailed(current)),
+    }
+}
+
+/// `DELETE /<key>`: 204 with the revision, 404 if there was no such key, 412 if the
+/// precondition failed.
+async fn delete(
+    state: &Service,
+    caller: &Caller,
+    key: Vec<u8>,
+    cond: Option<Cond>,
+) -> Result<Response, ApiError> {
+    let delete = DeleteRequest {
+        range: KeyRange::key(key),
+        prev_kv: false,
+        cond,
+    };
+    match state.delete(caller, delete).await? {
+        DeleteOutcome::Deleted { deleted: 0, .. } => Err(ApiError::NotFound),
+        DeleteOutcome::Deleted { revision, .. } => Ok(written(revision)),
+        DeleteOutcome::PreconditionFailed { current } => Err(ApiError::PreconditionFailed(current)),
     }
 }
 
@@ -233,7 +248,7 @@ async fn read(
         revision: query.revision,
         limit: None,
         count_all: false,
-        barrier: barrier(query),
+        barrier: query.barrier(),
     };
     let read = state.range(caller, get).await?;
     let revision = header_value(&read.revision.to_string());
@@ -264,15 +279,6 @@ async fn read(
         }
     }
     Ok(resp)
-}
-
-/// The read barrier a query asks for: `min_revision=`, else its consistency.
-pub(super) fn barrier(query: &Query) -> Barrier {
-    match (query.min_revision, query.consistency) {
-        (Some(rev), _) => Barrier::MinRevision(rev),
-        (None, Consistency::Linearizable) => Barrier::Linearizable,
-        (None, Consistency::Serializable) => Barrier::Serializable,
-    }
 }
 
 /// The write's precondition from `If-Match` / `If-None-Match`, if any.

@@ -105,7 +105,7 @@ pub async fn show(
     let id = lease_id(&id)?;
     let query = Query::parse(query.as_deref())?;
     let read = state
-        .lease_time_to_live(&caller, id, true, super::keys::barrier(&query))
+        .lease_time_to_live(&caller, id, true, query.barrier())
         .await?;
     let lease = read.lease.ok_or(ApiError::LeaseNotFound(id))?;
     let keys: Vec<Value> = lease
@@ -133,7 +133,7 @@ pub async fn show(
 pub async fn list(State(state): Shared, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
     state.node.check_running()?;
     let query = Query::parse(query.as_deref())?;
-    let (revision, leases) = state.lease_list(super::keys::barrier(&query)).await?;
+    let (revision, leases) = state.lease_list(query.barrier()).await?;
     let leases: Vec<Value> = leases
         .into_iter()
         .map(|(id, ttl, remaining_ms)| {

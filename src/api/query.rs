@@ -3,6 +3,7 @@
 use percent_encoding::percent_decode_str;
 
 use super::error::ApiError;
+use crate::service::kv::Barrier;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Consistency {
@@ -47,6 +48,15 @@ pub struct Query {
 }
 
 impl Query {
+    /// The read barrier asked for: `min_revision=`, else the consistency.
+    pub fn barrier(&self) -> Barrier {
+        match (self.min_revision, self.consistency) {
+            (Some(rev), _) => Barrier::MinRevision(rev),
+            (None, Consistency::Linearizable) => Barrier::Linearizable,
+            (None, Consistency::Serializable) => Barrier::Serializable,
+        }
+    }
+
     pub fn is_range(&self) -> bool {
         self.prefix || self.end.is_some()
     }

@@ -78,7 +78,7 @@ pub async fn list(
         revision: q.revision,
         limit: Some(limit.saturating_add(1)),
         count_all: false,
-        barrier: super::keys::barrier(q),
+        barrier: q.barrier(),
     };
     let read = state.range(caller, req).await?;
     let mut kvs = read.kvs;

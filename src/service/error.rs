@@ -49,7 +49,7 @@ pub enum Invalid {
     /// etcd's transaction rules.
     #[error("{0}")]
     Txn(#[from] crate::store::txn::TxnError),
-    #[error("ttl {0} exceeds {max} seconds", max = super::lease::MAX_TTL)]
+    #[error("ttl {0} exceeds {max} seconds", max = crate::store::lease::MAX_TTL)]
     LeaseTtl(u64),
     #[error("{0}")]
     Other(String),

@@ -7,11 +7,8 @@ use super::access::Caller;
 use super::error::{Error, Invalid};
 use super::kv::Barrier;
 use crate::store::auth::Need;
-use crate::store::lease::LeaseView;
+use crate::store::lease::{LeaseView, MAX_TTL};
 use crate::store::{Op, Refusal};
-
-/// etcd's largest TTL (9,000,000,000 s).
-pub const MAX_TTL: u64 = 9_000_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Granted {

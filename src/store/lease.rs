@@ -21,6 +21,9 @@ use crate::storage::Reader;
 /// Leases revoked by one tick at most: expiring many at once does not stall applying.
 pub const REVOKE_PER_TICK: usize = 1_000;
 
+/// etcd's largest TTL (9,000,000,000 s).
+pub const MAX_TTL: u64 = 9_000_000_000;
+
 /// A lease as a reader sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseView {
