@@ -124,13 +124,9 @@ impl Caller {
         }
     }
 
-    /// [`Caller::may`] for a store key range (`end`: `None` the key alone, empty to the end).
+    /// [`Caller::may`] for a key range.
     pub fn may_range(&self, need: Need, range: &KeyRange) -> Result<(), Denied> {
-        match &range.end {
-            None => self.may(need, &range.start, &[]),
-            Some(e) if e.is_empty() => self.may(need, &range.start, &[0]),
-            Some(e) => self.may(need, &range.start, e),
-        }
+        self.may(need, &range.start, range.etcd_end())
     }
 
     /// Every compare and operation of a transaction, nested ones too (etcd's rules): compares

@@ -22,6 +22,7 @@ mod disk_full;
 mod docs;
 mod etcd_diff;
 mod etcdctl;
+mod faces;
 mod faults;
 mod formats;
 mod grpc_client;
