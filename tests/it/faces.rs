@@ -242,7 +242,10 @@ fn table(compacted: u64) -> Vec<(Op, [Outcome; 3])> {
         (Op::Range("app/", "b"), [Ok, Denied, Unauthenticated]),
         // An inverted range names no key; with auth on it is refused at the check, whatever
         // the user (issue 27; docs/security.md).
-        (Op::Range("app/z", "app/a"), [Denied, Denied, Unauthenticated]),
+        (
+            Op::Range("app/z", "app/a"),
+            [Denied, Denied, Unauthenticated],
+        ),
         (Op::DeletePrefix("app/tmp/"), [Ok, Ok, Unauthenticated]),
         (
             Op::DeletePrefix("secret/tmp/"),
@@ -316,25 +319,7 @@ fn both_faces_answer_every_operation_alike() {
     );
     let port = c.client_port(1);
     let endpoint = format!("127.0.0.1:{port}");
-    for step in [
-        &["user", "add", "root:rootpw"][..],
-        &["role", "add", "root"],
-        &["user", "grant-role", "root", "root"],
-        &["role", "add", "app"],
-        &[
-            "role",
-            "grant-permission",
-            "app",
-            "readwrite",
-            "app/",
-            "--prefix",
-        ],
-        &["user", "add", "ann:annpw"],
-        &["user", "grant-role", "ann", "app"],
-        &["auth", "enable"],
-    ] {
-        etcdctl_ok(&endpoint, step);
-    }
+    crate::common::app_users(&endpoint);
     let login = |user: &str, pw: &str| crate::common::login(port, user, pw);
     let root_token = login("root", "rootpw");
     let ann_token = login("ann", "annpw");

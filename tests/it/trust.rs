@@ -12,30 +12,9 @@ use crate::common::{
 use metcd::api::grpc::pb::etcdserverpb as rpc;
 use tonic::transport::Channel;
 
-/// Users: root; ann, who reads and writes `app/`; bob, who reads `app/`. Then auth on.
+/// Users: root; ann and bob, who read and write `app/`. Then auth on.
 fn set_up_users(c: &TestCluster) {
-    let e = endpoint(c);
-    for step in [
-        &["user", "add", "root:rootpw"][..],
-        &["role", "add", "root"],
-        &["user", "grant-role", "root", "root"],
-        &["role", "add", "app"],
-        &[
-            "role",
-            "grant-permission",
-            "app",
-            "readwrite",
-            "app/",
-            "--prefix",
-        ],
-        &["user", "add", "ann:annpw"],
-        &["user", "grant-role", "ann", "app"],
-        &["user", "add", "bob:bobpw"],
-        &["user", "grant-role", "bob", "app"],
-        &["auth", "enable"],
-    ] {
-        etcdctl_ok(&e, step);
-    }
+    crate::common::app_users(&endpoint(c));
 }
 
 fn endpoint(c: &TestCluster) -> String {

@@ -416,6 +416,32 @@ pub fn login(port: u16, user: &str, password: &str) -> String {
     v["token"].as_str().expect("token").to_string()
 }
 
+/// Through etcdctl at `endpoint`: users root (password rootpw, role root), ann and bob
+/// (annpw, bobpw; role app: read and write on the prefix `app/`). Then auth on.
+pub fn app_users(endpoint: &str) {
+    for step in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "app/",
+            "--prefix",
+        ],
+        &["user", "add", "ann:annpw"],
+        &["user", "grant-role", "ann", "app"],
+        &["user", "add", "bob:bobpw"],
+        &["user", "grant-role", "bob", "app"],
+        &["auth", "enable"],
+    ] {
+        etcdctl_ok(endpoint, step);
+    }
+}
+
 /// A gRPC request carrying `token` as etcd's clients send it (metadata `token`).
 pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
