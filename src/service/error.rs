@@ -1,5 +1,5 @@
 //! Why the service refuses a request, in protocol-neutral terms: each face maps a refusal to
-//! its own form once (HTTP: `api::error`, a status code and a one-line body; gRPC:
+//! its own form once (HTTP: `api::http::error`, a status code and a one-line body; gRPC:
 //! `api::grpc`, etcd's codes and messages).
 
 use crate::raft::RequestError;

@@ -408,8 +408,10 @@ fn without_credentials_only_the_documented_calls_are_open() {
     c.wait_leader(LEADER_TIMEOUT);
     set_up_users(&c);
 
-    let routes = include_str!("../../src/api/mod.rs");
-    for declared in routes.split(".row(\"").skip(1) {
+    let routes = include_str!("../../src/api/http/mod.rs");
+    let declared_routes = routes.split(".row(\"").skip(1);
+    assert!(declared_routes.clone().count() > 10, "the route table moved");
+    for declared in declared_routes {
         let path = declared.split('"').next().unwrap_or_default();
         let covered = HTTP.iter().any(|(_, p, _)| {
             let p = p.split('?').next().unwrap_or_default();

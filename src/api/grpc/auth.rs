@@ -1,6 +1,6 @@
 //! The Auth service: users, roles and permissions with etcd's semantics and errors. Changes go
 //! through the log ([`crate::store::auth`]), decided when applied; passwords are hashed here
-//! first. Authenticate answers a token any member accepts ([`crate::api::access`]). With auth
+//! first. Authenticate answers a token any member accepts ([`crate::service::access`]). With auth
 //! enabled, every call but Authenticate needs root, as in etcd.
 
 use tonic::{Request, Response, Status};

@@ -21,10 +21,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use tonic::{Code, Status};
 
-use super::Service;
-use super::error::ApiError;
 use crate::raft::RequestError;
 use crate::raft::members::AdminError;
+use crate::service::Error;
+use crate::service::Service;
 use crate::service::access::{Caller, Credentials, Denied};
 use crate::service::error::Invalid;
 use crate::store::auth::AuthRefusal;
@@ -345,23 +345,23 @@ fn revision_status(e: RevisionError) -> Status {
     }
 }
 
-impl From<ApiError> for Status {
-    fn from(e: ApiError) -> Status {
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
         match e {
-            ApiError::Unavailable(e) => request_status(&e),
-            ApiError::Revision(e) => revision_status(e),
-            ApiError::LeaseNotFound(_) => status::lease_not_found(),
-            ApiError::Engine(e) => Status::unavailable(format!("etcdserver: {e}")),
-            ApiError::TooLarge(_) => status::request_too_large(),
-            ApiError::Admin(e) => admin_status(e),
-            ApiError::NotFound => status::key_not_found(),
-            ApiError::NoSpace => status::no_space(),
-            ApiError::Denied(d) => status::denied(d),
-            ApiError::AuthRefused(r) => status::auth_refusal(r),
-            ApiError::Invalid(Invalid::EmptyKey) => status::empty_key(),
-            ApiError::Invalid(Invalid::Txn(e)) => status::txn(e),
-            ApiError::Invalid(Invalid::LeaseTtl(_)) => status::lease_ttl_too_large(),
-            ApiError::Internal(e) => Status::internal(format!("etcdserver: {e}")),
+            Error::Unavailable(e) => request_status(&e),
+            Error::Revision(e) => revision_status(e),
+            Error::LeaseNotFound(_) => status::lease_not_found(),
+            Error::Engine(e) => Status::unavailable(format!("etcdserver: {e}")),
+            Error::TooLarge(_) => status::request_too_large(),
+            Error::Admin(e) => admin_status(e),
+            Error::NotFound => status::key_not_found(),
+            Error::NoSpace => status::no_space(),
+            Error::Denied(d) => status::denied(d),
+            Error::AuthRefused(r) => status::auth_refusal(r),
+            Error::Invalid(Invalid::EmptyKey) => status::empty_key(),
+            Error::Invalid(Invalid::Txn(e)) => status::txn(e),
+            Error::Invalid(Invalid::LeaseTtl(_)) => status::lease_ttl_too_large(),
+            Error::Internal(e) => Status::internal(format!("etcdserver: {e}")),
             other => Status::invalid_argument(other.to_string()),
         }
     }
@@ -369,7 +369,7 @@ impl From<ApiError> for Status {
 
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Status {
-        ApiError::from(e).into()
+        Error::from(e).into()
     }
 }
 

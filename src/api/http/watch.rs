@@ -34,11 +34,12 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
+use super::Service;
 use super::error::ApiError;
 use super::headers::{REVISION_HEADER, header_value};
 use super::query::{Encoding, Query};
 use super::range::to_json;
-use super::{Service, stopping};
+use crate::api::stopping;
 use crate::service::access::{Access, Caller, Recheck};
 use crate::store::auth::Need;
 use crate::store::range::KeyRange;
