@@ -18,6 +18,8 @@
 //! Overload (too many entries waiting to be applied) is refused by the node itself.
 
 pub mod access;
+pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod kv;
 pub mod lease;

@@ -7,50 +7,19 @@ use tonic::{Request, Response, Status};
 
 use super::pb::authpb;
 use super::{Grpc, rpc, status};
-use crate::service::access::{Caller, password};
-use crate::store::Op;
+use crate::service::access::Caller;
 use crate::store::auth::{AuthOp, PermKind, Permission};
 
 impl Grpc {
-    /// Proposes an auth change for `caller`, bound to the auth revision its root check was
-    /// made at (refused when applied if users or roles changed since, as key writes are);
-    /// etcd's error if it was refused at apply.
+    /// Applies an auth change for `caller` ([`crate::service::auth`]); the answer's header.
     async fn auth_change(
         &self,
         caller: &Caller,
         op: AuthOp,
     ) -> Result<Option<rpc::ResponseHeader>, Status> {
-        self.state.node.check_running()?;
-        let op = caller.guard(Op::Auth(Box::new(op)));
-        let result = self.state.node.propose(op).await?;
-        if let Some(r) = result.refused {
-            return Err(r.into());
-        }
-        Ok(self.header(result.revision))
+        let revision = self.state.auth_change(caller, op).await?;
+        Ok(self.header(revision))
     }
-
-    /// Auth management needs root once auth is enabled.
-    async fn auth_admin<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let caller = self.caller(request).await?;
-        caller.admin().map_err(status::denied)?;
-        Ok(caller)
-    }
-
-    /// A view of the auth state after a read barrier, so lists and gets see every change
-    /// acknowledged before the call.
-    async fn auth_view(&self) -> Result<std::sync::Arc<crate::store::auth::AuthView>, Status> {
-        self.state.node.check_running()?;
-        self.state.node.read_index().await?;
-        self.state.access.view().map_err(status::denied)
-    }
-}
-
-/// Hashes a password off the async threads.
-async fn hash(password: String) -> Result<String, Status> {
-    tokio::task::spawn_blocking(move || password::hash(&password))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(Status::internal)
 }
 
 fn perm_kind(t: i32) -> Result<PermKind, Status> {
@@ -78,15 +47,8 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthEnableRequest>,
     ) -> Result<Response<rpc::AuthEnableResponse>, Status> {
-        let caller = self.auth_admin(&request).await?;
-        // The secret that signs this cluster's tokens, drawn by the member that enables auth.
-        let mut secret = Vec::with_capacity(32);
-        for _ in 0..4 {
-            let n =
-                crate::raft::storage::random_id().map_err(|e| Status::internal(e.to_string()))?;
-            secret.extend_from_slice(&n.to_be_bytes());
-        }
-        let header = self.auth_change(&caller, AuthOp::Enable { secret }).await?;
+        let caller = self.caller(&request).await?;
+        let header = self.header(self.state.auth_enable(&caller).await?);
         Ok(Response::new(rpc::AuthEnableResponse { header }))
     }
 
@@ -94,7 +56,7 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthDisableRequest>,
     ) -> Result<Response<rpc::AuthDisableResponse>, Status> {
-        let caller = self.auth_admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let header = self.auth_change(&caller, AuthOp::Disable).await?;
         Ok(Response::new(rpc::AuthDisableResponse { header }))
     }
@@ -105,12 +67,12 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthStatusRequest>,
     ) -> Result<Response<rpc::AuthStatusResponse>, Status> {
-        self.auth_admin(&request).await?;
-        let view = self.auth_view().await?;
+        let caller = self.caller(&request).await?;
+        let (enabled, auth_revision) = self.state.auth_status(&caller).await?;
         Ok(Response::new(rpc::AuthStatusResponse {
             header: self.current_header(),
-            enabled: view.state.enabled,
-            auth_revision: view.state.revision,
+            enabled,
+            auth_revision,
         }))
     }
 
@@ -120,13 +82,7 @@ impl rpc::auth_server::Auth for Grpc {
     ) -> Result<Response<rpc::AuthenticateResponse>, Status> {
         let from = Self::remote(&request).map(|r| r.addr.ip());
         let r = request.into_inner();
-        self.state.node.check_running()?;
-        let token = self
-            .state
-            .access
-            .authenticate(&r.name, &r.password, from)
-            .await
-            .map_err(status::denied)?;
+        let token = self.state.authenticate(&r.name, &r.password, from).await?;
         Ok(Response::new(rpc::AuthenticateResponse {
             header: self.current_header(),
             token,
@@ -137,12 +93,12 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthUserAddRequest>,
     ) -> Result<Response<rpc::AuthUserAddResponse>, Status> {
-        let caller = self.auth_admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let no_password = r.options.is_some_and(|o| o.no_password);
         let password_hash = match no_password {
             true => None,
-            false => Some(hash(r.password).await?),
+            false => Some(self.state.hash_password(&caller, r.password).await?),
         };
         let header = self
             .auth_change(
@@ -162,18 +118,10 @@ impl rpc::auth_server::Auth for Grpc {
     ) -> Result<Response<rpc::AuthUserGetResponse>, Status> {
         let caller = self.caller(&request).await?;
         let name = request.into_inner().name;
-        // A user may read its own record; others' need root (etcd's rule).
-        if caller.name() != Some(name.as_str()) {
-            caller.admin().map_err(status::denied)?;
-        }
-        let view = self.auth_view().await?;
-        let user = view
-            .users
-            .get(&name)
-            .ok_or_else(|| status::auth_refusal(crate::store::auth::AuthRefusal::UserNotFound))?;
+        let user = self.state.auth_user(&caller, &name).await?;
         Ok(Response::new(rpc::AuthUserGetResponse {
             header: self.current_header(),
-            roles: user.roles.clone(),
+            roles: user.roles,
         }))
     }
 
@@ -181,15 +129,11 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthUserListRequest>,
     ) -> Result<Response<rpc::AuthUserListResponse>, Status> {
-        let caller = self.auth_admin(&request).await?;
-        let view = self.auth_view().await?;
-        // A read: refused if users or roles changed since its check (etcd's rule).
-        caller
-            .still_current(&self.state.access)
-            .map_err(status::denied)?;
+        let caller = self.caller(&request).await?;
+        let users = self.state.auth_users(&caller).await?;
         Ok(Response::new(rpc::AuthUserListResponse {
             header: self.current_header(),
-            users: view.users.keys().cloned().collect(),
+            users,
         }))
     }
 
@@ -197,7 +141,7 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthUserDeleteRequest>,
     ) -> Result<Response<rpc::AuthUserDeleteResponse>, Status> {
-        let caller = self.auth_admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let name = request.into_inner().name;
         let header = self
             .auth_change(&caller, AuthOp::UserDelete { name })
@@ -209,9 +153,9 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthUserChangePasswordRequest>,
     ) -> Result<Response<rpc::AuthUserChangePasswordResponse>, Status> {
-        let caller = self.auth_admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
-        let password_hash = hash(r.password).await?;
+        let password_hash = self.state.hash_password(&caller, r.password).await?;
         let header = self
             .auth_change(
                 &caller,
@@ -230,7 +174,7 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthUserGrantRoleRequest>,
     ) -> Result<Response<rpc::AuthUserGrantRoleResponse>, Status> {
-        let caller = self.auth_admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let header = self
             .auth_change(
@@ -248,7 +192,7 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthUserRevokeRoleRequest>,
     ) -> Result<Response<rpc::AuthUserRevokeRoleResponse>, Status> {
-        let caller = self.auth_admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let header = self
             .auth_change(
@@ -266,7 +210,7 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthRoleAddRequest>,
     ) -> Result<Response<rpc::AuthRoleAddResponse>, Status> {
-        let caller = self.auth_admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let name = request.into_inner().name;
         let header = self.auth_change(&caller, AuthOp::RoleAdd { name }).await?;
         Ok(Response::new(rpc::AuthRoleAddResponse { header }))
@@ -278,19 +222,7 @@ impl rpc::auth_server::Auth for Grpc {
     ) -> Result<Response<rpc::AuthRoleGetResponse>, Status> {
         let caller = self.caller(&request).await?;
         let name = request.into_inner().role;
-        let view = self.auth_view().await?;
-        // A user may read the roles it holds; others' need root (etcd's rule).
-        let holds = caller
-            .name()
-            .and_then(|u| view.users.get(u))
-            .is_some_and(|u| u.roles.contains(&name));
-        if !holds {
-            caller.admin().map_err(status::denied)?;
-        }
-        let role = view
-            .roles
-            .get(&name)
-            .ok_or_else(|| status::auth_refusal(crate::store::auth::AuthRefusal::RoleNotFound))?;
+        let role = self.state.auth_role(&caller, &name).await?;
         let perm = role
             .perms
             .iter()
@@ -310,15 +242,11 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthRoleListRequest>,
     ) -> Result<Response<rpc::AuthRoleListResponse>, Status> {
-        let caller = self.auth_admin(&request).await?;
-        let view = self.auth_view().await?;
-        // A read: refused if users or roles changed since its check (etcd's rule).
-        caller
-            .still_current(&self.state.access)
-            .map_err(status::denied)?;
+        let caller = self.caller(&request).await?;
+        let roles = self.state.auth_roles(&caller).await?;
         Ok(Response::new(rpc::AuthRoleListResponse {
             header: self.current_header(),
-            roles: view.roles.keys().cloned().collect(),
+            roles,
         }))
     }
 
@@ -326,7 +254,7 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthRoleDeleteRequest>,
     ) -> Result<Response<rpc::AuthRoleDeleteResponse>, Status> {
-        let caller = self.auth_admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let name = request.into_inner().role;
         let header = self
             .auth_change(&caller, AuthOp::RoleDelete { name })
@@ -338,7 +266,7 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<rpc::AuthRoleGrantPermissionResponse>, Status> {
-        let caller = self.auth_admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let perm = r.perm.ok_or_else(|| {
             status::auth_refusal(crate::store::auth::AuthRefusal::PermissionNotGiven)
@@ -360,7 +288,7 @@ impl rpc::auth_server::Auth for Grpc {
         &self,
         request: Request<rpc::AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<rpc::AuthRoleRevokePermissionResponse>, Status> {
-        let caller = self.auth_admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let header = self
             .auth_change(

@@ -10,20 +10,14 @@
 //! - MemberUpdate: metcd does not move a member to a new peer URL; the current URL is
 //!   accepted, any other refused.
 
-use serde::Deserialize;
 use tonic::{Request, Response, Status};
 
 use super::{Grpc, rpc, status};
 use crate::config::{parse_member_url, parse_url};
 use crate::peer::client as peer_client;
-use crate::raft::member_auth::MemberRequest;
 use crate::raft::members::{AdminError, MemberChange, MemberStatus};
+use crate::service::Error;
 use crate::service::access::Caller;
-
-#[derive(Deserialize)]
-struct Members {
-    members: Vec<MemberStatus>,
-}
 
 impl Grpc {
     /// Members as etcd lists them, with client URLs asked of each peer at once.
@@ -71,29 +65,22 @@ impl Grpc {
             .collect()
     }
 
-    /// Makes a membership change (on the leader), answering the members after it.
+    /// Makes a membership change (on the leader), answering the members after it; a refusal
+    /// gets etcd's message where `refused` knows it.
     async fn change(
         &self,
         caller: &Caller,
         change: MemberChange,
         refused: fn(&str) -> Option<Status>,
     ) -> Result<Vec<MemberStatus>, Status> {
-        self.state.node.check_running()?;
-        let request = MemberRequest {
-            change,
-            by: caller.principal(),
-        };
-        let json = match peer_client::execute(&self.state.admin, request, 0).await {
-            Ok(json) => json,
-            Err(AdminError::Conflict(msg) | AdminError::Relayed(409, msg)) => {
-                return Err(refused(&msg)
-                    .unwrap_or_else(|| Status::failed_precondition(format!("etcdserver: {msg}"))));
+        match self.state.change_members(caller, change).await {
+            Ok(list) => Ok(list),
+            Err(Error::Admin(AdminError::Conflict(msg) | AdminError::Relayed(409, msg))) => {
+                Err(refused(&msg)
+                    .unwrap_or_else(|| Status::failed_precondition(format!("etcdserver: {msg}"))))
             }
-            Err(e) => return Err(e.into()),
-        };
-        let parsed: Members = serde_json::from_str(&json)
-            .map_err(|e| Status::internal(format!("etcdserver: bad member list: {e}")))?;
-        Ok(parsed.members)
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -124,8 +111,7 @@ impl rpc::cluster_server::Cluster for Grpc {
         request: Request<rpc::MemberListRequest>,
     ) -> Result<Response<rpc::MemberListResponse>, Status> {
         self.caller(&request).await?;
-        self.state.node.check_running()?;
-        let s = self.state.node.status().await?;
+        let s = self.state.member_list().await?;
         let members = self.members(s.members).await;
         Ok(Response::new(rpc::MemberListResponse {
             header: self.current_header(),
@@ -137,21 +123,14 @@ impl rpc::cluster_server::Cluster for Grpc {
         &self,
         request: Request<rpc::MemberAddRequest>,
     ) -> Result<Response<rpc::MemberAddResponse>, Status> {
-        let caller = self.admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
         let [url] = r.peer_ur_ls.as_slice() else {
             return Err(status::member_bad_urls());
         };
         let peer_tls = self.state.settings.peer_tls.is_some();
         let url = parse_member_url(url, peer_tls).map_err(|_| status::member_bad_urls())?;
-        let id = {
-            let m = self.state.admin.membership.read();
-            if m.members.values().any(|info| info.url == url) {
-                return Err(status::peer_url_exists());
-            }
-            let highest = m.members.keys().chain(&m.removed).max().copied();
-            highest.unwrap_or(0) + 1
-        };
+        let id = self.state.next_member_id();
         let change = MemberChange::Add {
             id,
             url: url.clone(),
@@ -176,7 +155,7 @@ impl rpc::cluster_server::Cluster for Grpc {
         &self,
         request: Request<rpc::MemberRemoveRequest>,
     ) -> Result<Response<rpc::MemberRemoveResponse>, Status> {
-        let caller = self.admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let id = request.into_inner().id;
         let list = self
             .change(&caller, MemberChange::Remove { id }, not_enough_started)
@@ -192,7 +171,8 @@ impl rpc::cluster_server::Cluster for Grpc {
         &self,
         request: Request<rpc::MemberUpdateRequest>,
     ) -> Result<Response<rpc::MemberUpdateResponse>, Status> {
-        self.admin(&request).await?;
+        let caller = self.caller(&request).await?;
+        self.state.maintenance(&caller)?;
         let r = request.into_inner();
         let current = self
             .state
@@ -227,7 +207,7 @@ impl rpc::cluster_server::Cluster for Grpc {
         &self,
         request: Request<rpc::MemberPromoteRequest>,
     ) -> Result<Response<rpc::MemberPromoteResponse>, Status> {
-        let caller = self.admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let id = request.into_inner().id;
         let list = self
             .change(&caller, MemberChange::Promote { id }, promote_refused)

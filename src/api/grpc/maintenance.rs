@@ -19,6 +19,9 @@ use tonic::{Request, Response, Status};
 
 use super::{Grpc, Outbound, rpc, status, to_i64};
 use crate::metrics::dir_size;
+use crate::raft::members::AdminError;
+use crate::service::Error;
+use crate::service::access::Caller;
 use crate::store::KvStore;
 
 /// Bytes per Snapshot message.
@@ -85,8 +88,8 @@ fn send_backup(
 
 impl Grpc {
     /// The state digest folded to etcd's 32-bit hash, with the revision it was taken at.
-    async fn hash32(&self) -> Result<(u32, u64), Status> {
-        let h = self.state.node.state_hash().await?;
+    async fn hash32(&self, caller: &Caller) -> Result<(u32, u64), Status> {
+        let h = self.state.state_hash(caller).await?;
         let full = u64::from_str_radix(&h.hash, 16)
             .map_err(|e| Status::internal(format!("etcdserver: bad state hash: {e}")))?;
         Ok(((full >> 32) as u32 ^ full as u32, h.revision))
@@ -102,13 +105,9 @@ impl rpc::maintenance_server::Maintenance for Grpc {
         use rpc::alarm_request::AlarmAction;
         let action = AlarmAction::try_from(request.get_ref().action)
             .map_err(|_| Status::invalid_argument("etcdserver: unknown alarm action"))?;
-        // Listing needs a user; raising or clearing, root (etcd 3.4.43's rule).
-        let caller = match action {
-            AlarmAction::Get => self.caller(&request).await?,
-            _ => self.admin(&request).await?,
-        };
+        // Listing needs a user; raising or clearing, root (etcd 3.4.43's rule: the service's).
+        let caller = self.caller(&request).await?;
         let r = request.into_inner();
-        self.state.node.check_running()?;
         let kind = rpc::AlarmType::try_from(r.alarm).unwrap_or(rpc::AlarmType::None);
         let nospace = |member| rpc::AlarmMember {
             member_id: member,
@@ -116,18 +115,8 @@ impl rpc::maintenance_server::Maintenance for Grpc {
         };
         let alarms = match action {
             // Only NOSPACE exists here; asking for CORRUPT finds none.
-            AlarmAction::Get => {
-                if kind == rpc::AlarmType::Corrupt {
-                    Vec::new()
-                } else {
-                    self.state
-                        .engine
-                        .alarms()?
-                        .into_iter()
-                        .map(nospace)
-                        .collect()
-                }
-            }
+            AlarmAction::Get if kind == rpc::AlarmType::Corrupt => Vec::new(),
+            AlarmAction::Get => self.state.alarms()?.into_iter().map(nospace).collect(),
             AlarmAction::Activate | AlarmAction::Deactivate => {
                 if kind != rpc::AlarmType::Nospace {
                     return Err(Status::invalid_argument(
@@ -135,20 +124,10 @@ impl rpc::maintenance_server::Maintenance for Grpc {
                     ));
                 }
                 let active = action == AlarmAction::Activate;
-                let was = self.state.engine.alarms()?.contains(&r.member_id);
-                let op = crate::store::Op::Alarm {
-                    member: r.member_id,
-                    active,
-                };
-                let result = self.state.node.propose(caller.guard(op)).await?;
-                if let Some(r) = result.refused {
-                    return Err(r.into());
-                }
                 // etcd answers the alarms the call changed.
-                if was != active {
-                    vec![nospace(r.member_id)]
-                } else {
-                    Vec::new()
+                match self.state.set_alarm(&caller, r.member_id, active).await? {
+                    true => vec![nospace(r.member_id)],
+                    false => Vec::new(),
                 }
             }
         };
@@ -162,8 +141,8 @@ impl rpc::maintenance_server::Maintenance for Grpc {
         &self,
         request: Request<rpc::StatusRequest>,
     ) -> Result<Response<rpc::StatusResponse>, Status> {
-        self.admin(&request).await?;
-        let s = self.state.node.status().await?;
+        let caller = self.caller(&request).await?;
+        let s = self.state.member_status(&caller).await?;
         let engine_dir = self.state.settings.data_dir.join("engine");
         let db_size = tokio::task::spawn_blocking(move || dir_size(&engine_dir))
             .await
@@ -206,8 +185,8 @@ impl rpc::maintenance_server::Maintenance for Grpc {
         &self,
         request: Request<rpc::DefragmentRequest>,
     ) -> Result<Response<rpc::DefragmentResponse>, Status> {
-        self.admin(&request).await?;
-        self.state.node.check_running()?;
+        let caller = self.caller(&request).await?;
+        self.state.maintenance(&caller)?;
         Ok(Response::new(rpc::DefragmentResponse {
             header: self.current_header(),
         }))
@@ -217,8 +196,8 @@ impl rpc::maintenance_server::Maintenance for Grpc {
         &self,
         request: Request<rpc::HashRequest>,
     ) -> Result<Response<rpc::HashResponse>, Status> {
-        self.admin(&request).await?;
-        let (hash, revision) = self.hash32().await?;
+        let caller = self.caller(&request).await?;
+        let (hash, revision) = self.hash32(&caller).await?;
         Ok(Response::new(rpc::HashResponse {
             header: self.header(revision),
             hash,
@@ -229,8 +208,8 @@ impl rpc::maintenance_server::Maintenance for Grpc {
         &self,
         request: Request<rpc::HashKvRequest>,
     ) -> Result<Response<rpc::HashKvResponse>, Status> {
-        self.admin(&request).await?;
-        let (hash, revision) = self.hash32().await?;
+        let caller = self.caller(&request).await?;
+        let (hash, revision) = self.hash32(&caller).await?;
         Ok(Response::new(rpc::HashKvResponse {
             header: self.header(revision),
             hash,
@@ -244,8 +223,8 @@ impl rpc::maintenance_server::Maintenance for Grpc {
         &self,
         request: Request<rpc::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        self.admin(&request).await?;
-        self.state.node.check_running()?;
+        let caller = self.caller(&request).await?;
+        self.state.maintenance(&caller)?;
         // Written to a file first (one consistent view, however slow the client), then sent
         // with the bytes remaining; the file goes when the stream ends.
         let store = self.state.engine.clone();
@@ -264,14 +243,14 @@ impl rpc::maintenance_server::Maintenance for Grpc {
         &self,
         request: Request<rpc::MoveLeaderRequest>,
     ) -> Result<Response<rpc::MoveLeaderResponse>, Status> {
-        self.admin(&request).await?;
+        let caller = self.caller(&request).await?;
         let to = request.into_inner().target_id;
-        self.state.node.check_running()?;
-        let known = self.state.admin.membership.read().url_of(to).is_some();
-        if to == 0 || !known {
-            return Err(status::bad_leader_transferee());
+        match self.state.transfer_leader(&caller, to).await {
+            Err(Error::Admin(AdminError::NotFound(_))) => {
+                return Err(status::bad_leader_transferee());
+            }
+            other => other?,
         }
-        self.state.node.transfer_leader(to).await?;
         Ok(Response::new(rpc::MoveLeaderResponse {
             header: self.current_header(),
         }))

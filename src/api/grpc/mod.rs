@@ -112,13 +112,6 @@ impl Grpc {
             .await
             .map_err(status::denied)
     }
-
-    /// The caller, if it is root (or auth is off).
-    async fn admin<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
-        let caller = self.caller(request).await?;
-        caller.admin().map_err(status::denied)?;
-        Ok(caller)
-    }
 }
 
 /// The gRPC services as one router, for the client port to hand gRPC requests to.

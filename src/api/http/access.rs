@@ -67,7 +67,6 @@ pub async fn authenticate(
     })?;
     let from = connect.map(|c| c.0.0.addr.ip());
     let token = state
-        .access
         .authenticate(&login.name, &login.password, from)
         .await?;
     Ok(axum::Json(serde_json::json!({ "token": token })).into_response())

@@ -36,8 +36,6 @@ use super::Service;
 use super::error::ApiError;
 use crate::config::parse_member_url;
 use crate::metrics::{Gauges, dir_size};
-use crate::peer::client as peer_client;
-use crate::raft::member_auth::MemberRequest;
 use crate::raft::members::MemberChange;
 use crate::service::access::Caller;
 use crate::store::RevisionError;
@@ -47,18 +45,24 @@ const SMALL_BODY: usize = 4096;
 type Shared = State<Arc<Service>>;
 
 /// `GET /_status`
-pub async fn status(State(state): Shared) -> Result<Response, ApiError> {
-    Ok(Json(state.node.status().await?).into_response())
+pub async fn status(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.member_status(&caller).await?).into_response())
 }
 
 /// `GET /_hash`
-pub async fn hash(State(state): Shared) -> Result<Response, ApiError> {
-    Ok(Json(state.node.state_hash().await?).into_response())
+pub async fn hash(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.state_hash(&caller).await?).into_response())
 }
 
 /// `GET /_members`
 pub async fn members(State(state): Shared) -> Result<Response, ApiError> {
-    let s = state.node.status().await?;
+    let s = state.member_list().await?;
     Ok(Json(json!({ "leader": s.leader, "members": s.members })).into_response())
 }
 
@@ -108,15 +112,19 @@ pub async fn promote(
 
 /// `GET /_leader`
 pub async fn leader(State(state): Shared) -> Result<Response, ApiError> {
-    let s = state.node.status().await?;
+    let s = state.member_list().await?;
     Ok(Json(json!({ "leader": s.leader, "term": s.term })).into_response())
 }
 
 /// `POST /_leader`, body: the new leader's id.
-pub async fn transfer_leader(State(state): Shared, body: Body) -> Result<Response, ApiError> {
+pub async fn transfer_leader(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let text = small_body(body).await?;
     let to = member_id(text.trim())?;
-    state.node.transfer_leader(to).await?;
+    state.transfer_leader(&caller, to).await?;
     Ok(Json(json!({ "leader": to })).into_response())
 }
 
@@ -152,9 +160,7 @@ pub async fn compact(
 
 /// `GET /_alarms`
 pub async fn alarms(State(state): Shared) -> Result<Response, ApiError> {
-    state.node.check_running()?;
     let alarms: Vec<_> = state
-        .engine
         .alarms()?
         .into_iter()
         .map(|m| json!({ "member": m, "alarm": "NOSPACE" }))
@@ -167,18 +173,7 @@ pub async fn disarm(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    state.node.check_running()?;
-    let raised = state.engine.alarms()?;
-    for member in &raised {
-        let op = crate::store::Op::Alarm {
-            member: *member,
-            active: false,
-        };
-        let result = state.node.propose(caller.guard(op)).await?;
-        if let Some(r) = result.refused {
-            return Err(r.into());
-        }
-    }
+    let raised = state.disarm_all(&caller).await?;
     Ok(Json(json!({ "disarmed": raised })).into_response())
 }
 
@@ -226,17 +221,8 @@ async fn change_members(
     caller: &Caller,
     change: MemberChange,
 ) -> Result<Response, ApiError> {
-    let request = MemberRequest {
-        change,
-        by: caller.principal(),
-    };
-    let json = peer_client::execute(&state.admin, request, 0).await?;
-    let mut resp = (StatusCode::OK, json).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    let members = state.change_members(caller, change).await?;
+    Ok(Json(json!({ "members": members })).into_response())
 }
 
 /// Healthy: the raft loop answers, a leader is known, this member takes part in the

@@ -95,8 +95,8 @@ pub(super) fn router(state: Shared) -> Router {
 }
 
 /// The service paths' auth layer. With auth enabled: resolves who asks (HTTP Basic, Bearer
-/// token, or client certificate), refuses service paths that need root, and hands the caller
-/// to the handlers, which check transactions and lease revocations against it.
+/// token, or client certificate) and hands the caller to the handlers, whose service calls
+/// check what it may do (root for administration), as they do for gRPC.
 /// `/_auth/authenticate` is open, and so are `/_metrics` and `/_health` unless
 /// `--auth-protect-metrics`. Keys are authorized in [`keys_or_unknown`] instead, without a
 /// layer (a layer on every request costs a tenth of a GET's CPU; docs/benchmarks.md).
@@ -129,7 +129,7 @@ async fn authorize(State(state): State<Shared>, mut req: Request, next: Next) ->
 /// any await: a request is not `Sync`).
 async fn caller_for(
     state: &Service,
-    (path, reading, creds): (String, bool, Credentials),
+    (path, creds): (String, Credentials),
 ) -> Result<Option<Caller>, ApiError> {
     let view = state.access.view()?;
     if !view.state.enabled {
@@ -140,21 +140,16 @@ async fn caller_for(
         return Ok(None);
     }
     let caller = state.access.caller(&creds).await?;
-    // Membership, leadership, alarms, compaction and the member's own state: root (lists
-    // of members, alarms and the leader: any user).
-    let admin = match path.as_str() {
-        "/_status" | "/_hash" | "/_compact" | "/_metrics" | "/_health" => true,
-        "/_members" | "/_alarms" | "/_leader" => !reading,
-        p => p.starts_with("/_members/"),
-    };
-    if admin {
+    // Monitoring, when protected, is for root. Every other root-only operation is checked by
+    // the service ([`crate::service`]), for both protocols.
+    if monitoring {
         caller.admin()?;
     }
     Ok(Some(caller))
 }
 
-/// A request's path (without a trailing slash), whether it only reads, and its credentials.
-fn request_facts(req: &Request) -> Result<(String, bool, Credentials), ApiError> {
+/// A request's path (without a trailing slash) and its credentials.
+fn request_facts(req: &Request) -> Result<(String, Credentials), ApiError> {
     let path = req.uri().path();
     let path = if path.len() > 1 {
         path.trim_end_matches('/')
@@ -166,8 +161,7 @@ fn request_facts(req: &Request) -> Result<(String, bool, Credentials), ApiError>
         .get::<axum::extract::ConnectInfo<crate::tls::Remote>>()
         .map(|c| &c.0);
     let creds = access::http_credentials(req.headers(), remote)?;
-    let reading = matches!(*req.method(), Method::GET | Method::HEAD);
-    Ok((path.to_string(), reading, creds))
+    Ok((path.to_string(), creds))
 }
 
 /// The rows of the route table, each timed under its own path.
