@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod error;
 pub mod kv;
 pub mod lease;
+pub mod watch;
 
 use std::sync::Arc;
 

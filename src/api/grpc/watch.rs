@@ -30,37 +30,21 @@ use super::pb::mvccpb;
 use super::rpc::{self, watch_create_request::FilterType, watch_request};
 use super::{Grpc, Outbound, from_i64, outbound, status, to_i64};
 use crate::service::access::{Caller, Denied, Recheck};
+use crate::service::watch::{self, CatchUp, Cursor, WatchRequest};
+use crate::store::KvStore;
 use crate::store::range::KeyRange;
 use crate::store::watch::{Event, EventKind, Published};
-use crate::store::{KvStore, RevisionError, StoreError};
 
-/// Events read from history per step while a watcher catches up.
-const CATCH_UP: usize = 1_000;
 /// Responses queued for a client before the stream's task waits for it.
 const QUEUE: usize = 64;
 
 struct Watcher {
-    range: KeyRange,
-    /// The first revision not yet sent: every event before it has been.
-    next: u64,
-    prev_kv: bool,
-    no_put: bool,
-    no_delete: bool,
+    /// The range, the next revision to send and the filters ([`crate::service::watch`]).
+    cursor: Cursor,
     progress_notify: bool,
     fragment: bool,
     /// Events were sent since the last progress notification.
     active: bool,
-}
-
-impl Watcher {
-    fn wants(&self, e: &Event) -> bool {
-        e.revision() >= self.next
-            && self.range.contains(&e.kv.key)
-            && match e.kind {
-                EventKind::Put => !self.no_put,
-                EventKind::Delete => !self.no_delete,
-            }
-    }
 }
 
 /// Why a stream's task ends.
@@ -84,7 +68,7 @@ struct WatchStream {
 
 impl WatchStream {
     fn synced(&self, w: &Watcher) -> bool {
-        w.next > self.store.revision()
+        w.cursor.synced(&self.store)
     }
 
     async fn send(&self, resp: rpc::WatchResponse) -> Result<(), Gone> {
@@ -134,34 +118,35 @@ impl WatchStream {
         if c.watch_id == 0 {
             self.next_id += 1;
         }
-        let need = crate::store::auth::Need::Read;
-        if self.caller.may(need, &c.key, &c.range_end).is_err() {
-            // etcd's answer: created and canceled at once (id -1), with the reason.
-            let mut refused = self.response(-1, revision);
-            refused.created = true;
-            refused.canceled = true;
-            refused.cancel_reason = "etcdserver: permission denied".into();
-            return self.send(refused).await;
-        }
-        let range = KeyRange::etcd(&c.key, &c.range_end);
-        let next = match from_i64(c.start_revision) {
-            0 => revision + 1,
-            start => start,
-        };
         let filters: Vec<FilterType> = c
             .filters
             .iter()
             .filter_map(|f| FilterType::try_from(*f).ok())
             .collect();
-        let watcher = Watcher {
-            range: KeyRange {
-                start: range.start,
-                end: range.end,
-            },
-            next,
+        let start = match from_i64(c.start_revision) {
+            0 => revision + 1,
+            start => start,
+        };
+        let asked = WatchRequest {
+            range: KeyRange::etcd(&c.key, &c.range_end),
+            start: Some(start),
             prev_kv: c.prev_kv,
             no_put: filters.contains(&FilterType::Noput),
             no_delete: filters.contains(&FilterType::Nodelete),
+        };
+        let cursor = match self.grpc.state.watch(&self.caller, asked) {
+            Ok(cursor) => cursor,
+            Err(e) => {
+                // etcd's answer: created and canceled at once (id -1), with the reason.
+                let mut refused = self.response(-1, revision);
+                refused.created = true;
+                refused.canceled = true;
+                refused.cancel_reason = Status::from(e).message().to_string();
+                return self.send(refused).await;
+            }
+        };
+        let watcher = Watcher {
+            cursor,
             progress_notify: c.progress_notify,
             fragment: c.fragment,
             active: false,
@@ -193,14 +178,7 @@ impl WatchStream {
         let refused: Vec<i64> = self
             .watchers
             .iter()
-            .filter(|(_, w)| {
-                let range = crate::store::range::KeyRange {
-                    start: w.range.start.clone(),
-                    end: w.range.end.clone(),
-                };
-                let need = crate::store::auth::Need::Read;
-                reason.is_some() || self.caller.may_range(need, &range).is_err()
-            })
+            .filter(|(_, w)| reason.is_some() || w.cursor.permitted(&self.caller).is_err())
             .map(|(id, _)| *id)
             .collect();
         let reason = reason.unwrap_or_else(|| "etcdserver: permission denied".into());
@@ -229,7 +207,7 @@ impl WatchStream {
         let Some(w) = self.watchers.get(&id) else {
             return Ok(());
         };
-        let (prev_kv, fragment) = (w.prev_kv, w.fragment);
+        let (prev_kv, fragment) = (w.cursor.prev_kv, w.fragment);
         let mut out = Vec::with_capacity(events.len());
         for e in events {
             out.push(self.event(e, prev_kv).await);
@@ -265,14 +243,9 @@ impl WatchStream {
     }
 
     async fn event(&self, e: &Event, prev_kv: bool) -> mvccpb::Event {
-        let prev = if prev_kv {
-            let (store, key, rev) = (self.store.clone(), e.kv.key.clone(), e.revision());
-            match tokio::task::spawn_blocking(move || store.prev_kv(&key, rev)).await {
-                Ok(Ok(prev)) => prev.map(super::kv::kv),
-                _ => None,
-            }
-        } else {
-            None
+        let prev = match prev_kv {
+            true => watch::prev_kv(&self.store, e).await.map(super::kv::kv),
+            false => None,
         };
         let kv = match e.kind {
             EventKind::Put => super::kv::kv(e.kv.clone()),
@@ -297,18 +270,14 @@ impl WatchStream {
     async fn deliver(&mut self, from: u64, revision: u64, events: &[Event]) -> Result<(), Gone> {
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         for id in ids {
-            let Some(w) = self.watchers.get(&id) else {
+            let Some(w) = self.watchers.get_mut(&id) else {
                 continue;
             };
             // A watcher this batch does not reach (it is behind) catches up from history.
-            if from > w.next {
+            let Some(wanted) = w.cursor.deliver(from, revision, events) else {
                 continue;
-            }
-            let wanted: Vec<&Event> = events.iter().filter(|e| w.wants(e)).collect();
+            };
             self.send_events(id, &wanted, revision).await?;
-            if let Some(w) = self.watchers.get_mut(&id) {
-                w.next = w.next.max(revision + 1);
-            }
         }
         Ok(())
     }
@@ -322,41 +291,38 @@ impl WatchStream {
             .map(|(id, _)| *id)
             .collect();
         for id in behind {
-            while let Some(w) = self.watchers.get(&id).filter(|w| !self.synced(w)) {
-                let (store, range, from) = (self.store.clone(), w.range.clone(), w.next);
-                let read =
-                    tokio::task::spawn_blocking(move || store.events(from, &range, CATCH_UP))
-                        .await
-                        .map_err(|_| Gone)?;
-                match read {
-                    Ok(read) => {
-                        let (events, through) = read.value;
-                        let wanted: Vec<&Event> = events.iter().filter(|e| w.wants(e)).collect();
-                        self.send_events(id, &wanted, read.revision).await?;
-                        if let Some(w) = self.watchers.get_mut(&id) {
-                            w.next = w.next.max(through + 1);
-                        }
+            let store = self.store.clone();
+            while let Some(w) = self
+                .watchers
+                .get_mut(&id)
+                .filter(|w| !w.cursor.synced(&store))
+            {
+                let step = w.cursor.catch_up(&store).await;
+                let canceled = match step {
+                    Ok(CatchUp::Events { events, revision }) => {
+                        let wanted: Vec<&Event> = events.iter().collect();
+                        self.send_events(id, &wanted, revision).await?;
+                        continue;
                     }
-                    Err(StoreError::Revision(RevisionError::Compacted {
-                        compact_revision,
-                        ..
-                    })) => {
-                        self.watchers.remove(&id);
+                    Ok(CatchUp::Compacted { compact_revision }) => {
                         let mut canceled = self.response(id, self.store.revision());
-                        canceled.canceled = true;
                         canceled.compact_revision = to_i64(compact_revision);
                         canceled.cancel_reason =
                             "etcdserver: mvcc: required revision has been compacted".into();
-                        self.send(canceled).await?;
+                        canceled
                     }
                     Err(e) => {
-                        self.watchers.remove(&id);
                         let mut canceled = self.response(id, self.store.revision());
-                        canceled.canceled = true;
-                        canceled.cancel_reason = format!("etcdserver: {e}");
-                        self.send(canceled).await?;
+                        canceled.cancel_reason = Status::from(e).message().to_string();
+                        canceled
                     }
-                }
+                };
+                self.watchers.remove(&id);
+                self.send(rpc::WatchResponse {
+                    canceled: true,
+                    ..canceled
+                })
+                .await?;
             }
         }
         Ok(())
@@ -372,7 +338,7 @@ impl WatchStream {
         let revision = self
             .watchers
             .values()
-            .map(|w| w.next - 1)
+            .map(|w| w.cursor.next - 1)
             .min()
             .unwrap_or_else(|| self.store.revision());
         self.send(self.response(-1, revision)).await
@@ -384,7 +350,7 @@ impl WatchStream {
             .watchers
             .iter()
             .filter(|(_, w)| w.progress_notify && !w.active && self.synced(w))
-            .map(|(id, w)| (*id, w.next - 1))
+            .map(|(id, w)| (*id, w.cursor.next - 1))
             .collect();
         for w in self.watchers.values_mut() {
             w.active = false;

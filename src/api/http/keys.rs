@@ -31,7 +31,6 @@ use crate::service::access::Caller;
 use crate::service::error::Invalid;
 use crate::service::kv::{DeleteOutcome, DeleteRequest, PutOutcome, PutRequest, RangeRequest};
 use crate::store::Cond;
-use crate::store::auth::Need;
 use crate::store::range::KeyRange;
 
 const CREATE_REVISION_HEADER: &str = "x-metcd-create-revision";
@@ -85,9 +84,7 @@ async fn run(state: &Service, req: KeyRequest<'_>) -> Result<Response, ApiError>
         if method != Method::GET {
             return Err(ApiError::BadRequest("watch=true is for GET only".into()));
         }
-        let range = key_range(key, &query);
-        caller.may_range(Need::Read, &range)?;
-        return super::watch::start(state, caller, range, &query, headers);
+        return super::watch::start(state, caller, key_range(key, &query), &query, headers);
     }
     if query.is_range() {
         return on_range(

@@ -41,13 +41,11 @@ use super::query::{Encoding, Query};
 use super::range::to_json;
 use crate::api::stopping;
 use crate::service::access::{Access, Caller, Recheck};
-use crate::store::auth::Need;
+use crate::service::watch::{CatchUp, Cursor, WatchRequest, prev_kv};
 use crate::store::range::KeyRange;
 use crate::store::watch::{Event, EventKind, Published};
 use crate::store::{KvStore, RevisionError};
 
-/// Events read from history per step while catching up.
-const CATCH_UP: usize = 1_000;
 /// Chunks queued for a client before the watcher waits for it (and may fall behind).
 const QUEUE: usize = 64;
 
@@ -64,6 +62,16 @@ pub fn start(
     let rx = store.hub().subscribe();
     let meta = store.meta();
     let start = query.start_revision.unwrap_or(meta.revision + 1);
+    let cursor = state.watch(
+        caller,
+        WatchRequest {
+            range,
+            start: Some(start),
+            prev_kv: query.prev_kv,
+            no_put: query.no_put,
+            no_delete: query.no_delete,
+        },
+    )?;
     if start < meta.compact_revision {
         return Err(ApiError::Revision(RevisionError::Compacted {
             requested: start,
@@ -78,11 +86,7 @@ pub fn start(
     let watcher = Watcher {
         store,
         leader: state.node.leader.clone(),
-        range,
-        next: start,
-        prev_kv: query.prev_kv,
-        no_put: query.no_put,
-        no_delete: query.no_delete,
+        cursor,
         encoding: query.encoding,
         sse,
         tx,
@@ -112,12 +116,8 @@ pub fn start(
 struct Watcher {
     store: Arc<KvStore>,
     leader: Arc<std::sync::atomic::AtomicU64>,
-    range: KeyRange,
-    /// The next revision to send events of: everything before it has been sent.
-    next: u64,
-    prev_kv: bool,
-    no_put: bool,
-    no_delete: bool,
+    /// The range, the next revision to send and the filters ([`crate::service::watch`]).
+    cursor: Cursor,
     encoding: Encoding,
     sse: bool,
     tx: mpsc::Sender<Bytes>,
@@ -160,7 +160,7 @@ impl Watcher {
             if self.recheck().await.is_err() {
                 return;
             }
-            if self.next <= self.store.revision() && self.catch_up().await.is_err() {
+            if !self.cursor.synced(&self.store) && self.catch_up().await.is_err() {
                 return;
             }
             let progress_due = async {
@@ -173,14 +173,14 @@ impl Watcher {
             };
             let sent = tokio::select! {
                 msg = rx.recv() => match msg {
-                    Ok(Published::Changes(batch)) if batch.from <= self.next => {
+                    Ok(Published::Changes(batch)) if batch.from <= self.cursor.next => {
                         if self.recheck().await.is_err() {
                             return;
                         }
-                        let events: Vec<&Event> = batch.events.iter().filter(|e| e.revision() >= self.next).collect();
-                        let sent = self.send_events(&events).await;
-                        self.next = self.next.max(batch.revision + 1);
-                        sent
+                        match self.cursor.deliver(batch.from, batch.revision, &batch.events) {
+                            Some(events) => self.send_events(&events).await,
+                            None => self.catch_up().await,
+                        }
                     }
                     // Missed batches, a lag or a restore: history has what came since.
                     Ok(Published::Changes(_)) | Ok(Published::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -190,7 +190,7 @@ impl Watcher {
                 },
                 () = progress_due => {
                     let leader = self.leader.load(Relaxed) != 0;
-                    let caught_up = (self.next - 1).min(self.store.revision());
+                    let caught_up = (self.cursor.next - 1).min(self.store.revision());
                     let line = json!({ "progress": { "revision": caught_up, "leader": leader } });
                     self.send(&[line]).await
                 }
@@ -214,11 +214,7 @@ impl Watcher {
             Recheck::Revoked(denied) => denied.to_string(),
             Recheck::Refreshed(caller) => {
                 self.caller = caller;
-                let range = KeyRange {
-                    start: self.range.start.clone(),
-                    end: self.range.end.clone(),
-                };
-                match self.caller.may_range(Need::Read, &range) {
+                match self.cursor.permitted(&self.caller) {
                     Ok(()) => return Ok(()),
                     Err(denied) => denied.to_string(),
                 }
@@ -231,25 +227,17 @@ impl Watcher {
 
     /// Reads history from `next` until it reaches the store's revision.
     async fn catch_up(&mut self) -> Result<(), Stop> {
-        while self.next <= self.store.revision() {
-            let (store, range, from) = (self.store.clone(), self.range.clone(), self.next);
-            let read = tokio::task::spawn_blocking(move || store.events(from, &range, CATCH_UP))
-                .await
-                .map_err(|_| Stop::Gone)?;
-            match read {
-                Ok(read) => {
-                    let (events, through) = read.value;
+        while !self.cursor.synced(&self.store) {
+            let from = self.cursor.next;
+            match self.cursor.catch_up(&self.store).await {
+                Ok(CatchUp::Events { events, .. }) => {
                     let events: Vec<&Event> = events.iter().collect();
                     self.send_events(&events).await?;
-                    self.next = self.next.max(through + 1);
                 }
-                Err(crate::store::StoreError::Revision(RevisionError::Compacted {
-                    compact_revision,
-                    ..
-                })) => {
+                Ok(CatchUp::Compacted { compact_revision }) => {
                     let line = json!({
                         "canceled": true,
-                        "reason": format!("required revision {} has been compacted", self.next),
+                        "reason": format!("required revision {from} has been compacted"),
                         "compact_revision": compact_revision,
                     });
                     let _ = self.send(&[line]).await;
@@ -265,26 +253,17 @@ impl Watcher {
         Ok(())
     }
 
-    /// Sends the events this watcher wants, one revision per chunk.
+    /// Sends events (those the cursor wants), one revision per chunk.
     async fn send_events(&self, events: &[&Event]) -> Result<(), Stop> {
         let mut lines = Vec::new();
         let mut revision = None;
         for e in events {
-            if !self.range.contains(&e.kv.key) {
-                continue;
-            }
             if revision.is_some_and(|r| r != e.revision()) {
                 self.send(&lines).await?;
                 lines.clear();
             }
             revision = Some(e.revision());
-            let wanted = match e.kind {
-                EventKind::Put => !self.no_put,
-                EventKind::Delete => !self.no_delete,
-            };
-            if wanted {
-                lines.push(self.line(e).await);
-            }
+            lines.push(self.line(e).await);
         }
         self.send(&lines).await
     }
@@ -307,12 +286,10 @@ impl Watcher {
                 "delete"
             };
             o.insert("type".into(), kind.into());
-            if self.prev_kv {
-                let (store, key, rev) = (self.store.clone(), e.kv.key.clone(), e.revision());
-                let prev = tokio::task::spawn_blocking(move || store.prev_kv(&key, rev)).await;
-                if let Ok(Ok(Some(prev))) = prev {
-                    o.insert("prev_kv".into(), to_json(prev, self.encoding));
-                }
+            if self.cursor.prev_kv
+                && let Some(prev) = prev_kv(&self.store, e).await
+            {
+                o.insert("prev_kv".into(), to_json(prev, self.encoding));
             }
         }
         v
