@@ -37,6 +37,7 @@ macro_rules! fault_injected {
 
 pub mod api;
 pub mod backup;
+pub mod codec;
 pub mod config;
 pub mod error;
 #[cfg(test)]

@@ -30,6 +30,7 @@
 //! A form added after 0.1.0 is written only once the cluster version allows it ([`needs`],
 //! `crate::version`), so a 0.1.0 member never receives one it would apply as a no-op.
 
+use crate::codec::{self, CodecError, Reader, put_bytes, put_opt};
 use crate::store::range::KeyRange;
 use crate::store::txn::{CmpResult, Compare, MAX_DEPTH, PutOptions, Target, Txn, TxnOp};
 use crate::store::{Cond, Op};
@@ -99,8 +100,7 @@ pub fn encode(op: &Op) -> Vec<u8> {
         Op::DeleteRange { start, end } => {
             let mut v = Vec::with_capacity(7 + start.len() + end.as_ref().map_or(0, Vec::len));
             v.push(DELETE_RANGE);
-            v.extend_from_slice(&(start.len() as u32).to_be_bytes());
-            v.extend_from_slice(start);
+            codec::put_bytes(&mut v, start);
             match end {
                 Some(end) => {
                     v.push(1);
@@ -119,9 +119,7 @@ pub fn encode(op: &Op) -> Vec<u8> {
 fn numbers(tag: u8, ns: &[u64]) -> Vec<u8> {
     let mut v = Vec::with_capacity(1 + 8 * ns.len());
     v.push(tag);
-    for n in ns {
-        v.extend_from_slice(&n.to_be_bytes());
-    }
+    v.extend(codec::u64s(ns));
     v
 }
 
@@ -141,7 +139,7 @@ fn encode_key_write(
         };
         v.push(CONDITIONAL);
         v.push(kind);
-        v.extend_from_slice(&rev.to_be_bytes());
+        codec::put_u64(&mut v, rev);
     }
     match value {
         Some(value) => {
@@ -149,10 +147,9 @@ fn encode_key_write(
                 v.push(PUT);
             } else {
                 v.push(LEASE_PUT);
-                v.extend_from_slice(&lease.to_be_bytes());
+                codec::put_u64(&mut v, lease);
             }
-            v.extend_from_slice(&(key.len() as u32).to_be_bytes());
-            v.extend_from_slice(key);
+            codec::put_bytes(&mut v, key);
             v.extend_from_slice(value);
         }
         None => {
@@ -167,10 +164,10 @@ fn encode_key_write(
 pub fn encode_incarnations(records: &[(u64, u64)]) -> Vec<u8> {
     let mut v = Vec::with_capacity(5 + 16 * records.len());
     v.push(INCARNATIONS);
-    v.extend_from_slice(&(records.len() as u32).to_be_bytes());
+    codec::put_u32(&mut v, records.len() as u32);
     for (id, incarnation) in records {
-        v.extend_from_slice(&id.to_be_bytes());
-        v.extend_from_slice(&incarnation.to_be_bytes());
+        codec::put_u64(&mut v, *id);
+        codec::put_u64(&mut v, *incarnation);
     }
     v
 }
@@ -178,8 +175,8 @@ pub fn encode_incarnations(records: &[(u64, u64)]) -> Vec<u8> {
 /// Encodes the cluster version entry.
 pub fn encode_cluster_version(v: Version) -> Vec<u8> {
     let mut data = vec![CLUSTER_VERSION];
-    data.extend_from_slice(&v.major.to_be_bytes());
-    data.extend_from_slice(&v.minor.to_be_bytes());
+    codec::put_u32(&mut data, v.major);
+    codec::put_u32(&mut data, v.minor);
     data
 }
 
@@ -205,38 +202,26 @@ pub fn needs(data: &[u8]) -> Version {
 /// Decodes any command a committed entry may carry.
 pub fn decode_command(data: &[u8]) -> Result<Command, DecodeError> {
     if data.first() == Some(&CLUSTER_VERSION) {
-        let n = |at: usize| {
-            data.get(at..at + 4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_be_bytes)
-        };
-        return match (n(1), n(5), data.len()) {
-            (Some(major), Some(minor), 9) => {
-                Ok(Command::ClusterVersion(Version::new(major, minor)))
-            }
+        let mut r = Reader::new(&data[1..]);
+        return match (r.u32(), r.u32(), r.rest()) {
+            (Ok(major), Ok(minor), []) => Ok(Command::ClusterVersion(Version::new(major, minor))),
             _ => Err(DecodeError("malformed cluster version")),
         };
     }
     if data.first() != Some(&INCARNATIONS) {
         return decode(data).map(Command::Write);
     }
-    let count = data
-        .get(1..5)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_be_bytes)
-        .ok_or(DecodeError("short incarnation record"))? as usize;
-    let body = &data[5..];
-    if body.len() != count.saturating_mul(16) {
+    let mut r = Reader::new(&data[1..]);
+    let count = r
+        .u32()
+        .map_err(|_| DecodeError("short incarnation record"))? as usize;
+    if r.rest().len() != count.saturating_mul(16) {
         return Err(DecodeError("incarnation record of the wrong length"));
     }
-    let records = body
-        .chunks_exact(16)
-        .map(|c| {
-            let (id, inc) = c.split_at(8);
-            let n = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or_default());
-            (n(id), n(inc))
-        })
-        .collect();
+    let records = (0..count)
+        .map(|_| Ok((r.u64()?, r.u64()?)))
+        .collect::<Result<_, CodecError>>()
+        .map_err(|_| DecodeError("incarnation record of the wrong length"))?;
     Ok(Command::Incarnations(records))
 }
 
@@ -286,18 +271,17 @@ fn split_condition(data: &[u8]) -> Result<(u8, &[u8], Option<Cond>), DecodeError
     if tag != CONDITIONAL {
         return Ok((tag, rest, None));
     }
-    let (&kind, rest) = rest.split_first().ok_or(DecodeError("short condition"))?;
-    let rev_bytes: [u8; 8] = rest
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or(DecodeError("short condition"))?;
+    let mut r = Reader::new(rest);
+    let short = |_| DecodeError("short condition");
+    let (kind, rev) = (r.u8().map_err(short)?, r.u64().map_err(short)?);
     let cond = match kind {
-        1 => Cond::ModRevision(u64::from_be_bytes(rev_bytes)),
+        1 => Cond::ModRevision(rev),
         2 => Cond::Exists,
         3 => Cond::Absent,
         _ => return Err(DecodeError("unknown condition")),
     };
-    let (&tag, rest) = rest[8..]
+    let (&tag, rest) = r
+        .rest()
         .split_first()
         .ok_or(DecodeError("condition without a write"))?;
     Ok((tag, rest, Some(cond)))
@@ -305,28 +289,20 @@ fn split_condition(data: &[u8]) -> Result<(u8, &[u8], Option<Cond>), DecodeError
 
 /// A put's key and value.
 fn split_put(rest: &[u8]) -> Result<(&[u8], &[u8]), DecodeError> {
-    let len_bytes: [u8; 4] = rest
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .ok_or(DecodeError("short put header"))?;
-    let key_len = u32::from_be_bytes(len_bytes) as usize;
-    let body = &rest[4..];
-    if body.len() < key_len {
-        return Err(DecodeError("put key past end"));
-    }
-    Ok(body.split_at(key_len))
+    let mut r = Reader::new(rest);
+    let key_len = r.u32().map_err(|_| DecodeError("short put header"))? as usize;
+    let key = r
+        .take(key_len)
+        .map_err(|_| DecodeError("put key past end"))?;
+    Ok((key, r.rest()))
 }
 
 /// A put (`PUT`), or one on a lease (`LEASE_PUT`: the lease id first, never 0).
 fn decode_put(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeError> {
     let (lease, rest) = if tag == LEASE_PUT {
-        let (lease, rest) = rest
-            .split_at_checked(8)
-            .ok_or(DecodeError("short lease put"))?;
-        (
-            u64::from_be_bytes(lease.try_into().unwrap_or_default()),
-            rest,
-        )
+        let mut r = Reader::new(rest);
+        let lease = r.u64().map_err(|_| DecodeError("short lease put"))?;
+        (lease, r.rest())
     } else {
         (0, rest)
     };
@@ -344,10 +320,9 @@ fn decode_put(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeErro
 
 /// A write checked against the auth revision it names (its own encoding follows).
 fn decode_checked(rest: &[u8]) -> Result<Op, DecodeError> {
-    let (revision, inner) = rest
-        .split_at_checked(8)
-        .ok_or(DecodeError("short checked write"))?;
-    let op = decode(inner)?;
+    let mut r = Reader::new(rest);
+    let revision = r.u64().map_err(|_| DecodeError("short checked write"))?;
+    let op = decode(r.rest())?;
     // Only what a client's permissions decide is checked; a lease clock tick (the
     // leader's own) inside one would slip past the checks made on its own tag.
     if !is_checked_kind(&op) {
@@ -356,20 +331,20 @@ fn decode_checked(rest: &[u8]) -> Result<Op, DecodeError> {
         ));
     }
     Ok(Op::Checked {
-        auth_revision: u64::from_be_bytes(revision.try_into().unwrap_or_default()),
+        auth_revision: revision,
         op: Box::new(op),
     })
 }
 
 fn decode_alarm(rest: &[u8]) -> Result<Op, DecodeError> {
-    let mut d = Dec(rest, 0);
+    let mut d = Dec::new(rest);
     let member = d.u64()?;
     let active = match d.u8()? {
         0 => false,
         1 => true,
         _ => return Err(DecodeError("bad alarm state")),
     };
-    if !d.0.is_empty() {
+    if !d.done() {
         return Err(DecodeError("bytes after an alarm"));
     }
     Ok(Op::Alarm { member, active })
@@ -383,7 +358,7 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
             cond,
         }),
         LEASE_GRANT | LEASE_REVOKE | LEASE_KEEPALIVE | LEASE_TICK if cond.is_none() => {
-            let mut d = Dec(rest, 0);
+            let mut d = Dec::new(rest);
             let id = d.u64()?;
             let op = match tag {
                 LEASE_GRANT => Op::LeaseGrant { id, ttl: d.u64()? },
@@ -391,7 +366,7 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
                 LEASE_KEEPALIVE => Op::LeaseKeepAlive { id },
                 _ => Op::LeaseTick { elapsed_ms: id },
             };
-            if !d.0.is_empty() {
+            if !d.done() {
                 return Err(DecodeError("bytes after a lease op"));
             }
             Ok(op)
@@ -408,9 +383,9 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
             .map_err(|_| DecodeError("bad auth change")),
         ALARM => decode_alarm(rest),
         TXN => {
-            let mut d = Dec(rest, 0);
+            let mut d = Dec::new(rest);
             let txn = d.txn()?;
-            if !d.0.is_empty() {
+            if !d.done() {
                 return Err(DecodeError("bytes after a transaction"));
             }
             Ok(Op::Txn(Box::new(txn)))
@@ -428,12 +403,11 @@ fn decode_write(tag: u8, rest: &[u8], cond: Option<Cond>) -> Result<Op, DecodeEr
             })
         }
         COMPACT => {
-            let rev: [u8; 8] = rest
-                .try_into()
-                .map_err(|_| DecodeError("compaction of the wrong length"))?;
-            Ok(Op::Compact {
-                revision: u64::from_be_bytes(rev),
-            })
+            let mut r = Reader::new(rest);
+            match (r.u64(), r.rest()) {
+                (Ok(revision), []) => Ok(Op::Compact { revision }),
+                _ => Err(DecodeError("compaction of the wrong length")),
+            }
         }
         _ => Err(DecodeError("unknown tag")),
     }
@@ -519,7 +493,7 @@ fn encode_txn(txn: &Txn) -> Vec<u8> {
 }
 
 fn encode_txn_body(v: &mut Vec<u8>, txn: &Txn) {
-    v.extend_from_slice(&(txn.compare.len() as u32).to_be_bytes());
+    codec::put_u32(v, txn.compare.len() as u32);
     for c in &txn.compare {
         encode_compare(v, c);
     }
@@ -527,31 +501,14 @@ fn encode_txn_body(v: &mut Vec<u8>, txn: &Txn) {
     encode_txn_ops(v, &txn.failure);
 }
 
-/// Length-prefixed bytes (u32, big-endian).
-fn put_bytes(v: &mut Vec<u8>, b: &[u8]) {
-    v.extend_from_slice(&(b.len() as u32).to_be_bytes());
-    v.extend_from_slice(b);
-}
-
-/// 0, or 1 and length-prefixed bytes.
-fn put_opt(v: &mut Vec<u8>, b: Option<&Vec<u8>>) {
-    match b {
-        Some(b) => {
-            v.push(1);
-            put_bytes(v, b);
-        }
-        None => v.push(0),
-    }
-}
-
 fn put_range(v: &mut Vec<u8>, r: &KeyRange) {
     put_bytes(v, &r.start);
-    put_opt(v, r.end.as_ref());
+    put_opt(v, r.end.as_deref());
 }
 
 fn encode_compare(v: &mut Vec<u8>, c: &Compare) {
     put_bytes(v, &c.key);
-    put_opt(v, c.range_end.as_ref());
+    put_opt(v, c.range_end.as_deref());
     match &c.target {
         Target::Value(b) => {
             v.push(1);
@@ -564,7 +521,7 @@ fn encode_compare(v: &mut Vec<u8>, c: &Compare) {
                 Target::Mod(_) => 4,
                 _ => 5,
             });
-            v.extend_from_slice(&n.to_be_bytes());
+            codec::put_u64(v, *n);
         }
     }
     v.push(match c.result {
@@ -578,7 +535,7 @@ fn encode_compare(v: &mut Vec<u8>, c: &Compare) {
 /// A count, then each op: 1 put, 4 put with options, 2 delete, 5 delete with prev_kv, 3 get,
 /// 6 nested txn.
 fn encode_txn_ops(v: &mut Vec<u8>, ops: &[TxnOp]) {
-    v.extend_from_slice(&(ops.len() as u32).to_be_bytes());
+    codec::put_u32(v, ops.len() as u32);
     for op in ops {
         match op {
             TxnOp::Put {
@@ -593,7 +550,7 @@ fn encode_txn_ops(v: &mut Vec<u8>, ops: &[TxnOp]) {
                 v.push(if flags == 0 { 1 } else { 4 });
                 put_bytes(v, key);
                 put_bytes(v, value);
-                v.extend_from_slice(&lease.to_be_bytes());
+                codec::put_u64(v, *lease);
                 if flags != 0 {
                     v.push(flags);
                 }
@@ -613,54 +570,49 @@ fn encode_txn_ops(v: &mut Vec<u8>, ops: &[TxnOp]) {
             } => {
                 v.push(3);
                 put_range(v, range);
-                v.extend_from_slice(&limit.to_be_bytes());
-                v.extend_from_slice(&revision.to_be_bytes());
+                codec::put_u64(v, *limit);
+                codec::put_u64(v, *revision);
             }
         }
     }
 }
 
-/// A cursor over an encoded transaction, and the nesting depth it is at; every read checks
-/// the length left.
-struct Dec<'a>(&'a [u8], usize);
+/// A reader of an encoded transaction ([`codec::Reader`]), and the nesting depth it is at.
+struct Dec<'a>(Reader<'a>, usize);
 
-impl Dec<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
-        if self.0.len() < n {
-            return Err(DecodeError("transaction truncated"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
+impl From<CodecError> for DecodeError {
+    fn from(e: CodecError) -> Self {
+        DecodeError(match e {
+            CodecError::Truncated => "transaction truncated",
+            CodecError::BadOptional => "bad optional field",
+            CodecError::LongCount => "transaction list longer than its data",
+        })
+    }
+}
+
+impl<'a> Dec<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Dec(Reader::new(bytes), 0)
+    }
+
+    fn done(&self) -> bool {
+        self.0.rest().is_empty()
     }
 
     fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_be_bytes(
-            self.take(4)?.try_into().unwrap_or_default(),
-        ))
+        Ok(self.0.u8()?)
     }
 
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(
-            self.take(8)?.try_into().unwrap_or_default(),
-        ))
+        Ok(self.0.u64()?)
     }
 
     fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
-        let n = self.u32()? as usize;
-        Ok(self.take(n)?.to_vec())
+        Ok(self.0.bytes()?)
     }
 
     fn opt(&mut self) -> Result<Option<Vec<u8>>, DecodeError> {
-        match self.u8()? {
-            0 => Ok(None),
-            1 => self.bytes().map(Some),
-            _ => Err(DecodeError("bad optional field")),
-        }
+        Ok(self.0.opt()?)
     }
 
     fn range(&mut self) -> Result<KeyRange, DecodeError> {
@@ -676,10 +628,7 @@ impl Dec<'_> {
         &mut self,
         item: fn(&mut Self) -> Result<T, DecodeError>,
     ) -> Result<Vec<T>, DecodeError> {
-        let n = self.u32()? as usize;
-        if n > self.0.len() {
-            return Err(DecodeError("transaction list longer than its data"));
-        }
+        let n = self.0.count()?;
         (0..n).map(|_| item(self)).collect()
     }
 
@@ -769,17 +718,15 @@ pub struct ProposalId {
 
 impl ProposalId {
     pub fn encode(self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(16);
-        v.extend_from_slice(&self.member.to_be_bytes());
-        v.extend_from_slice(&self.seq.to_be_bytes());
-        v
+        codec::u64s(&[self.member, self.seq])
     }
 
     /// `None` for entries proposed without a context (leader no-ops, other tools).
     pub fn decode(ctx: &[u8]) -> Option<Self> {
-        let member = u64::from_be_bytes(ctx.get(..8)?.try_into().ok()?);
-        let seq = u64::from_be_bytes(ctx.get(8..16)?.try_into().ok()?);
-        Some(ProposalId { member, seq })
+        Some(ProposalId {
+            member: codec::u64_at(ctx, 0)?,
+            seq: codec::u64_at(ctx, 1)?,
+        })
     }
 }
 

@@ -24,6 +24,7 @@
 //! when opened or restored ([`LEGACY_LATEST`]).
 
 use super::{Header, Record, Result, StoreError};
+use crate::codec;
 
 /// The meta entry: storage's hot key, which the btree keeps in memory.
 pub(crate) const META: &[u8] = crate::storage::HOT_KEY;
@@ -43,13 +44,13 @@ pub const NOSPACE: u8 = 1;
 
 pub(crate) fn alarm_key(member: u64) -> Vec<u8> {
     let mut v = vec![ALARMS];
-    v.extend_from_slice(&member.to_be_bytes());
+    codec::put_u64(&mut v, member);
     v
 }
 
 pub(crate) fn lease_key(id: u64) -> Vec<u8> {
     let mut v = vec![LEASES];
-    v.extend_from_slice(&id.to_be_bytes());
+    codec::put_u64(&mut v, id);
     v
 }
 
@@ -57,7 +58,7 @@ pub(crate) fn lease_key(id: u64) -> Vec<u8> {
 pub(crate) fn attached_key(id: u64, key: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(9 + key.len());
     v.push(ATTACHED);
-    v.extend_from_slice(&id.to_be_bytes());
+    codec::put_u64(&mut v, id);
     v.extend_from_slice(key);
     v
 }
@@ -73,18 +74,14 @@ pub(crate) fn attached_range(id: u64) -> (Vec<u8>, Vec<u8>) {
 
 pub(crate) fn expiry_key(expiry: u64, id: u64) -> Vec<u8> {
     let mut v = vec![EXPIRY];
-    v.extend_from_slice(&expiry.to_be_bytes());
-    v.extend_from_slice(&id.to_be_bytes());
+    codec::put_u64(&mut v, expiry);
+    codec::put_u64(&mut v, id);
     v
 }
 
 /// The u64 at the end of a key (an `e` key's lease, an `l` key's id).
 pub(crate) fn trailing_u64(raw: &[u8]) -> Result<u64> {
-    raw.len()
-        .checked_sub(8)
-        .and_then(|at| raw[at..].try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| StoreError::Corrupt("short key".into()))
+    codec::trailing_u64(raw).ok_or_else(|| StoreError::Corrupt("short key".into()))
 }
 
 /// The lease id at the end of an `e` key.
@@ -101,19 +98,12 @@ pub struct LeaseRecord {
 
 impl LeaseRecord {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        [self.ttl, self.expiry]
-            .iter()
-            .flat_map(|n| n.to_be_bytes())
-            .collect()
+        codec::u64s(&[self.ttl, self.expiry])
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<LeaseRecord> {
         let n = |i: usize| {
-            bytes
-                .get(i * 8..i * 8 + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| StoreError::Corrupt("malformed lease".into()))
+            codec::u64_at(bytes, i).ok_or_else(|| StoreError::Corrupt("malformed lease".into()))
         };
         Ok(LeaseRecord {
             ttl: n(0)?,
@@ -150,7 +140,7 @@ pub(crate) fn history_prefix(key: &[u8]) -> Vec<u8> {
 
 pub(crate) fn history_key(key: &[u8], rev: u64) -> Vec<u8> {
     let mut v = history_prefix(key);
-    v.extend_from_slice(&(!rev).to_be_bytes());
+    codec::put_u64(&mut v, !rev);
     v
 }
 
@@ -177,7 +167,7 @@ pub(crate) fn split_history_key(raw: &[u8]) -> Result<(Vec<u8>, u64)> {
     let (esc, rev) = body
         .split_at_checked(body.len().checked_sub(8).ok_or_else(bad)?)
         .ok_or_else(bad)?;
-    let rev = !u64::from_be_bytes(rev.try_into().map_err(|_| bad())?);
+    let rev = !codec::u64_at(rev, 0).ok_or_else(bad)?;
     let mut key = Vec::with_capacity(esc.len());
     let mut i = 0;
     loop {
@@ -205,23 +195,22 @@ pub(crate) fn history_rev(raw: &[u8]) -> Result<u64> {
 pub(crate) fn convert_history_key(raw: &[u8]) -> Result<Vec<u8>> {
     let rev = trailing_u64(raw)?;
     let mut v = raw[..raw.len() - 8].to_vec();
-    v.extend_from_slice(&(!rev).to_be_bytes());
+    codec::put_u64(&mut v, !rev);
     Ok(v)
 }
 
 pub(crate) fn rev_key(rev: u64, sub: u32) -> Vec<u8> {
     let mut v = Vec::with_capacity(13);
     v.push(REVS);
-    v.extend_from_slice(&rev.to_be_bytes());
-    v.extend_from_slice(&sub.to_be_bytes());
+    codec::put_u64(&mut v, rev);
+    codec::put_u32(&mut v, sub);
     v
 }
 
 /// The revision of an `r` entry's key.
 pub(crate) fn rev_of(raw: &[u8]) -> Result<u64> {
-    raw.get(1..9)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
+    raw.get(1..)
+        .and_then(|r| codec::u64_at(r, 0))
         .ok_or_else(|| StoreError::Corrupt("short revision key".into()))
 }
 
@@ -285,7 +274,7 @@ impl Meta {
     };
 
     pub(crate) fn encode(&self) -> Vec<u8> {
-        [
+        codec::u64s(&[
             self.applied_index,
             self.revision,
             self.keys,
@@ -293,17 +282,14 @@ impl Meta {
             self.compacted,
             self.lease_clock,
             self.layout,
-        ]
-        .iter()
-        .flat_map(|n| n.to_be_bytes())
-        .collect()
+        ])
     }
 
     /// Decodes a meta entry of this layout or of layout 2 (48 bytes, no layout field). Builds
     /// before layout 3 refuse this layout's 56-byte entry rather than misread the keyspace.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Meta> {
-        let n =
-            |i: usize| u64::from_be_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        // Only called on lengths checked below: every field is there.
+        let n = |i: usize| codec::u64_at(bytes, i).unwrap_or_default();
         let layout = match bytes.len() {
             48 => 2,
             56 if n(6) == LAYOUT => LAYOUT,

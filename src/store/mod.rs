@@ -171,7 +171,7 @@ impl Record {
             self.version,
             self.lease,
         ] {
-            v.extend_from_slice(&n.to_be_bytes());
+            crate::codec::put_u64(v, n);
         }
         v.extend_from_slice(&self.value);
     }
@@ -207,11 +207,8 @@ impl Record {
     }
 
     fn field(bytes: &[u8], i: usize) -> Result<u64> {
-        let b: [u8; 8] = bytes
-            .get(i * 8..i * 8 + 8)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| StoreError::Corrupt(format!("record of {} bytes", bytes.len())))?;
-        Ok(u64::from_be_bytes(b))
+        crate::codec::u64_at(bytes, i)
+            .ok_or_else(|| StoreError::Corrupt(format!("record of {} bytes", bytes.len())))
     }
 
     pub fn into_kv(self, key: Vec<u8>) -> KeyValue {

@@ -14,12 +14,14 @@
 //! still read, as a store compacted at its revision. Builds that know only version 2 refuse
 //! version 3 (bad magic) instead of misreading it.
 //!
-//! All integers are big-endian. A reader reports corruption (bad magic, bad tag, truncation,
+//! All integers are big-endian, written with [`crate::codec`]'s primitives (the reader streams,
+//! so it reads them from the input itself). A reader reports corruption (bad magic, bad tag, truncation,
 //! checksum or count mismatch) instead of yielding a partial store.
 
 use std::io::{self, Read, Write};
 
 use super::{KeyValue, Result, StoreError};
+use crate::codec;
 use crate::storage::EngineError;
 
 const MAGIC: &[u8; 8] = b"METCDSN3";
@@ -56,8 +58,7 @@ impl<'a> SnapshotWriter<'a> {
             count: 0,
         };
         w.put(if version == 2 { MAGIC_V2 } else { MAGIC })?;
-        w.put(&applied_index.to_be_bytes())?;
-        w.put(&revision.to_be_bytes())?;
+        w.put(&codec::u64s(&[applied_index, revision]))?;
         Ok(w)
     }
 
@@ -68,19 +69,21 @@ impl<'a> SnapshotWriter<'a> {
     }
 
     pub fn entry(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.put(&[TAG_ENTRY])?;
-        self.put(&(key.len() as u32).to_be_bytes())?;
-        self.put(key)?;
-        self.put(&(value.len() as u32).to_be_bytes())?;
+        // The tag, the key and the value's length in one write; the value as it is.
+        let mut head = Vec::with_capacity(9 + key.len());
+        head.push(TAG_ENTRY);
+        codec::put_bytes(&mut head, key);
+        codec::put_u32(&mut head, value.len() as u32);
+        self.put(&head)?;
         self.put(value)?;
         self.count += 1;
         Ok(())
     }
 
     pub fn finish(mut self) -> Result<()> {
-        self.put(&[TAG_END])?;
-        let count = self.count;
-        self.put(&count.to_be_bytes())?;
+        let mut tail = vec![TAG_END];
+        codec::put_u64(&mut tail, self.count);
+        self.put(&tail)?;
         let crc = self.crc.clone().finalize();
         self.out.write_all(&crc.to_be_bytes())?;
         self.out.flush()?;
