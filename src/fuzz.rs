@@ -46,8 +46,10 @@ fn op() -> impl Strategy<Value = Op> {
             use crate::store::txn::{CmpResult, Compare, Target, Txn, TxnOp};
             Op::Txn(Box::new(Txn {
                 compare: vec![Compare {
-                    key: key.clone(),
-                    range_end: Some(end.clone()),
+                    range: KeyRange {
+                        start: key.clone(),
+                        end: Some(end.clone()),
+                    },
                     target: Target::Version(n),
                     result: CmpResult::Greater,
                 }],

@@ -456,7 +456,10 @@ fn txn_sizes(txn: &Txn) -> (usize, usize) {
             _ => 0,
         };
         (
-            c.key.len().max(c.range_end.as_ref().map_or(0, Vec::len)),
+            c.range
+                .start
+                .len()
+                .max(c.range.end.as_ref().map_or(0, Vec::len)),
             value,
         )
     });
@@ -507,8 +510,7 @@ fn put_range(v: &mut Vec<u8>, r: &KeyRange) {
 }
 
 fn encode_compare(v: &mut Vec<u8>, c: &Compare) {
-    put_bytes(v, &c.key);
-    put_opt(v, c.range_end.as_deref());
+    put_range(v, &c.range);
     match &c.target {
         Target::Value(b) => {
             v.push(1);
@@ -633,8 +635,7 @@ impl<'a> Dec<'a> {
     }
 
     fn compare(&mut self) -> Result<Compare, DecodeError> {
-        let key = self.bytes()?;
-        let range_end = self.opt()?;
+        let range = self.range()?;
         let target = match self.u8()? {
             1 => Target::Value(self.bytes()?),
             2 => Target::Version(self.u64()?),
@@ -651,8 +652,7 @@ impl<'a> Dec<'a> {
             _ => return Err(DecodeError("unknown compare result")),
         };
         Ok(Compare {
-            key,
-            range_end,
+            range,
             target,
             result,
         })
@@ -760,8 +760,10 @@ mod tests {
             },
             Op::Txn(Box::new(Txn {
                 compare: vec![Compare {
-                    key: vec![],
-                    range_end: Some(vec![]),
+                    range: KeyRange {
+                        start: vec![],
+                        end: Some(vec![]),
+                    },
                     target: Target::Mod(u64::MAX),
                     result: CmpResult::Less,
                 }],
@@ -979,14 +981,18 @@ mod golden_tests {
         let txn = Txn {
             compare: vec![
                 Compare {
-                    key: b"k".to_vec(),
-                    range_end: None,
+                    range: KeyRange {
+                        start: b"k".to_vec(),
+                        end: None,
+                    },
                     target: Target::Value(b"v".to_vec()),
                     result: CmpResult::NotEqual,
                 },
                 Compare {
-                    key: b"a".to_vec(),
-                    range_end: Some(vec![]),
+                    range: KeyRange {
+                        start: b"a".to_vec(),
+                        end: Some(vec![]),
+                    },
                     target: Target::Mod(7),
                     result: CmpResult::Less,
                 },

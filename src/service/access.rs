@@ -136,11 +136,7 @@ impl Caller {
             return Ok(());
         }
         for c in &txn.compare {
-            let range = KeyRange {
-                start: c.key.clone(),
-                end: c.range_end.clone(),
-            };
-            self.may_range(Need::Read, &range)?;
+            self.may_range(Need::Read, &c.range)?;
         }
         for op in txn.success.iter().chain(&txn.failure) {
             match op {

@@ -327,8 +327,8 @@ impl Service {
     /// Every key and range end of `txn`, nested ones too, within `--max-key-bytes`.
     fn check_txn_sizes(&self, txn: &Txn) -> Result<(), Error> {
         for c in &txn.compare {
-            self.check_key(&c.key)?;
-            self.check_key(c.range_end.as_deref().unwrap_or_default())?;
+            self.check_key(&c.range.start)?;
+            self.check_key(c.range.end.as_deref().unwrap_or_default())?;
         }
         for op in txn.success.iter().chain(&txn.failure) {
             match op {

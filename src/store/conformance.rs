@@ -644,8 +644,10 @@ fn transaction_options_and_nesting(s: &KvStore) {
                 },
                 TxnOp::Txn(Box::new(Txn {
                     compare: vec![Compare {
-                        key: b"d".to_vec(),
-                        range_end: None,
+                        range: KeyRange {
+                            start: b"d".to_vec(),
+                            end: None,
+                        },
                         target: Target::Version(0),
                         result: Equal,
                     }],
@@ -661,8 +663,10 @@ fn transaction_options_and_nesting(s: &KvStore) {
                 })),
                 TxnOp::Txn(Box::new(Txn {
                     compare: vec![Compare {
-                        key: b"a".to_vec(),
-                        range_end: None,
+                        range: KeyRange {
+                            start: b"a".to_vec(),
+                            end: None,
+                        },
                         target: Target::Value(b"nope".to_vec()),
                         result: Equal,
                     }],
@@ -709,8 +713,7 @@ fn transactions(s: &KvStore) {
     use super::txn::{CmpResult::*, Compare, Target, Txn, TxnOp, TxnResponse};
     s.apply(&[put(1, "a", "1"), put(2, "b", "1")]).unwrap(); // 2, 3
     let cmp = |key: &str, target, result| Compare {
-        key: key.into(),
-        range_end: None,
+        range: KeyRange::key(key.into()),
         target,
         result,
     };
@@ -823,8 +826,10 @@ fn transactions(s: &KvStore) {
     // Compares over a range hold only if they hold for every key in it; targets compare as
     // numbers, values as bytes.
     let range_cmp = |target, result| Compare {
-        key: vec![],
-        range_end: Some(vec![]),
+        range: KeyRange {
+            start: vec![],
+            end: Some(vec![]),
+        },
         target,
         result,
     };
@@ -1291,8 +1296,10 @@ fn history_agrees_with_a_model() {
                     let key = |n: u64| format!("k{n}").into_bytes();
                     Op::Txn(Box::new(Txn {
                         compare: vec![Compare {
-                            key: key(a),
-                            range_end: None,
+                            range: KeyRange {
+                                start: key(a),
+                                end: None,
+                            },
                             target: Target::Version(rand(3)),
                             result: CmpResult::Greater,
                         }],
@@ -1356,7 +1363,7 @@ fn history_agrees_with_a_model() {
                     let Target::Version(n) = t.compare[0].target else {
                         unreachable!()
                     };
-                    let a = &t.compare[0].key;
+                    let a = &t.compare[0].range.start;
                     let put = |next: &mut State, key: &Vec<u8>, value: &Vec<u8>| {
                         let (create, version) = next
                             .get(key)

@@ -26,12 +26,10 @@ pub enum CmpResult {
     Greater,
 }
 
-/// One compare: on `key`, or on every key in `[key, range_end)` when `range_end` is set
-/// (`Some(empty)`: to the last key).
+/// One compare: on one key, or on every key of a range.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compare {
-    pub key: Vec<u8>,
-    pub range_end: Option<Vec<u8>>,
+    pub range: KeyRange,
     pub target: Target,
     pub result: CmpResult,
 }
@@ -260,11 +258,7 @@ fn compare_one(c: &Compare, kv: Option<&KeyValue>) -> bool {
 /// empty range compares as one missing key).
 fn holds(batch: &Batch, compares: &[Compare]) -> Result<bool> {
     for c in compares {
-        let range = KeyRange {
-            start: c.key.clone(),
-            end: c.range_end.clone(),
-        };
-        let (start, end) = range.bounds();
+        let (start, end) = c.range.bounds();
         let kvs = range_latest(batch, &start, end.as_deref(), usize::MAX)?;
         let ok = if kvs.is_empty() {
             compare_one(c, None)

@@ -186,8 +186,7 @@ fn compare(c: &rpc::Compare) -> Result<Compare, Status> {
     };
     let range = KeyRange::etcd(&c.key, &c.range_end);
     Ok(Compare {
-        key: range.start,
-        range_end: range.end,
+        range,
         target,
         result,
     })

@@ -187,8 +187,7 @@ impl CompareJson {
             }
         };
         Ok(Compare {
-            key: range.start,
-            range_end: range.end,
+            range,
             target,
             result,
         })
@@ -304,7 +303,7 @@ mod tests {
             {"get":{"key_base64":"AP8=","limit":2,"revision":3}}],
             "failure":[{"get":{"key":"a","range_end":""}}]}"#;
         let t = parse(body, Encoding::Utf8).unwrap();
-        assert_eq!(t.compare[1].range_end, Some(b"p0".to_vec()));
+        assert_eq!(t.compare[1].range.end, Some(b"p0".to_vec()));
         assert_eq!(t.compare[1].target, Target::Mod(9));
         assert_eq!(
             t.success[2],
