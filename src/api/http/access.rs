@@ -58,7 +58,6 @@ pub async fn authenticate(
         name: String,
         password: String,
     }
-    state.node.check_running()?;
     let body = super::body::read_value(body, 64 * 1024).await?;
     let login: Login = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(

@@ -74,7 +74,6 @@ async fn run(state: &Service, req: KeyRequest<'_>) -> Result<Response, ApiError>
             "GET, HEAD, PUT, DELETE",
         ));
     }
-    state.node.check_running()?;
     let key = decode_key(raw_key, state.settings.max_key_bytes)?;
     let query = Query::parse(query)?;
     if query.revision.is_some() && !matches!(method, Method::GET | Method::HEAD) {

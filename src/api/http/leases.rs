@@ -56,7 +56,6 @@ pub async fn grant(
     axum::Extension(caller): axum::Extension<Caller>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    state.node.check_running()?;
     let body = read_value(body, 4096).await?;
     let req: Grant = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
@@ -72,7 +71,6 @@ pub async fn keep_alive(
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.node.check_running()?;
     let id = lease_id(&id)?;
     match state.lease_keep_alive(&caller, id).await? {
         KeepAlive::Renewed { ttl, .. } => Ok(Json(json!({ "id": id, "ttl": ttl })).into_response()),
@@ -85,7 +83,6 @@ pub async fn revoke(
     axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.node.check_running()?;
     let id = lease_id(&id)?;
     let done = state.lease_revoke(&caller, id).await?;
     let mut resp = Json(json!({ "id": id, "deleted": done.deleted, "revision": done.revision }))
@@ -101,7 +98,6 @@ pub async fn show(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    state.node.check_running()?;
     let id = lease_id(&id)?;
     let query = Query::parse(query.as_deref())?;
     let read = state
@@ -131,7 +127,6 @@ pub async fn show(
 }
 
 pub async fn list(State(state): Shared, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
-    state.node.check_running()?;
     let query = Query::parse(query.as_deref())?;
     let (revision, leases) = state.lease_list(query.barrier()).await?;
     let leases: Vec<Value> = leases

@@ -257,7 +257,6 @@ pub async fn handle(
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Response, ApiError> {
-    state.node.check_running()?;
     let query = Query::parse(query.as_deref())?;
     let body = super::body::read_value(body, state.settings.max_request_bytes).await?;
     let txn = parse(&body, query.encoding)?;
