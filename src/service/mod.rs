@@ -1,5 +1,5 @@
 //! The service: every client operation, with every rule it is subject to, written once for
-//! both protocol faces (`api`'s HTTP API and `api::grpc`'s etcd v3 API).
+//! both protocol faces (`api::http`, the HTTP API, and `api::grpc`, etcd's v3 API).
 //!
 //! An operation takes the caller ([`access::Caller`]) and a typed request and answers a typed
 //! outcome or an [`Error`]. The faces only translate: a request from their wire form, an

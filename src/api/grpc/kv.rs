@@ -1,13 +1,14 @@
-//! The KV service: Range, Put, DeleteRange, Txn and Compact, with etcd's semantics.
+//! The KV service: Range, Put, DeleteRange, Txn and Compact, with etcd's semantics, mapped
+//! onto the service's operations ([`crate::service::kv`], which holds every rule); this file
+//! translates etcd's requests and shapes the answers (sort, filters, limits, txn headers).
 //!
 //! - Range is linearizable (a ReadIndex round) unless `serializable`. Like etcd's, it counts
 //!   every key in the range (`count`) before filters and limit; with a sort or a revision
 //!   filter it reads the whole range, filters, sorts (stable: ties stay in key order), then
 //!   cuts to `limit` and sets `more`.
-//! - Put, DeleteRange and Txn are proposed through the log and answered once applied here.
-//!   A plain put or delete goes in as the HTTP API's; one asking for `prev_kv`,
-//!   `ignore_value` or `ignore_lease` goes in as a one-operation transaction, so the
-//!   previous version is read when the write is applied, in log order.
+//! - Put, DeleteRange and Txn are proposed through the log and answered once applied here
+//!   (a put or delete asking for the previous version goes in as a one-operation
+//!   transaction, so that version is read when the write is applied, in log order).
 //! - Txn: compares on every target, the four results, ranges (`range_end`) in compares, and
 //!   nested transactions; a range inside a transaction takes the same options as Range. All
 //!   of a transaction, reads included, goes through the log.

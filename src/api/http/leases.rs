@@ -14,7 +14,8 @@
 //! below the minimum (1.5 election timeouts, rounded up to a second, as etcd's) is raised to
 //! it. Unknown leases answer 404 "requested lease not found". Every change goes through the
 //! log; keepalives sent to a follower reach the leader as any write does. Reads are
-//! linearizable unless `?consistency=serializable`.
+//! linearizable unless `?consistency=serializable` (or `?min_revision=N`). The rules are the
+//! service's ([`crate::service::lease`]), the same for etcd's Lease service.
 
 use std::sync::Arc;
 
