@@ -646,7 +646,10 @@ async fn admin(State(api): State<Arc<PeerApi>>, headers: HeaderMap, body: Body) 
         Err(e) => return bad(format!("bad membership request: {e}")),
     };
     match peer_client::execute(&api.admin, request, hops).await {
-        Ok(json) => (StatusCode::OK, json),
+        Ok(members) => (
+            StatusCode::OK,
+            serde_json::json!({ "members": members }).to_string(),
+        ),
         Err(e) => {
             let status =
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);

@@ -11,7 +11,7 @@ use parking_lot::RwLock;
 
 use super::transport::{self, CLUSTER_HEADER, FROM_HEADER, TransportError};
 use crate::raft::member_auth::{AuthDenial, MemberRequest};
-use crate::raft::members::{AdminError, ClusterInfo, Membership};
+use crate::raft::members::{AdminError, ClusterInfo, MemberStatus, Membership};
 use crate::raft::{NodeHandle, RequestError};
 
 /// What executing a membership request needs, on the client and the peer port alike.
@@ -30,16 +30,14 @@ pub async fn execute(
     ctx: &AdminCtx,
     request: MemberRequest,
     hops: u32,
-) -> Result<String, AdminError> {
+) -> Result<Vec<MemberStatus>, AdminError> {
     let MemberRequest { change, by } = &request;
     // A new leader refuses changes until it has applied its log (raft allows one pending
     // change and counts its unapplied tail as one); that takes a few milliseconds.
     let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
     for _attempt in 0..64 {
         match ctx.node.change_members(change.clone(), by.clone()).await {
-            Ok(members) => {
-                return Ok(serde_json::json!({ "members": members }).to_string());
-            }
+            Ok(members) => return Ok(members),
             Err(AdminError::Unavailable(RequestError::LeaderCatchingUp))
                 if tokio::time::Instant::now() < deadline =>
             {
@@ -68,7 +66,7 @@ pub async fn execute(
                 let (status, body) =
                     forward(&authority, &ctx.cluster_id, ctx.id, hops + 1, &request).await?;
                 return if (200..300).contains(&status) {
-                    Ok(body)
+                    members_of(&body)
                 } else if let Some(denied) = AuthDenial::from_answer(status, &body) {
                     Err(denied.into())
                 } else {
@@ -79,6 +77,18 @@ pub async fn execute(
         }
     }
     Err(RequestError::NoLeader.into())
+}
+
+/// The members a leader answered a forwarded change with (`{"members": [...]}`; fields a
+/// 0.1.0 leader does not send have defaults).
+fn members_of(body: &str) -> Result<Vec<MemberStatus>, AdminError> {
+    #[derive(serde::Deserialize)]
+    struct Members {
+        members: Vec<MemberStatus>,
+    }
+    serde_json::from_str::<Members>(body)
+        .map(|m| m.members)
+        .map_err(|e| AdminError::Relayed(502, format!("bad member list from the leader: {e}")))
 }
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);

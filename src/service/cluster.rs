@@ -48,14 +48,7 @@ impl Service {
             change,
             by: caller.principal(),
         };
-        let json = peer_client::execute(&self.admin, request, 0).await?;
-        #[derive(serde::Deserialize)]
-        struct Members {
-            members: Vec<MemberStatus>,
-        }
-        let parsed: Members = serde_json::from_str(&json)
-            .map_err(|e| Error::Internal(format!("bad member list from the leader: {e}")))?;
-        Ok(parsed.members)
+        Ok(peer_client::execute(&self.admin, request, 0).await?)
     }
 
     /// Moves leadership to member `to` and answers once it leads.
