@@ -258,7 +258,7 @@ pub fn write_sizes(data: &[u8]) -> Result<(usize, usize), DecodeError> {
                 Ok((start.len().max(end.map_or(0, |e| e.len())).max(1), 0))
             }
             Op::Auth(a) => Ok((a.key_bytes().max(1), 0)),
-            Op::Txn(txn) => Ok(txn_sizes(&txn)),
+            Op::Txn(txn) => Ok(txn.sizes()),
             _ => Ok((1, 0)),
         },
         _ => Err(DecodeError("unknown tag")),
@@ -445,32 +445,6 @@ fn is_checked_kind(op: &Op) -> bool {
             | Op::Alarm { .. }
             | Op::Auth(_)
     )
-}
-
-/// A transaction's longest key or range bound (at least 1) and longest value.
-fn txn_sizes(txn: &Txn) -> (usize, usize) {
-    let range = |r: &KeyRange| r.start.len().max(r.end.as_ref().map_or(0, Vec::len));
-    let compares = txn.compare.iter().map(|c| {
-        let value = match &c.target {
-            Target::Value(v) => v.len(),
-            _ => 0,
-        };
-        (
-            c.range
-                .start
-                .len()
-                .max(c.range.end.as_ref().map_or(0, Vec::len)),
-            value,
-        )
-    });
-    let ops = txn.success.iter().chain(&txn.failure).map(|op| match op {
-        TxnOp::Put { key, value, .. } => (key.len(), value.len()),
-        TxnOp::Delete { range: r, .. } | TxnOp::Get { range: r, .. } => (range(r), 0),
-        TxnOp::Txn(inner) => txn_sizes(inner),
-    });
-    compares
-        .chain(ops)
-        .fold((1, 0), |(k, v), (k2, v2)| (k.max(k2), v.max(v2)))
 }
 
 /// ```text

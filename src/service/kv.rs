@@ -104,11 +104,14 @@ pub struct TxnOutcome {
 impl Service {
     /// Keys and range ends within `--max-key-bytes`, values within `--max-request-bytes`.
     fn check_key(&self, key: &[u8]) -> Result<(), Error> {
+        self.check_key_len(key.len())
+    }
+
+    fn check_key_len(&self, len: usize) -> Result<(), Error> {
         let max = self.settings.max_key_bytes;
-        if key.len() > max {
+        if len > max {
             return Err(Error::TooLarge(format!(
-                "key of {} bytes exceeds --max-key-bytes {max}",
-                key.len()
+                "key of {len} bytes exceeds --max-key-bytes {max}"
             )));
         }
         Ok(())
@@ -208,8 +211,7 @@ impl Service {
     ) -> Result<DeleteOutcome, Error> {
         self.node.check_running()?;
         let range = req.range;
-        self.check_key(&range.start)?;
-        self.check_key(range.etcd_end())?;
+        self.check_key_len(range.longest_bound())?;
         caller.may_range(Need::Write, &range)?;
         if req.prev_kv || req.cond.is_some() {
             caller.may_range(Need::Read, &range)?;
@@ -308,7 +310,8 @@ impl Service {
     pub async fn txn(&self, caller: &Caller, txn: Txn) -> Result<TxnOutcome, Error> {
         self.node.check_running()?;
         txn.check().map_err(Invalid::Txn)?;
-        self.check_txn_sizes(&txn)?;
+        // Every key and range bound, nested ones too (the whole request is bounded by the face).
+        self.check_key_len(txn.sizes().0)?;
         caller.may_txn(&self.engine, &txn)?;
         if txn.writes() {
             self.check_quota().await?;
@@ -322,25 +325,6 @@ impl Service {
             changed: done.changed,
             result: *result,
         })
-    }
-
-    /// Every key and range end of `txn`, nested ones too, within `--max-key-bytes`.
-    fn check_txn_sizes(&self, txn: &Txn) -> Result<(), Error> {
-        for c in &txn.compare {
-            self.check_key(&c.range.start)?;
-            self.check_key(c.range.end.as_deref().unwrap_or_default())?;
-        }
-        for op in txn.success.iter().chain(&txn.failure) {
-            match op {
-                TxnOp::Put { key, .. } => self.check_key(key)?,
-                TxnOp::Delete { range, .. } | TxnOp::Get { range, .. } => {
-                    self.check_key(&range.start)?;
-                    self.check_key(range.end.as_deref().unwrap_or_default())?;
-                }
-                TxnOp::Txn(inner) => self.check_txn_sizes(inner)?,
-            }
-        }
-        Ok(())
     }
 
     /// Compacts history through `revision` on every member (root only: it drops history

@@ -66,6 +66,11 @@ impl KeyRange {
         }
     }
 
+    /// The longer of its bounds, in bytes (what a key-size limit applies to).
+    pub fn longest_bound(&self) -> usize {
+        self.start.len().max(self.end.as_ref().map_or(0, Vec::len))
+    }
+
     pub fn is_single_key(&self) -> bool {
         self.end.is_none()
     }

@@ -219,6 +219,26 @@ impl Txn {
 impl Txn {
     /// Whether either branch writes (a put or a delete, here or nested): etcd refuses such a
     /// transaction while a space alarm is raised, whichever branch would run.
+    /// The longest key or range bound (at least 1) and the largest value anywhere in it,
+    /// nested transactions too: what the size limits apply to.
+    pub fn sizes(&self) -> (usize, usize) {
+        let compares = self.compare.iter().map(|c| {
+            let value = match &c.target {
+                Target::Value(v) => v.len(),
+                _ => 0,
+            };
+            (c.range.longest_bound(), value)
+        });
+        let ops = self.success.iter().chain(&self.failure).map(|op| match op {
+            TxnOp::Put { key, value, .. } => (key.len(), value.len()),
+            TxnOp::Delete { range, .. } | TxnOp::Get { range, .. } => (range.longest_bound(), 0),
+            TxnOp::Txn(inner) => inner.sizes(),
+        });
+        compares
+            .chain(ops)
+            .fold((1, 0), |(k, v), (k2, v2)| (k.max(k2), v.max(v2)))
+    }
+
     pub fn writes(&self) -> bool {
         self.success.iter().chain(&self.failure).any(|op| match op {
             TxnOp::Put { .. } | TxnOp::Delete { .. } => true,

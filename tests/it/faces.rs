@@ -83,6 +83,8 @@ enum Op {
     DeletePrefix(&'static str),
     /// A transaction: compare on the first key, put the second.
     Txn(&'static str, &'static str),
+    /// A transaction whose compare names a key over `--max-key-bytes`.
+    TxnLongKey,
     Grant,
     Revoke(u64),
     TimeToLive(u64),
@@ -90,6 +92,14 @@ enum Op {
 }
 
 impl Op {
+    /// A transaction's compare key and put key.
+    fn txn_keys(self) -> (String, String) {
+        match self {
+            Op::Txn(cmp, put) => (cmp.into(), put.into()),
+            _ => (format!("app/{}", "k".repeat(MAX_KEY)), "app/t".into()),
+        }
+    }
+
     fn http(self, port: u16, token: Option<&str>) -> Outcome {
         let bearer = token.map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> = bearer
@@ -110,7 +120,8 @@ impl Op {
             Op::GetAt(k, rev) => ("GET", format!("/{k}?revision={rev}"), Vec::new()),
             Op::Range(k, end) => ("GET", format!("/{k}?end={}", enc(end)), Vec::new()),
             Op::DeletePrefix(p) => ("DELETE", format!("/{p}?prefix=true"), Vec::new()),
-            Op::Txn(cmp, put) => {
+            Op::Txn(..) | Op::TxnLongKey => {
+                let (cmp, put) = self.txn_keys();
                 let txn = serde_json::json!({
                     "compare": [{"key": cmp, "target": "version", "result": ">", "version": 0}],
                     "success": [{"put": {"key": put, "value": "t"}}],
@@ -179,7 +190,8 @@ impl Op {
                 };
                 grpc_outcome(kv.delete_range(req(d, token)).await)
             }
-            Op::Txn(cmp, put_key) => {
+            Op::Txn(..) | Op::TxnLongKey => {
+                let (cmp, put_key) = self.txn_keys();
                 use rpc::compare::{CompareResult, CompareTarget, TargetUnion};
                 let t = rpc::TxnRequest {
                     compare: vec![rpc::Compare {
@@ -256,6 +268,7 @@ fn table(compacted: u64) -> Vec<(Op, [Outcome; 3])> {
         (Op::Txn("secret/k", "app/t"), [Ok, Denied, Unauthenticated]),
         (Op::PutBig("app/big"), [TooLarge, TooLarge, Unauthenticated]),
         (Op::PutLongKey, [TooLarge, TooLarge, Unauthenticated]),
+        (Op::TxnLongKey, [TooLarge, TooLarge, Unauthenticated]),
         // Attaching to a lease shares its fate with its keys: write on them is needed.
         (
             Op::PutWithLease("app/l", SECRET_LEASE),
