@@ -55,8 +55,27 @@ pub enum Invalid {
     Other(String),
 }
 
+/// Why a lock or election call fails (etcd's messages, from its concurrency package).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Coordination {
+    /// The caller's campaign key is gone or is not the one named (Proclaim).
+    #[error("election: not leader")]
+    NotLeader,
+    /// Nobody campaigns on the election (Leader).
+    #[error("election: no leader")]
+    NoLeader,
+    /// Proclaim or Resign without the leader key Campaign answered.
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
+    /// The waiter's own key was deleted while it waited (its lease ended): it never held.
+    #[error("mutex: session is expired")]
+    SessionExpired,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("{0}")]
+    Coordination(#[from] Coordination),
     #[error("{0}")]
     Invalid(#[from] Invalid),
     /// A state that should not occur (a bug, not the caller's fault).

@@ -20,9 +20,11 @@
 pub mod access;
 pub mod auth;
 pub mod cluster;
+pub mod election;
 pub mod error;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod watch;
 
 use std::sync::Arc;

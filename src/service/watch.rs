@@ -10,12 +10,15 @@
 
 use std::sync::Arc;
 
+use tokio::sync::broadcast;
+
 use super::Service;
 use super::access::{Caller, Denied};
 use super::error::Error;
+use crate::raft::RequestError;
 use crate::store::auth::Need;
 use crate::store::range::KeyRange;
-use crate::store::watch::{Event, EventKind};
+use crate::store::watch::{Event, EventKind, Published};
 use crate::store::{KeyValue, KvStore, RevisionError, StoreError};
 
 /// Events read from history per catch-up step.
@@ -65,6 +68,84 @@ impl Service {
             no_put: req.no_put,
             no_delete: req.no_delete,
         })
+    }
+}
+
+/// A cursor fed by the fan-out of applied changes, for the service's own waits (a lock
+/// waiter, an election observer): it yields what a watcher of its range would be sent.
+pub struct Follow {
+    store: Arc<KvStore>,
+    rx: broadcast::Receiver<Published>,
+    cursor: Cursor,
+    closing: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Service {
+    /// Follows `range` from revision `start` on, if the caller may read it.
+    pub fn follow(&self, caller: &Caller, range: KeyRange, start: u64) -> Result<Follow, Error> {
+        // Subscribed before the cursor exists: nothing applied from here on is missed, and
+        // what came before is read from history.
+        let rx = self.engine.hub().subscribe();
+        let cursor = self.watch(
+            caller,
+            WatchRequest {
+                range,
+                start: Some(start),
+                prev_kv: false,
+                no_put: false,
+                no_delete: false,
+            },
+        )?;
+        Ok(Follow {
+            store: self.engine.clone(),
+            rx,
+            cursor,
+            closing: self.closing.clone(),
+        })
+    }
+}
+
+impl Follow {
+    /// The next events in range (at least one), in revision order. History it needs that is
+    /// compacted is an error (etcd's watch would be cancelled), as is the member stopping.
+    pub async fn next(&mut self) -> Result<Vec<Event>, Error> {
+        loop {
+            while !self.cursor.synced(&self.store) {
+                let from = self.cursor.next;
+                match self.cursor.catch_up(&self.store).await? {
+                    CatchUp::Events { events, .. } if !events.is_empty() => return Ok(events),
+                    CatchUp::Events { .. } => {}
+                    CatchUp::Compacted { compact_revision } => {
+                        return Err(Error::Revision(RevisionError::Compacted {
+                            requested: from,
+                            compact_revision,
+                        }));
+                    }
+                }
+            }
+            let msg = tokio::select! {
+                msg = self.rx.recv() => msg,
+                _ = self.closing.wait_for(|c| *c) => {
+                    return Err(RequestError::Stopped("the member is stopping".into()).into());
+                }
+            };
+            match msg {
+                Ok(Published::Changes(batch)) => {
+                    // `None`: batches were missed; the loop reads them from history.
+                    if let Some(events) =
+                        self.cursor
+                            .deliver(batch.from, batch.revision, &batch.events)
+                        && !events.is_empty()
+                    {
+                        return Ok(events.into_iter().cloned().collect());
+                    }
+                }
+                Ok(Published::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(RequestError::Stopped("the member is stopping".into()).into());
+                }
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@ mod auth;
 mod bad_input;
 mod bench_tool;
 mod consistency;
+mod coordination;
 #[cfg(feature = "failpoints")]
 mod crash;
 mod disk_full;

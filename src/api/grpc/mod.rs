@@ -4,7 +4,8 @@
 //!
 //! Each service maps etcd's calls onto the same node and store the HTTP API uses, so the two
 //! see one state and one revision sequence: [`kv`] (Range, Put, DeleteRange, Txn, Compact),
-//! [`watch`], [`lease`], [`cluster`], [`maintenance`], and [`auth`] (off until auth exists).
+//! [`watch`], [`lease`], [`cluster`], [`maintenance`], [`auth`] (off until auth exists), and
+//! [`lock`] (Lock and Election).
 //! Every answer's header carries the cluster id, this member's id, the store revision the
 //! answer reflects and this member's raft term. Errors carry etcd's codes and messages
 //! ([`status`]), so clients' typed errors work.
@@ -13,6 +14,7 @@ mod auth;
 mod cluster;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 mod watch;
 
@@ -41,6 +43,12 @@ pub mod pb {
     }
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
+    }
+    pub mod v3lockpb {
+        tonic::include_proto!("v3lockpb");
+    }
+    pub mod v3electionpb {
+        tonic::include_proto!("v3electionpb");
     }
 }
 
@@ -133,6 +141,10 @@ pub fn router(state: Arc<Service>) -> axum::Router {
         .add_service(service!(rpc::cluster_server::ClusterServer<Grpc>))
         .add_service(service!(rpc::maintenance_server::MaintenanceServer<Grpc>))
         .add_service(service!(rpc::auth_server::AuthServer<Grpc>))
+        .add_service(service!(pb::v3lockpb::lock_server::LockServer<Grpc>))
+        .add_service(service!(
+            pb::v3electionpb::election_server::ElectionServer<Grpc>
+        ))
         .into_axum_router()
 }
 
@@ -355,6 +367,8 @@ impl From<Error> for Status {
             Error::Invalid(Invalid::Txn(e)) => status::txn(e),
             Error::Invalid(Invalid::LeaseTtl(_)) => status::lease_ttl_too_large(),
             Error::Internal(e) => Status::internal(format!("etcdserver: {e}")),
+            // grpc-go's code for a plain Go error, which these are in etcd.
+            Error::Coordination(e) => Status::unknown(e.to_string()),
             other => Status::invalid_argument(other.to_string()),
         }
     }

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::raft::RequestError;
 use crate::raft::members::AdminError;
+use crate::service::error::Coordination;
 pub use crate::service::error::{Denied, Error as ApiError};
 use crate::store::RevisionError;
 
@@ -35,6 +36,11 @@ impl ApiError {
             ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Coordination(c) => match c {
+                Coordination::NoLeader => StatusCode::NOT_FOUND,
+                Coordination::MissingLeaderKey => StatusCode::BAD_REQUEST,
+                Coordination::NotLeader | Coordination::SessionExpired => StatusCode::CONFLICT,
+            },
             ApiError::Revision(RevisionError::Compacted { .. }) => StatusCode::GONE,
             ApiError::Revision(RevisionError::Future { .. }) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable(RequestError::TooManyRequests(_)) => {

@@ -1,0 +1,324 @@
+//! The Lock and Election services, side by side with a real etcd 3.4: the same calls through
+//! the `etcd-client` crate and through etcdctl (`lock`, `elect`, `elect -l`) must answer the
+//! same, after lease ids (which appear in lock and campaign keys) are named in order of
+//! appearance. Then what only time shows: a holder whose lease ends loses the lock and the
+//! waiter gets it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, EventType, LeaderKey, LockOptions, ProclaimOptions, ResignOptions, WatchOptions,
+};
+
+use crate::common::{
+    EtcdCluster, LEADER_TIMEOUT, TestCluster, etcdctl, etcdctl_spawn, etcdctl_stop,
+};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+async fn connect(endpoint: &str) -> Client {
+    Client::connect([endpoint], None)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"))
+}
+
+/// A transcript with lease ids replaced by LEASE1, LEASE2, ... in order of appearance.
+#[derive(Default)]
+struct Transcript {
+    lines: Vec<String>,
+    leases: BTreeMap<i64, String>,
+}
+
+impl Transcript {
+    fn lease(&mut self, id: i64) {
+        let n = self.leases.len() + 1;
+        self.leases.entry(id).or_insert_with(|| format!("LEASE{n}"));
+    }
+
+    fn note(&mut self, what: &str, text: String) {
+        let mut text = text;
+        // Longest ids first: a shorter hex id may be a substring of a longer one.
+        let mut ids: Vec<(&i64, &String)> = self.leases.iter().collect();
+        ids.sort_by_key(|(id, _)| std::cmp::Reverse(format!("{id:x}").len()));
+        for (id, name) in ids {
+            text = text.replace(&format!("{id:x}"), name);
+            text = text.replace(&id.to_string(), name);
+        }
+        self.lines.push(format!("{what}: {text}"));
+    }
+}
+
+fn err(e: etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("error {:?} {}", s.code(), s.message()),
+        e => format!("error {e}"),
+    }
+}
+
+fn kv(kv: Option<&etcd_client::KeyValue>) -> String {
+    match kv {
+        Some(kv) => format!(
+            "{}={}@c{}m{}v{} lease {}",
+            String::from_utf8_lossy(kv.key()),
+            String::from_utf8_lossy(kv.value()),
+            kv.create_revision(),
+            kv.mod_revision(),
+            kv.version(),
+            kv.lease()
+        ),
+        None => "none".into(),
+    }
+}
+
+fn leader_key(k: Option<&LeaderKey>) -> String {
+    match k {
+        Some(k) => format!(
+            "name {} key {} rev {} lease {}",
+            String::from_utf8_lossy(k.name()),
+            String::from_utf8_lossy(k.key()),
+            k.rev(),
+            k.lease()
+        ),
+        None => "none".into(),
+    }
+}
+
+fn rev(h: Option<&etcd_client::ResponseHeader>) -> String {
+    h.map_or("no header".into(), |h| format!("rev {}", h.revision()))
+}
+
+/// Locks: the uncontended path, a waiter released by an unlock, the same lease locking twice,
+/// a lease that does not exist, unlocking a key that is gone.
+async fn locks(c: &mut Client, t: &mut Transcript) {
+    let l1 = c.lease_grant(30, None).await.expect("grant").id();
+    let l2 = c.lease_grant(30, None).await.expect("grant").id();
+    t.lease(l1);
+    t.lease(l2);
+    let first = c
+        .lock("l", Some(LockOptions::new().with_lease(l1)))
+        .await
+        .expect("lock");
+    t.note(
+        "lock l1",
+        format!(
+            "{} {}",
+            String::from_utf8_lossy(first.key()),
+            rev(first.header())
+        ),
+    );
+    let mut waiter_client = c.clone();
+    let waiter = tokio::spawn(async move {
+        waiter_client
+            .lock("l", Some(LockOptions::new().with_lease(l2)))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    t.note(
+        "waiter done before unlock",
+        waiter.is_finished().to_string(),
+    );
+    let queue = c
+        .get("l/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .expect("get");
+    t.note(
+        "queue",
+        format!(
+            "{:?}",
+            queue.kvs().iter().map(|k| kv(Some(k))).collect::<Vec<_>>()
+        ),
+    );
+    let un = c.unlock(first.key()).await.expect("unlock");
+    t.note("unlock l1", rev(un.header()));
+    match waiter.await.expect("waiter task") {
+        Ok(second) => t.note(
+            "lock l2",
+            format!(
+                "{} {}",
+                String::from_utf8_lossy(second.key()),
+                rev(second.header())
+            ),
+        ),
+        Err(e) => t.note("lock l2", err(e)),
+    }
+    // The same lease again: its key exists, so it holds the lock at once.
+    match c.lock("l", Some(LockOptions::new().with_lease(l2))).await {
+        Ok(again) => t.note(
+            "lock l2 again",
+            format!(
+                "{} {}",
+                String::from_utf8_lossy(again.key()),
+                rev(again.header())
+            ),
+        ),
+        Err(e) => t.note("lock l2 again", err(e)),
+    }
+    let missing = c
+        .lock("l", Some(LockOptions::new().with_lease(0x7777)))
+        .await;
+    t.note(
+        "lock with unknown lease",
+        missing.map(|_| "ok".into()).unwrap_or_else(err),
+    );
+    let un = c.unlock("l/nothing-here").await.expect("unlock");
+    t.note("unlock missing key", rev(un.header()));
+    let un = c.unlock(format!("l/{l2:x}")).await.expect("unlock");
+    t.note("unlock l2", rev(un.header()));
+}
+
+/// Elections: campaign, leader, proclaim, observe, a second campaigner that takes over on
+/// resign, stale leader keys, an election nobody leads.
+async fn elections(c: &mut Client, t: &mut Transcript) {
+    let l1 = c.lease_grant(30, None).await.expect("grant").id();
+    let l2 = c.lease_grant(30, None).await.expect("grant").id();
+    t.lease(l1);
+    t.lease(l2);
+    let won = c.campaign("e", "v1", l1).await.expect("campaign");
+    t.note(
+        "campaign l1",
+        format!("{} {}", leader_key(won.leader()), rev(won.header())),
+    );
+    let lead1 = won.leader().cloned().expect("leader key");
+    let now = c.leader("e").await.expect("leader");
+    t.note("leader", format!("{} {}", kv(now.kv()), rev(now.header())));
+    let p = c
+        .proclaim(
+            "v2",
+            Some(ProclaimOptions::new().with_leader(lead1.clone())),
+        )
+        .await
+        .expect("proclaim");
+    t.note("proclaim v2", rev(p.header()));
+    let mut observe = c.observe("e").await.expect("observe");
+    let first = observe
+        .message()
+        .await
+        .expect("observe")
+        .expect("a message");
+    t.note(
+        "observed",
+        format!("{} {}", kv(first.kv()), rev(first.header())),
+    );
+    let mut other = c.clone();
+    let second = tokio::spawn(async move { other.campaign("e", "w1", l2).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    t.note(
+        "second campaign done before resign",
+        second.is_finished().to_string(),
+    );
+    let p = c
+        .proclaim(
+            "v3",
+            Some(ProclaimOptions::new().with_leader(lead1.clone())),
+        )
+        .await
+        .expect("proclaim");
+    t.note("proclaim v3", rev(p.header()));
+    let r = c
+        .resign(Some(ResignOptions::new().with_leader(lead1.clone())))
+        .await
+        .expect("resign");
+    t.note("resign l1", rev(r.header()));
+    match second.await.expect("campaign task") {
+        Ok(won) => t.note(
+            "campaign l2",
+            format!("{} {}", leader_key(won.leader()), rev(won.header())),
+        ),
+        Err(e) => t.note("campaign l2", err(e)),
+    }
+    for _ in 0..2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), observe.message()).await;
+        match m {
+            Ok(Ok(Some(m))) => t.note("observed", format!("{} {}", kv(m.kv()), rev(m.header()))),
+            Ok(Ok(None)) => t.note("observed", "end".into()),
+            Ok(Err(e)) => t.note("observed", err(e)),
+            Err(_) => t.note("observed", "nothing within 5 s".into()),
+        }
+    }
+    let stale = c
+        .proclaim("x", Some(ProclaimOptions::new().with_leader(lead1.clone())))
+        .await;
+    t.note(
+        "proclaim stale",
+        stale.map(|r| rev(r.header())).unwrap_or_else(err),
+    );
+    let stale = c
+        .resign(Some(ResignOptions::new().with_leader(lead1)))
+        .await;
+    t.note(
+        "resign stale",
+        stale.map(|r| rev(r.header())).unwrap_or_else(err),
+    );
+    let none = c.proclaim("x", None).await;
+    t.note(
+        "proclaim without leader key",
+        none.map(|r| rev(r.header())).unwrap_or_else(err),
+    );
+    let none = c.resign(None).await;
+    t.note(
+        "resign without leader key",
+        none.map(|r| rev(r.header())).unwrap_or_else(err),
+    );
+    let nobody = c.leader("nobody").await;
+    t.note(
+        "leader of nobody",
+        nobody.map(|r| kv(r.kv())).unwrap_or_else(err),
+    );
+    // A campaign on an existing key with a new value proclaims it.
+    let again = c.campaign("e", "w2", l2).await.expect("campaign again");
+    t.note(
+        "campaign l2 again",
+        format!("{} {}", leader_key(again.leader()), rev(again.header())),
+    );
+    let m = tokio::time::timeout(Duration::from_secs(5), observe.message()).await;
+    match m {
+        Ok(Ok(Some(m))) => t.note("observed", format!("{} {}", kv(m.kv()), rev(m.header()))),
+        other => t.note("observed", format!("{:?}", other.map(|r| r.map(|_| ())))),
+    }
+}
+
+async fn exercise(endpoint: &str) -> Vec<String> {
+    let mut c = connect(endpoint).await;
+    let mut t = Transcript::default();
+    locks(&mut c, &mut t).await;
+    elections(&mut c, &mut t).await;
+    t.lines
+}
+
+fn compare(want: &[String], got: &[String]) {
+    let diffs: Vec<String> = want
+        .iter()
+        .zip(got)
+        .filter(|(w, g)| w != g)
+        .map(|(w, g)| format!("etcd:  {w}\nmetcd: {g}"))
+        .collect();
+    assert!(
+        diffs.is_empty() && want.len() == got.len(),
+        "metcd answers differently:\n{}\n\netcd's whole transcript:\n{}",
+        diffs.join("\n"),
+        want.join("\n")
+    );
+}
+
+#[test]
+fn lock_and_election_answer_as_etcd() {
+    let etcd = EtcdCluster::start(3);
+    let metcd = TestCluster::start(3, &[]);
+    let leader = metcd.wait_leader(LEADER_TIMEOUT);
+    let follower = metcd.followers(leader)[0];
+    let rt = runtime();
+    let want = rt.block_on(exercise(&etcd.endpoint(1)));
+    // From a follower: every write and linearizable read goes through the leader.
+    let got = rt.block_on(exercise(&format!(
+        "127.0.0.1:{}",
+        metcd.client_port(follower)
+    )));
+    compare(&want, &got);
+}
