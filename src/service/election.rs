@@ -173,19 +173,14 @@ impl Observer {
                 if self.pending.is_empty() {
                     self.pending.extend(follow.next().await?);
                 }
-                while let Some(e) = self.pending.pop_front() {
-                    match e.kind {
-                        // The leader's key is gone: look for the next one.
-                        EventKind::Delete => {
-                            self.leader = None;
-                            self.pending.clear();
-                            break;
-                        }
-                        EventKind::Put => {
-                            let revision = e.kv.mod_revision;
-                            return Ok((e.kv, revision));
-                        }
+                if let Some(e) = self.pending.pop_front() {
+                    if e.kind == EventKind::Put {
+                        let revision = e.kv.mod_revision;
+                        return Ok((e.kv, revision));
                     }
+                    // The leader's key is gone: look for the next one.
+                    self.leader = None;
+                    self.pending.clear();
                 }
                 continue;
             }
