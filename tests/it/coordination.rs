@@ -477,7 +477,9 @@ fn etcdctl_lock_and_elect_print_what_etcd_prints() {
     // The reference itself shows a held lock and an observed leader (the script is sound).
     assert!(
         want.contains(&"while held: job/LEASE".to_string())
-            && want.iter().any(|l| l.starts_with("observer printed: pick/LEASE")),
+            && want
+                .iter()
+                .any(|l| l.starts_with("observer printed: pick/LEASE")),
         "{want:#?}"
     );
     let got = etcdctl_session(&format!("127.0.0.1:{}", metcd.client_port(1)));

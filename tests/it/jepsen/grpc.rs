@@ -60,7 +60,7 @@ impl Grpc {
     }
 
     /// Runs one call on member `port`'s connection, within the client timeout.
-    fn call<T, F>(&mut self, port: u16, f: impl FnOnce(Client) -> F) -> Result<T, Failed>
+    pub(super) fn call<T, F>(&mut self, port: u16, f: impl FnOnce(Client) -> F) -> Result<T, Failed>
     where
         F: Future<Output = Result<T, etcd_client::Error>>,
     {

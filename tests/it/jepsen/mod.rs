@@ -32,6 +32,7 @@
 mod checker;
 mod grpc;
 mod leases;
+mod locks;
 mod proxy;
 mod watchers;
 
@@ -686,6 +687,7 @@ fn run(engine: &'static str, tls: Tls) {
         .map(|id| watchers::spawn(world.clone(), id))
         .collect();
     let lease_workload = leases::spawn(world.clone(), seed);
+    let lock_workload = locks::spawn(world.clone(), seed);
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
             let world = world.clone();
@@ -749,6 +751,10 @@ fn run(engine: &'static str, tls: Tls) {
         .filter(Result::is_err)
         .count();
     let leased = lease_workload.join().unwrap_or_default();
+    let locked: Vec<locks::Locked> = lock_workload
+        .into_iter()
+        .map(|t| t.join().unwrap_or_default())
+        .collect();
     if outcome.is_ok() && wait_for_leader(&c, &world, Duration::from_secs(30)).is_none() {
         outcome = Err("no leader after the final heal".into());
     }
@@ -771,6 +777,30 @@ fn run(engine: &'static str, tls: Tls) {
             Ok(())
         });
         outcome = outcome.map_err(|why| format!("lease check: {why}"));
+    }
+    // The lock workload: one holder at a time, no increment lost or repeated.
+    if outcome.is_ok() {
+        let port = c.client_port(members[0]);
+        let counter = grpc::Grpc::new()
+            .call(
+                port,
+                |mut c| async move { c.get(locks::COUNTER, None).await },
+            )
+            .map_err(|_| "could not read the lock workload's counter".to_string());
+        outcome = counter.and_then(|r| {
+            let (value, version) = r.kvs().first().map_or((0, 0), |kv| {
+                let value = kv
+                    .value_str()
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                (value, kv.version() as u64)
+            });
+            let summary = locks::check(&locked, value, version)
+                .map_err(|why| format!("lock check: {why}"))?;
+            eprintln!("jepsen: engine {engine}, seed {seed}: locks: {summary}");
+            Ok(())
+        });
     }
     for k in 0..KEYS {
         for &i in &members {
