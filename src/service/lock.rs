@@ -50,6 +50,8 @@ pub struct Queued {
 #[derive(Clone, Debug)]
 pub struct Held {
     pub key: Vec<u8>,
+    /// The lease the key is attached to (made for the call if it named none).
+    pub lease: u64,
     pub revision: u64,
 }
 
@@ -245,6 +247,7 @@ impl Service {
         abandon.disarm();
         Ok(Held {
             key: q.key,
+            lease,
             revision,
         })
     }

@@ -12,7 +12,7 @@ use etcd_client::{
 };
 
 use crate::common::{
-    EtcdCluster, LEADER_TIMEOUT, TestCluster, etcdctl, etcdctl_spawn, etcdctl_stop,
+    EtcdCluster, LEADER_TIMEOUT, TestCluster, etcdctl, etcdctl_spawn, etcdctl_stop, http_request,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -128,13 +128,11 @@ async fn locks(c: &mut Client, t: &mut Transcript) {
         .get("l/", Some(etcd_client::GetOptions::new().with_prefix()))
         .await
         .expect("get");
-    t.note(
-        "queue",
-        format!(
-            "{:?}",
-            queue.kvs().iter().map(|k| kv(Some(k))).collect::<Vec<_>>()
-        ),
-    );
+    // In queue order (keys sort by lease id, which is random).
+    let mut queue: Vec<&etcd_client::KeyValue> = queue.kvs().iter().collect();
+    queue.sort_by_key(|kv| kv.create_revision());
+    let queue: Vec<String> = queue.into_iter().map(|k| kv(Some(k))).collect();
+    t.note("queue", format!("{queue:?}"));
     let un = c.unlock(first.key()).await.expect("unlock");
     t.note("unlock l1", rev(un.header()));
     match waiter.await.expect("waiter task") {
@@ -483,5 +481,161 @@ fn etcdctl_lock_and_elect_print_what_etcd_prints() {
         "{want:#?}"
     );
     let got = etcdctl_session(&format!("127.0.0.1:{}", metcd.client_port(1)));
+    compare(&want, &got);
+}
+
+/// The HTTP face: lock (waiting, released by unlock, abandoned when its client goes away),
+/// campaign, leader, observe, proclaim, resign, with the service's refusals.
+#[test]
+fn locks_and_elections_over_http() {
+    let c = TestCluster::start(3, &[]);
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    let port = c.client_port(c.followers(leader)[0]);
+    let json = |r: crate::common::Response| -> serde_json::Value {
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_slice(&r.body).expect("json")
+    };
+    let held = json(http_request(port, "POST", "/_lock/jobs/nightly", &[], b"").expect("lock"));
+    let key = held["key"].as_str().expect("key").to_string();
+    assert!(key.starts_with("jobs/nightly/"), "{held}");
+    assert!(held["lease"].as_u64().is_some_and(|l| l > 0), "{held}");
+    // A second locker waits; a third gives up (its client times out) and leaves no key.
+    let waiter = std::thread::spawn(move || {
+        json(http_request(port, "POST", "/_lock/jobs/nightly", &[], b"").expect("lock"))
+    });
+    let gave_up = crate::common::http_request_with_timeout(
+        port,
+        "POST",
+        "/_lock/jobs/nightly",
+        &[],
+        b"",
+        Duration::from_millis(700),
+    );
+    assert!(gave_up.is_err(), "a third locker got the lock: {gave_up:?}");
+    let queue = |c: &TestCluster| {
+        let r = json(
+            http_request(
+                c.client_port(1),
+                "GET",
+                "/jobs/nightly/?prefix=true",
+                &[],
+                b"",
+            )
+            .expect("get"),
+        );
+        r["count"].as_u64().unwrap_or(0)
+    };
+    c.wait_for(
+        || queue(&c) == 2,
+        Duration::from_secs(5),
+        "the abandoned lock key to go",
+    );
+    assert!(!waiter.is_finished(), "the waiter got a held lock");
+    let un = http_request(port, "DELETE", &format!("/_lock/{key}"), &[], b"").expect("unlock");
+    assert_eq!(un.status, 200, "{}", un.text());
+    let second = waiter.join().expect("waiter");
+    assert_ne!(second["key"], held["key"]);
+
+    // Elections.
+    let grant =
+        json(http_request(port, "POST", "/_leases", &[], br#"{"ttl": 30}"#).expect("grant"));
+    let lease = grant["id"].as_u64().expect("lease id");
+    let won = json(
+        http_request(
+            port,
+            "POST",
+            &format!("/_election/pick?lease={lease}"),
+            &[],
+            b"alpha",
+        )
+        .expect("campaign"),
+    );
+    let rev = won["rev"].as_u64().expect("rev");
+    assert_eq!(won["key"], format!("pick/{lease:x}"));
+    let now = json(http_request(port, "GET", "/_election/pick", &[], b"").expect("leader"));
+    assert_eq!(now["kv"]["value"], "alpha");
+    let mut observe = crate::common::Lines::open(
+        port,
+        "/_election/pick?watch=true",
+        &[],
+        Duration::from_secs(5),
+    )
+    .expect("observe");
+    let first = observe.next_json().expect("read").expect("a line");
+    assert_eq!(first["kv"]["value"], "alpha", "{first}");
+    let stale = http_request(
+        port,
+        "PUT",
+        &format!("/_election/pick?lease={lease}&rev={}", rev + 100),
+        &[],
+        b"x",
+    )
+    .expect("proclaim");
+    assert_eq!(
+        (stale.status, stale.text().trim()),
+        (409, "election: not leader")
+    );
+    let missing = http_request(port, "PUT", "/_election/pick", &[], b"x").expect("proclaim");
+    assert_eq!(missing.status, 400, "{}", missing.text());
+    let p = http_request(
+        port,
+        "PUT",
+        &format!("/_election/pick?lease={lease}&rev={rev}"),
+        &[],
+        b"beta",
+    )
+    .expect("proclaim");
+    assert_eq!(p.status, 200, "{}", p.text());
+    let next = observe.next_json().expect("read").expect("a line");
+    assert_eq!(next["kv"]["value"], "beta", "{next}");
+    let r = http_request(
+        port,
+        "DELETE",
+        &format!("/_election/pick?lease={lease}&rev={rev}"),
+        &[],
+        b"",
+    )
+    .expect("resign");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let nobody = http_request(port, "GET", "/_election/pick", &[], b"").expect("leader");
+    assert_eq!(
+        (nobody.status, nobody.text().trim()),
+        (404, "election: no leader")
+    );
+}
+
+/// With auth on, a lock or campaign is the puts and reads it makes: a user may lock under a
+/// prefix it may write, and is refused elsewhere, as by etcd.
+#[test]
+fn auth_applies_to_the_keys_of_locks_and_elections() {
+    let etcd = EtcdCluster::start(1);
+    let metcd = TestCluster::start(1, &[]);
+    metcd.wait_leader(LEADER_TIMEOUT);
+    let run = |endpoint: &str| -> Vec<String> {
+        crate::common::app_users(endpoint);
+        let mut out = Vec::new();
+        for (user, args) in [
+            ("ann:annpw", &["lock", "app/l", "echo", "held"][..]),
+            ("ann:annpw", &["lock", "other/l", "echo", "held"]),
+            ("ann:annpw", &["elect", "other/e", "v"]),
+        ] {
+            let mut all = vec!["--user", user];
+            all.extend_from_slice(args);
+            let r = etcdctl(endpoint, &all, None);
+            out.push(format!(
+                "{args:?}: {} {} {}",
+                r.ok,
+                r.stdout.trim(),
+                r.stderr.trim()
+            ));
+        }
+        out
+    };
+    let want = run(&etcd.endpoint(1));
+    assert!(
+        want[0].contains("held") && want[1].contains("permission denied"),
+        "{want:#?}"
+    );
+    let got = run(&format!("127.0.0.1:{}", metcd.client_port(1)));
     compare(&want, &got);
 }

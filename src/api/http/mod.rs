@@ -12,6 +12,7 @@
 mod access;
 mod admin;
 mod body;
+mod coordination;
 pub mod error;
 mod headers;
 mod keys;
@@ -84,6 +85,23 @@ pub(super) fn router(state: Shared) -> Router {
         .row(
             "/_leader",
             allow("GET, POST", get(admin::leader).post(admin::transfer_leader)),
+        )
+        .row(
+            "/_lock/{*name}",
+            allow(
+                "POST, DELETE",
+                post(coordination::lock).delete(coordination::unlock),
+            ),
+        )
+        .row(
+            "/_election/{*name}",
+            allow(
+                "GET, HEAD, POST, PUT, DELETE",
+                get(coordination::leader)
+                    .post(coordination::campaign)
+                    .put(coordination::proclaim)
+                    .delete(coordination::resign),
+            ),
         )
         .row(
             "/_auth/authenticate",
@@ -179,6 +197,7 @@ impl Table {
     }
 
     /// Serves `path`, and `path/` (a trailing slash names the same endpoint), with `methods`.
+    /// A path ending in a wildcard (`{*name}`) takes the rest of the path, slashes included.
     fn row(mut self, path: &'static str, methods: MethodRouter<Shared>) -> Self {
         let label = RouteLabel {
             metrics: self.state.metrics.clone(),
@@ -187,10 +206,13 @@ impl Table {
         let methods = methods
             .layer(from_fn_with_state(self.state.clone(), authorize))
             .layer(from_fn_with_state(label, timed));
-        self.router = self
-            .router
-            .route(path, methods.clone())
-            .route(&format!("{path}/"), methods);
+        self.router = if path.contains("{*") {
+            self.router.route(path, methods)
+        } else {
+            self.router
+                .route(path, methods.clone())
+                .route(&format!("{path}/"), methods)
+        };
         self
     }
 }

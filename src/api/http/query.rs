@@ -45,6 +45,8 @@ pub struct Query {
     pub no_delete: bool,
     /// `lease=ID`: a PUT attaches the key to this lease.
     pub lease: Option<u64>,
+    /// `rev=N`: an election leader key's create revision (proclaim, resign).
+    pub rev: Option<u64>,
 }
 
 impl Query {
@@ -77,6 +79,7 @@ impl Query {
             no_put: false,
             no_delete: false,
             lease: None,
+            rev: None,
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -136,6 +139,10 @@ impl Query {
                 let rev = value.parse().map_err(|_| bad("a revision number"))?;
                 self.min_revision = Some(rev);
             }
+            "rev" => match value.parse::<u64>() {
+                Ok(n) if n > 0 => self.rev = Some(n),
+                _ => return Err(bad("a create revision (1 or more)")),
+            },
             "revision" => match value.parse::<u64>() {
                 Ok(n) if n > 0 => self.revision = Some(n),
                 _ => return Err(bad("a revision number (1 or more)")),
