@@ -21,12 +21,18 @@ use crate::storage::{EngineKind, EngineOptions};
 pub struct Config {
     #[command(subcommand)]
     pub command: Option<Subcommand>,
-    /// This member's id: its 1-based position in --cluster, or the id given there as id=URL.
-    #[arg(long, default_value_t = 1)]
-    pub id: u64,
-    /// Comma-separated peer URLs of the members (`URL,...` with ids 1, 2, ... in order, or
-    /// `ID=URL,...`); each member serves peer traffic on its own. Read when a member first
-    /// starts; afterwards the replicated membership is authoritative.
+    /// This member's id: its 1-based position in --cluster, or the id given there as ID=URL
+    /// [default: 1, or the position of --name in a NAME=URL --cluster]
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// This member's name (etcd's --name), shown in member lists, status, logs and metrics
+    /// [default: its name in a NAME=URL --cluster, else metcd-<id>]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Comma-separated peer URLs of the members (`URL,...` with ids 1, 2, ... in order,
+    /// `ID=URL,...`, or etcd's --initial-cluster form `NAME=URL,...` with ids by position);
+    /// each member serves peer traffic on its own. Read when a member first starts; afterwards
+    /// the replicated membership is authoritative.
     #[arg(long, default_value = "http://127.0.0.1:3380")]
     pub cluster: String,
     /// Join an existing cluster (after `PUT /_members/<id>` on it) instead of starting a new
@@ -259,6 +265,8 @@ pub struct Member {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub id: u64,
+    /// This member's name (`--name`): how it is shown to people, never how it is addressed.
+    pub name: String,
     pub members: Vec<Member>,
     /// The id a new cluster of `members` gets (from their URLs and `--cluster-token`), until
     /// start-up replaces it: a member that joins or restarts uses the recorded one, and one
@@ -375,12 +383,28 @@ pub fn cluster_id(urls: &[String], token: Option<&str>) -> u64 {
     h
 }
 
-/// Parses `URL,...` (ids by position) or `ID=URL,...`.
-fn parse_cluster(list: &str) -> Result<Vec<Member>, ConfigError> {
-    let explicit = list.contains('=');
+/// Parses `URL,...` (ids by position), `ID=URL,...`, or `NAME=URL,...` (etcd's
+/// --initial-cluster: ids by position); answers the names too (empty unless NAME=URL).
+fn parse_cluster(list: &str) -> Result<(Vec<Member>, Vec<String>), ConfigError> {
+    let named = list.split(',').all(|raw| {
+        raw.split_once('=')
+            .is_some_and(|(name, _)| name.trim().parse::<u64>().is_err())
+    });
+    let explicit = list.contains('=') && !named;
     let mut members: Vec<Member> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     for (i, raw) in list.split(',').enumerate() {
-        let (id, raw_url) = if explicit {
+        let (id, raw_url) = if named {
+            let (name, url) = raw.split_once('=').unwrap_or(("", raw));
+            let name = check_name(name.trim())?;
+            if names.contains(&name) {
+                return Err(ConfigError::Invalid(format!(
+                    "member name {name:?} appears twice in --cluster"
+                )));
+            }
+            names.push(name);
+            (i as u64 + 1, url)
+        } else if explicit {
             let (id, url) = raw.split_once('=').ok_or_else(|| {
                 ConfigError::Invalid(format!(
                     "--cluster entry {raw:?}: give every entry as ID=URL, or none"
@@ -409,19 +433,75 @@ fn parse_cluster(list: &str) -> Result<Vec<Member>, ConfigError> {
         }
         members.push(Member { id, url, authority });
     }
-    Ok(members)
+    Ok((members, names))
+}
+
+/// A member name: printable, on one line, at most 256 bytes.
+fn check_name(name: &str) -> Result<String, ConfigError> {
+    if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+        return Err(ConfigError::Invalid(format!(
+            "member name {name:?}: give 1 to 256 bytes of printable characters"
+        )));
+    }
+    Ok(name.to_string())
 }
 
 impl Config {
-    pub fn validate(&self) -> Result<Settings, ConfigError> {
-        let members = parse_cluster(&self.cluster)?;
-        let n = members.len();
-        let explicit_ids = self.cluster.contains('=');
-        let me = match members.iter().find(|m| m.id == self.id) {
-            Some(me) => me,
-            None if explicit_ids => return Err(ConfigError::UnknownId(self.id)),
-            None => return Err(ConfigError::IdOutOfRange { id: self.id, n }),
+    /// This member's id and name, from --id, --name and a NAME=URL --cluster.
+    fn identity(&self, members: &[Member], names: &[String]) -> Result<(u64, String), ConfigError> {
+        // With NAME=URL entries, --name picks this member's entry unless --id does.
+        let by_name = self.name.as_ref().and_then(|want| {
+            names
+                .iter()
+                .position(|name| name == want)
+                .map(|i| i as u64 + 1)
+        });
+        let id = match (self.id, by_name) {
+            (Some(id), _) => id,
+            (None, Some(id)) => id,
+            (None, None) if self.name.is_some() && !names.is_empty() => {
+                return Err(ConfigError::Invalid(format!(
+                    "--name {:?} is not among the names in --cluster",
+                    self.name.as_deref().unwrap_or_default()
+                )));
+            }
+            (None, None) => 1,
         };
+        if !members.iter().any(|m| m.id == id) {
+            let explicit_ids = self.cluster.contains('=') && names.is_empty();
+            return Err(if explicit_ids {
+                ConfigError::UnknownId(id)
+            } else {
+                ConfigError::IdOutOfRange {
+                    id,
+                    n: members.len(),
+                }
+            });
+        }
+        let listed = (id as usize)
+            .checked_sub(1)
+            .and_then(|i| names.get(i))
+            .cloned();
+        let name = match (&self.name, listed) {
+            (Some(name), Some(listed)) if *name != listed => {
+                return Err(ConfigError::Invalid(format!(
+                    "--name {name:?}, but --cluster names member {id} {listed:?}"
+                )));
+            }
+            (Some(name), _) => check_name(name)?,
+            (None, Some(listed)) => listed,
+            (None, None) => format!("metcd-{id}"),
+        };
+        Ok((id, name))
+    }
+
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let (members, names) = parse_cluster(&self.cluster)?;
+        let (id, name) = self.identity(&members, &names)?;
+        let me = members
+            .iter()
+            .find(|m| m.id == id)
+            .ok_or(ConfigError::UnknownId(id))?;
         let peer_listen = me
             .authority
             .to_socket_addrs()
@@ -443,7 +523,8 @@ impl Config {
         let (client_tls, peer_tls) = (self.client_tls()?, self.peer_tls()?);
         check_schemes(&members, peer_tls.is_some())?;
         Ok(Settings {
-            id: self.id,
+            id,
+            name,
             cluster_id: cluster_id(&urls, token),
             random_cluster_id: members.len() == 1 && token.is_none(),
             join: self.join,
@@ -456,7 +537,7 @@ impl Config {
             data_dir: self
                 .data_dir
                 .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("metcd-{}", self.id))),
+                .unwrap_or_else(|| PathBuf::from(format!("metcd-{id}"))),
             engine: self.engine,
             engine_options: EngineOptions {
                 btree_cache_bytes: (self.btree_cache_mb << 20) as usize,

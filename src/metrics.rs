@@ -85,6 +85,8 @@ macro_rules! metrics {
             $($g: IntGauge,)*
             $($(#[$hdoc])* pub $h: prometheus::Histogram,)*
             requests: HistogramVec,
+            /// `metcd_member_info{id, name, version} 1`: who this member is.
+            member_info: prometheus::IntGaugeVec,
             /// The request histograms by label set, so recording is one map lookup under a
             /// shared lock (the write lock is taken once per new label set).
             request_children: RwLock<BTreeMap<RequestKey, prometheus::Histogram>>,
@@ -111,6 +113,16 @@ macro_rules! metrics {
                             HistogramOpts::new(REQUESTS, REQUESTS_HELP)
                                 .buckets(LATENCY_BUCKETS.to_vec()),
                             &REQUEST_LABELS,
+                        ),
+                    ),
+                    member_info: register(
+                        &registry,
+                        prometheus::IntGaugeVec::new(
+                            prometheus::Opts::new(
+                                "metcd_member_info",
+                                "1, labelled with this member's id, --name and release.",
+                            ),
+                            &["id", "name", "version"],
                         ),
                     ),
                     request_children: RwLock::new(BTreeMap::new()),
@@ -210,6 +222,13 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// Names this member in `metcd_member_info` (once, at start).
+    pub fn identify(&self, id: u64, name: &str) {
+        self.member_info
+            .with_label_values(&[id.to_string().as_str(), name, crate::version::FULL])
+            .set(1);
+    }
+
     /// Records one HTTP request. `route` is the matched route pattern (never the raw path, which
     /// is unbounded); methods other than GET/HEAD/PUT/POST/DELETE are recorded as "other".
     pub fn observe_request(&self, route: &'static str, method: &str, status: u16, d: Duration) {

@@ -139,7 +139,7 @@ pub async fn run(
         versions: raft.versions,
     };
     let peer_server = tokio::spawn(serve_peers(peer_listener, peer));
-    info!(id = settings.id, client = %settings.client_listen, peer = %settings.peer_listen,
+    info!(id = settings.id, name = %settings.name, client = %settings.client_listen, peer = %settings.peer_listen,
           engine = settings.engine.name(), data_dir = %settings.data_dir.display(),
           cluster_id = %format!("{:016x}", settings.cluster_id), incarnation = %format!("{incarnation:016x}"),
           "metcd member started");
@@ -225,10 +225,12 @@ fn start_raft(
     let (revision_tx, revision_rx) = watch::channel(0);
     let handle = NodeHandle::new(inbox_tx.clone(), settings.request_timeout, revision_rx);
     let metrics = Arc::new(Metrics::new());
+    metrics.identify(settings.id, &settings.name);
     let membership = Arc::new(RwLock::new(Membership::default()));
     let incarnations = Arc::new(RwLock::new(BTreeMap::new()));
-    let versions = Arc::new(crate::version::Known::new(
+    let versions = Arc::new(crate::version::Known::named(
         store.membership().cluster_version(),
+        &settings.name,
     ));
     let reset_check = ResetCheck::new(
         settings.id,

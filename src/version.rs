@@ -103,6 +103,10 @@ pub const COMMIT: &str = env!("METCD_COMMIT");
 /// The header a member announces its version in, on every peer stream and its answer.
 pub const HEADER: &str = "x-metcd-version";
 
+/// The header a member announces its name (`--name`) in, percent-encoded, beside its version
+/// (none from a release before names: it is then shown as `metcd-<id>`).
+pub const NAME_HEADER: &str = "x-metcd-name";
+
 /// Data dir formats: 1 is v0.1.0's; 2 marks a data dir that may hold 0.2.0-only entries (and
 /// carries a record v0.1.0 refuses to start on). This build reads both and writes 2 once the
 /// cluster version is 0.2.0.
@@ -149,14 +153,47 @@ pub fn checks_member_changes_at_apply(cluster: Version) -> bool {
 pub struct Known {
     cluster: AtomicU64,
     peers: RwLock<BTreeMap<u64, Version>>,
+    /// The names peers announced, and this member's own (percent-encoded for the header).
+    names: RwLock<BTreeMap<u64, String>>,
+    own_name: String,
 }
 
 impl Known {
     pub fn new(cluster: Version) -> Known {
+        Known::named(cluster, "")
+    }
+
+    pub fn named(cluster: Version, own_name: &str) -> Known {
+        let own_name =
+            percent_encoding::utf8_percent_encode(own_name, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
         Known {
             cluster: AtomicU64::new(cluster.to_u64()),
             peers: RwLock::new(BTreeMap::new()),
+            names: RwLock::new(BTreeMap::new()),
+            own_name,
         }
+    }
+
+    /// This member's name as [`NAME_HEADER`] carries it.
+    pub fn own_name_header(&self) -> &str {
+        &self.own_name
+    }
+
+    /// Records the name `peer` announced in `headers` (a release before names: `metcd-<id>`).
+    pub fn announce_name(&self, peer: u64, headers: &hyper::HeaderMap) {
+        let name = match headers.get(NAME_HEADER).and_then(|v| v.to_str().ok()) {
+            Some(v) => percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned(),
+            None => format!("metcd-{peer}"),
+        };
+        self.names.write().insert(peer, name);
+    }
+
+    /// The name `peer` announced on its latest connection.
+    pub fn name_of(&self, peer: u64) -> Option<String> {
+        self.names.read().get(&peer).cloned()
     }
 
     /// The cluster version as applied here.

@@ -241,6 +241,7 @@ impl PeerApi {
             return Err(bad(format!("malformed {}", version::HEADER)));
         };
         self.versions.announce(from, theirs);
+        self.versions.announce_name(from, headers);
         self.versions.admits(from, theirs).map_err(|why| {
             self.metrics.peer_refusals.inc();
             warn!(peer = from, %theirs, "refused a peer below the cluster version");
@@ -421,6 +422,7 @@ async fn stream(State(api): State<Arc<PeerApi>>, mut req: Request) -> Response {
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (id, incarnation) = (api.id, api.incarnation);
+    let own_name = api.versions.own_name_header().to_string();
     tokio::spawn(async move {
         let io = match on_upgrade.await {
             Ok(io) => TokioIo::new(io),
@@ -447,6 +449,10 @@ async fn stream(State(api): State<Arc<PeerApi>>, mut req: Request) -> Response {
             (
                 header::HeaderName::from_static(version::HEADER),
                 version::FULL.to_string(),
+            ),
+            (
+                header::HeaderName::from_static(version::NAME_HEADER),
+                own_name,
             ),
         ],
     )

@@ -9,7 +9,8 @@
 //!          x-metcd-incarnation (the sender's, hex),
 //!          x-metcd-peer-incarnation (the one the sender recorded for the receiver, hex; 0: none),
 //!          x-metcd-version (the sender's release; none from 0.1.0, which counts as 0.1.0)
-//! 101 answer headers: x-metcd-from, x-metcd-incarnation, x-metcd-version (the receiver's)
+//!          x-metcd-name (the sender's --name, percent-encoded; none before 0.3: metcd-<id>)
+//! 101 answer headers: x-metcd-from, x-metcd-incarnation, x-metcd-version, x-metcd-name
 //! frame = len u32 (big-endian) | Message
 //! ```
 //! Incarnations (see `members::contact`): each side checks the other's against the one it
@@ -374,6 +375,10 @@ fn request(shared: &Shared, to: u64, authority: &str, path: &str) -> hyper::http
         .header(INCARNATION_HEADER, format!("{:016x}", shared.incarnation))
         .header(PEER_INCARNATION_HEADER, format!("{expected:016x}"))
         .header(crate::version::HEADER, crate::version::FULL)
+        .header(
+            crate::version::NAME_HEADER,
+            shared.versions.own_name_header(),
+        )
 }
 
 /// Parses an incarnation header value (hex); 0 when absent or malformed.
@@ -636,6 +641,7 @@ async fn open_stream(
     let theirs = Version::announced(header)
         .ok_or_else(|| TransportError::BadFrame(format!("malformed {}", crate::version::HEADER)))?;
     shared.versions.announce(to, theirs);
+    shared.versions.announce_name(to, resp.headers());
     shared
         .versions
         .admits(to, theirs)

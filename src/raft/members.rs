@@ -309,6 +309,10 @@ impl AdminError {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MemberStatus {
     pub id: u64,
+    /// Its `--name`: this member's own; a peer's as it announced it on its latest connection
+    /// (none until heard from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub peer_url: String,
     /// The release it runs: announced on its latest peer connection with this member (this
     /// member's own for itself); none until heard from.

@@ -96,6 +96,8 @@ pub enum Input {
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeStatus {
     pub id: u64,
+    /// This member's `--name`.
+    pub name: String,
     /// This member's metcd release.
     pub version: &'static str,
     /// The cluster version applied here (what every member may rely on).

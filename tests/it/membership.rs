@@ -494,3 +494,75 @@ fn concurrent_changes_never_duplicate() {
         "at most one member per raced id: {listed:?}"
     );
 }
+
+/// `--name` and etcd's `--initial-cluster` form of `--cluster` (`NAME=URL,...`, ids by
+/// position, `--name` picks the entry): names show in etcdctl's member list as etcd's do, in
+/// `/_members`, `/_status`, the `metcd_member_info` metric and the start-up log line.
+#[test]
+fn members_are_named_as_in_etcds_initial_cluster() {
+    let mut c = TestCluster::new(3, &[]);
+    let named: Vec<String> = (1..=3).map(|i| format!("e{i}={}", c.peer_url(i))).collect();
+    for i in 1..=3 {
+        let mut args = c.member_args(i);
+        let at = args.iter().position(|a| a == "--id").expect("--id");
+        args.drain(at..at + 2);
+        set_flag(&mut args, "--cluster", &named.join(","));
+        args.extend(["--name".to_string(), format!("e{i}")]);
+        c.start_member_with(i, args);
+    }
+    let leader = c.wait_leader(LEADER_TIMEOUT);
+    let names = |c: &TestCluster, i: usize| -> Vec<String> {
+        members(c, i)
+            .iter()
+            .map(|m| m["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    c.wait_for(
+        || (1..=3).all(|i| names(&c, i) == ["e1", "e2", "e3"]),
+        CONVERGE_TIMEOUT,
+        "every member to know every name",
+    );
+    for i in 1..=3 {
+        assert_eq!(c.status(i)["name"], format!("e{i}"));
+        let metrics = c
+            .request(i, "GET", "/_metrics", b"")
+            .expect("metrics")
+            .text();
+        assert!(
+            metrics.contains(&format!("metcd_member_info{{id=\"{i}\",name=\"e{i}\"")),
+            "{metrics}"
+        );
+        assert!(c.log(i).contains(&format!("name=e{i}")), "{}", c.log(i));
+    }
+    // etcdctl's member list: the names etcd shows for the same --initial-cluster.
+    let name_column = |endpoint: &str| -> Vec<String> {
+        let out = etcdctl_ok(endpoint, &["member", "list"]);
+        let mut names: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.split(", ").nth(2).map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    };
+    let etcd = EtcdCluster::start(3);
+    let want = name_column(&etcd.endpoint(1));
+    assert_eq!(want, ["e1", "e2", "e3"]);
+    let metcd = format!("127.0.0.1:{}", c.client_port(leader));
+    assert_eq!(name_column(&metcd), want);
+    // A --name that the list does not have is refused at start.
+    let mut wrong = c.first_args(1);
+    set_flag(&mut wrong, "--name", "e9");
+    let at = wrong
+        .iter()
+        .position(|a| a == "--data-dir")
+        .expect("--data-dir");
+    wrong[at + 1] = c.dir().join("wrong").to_string_lossy().into_owned();
+    let exited = run_until_exit(&wrong, Duration::from_secs(10));
+    assert!(
+        exited
+            .stderr
+            .contains("--name \"e9\" is not among the names in --cluster"),
+        "{}",
+        exited.stderr
+    );
+}

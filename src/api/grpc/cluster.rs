@@ -49,10 +49,11 @@ impl Grpc {
             .zip(client_urls)
             .map(|(m, client_url)| rpc::Member {
                 id: m.id,
+                // As etcd: a member not (yet) heard from has no name.
                 name: if client_url.is_empty() {
                     String::new()
                 } else {
-                    format!("metcd-{}", m.id)
+                    m.name.unwrap_or_else(|| format!("metcd-{}", m.id))
                 },
                 peer_ur_ls: vec![m.peer_url],
                 client_ur_ls: if client_url.is_empty() {

@@ -104,8 +104,14 @@ impl Node {
                 } else {
                     self.shared.versions.of(*id).map(|v| v.to_string())
                 };
+                let name = if me {
+                    Some(self.settings.name.clone())
+                } else {
+                    self.shared.versions.name_of(*id)
+                };
                 Some(MemberStatus {
                     id: *id,
+                    name,
                     peer_url: info.url.clone(),
                     version,
                     incarnation: incarnation.map(|i| format!("{i:016x}")),
@@ -133,6 +139,7 @@ impl Node {
         };
         let members = self.member_statuses();
         NodeStatus {
+            name: self.settings.name.clone(),
             id: self.settings.id,
             version: crate::version::FULL,
             cluster_version: store.membership().cluster_version().to_string(),
