@@ -207,7 +207,7 @@ impl Node {
         shared
             .versions
             .set_cluster(store.membership().cluster_version());
-        engine.stamp_since_after(stamps_since_after(store.membership()));
+        engine.set_v0_2_rules_after(v0_2_rules_after(store.membership()));
         *shared.incarnations.write() = agreed_incarnations(&store);
         shared.revision.send_replace(engine.revision());
         let backlog = store
@@ -684,14 +684,15 @@ impl Node {
             .versions
             .set_cluster(membership.cluster_version());
         self.engine
-            .stamp_since_after(stamps_since_after(&membership));
+            .set_v0_2_rules_after(v0_2_rules_after(&membership));
         *self.shared.membership.write() = membership;
     }
 }
 
-/// The log index after which auth changes record users' `since`: from the raise to 0.2.0 on
-/// (v0.1.0 members do not keep it, so below 0.2.0 no member does).
-fn stamps_since_after(membership: &Membership) -> u64 {
+/// The log index after which entries are applied by 0.2.0's rules (users' `since`, etcd's
+/// transaction checks): from the raise to 0.2.0 on (v0.1.0 members apply neither, so below
+/// 0.2.0 no member does).
+fn v0_2_rules_after(membership: &Membership) -> u64 {
     if version::records_user_since(membership.cluster_version()) {
         membership.cluster_version_index
     } else {

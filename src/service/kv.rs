@@ -309,7 +309,11 @@ impl Service {
     /// A transaction, through the log: its reads too, so it sees one state.
     pub async fn txn(&self, caller: &Caller, txn: Txn) -> Result<TxnOutcome, Error> {
         self.node.check_running()?;
-        txn.check().map_err(Invalid::Txn)?;
+        // The rules the entry will be applied by (see `store::txn::apply`): v0.1.0's while a
+        // v0.1.0 member may apply it.
+        let v0_2 = self.admin.membership.read().cluster_version() >= crate::version::BOOTSTRAP;
+        let checked = if v0_2 { txn.check() } else { txn.check_v0_1() };
+        checked.map_err(Invalid::Txn)?;
         // Every key and range bound, nested ones too (the whole request is bounded by the face).
         self.check_key_len(txn.sizes().0)?;
         caller.may_txn(&self.engine, &txn)?;
@@ -338,6 +342,12 @@ impl Service {
     ) -> Result<u64, Error> {
         self.node.check_running()?;
         caller.admin()?;
+        // etcd's first compactable revision is 0 on a store never compacted: compacting
+        // through it removes nothing, and is not refused.
+        if revision == 0 && self.engine.meta().compact_revision == 0 {
+            self.barrier(Barrier::Linearizable).await?;
+            return Ok(self.engine.revision());
+        }
         let done = self.propose(caller, Op::Compact { revision }).await?;
         if physical {
             // The compacted history is removed in the background, step by step.

@@ -213,8 +213,13 @@ impl Cursor {
 }
 
 /// The version an event replaced (for a watcher that asked for `prev_kv`), read on the
-/// blocking pool; `None` if there was none or it cannot be read.
+/// blocking pool; `None` if there was none or it cannot be read. As etcd, none for an event
+/// at or below the compaction: the state before it is compacted history, even while a
+/// version from then is still on disk.
 pub async fn prev_kv(store: &Arc<KvStore>, e: &Event) -> Option<KeyValue> {
+    if e.revision() <= store.meta().compact_revision {
+        return None;
+    }
     let (store, key, rev) = (store.clone(), e.kv.key.clone(), e.revision());
     match tokio::task::spawn_blocking(move || store.prev_kv(&key, rev)).await {
         Ok(Ok(prev)) => prev,

@@ -233,7 +233,7 @@ pub(super) fn apply(batch: &mut Batch, meta: &Meta, op: &AuthOp) -> Result<OpRes
         })
     };
     let mut state = view.state.clone();
-    match decide(&view, op, batch.stamps_since) {
+    match decide(&view, op, batch.v0_2_rules) {
         Err(r) => return refused(r),
         Ok(Change::Nothing) => return Ok(OpResult::done(meta.revision, false)),
         Ok(Change::State(enabled, secret)) => {

@@ -19,8 +19,9 @@ pub(super) struct Batch<'a> {
     pub(super) latest: HashMap<Vec<u8>, Option<Header>>,
     /// Whether a space alarm is raised, once looked up (an alarm op clears it).
     pub(super) alarmed: Option<bool>,
-    /// Whether the entry being applied records users' `since` (see `KvStore`).
-    pub(super) stamps_since: bool,
+    /// Whether the entry being applied is under cluster version 0.2.0 or later (see
+    /// `KvStore`): it records users' `since`, and transactions are checked by etcd's rules.
+    pub(super) v0_2_rules: bool,
 }
 
 impl Batch<'_> {

@@ -47,11 +47,13 @@ pub struct KvStore {
     /// The auth state as last read; cleared when an auth change is applied or a snapshot
     /// restored, so requests need not read it from the engine each time.
     auth: parking_lot::RwLock<Option<Arc<super::auth::AuthView>>>,
-    /// Entries above this log index record, in the user records an auth change writes, the
-    /// auth revision the user's credential dates from (`since`); those at or below it do not,
-    /// as v0.1.0 members do not. Set by the owner from the cluster version (0.2.0 and the
-    /// index it was raised at), so every member writes the same records.
-    stamps_since_after: std::sync::atomic::AtomicU64,
+    /// Entries above this log index are applied by 0.2.0's rules, those at or below it as
+    /// v0.1.0 members apply them: the user records an auth change writes carry the auth
+    /// revision the user's credential dates from (`since`), and transactions are checked by
+    /// etcd's rules ([`super::txn::Txn::check`], not `check_v0_1`). Set by the owner from the
+    /// cluster version (0.2.0 and the index it was raised at), so every member applies an
+    /// entry alike.
+    v0_2_rules_after: std::sync::atomic::AtomicU64,
 }
 
 /// The event a version entry records for `key` at `rev`.
@@ -109,7 +111,7 @@ impl KvStore {
             cache_headers,
             hub: Hub::default(),
             auth: parking_lot::RwLock::new(None),
-            stamps_since_after: std::sync::atomic::AtomicU64::new(0),
+            v0_2_rules_after: std::sync::atomic::AtomicU64::new(0),
         };
         if meta.layout == 2 {
             store.convert_layout_2()?;
@@ -351,8 +353,8 @@ impl KvStore {
     }
 
     /// From which log index on auth changes record users' `since` (see the field).
-    pub fn stamp_since_after(&self, index: u64) {
-        self.stamps_since_after
+    pub fn set_v0_2_rules_after(&self, index: u64) {
+        self.v0_2_rules_after
             .store(index, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -375,17 +377,17 @@ impl KvStore {
                 headers: self.cache_headers.then_some(&*headers),
                 latest: HashMap::new(),
                 alarmed: None,
-                stamps_since: true,
+                v0_2_rules: true,
             };
             let stamps_after = self
-                .stamps_since_after
+                .v0_2_rules_after
                 .load(std::sync::atomic::Ordering::Relaxed);
             for entry in batch {
                 if entry.index <= meta.applied_index {
                     results.push(None);
                     continue;
                 }
-                b.stamps_since = entry.index > stamps_after;
+                b.v0_2_rules = entry.index > stamps_after;
                 let result = match &entry.op {
                     None => None,
                     Some(op) => Some(apply_op(&mut b, &mut meta, op)?),
@@ -455,7 +457,7 @@ impl KvStore {
                 headers: None,
                 latest: HashMap::new(),
                 alarmed: None,
-                stamps_since: true,
+                v0_2_rules: true,
             };
             // Index entries below c go once their keys are compacted; those at c stay, so a
             // watch may start at c.

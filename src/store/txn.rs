@@ -150,16 +150,62 @@ impl Txn {
         }
     }
 
-    /// etcd's checks: list lengths, put options, and no key written twice in one branch
-    /// (two puts, or a put inside a deleted range; a nested transaction's writes count in
-    /// either of its branches).
+    /// etcd's checks: list lengths (a nested transaction's count against what its parent's
+    /// longest list leaves of [`MAX_OPS`], as etcd's), put options, and no key written twice
+    /// on any path the transaction can take (two puts, or a put inside a deleted range). The
+    /// two branches of a nested transaction may touch the same key: only one of them runs.
     pub fn check(&self) -> std::result::Result<(), TxnError> {
-        self.check_at(0).map(|_| ())
+        self.check_sizes(MAX_OPS, 0)?;
+        for ops in [&self.success, &self.failure] {
+            check_branch(ops)?;
+        }
+        Ok(())
     }
 
-    /// Checks this transaction at nesting `depth`; returns the keys and ranges either branch
-    /// may write.
-    fn check_at(&self, depth: usize) -> std::result::Result<Written<'_>, TxnError> {
+    fn check_sizes(&self, budget: usize, depth: usize) -> std::result::Result<(), TxnError> {
+        if depth > MAX_DEPTH {
+            return Err(TxnError::TooDeep);
+        }
+        let longest = self
+            .compare
+            .len()
+            .max(self.success.len())
+            .max(self.failure.len());
+        if longest > budget {
+            return Err(TxnError::TooManyOps(longest));
+        }
+        for op in self.success.iter().chain(&self.failure) {
+            match op {
+                TxnOp::Put {
+                    value,
+                    lease,
+                    options,
+                    ..
+                } => {
+                    if options.ignore_value && !value.is_empty() {
+                        return Err(TxnError::ValueProvided);
+                    }
+                    if options.ignore_lease && *lease != 0 {
+                        return Err(TxnError::LeaseProvided);
+                    }
+                }
+                TxnOp::Txn(inner) => inner.check_sizes(budget - longest, depth + 1)?,
+                TxnOp::Delete { .. } | TxnOp::Get { .. } => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Txn {
+    /// v0.1.0's checks, for entries a v0.1.0 member may apply too (below cluster version
+    /// 0.2.0): at most [`MAX_OPS`] per list at every level, and no key written twice in one
+    /// branch, counting both branches of a nested transaction as one.
+    pub fn check_v0_1(&self) -> std::result::Result<(), TxnError> {
+        self.check_v0_1_at(0).map(|_| ())
+    }
+
+    fn check_v0_1_at(&self, depth: usize) -> std::result::Result<Written<'_>, TxnError> {
         if depth > MAX_DEPTH {
             return Err(TxnError::TooDeep);
         }
@@ -192,7 +238,7 @@ impl Txn {
                     TxnOp::Delete { range, .. } => branch.deletes.push(range),
                     TxnOp::Get { .. } => {}
                     TxnOp::Txn(inner) => {
-                        let inner = inner.check_at(depth + 1)?;
+                        let inner = inner.check_v0_1_at(depth + 1)?;
                         for key in inner.puts {
                             if !branch.puts.insert(key) {
                                 return Err(TxnError::DuplicateKey);
@@ -214,6 +260,63 @@ impl Txn {
         }
         Ok(either)
     }
+}
+
+/// What one operation of a branch may write: for a nested transaction, what either of its
+/// branches may (its own branches were checked on their own).
+#[derive(Default)]
+struct Written<'t> {
+    puts: std::collections::HashSet<&'t [u8]>,
+    deletes: Vec<&'t KeyRange>,
+}
+
+impl<'t> Written<'t> {
+    /// Whether a key one may put, the other may also put or delete.
+    fn overlaps(&self, other: &Written<'_>) -> bool {
+        self.puts
+            .iter()
+            .any(|k| other.puts.contains(k) || other.deletes.iter().any(|range| range.contains(k)))
+            || other
+                .puts
+                .iter()
+                .any(|k| self.deletes.iter().any(|range| range.contains(k)))
+    }
+}
+
+/// Checks one list of operations (and, within it, every nested transaction's branches): no
+/// two of its operations may write the same key. Answers what the list may write.
+fn check_branch(ops: &[TxnOp]) -> std::result::Result<Written<'_>, TxnError> {
+    let mut units: Vec<Written<'_>> = Vec::new();
+    for op in ops {
+        let unit = match op {
+            TxnOp::Put { key, .. } => Written {
+                puts: std::iter::once(key.as_slice()).collect(),
+                deletes: Vec::new(),
+            },
+            TxnOp::Delete { range, .. } => Written {
+                puts: Default::default(),
+                deletes: vec![range],
+            },
+            TxnOp::Get { .. } => continue,
+            TxnOp::Txn(inner) => {
+                let mut either = check_branch(&inner.success)?;
+                let other = check_branch(&inner.failure)?;
+                either.puts.extend(other.puts);
+                either.deletes.extend(other.deletes);
+                either
+            }
+        };
+        if units.iter().any(|u| u.overlaps(&unit)) {
+            return Err(TxnError::DuplicateKey);
+        }
+        units.push(unit);
+    }
+    let mut all = Written::default();
+    for u in units {
+        all.puts.extend(u.puts);
+        all.deletes.extend(u.deletes);
+    }
+    Ok(all)
 }
 
 impl Txn {
@@ -246,13 +349,6 @@ impl Txn {
             TxnOp::Txn(inner) => inner.writes(),
         })
     }
-}
-
-/// The keys a transaction puts and the ranges it deletes.
-#[derive(Default)]
-struct Written<'t> {
-    puts: std::collections::HashSet<&'t [u8]>,
-    deletes: Vec<&'t KeyRange>,
 }
 
 fn compare_one(c: &Compare, kv: Option<&KeyValue>) -> bool {
@@ -315,19 +411,33 @@ fn decide(batch: &Batch, txn: &Txn, path: &mut Vec<bool>) -> Result<()> {
     Ok(())
 }
 
-/// Why the operations `path` chooses cannot all run, if they cannot: a read at a revision
-/// the store cannot serve, a put to an unknown lease, or a put that keeps the value or lease
-/// of a key that does not exist.
-fn refusal(
+/// Why the operations `path` chooses cannot all run, if they cannot. As etcd checks them:
+/// first every put on the path (one that keeps the value or lease of a key that does not
+/// exist, or names an unknown lease), then every read (at a revision the store cannot serve).
+fn refusal(batch: &Batch, meta: &Meta, txn: &Txn, path: &[bool]) -> Result<Option<Refusal>> {
+    match refusal_of(batch, meta, txn, &mut path.iter(), Check::Puts)? {
+        Some(refused) => Ok(Some(refused)),
+        None => refusal_of(batch, meta, txn, &mut path.iter(), Check::Reads),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Puts,
+    Reads,
+}
+
+fn refusal_of(
     batch: &Batch,
     meta: &Meta,
     txn: &Txn,
     path: &mut std::slice::Iter<bool>,
+    check: Check,
 ) -> Result<Option<Refusal>> {
     let succeeded = path.next().copied().unwrap_or(false);
     for op in branch(txn, succeeded) {
         let refused = match op {
-            TxnOp::Get { revision, .. } => {
+            TxnOp::Get { revision, .. } if check == Check::Reads => {
                 check_revision_at(meta, *revision).err().map(Refusal::from)
             }
             TxnOp::Put {
@@ -335,7 +445,7 @@ fn refusal(
                 lease,
                 options,
                 ..
-            } => {
+            } if check == Check::Puts => {
                 if (options.ignore_value || options.ignore_lease) && batch.current(key)?.is_none() {
                     Some(Refusal::KeyNotFound)
                 } else if *lease != 0 && !super::lease::exists(batch, *lease)? {
@@ -344,8 +454,8 @@ fn refusal(
                     None
                 }
             }
-            TxnOp::Delete { .. } => None,
-            TxnOp::Txn(inner) => refusal(batch, meta, inner, path)?,
+            TxnOp::Txn(inner) => refusal_of(batch, meta, inner, path, check)?,
+            TxnOp::Get { .. } | TxnOp::Put { .. } | TxnOp::Delete { .. } => None,
         };
         if refused.is_some() {
             return Ok(refused);
@@ -428,8 +538,14 @@ pub(super) fn apply(
     meta: &mut Meta,
     txn: &Txn,
 ) -> Result<(TxnResult, Option<Refusal>)> {
-    // Refused before proposing; a proposal that skipped the check changes nothing.
-    if txn.check().is_err() {
+    // Refused before proposing; a proposal that skipped the check changes nothing. Entries
+    // a v0.1.0 member may apply too are checked by its rules.
+    let checked = if batch.v0_2_rules {
+        txn.check()
+    } else {
+        txn.check_v0_1()
+    };
+    if checked.is_err() {
         let nothing = TxnResult {
             succeeded: false,
             responses: Vec::new(),
@@ -439,7 +555,7 @@ pub(super) fn apply(
     let mut path = Vec::new();
     decide(batch, txn, &mut path)?;
     let succeeded = path.first().copied().unwrap_or(false);
-    if let Some(refused) = refusal(batch, meta, txn, &mut path.iter())? {
+    if let Some(refused) = refusal(batch, meta, txn, &path)? {
         let refused_result = TxnResult {
             succeeded,
             responses: Vec::new(),
@@ -450,4 +566,94 @@ pub(super) fn apply(
     let result = run(&mut writes, txn, &mut path.iter())?;
     writes.finish();
     Ok((result, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str) -> TxnOp {
+        TxnOp::put(key.as_bytes().to_vec(), b"v".to_vec(), 0)
+    }
+
+    fn del(key: &str) -> TxnOp {
+        TxnOp::delete(KeyRange::key(key.as_bytes().to_vec()))
+    }
+
+    fn nested(success: Vec<TxnOp>, failure: Vec<TxnOp>) -> TxnOp {
+        TxnOp::Txn(Box::new(Txn {
+            success,
+            failure,
+            ..Txn::default()
+        }))
+    }
+
+    /// Only one branch of a nested transaction runs: a key in both is not written twice
+    /// (etcd accepts it); v0.1.0 refused it, and still does below cluster version 0.2.0.
+    #[test]
+    fn a_nested_transactions_branches_may_touch_one_key() {
+        for inner in [
+            nested(vec![put("k")], vec![del("k")]),
+            nested(vec![put("k")], vec![put("k")]),
+        ] {
+            let txn = Txn::of(inner);
+            assert_eq!(txn.check(), Ok(()), "{txn:?}");
+        }
+        let put_and_delete = Txn::of(nested(vec![put("k")], vec![del("k")]));
+        assert_eq!(put_and_delete.check_v0_1(), Err(TxnError::DuplicateKey));
+    }
+
+    /// Two operations that may both run still may not write one key, however nested.
+    #[test]
+    fn siblings_may_not_touch_one_key() {
+        let cases = [
+            vec![put("k"), nested(vec![put("k")], vec![])],
+            vec![nested(vec![], vec![del("k")]), put("k")],
+            vec![
+                nested(vec![put("k")], vec![]),
+                nested(vec![], vec![del("k")]),
+            ],
+            vec![nested(
+                vec![nested(vec![put("k")], vec![]), put("k")],
+                vec![],
+            )],
+        ];
+        for success in cases {
+            let txn = Txn {
+                success,
+                ..Txn::default()
+            };
+            assert_eq!(txn.check(), Err(TxnError::DuplicateKey), "{txn:?}");
+        }
+    }
+
+    /// A nested transaction's lists count against what its parent's longest list leaves
+    /// (etcd: 128 in all along a path); v0.1.0 bounded each list alone.
+    #[test]
+    fn nested_operations_count_against_the_outer_limit() {
+        let gets = |n: usize| -> Vec<TxnOp> {
+            (0..n)
+                .map(|i| TxnOp::Get {
+                    range: KeyRange::key(format!("g{i}").into_bytes()),
+                    limit: 0,
+                    revision: 0,
+                })
+                .collect()
+        };
+        let mut success = gets(99);
+        success.push(nested(gets(50), vec![]));
+        let over = Txn {
+            success,
+            ..Txn::default()
+        };
+        assert_eq!(over.check(), Err(TxnError::TooManyOps(50)));
+        assert_eq!(over.check_v0_1(), Ok(()));
+        let mut success = gets(99);
+        success.push(nested(gets(28), vec![]));
+        let within = Txn {
+            success,
+            ..Txn::default()
+        };
+        assert_eq!(within.check(), Ok(()));
+    }
 }

@@ -48,3 +48,4 @@ mod tls;
 mod trust;
 mod upgrade;
 mod watch;
+mod wire;

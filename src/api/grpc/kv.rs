@@ -90,9 +90,11 @@ impl Shape {
     }
 
     /// How many keys to read from the store: all of them when filtering or sorting, else one
-    /// past the limit (to know `more`); 0 is no limit.
+    /// past the limit (to know `more`); 0 is no limit. As etcd: with sort order NONE and a
+    /// target other than the key, only the keys read (the first ones, in key order) are
+    /// sorted (ascending), then cut to the limit.
     fn read_limit(&self) -> u64 {
-        if self.filtered() || self.order() != range_request::SortOrder::None || self.limit == 0 {
+        if self.filtered() || self.order != range_request::SortOrder::None || self.limit == 0 {
             0
         } else {
             self.limit.saturating_add(1)
@@ -154,9 +156,44 @@ fn compare(c: &rpc::Compare) -> Result<Compare, Status> {
     let result = CompareResult::try_from(c.result)
         .map_err(|_| Status::invalid_argument("etcdserver: unknown compare result"))?;
     // A missing or mismatched operand compares as zero (or an empty value), as in etcd.
-    let number = |pick: fn(&TargetUnion) -> Option<i64>| {
-        from_i64(c.target_union.as_ref().and_then(pick).unwrap_or(0))
+    let raw =
+        |pick: fn(&TargetUnion) -> Option<i64>| c.target_union.as_ref().and_then(pick).unwrap_or(0);
+    let number = |pick: fn(&TargetUnion) -> Option<i64>| from_i64(raw(pick));
+    let operand = match target {
+        CompareTarget::Version => raw(|u| match u {
+            TargetUnion::Version(n) => Some(*n),
+            _ => None,
+        }),
+        CompareTarget::Create => raw(|u| match u {
+            TargetUnion::CreateRevision(n) => Some(*n),
+            _ => None,
+        }),
+        CompareTarget::Mod => raw(|u| match u {
+            TargetUnion::ModRevision(n) => Some(*n),
+            _ => None,
+        }),
+        CompareTarget::Lease => raw(|u| match u {
+            TargetUnion::Lease(n) => Some(*n),
+            _ => None,
+        }),
+        CompareTarget::Value => 0,
     };
+    let range = KeyRange::etcd(&c.key, &c.range_end);
+    if operand < 0 {
+        // etcd compares signed numbers. Versions, revisions and lease ids are never negative,
+        // so a negative operand is below every value: `>` and `!=` always hold, `<` and `=`
+        // never do. Said with the store's unsigned compare on a mod revision no key reaches.
+        let always = matches!(result, CompareResult::Greater | CompareResult::NotEqual);
+        return Ok(Compare {
+            range,
+            target: Target::Mod(u64::MAX),
+            result: if always {
+                CmpResult::NotEqual
+            } else {
+                CmpResult::Equal
+            },
+        });
+    }
     let target = match target {
         CompareTarget::Version => Target::Version(number(|u| match u {
             TargetUnion::Version(n) => Some(*n),
@@ -185,7 +222,6 @@ fn compare(c: &rpc::Compare) -> Result<Compare, Status> {
         CompareResult::Less => CmpResult::Less,
         CompareResult::Greater => CmpResult::Greater,
     };
-    let range = KeyRange::etcd(&c.key, &c.range_end);
     Ok(Compare {
         range,
         target,
@@ -221,7 +257,61 @@ fn put_op(p: &rpc::PutRequest) -> Result<TxnOp, Status> {
     })
 }
 
-fn ops(list: &[rpc::RequestOp]) -> Result<(Vec<TxnOp>, Vec<OpShape>), Status> {
+/// etcd's checks of a transaction request, in its order (checkTxnRequest): the longest list
+/// within `budget` (a nested transaction gets what its parent's longest list leaves), keys
+/// given in compares, then each operation in turn (its key; a put's options; a nested
+/// transaction's own checks). Overlapping writes are checked after, by the service.
+fn check_request(t: &rpc::TxnRequest, budget: usize) -> Result<(), Status> {
+    let longest = t.compare.len().max(t.success.len()).max(t.failure.len());
+    if longest > budget {
+        return Err(status::too_many_ops());
+    }
+    if t.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(status::empty_key());
+    }
+    for op in t.success.iter().chain(&t.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) if r.key.is_empty() => {
+                return Err(status::empty_key());
+            }
+            Some(request_op::Request::RequestPut(p)) => {
+                if p.key.is_empty() {
+                    return Err(status::empty_key());
+                }
+                if p.ignore_value && !p.value.is_empty() {
+                    return Err(status::value_provided());
+                }
+                if p.ignore_lease && p.lease != 0 {
+                    return Err(status::lease_provided());
+                }
+            }
+            Some(request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
+                return Err(status::empty_key());
+            }
+            Some(request_op::Request::RequestTxn(inner)) => {
+                check_request(inner, budget - longest)?;
+            }
+            None => return Err(status::key_not_found()),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The store revision a read inside a transaction asks for. etcd refuses a revision below
+/// its first one, which is -1 until the first compaction: so -1 reads the current state on
+/// a store never compacted, and every other negative revision is compacted. Once compacted
+/// (at 2 or later), revision 1 says so when applied, on the branch that runs, as etcd's.
+fn txn_read_revision(revision: i64, compacted: u64) -> Result<u64, Status> {
+    match revision {
+        0.. => Ok(from_i64(revision)),
+        -1 if compacted == 0 => Ok(0),
+        _ if compacted >= 2 => Ok(1),
+        _ => Err(status::compacted()),
+    }
+}
+
+fn ops(list: &[rpc::RequestOp], compacted: u64) -> Result<(Vec<TxnOp>, Vec<OpShape>), Status> {
     let mut ops = Vec::with_capacity(list.len());
     let mut shapes = Vec::with_capacity(list.len());
     for op in list {
@@ -234,7 +324,7 @@ fn ops(list: &[rpc::RequestOp]) -> Result<(Vec<TxnOp>, Vec<OpShape>), Status> {
                 let op = TxnOp::Get {
                     range: KeyRange::etcd(&r.key, &r.range_end),
                     limit: shape.read_limit(),
-                    revision: from_i64(r.revision),
+                    revision: txn_read_revision(r.revision, compacted)?,
                 };
                 (op, OpShape::Range(shape))
             }
@@ -250,7 +340,7 @@ fn ops(list: &[rpc::RequestOp]) -> Result<(Vec<TxnOp>, Vec<OpShape>), Status> {
                 (op, OpShape::Write)
             }
             Some(request_op::Request::RequestTxn(t)) => {
-                let (txn, shape) = txn(t)?;
+                let (txn, shape) = txn(t, compacted)?;
                 (TxnOp::Txn(Box::new(txn)), OpShape::Txn(shape))
             }
             None => {
@@ -265,9 +355,9 @@ fn ops(list: &[rpc::RequestOp]) -> Result<(Vec<TxnOp>, Vec<OpShape>), Status> {
     Ok((ops, shapes))
 }
 
-fn txn(t: &rpc::TxnRequest) -> Result<(Txn, TxnShape), Status> {
-    let (success, success_shapes) = ops(&t.success)?;
-    let (failure, failure_shapes) = ops(&t.failure)?;
+fn txn(t: &rpc::TxnRequest, compacted: u64) -> Result<(Txn, TxnShape), Status> {
+    let (success, success_shapes) = ops(&t.success, compacted)?;
+    let (failure, failure_shapes) = ops(&t.failure, compacted)?;
     let txn = Txn {
         compare: t.compare.iter().map(compare).collect::<Result<_, _>>()?,
         success,
@@ -352,7 +442,8 @@ fn inner_responses(
                     let succeeded = nested.succeeded;
                     let responses = inner_responses(*nested, shape, begin, wrote);
                     response_op::Response::ResponseTxn(rpc::TxnResponse {
-                        header: header(*wrote),
+                        // etcd leaves a nested transaction's header empty.
+                        header: Some(rpc::ResponseHeader::default()),
                         succeeded,
                         responses,
                     })
@@ -470,7 +561,9 @@ impl rpc::kv_server::Kv for Grpc {
         if request.get_ref().encoded_len() > self.state.settings.max_request_bytes {
             return Err(status::request_too_large());
         }
-        let (txn, shape) = txn(request.get_ref())?;
+        check_request(request.get_ref(), crate::store::txn::MAX_OPS)?;
+        let compacted = self.state.engine.meta().compact_revision;
+        let (txn, shape) = txn(request.get_ref(), compacted)?;
         let caller = self.caller(&request).await?;
         let done = self.state.txn(&caller, txn).await?;
         let begin = done.revision - u64::from(done.changed);

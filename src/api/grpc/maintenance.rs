@@ -117,10 +117,15 @@ impl rpc::maintenance_server::Maintenance for Grpc {
             // Only NOSPACE exists here; asking for CORRUPT finds none.
             AlarmAction::Get if kind == rpc::AlarmType::Corrupt => Vec::new(),
             AlarmAction::Get => self.state.alarms()?.into_iter().map(nospace).collect(),
+            // Clearing an alarm that is not raised changes nothing (etcd: none answered).
+            AlarmAction::Deactivate if kind != rpc::AlarmType::Nospace => {
+                self.state.maintenance(&caller)?;
+                Vec::new()
+            }
             AlarmAction::Activate | AlarmAction::Deactivate => {
                 if kind != rpc::AlarmType::Nospace {
                     return Err(Status::invalid_argument(
-                        "etcdserver: metcd raises and clears only NOSPACE alarms",
+                        "etcdserver: metcd raises only NOSPACE alarms",
                     ));
                 }
                 let active = action == AlarmAction::Activate;
@@ -131,8 +136,9 @@ impl rpc::maintenance_server::Maintenance for Grpc {
                 }
             }
         };
+        // etcd answers alarms without a header.
         Ok(Response::new(rpc::AlarmResponse {
-            header: self.current_header(),
+            header: None,
             alarms,
         }))
     }
@@ -187,9 +193,8 @@ impl rpc::maintenance_server::Maintenance for Grpc {
     ) -> Result<Response<rpc::DefragmentResponse>, Status> {
         let caller = self.caller(&request).await?;
         self.state.maintenance(&caller)?;
-        Ok(Response::new(rpc::DefragmentResponse {
-            header: self.current_header(),
-        }))
+        // etcd answers without a header.
+        Ok(Response::new(rpc::DefragmentResponse { header: None }))
     }
 
     async fn hash(
@@ -213,7 +218,11 @@ impl rpc::maintenance_server::Maintenance for Grpc {
         Ok(Response::new(rpc::HashKvResponse {
             header: self.header(revision),
             hash,
-            compact_revision: to_i64(self.state.engine.meta().compact_revision),
+            // etcd: -1 until the first compaction.
+            compact_revision: match self.state.engine.meta().compact_revision {
+                0 => -1,
+                c => to_i64(c),
+            },
         }))
     }
 
@@ -251,8 +260,7 @@ impl rpc::maintenance_server::Maintenance for Grpc {
             }
             other => other?,
         }
-        Ok(Response::new(rpc::MoveLeaderResponse {
-            header: self.current_header(),
-        }))
+        // etcd answers without a header.
+        Ok(Response::new(rpc::MoveLeaderResponse { header: None }))
     }
 }

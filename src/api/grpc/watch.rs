@@ -54,6 +54,8 @@ struct WatchStream {
     grpc: Grpc,
     store: Arc<KvStore>,
     watchers: BTreeMap<i64, Watcher>,
+    /// Watchers ended by compaction whose cancel is still answered.
+    compacted: std::collections::BTreeSet<i64>,
     next_id: i64,
     /// A progress request waits for every watcher to be synced.
     progress_wanted: bool,
@@ -93,11 +95,10 @@ impl WatchStream {
             None => self.caller.admit(&self.grpc.state.access),
         };
         if let Err(denied) = admitted {
-            let mut refused = self.response(-1, self.store.revision());
-            refused.created = true;
-            refused.canceled = true;
-            refused.cancel_reason = status::denied(denied).message().to_string();
-            return self.send(refused).await;
+            return self.refuse(-1, status::denied(denied).message()).await;
+        }
+        if empty_range(&c.key, &c.range_end) {
+            return self.refuse(-1, "mvcc: watcher range is empty").await;
         }
         let id = if c.watch_id != 0 {
             c.watch_id
@@ -109,11 +110,8 @@ impl WatchStream {
         };
         let revision = self.store.revision();
         if self.watchers.contains_key(&id) || id < 0 {
-            let mut refused = self.response(id, revision);
-            refused.created = true;
-            refused.canceled = true;
-            refused.cancel_reason = "mvcc: duplicate watch ID provided on the WatchStream".into();
-            return self.send(refused).await;
+            let duplicate = "mvcc: duplicate watch ID provided on the WatchStream";
+            return self.refuse(id, duplicate).await;
         }
         if c.watch_id == 0 {
             self.next_id += 1;
@@ -123,9 +121,13 @@ impl WatchStream {
             .iter()
             .filter_map(|f| FilterType::try_from(*f).ok())
             .collect();
-        let start = match from_i64(c.start_revision) {
+        // etcd's first revision is -1 until the first compaction: a start below it is
+        // compacted history (answered after `created`, below), -1 is the whole history.
+        let compacted = self.store.meta().compact_revision;
+        let start = match c.start_revision {
             0 => revision + 1,
-            start => start,
+            -1 if compacted == 0 => 1,
+            start => from_i64(start),
         };
         let asked = WatchRequest {
             range: KeyRange::etcd(&c.key, &c.range_end),
@@ -136,14 +138,7 @@ impl WatchStream {
         };
         let cursor = match self.grpc.state.watch(&self.caller, asked) {
             Ok(cursor) => cursor,
-            Err(e) => {
-                // etcd's answer: created and canceled at once (id -1), with the reason.
-                let mut refused = self.response(-1, revision);
-                refused.created = true;
-                refused.canceled = true;
-                refused.cancel_reason = Status::from(e).message().to_string();
-                return self.send(refused).await;
-            }
+            Err(e) => return self.refuse(-1, Status::from(e).message()).await,
         };
         let watcher = Watcher {
             cursor,
@@ -154,8 +149,37 @@ impl WatchStream {
         let mut created = self.response(id, revision);
         created.created = true;
         self.send(created).await?;
+        if c.start_revision < 0 && start == 0 {
+            let first = if compacted == 0 {
+                -1
+            } else {
+                to_i64(compacted)
+            };
+            return self.compacted(id, first).await;
+        }
         self.watchers.insert(id, watcher);
         Ok(())
+    }
+
+    /// etcd's refusal of a watch: created and canceled at once, with the reason.
+    async fn refuse(&self, id: i64, reason: &str) -> Result<(), Gone> {
+        let mut refused = self.response(id, self.store.revision());
+        refused.created = true;
+        refused.canceled = true;
+        refused.cancel_reason = reason.to_string();
+        self.send(refused).await
+    }
+
+    /// Ends watcher `id` because history it needs is compacted: etcd's answer carries the
+    /// compact revision, no reason, and revision 0 in its header. A later cancel of the id is
+    /// still answered, as etcd's.
+    async fn compacted(&mut self, id: i64, compact_revision: i64) -> Result<(), Gone> {
+        self.watchers.remove(&id);
+        self.compacted.insert(id);
+        let mut canceled = self.response(id, 0);
+        canceled.canceled = true;
+        canceled.compact_revision = compact_revision;
+        self.send(canceled).await
     }
 
     /// With auth on: once users or roles change, the stream's credential is checked again
@@ -193,7 +217,7 @@ impl WatchStream {
     }
 
     async fn cancel(&mut self, id: i64) -> Result<(), Gone> {
-        if self.watchers.remove(&id).is_some() {
+        if self.watchers.remove(&id).is_some() || self.compacted.remove(&id) {
             let mut canceled = self.response(id, self.store.revision());
             canceled.canceled = true;
             self.send(canceled).await?;
@@ -305,11 +329,8 @@ impl WatchStream {
                         continue;
                     }
                     Ok(CatchUp::Compacted { compact_revision }) => {
-                        let mut canceled = self.response(id, self.store.revision());
-                        canceled.compact_revision = to_i64(compact_revision);
-                        canceled.cancel_reason =
-                            "etcdserver: mvcc: required revision has been compacted".into();
-                        canceled
+                        self.compacted(id, to_i64(compact_revision)).await?;
+                        break;
                     }
                     Err(e) => {
                         let mut canceled = self.response(id, self.store.revision());
@@ -423,6 +444,7 @@ impl rpc::watch_server::Watch for Grpc {
             grpc: self.clone(),
             store,
             watchers: BTreeMap::new(),
+            compacted: Default::default(),
             next_id: 0,
             progress_wanted: false,
             tx,
@@ -432,4 +454,11 @@ impl rpc::watch_server::Watch for Grpc {
         tokio::spawn(stream.run(request.into_inner(), rx));
         Ok(Response::new(outbound(out)))
     }
+}
+
+/// etcd's empty watch range: a range end (other than "\0", every key from the key on) at or
+/// below the key (an empty key is "\0").
+fn empty_range(key: &[u8], range_end: &[u8]) -> bool {
+    let key = if key.is_empty() { &[0u8][..] } else { key };
+    !range_end.is_empty() && range_end != [0] && key >= range_end
 }
