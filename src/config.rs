@@ -812,6 +812,37 @@ mod tests {
         assert!(e.to_string().contains("--btree-cache-mb"), "{e}");
     }
 
+    /// etcd's --initial-cluster form: ids by position, --name picks the entry.
+    #[test]
+    fn named_members() {
+        let list = "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3";
+        let s = cfg(&["--name", "b", "--cluster", list]).validate().unwrap();
+        assert_eq!((s.id, s.name.as_str()), (2, "b"));
+        assert_eq!(s.peer_listen.port(), 2);
+        let s = cfg(&["--id", "3", "--cluster", list]).validate().unwrap();
+        assert_eq!((s.id, s.name.as_str()), (3, "c"));
+        let s = cfg(&[
+            "--id",
+            "2",
+            "--cluster",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(s.name, "metcd-2");
+        for bad in [
+            &["--name", "z", "--cluster", list][..],
+            &["--name", "a", "--id", "2", "--cluster", list],
+            &["--cluster", "a=http://127.0.0.1:1,a=http://127.0.0.1:2"],
+            &["--name", "tab\there"],
+        ] {
+            assert!(
+                matches!(cfg(bad).validate(), Err(ConfigError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
     #[test]
     fn explicit_ids() {
         let list = "1=http://127.0.0.1:1,3=http://127.0.0.1:3,7=http://127.0.0.1:7";
@@ -831,7 +862,7 @@ mod tests {
         for bad in [
             "1=http://127.0.0.1:1,http://127.0.0.1:2",
             "0=http://127.0.0.1:1",
-            "x=http://127.0.0.1:1",
+            "1=http://127.0.0.1:1,x=http://127.0.0.1:2",
         ] {
             assert!(
                 matches!(

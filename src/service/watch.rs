@@ -226,3 +226,60 @@ pub async fn prev_kv(store: &Arc<KvStore>, e: &Event) -> Option<KeyValue> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::EngineKind;
+    use crate::store::{Applied, Op};
+
+    fn put(index: u64, value: &str) -> Applied {
+        Applied {
+            index,
+            op: Some(Op::Put {
+                key: b"k".to_vec(),
+                value: value.as_bytes().to_vec(),
+                lease: 0,
+                cond: None,
+            }),
+        }
+    }
+
+    fn event_at(revision: u64) -> Event {
+        Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: b"k".to_vec(),
+                value: Vec::new(),
+                create_revision: 1,
+                mod_revision: revision,
+                version: revision,
+                lease: 0,
+            },
+        }
+    }
+
+    /// etcd reads an event's previous version at the revision before it, which is compacted
+    /// history for an event at the compaction: no prev_kv there, even while the version is
+    /// still on disk (the compaction's removal has not run yet).
+    #[tokio::test]
+    async fn no_prev_kv_at_or_below_the_compaction() {
+        let dirs = Default::default();
+        let s = Arc::new(crate::store::conformance::open_temp(
+            EngineKind::Memory,
+            &dirs,
+        ));
+        // Revisions 2, 3, 4 (a store starts at revision 1).
+        s.apply(&[put(1, "v1"), put(2, "v2"), put(3, "v3")])
+            .unwrap();
+        s.apply(&[Applied {
+            index: 4,
+            op: Some(Op::Compact { revision: 3 }),
+        }])
+        .unwrap();
+        assert!(s.compaction_pending(), "the removal must not have run");
+        assert_eq!(prev_kv(&s, &event_at(3)).await, None);
+        let prev = prev_kv(&s, &event_at(4)).await.map(|kv| kv.value);
+        assert_eq!(prev, Some(b"v2".to_vec()));
+    }
+}

@@ -7,8 +7,13 @@
 //!   once (revisions below `next` are skipped), and moves every such watcher past it;
 //! - a watcher behind the store (it started in the past, the stream lagged, batches were
 //!   missed or a snapshot was restored) reads history from `next` until it has caught up;
-//! - history it needs that was compacted cancels it with `compact_revision` (etcd's answer);
-//!   so does a start revision below the compacted one, right after `created`.
+//! - history it needs that was compacted cancels it with `compact_revision`, no reason and
+//!   revision 0 in the header (etcd's answer); so does a start revision below the compacted
+//!   one, right after `created`, and a negative one (etcd's first revision is -1 until the
+//!   first compaction: -1 then watches from the start). A later cancel of such a watcher is
+//!   still answered `canceled`, as etcd's;
+//! - an empty range (a range end at or below the key) is refused at once: created and
+//!   canceled, watch id -1, "mvcc: watcher range is empty".
 //!
 //! Progress: a `progress_request` is answered with watch id -1 and a revision R once every
 //! watcher on the stream is synced (every event up to R was sent); watchers created with
