@@ -181,14 +181,7 @@ impl Txn {
                     lease,
                     options,
                     ..
-                } => {
-                    if options.ignore_value && !value.is_empty() {
-                        return Err(TxnError::ValueProvided);
-                    }
-                    if options.ignore_lease && *lease != 0 {
-                        return Err(TxnError::LeaseProvided);
-                    }
-                }
+                } => check_put_options(value, *lease, options)?,
                 TxnOp::Txn(inner) => inner.check_sizes(budget - longest, depth + 1)?,
                 TxnOp::Delete { .. } | TxnOp::Get { .. } => {}
             }
@@ -225,12 +218,7 @@ impl Txn {
                         lease,
                         options,
                     } => {
-                        if options.ignore_value && !value.is_empty() {
-                            return Err(TxnError::ValueProvided);
-                        }
-                        if options.ignore_lease && *lease != 0 {
-                            return Err(TxnError::LeaseProvided);
-                        }
+                        check_put_options(value, *lease, options)?;
                         if !branch.puts.insert(key.as_slice()) {
                             return Err(TxnError::DuplicateKey);
                         }
@@ -260,6 +248,21 @@ impl Txn {
         }
         Ok(either)
     }
+}
+
+/// etcd's put options: keeping the value or the lease means giving none.
+fn check_put_options(
+    value: &[u8],
+    lease: u64,
+    options: &PutOptions,
+) -> std::result::Result<(), TxnError> {
+    if options.ignore_value && !value.is_empty() {
+        return Err(TxnError::ValueProvided);
+    }
+    if options.ignore_lease && lease != 0 {
+        return Err(TxnError::LeaseProvided);
+    }
+    Ok(())
 }
 
 /// What one operation of a branch may write: for a nested transaction, what either of its

@@ -12,16 +12,9 @@ use etcd_client::{
 };
 
 use crate::common::{
-    EtcdCluster, LEADER_TIMEOUT, TestCluster, etcdctl, etcdctl_spawn, etcdctl_stop, http_request,
+    EtcdCluster, LEADER_TIMEOUT, TestCluster, etcdctl, etcdctl_spawn, etcdctl_stop, grpc_error,
+    header_revision, http_request,
 };
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 async fn connect(endpoint: &str) -> Client {
     Client::connect([endpoint], None)
@@ -55,13 +48,6 @@ impl Transcript {
     }
 }
 
-fn err(e: etcd_client::Error) -> String {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => format!("error {:?} {}", s.code(), s.message()),
-        e => format!("error {e}"),
-    }
-}
-
 fn kv(kv: Option<&etcd_client::KeyValue>) -> String {
     match kv {
         Some(kv) => format!(
@@ -90,10 +76,6 @@ fn leader_key(k: Option<&LeaderKey>) -> String {
     }
 }
 
-fn rev(h: Option<&etcd_client::ResponseHeader>) -> String {
-    h.map_or("no header".into(), |h| format!("rev {}", h.revision()))
-}
-
 /// Locks: the uncontended path, a waiter released by an unlock, the same lease locking twice,
 /// a lease that does not exist, unlocking a key that is gone.
 async fn locks(c: &mut Client, t: &mut Transcript) {
@@ -110,7 +92,7 @@ async fn locks(c: &mut Client, t: &mut Transcript) {
         format!(
             "{} {}",
             String::from_utf8_lossy(first.key()),
-            rev(first.header())
+            header_revision(first.header())
         ),
     );
     let mut waiter_client = c.clone();
@@ -134,17 +116,17 @@ async fn locks(c: &mut Client, t: &mut Transcript) {
     let queue: Vec<String> = queue.into_iter().map(|k| kv(Some(k))).collect();
     t.note("queue", format!("{queue:?}"));
     let un = c.unlock(first.key()).await.expect("unlock");
-    t.note("unlock l1", rev(un.header()));
+    t.note("unlock l1", header_revision(un.header()));
     match waiter.await.expect("waiter task") {
         Ok(second) => t.note(
             "lock l2",
             format!(
                 "{} {}",
                 String::from_utf8_lossy(second.key()),
-                rev(second.header())
+                header_revision(second.header())
             ),
         ),
-        Err(e) => t.note("lock l2", err(e)),
+        Err(e) => t.note("lock l2", grpc_error(e)),
     }
     // The same lease again: its key exists, so it holds the lock at once.
     match c.lock("l", Some(LockOptions::new().with_lease(l2))).await {
@@ -153,22 +135,22 @@ async fn locks(c: &mut Client, t: &mut Transcript) {
             format!(
                 "{} {}",
                 String::from_utf8_lossy(again.key()),
-                rev(again.header())
+                header_revision(again.header())
             ),
         ),
-        Err(e) => t.note("lock l2 again", err(e)),
+        Err(e) => t.note("lock l2 again", grpc_error(e)),
     }
     let missing = c
         .lock("l", Some(LockOptions::new().with_lease(0x7777)))
         .await;
     t.note(
         "lock with unknown lease",
-        missing.map(|_| "ok".into()).unwrap_or_else(err),
+        missing.map(|_| "ok".into()).unwrap_or_else(grpc_error),
     );
     let un = c.unlock("l/nothing-here").await.expect("unlock");
-    t.note("unlock missing key", rev(un.header()));
+    t.note("unlock missing key", header_revision(un.header()));
     let un = c.unlock(format!("l/{l2:x}")).await.expect("unlock");
-    t.note("unlock l2", rev(un.header()));
+    t.note("unlock l2", header_revision(un.header()));
 }
 
 /// Elections: campaign, leader, proclaim, observe, a second campaigner that takes over on
@@ -181,11 +163,18 @@ async fn elections(c: &mut Client, t: &mut Transcript) {
     let won = c.campaign("e", "v1", l1).await.expect("campaign");
     t.note(
         "campaign l1",
-        format!("{} {}", leader_key(won.leader()), rev(won.header())),
+        format!(
+            "{} {}",
+            leader_key(won.leader()),
+            header_revision(won.header())
+        ),
     );
     let lead1 = won.leader().cloned().expect("leader key");
     let now = c.leader("e").await.expect("leader");
-    t.note("leader", format!("{} {}", kv(now.kv()), rev(now.header())));
+    t.note(
+        "leader",
+        format!("{} {}", kv(now.kv()), header_revision(now.header())),
+    );
     let p = c
         .proclaim(
             "v2",
@@ -193,7 +182,7 @@ async fn elections(c: &mut Client, t: &mut Transcript) {
         )
         .await
         .expect("proclaim");
-    t.note("proclaim v2", rev(p.header()));
+    t.note("proclaim v2", header_revision(p.header()));
     let mut observe = c.observe("e").await.expect("observe");
     let first = observe
         .message()
@@ -202,7 +191,7 @@ async fn elections(c: &mut Client, t: &mut Transcript) {
         .expect("a message");
     t.note(
         "observed",
-        format!("{} {}", kv(first.kv()), rev(first.header())),
+        format!("{} {}", kv(first.kv()), header_revision(first.header())),
     );
     let mut other = c.clone();
     let second = tokio::spawn(async move { other.campaign("e", "w1", l2).await });
@@ -218,25 +207,32 @@ async fn elections(c: &mut Client, t: &mut Transcript) {
         )
         .await
         .expect("proclaim");
-    t.note("proclaim v3", rev(p.header()));
+    t.note("proclaim v3", header_revision(p.header()));
     let r = c
         .resign(Some(ResignOptions::new().with_leader(lead1.clone())))
         .await
         .expect("resign");
-    t.note("resign l1", rev(r.header()));
+    t.note("resign l1", header_revision(r.header()));
     match second.await.expect("campaign task") {
         Ok(won) => t.note(
             "campaign l2",
-            format!("{} {}", leader_key(won.leader()), rev(won.header())),
+            format!(
+                "{} {}",
+                leader_key(won.leader()),
+                header_revision(won.header())
+            ),
         ),
-        Err(e) => t.note("campaign l2", err(e)),
+        Err(e) => t.note("campaign l2", grpc_error(e)),
     }
     for _ in 0..2 {
         let m = tokio::time::timeout(Duration::from_secs(5), observe.message()).await;
         match m {
-            Ok(Ok(Some(m))) => t.note("observed", format!("{} {}", kv(m.kv()), rev(m.header()))),
+            Ok(Ok(Some(m))) => t.note(
+                "observed",
+                format!("{} {}", kv(m.kv()), header_revision(m.header())),
+            ),
             Ok(Ok(None)) => t.note("observed", "end".into()),
-            Ok(Err(e)) => t.note("observed", err(e)),
+            Ok(Err(e)) => t.note("observed", grpc_error(e)),
             Err(_) => t.note("observed", "nothing within 5 s".into()),
         }
     }
@@ -245,39 +241,52 @@ async fn elections(c: &mut Client, t: &mut Transcript) {
         .await;
     t.note(
         "proclaim stale",
-        stale.map(|r| rev(r.header())).unwrap_or_else(err),
+        stale
+            .map(|r| header_revision(r.header()))
+            .unwrap_or_else(grpc_error),
     );
     let stale = c
         .resign(Some(ResignOptions::new().with_leader(lead1)))
         .await;
     t.note(
         "resign stale",
-        stale.map(|r| rev(r.header())).unwrap_or_else(err),
+        stale
+            .map(|r| header_revision(r.header()))
+            .unwrap_or_else(grpc_error),
     );
     let none = c.proclaim("x", None).await;
     t.note(
         "proclaim without leader key",
-        none.map(|r| rev(r.header())).unwrap_or_else(err),
+        none.map(|r| header_revision(r.header()))
+            .unwrap_or_else(grpc_error),
     );
     let none = c.resign(None).await;
     t.note(
         "resign without leader key",
-        none.map(|r| rev(r.header())).unwrap_or_else(err),
+        none.map(|r| header_revision(r.header()))
+            .unwrap_or_else(grpc_error),
     );
     let nobody = c.leader("nobody").await;
     t.note(
         "leader of nobody",
-        nobody.map(|r| kv(r.kv())).unwrap_or_else(err),
+        nobody.map(|r| kv(r.kv())).unwrap_or_else(grpc_error),
     );
     // A campaign on an existing key with a new value proclaims it.
     let again = c.campaign("e", "w2", l2).await.expect("campaign again");
     t.note(
         "campaign l2 again",
-        format!("{} {}", leader_key(again.leader()), rev(again.header())),
+        format!(
+            "{} {}",
+            leader_key(again.leader()),
+            header_revision(again.header())
+        ),
     );
     let m = tokio::time::timeout(Duration::from_secs(5), observe.message()).await;
     match m {
-        Ok(Ok(Some(m))) => t.note("observed", format!("{} {}", kv(m.kv()), rev(m.header()))),
+        Ok(Ok(Some(m))) => t.note(
+            "observed",
+            format!("{} {}", kv(m.kv()), header_revision(m.header())),
+        ),
         other => t.note("observed", format!("{:?}", other.map(|r| r.map(|_| ())))),
     }
 }
@@ -311,7 +320,7 @@ fn lock_and_election_answer_as_etcd() {
     let metcd = TestCluster::start(3, &[]);
     let leader = metcd.wait_leader(LEADER_TIMEOUT);
     let follower = metcd.followers(leader)[0];
-    let rt = runtime();
+    let rt = crate::common::client_runtime();
     let want = rt.block_on(exercise(&etcd.endpoint(1)));
     // From a follower: every write and linearizable read goes through the leader.
     let got = rt.block_on(exercise(&format!(
@@ -361,7 +370,7 @@ async fn expiry(c: &mut Client, t: &mut Transcript) {
                 waited >= Duration::from_secs(1)
             ),
         ),
-        Ok(Ok(Err(e))) => t.note("waiter", err(e)),
+        Ok(Ok(Err(e))) => t.note("waiter", grpc_error(e)),
         _ => t.note("waiter", "no lock within 15 s".into()),
     }
     let late = c
@@ -381,7 +390,7 @@ fn a_holder_whose_lease_ends_loses_the_lock_to_the_waiter() {
     let etcd = EtcdCluster::start(1);
     let metcd = TestCluster::start(3, &[]);
     metcd.wait_leader(LEADER_TIMEOUT);
-    let rt = runtime();
+    let rt = crate::common::client_runtime();
     let run = |endpoint: String| {
         rt.block_on(async move {
             let mut c = connect(&endpoint).await;
@@ -401,7 +410,7 @@ fn a_holder_whose_lease_ends_loses_the_lock_to_the_waiter() {
 fn a_waiter_whose_lease_ends_is_told_its_session_expired() {
     let metcd = TestCluster::start(1, &[]);
     metcd.wait_leader(LEADER_TIMEOUT);
-    runtime().block_on(async {
+    crate::common::client_runtime().block_on(async {
         let mut c = connect(&format!("127.0.0.1:{}", metcd.client_port(1))).await;
         let long = c.lease_grant(30, None).await.expect("grant").id();
         let short = c.lease_grant(2, None).await.expect("grant").id();

@@ -12,14 +12,6 @@ use etcd_client::{
     SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 async fn connect(endpoint: &str) -> Client {
     Client::connect([endpoint], None)
         .await
@@ -290,7 +282,7 @@ fn etcd_client_crate_gets_the_answers_etcd_gives() {
     let metcd = TestCluster::start(3, &[]);
     let leader = metcd.wait_leader(LEADER_TIMEOUT);
     let follower = metcd.followers(leader)[0];
-    let rt = runtime();
+    let rt = crate::common::client_runtime();
     let want = rt.block_on(exercise(&etcd.endpoint(1)));
     let got = rt.block_on(exercise(&format!(
         "127.0.0.1:{}",
@@ -316,7 +308,7 @@ fn a_watch_resumes_on_another_member_when_its_member_is_killed() {
     let leader = c.wait_leader(LEADER_TIMEOUT);
     let doomed = c.followers(leader)[0];
     let survivor = c.followers(leader)[1];
-    let rt = runtime();
+    let rt = crate::common::client_runtime();
     let endpoint = |i: usize| format!("127.0.0.1:{}", c.client_port(i));
     let (doomed_ep, survivor_ep, leader_ep) =
         (endpoint(doomed), endpoint(survivor), endpoint(leader));

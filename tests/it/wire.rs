@@ -11,7 +11,7 @@ use etcd_client::{
     SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 
-use crate::common::{EtcdCluster, LEADER_TIMEOUT, TestCluster};
+use crate::common::{EtcdCluster, LEADER_TIMEOUT, TestCluster, grpc_error, header_revision};
 
 /// Steps answered differently on purpose: (step name, why).
 const DELIBERATE: &[(&str, &str)] = &[
@@ -31,30 +31,11 @@ const DELIBERATE: &[(&str, &str)] = &[
     ),
 ];
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn err(e: etcd_client::Error) -> String {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => format!("error {:?} {}", s.code(), s.message()),
-        e => format!("error {e}"),
-    }
-}
-
 fn answer<T>(r: Result<T, etcd_client::Error>, ok: impl FnOnce(T) -> String) -> String {
     match r {
         Ok(v) => ok(v),
-        Err(e) => err(e),
+        Err(e) => grpc_error(e),
     }
-}
-
-fn rev(h: Option<&etcd_client::ResponseHeader>) -> String {
-    h.map_or("no header".into(), |h| format!("rev {}", h.revision()))
 }
 
 fn keys(r: &etcd_client::GetResponse) -> String {
@@ -77,18 +58,25 @@ fn txn_answer(r: etcd_client::TxnResponse) -> String {
         .op_responses()
         .into_iter()
         .map(|op| match op {
-            TxnOpResponse::Get(g) => format!("get {} {}", rev(g.header()), keys(&g)),
-            TxnOpResponse::Put(p) => format!("put {}", rev(p.header())),
-            TxnOpResponse::Delete(d) => format!("delete {} {}", rev(d.header()), d.deleted()),
+            TxnOpResponse::Get(g) => format!("get {} {}", header_revision(g.header()), keys(&g)),
+            TxnOpResponse::Put(p) => format!("put {}", header_revision(p.header())),
+            TxnOpResponse::Delete(d) => {
+                format!("delete {} {}", header_revision(d.header()), d.deleted())
+            }
             TxnOpResponse::Txn(t) => format!(
                 "txn {} succeeded {} ops {}",
-                rev(t.header()),
+                header_revision(t.header()),
                 t.succeeded(),
                 t.op_responses().len()
             ),
         })
         .collect();
-    format!("{} succeeded {} {:?}", rev(r.header()), r.succeeded(), ops)
+    format!(
+        "{} succeeded {} {:?}",
+        header_revision(r.header()),
+        r.succeeded(),
+        ops
+    )
 }
 
 /// The KV and transaction steps.
@@ -240,7 +228,7 @@ async fn deliberate_steps(c: &mut Client, out: &mut Vec<(String, String)>) {
     step(
         "put of a 9 KiB key",
         answer(c.put(vec![b'k'; 9 * 1024], "v", None).await, |r| {
-            rev(r.header())
+            header_revision(r.header())
         }),
     );
 }
@@ -254,7 +242,7 @@ async fn watch_answers(
 ) -> (Vec<String>, Option<(etcd_client::WatchStream, i64)>) {
     let mut stream = match c.watch(key, Some(opts)).await {
         Ok(w) => w,
-        Err(e) => return (vec![err(e)], None),
+        Err(e) => return (vec![grpc_error(e)], None),
     };
     let mut seen = Vec::new();
     let mut id = 0;
@@ -267,7 +255,7 @@ async fn watch_answers(
                 seen.push(watch_response(&r));
             }
             Ok(Ok(None)) => seen.push("end".into()),
-            Ok(Err(e)) => seen.push(err(e)),
+            Ok(Err(e)) => seen.push(grpc_error(e)),
             Err(_) => break,
         }
     }
@@ -299,7 +287,7 @@ fn watch_response(r: &etcd_client::WatchResponse) -> String {
         r.canceled(),
         r.compact_revision(),
         r.cancel_reason(),
-        rev(r.header()),
+        header_revision(r.header()),
         events
     )
 }
@@ -322,7 +310,7 @@ async fn watch_steps(c: &mut Client, out: &mut Vec<(String, String)>) {
     ));
     out.push((
         "compact at revision 0".into(),
-        answer(c.compact(0, None).await, |r| rev(r.header())),
+        answer(c.compact(0, None).await, |r| header_revision(r.header())),
     ));
     let first = c.put("p", "v1", None).await.expect("put");
     let at = first.header().map_or(0, |h| h.revision());
@@ -358,7 +346,7 @@ async fn watch_steps(c: &mut Client, out: &mut Vec<(String, String)>) {
                 Ok(other) => format!("{:?}", other.map(|o| o.is_some())),
                 Err(_) => "nothing within 1 s".into(),
             },
-            Err(e) => err(e),
+            Err(e) => grpc_error(e),
         };
         out.push(("cancel a watch the compaction canceled".into(), again));
     }
@@ -388,13 +376,17 @@ async fn watch_steps(c: &mut Client, out: &mut Vec<(String, String)>) {
         out.push((
             name.into(),
             answer(r, |r| {
-                format!("{} alarms {:?}", rev(r.header()), r.alarms().len())
+                format!(
+                    "{} alarms {:?}",
+                    header_revision(r.header()),
+                    r.alarms().len()
+                )
             }),
         ));
     }
     out.push((
         "defragment".into(),
-        answer(m.defragment().await, |r| rev(r.header())),
+        answer(m.defragment().await, |r| header_revision(r.header())),
     ));
 }
 
@@ -420,7 +412,10 @@ async fn exercise(endpoints: Vec<String>) -> Vec<(String, String)> {
             .map(|m| m.id())
             .find(|id| *id != me);
         let moved = one.move_leader(to.unwrap_or(0)).await;
-        out.push(("move leader".into(), answer(moved, |r| rev(r.header()))));
+        out.push((
+            "move leader".into(),
+            answer(moved, |r| header_revision(r.header())),
+        ));
         break;
     }
     deliberate_steps(&mut c, &mut out).await;
@@ -432,7 +427,7 @@ fn wire_details_answer_as_etcd() {
     let etcd = EtcdCluster::start(3);
     let metcd = TestCluster::start(3, &[]);
     metcd.wait_leader(LEADER_TIMEOUT);
-    let rt = runtime();
+    let rt = crate::common::client_runtime();
     let want = rt.block_on(exercise((1..=3).map(|i| etcd.endpoint(i)).collect()));
     let got = rt.block_on(exercise(
         (1..=3)

@@ -156,27 +156,12 @@ fn compare(c: &rpc::Compare) -> Result<Compare, Status> {
     let result = CompareResult::try_from(c.result)
         .map_err(|_| Status::invalid_argument("etcdserver: unknown compare result"))?;
     // A missing or mismatched operand compares as zero (or an empty value), as in etcd.
-    let raw =
-        |pick: fn(&TargetUnion) -> Option<i64>| c.target_union.as_ref().and_then(pick).unwrap_or(0);
-    let number = |pick: fn(&TargetUnion) -> Option<i64>| from_i64(raw(pick));
-    let operand = match target {
-        CompareTarget::Version => raw(|u| match u {
-            TargetUnion::Version(n) => Some(*n),
-            _ => None,
-        }),
-        CompareTarget::Create => raw(|u| match u {
-            TargetUnion::CreateRevision(n) => Some(*n),
-            _ => None,
-        }),
-        CompareTarget::Mod => raw(|u| match u {
-            TargetUnion::ModRevision(n) => Some(*n),
-            _ => None,
-        }),
-        CompareTarget::Lease => raw(|u| match u {
-            TargetUnion::Lease(n) => Some(*n),
-            _ => None,
-        }),
-        CompareTarget::Value => 0,
+    let operand = match (target, &c.target_union) {
+        (CompareTarget::Version, Some(TargetUnion::Version(n)))
+        | (CompareTarget::Create, Some(TargetUnion::CreateRevision(n)))
+        | (CompareTarget::Mod, Some(TargetUnion::ModRevision(n)))
+        | (CompareTarget::Lease, Some(TargetUnion::Lease(n))) => *n,
+        _ => 0,
     };
     let range = KeyRange::etcd(&c.key, &c.range_end);
     if operand < 0 {
@@ -194,23 +179,12 @@ fn compare(c: &rpc::Compare) -> Result<Compare, Status> {
             },
         });
     }
+    let n = from_i64(operand);
     let target = match target {
-        CompareTarget::Version => Target::Version(number(|u| match u {
-            TargetUnion::Version(n) => Some(*n),
-            _ => None,
-        })),
-        CompareTarget::Create => Target::Create(number(|u| match u {
-            TargetUnion::CreateRevision(n) => Some(*n),
-            _ => None,
-        })),
-        CompareTarget::Mod => Target::Mod(number(|u| match u {
-            TargetUnion::ModRevision(n) => Some(*n),
-            _ => None,
-        })),
-        CompareTarget::Lease => Target::Lease(number(|u| match u {
-            TargetUnion::Lease(n) => Some(*n),
-            _ => None,
-        })),
+        CompareTarget::Version => Target::Version(n),
+        CompareTarget::Create => Target::Create(n),
+        CompareTarget::Mod => Target::Mod(n),
+        CompareTarget::Lease => Target::Lease(n),
         CompareTarget::Value => Target::Value(match &c.target_union {
             Some(TargetUnion::Value(v)) => v.clone(),
             _ => Vec::new(),

@@ -1391,3 +1391,25 @@ pub fn etcdctl_stop(mut child: Child) -> CtlOutput {
         stderr: without_warnings(&out.stderr),
     }
 }
+
+/// A runtime for tests that drive the `etcd-client` crate.
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// An `etcd-client` error as a transcript line: the gRPC code and message.
+pub fn grpc_error(e: etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("error {:?} {}", s.code(), s.message()),
+        e => format!("error {e}"),
+    }
+}
+
+/// A response header as a transcript shows it: its revision (ids and terms differ by nature).
+pub fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> String {
+    h.map_or("no header".into(), |h| format!("rev {}", h.revision()))
+}
