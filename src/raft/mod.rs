@@ -170,6 +170,20 @@ impl NodeHandle {
         }
     }
 
+    /// With no leader known, waits for one, at most half the request timeout (then the
+    /// request is refused "no leader" as before, well within its timeout). As etcd holds a
+    /// request during an election rather than refusing it: a client that starts with a new
+    /// cluster, or writes across a leader change, is answered once a leader is elected.
+    async fn await_leader(&self) {
+        let deadline = tokio::time::Instant::now() + self.timeout / 2;
+        while self.leader.load(Ordering::Relaxed) == 0
+            && self.failed.get().is_none()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits (at most the request timeout) until this member has applied store revision
     /// `want`: a read after it sees every write up to that revision.
     pub async fn wait_revision(&self, want: u64) -> Result<(), RequestError> {
@@ -279,6 +293,7 @@ impl NodeHandle {
         if backlog > MAX_APPLY_BACKLOG {
             return Err(backlog_error(backlog));
         }
+        self.await_leader().await;
         self.call(
             |reply| Input::Propose { op, reply },
             RequestError::WriteTimeout,
@@ -289,6 +304,7 @@ impl NodeHandle {
     /// A linearizable read barrier: returns once local state reflects every write committed
     /// before the call.
     pub async fn read_index(&self) -> Result<u64, RequestError> {
+        self.await_leader().await;
         self.call(
             |reply| Input::ReadIndex { reply },
             RequestError::ReadTimeout,

@@ -135,3 +135,29 @@ fn sigterm_on_a_follower_exits_cleanly() {
         "the restarted follower to catch up",
     );
 }
+
+/// A read and a write sent to a new cluster's member before the first election wait for it
+/// (bounded by half `--request-timeout-ms`), as etcd's do, instead of failing "no leader" at
+/// once: client libraries that start with their cluster (python-etcd3's suite) see answers.
+#[test]
+fn requests_before_the_first_election_wait_for_it() {
+    let mut c = TestCluster::new(3, &["--request-timeout-ms", "10000"]);
+    c.start_member(1);
+    let port = c.client_port(1);
+    c.wait_for(
+        || http_request(port, "GET", "/_health", &[], b"").is_ok(),
+        LEADER_TIMEOUT,
+        "member 1's client port",
+    );
+    let read = thread::spawn(move || http_request(port, "GET", "/early", &[], b""));
+    let write = thread::spawn(move || http_request(port, "PUT", "/early-w", &[], b"v"));
+    // Member 1 alone cannot be elected: both requests are waiting now.
+    thread::sleep(Duration::from_millis(500));
+    assert!(!read.is_finished() && !write.is_finished(), "answered without a leader");
+    c.start_member(2);
+    c.start_member(3);
+    let read = read.join().expect("reader").expect("read");
+    assert_eq!(read.status, 404, "{}", read.text());
+    let write = write.join().expect("writer").expect("write");
+    assert_eq!(write.status, 204, "{}", write.text());
+}
