@@ -153,7 +153,10 @@ fn requests_before_the_first_election_wait_for_it() {
     let write = thread::spawn(move || http_request(port, "PUT", "/early-w", &[], b"v"));
     // Member 1 alone cannot be elected: both requests are waiting now.
     thread::sleep(Duration::from_millis(500));
-    assert!(!read.is_finished() && !write.is_finished(), "answered without a leader");
+    assert!(
+        !read.is_finished() && !write.is_finished(),
+        "answered without a leader"
+    );
     c.start_member(2);
     c.start_member(3);
     let read = read.join().expect("reader").expect("read");

@@ -384,6 +384,33 @@ async fn watch_steps(c: &mut Client, out: &mut Vec<(String, String)>) {
             }),
         ));
     }
+    // A backup stream: the data with the bytes remaining, then the sha256 alone.
+    let mut shape = Vec::new();
+    match c.snapshot().await {
+        Ok(mut stream) => loop {
+            match stream.message().await {
+                Ok(Some(m)) => shape.push((m.remaining_bytes(), m.blob().len())),
+                Ok(None) => break,
+                Err(e) => {
+                    shape.push((u64::MAX, 0));
+                    out.push(("snapshot error".into(), grpc_error(e)));
+                    break;
+                }
+            }
+        },
+        Err(e) => out.push(("snapshot error".into(), grpc_error(e))),
+    }
+    let tail: Vec<String> = shape
+        .iter()
+        .rev()
+        .take(2)
+        .enumerate()
+        .map(|(i, (remaining, len))| match i {
+            0 => format!("last: remaining {remaining}, {len} bytes"),
+            _ => format!("before it: remaining {remaining}"),
+        })
+        .collect();
+    out.push(("snapshot stream's end".into(), tail.join(", ")));
     out.push((
         "defragment".into(),
         answer(m.defragment().await, |r| header_revision(r.header())),

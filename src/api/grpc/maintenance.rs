@@ -52,17 +52,29 @@ fn tempfile_in(dir: &Path) -> std::io::Result<std::fs::File> {
         .open(dir)
 }
 
-/// Streams a backup file in chunks, each with the bytes that remain after it.
+/// The sha256 a backup file ends with (see [`crate::backup`]).
+const DIGEST: u64 = 32;
+
+/// Streams a backup file as etcd streams its snapshot: chunks of the data, each with the data
+/// bytes that remain after it, then the sha256 alone in a last message (remaining 0), which
+/// clients append to the file as etcd's.
 fn send_backup(
     mut file: std::fs::File,
     len: u64,
     header: Option<rpc::ResponseHeader>,
     tx: tokio::sync::mpsc::Sender<Result<rpc::SnapshotResponse, Status>>,
 ) {
+    let data = len.saturating_sub(DIGEST);
     let mut sent = 0u64;
     let mut buf = vec![0u8; CHUNK];
     while sent < len {
-        let n = match file.read(&mut buf) {
+        // The data part, then the digest on its own.
+        let want = if sent < data {
+            (data - sent).min(CHUNK as u64)
+        } else {
+            len - sent
+        } as usize;
+        let n = match file.read(&mut buf[..want]) {
             Ok(0) => {
                 let _ =
                     tx.blocking_send(Err(Status::internal("etcdserver: backup file ended early")));
@@ -77,7 +89,7 @@ fn send_backup(
         sent += n as u64;
         let chunk = rpc::SnapshotResponse {
             header,
-            remaining_bytes: len - sent,
+            remaining_bytes: data.saturating_sub(sent),
             blob: buf[..n].to_vec(),
         };
         if tx.blocking_send(Ok(chunk)).is_err() {
