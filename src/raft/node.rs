@@ -182,6 +182,10 @@ pub struct Node {
     /// Ticks since start: the clock of the re-asks and periodic proposals below (a test
     /// drives it by hand).
     ticks: u64,
+    /// The tick each peer was last heard from (any raft message). The membership rules
+    /// count a member up if heard within an election timeout: raft's `recent_active` alone
+    /// is cleared at every CheckQuorum round, so right after one every peer looked down.
+    heard: std::collections::HashMap<u64, u64>,
     /// The tick of the last physical compaction step.
     compacted_tick: u64,
     auto_compactor: compaction::AutoCompactor,
@@ -246,6 +250,7 @@ impl Node {
             version_seen: None,
             hashing: Arc::default(),
             ticks: 0,
+            heard: Default::default(),
             compacted_tick: 0,
             auto_compactor: Default::default(),
             lease_clock: Default::default(),
@@ -394,6 +399,7 @@ impl Node {
         if msg.get_msg_type() == MessageType::MsgPropose {
             self.close_lease_interval(&msg.entries);
         }
+        self.heard.insert(msg.from, self.ticks);
         if let Err(e) = self.raw.step(msg) {
             warn!(error = %e, "dropped a peer message raft refused");
         }

@@ -715,9 +715,23 @@ fn rolling_upgrade(engine: &'static str) {
         Duration::from_secs(10),
         "every member to apply the learner's addition",
     );
-    let removed = c
+    // v0.1.0's leader counts a voter up by raft's `recent_active`, which raft clears at every
+    // CheckQuorum round (once per election timeout); in the tick after one, every peer looks
+    // down and v0.1.0 refuses the removal ("... fewer than a quorum"). That is v0.1.0's bug
+    // (this build also counts a peer heard within an election timeout, `Node::heard`), and
+    // it cannot be changed: ask again in that one case, within a few rounds.
+    let mut removed = c
         .request(3, "DELETE", "/_members/9", b"")
         .expect("remove it");
+    for _ in 0..5 {
+        if !(removed.status == 409 && removed.text().contains("fewer than a quorum")) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(300));
+        removed = c
+            .request(3, "DELETE", "/_members/9", b"")
+            .expect("remove it");
+    }
     assert_eq!(removed.status, 200, "{}", removed.text());
     c.wait_for(
         || (1..=3).all(|i| !has_learner(&c, i)),

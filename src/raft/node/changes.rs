@@ -60,9 +60,12 @@ impl Node {
             raft.prs()
                 .iter()
                 .map(|(id, p)| {
+                    let heard = self.heard.get(id).is_some_and(|t| {
+                        self.ticks.saturating_sub(*t) <= self.settings.election_ticks as u64
+                    });
                     let progress = members::Progress {
                         matched: p.matched,
-                        active: p.recent_active,
+                        active: p.recent_active || heard,
                     };
                     (*id, progress)
                 })

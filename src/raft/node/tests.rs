@@ -608,3 +608,33 @@ fn auto_compaction_by_period_keeps_the_last_period() {
     }
     assert!(c.node(1).engine.meta().compact_revision > compacted);
 }
+
+/// Raft clears every peer's `recent_active` at each CheckQuorum round (once per election
+/// timeout), so in the tick after one, every follower looked down to the membership rules
+/// and a removal was refused "fewer than a quorum". A peer heard within an election timeout
+/// counts as up.
+#[test]
+fn members_heard_recently_count_as_up_right_after_a_check_quorum_round() {
+    let mut c = Cluster::new(&[], &[]);
+    c.elect(1);
+    let mut reset = false;
+    for _ in 0..100 {
+        c.node(1).tick();
+        let cleared = c
+            .node(1)
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .all(|(id, p)| *id == 1 || !p.recent_active);
+        if cleared {
+            reset = true;
+            break;
+        }
+        c.settle();
+    }
+    assert!(reset, "no CheckQuorum round within 100 ticks");
+    let remove = MemberChange::Remove { id: 3 };
+    let decided = crate::raft::members::check_change(&c.node(1).view(), &remove);
+    assert!(decided.is_ok(), "{decided:?}");
+}
