@@ -311,8 +311,11 @@ impl Service {
         self.node.check_running()?;
         // The rules the entry will be applied by (see `store::txn::apply`): v0.1.0's while a
         // v0.1.0 member may apply it.
-        let v0_2 = self.admin.membership.read().cluster_version() >= crate::version::BOOTSTRAP;
-        let checked = if v0_2 { txn.check() } else { txn.check_v0_1() };
+        let checked = if self.engine.v0_2_rules() {
+            txn.check()
+        } else {
+            txn.check_v0_1()
+        };
         checked.map_err(Invalid::Txn)?;
         // Every key and range bound, nested ones too (the whole request is bounded by the face).
         self.check_key_len(txn.sizes().0)?;

@@ -352,7 +352,15 @@ impl KvStore {
         Ok(())
     }
 
-    /// From which log index on auth changes record users' `since` (see the field).
+    /// Whether entries proposed now are applied by 0.2.0's rules (see the field): every
+    /// member runs 0.2.0 or later.
+    pub fn v0_2_rules(&self) -> bool {
+        self.v0_2_rules_after
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < u64::MAX
+    }
+
+    /// From which log index on entries are applied by 0.2.0's rules (see the field).
     pub fn set_v0_2_rules_after(&self, index: u64) {
         self.v0_2_rules_after
             .store(index, std::sync::atomic::Ordering::Relaxed);

@@ -299,21 +299,6 @@ async fn exercise(endpoint: &str) -> Vec<String> {
     t.lines
 }
 
-fn compare(want: &[String], got: &[String]) {
-    let diffs: Vec<String> = want
-        .iter()
-        .zip(got)
-        .filter(|(w, g)| w != g)
-        .map(|(w, g)| format!("etcd:  {w}\nmetcd: {g}"))
-        .collect();
-    assert!(
-        diffs.is_empty() && want.len() == got.len(),
-        "metcd answers differently:\n{}\n\netcd's whole transcript:\n{}",
-        diffs.join("\n"),
-        want.join("\n")
-    );
-}
-
 #[test]
 fn lock_and_election_answer_as_etcd() {
     let etcd = EtcdCluster::start(3);
@@ -327,7 +312,7 @@ fn lock_and_election_answer_as_etcd() {
         "127.0.0.1:{}",
         metcd.client_port(follower)
     )));
-    compare(&want, &got);
+    crate::common::assert_same_transcript(&want, &got);
 }
 
 /// A holder whose lease ends loses the lock: its fenced write (a compare on the lock key's
@@ -401,7 +386,7 @@ fn a_holder_whose_lease_ends_loses_the_lock_to_the_waiter() {
     };
     let want = run(etcd.endpoint(1));
     let got = run(format!("127.0.0.1:{}", metcd.client_port(1)));
-    compare(&want, &got);
+    crate::common::assert_same_transcript(&want, &got);
 }
 
 /// A waiter whose own lease ends while it waits is told so (etcd 3.5's answer; etcd 3.4
@@ -490,7 +475,7 @@ fn etcdctl_lock_and_elect_print_what_etcd_prints() {
         "{want:#?}"
     );
     let got = etcdctl_session(&format!("127.0.0.1:{}", metcd.client_port(1)));
-    compare(&want, &got);
+    crate::common::assert_same_transcript(&want, &got);
 }
 
 /// The HTTP face: lock (waiting, released by unlock, abandoned when its client goes away),
@@ -646,5 +631,5 @@ fn auth_applies_to_the_keys_of_locks_and_elections() {
         "{want:#?}"
     );
     let got = run(&format!("127.0.0.1:{}", metcd.client_port(1)));
-    compare(&want, &got);
+    crate::common::assert_same_transcript(&want, &got);
 }

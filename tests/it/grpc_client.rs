@@ -288,18 +288,7 @@ fn etcd_client_crate_gets_the_answers_etcd_gives() {
         "127.0.0.1:{}",
         metcd.client_port(follower)
     )));
-    let diff: Vec<String> = want
-        .iter()
-        .zip(&got)
-        .filter(|(w, g)| w != g)
-        .map(|(w, g)| format!("etcd:  {w}\nmetcd: {g}"))
-        .collect();
-    assert!(
-        diff.is_empty(),
-        "metcd answers differently:\n{}",
-        diff.join("\n")
-    );
-    assert_eq!(want.len(), got.len());
+    crate::common::assert_same_transcript(&want, &got);
 }
 
 #[test]

@@ -1413,3 +1413,20 @@ pub fn grpc_error(e: etcd_client::Error) -> String {
 pub fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> String {
     h.map_or("no header".into(), |h| format!("rev {}", h.revision()))
 }
+
+/// Asserts that metcd's transcript (`got`) is etcd's (`want`), line by line; on a difference,
+/// shows each differing pair and etcd's whole transcript.
+pub fn assert_same_transcript(want: &[String], got: &[String]) {
+    let diffs: Vec<String> = want
+        .iter()
+        .zip(got)
+        .filter(|(w, g)| w != g)
+        .map(|(w, g)| format!("etcd:  {w}\nmetcd: {g}"))
+        .collect();
+    assert!(
+        diffs.is_empty() && want.len() == got.len(),
+        "metcd answers differently:\n{}\n\netcd's whole transcript:\n{}",
+        diffs.join("\n"),
+        want.join("\n")
+    );
+}
